@@ -1,0 +1,265 @@
+//! The host's TOML configuration: the plugin list and the plugin search path.
+//!
+//! ```toml
+//! plugin_path = ["/usr/lib/agentfs/plugins"]   # optional, extra search dirs
+//!
+//! [backstore]
+//! plugin = "hostfs"              # a name to discover, or `path = "..."`
+//! options = { root = "/var/lib/agentfs" }
+//!
+//! [[watch]]
+//! plugin = "inotify"
+//! ```
+//! Unknown keys and bad values are errors naming the file, the line and what
+//! was expected. Relative paths in `plugin_path` and `path` are relative to
+//! the config file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration compiled into the binary, used when none is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.toml");
+
+/// Where the effective configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The embedded default.
+    Embedded,
+    /// A file given with `--config` or `AGENTFS_CONFIG`.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("<embedded default config>"),
+            Self::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A configuration error: file, line and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {source_name}:{line}: {message}")]
+    Invalid {
+        /// The file (or the embedded default).
+        source_name: ConfigSource,
+        /// 1-based line of the offending item (0 when unknown).
+        line: usize,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+/// One plugin entry: a name to discover or an explicit path, plus options.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    /// Name to discover (`mock`, `hostfs`, ...).
+    pub plugin: Option<String>,
+    /// Explicit path to the plugin library.
+    pub path: Option<PathBuf>,
+    /// The plugin's own options, handed to it as TOML.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+impl PluginEntry {
+    /// An entry naming a plugin with no options.
+    pub fn named(name: &str) -> Self {
+        Self {
+            plugin: Some(name.to_string()),
+            path: None,
+            options: toml::Table::new(),
+        }
+    }
+
+    /// A label for messages: the name, else the path.
+    pub fn label(&self) -> String {
+        match (&self.plugin, &self.path) {
+            (Some(n), _) => n.clone(),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => "<unnamed>".to_string(),
+        }
+    }
+
+    /// The options as TOML text for the plugin's constructor.
+    pub fn options_toml(&self) -> String {
+        toml::to_string(&self.options).unwrap_or_default()
+    }
+}
+
+/// The host configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Extra directories searched for plugins, after the executable's
+    /// directory and `AGENTFS_PLUGIN_PATH`.
+    #[serde(default)]
+    pub plugin_path: Vec<PathBuf>,
+    /// The one backstore.
+    pub backstore: PluginEntry,
+    /// Any number of watch providers.
+    #[serde(default)]
+    pub watch: Vec<PluginEntry>,
+    /// Where the configuration came from.
+    #[serde(skip, default = "embedded")]
+    pub source: ConfigSource,
+}
+
+fn embedded() -> ConfigSource {
+    ConfigSource::Embedded
+}
+
+impl Config {
+    /// Parses configuration text; `source` is used in messages and to
+    /// resolve relative paths.
+    pub fn parse(text: &str, source: ConfigSource) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                source_name: source.clone(),
+                line,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        cfg.source = source;
+        cfg.validate(text)?;
+        cfg.resolve_relative_paths();
+        Ok(cfg)
+    }
+
+    /// Loads the file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, ConfigSource::File(p.to_path_buf()))
+            }
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(needle))
+                .map(|i| i + 1)
+                .unwrap_or(0)
+        };
+        let check = |e: &PluginEntry, section: &str| -> Result<(), ConfigError> {
+            let msg = match (&e.plugin, &e.path) {
+                (None, None) => "expected `plugin = \"NAME\"` or `path = \"FILE\"`",
+                (Some(_), Some(_)) => "give either `plugin` or `path`, not both",
+                (Some(n), None) if n.is_empty() || n.contains('/') => {
+                    "`plugin` must be a plain name (use `path` for a file)"
+                }
+                _ => return Ok(()),
+            };
+            Err(ConfigError::Invalid {
+                source_name: self.source.clone(),
+                line: line_of(section),
+                message: format!("[{}]: {msg}", section.trim_matches(['[', ']'])),
+            })
+        };
+        check(&self.backstore, "[backstore")?;
+        for w in &self.watch {
+            check(w, "[[watch")?;
+        }
+        Ok(())
+    }
+
+    fn resolve_relative_paths(&mut self) {
+        let ConfigSource::File(file) = &self.source else {
+            return;
+        };
+        let Some(dir) = file.parent() else { return };
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        self.plugin_path.iter_mut().for_each(fix);
+        if let Some(p) = self.backstore.path.as_mut() {
+            fix(p)
+        }
+        for w in &mut self.watch {
+            if let Some(p) = w.path.as_mut() {
+                fix(p)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> ConfigSource {
+        ConfigSource::File(PathBuf::from("/etc/agentfs/test.toml"))
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.backstore.plugin.as_deref(), Some("hostfs"));
+        assert_eq!(c.source, ConfigSource::Embedded);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_expected() {
+        let text = "[backstore]\nplugin = \"mock\"\nplguin_path = []\n";
+        let e = Config::parse(text, file()).unwrap_err().to_string();
+        assert!(e.starts_with("config /etc/agentfs/test.toml:3: "), "{e}");
+        assert!(e.contains("plguin_path") && e.contains("expected"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_line() {
+        let text = "plugin_path = 7\n[backstore]\nplugin = \"mock\"\n";
+        let e = Config::parse(text, file()).unwrap_err().to_string();
+        assert!(e.contains(":1: ") && e.contains("expected"), "{e}");
+        let text = "[backstore]\nplugin = \"mock\"\npath = \"x.so\"\n";
+        let e = Config::parse(text, file()).unwrap_err().to_string();
+        assert!(e.contains(":1: ") && e.contains("not both"), "{e}");
+        let e = Config::parse("[[watch]]\nplugin='x'\n", file())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backstore"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let text = "plugin_path = [\"p\"]\n[backstore]\npath = \"lib/x.so\"\n";
+        let c = Config::parse(text, file()).unwrap();
+        assert_eq!(c.plugin_path, vec![PathBuf::from("/etc/agentfs/p")]);
+        assert_eq!(
+            c.backstore.path.unwrap(),
+            PathBuf::from("/etc/agentfs/lib/x.so")
+        );
+    }
+
+    #[test]
+    fn options_are_passed_through_as_toml() {
+        let text = "[backstore]\nplugin = \"hostfs\"\noptions = { root = \"/srv/a\" }\n";
+        let c = Config::parse(text, file()).unwrap();
+        assert_eq!(c.backstore.options_toml().trim(), "root = \"/srv/a\"");
+    }
+}

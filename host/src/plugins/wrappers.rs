@@ -1,0 +1,135 @@
+//! Host-side handles on constructed plugins, with Rust types at the surface.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::{RResult, RSlice};
+use agentfs_plugin_api::{
+    backstore::{BackstoreBox, BackstoreStatus, Capabilities},
+    guard::{path_from_bytes, path_to_bytes},
+    watch::{CoreEvent, NativeRecord, WatchApi, WatchProviderBox, WatchSpec},
+    PluginResult,
+};
+
+use super::loader::PluginDetails;
+
+fn ok<T>(r: RResult<T, agentfs_plugin_api::PluginError>) -> PluginResult<T> {
+    r.into_result()
+}
+
+fn pathbuf(
+    r: RResult<abi_stable::std_types::RVec<u8>, agentfs_plugin_api::PluginError>,
+) -> PluginResult<PathBuf> {
+    r.into_result().map(|b| path_from_bytes(&b).to_path_buf())
+}
+
+/// A constructed backstore plugin. Dropping it drops the plugin's instance,
+/// which releases what it provisioned.
+pub struct Backstore {
+    details: PluginDetails,
+    inner: BackstoreBox,
+}
+
+impl std::fmt::Debug for Backstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backstore")
+            .field("plugin", &self.details.name)
+            .finish()
+    }
+}
+
+impl Backstore {
+    pub(crate) fn new(details: PluginDetails, inner: BackstoreBox) -> Self {
+        Self { details, inner }
+    }
+    /// What the plugin's `info()` said.
+    pub fn details(&self) -> &PluginDetails {
+        &self.details
+    }
+    /// The instance's capabilities (empty if the call failed).
+    pub fn capabilities(&self) -> Capabilities {
+        ok(self.inner.capabilities()).unwrap_or_default()
+    }
+    /// Filesystem type, capacity and usage.
+    pub fn status(&self) -> PluginResult<BackstoreStatus> {
+        ok(self.inner.status())
+    }
+    /// The host's metadata directory in the backstore.
+    pub fn metadata_dir(&self) -> PluginResult<PathBuf> {
+        pathbuf(self.inner.metadata_dir())
+    }
+    /// Creates an empty layer.
+    pub fn create_layer(&self, id: &str) -> PluginResult<PathBuf> {
+        pathbuf(self.inner.create_layer(id.into()))
+    }
+    /// Deletes a layer.
+    pub fn delete_layer(&self, id: &str) -> PluginResult<()> {
+        ok(self.inner.delete_layer(id.into()))
+    }
+    /// Path of an existing layer.
+    pub fn layer_path(&self, id: &str) -> PluginResult<PathBuf> {
+        pathbuf(self.inner.layer_path(id.into()))
+    }
+    /// Ids of every layer.
+    pub fn list_layers(&self) -> PluginResult<Vec<String>> {
+        ok(self.inner.list_layers()).map(|v| v.into_iter().map(|s| s.into_string()).collect())
+    }
+    /// Native snapshot of `src` as `dst`, or `Unsupported`.
+    pub fn snapshot_layer(&self, src: &str, dst: &str, read_only: bool) -> PluginResult<PathBuf> {
+        pathbuf(self.inner.snapshot_layer(src.into(), dst.into(), read_only))
+    }
+    /// Reflink `src` to the new file `dst`, or `Unsupported`.
+    pub fn reflink(&self, src: &Path, dst: &Path) -> PluginResult<()> {
+        let (s, d) = (path_to_bytes(src), path_to_bytes(dst));
+        ok(self
+            .inner
+            .reflink(RSlice::from(s.as_slice()), RSlice::from(d.as_slice())))
+    }
+}
+
+/// A constructed watch-provider plugin.
+pub struct WatchProvider {
+    details: PluginDetails,
+    inner: WatchProviderBox,
+}
+
+impl std::fmt::Debug for WatchProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchProvider")
+            .field("plugin", &self.details.name)
+            .finish()
+    }
+}
+
+impl WatchProvider {
+    pub(crate) fn new(details: PluginDetails, inner: WatchProviderBox) -> Self {
+        Self { details, inner }
+    }
+    /// What the plugin's `info()` said.
+    pub fn details(&self) -> &PluginDetails {
+        &self.details
+    }
+    /// The native API it speaks.
+    pub fn api(&self) -> PluginResult<WatchApi> {
+        ok(self.inner.api())
+    }
+    /// Validates and normalises a registration.
+    pub fn register(&self, existing: &[WatchSpec], spec: WatchSpec) -> PluginResult<WatchSpec> {
+        ok(self.inner.register(RSlice::from(existing), spec))
+    }
+    /// Records for an event addressed to matching watches.
+    pub fn synthesize(
+        &self,
+        watches: &[WatchSpec],
+        event: &CoreEvent,
+    ) -> PluginResult<Vec<NativeRecord>> {
+        ok(self.inner.synthesize(RSlice::from(watches), event)).map(|v| v.into_vec())
+    }
+    /// Coalesces a burst of records.
+    pub fn coalesce(&self, records: Vec<NativeRecord>) -> PluginResult<Vec<NativeRecord>> {
+        ok(self.inner.coalesce(records.into())).map(|v| v.into_vec())
+    }
+    /// Encodes records in native byte layout.
+    pub fn encode(&self, records: &[NativeRecord]) -> PluginResult<Vec<u8>> {
+        ok(self.inner.encode(RSlice::from(records))).map(|v| v.into_vec())
+    }
+}

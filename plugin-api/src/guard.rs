@@ -1,0 +1,61 @@
+//! Panic guard and path conversion used at the ABI boundary.
+
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::Path,
+};
+
+use abi_stable::std_types::{RResult, RVec};
+
+use crate::{ErrorCode, PluginError, PluginResult};
+
+/// Runs `f`, turning a panic into a `Panicked` error so it never unwinds
+/// across the ABI.
+pub fn guard<T>(f: impl FnOnce() -> PluginResult<T>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => RResult::ROk(v),
+        Ok(Err(e)) => RResult::RErr(e),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            RResult::RErr(PluginError::new(
+                ErrorCode::PANICKED,
+                format!("plugin panicked: {what}"),
+            ))
+        }
+    }
+}
+
+/// OS path bytes for the ABI.
+pub fn path_to_bytes(p: &Path) -> RVec<u8> {
+    RVec::from(p.as_os_str().as_bytes())
+}
+
+/// A path borrowed from ABI bytes.
+pub fn path_from_bytes(b: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_turns_panics_into_errors() {
+        let r: RResult<(), PluginError> = guard(|| panic!("boom"));
+        let e = r.into_result().unwrap_err();
+        assert_eq!(e.code, ErrorCode::PANICKED);
+        assert!(e.message().contains("boom"));
+    }
+
+    #[test]
+    fn paths_round_trip_non_utf8() {
+        let raw = b"/tmp/\xff\xfe";
+        assert_eq!(path_to_bytes(path_from_bytes(raw)).as_slice(), raw);
+    }
+}

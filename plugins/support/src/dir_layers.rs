@@ -1,0 +1,230 @@
+//! A layer store that keeps each layer as a directory under `<root>/layers`,
+//! with `<root>/meta` reserved for the host's metadata.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use agentfs_plugin_api::{ErrorCode, PluginError, PluginResult};
+
+/// Longest accepted layer id, in bytes.
+pub const MAX_LAYER_ID: usize = 128;
+
+/// Checks that a layer id is a plain name: `[A-Za-z0-9._-]`, not starting
+/// with a dot, at most [`MAX_LAYER_ID`] bytes. Ids never name paths.
+pub fn validate_layer_id(id: &str) -> PluginResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_LAYER_ID
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(PluginError::invalid(format!(
+            "invalid layer id {id:?}: use 1 to {MAX_LAYER_ID} of [A-Za-z0-9._-], not starting with '.'"
+        )))
+    }
+}
+
+/// Directory-per-layer store rooted at one directory.
+#[derive(Debug)]
+pub struct DirLayerStore {
+    root: PathBuf,
+    layers: PathBuf,
+    meta: PathBuf,
+    trash_seq: AtomicU64,
+}
+
+impl DirLayerStore {
+    /// Opens (creating if needed) a store at `root`, and removes leftovers of
+    /// deletions a crash interrupted.
+    pub fn open(root: &Path) -> PluginResult<Self> {
+        let layers = root.join("layers");
+        let meta = root.join("meta");
+        for d in [root, &layers, &meta] {
+            fs::create_dir_all(d)
+                .map_err(|e| PluginError::from_io(format!("create {}", d.display()), &e))?;
+        }
+        let store = Self {
+            root: root.to_path_buf(),
+            layers,
+            meta,
+            trash_seq: AtomicU64::new(0),
+        };
+        store.purge_trash();
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory reserved for the host's metadata.
+    pub fn meta_dir(&self) -> &Path {
+        &self.meta
+    }
+
+    /// The directory holding the layers.
+    pub fn layers_dir(&self) -> &Path {
+        &self.layers
+    }
+
+    /// Where layer `id` lives (whether or not it exists).
+    pub fn path_for(&self, id: &str) -> PluginResult<PathBuf> {
+        validate_layer_id(id)?;
+        Ok(self.layers.join(id))
+    }
+
+    /// Creates layer `id` as an empty directory (mkdir is atomic).
+    pub fn create(&self, id: &str) -> PluginResult<PathBuf> {
+        let p = self.path_for(id)?;
+        match fs::create_dir(&p) {
+            Ok(()) => Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(PluginError::new(
+                ErrorCode::ALREADY_EXISTS,
+                format!("layer {id} already exists"),
+            )),
+            Err(e) => Err(PluginError::from_io(format!("create layer {id}"), &e)),
+        }
+    }
+
+    /// Path of an existing layer.
+    pub fn existing(&self, id: &str) -> PluginResult<PathBuf> {
+        let p = self.path_for(id)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => Ok(p),
+            Ok(_) => Err(PluginError::new(
+                ErrorCode::IO,
+                format!("layer {id} is not a directory"),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PluginError::new(
+                ErrorCode::NOT_FOUND,
+                format!("no layer {id}"),
+            )),
+            Err(e) => Err(PluginError::from_io(format!("stat layer {id}"), &e)),
+        }
+    }
+
+    /// Deletes layer `id`: first renamed into a trash name (so a crash never
+    /// leaves a half-deleted layer under its id), then removed.
+    pub fn delete(&self, id: &str) -> PluginResult<()> {
+        let p = self.existing(id)?;
+        let trash = self.layers.join(format!(
+            ".trash-{id}-{}-{}",
+            std::process::id(),
+            self.trash_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(&p, &trash)
+            .map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))?;
+        remove_tree(&trash).map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))
+    }
+
+    /// Ids of every layer present, sorted.
+    pub fn list(&self) -> PluginResult<Vec<String>> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.layers)
+            .map_err(|e| PluginError::from_io(format!("list {}", self.layers.display()), &e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| PluginError::from_io("list layers", &e))?;
+            if let Some(name) = ent.file_name().to_str() {
+                if validate_layer_id(name).is_ok() {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn purge_trash(&self) {
+        let Ok(rd) = fs::read_dir(&self.layers) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            if ent.file_name().to_string_lossy().starts_with(".trash-") {
+                if let Err(e) = remove_tree(&ent.path()) {
+                    tracing::warn!(path = %ent.path().display(), error = %e, "could not purge deleted layer");
+                }
+            }
+        }
+    }
+}
+
+/// Removes a tree, making read-only directories writable first if needed.
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_writable(p);
+            fs::remove_dir_all(p)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn make_writable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = fs::symlink_metadata(p) {
+        if m.is_dir() {
+            let _ = fs::set_permissions(
+                p,
+                fs::Permissions::from_mode(m.permissions().mode() | 0o700),
+            );
+            if let Ok(rd) = fs::read_dir(p) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_ids_are_rejected() {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "../x",
+            ".hidden",
+            "a\0b",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_layer_id(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["l1", "layer-000017", "snap_2.ro"] {
+            validate_layer_id(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn create_list_delete_and_trash_purge() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirLayerStore::open(t.path()).unwrap();
+        let p = s.create("a").unwrap();
+        fs::write(p.join("f"), b"x").unwrap();
+        assert_eq!(s.create("a").unwrap_err().code, ErrorCode::ALREADY_EXISTS);
+        s.create("b").unwrap();
+        assert_eq!(s.list().unwrap(), vec!["a", "b"]);
+        s.delete("a").unwrap();
+        assert_eq!(s.list().unwrap(), vec!["b"]);
+        assert_eq!(s.delete("a").unwrap_err().code, ErrorCode::NOT_FOUND);
+        // A deletion interrupted after its rename is finished at the next open.
+        fs::create_dir(s.layers_dir().join(".trash-x-1-0")).unwrap();
+        drop(s);
+        let s = DirLayerStore::open(t.path()).unwrap();
+        assert!(!s.layers_dir().join(".trash-x-1-0").exists());
+        assert_eq!(s.list().unwrap(), vec!["b"]);
+    }
+}

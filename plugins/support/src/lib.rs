@@ -1,0 +1,13 @@
+//! Helpers shared by the in-tree AgentFS plugins (DESIGN §4: shared helpers
+//! live here, not copied into each plugin): a directory-per-layer store,
+//! the platform reflink call with exact error mapping, a software clone, and
+//! the filesystem probe used for `status`.
+
+pub mod dir_layers;
+pub mod fsinfo;
+pub mod reflink;
+pub mod softclone;
+
+pub use dir_layers::{validate_layer_id, DirLayerStore};
+pub use fsinfo::{fs_type_of, status_of};
+pub use reflink::reflink_file;
