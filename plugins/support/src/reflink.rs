@@ -120,8 +120,10 @@ pub fn reflink_file(src: &Path, dst: &Path) -> PluginResult<()> {
         .map_err(|_| PluginError::invalid("source path contains a NUL byte"))?;
     let cd = CString::new(dst.as_os_str().as_bytes())
         .map_err(|_| PluginError::invalid("destination path contains a NUL byte"))?;
+    /// `CLONE_NOFOLLOW` from <sys/clonefile.h> (not exported by libc).
+    const CLONE_NOFOLLOW: u32 = 0x0001;
     // SAFETY: both are valid NUL-terminated paths that outlive the call.
-    let rc = unsafe { libc::clonefile(cs.as_ptr(), cd.as_ptr(), libc::CLONE_NOFOLLOW) };
+    let rc = unsafe { libc::clonefile(cs.as_ptr(), cd.as_ptr(), CLONE_NOFOLLOW) };
     if rc != 0 {
         let errno = io::Error::last_os_error()
             .raw_os_error()
