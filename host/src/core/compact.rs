@@ -56,16 +56,6 @@ fn visit(w: &Writer<'_>, path: &BranchPath, frame: &DirFrame, base: Option<usize
         None => None,
     };
     let base_shows = frame.parts.iter().any(|(i, _)| Some(*i) == base);
-    if base_dir.is_some() && !base_shows {
-        let marker = super::layer_names::OPAQUE_MARKER;
-        super::beneath::open_file_at(
-            here.as_fd(),
-            std::ffi::OsStr::new(marker),
-            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE,
-            0o600,
-        )
-        .map_err(|e| CoreError::io(format!("mark {path} opaque"), e))?;
-    }
     let merged = view.list_frame(frame)?;
     let shown: BTreeSet<&OsString> = merged.iter().map(|e| &e.name).collect();
     if let (Some(bdir), true) = (&base_dir, base_shows) {
@@ -92,6 +82,18 @@ fn visit(w: &Writer<'_>, path: &BranchPath, frame: &DirFrame, base: Option<usize
             let r = view.existing(&child, false)?;
             w.copy_up(&r)?;
         }
+    }
+    // Last: while the new layer is being filled, the view used to copy
+    // entries up must still see through this directory.
+    if base_dir.is_some() && !base_shows {
+        let marker = super::layer_names::OPAQUE_MARKER;
+        super::beneath::open_file_at(
+            here.as_fd(),
+            std::ffi::OsStr::new(marker),
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE,
+            0o600,
+        )
+        .map_err(|e| CoreError::io(format!("mark {path} opaque"), e))?;
     }
     Ok(())
 }
