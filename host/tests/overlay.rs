@@ -505,3 +505,33 @@ fn deep_chains_are_compacted_without_changing_the_view() {
     }
     assert_eq!(image_tree(&b), img);
 }
+
+#[test]
+fn diff_sees_through_directories_recreated_over_whiteouts() {
+    each(|fl, s, _| {
+        s.create_branch("b", None, None).unwrap();
+        let t = s.branch("b");
+        t.rename("docs", "moved").unwrap();
+        s.create_snapshot("b", Some("s")).unwrap();
+        // Re-created in a newer layer than the whiteout: not opaque itself,
+        // but nothing of the base shows through it.
+        t.mkdir("docs", 0o755).unwrap();
+        assert!(t.read_dir("docs").unwrap().is_empty(), "{fl}");
+        let d: Vec<_> = s
+            .diff("b", None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path.to_string(), e.change))
+            .collect();
+        use ChangeType::*;
+        assert_eq!(
+            d,
+            vec![
+                ("docs/guide.md".into(), Deleted),
+                ("moved".into(), Added),
+                ("moved/guide.md".into(), Added),
+            ],
+            "{fl}"
+        );
+    });
+}

@@ -4,8 +4,9 @@
 //! Only paths that a layer present in one chain but not the other touches
 //! can differ, so the comparison walks those layers' own trees (which hold
 //! only changes) and compares the two merged views at those paths. Under a
-//! directory that one of those layers makes opaque, or that exists in only
-//! one view, the whole merged subtree is compared. Files are equal when they
+//! directory that one of those layers makes opaque, whites out or shadows
+//! with a non-directory, or that exists in only one view, the whole merged
+//! subtree is compared. Files are equal when they
 //! are the same file in a shared layer, or have the same kind, mode and
 //! content.
 
@@ -92,10 +93,17 @@ fn collect(dir: BorrowedFd<'_>, node: &mut Touched) -> CoreResult<()> {
                     let sub = beneath::open_subdir(dir, &stored)
                         .map_err(|e| CoreError::io("open layer directory", e))?;
                     collect(sub.as_fd(), child)?;
+                } else {
+                    // A non-directory here cuts off any directory of this
+                    // name below: where one view has a directory, its
+                    // whole content may differ.
+                    child.full = true;
                 }
             }
             Decoded::Whiteout(name) => {
-                node.children.entry(name).or_default();
+                // Likewise: a directory re-created above a whiteout shows
+                // none of what is below it.
+                node.children.entry(name).or_default().full = true;
             }
             Decoded::HashedWhiteout => {
                 // The name is in the file; comparing the whole directory

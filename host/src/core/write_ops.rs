@@ -180,7 +180,11 @@ impl Writer<'_> {
             .map_err(self.io(&r.path, "open"))?;
         f.write_all_at(data, offset)
             .map_err(self.io(&r.path, "write"))?;
-        let after = before.max(offset + data.len() as u64);
+        let after = if data.is_empty() {
+            before // a write of nothing extends nothing
+        } else {
+            before.max(offset + data.len() as u64)
+        };
         Ok(Change::new(EventKind::Modified, r.path, false).sizes(Some(before), Some(after)))
     }
 
