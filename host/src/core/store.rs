@@ -256,6 +256,28 @@ impl Store {
         Ok(persist::graph_version(&meta)?.is_some())
     }
 
+    /// Removes the store's graph, leaving the backstore as before `init`.
+    /// Refused (`Busy`) while any branch or snapshot exists.
+    pub fn destroy(self) -> CoreResult<Backstore> {
+        {
+            let mut st = self.lock_state();
+            let _g = self.lock.lock(LockMode::Exclusive)?;
+            self.refresh(&mut st)?;
+            if !st.graph.branches.is_empty() || !st.graph.snapshots.is_empty() {
+                return Err(CoreError::Busy {
+                    what: format!("store {}", self.meta.display()),
+                    why: "it still has branches or snapshots".into(),
+                });
+            }
+            let dead: Vec<String> = st.graph.layers.keys().cloned().collect();
+            self.delete_layers(&dead);
+            let graph = self.meta.join(persist::GRAPH_FILE);
+            std::fs::remove_file(&graph)
+                .map_err(|e| CoreError::io(format!("remove {}", graph.display()), e))?;
+        }
+        Ok(self.backstore)
+    }
+
     /// The backstore under this store.
     pub fn backstore(&self) -> &Backstore {
         &self.backstore
@@ -528,6 +550,12 @@ impl Store {
             Change::new(EventKind::BranchCreated, BranchPath::root(), true),
         );
         Ok(info)
+    }
+
+    /// Every layer the graph names (all others in the backstore are
+    /// orphans, deleted at the next open).
+    pub fn layers_in_use(&self) -> CoreResult<Vec<String>> {
+        self.with(LockMode::Shared, |st| Ok(st.graph.layers.keys().cloned().collect()))
     }
 
     /// Every branch, by name.
