@@ -7,9 +7,7 @@ use std::{
 };
 
 use agentfs_host::{
-    core::{
-        BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store, Tree,
-    },
+    core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store, Tree},
     Host,
 };
 use anyhow::{bail, Context, Result};
@@ -85,7 +83,11 @@ pub enum SnapshotCmd {
 #[derive(Args, Debug)]
 pub struct At {
     /// The branch.
-    #[arg(long, required_unless_present = "snapshot", conflicts_with = "snapshot")]
+    #[arg(
+        long,
+        required_unless_present = "snapshot",
+        conflicts_with = "snapshot"
+    )]
     branch: Option<String>,
     /// A snapshot instead of a branch.
     #[arg(long)]
@@ -240,7 +242,10 @@ pub fn init(
                 .map(|b| b.display().to_string())
                 .unwrap_or_else(|| "none (branches start empty unless given --base)".into())
         );
-        println!("compact after:    {} committed layers", info.compact_threshold);
+        println!(
+            "compact after:    {} committed layers",
+            info.compact_threshold
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

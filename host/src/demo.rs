@@ -66,11 +66,20 @@ fn fingerprint(root: &Path) -> Result<Fingerprint> {
 }
 
 const SAMPLE: &[(&str, &str)] = &[
-    ("README.md", "# sample project\n\nA small tree for the AgentFS demo.\n"),
-    ("Cargo.toml", "[package]\nname = \"sample\"\nversion = \"0.1.0\"\n"),
+    (
+        "README.md",
+        "# sample project\n\nA small tree for the AgentFS demo.\n",
+    ),
+    (
+        "Cargo.toml",
+        "[package]\nname = \"sample\"\nversion = \"0.1.0\"\n",
+    ),
     ("src/main.rs", "fn main() {\n    println!(\"hello\");\n}\n"),
     ("src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n"),
-    ("docs/notes.md", "Notes the agent will delete in its branch.\n"),
+    (
+        "docs/notes.md",
+        "Notes the agent will delete in its branch.\n",
+    ),
 ];
 
 fn write_sample(dir: &Path) -> Result<()> {
@@ -164,7 +173,11 @@ pub fn run(h: &Host, wait: LockWait, base: Option<PathBuf>) -> Result<ExitCode> 
     println!(
         "    store: {}{}",
         store.info()?.meta_dir.display(),
-        if created_store { " (created for the demo)" } else { "" }
+        if created_store {
+            " (created for the demo)"
+        } else {
+            ""
+        }
     );
     let branch = format!("demo-{}", std::process::id());
     let result = steps(&store, &branch, &base, &before);
@@ -190,8 +203,16 @@ pub fn run(h: &Host, wait: LockWait, base: Option<PathBuf>) -> Result<ExitCode> 
     if cleanup_errors.is_empty() {
         println!(
             "[8] cleanup: removed branch {branch}, its snapshot{}{}",
-            if created_store { ", the demo store" } else { "" },
-            if _temp.is_some() { " and the temporary base" } else { "" }
+            if created_store {
+                ", the demo store"
+            } else {
+                ""
+            },
+            if _temp.is_some() {
+                " and the temporary base"
+            } else {
+                ""
+            }
         );
     } else {
         eprintln!("agentfs: warning: cleanup: {}", cleanup_errors.join("; "));
@@ -240,7 +261,10 @@ fn steps(store: &Store, branch: &str, base: &Path, before: &Fingerprint) -> Resu
             "copy-up"
         };
         println!("[3] change: appended a line to {f} in the branch ({how})");
-        println!("    branch {f} ends with: {:?}", tail(&t.read_file(f.as_str())?));
+        println!(
+            "    branch {f} ends with: {:?}",
+            tail(&t.read_file(f.as_str())?)
+        );
         println!(
             "    base   {f} ends with: {:?}",
             tail(&fs::read(base.join(f))?)

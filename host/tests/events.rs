@@ -47,7 +47,10 @@ fn branch_and_snapshot_creation() {
         s.create_branch("c", Some("s1"), None).unwrap();
     });
     let c = CoreEvent::from(&ev[0]);
-    assert_eq!((c.kind, c.branch.as_str(), c.path.as_str()), (AbiKind::BRANCH_CREATED, "c", ""));
+    assert_eq!(
+        (c.kind, c.branch.as_str(), c.path.as_str()),
+        (AbiKind::BRANCH_CREATED, "c", "")
+    );
 }
 
 #[test]
@@ -56,23 +59,98 @@ fn file_operations_publish_one_event_each() {
     s.create_branch("b", None, None).unwrap();
     let b = s.branch("b");
     let cases: Vec<(&str, Box<dyn Fn()>, Vec<&str>)> = vec![
-        ("create", Box::new(|| b.create("new", 0o644).unwrap()), vec!["created new"]),
-        ("write new", Box::new(|| b.write_file("w.txt", b"hello").unwrap()), vec!["created w.txt"]),
-        ("write existing (base)", Box::new(|| b.write_file("README.md", b"x").unwrap()), vec!["modified README.md"]),
-        ("write at (copy-up)", Box::new(|| b.write_at("src/lib.rs", 0, b"//").unwrap()), vec!["modified src/lib.rs"]),
-        ("truncate", Box::new(|| b.truncate("w.txt", 2).unwrap()), vec!["modified w.txt"]),
-        ("mkdir", Box::new(|| b.mkdir("d", 0o755).unwrap()), vec!["created d/"]),
-        ("symlink", Box::new(|| b.symlink("w.txt", "d/link").unwrap()), vec!["created d/link"]),
-        ("rename file", Box::new(|| b.rename("w.txt", "d/w2.txt").unwrap()), vec!["renamed w.txt -> d/w2.txt"]),
-        ("rename lower dir", Box::new(|| b.rename("docs", "manual").unwrap()), vec!["renamed docs/ -> manual/"]),
-        ("rename to itself", Box::new(|| b.rename("manual", "manual").unwrap()), vec![]),
-        ("chmod", Box::new(|| b.chmod("run.sh", 0o700).unwrap()), vec!["attributes run.sh"]),
-        ("utimes dir", Box::new(|| b.set_times("src", None, Some(std::time::SystemTime::UNIX_EPOCH)).unwrap()), vec!["attributes src/"]),
-        ("unlink (whiteout)", Box::new(|| b.unlink("src/main.rs").unwrap()), vec!["removed src/main.rs"]),
-        ("unlink symlink", Box::new(|| b.unlink("d/link").unwrap()), vec!["removed d/link"]),
-        ("rmdir of a non-empty dir fails", Box::new(|| { b.rmdir("src/nested").unwrap_err(); }), vec![]),
-        ("remove_all", Box::new(|| b.remove_all("src/nested").unwrap()), vec!["removed src/nested/deep.txt", "removed src/nested/"]),
-        ("failed op", Box::new(|| { b.mkdir("d", 0o755).unwrap_err(); }), vec![]),
+        (
+            "create",
+            Box::new(|| b.create("new", 0o644).unwrap()),
+            vec!["created new"],
+        ),
+        (
+            "write new",
+            Box::new(|| b.write_file("w.txt", b"hello").unwrap()),
+            vec!["created w.txt"],
+        ),
+        (
+            "write existing (base)",
+            Box::new(|| b.write_file("README.md", b"x").unwrap()),
+            vec!["modified README.md"],
+        ),
+        (
+            "write at (copy-up)",
+            Box::new(|| b.write_at("src/lib.rs", 0, b"//").unwrap()),
+            vec!["modified src/lib.rs"],
+        ),
+        (
+            "truncate",
+            Box::new(|| b.truncate("w.txt", 2).unwrap()),
+            vec!["modified w.txt"],
+        ),
+        (
+            "mkdir",
+            Box::new(|| b.mkdir("d", 0o755).unwrap()),
+            vec!["created d/"],
+        ),
+        (
+            "symlink",
+            Box::new(|| b.symlink("w.txt", "d/link").unwrap()),
+            vec!["created d/link"],
+        ),
+        (
+            "rename file",
+            Box::new(|| b.rename("w.txt", "d/w2.txt").unwrap()),
+            vec!["renamed w.txt -> d/w2.txt"],
+        ),
+        (
+            "rename lower dir",
+            Box::new(|| b.rename("docs", "manual").unwrap()),
+            vec!["renamed docs/ -> manual/"],
+        ),
+        (
+            "rename to itself",
+            Box::new(|| b.rename("manual", "manual").unwrap()),
+            vec![],
+        ),
+        (
+            "chmod",
+            Box::new(|| b.chmod("run.sh", 0o700).unwrap()),
+            vec!["attributes run.sh"],
+        ),
+        (
+            "utimes dir",
+            Box::new(|| {
+                b.set_times("src", None, Some(std::time::SystemTime::UNIX_EPOCH))
+                    .unwrap()
+            }),
+            vec!["attributes src/"],
+        ),
+        (
+            "unlink (whiteout)",
+            Box::new(|| b.unlink("src/main.rs").unwrap()),
+            vec!["removed src/main.rs"],
+        ),
+        (
+            "unlink symlink",
+            Box::new(|| b.unlink("d/link").unwrap()),
+            vec!["removed d/link"],
+        ),
+        (
+            "rmdir of a non-empty dir fails",
+            Box::new(|| {
+                b.rmdir("src/nested").unwrap_err();
+            }),
+            vec![],
+        ),
+        (
+            "remove_all",
+            Box::new(|| b.remove_all("src/nested").unwrap()),
+            vec!["removed src/nested/deep.txt", "removed src/nested/"],
+        ),
+        (
+            "failed op",
+            Box::new(|| {
+                b.mkdir("d", 0o755).unwrap_err();
+            }),
+            vec![],
+        ),
     ];
     for (what, op, want) in cases {
         let got = summaries(&s, op);
@@ -111,9 +189,15 @@ fn events_carry_sizes_kinds_and_order() {
     assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(ev.iter().all(|e| e.branch == "b"));
     let c = CoreEvent::from(&ev[1]);
-    assert_eq!((c.kind, c.size_before, c.size_after), (AbiKind::MODIFIED, 5, 10));
+    assert_eq!(
+        (c.kind, c.size_before, c.size_after),
+        (AbiKind::MODIFIED, 5, 10)
+    );
     let c = CoreEvent::from(&ev[4]);
-    assert_eq!((c.kind, c.size_before, c.is_dir), (AbiKind::CREATED, u64::MAX, true));
+    assert_eq!(
+        (c.kind, c.size_before, c.is_dir),
+        (AbiKind::CREATED, u64::MAX, true)
+    );
 }
 
 #[test]

@@ -355,7 +355,12 @@ fn run_case(
         for (n, t) in &c.snaps {
             prop_assert_eq!(&image(s, n, true), t, "step {} {:?}: snapshot {}", i, op, n);
         }
-        prop_assert!(image_dir(&base) == base_img, "step {} {:?}: the base changed", i, op);
+        prop_assert!(
+            image_dir(&base) == base_img,
+            "step {} {:?}: the base changed",
+            i,
+            op
+        );
     }
     let s = c.store.as_ref().unwrap();
     for (b, t) in &c.model {
@@ -409,7 +414,8 @@ fn step(
             let Some(b) = pick(b) else { return Ok(()) };
             let name = format!("s{}", c.next_snap);
             c.next_snap += 1;
-            s.create_snapshot(&b, Some(&name)).map_err(|e| e.to_string())?;
+            s.create_snapshot(&b, Some(&name))
+                .map_err(|e| e.to_string())?;
             c.snaps.insert(name, c.model[&b].clone());
             return Ok(());
         }
@@ -420,7 +426,8 @@ fn step(
             };
             let name = format!("b{}", c.next_branch);
             c.next_branch += 1;
-            s.create_branch(&name, Some(snap), None).map_err(|e| e.to_string())?;
+            s.create_branch(&name, Some(snap), None)
+                .map_err(|e| e.to_string())?;
             c.model.insert(name, c.snaps[snap].clone());
             return Ok(());
         }
@@ -483,7 +490,10 @@ fn check(label: &str, scratch: &Path, persistent: bool, factory: Factory<'_>) ->
         ..Config::default()
     });
     let totals = std::cell::Cell::new((0u64, 0u64));
-    let strategy = (base_tree(), proptest::collection::vec(op(persistent), 1..28));
+    let strategy = (
+        base_tree(),
+        proptest::collection::vec(op(persistent), 1..28),
+    );
     let result = runner.run(&strategy, |(base_t, ops)| {
         let dir = tempfile::tempdir_in(scratch).unwrap();
         let (r, c) = run_case(dir.path(), &base_t, &ops, factory)?;
@@ -514,7 +524,9 @@ fn model_mock_copy_only() {
 #[test]
 fn model_hostfs() {
     let t = tempfile::tempdir().unwrap();
-    check("hostfs", t.path(), true, &|d: &Path| hostfs(&d.join("store")));
+    check("hostfs", t.path(), true, &|d: &Path| {
+        hostfs(&d.join("store"))
+    });
 }
 
 #[test]

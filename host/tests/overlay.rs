@@ -34,13 +34,20 @@ fn reads_come_from_the_base_and_writes_land_in_the_branch() {
         let t = s.branch("b");
         assert_eq!(image_tree(&t), image_dir(base), "{fl}: fresh branch = base");
         assert_eq!(t.stat("src/main.rs").unwrap().origin, Origin::Base);
-        t.write_file("src/main.rs", b"fn main() { changed() }\n").unwrap();
+        t.write_file("src/main.rs", b"fn main() { changed() }\n")
+            .unwrap();
         t.write_file("new.txt", b"new").unwrap();
-        assert_eq!(t.read_file("src/main.rs").unwrap(), b"fn main() { changed() }\n");
+        assert_eq!(
+            t.read_file("src/main.rs").unwrap(),
+            b"fn main() { changed() }\n"
+        );
         assert_eq!(t.stat("src/main.rs").unwrap().origin, Origin::Active);
         assert_eq!(t.read_file("new.txt").unwrap(), b"new");
         // Reading through the base symlink sees the branch's version.
-        assert_eq!(t.read_file("main-link").unwrap(), b"fn main() { changed() }\n");
+        assert_eq!(
+            t.read_file("main-link").unwrap(),
+            b"fn main() { changed() }\n"
+        );
         // A second branch is untouched.
         s.create_branch("c", None, None).unwrap();
         assert_eq!(image_tree(&s.branch("c")), image_dir(base), "{fl}");
@@ -57,9 +64,16 @@ fn copy_up_keeps_mode_times_and_untouched_bytes() {
         let after = t.stat("run.sh").unwrap();
         assert_eq!(after.mode, 0o750, "{fl}");
         assert_eq!(after.mtime, before.mtime, "{fl}: copy-up keeps mtime");
-        assert_eq!(t.read_file("run.sh").unwrap(), fs::read(base.join("run.sh")).unwrap());
+        assert_eq!(
+            t.read_file("run.sh").unwrap(),
+            fs::read(base.join("run.sh")).unwrap()
+        );
         t.write_at("src/lib.rs", 4, b"XX").unwrap();
-        assert_eq!(t.read_file("src/lib.rs").unwrap(), b"pub XX f() {}\n", "{fl}");
+        assert_eq!(
+            t.read_file("src/lib.rs").unwrap(),
+            b"pub XX f() {}\n",
+            "{fl}"
+        );
         t.write_at("src/lib.rs", 20, b"!").unwrap();
         let d = t.read_file("src/lib.rs").unwrap();
         assert_eq!(d.len(), 21);
@@ -67,14 +81,20 @@ fn copy_up_keeps_mode_times_and_untouched_bytes() {
         // Parent directories were copied up with their mode.
         let ds = t.stat("src").unwrap();
         assert_eq!(ds.origin, Origin::Active);
-        assert_eq!(ds.mode, fs::metadata(base.join("src")).unwrap().permissions().mode() & 0o7777);
+        assert_eq!(
+            ds.mode,
+            fs::metadata(base.join("src")).unwrap().permissions().mode() & 0o7777
+        );
         t.truncate("src/nested/deep.txt", 2).unwrap();
         assert_eq!(t.read_file("src/nested/deep.txt").unwrap(), b"de");
         t.truncate("docs/guide.md", 0).unwrap();
         assert_eq!(t.read_file("docs/guide.md").unwrap(), b"");
         let (reflinked, copied) = s.copy_stats();
         match fl {
-            "mock" => assert!(reflinked == 0 && copied > 0, "base is outside the mock: copies"),
+            "mock" => assert!(
+                reflinked == 0 && copied > 0,
+                "base is outside the mock: copies"
+            ),
             "mock-copy" => assert_eq!(reflinked, 0),
             _ => {}
         }
@@ -90,11 +110,22 @@ fn unlink_whites_out_and_the_name_can_come_back() {
         let t = s.branch("b");
         t.unlink("README.md").unwrap();
         assert!(!t.exists("README.md").unwrap(), "{fl}");
-        assert!(matches!(t.read_file("README.md"), Err(CoreError::NotFound(_))));
-        let names: Vec<_> = t.read_dir("").unwrap().into_iter().map(|e| e.name).collect();
+        assert!(matches!(
+            t.read_file("README.md"),
+            Err(CoreError::NotFound(_))
+        ));
+        let names: Vec<_> = t
+            .read_dir("")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert!(!names.iter().any(|n| n == "README.md"), "{fl}: {names:?}");
         // The base's marker-like file is a plain file, visible and harmless.
-        assert!(names.iter().any(|n| n == ".agentfs~wh.README.md"), "{fl}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == ".agentfs~wh.README.md"),
+            "{fl}: {names:?}"
+        );
         t.write_file("README.md", b"again").unwrap();
         assert_eq!(t.read_file("README.md").unwrap(), b"again");
         // Removing a file that only the branch has leaves no whiteout need.
@@ -118,12 +149,21 @@ fn deleted_directories_come_back_empty() {
         t.remove_all("src").unwrap();
         assert!(!t.exists("src").unwrap(), "{fl}");
         t.mkdir("src", 0o700).unwrap();
-        assert!(t.read_dir("src").unwrap().is_empty(), "{fl}: recreated dir is opaque");
+        assert!(
+            t.read_dir("src").unwrap().is_empty(),
+            "{fl}: recreated dir is opaque"
+        );
         assert_eq!(t.stat("src").unwrap().mode, 0o700);
         t.write_file("src/x", b"x").unwrap();
         assert_eq!(t.read_dir("src").unwrap().len(), 1);
-        assert!(matches!(t.mkdir("src", 0o755), Err(CoreError::AlreadyExists(_))));
-        assert!(matches!(t.rmdir("README.md"), Err(CoreError::NotDirectory(_))));
+        assert!(matches!(
+            t.mkdir("src", 0o755),
+            Err(CoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            t.rmdir("README.md"),
+            Err(CoreError::NotDirectory(_))
+        ));
         assert!(matches!(t.rmdir(""), Err(CoreError::InvalidArgument(_))));
         // A directory only in the branch goes without a trace.
         t.mkdir("only", 0o755).unwrap();
@@ -153,7 +193,12 @@ fn rename_files_and_directories_from_lower_layers() {
         // A directory merged from branch and base.
         t.write_file("docs/extra.md", b"extra").unwrap();
         t.rename("docs", "manual").unwrap();
-        let names: Vec<_> = t.read_dir("manual").unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<_> = t
+            .read_dir("manual")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, ["README.md", "extra.md", "guide.md"], "{fl}");
         assert!(!t.exists("docs").unwrap());
         // A branch-only file over an existing base file.
@@ -212,7 +257,11 @@ fn symlinks_resolve_inside_the_branch_only() {
         assert_eq!(t.stat("main-link").unwrap().kind, FileKind::File);
         assert_eq!(t.lstat("main-link").unwrap().kind, FileKind::Symlink);
         t.symlink("../src", "docs/up").unwrap();
-        assert_eq!(t.read_file("docs/up/main.rs").unwrap(), b"fn main() {}\n", "{fl}");
+        assert_eq!(
+            t.read_file("docs/up/main.rs").unwrap(),
+            b"fn main() {}\n",
+            "{fl}"
+        );
         assert_eq!(t.read_dir("docs/up").unwrap().len(), 3);
         t.symlink("/etc/passwd", "abs").unwrap();
         t.symlink("../../../../etc/passwd", "climb").unwrap();
@@ -224,12 +273,18 @@ fn symlinks_resolve_inside_the_branch_only() {
             let e = t.write_file(p, b"x").unwrap_err();
             assert!(matches!(e, CoreError::Escapes { .. }), "{fl} {p}: {e}");
         }
-        assert!(matches!(t.read_file("loop1"), Err(CoreError::SymlinkLoop(_))));
+        assert!(matches!(
+            t.read_file("loop1"),
+            Err(CoreError::SymlinkLoop(_))
+        ));
         // Writing through an in-branch link writes the target.
         t.write_file("main-link", b"via link").unwrap();
         assert_eq!(t.read_file("src/main.rs").unwrap(), b"via link");
         assert_eq!(t.lstat("main-link").unwrap().kind, FileKind::Symlink);
-        assert!(matches!(t.symlink("x", "README.md"), Err(CoreError::AlreadyExists(_))));
+        assert!(matches!(
+            t.symlink("x", "README.md"),
+            Err(CoreError::AlreadyExists(_))
+        ));
     });
 }
 
@@ -269,7 +324,11 @@ fn attributes_and_links() {
         assert_eq!(t.stat("docs/guide.md").unwrap().mtime, when, "{fl}");
         t.chmod("docs", 0o700).unwrap();
         assert_eq!(t.stat("docs").unwrap().mode, 0o700);
-        assert_eq!(t.read_dir("docs").unwrap().len(), 1, "{fl}: dir copy-up keeps content");
+        assert_eq!(
+            t.read_dir("docs").unwrap().len(),
+            1,
+            "{fl}: dir copy-up keeps content"
+        );
         let e = t.link("README.md", "hard").unwrap_err();
         assert!(matches!(e, CoreError::Unsupported(_)), "{fl}: {e}");
         let name = OsStr::new("user.agentfs.test");
@@ -291,13 +350,28 @@ fn reserved_looking_names_are_ordinary_files() {
     each(|fl, s, _| {
         s.create_branch("b", None, None).unwrap();
         let t = s.branch("b");
-        for n in [".agentfs~opaque", ".agentfs~wh.docs", ".agentfs~work", ".agentfs~esc.x"] {
+        for n in [
+            ".agentfs~opaque",
+            ".agentfs~wh.docs",
+            ".agentfs~work",
+            ".agentfs~esc.x",
+        ] {
             t.write_file(n, n.as_bytes()).unwrap();
         }
         t.mkdir("docs/.agentfs~opaque", 0o755).unwrap();
-        assert_eq!(t.read_file(".agentfs~wh.docs").unwrap(), b".agentfs~wh.docs");
-        assert!(t.exists("docs/guide.md").unwrap(), "{fl}: no accidental whiteout");
-        assert_eq!(t.read_dir("docs").unwrap().len(), 2, "{fl}: no accidental opaque");
+        assert_eq!(
+            t.read_file(".agentfs~wh.docs").unwrap(),
+            b".agentfs~wh.docs"
+        );
+        assert!(
+            t.exists("docs/guide.md").unwrap(),
+            "{fl}: no accidental whiteout"
+        );
+        assert_eq!(
+            t.read_dir("docs").unwrap().len(),
+            2,
+            "{fl}: no accidental opaque"
+        );
         t.unlink(".agentfs~wh.README.md").unwrap();
         assert!(t.exists("README.md").unwrap());
         assert!(!t.exists(".agentfs~wh.README.md").unwrap());
@@ -314,7 +388,11 @@ fn long_names_get_whiteouts_too() {
         assert_eq!(t.read_file(long.as_str()).unwrap(), b"long");
         t.unlink(long.as_str()).unwrap();
         assert!(!t.exists(long.as_str()).unwrap(), "{fl}");
-        assert!(!t.read_dir("").unwrap().iter().any(|e| e.name == long.as_str()));
+        assert!(!t
+            .read_dir("")
+            .unwrap()
+            .iter()
+            .any(|e| e.name == long.as_str()));
         fs::remove_file(base.join(&long)).unwrap();
     });
 }
@@ -332,7 +410,11 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
         t.write_file("a.txt", b"two").unwrap();
         t.write_file("README.md", b"back").unwrap();
         t.remove_all("src").unwrap();
-        assert_eq!(image_tree(&s.snapshot("s1")), at_snapshot, "{fl}: snapshot changed");
+        assert_eq!(
+            image_tree(&s.snapshot("s1")),
+            at_snapshot,
+            "{fl}: snapshot changed"
+        );
         assert_eq!(s.snapshot("s1").read_file("a.txt").unwrap(), b"one");
         // Snapshots are read-only.
         assert!(matches!(
@@ -357,7 +439,10 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
             s.delete_snapshot("s1").unwrap();
         } else {
             // Without native snapshots, main itself is built on s1.
-            assert!(matches!(s.delete_snapshot("s1"), Err(CoreError::Busy { .. })));
+            assert!(matches!(
+                s.delete_snapshot("s1"),
+                Err(CoreError::Busy { .. })
+            ));
             s.delete_branch("main").unwrap();
             s.delete_snapshot("s1").unwrap();
         }
@@ -396,7 +481,10 @@ fn branch_and_snapshot_names_are_checked() {
             Err(CoreError::AlreadyExists(_))
         ));
         assert!(matches!(s.delete_branch("zz"), Err(CoreError::NotFound(_))));
-        assert!(matches!(s.delete_snapshot("zz"), Err(CoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete_snapshot("zz"),
+            Err(CoreError::NotFound(_))
+        ));
     });
 }
 

@@ -33,7 +33,12 @@ fn a_restart_keeps_branches_snapshots_and_deletions() {
     };
     // Dropping the store dropped the plugin instance: a real restart.
     let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
-    let names: Vec<_> = s.list_branches().unwrap().into_iter().map(|b| b.name).collect();
+    let names: Vec<_> = s
+        .list_branches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(names, ["fork", "main"]);
     assert_eq!(s.list_snapshots().unwrap()[0].name, "s1");
     assert_eq!(image_tree(&s.branch("main")), img_main);
@@ -41,9 +46,15 @@ fn a_restart_keeps_branches_snapshots_and_deletions() {
     assert_eq!(image_tree(&s.branch("fork")), img_fork);
     let m = s.branch("main");
     assert!(!m.exists("README.md").unwrap(), "a deleted file reappeared");
-    assert!(!m.exists("src/main.rs").unwrap(), "an opaque directory leaked");
+    assert!(
+        !m.exists("src/main.rs").unwrap(),
+        "an opaque directory leaked"
+    );
     assert!(!m.exists("docs").unwrap(), "a renamed directory reappeared");
-    assert_eq!(s.info().unwrap().default_base.unwrap(), base.canonicalize().unwrap());
+    assert_eq!(
+        s.info().unwrap().default_base.unwrap(),
+        base.canonicalize().unwrap()
+    );
 }
 
 #[test]

@@ -132,12 +132,7 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, comps: &[OsString]) -> io::Result<
         return Err(not_plain(bad));
     }
     if comps.is_empty() {
-        return Ok(rustix::fs::openat(
-            root,
-            c".",
-            DIR_ANCHOR,
-            Mode::empty(),
-        )?);
+        return Ok(rustix::fs::openat(root, c".", DIR_ANCHOR, Mode::empty())?);
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Some(r) = linux::openat2_beneath(root, comps) {
@@ -194,13 +189,7 @@ mod linux {
             joined.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(c.as_os_str()));
         }
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(
-            root,
-            joined.as_slice(),
-            DIR_ANCHOR,
-            Mode::empty(),
-            how,
-        ) {
+        match rustix::fs::openat2(root, joined.as_slice(), DIR_ANCHOR, Mode::empty(), how) {
             Ok(fd) => Some(Ok(fd)),
             Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
                 UNAVAILABLE.store(true, Ordering::Relaxed);

@@ -25,10 +25,7 @@ use super::{
 /// shows.
 pub fn flatten_into(w: &Writer<'_>) -> CoreResult<()> {
     let view = w.view;
-    let base = view
-        .layers
-        .iter()
-        .position(|l| l.kind == LayerKind::Base);
+    let base = view.layers.iter().position(|l| l.kind == LayerKind::Base);
     let root = view.root_frame()?;
     visit(w, &BranchPath::root(), &root, base)?;
     // The work directory is empty now; a committed layer does not need it.
@@ -40,12 +37,14 @@ pub fn flatten_into(w: &Writer<'_>) -> CoreResult<()> {
     Ok(())
 }
 
-fn visit(w: &Writer<'_>, path: &BranchPath, frame: &DirFrame, base: Option<usize>) -> CoreResult<()> {
+fn visit(
+    w: &Writer<'_>,
+    path: &BranchPath,
+    frame: &DirFrame,
+    base: Option<usize>,
+) -> CoreResult<()> {
     let view = w.view;
-    let in_layers = frame
-        .parts
-        .iter()
-        .any(|(i, _)| *i != 0 && Some(*i) != base);
+    let in_layers = frame.parts.iter().any(|(i, _)| *i != 0 && Some(*i) != base);
     if !in_layers {
         return Ok(()); // only the base has this directory: nothing to record
     }

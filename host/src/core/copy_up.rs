@@ -211,10 +211,7 @@ impl<'a> Writer<'a> {
     ) -> CoreResult<()> {
         if let Err(e) = rustix::fs::renameat(work, from, dir, to) {
             self.discard(from);
-            return Err(CoreError::io(
-                format!("rename into place {:?}", to),
-                ioe(e),
-            ));
+            return Err(CoreError::io(format!("rename into place {:?}", to), ioe(e)));
         }
         Ok(())
     }
@@ -300,12 +297,8 @@ impl<'a> Writer<'a> {
                 Ok(()) => {
                     self.stats.reflinked.fetch_add(1, Ordering::Relaxed);
                     let fix = (|| {
-                        let s = beneath::open_file_at(
-                            hit.dir.as_fd(),
-                            &hit.stored,
-                            OFlags::RDONLY,
-                            0,
-                        )?;
+                        let s =
+                            beneath::open_file_at(hit.dir.as_fd(), &hit.stored, OFlags::RDONLY, 0)?;
                         let d = beneath::open_file_at(dir, name, OFlags::RDONLY, 0)?;
                         xattrs::copy_all(s.as_fd(), d.as_fd());
                         Ok::<_, io::Error>(())
@@ -469,7 +462,11 @@ impl<'a> Writer<'a> {
 }
 
 /// Sets the permission bits and times of `name` in `dir` to those of `st`.
-pub(crate) fn set_mode_and_times(dir: BorrowedFd<'_>, name: &OsStr, st: &RawStat) -> CoreResult<()> {
+pub(crate) fn set_mode_and_times(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &RawStat,
+) -> CoreResult<()> {
     rustix::fs::chmodat(
         dir,
         name,

@@ -195,7 +195,10 @@ impl Graph {
             match self.layers.get(&s.layer) {
                 None => return Err(format!("snapshot {name}: layer {} is missing", s.layer)),
                 Some(l) if l.state != LayerState::Committed => {
-                    return Err(format!("snapshot {name}: layer {} is not committed", s.layer))
+                    return Err(format!(
+                        "snapshot {name}: layer {} is not committed",
+                        s.layer
+                    ))
                 }
                 _ => {}
             }
@@ -215,7 +218,12 @@ impl Graph {
             }
             let chain = self.chain(id);
             let last = chain.last().expect("chain has at least the layer");
-            if self.layers.get(last).and_then(|l| l.parent.as_ref()).is_some() {
+            if self
+                .layers
+                .get(last)
+                .and_then(|l| l.parent.as_ref())
+                .is_some()
+            {
                 return Err(format!("layer {id}: its chain has a cycle"));
             }
         }

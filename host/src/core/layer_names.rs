@@ -150,7 +150,12 @@ mod tests {
 
     #[test]
     fn reserved_looking_user_names_are_escaped() {
-        for user in [".agentfs~wh.x", ".agentfs~opaque", ".agentfs~work", ".agentfs~"] {
+        for user in [
+            ".agentfs~wh.x",
+            ".agentfs~opaque",
+            ".agentfs~work",
+            ".agentfs~",
+        ] {
             let stored = encode(OsStr::new(user)).unwrap();
             assert!(stored.as_bytes().starts_with(ESCAPED), "{user}");
             assert_eq!(decode(&stored), Decoded::Entry(user.into()));

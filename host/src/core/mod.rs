@@ -37,6 +37,4 @@ pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use path::{validate_name, BranchPath};
 pub use persist::{LockWait, GRAPH_FILE, LOCK_FILE};
-pub use store::{
-    AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
-};
+pub use store::{AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree};

@@ -211,10 +211,7 @@ mod tests {
             CoreError::NameTooLong(_)
         ));
         // Dots inside names are fine.
-        assert_eq!(
-            BranchPath::parse("..a/b..").unwrap().components().len(),
-            2
-        );
+        assert_eq!(BranchPath::parse("..a/b..").unwrap().components().len(), 2);
     }
 
     #[test]

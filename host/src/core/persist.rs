@@ -35,10 +35,7 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -77,12 +74,11 @@ pub fn load_graph(meta: &Path) -> CoreResult<Option<(Graph, Version)>> {
     let md = f
         .metadata()
         .map_err(|e| CoreError::io(format!("stat {}", path.display()), e))?;
-    let g: Graph = serde_json::from_reader(io::BufReader::new(f)).map_err(|e| {
-        CoreError::Corrupt {
+    let g: Graph =
+        serde_json::from_reader(io::BufReader::new(f)).map_err(|e| CoreError::Corrupt {
             file: path.clone(),
             why: e.to_string(),
-        }
-    })?;
+        })?;
     g.check().map_err(|why| CoreError::Corrupt {
         file: path.clone(),
         why,

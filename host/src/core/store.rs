@@ -25,8 +25,7 @@ use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes, ErrorC
 use serde::Serialize;
 
 use super::{
-    beneath,
-    compact,
+    beneath, compact,
     copy_up::{CopyStats, Writer},
     diff::{self, DiffEntry},
     error::{CoreError, CoreResult},
@@ -165,9 +164,7 @@ fn bs(context: impl Into<String>) -> impl FnOnce(agentfs_plugin_api::PluginError
 }
 
 fn meta_dir(backstore: &Backstore) -> CoreResult<PathBuf> {
-    let meta = backstore
-        .metadata_dir()
-        .map_err(bs("metadata directory"))?;
+    let meta = backstore.metadata_dir().map_err(bs("metadata directory"))?;
     std::fs::create_dir_all(&meta)
         .map_err(|e| CoreError::io(format!("create {}", meta.display()), e))?;
     Ok(meta)
@@ -226,11 +223,10 @@ impl Store {
         let caps = backstore.capabilities();
         let state = {
             let _g = lock.lock(LockMode::Exclusive)?;
-            let (graph, version) = persist::load_graph(&meta)?.ok_or_else(|| {
-                CoreError::NotInitialized {
+            let (graph, version) =
+                persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: meta.clone(),
-                }
-            })?;
+                })?;
             recover(&backstore, &meta, &graph);
             State {
                 graph,
@@ -314,7 +310,10 @@ impl Store {
     /// Files copied up by reflink and by copy, since this store was opened.
     pub fn copy_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.stats.reflinked.load(Relaxed), self.stats.copied.load(Relaxed))
+        (
+            self.stats.reflinked.load(Relaxed),
+            self.stats.copied.load(Relaxed),
+        )
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -322,7 +321,11 @@ impl Store {
     }
 
     /// Runs `f` under the lock, on an up-to-date graph.
-    fn with<T>(&self, mode: LockMode, f: impl FnOnce(&mut State) -> CoreResult<T>) -> CoreResult<T> {
+    fn with<T>(
+        &self,
+        mode: LockMode,
+        f: impl FnOnce(&mut State) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         let mut st = self.lock_state();
         let _g = self.lock.lock(mode)?;
         self.refresh(&mut st)?;
@@ -555,7 +558,9 @@ impl Store {
     /// Every layer the graph names (all others in the backstore are
     /// orphans, deleted at the next open).
     pub fn layers_in_use(&self) -> CoreResult<Vec<String>> {
-        self.with(LockMode::Shared, |st| Ok(st.graph.layers.keys().cloned().collect()))
+        self.with(LockMode::Shared, |st| {
+            Ok(st.graph.layers.keys().cloned().collect())
+        })
     }
 
     /// Every branch, by name.
@@ -648,7 +653,10 @@ impl Store {
                         false
                     }
                     Err(e) => {
-                        return Err(CoreError::backstore(format!("snapshot layer {}", b.layer), e))
+                        return Err(CoreError::backstore(
+                            format!("snapshot layer {}", b.layer),
+                            e,
+                        ))
                     }
                 }
             } else {
@@ -777,7 +785,12 @@ impl Store {
 
     /// Builds the compacted layer for `branch` and re-parents its active
     /// layer on it, in `g` (not saved). Returns the new layer's id.
-    fn compact_in(&self, st: &mut State, g: &mut Graph, branch: &str) -> CoreResult<Option<String>> {
+    fn compact_in(
+        &self,
+        st: &mut State,
+        g: &mut Graph,
+        branch: &str,
+    ) -> CoreResult<Option<String>> {
         let active = g.branches[branch].layer.clone();
         let chain = g.chain(&active);
         if chain.len() <= 2 {
@@ -1010,7 +1023,12 @@ impl Tree<'_> {
         };
         self.store.with(LockMode::Exclusive, |st| {
             let view = self.store.target_view(st, &self.target)?;
-            let w = Writer::new(&view, &self.store.backstore, self.store.reflink(), &self.store.stats)?;
+            let w = Writer::new(
+                &view,
+                &self.store.backstore,
+                self.store.reflink(),
+                &self.store.stats,
+            )?;
             let (v, change) = f(&w)?;
             if let Some(c) = change {
                 self.store.publish(branch, c);
@@ -1173,7 +1191,11 @@ impl Tree<'_> {
     }
 
     /// Creates a symlink to `target` (stored verbatim).
-    pub fn symlink(&self, target: impl AsRef<OsStr>, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<()> {
+    pub fn symlink(
+        &self,
+        target: impl AsRef<OsStr>,
+        path: &(impl AsBranchPath + ?Sized),
+    ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
         self.mutate(|w| w.symlink(target.as_ref(), &p))
     }
@@ -1217,7 +1239,11 @@ impl Tree<'_> {
     }
 
     /// Removes an extended attribute.
-    pub fn remove_xattr(&self, path: &(impl AsBranchPath + ?Sized), name: &OsStr) -> CoreResult<()> {
+    pub fn remove_xattr(
+        &self,
+        path: &(impl AsBranchPath + ?Sized),
+        name: &OsStr,
+    ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
         self.mutate(|w| w.remove_xattr(&p, name))
     }

@@ -506,9 +506,7 @@ impl View {
     /// Opens a resolved file or directory for xattr calls.
     pub(crate) fn open_for_xattr(&self, r: &Resolved) -> CoreResult<OwnedFd> {
         let res = match (&r.hit, r.kind()) {
-            (None, _) => {
-                beneath::open_dir_readable(self.layers[0].root.as_fd(), None)
-            }
+            (None, _) => beneath::open_dir_readable(self.layers[0].root.as_fd(), None),
             (Some(h), Some(FileKind::Dir)) => {
                 beneath::open_dir_readable(h.dir.as_fd(), Some(&h.stored))
             }
@@ -553,9 +551,9 @@ impl View {
 /// Maps an xattr OS error.
 pub(crate) fn xattr_err(path: &BranchPath, e: std::io::Error) -> CoreError {
     match e.raw_os_error() {
-        Some(c) if c == libc::ENOTSUP || c == libc::EOPNOTSUPP => CoreError::Unsupported(format!(
-            "{path}: extended attributes on this filesystem"
-        )),
+        Some(c) if c == libc::ENOTSUP || c == libc::EOPNOTSUPP => {
+            CoreError::Unsupported(format!("{path}: extended attributes on this filesystem"))
+        }
         _ => CoreError::from_errno(&path.to_string(), "xattr", e),
     }
 }

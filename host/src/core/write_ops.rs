@@ -127,8 +127,9 @@ impl Writer<'_> {
         not_root(&r, "write")?;
         let Some(hit) = &r.hit else {
             self.new_file(&r, data, mode)?;
-            return Ok(Change::new(EventKind::Created, r.path, false)
-                .sizes(None, Some(data.len() as u64)));
+            return Ok(
+                Change::new(EventKind::Created, r.path, false).sizes(None, Some(data.len() as u64))
+            );
         };
         let before = regular_file(&r)?.st.size;
         if hit.layer == 0 {
@@ -348,8 +349,13 @@ impl Writer<'_> {
     /// Sets the permission bits of `path` (symlinks followed).
     pub fn chmod(&self, path: &BranchPath, mode: u32) -> CoreResult<Change> {
         let (r, ()) = self.with_active(path, |dir, name| {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode((mode & 0o7777) as _), AtFlags::empty())
-                .map_err(Into::into)
+            rustix::fs::chmodat(
+                dir,
+                name,
+                Mode::from_raw_mode((mode & 0o7777) as _),
+                AtFlags::empty(),
+            )
+            .map_err(Into::into)
         })?;
         let d = is_dir(&r);
         Ok(Change::new(EventKind::AttributesChanged, r.path, d))
@@ -456,8 +462,7 @@ impl Writer<'_> {
             .view
             .lookup_in(rf.parent.as_ref().expect("not the root"), rf.name(), true)?
             .is_some();
-        let direct = src.layer == 0
-            && (!src_dir || self.view.dir_frame(&rf)?.parts.len() == 1);
+        let direct = src.layer == 0 && (!src_dir || self.view.dir_frame(&rf)?.parts.len() == 1);
         let work = self.work()?;
         let to_stored = encode(rt.name())?;
 
@@ -468,7 +473,14 @@ impl Writer<'_> {
             let tmp = temp_name();
             let built = if src_dir {
                 let frame = self.view.dir_frame(&rf)?;
-                self.materialise(&rf.path, &frame, &src, work.as_fd(), &self.work_path(), &tmp)
+                self.materialise(
+                    &rf.path,
+                    &frame,
+                    &src,
+                    work.as_fd(),
+                    &self.work_path(),
+                    &tmp,
+                )
             } else if src.st.kind == FileKind::Symlink {
                 let target = self.view.read_link(&rf.path)?;
                 rustix::fs::symlinkat(target.as_bytes(), work.as_fd(), &tmp)
@@ -492,7 +504,8 @@ impl Writer<'_> {
             self.make_whiteout(m_dir.as_fd(), rf.name())?;
         }
         // 3. Into place.
-        let replaces_active_dir = matches!(&rt.hit, Some(h) if h.layer == 0 && h.st.kind == FileKind::Dir);
+        let replaces_active_dir =
+            matches!(&rt.hit, Some(h) if h.layer == 0 && h.st.kind == FileKind::Dir);
         if replaces_active_dir {
             // The old directory holds only markers; swap it out atomically.
             match rustix::fs::renameat_with(
@@ -503,7 +516,14 @@ impl Writer<'_> {
                 RenameFlags::EXCHANGE,
             ) {
                 Ok(()) => self.trash(m_dir.as_fd(), &m_name)?,
-                Err(e) if matches!(e, rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
+                Err(e)
+                    if matches!(
+                        e,
+                        rustix::io::Errno::INVAL
+                            | rustix::io::Errno::NOSYS
+                            | rustix::io::Errno::NOTSUP
+                    ) =>
+                {
                     self.trash(to_parent.as_fd(), &to_stored)?;
                     rustix::fs::renameat(m_dir.as_fd(), &m_name, to_parent.as_fd(), &to_stored)
                         .map_err(|e| self.io(&rt.path, "rename")(e.into()))?;

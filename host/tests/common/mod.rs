@@ -49,7 +49,10 @@ pub fn load(name: &str, options: &str) -> Backstore {
 
 /// A hostfs backstore rooted at `root`.
 pub fn hostfs(root: &Path) -> Backstore {
-    load("hostfs", &format!("root = {:?}", root.display().to_string()))
+    load(
+        "hostfs",
+        &format!("root = {:?}", root.display().to_string()),
+    )
 }
 
 /// A fresh mock (RAM) backstore.
@@ -105,7 +108,11 @@ pub fn image_dir(root: &Path) -> TreeImage {
             .collect();
         names.sort();
         for n in names {
-            let r = if rel.is_empty() { n.clone() } else { format!("{rel}/{n}") };
+            let r = if rel.is_empty() {
+                n.clone()
+            } else {
+                format!("{rel}/{n}")
+            };
             let p = root.join(&r);
             let md = fs::symlink_metadata(&p).unwrap();
             let mode = md.permissions().mode() & 0o7777;
@@ -130,7 +137,11 @@ pub fn image_tree(t: &Tree<'_>) -> TreeImage {
     fn walk(t: &Tree<'_>, rel: &str, out: &mut TreeImage) {
         for e in t.read_dir(rel).unwrap() {
             let n = e.name.into_string().unwrap();
-            let r = if rel.is_empty() { n } else { format!("{rel}/{n}") };
+            let r = if rel.is_empty() {
+                n
+            } else {
+                format!("{rel}/{n}")
+            };
             let st = t.lstat(r.as_str()).unwrap();
             match st.kind {
                 FileKind::Dir => {
