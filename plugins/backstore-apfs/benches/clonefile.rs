@@ -97,5 +97,7 @@ criterion::criterion_main!(benches);
 
 #[cfg(not(target_os = "macos"))]
 fn main() {
-    eprintln!("skipped: the apfs benchmarks measure clonefile(2) and APFS RAM disks, which need macOS");
+    eprintln!(
+        "skipped: the apfs benchmarks measure clonefile(2) and APFS RAM disks, which need macOS"
+    );
 }

@@ -254,7 +254,26 @@ fn clonefile_preserves_mode_and_times_including_birth_time() {
     let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
     assert_eq!(mb.permissions().mode() & 0o7777, 0o640);
     assert_eq!(mb.modified().unwrap(), past);
+    assert_eq!(mb.accessed().unwrap(), past);
     assert_eq!(mb.created().unwrap(), ma.created().unwrap(), "birth time");
+}
+
+#[test]
+fn clonefile_preserves_bsd_flags() {
+    use std::os::macos::fs::MetadataExt;
+    let t = apfs_tempdir();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fs::write(&a, b"flags").unwrap();
+    let st = Command::new("/usr/bin/chflags")
+        .arg("hidden")
+        .arg(&a)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    const UF_HIDDEN: u32 = 0x8000;
+    assert_ne!(fs::metadata(&a).unwrap().st_flags() & UF_HIDDEN, 0);
+    reflink_file(&a, &b).unwrap();
+    assert_ne!(fs::metadata(&b).unwrap().st_flags() & UF_HIDDEN, 0);
 }
 
 #[test]
@@ -419,6 +438,31 @@ fn ramdisk_create_destroy_cycle() {
     rd.destroy().unwrap();
     assert!(!diskutil_list().contains(&name), "volume {name} leaked");
     assert!(!mount.join("f").exists());
+}
+
+/// What docs/backstores.md says of the RAM disk volume's mount options.
+#[test]
+fn ramdisk_volume_is_mounted_nosuid_and_noowners() {
+    let Some(rd) = ramdisk_or_skip(32, "ramdisk_volume_is_mounted_nosuid_and_noowners") else {
+        return;
+    };
+    let out = Command::new("/sbin/mount").output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let needle = format!(" on {} (", rd.mount_point().display());
+    let line = table
+        .lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not in the mount table:\n{table}",
+                rd.mount_point().display()
+            )
+        });
+    eprintln!("{line}");
+    assert!(line.contains("apfs"), "{line}");
+    assert!(line.contains("nosuid"), "{line}");
+    assert!(line.contains("noowners"), "{line}");
+    rd.destroy().unwrap();
 }
 
 #[test]
