@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use agentfs_plugin_api::{
-    backstore::{BackstoreImpl, BackstoreStatus, Capabilities},
+    backstore::{BackstoreImpl, Capabilities},
     PluginError, PluginResult,
 };
 use agentfs_plugin_support::{
     fs_type_of,
     reflink::{check_source, reflink_file},
-    status_of, DirLayerStore,
+    DirLayerStore,
 };
 
 use crate::{
@@ -186,24 +186,7 @@ impl BackstoreImpl for ApfsBackstore {
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
-    fn status(&self) -> PluginResult<BackstoreStatus> {
-        status_of(self.store.root())
-    }
-    fn metadata_dir(&self) -> PluginResult<PathBuf> {
-        Ok(self.store.meta_dir().to_path_buf())
-    }
-    fn create_layer(&self, id: &str) -> PluginResult<PathBuf> {
-        self.store.create(id)
-    }
-    fn delete_layer(&self, id: &str) -> PluginResult<()> {
-        self.store.delete(id)
-    }
-    fn layer_path(&self, id: &str) -> PluginResult<PathBuf> {
-        self.store.existing(id)
-    }
-    fn list_layers(&self) -> PluginResult<Vec<String>> {
-        self.store.list()
-    }
+    agentfs_plugin_support::dir_layer_methods!(store);
     fn snapshot_layer(&self, _src: &str, _dst: &str, _read_only: bool) -> PluginResult<PathBuf> {
         Err(PluginError::unsupported(NO_NATIVE_SNAPSHOTS))
     }

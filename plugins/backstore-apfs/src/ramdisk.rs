@@ -101,16 +101,15 @@ impl RamDisk {
                 e
             }
         };
-        let out = tools
-            .run(Tool::Hdiutil, &["attach", "-nomount", &opts.ram_url()])
-            .map_err(step("attach"))?;
-        let device = parse::attached_device(&out.stdout).ok_or_else(|| {
-            step("attach")(ToolError::unparsable(
-                out.command.clone(),
+        const OPERATION_DISK: &str = "'Disk from APFS operation' line";
+        let device = tools
+            .run_and_read(
+                Tool::Hdiutil,
+                &["attach", "-nomount", &opts.ram_url()],
                 "/dev/disk line",
-                &out.stdout,
-            ))
-        })?;
+                parse::attached_device,
+            )
+            .map_err(step("attach"))?;
         let attached = Attached {
             tools: tools.clone(),
             device: device.clone(),
@@ -118,31 +117,24 @@ impl RamDisk {
         };
         tracing::info!(%device, size_mb = opts.size_mb, "attached RAM disk");
 
-        let out = tools
-            .run(Tool::Diskutil, &["apfs", "createContainer", &device])
+        let container = tools
+            .run_and_read(
+                Tool::Diskutil,
+                &["apfs", "createContainer", &device],
+                OPERATION_DISK,
+                parse::apfs_operation_disk,
+            )
             .map_err(step("create container"))?;
-        let container = parse::apfs_operation_disk(&out.stdout).ok_or_else(|| {
-            step("create container")(ToolError::unparsable(
-                out.command.clone(),
-                "'Disk from APFS operation' line",
-                &out.stdout,
-            ))
-        })?;
 
         let name = volume_name(owner);
-        let out = tools
-            .run(
+        let volume = tools
+            .run_and_read(
                 Tool::Diskutil,
                 &["apfs", "addVolume", &container, "APFS", &name],
+                OPERATION_DISK,
+                parse::apfs_operation_disk,
             )
             .map_err(step("add volume"))?;
-        let volume = parse::apfs_operation_disk(&out.stdout).ok_or_else(|| {
-            step("add volume")(ToolError::unparsable(
-                out.command.clone(),
-                "'Disk from APFS operation' line",
-                &out.stdout,
-            ))
-        })?;
 
         let mount_point = match mount_point_of(tools, &volume).map_err(step("find mount point"))? {
             Some(m) => m,

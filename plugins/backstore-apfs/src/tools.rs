@@ -203,6 +203,21 @@ impl Tools {
     }
 }
 
+impl Tools {
+    /// Runs `tool args...` and reads a value off its stdout with `read`;
+    /// output without one is [`ToolError::Unparsable`] naming `what`.
+    pub fn run_and_read<S: AsRef<OsStr>, T>(
+        &self,
+        tool: Tool,
+        args: &[S],
+        what: &'static str,
+        read: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ToolError> {
+        let out = self.run(tool, args)?;
+        read(&out.stdout).ok_or_else(|| ToolError::unparsable(out.command, what, &out.stdout))
+    }
+}
+
 /// Starts a program, retrying while the kernel says `ETXTBSY`: a program
 /// written just before (a test's fake tool) can still be open for writing
 /// in a child another thread forked in between; that fd closes at the

@@ -58,17 +58,15 @@ impl VolumeSnapshots {
     /// first) and returns its UUID as `diskutil` printed it.
     pub fn create(&self, name: &str) -> PluginResult<VolumeSnapshot> {
         let name = sanitize_snapshot_name(name)?;
-        let out = self
+        let uuid = self
             .tools
-            .run(Tool::Diskutil, &self.create_args(&name))
-            .map_err(|e| context(e, "create", &self.volume))?;
-        let uuid = parse::snapshot_uuid(&out.stdout).ok_or_else(|| {
-            context(
-                ToolError::unparsable(out.command.clone(), "snapshot UUID", &out.stdout),
-                "create",
-                &self.volume,
+            .run_and_read(
+                Tool::Diskutil,
+                &self.create_args(&name),
+                "snapshot UUID",
+                parse::snapshot_uuid,
             )
-        })?;
+            .map_err(|e| context(e, "create", &self.volume))?;
         tracing::info!(volume = %self.volume, %uuid, %name, "created APFS volume snapshot");
         Ok(VolumeSnapshot { uuid, name })
     }
