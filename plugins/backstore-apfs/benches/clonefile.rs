@@ -4,13 +4,18 @@
 //! macOS the benchmark binary only says it has nothing to measure.
 
 #[cfg(target_os = "macos")]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[cfg(target_os = "macos")]
 mod mac {
     use std::{
         fs,
-        io::Write,
         path::Path,
         time::{Duration, Instant},
     };
+
+    use super::common::{byte_copy, write_pattern, MIB};
 
     use agentfs_backstore_apfs::{options::RamdiskOptions, tools::Tools, RamDisk};
     use agentfs_plugin_support::reflink_file;
@@ -21,15 +26,6 @@ mod mac {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(64)
-    }
-
-    fn write_file(p: &Path, mb: u64) {
-        let mut f = fs::File::create(p).unwrap();
-        let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7) as u8).collect();
-        for _ in 0..mb {
-            f.write_all(&block).unwrap();
-        }
-        f.sync_all().unwrap();
     }
 
     /// Times `op(src, fresh_dst)` only; each destination is removed untimed.
@@ -57,19 +53,14 @@ mod mac {
         .expect("an APFS RAM disk is needed for this benchmark");
         let dir = rd.mount_point().join("bench");
         fs::create_dir(&dir).unwrap();
-        write_file(&dir.join("src"), mb);
+        write_pattern(&dir.join("src"), mb * MIB);
         let mut g = c.benchmark_group("clonefile");
         g.sample_size(20);
         g.bench_function(format!("clonefile_{mb}mb"), |b| {
             b.iter_custom(|n| timed(&dir, n, |s, d| reflink_file(s, d).unwrap()))
         });
         g.bench_function(format!("copy_{mb}mb"), |b| {
-            b.iter_custom(|n| {
-                timed(&dir, n, |s, d| {
-                    fs::copy(s, d).unwrap();
-                    fs::File::open(d).unwrap().sync_all().unwrap();
-                })
-            })
+            b.iter_custom(|n| timed(&dir, n, byte_copy))
         });
         g.finish();
         rd.destroy().unwrap();

@@ -28,7 +28,17 @@ use agentfs_plugin_api::{
 };
 use agentfs_plugin_support::{fs_type_of, reflink_file, status_of};
 
-const MIB: u64 = 1024 * 1024;
+mod common;
+use common::{byte_copy, write_pattern, MIB};
+
+/// Constructing a RAM disk backstore cleans leftovers of dead processes.
+/// Those constructions hold this for reading; the leftover test holds it
+/// for writing, so no other test cleans its leftover before it looks.
+static LEFTOVERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn constructing() -> std::sync::RwLockReadGuard<'static, ()> {
+    LEFTOVERS.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A RAM disk for one test, or the skip (a failure under AGENTFS_REQUIRE_COW=1).
 fn ramdisk_or_skip(size_mb: u64, test: &str) -> Option<RamDisk> {
@@ -44,6 +54,7 @@ fn ramdisk_or_skip(size_mb: u64, test: &str) -> Option<RamDisk> {
 /// A backstore on a fresh RAM disk, or the skip.
 fn ram_backstore_or_skip(extra: &str, test: &str) -> Option<ApfsBackstore> {
     let opts = ApfsOptions::parse(&format!("ramdisk = {{ size_mb = 256 }}\n{extra}")).unwrap();
+    let _guard = constructing();
     match ApfsBackstore::from_options(&opts, Path::new("/nonexistent")) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -70,18 +81,6 @@ fn diskutil_list() -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn write_pattern(p: &Path, bytes: u64) {
-    let mut f = fs::File::create(p).unwrap();
-    let mut block = vec![0u8; MIB as usize];
-    for i in 0..bytes / MIB {
-        for (j, b) in block.iter_mut().enumerate() {
-            *b = (i as usize * 31 + j * 7) as u8;
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.sync_all().unwrap();
 }
 
 // ---- M2: probe ----
@@ -200,7 +199,7 @@ fn clonefile_creates_no_new_blocks() {
     let before = used();
     b.reflink(&l.join("src"), &l.join("clone")).unwrap();
     let after_clone = used();
-    fs::copy(l.join("src"), l.join("copy")).unwrap();
+    byte_copy(&l.join("src"), &l.join("copy"));
     let after_copy = used();
     eprintln!(
         "clonefile_creates_no_new_blocks: {} MiB file: clone used {} KiB, copy used {} KiB",
@@ -483,7 +482,11 @@ fn ramdisk_is_apfs() {
 
 #[test]
 fn create_backstore_ramdisk_mode() {
-    let b = match agentfs_backstore_apfs::create("ramdisk = { size_mb = 128 }") {
+    let built = {
+        let _guard = constructing();
+        agentfs_backstore_apfs::create("ramdisk = { size_mb = 128 }")
+    };
+    let b = match built {
         Ok(b) => b,
         Err(e) => {
             agentfs_testfs::skip("create_backstore_ramdisk_mode", &e.to_string());
@@ -550,6 +553,7 @@ fn helper_hold_a_ramdisk_until_killed() {
 
 #[test]
 fn ramdisk_left_by_a_killed_process_is_cleaned_at_next_start() {
+    let _only_cleaner = LEFTOVERS.write().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
