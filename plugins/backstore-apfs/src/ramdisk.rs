@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentfs_plugin_api::{PluginError, PluginResult};
+use agentfs_plugin_api::{ErrorCode, PluginError, PluginResult};
 
 use crate::{
     names::{process_alive, volume_name, volume_owner},
@@ -85,15 +85,9 @@ pub struct RamDisk {
 }
 
 impl RamDisk {
-    /// Provisions a RAM disk of `opts.size_mb` MiB with a volume owned by
-    /// this process.
+    /// Provisions a RAM disk of `opts.size_mb` MiB whose volume name
+    /// carries this process's pid.
     pub fn create(tools: &Tools, opts: RamdiskOptions) -> PluginResult<Self> {
-        Self::create_owned_by(tools, opts, std::process::id())
-    }
-
-    /// Provisions a RAM disk whose volume name carries `owner` as its pid
-    /// (tests use a dead pid to make a leftover).
-    pub fn create_owned_by(tools: &Tools, opts: RamdiskOptions, owner: u32) -> PluginResult<Self> {
         let step = |what: &'static str| {
             move |e: ToolError| {
                 let mut e = PluginError::from(e);
@@ -126,7 +120,7 @@ impl RamDisk {
             )
             .map_err(step("create container"))?;
 
-        let name = volume_name(owner);
+        let name = volume_name(std::process::id());
         let volume = tools
             .run_and_read(
                 Tool::Diskutil,
@@ -146,7 +140,7 @@ impl RamDisk {
                     .map_err(step("find mount point"))?
                     .ok_or_else(|| {
                         PluginError::new(
-                            agentfs_plugin_api::ErrorCode::IO,
+                            ErrorCode::IO,
                             format!("APFS RAM disk: volume {volume} ({name}) is not mounted after `diskutil mount`"),
                         )
                     })?
@@ -154,7 +148,7 @@ impl RamDisk {
         };
         if !mount_point.is_dir() {
             return Err(PluginError::new(
-                agentfs_plugin_api::ErrorCode::IO,
+                ErrorCode::IO,
                 format!(
                     "APFS RAM disk: diskutil reports volume {volume} mounted at {}, which is not a directory",
                     mount_point.display()
@@ -205,7 +199,8 @@ impl RamDisk {
     }
 
     /// Forgets the RAM disk without destroying it, as a killed process would.
-    pub fn leak(mut self) {
+    #[cfg(test)]
+    fn leak(mut self) {
         self.attached.armed = false;
     }
 }
