@@ -23,16 +23,7 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes};
 
-use crate::{timed, Outcome, Report};
-
-type CheckFn = fn(&Ctx) -> Result<(), String>;
-
-/// A check: name, applicability (None = applies, Some(reason) = skipped), body.
-struct Check {
-    name: &'static str,
-    skip_unless: fn(&Ctx) -> Option<String>,
-    run: CheckFn,
-}
+use crate::{run_checks, skip_checks, Check, Outcome, Report};
 
 struct Ctx {
     store: Store,
@@ -163,7 +154,7 @@ fn expect_eq<T: PartialEq + std::fmt::Debug>(got: T, want: T, what: &str) -> Res
     }
 }
 
-const CHECKS: &[Check] = &[
+const CHECKS: &[Check<Ctx>] = &[
     Check {
         name: "overlay.copy_up_then_snapshot",
         skip_unless: always,
@@ -189,11 +180,7 @@ const CHECKS: &[Check] = &[
 /// Builds a second instance of the plugin, opens (or creates) its store,
 /// and runs the overlay checks.
 pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchPath) {
-    let skip_all = |report: &mut Report, why: String| {
-        for c in CHECKS {
-            report.push(c.name, Outcome::Skipped(why.clone()), Default::default());
-        }
-    };
+    let skip_all = |report: &mut Report, why: String| skip_checks(report, CHECKS, &why);
     let platforms = report
         .plugin
         .as_ref()
@@ -268,16 +255,7 @@ pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchP
         scratch,
         seq: AtomicU64::new(0),
     };
-    for c in CHECKS {
-        if let Some(why) = (c.skip_unless)(&ctx) {
-            report.push(c.name, Outcome::Skipped(why), Default::default());
-            continue;
-        }
-        timed(report, c.name, || match (c.run)(&ctx) {
-            Ok(()) => Outcome::Passed,
-            Err(e) => Outcome::Failed(e),
-        });
-    }
+    run_checks(report, CHECKS, &ctx);
     if created {
         if let Err(err) = ctx.store.destroy() {
             report.push(

@@ -83,6 +83,30 @@ fn ten_runs(g: &mut BenchmarkGroup<'_, WallTime>) {
         .measurement_time(std::time::Duration::from_millis(1));
 }
 
+/// Names `<prefix>0`, `<prefix>1`, ... for per-iteration setups, which
+/// remove what the previous iteration made (unmeasured) and make the next.
+struct Rotation {
+    prefix: &'static str,
+    n: Cell<u64>,
+}
+
+impl Rotation {
+    fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            n: Cell::new(0),
+        }
+    }
+
+    /// The previous name (if any) and the next one.
+    fn next(&self) -> (Option<String>, String) {
+        let i = self.n.get();
+        self.n.set(i + 1);
+        let prev = i.checked_sub(1).map(|p| format!("{}{p}", self.prefix));
+        (prev, format!("{}{i}", self.prefix))
+    }
+}
+
 fn sync_all() {
     Command::new("sync").status().ok();
 }
@@ -116,18 +140,16 @@ fn branch_creation(c: &mut Criterion) {
             ("mock", load("mock", "")),
         ] {
             let s = store(b);
-            let n = Cell::new(0u64);
+            let names = Rotation::new("b");
             g.bench_function(format!("{label}/base_{files}_files"), |bench| {
                 bench.iter_batched(
                     || {
-                        // Keep the graph at one branch: remove the last one
-                        // (unmeasured).
-                        let i = n.get();
-                        if i > 0 {
-                            s.delete_branch(&format!("b{}", i - 1)).unwrap();
+                        // Keep the graph at one branch.
+                        let (prev, name) = names.next();
+                        if let Some(p) = prev {
+                            s.delete_branch(&p).unwrap();
                         }
-                        n.set(i + 1);
-                        format!("b{i}")
+                        name
                     },
                     |name| s.create_branch(&name, None, Some(&base)).unwrap(),
                     BatchSize::PerIteration,
@@ -164,20 +186,17 @@ fn snapshot_of_changes(c: &mut Criterion) {
         ("mock", load("mock", "")),
     ] {
         let s = store(b);
-        let n = Cell::new(0u64);
+        let names = Rotation::new("b");
         g.bench_function(
             format!("{label}/branch_with_{CHANGED}_changed_files"),
             |bench| {
                 bench.iter_batched(
                     || {
-                        let i = n.get();
-                        if i > 0 {
-                            let prev = format!("b{}", i - 1);
-                            s.delete_branch(&prev).unwrap();
-                            s.delete_snapshot(&format!("{prev}.1")).unwrap();
+                        let (prev, name) = names.next();
+                        if let Some(p) = prev {
+                            s.delete_branch(&p).unwrap();
+                            s.delete_snapshot(&format!("{p}.1")).unwrap();
                         }
-                        n.set(i + 1);
-                        let name = format!("b{i}");
                         branch_with_changes(&s, &name, &base);
                         name
                     },
@@ -199,21 +218,18 @@ fn materialise(c: &mut Criterion) {
     let s = store(hostfs(&fs.path().join("store")));
     let mut g = c.benchmark_group("materialise");
     ten_runs(&mut g);
-    let n = Cell::new(0u64);
+    let names = Rotation::new("b");
     // Two committed layers of 5,000 files each, compacted into one.
     g.bench_function(format!("compact_{CHANGED}_files_btrfs"), |bench| {
         bench.iter_batched(
             || {
-                let i = n.get();
-                if i > 0 {
-                    let prev = format!("b{}", i - 1);
-                    s.delete_branch(&prev).unwrap();
+                let (prev, name) = names.next();
+                if let Some(p) = prev {
+                    s.delete_branch(&p).unwrap();
                     for k in [2, 1] {
-                        s.delete_snapshot(&format!("{prev}.{k}")).unwrap();
+                        s.delete_snapshot(&format!("{p}.{k}")).unwrap();
                     }
                 }
-                n.set(i + 1);
-                let name = format!("b{i}");
                 s.create_branch(&name, None, Some(&base)).unwrap();
                 let t = s.branch(&name);
                 for half in 0..2 {
@@ -241,15 +257,15 @@ fn materialise(c: &mut Criterion) {
             std::fs::write(dd.join(format!("f{f}")), b"changed\n").unwrap();
         }
     }
-    let m = Cell::new(0u64);
+    let dsts = Rotation::new("cp-dst");
     g.bench_function(format!("cp_a_reflink_{CHANGED}_files_btrfs"), |bench| {
         bench.iter_batched(
             || {
-                let i = m.get();
-                let _ =
-                    std::fs::remove_dir_all(fs.path().join(format!("cp-dst{}", i.wrapping_sub(1))));
-                m.set(i + 1);
-                fs.path().join(format!("cp-dst{i}"))
+                let (prev, next) = dsts.next();
+                if let Some(p) = prev {
+                    std::fs::remove_dir_all(fs.path().join(p)).unwrap();
+                }
+                fs.path().join(next)
             },
             |dst| {
                 let ok = Command::new("cp")
@@ -295,16 +311,14 @@ fn copy_up(c: &mut Criterion) {
             f.sync_all().unwrap();
         }
         let s = store(hostfs(&fs.path().join("store")));
-        let n = Cell::new(0u64);
+        let names = Rotation::new("b");
         g.bench_function(format!("{label}/{mb}MiB"), |bench| {
             bench.iter_batched(
                 || {
-                    let i = n.get();
-                    if i > 0 {
-                        s.delete_branch(&format!("b{}", i - 1)).unwrap();
+                    let (prev, name) = names.next();
+                    if let Some(p) = prev {
+                        s.delete_branch(&p).unwrap();
                     }
-                    n.set(i + 1);
-                    let name = format!("b{i}");
                     s.create_branch(&name, None, Some(&base)).unwrap();
                     name
                 },

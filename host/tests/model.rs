@@ -401,24 +401,11 @@ fn run_case(
     }
     let s = c.store.as_ref().unwrap();
     for (b, t) in &c.model {
-        let got: Vec<(String, ChangeType)> = {
-            let mut v: Vec<_> = s
-                .diff(b, None)
-                .unwrap()
-                .into_iter()
-                .map(|e| (e.path.to_string(), e.change))
-                .collect();
-            v.sort();
-            v
-        };
+        let mut got = diff_of(s, b, None);
+        got.sort();
         prop_assert_eq!(got, model_diff(base_t, t), "diff of branch {} vs base", b);
         for (n, st) in &c.snaps {
-            let mut got: Vec<_> = s
-                .diff(b, Some(n))
-                .unwrap()
-                .into_iter()
-                .map(|e| (e.path.to_string(), e.change))
-                .collect();
+            let mut got = diff_of(s, b, Some(n));
             got.sort();
             prop_assert_eq!(got, model_diff(st, t), "diff of branch {} vs {}", b, n);
         }

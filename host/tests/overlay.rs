@@ -499,12 +499,7 @@ fn diff_lists_added_modified_and_deleted() {
         t.remove_all("docs").unwrap();
         t.chmod("src/lib.rs", 0o600).unwrap();
         t.write_file("src/nested/deep.txt", b"deep\n").unwrap(); // same bytes
-        let d: Vec<(String, ChangeType)> = s
-            .diff("b", None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", None);
         use ChangeType::*;
         assert_eq!(
             d,
@@ -521,12 +516,7 @@ fn diff_lists_added_modified_and_deleted() {
         s.create_snapshot("b", Some("s")).unwrap();
         assert!(s.diff("b", Some("s")).unwrap().is_empty(), "{fl}");
         t.rename("new.txt", "newer.txt").unwrap();
-        let d: Vec<_> = s
-            .diff("b", Some("s"))
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", Some("s"));
         assert_eq!(
             d,
             vec![("new.txt".into(), Deleted), ("newer.txt".into(), Added)],
@@ -605,12 +595,7 @@ fn diff_sees_through_directories_recreated_over_whiteouts() {
         // but nothing of the base shows through it.
         t.mkdir("docs", 0o755).unwrap();
         assert!(t.read_dir("docs").unwrap().is_empty(), "{fl}");
-        let d: Vec<_> = s
-            .diff("b", None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", None);
         use ChangeType::*;
         assert_eq!(
             d,
