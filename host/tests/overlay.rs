@@ -5,7 +5,7 @@ mod common;
 
 use std::{ffi::OsStr, fs, path::Path, time::SystemTime};
 
-use agentfs_host::core::{ChangeType, CoreError, FileKind, Origin, Store};
+use agentfs_host::core::{ChangeType, CoreError, FileKind, Origin, Store, WORK_DIR};
 use common::*;
 
 /// Runs `f` once per backstore flavour, each with a fresh store over a
@@ -406,6 +406,8 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
         t.unlink("README.md").unwrap();
         let snap = s.create_snapshot("main", Some("s1")).unwrap();
         assert_eq!(snap.name, "s1");
+        let frozen = s.backstore().layer_path(&snap.layer).unwrap();
+        assert!(!frozen.join(WORK_DIR).exists(), "{fl}: temporaries frozen");
         let at_snapshot = image_tree(&s.snapshot("s1"));
         t.write_file("a.txt", b"two").unwrap();
         t.write_file("README.md", b"back").unwrap();

@@ -622,6 +622,16 @@ impl Store {
                     .expect("an unused name exists"),
             };
             let active = g.layers[&b.layer].clone();
+            // The layer is about to be frozen: no temporaries go with it.
+            let work = self
+                .layer_dir(st, &b.layer, LayerKind::Active)?
+                .root_path
+                .join(WORK_DIR);
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(CoreError::io(format!("clean {}", work.display()), err)),
+            }
             let now = now_secs();
             let native = self.caps.contains(Capabilities::NATIVE_SNAPSHOTS) && {
                 let id = g.alloc_layer_id();
