@@ -212,3 +212,22 @@ fn unsubscribed_and_other_subscribers() {
     assert_eq!(drain(&a), ["branch-created x", "created f"]);
     assert_eq!(drain(&b), ["branch-created x"]);
 }
+
+#[test]
+fn xattr_changes_are_attribute_events() {
+    let (_t, s) = setup();
+    s.create_branch("b", None, None).unwrap();
+    let b = s.branch("b");
+    let name = std::ffi::OsStr::new("user.agentfs.test");
+    let got = events_of(&s, || {
+        if let Err(e) = b.set_xattr("README.md", name, b"1") {
+            eprintln!("skipped: xattr events: {e}");
+            return;
+        }
+        b.remove_xattr("README.md", name).unwrap();
+    });
+    if !got.is_empty() {
+        let s: Vec<String> = got.iter().map(Event::summary).collect();
+        assert_eq!(s, ["attributes README.md", "attributes README.md"]);
+    }
+}
