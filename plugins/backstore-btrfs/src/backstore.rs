@@ -99,7 +99,10 @@ impl BtrfsBackstore {
             LayerKind::Directories
         };
         let mut caps = Capabilities::empty();
-        caps.set(Capabilities::NATIVE_REFLINK, probe_reflink(store.meta_dir()));
+        caps.set(
+            Capabilities::NATIVE_REFLINK,
+            probe_reflink(store.meta_dir()),
+        );
         caps.set(
             Capabilities::NATIVE_SNAPSHOTS,
             kind == LayerKind::Subvolumes,
@@ -185,13 +188,11 @@ fn probe_subvolumes(root: &Path) -> io::Result<()> {
     let a = root.join(format!(".agentfs-subvol-probe-{}", std::process::id()));
     let b = root.join(format!(".agentfs-subvol-probe-{}-ro", std::process::id()));
     let remove = |p: &Path| {
-        if subvol::is_subvolume(p).unwrap_or(false) {
-            if subvol::destroy_subvolume(p).is_err() {
-                // Not root and no user_subvol_rm_allowed: rmdir removes an
-                // empty subvolume its owner can write.
-                let _ = subvol::set_read_only(p, false);
-                let _ = std::fs::remove_dir(p);
-            }
+        // Not root and no user_subvol_rm_allowed: rmdir removes an empty
+        // subvolume its owner can write.
+        if subvol::is_subvolume(p).unwrap_or(false) && subvol::destroy_subvolume(p).is_err() {
+            let _ = subvol::set_read_only(p, false);
+            let _ = std::fs::remove_dir(p);
         }
     };
     remove(&b);

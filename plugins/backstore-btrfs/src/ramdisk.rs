@@ -13,7 +13,7 @@ use std::{
     fs, io,
     os::unix::{
         ffi::OsStrExt,
-        fs::{DirBuilderExt, OpenOptionsExt},
+        fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
     process::Command,
@@ -166,14 +166,18 @@ pub fn reap_stale(shm_dir: &Path, mount_parent: &Path) -> Vec<String> {
     for mp in current_mount_points().into_iter().filter(|p| stale(p)) {
         match unmount(&mp) {
             Ok(()) => done.push(format!("unmounted {}", mp.display())),
-            Err(e) => tracing::warn!(mount = %mp.display(), error = %e, "cannot unmount a stale RAM volume"),
+            Err(e) => {
+                tracing::warn!(mount = %mp.display(), error = %e, "cannot unmount a stale RAM volume")
+            }
         }
     }
     for (number, backing) in loopdev::attached() {
         if backing.parent() == Some(shm_dir) && stale(&backing) {
             match loopdev::detach_number(number) {
                 Ok(()) => done.push(format!("detached /dev/loop{number}")),
-                Err(e) => tracing::warn!(device = number, error = %e, "cannot detach the loop device of a stale RAM volume"),
+                Err(e) => {
+                    tracing::warn!(device = number, error = %e, "cannot detach the loop device of a stale RAM volume")
+                }
             }
         }
     }
@@ -194,7 +198,9 @@ pub fn reap_stale(shm_dir: &Path, mount_parent: &Path) -> Vec<String> {
             };
             match r {
                 Ok(()) => done.push(format!("removed {}", p.display())),
-                Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot remove a stale RAM volume's leftover"),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove a stale RAM volume's leftover")
+                }
             }
         }
     }
@@ -267,8 +273,9 @@ pub fn preflight(cfg: &RamConfig) -> PluginResult<PathBuf> {
             format!("btrfs ramdisk: missing {}", missing.join("; and ")),
         ));
     }
-    let free = nix::sys::statvfs::statvfs(&cfg.shm_dir)
-        .map_err(|e| PluginError::from_io(format!("statvfs {}", cfg.shm_dir.display()), &e.into()))?;
+    let free = nix::sys::statvfs::statvfs(&cfg.shm_dir).map_err(|e| {
+        PluginError::from_io(format!("statvfs {}", cfg.shm_dir.display()), &e.into())
+    })?;
     #[allow(clippy::unnecessary_cast)]
     let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
     if cfg.size_mb << 20 > avail {
@@ -373,6 +380,9 @@ impl RamVolume {
             )
         })?;
         vol.mounted = true;
+        // The fresh filesystem's root is 0755: keep the volume private.
+        fs::set_permissions(&vol.mount_point, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err("make private", &vol.mount_point, e))?;
         tracing::info!(mount = %vol.mount_point.display(), device = %vol.loop_path.display(),
                        size_mb = cfg.size_mb, "btrfs RAM volume mounted");
         Ok(vol)

@@ -26,8 +26,14 @@ pub const CHILD_ENV: &str = "AGENTFS_BTRFS_TEST_CHILD";
 pub fn child(name: &str, arg: &str) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
     let mut c = Command::new(exe);
-    c.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, arg);
+    c.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, arg);
     c
 }
 
@@ -37,10 +43,15 @@ pub fn child_arg() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
-/// Lines `KEY value` the child printed, by key.
+/// The value of the line `KEY value` a child printed (libtest may have put
+/// `test NAME ... ` before the first one).
 pub fn field(out: &str, key: &str) -> Option<String> {
+    let key = format!("{key} ");
     out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .find_map(|l| {
+            let l = l.rsplit_once(" ... ").map_or(l, |(_, rest)| rest);
+            l.strip_prefix(&key)
+        })
         .map(str::to_string)
 }
 
@@ -93,4 +104,58 @@ pub fn fresh(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(!p.exists());
     p
+}
+
+/// The unprivileged user children run as (`nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// Like [`child`], but the child runs as `uid`/`gid` from a world-readable
+/// copy of this test binary (the build directory may be private to root).
+/// Keep the returned directory alive while the child runs.
+pub fn child_as(name: &str, arg: &str, uid: u32) -> (Command, tempfile::TempDir) {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("test-child");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).expect("copy test binary");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new(&exe);
+    c.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, arg)
+    .current_dir("/")
+    .uid(uid)
+    .gid(uid);
+    (c, dir)
+}
+
+/// Runs a child to completion and returns its stdout, failing the test
+/// with everything it printed when it failed.
+pub fn run_ok(mut c: Command) -> String {
+    let out = c.output().expect("spawn child");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{so}\n{se}",
+        out.status
+    );
+    assert!(
+        so.contains("1 passed"),
+        "child ran no helper test:\n{so}\n{se}"
+    );
+    so
+}
+
+/// Whether this process runs as root (needed for mounts and other users).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
