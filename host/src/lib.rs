@@ -8,7 +8,7 @@ pub mod units;
 use std::path::PathBuf;
 
 use config::Config;
-use plugins::{Backstore, LoadError, SearchPath};
+use plugins::{Backstore, LoadError, SearchPath, WatchProvider};
 
 /// The host: a configuration and the plugin search path derived from it.
 #[derive(Debug, Clone)]
@@ -35,5 +35,14 @@ impl Host {
     /// Loads and constructs the configured backstore.
     pub fn backstore(&self) -> Result<Backstore, LoadError> {
         plugins::load_backstore(&self.config.backstore, &self.search)
+    }
+
+    /// Loads and constructs every configured watch provider, in order.
+    pub fn watch_providers(&self) -> Result<Vec<WatchProvider>, LoadError> {
+        self.config
+            .watch
+            .iter()
+            .map(|w| plugins::load_watch_provider(w, &self.search))
+            .collect()
     }
 }

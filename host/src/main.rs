@@ -207,6 +207,8 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
 
 fn status(h: &Host, json: bool) -> Result<ExitCode> {
     let b = h.backstore()?;
+    let watch = h.watch_providers()?;
+    let watch_names: Vec<String> = watch.iter().map(|w| w.details().name.clone()).collect();
     let st = b
         .status()
         .map_err(|e| anyhow::anyhow!("backstore '{}': status: {e}", b.details().name))?;
@@ -224,7 +226,8 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 "capacity_bytes": st.capacity_bytes,
                 "used_bytes": st.used_bytes,
                 "capabilities": caps,
-            }
+            },
+            "watch": watch_names,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -242,6 +242,7 @@ pub extern "C" fn info_entry<P: BackstorePluginDef>() -> PluginInfo {
 pub extern "C" fn create_entry<P: BackstorePluginDef>(
     options: RStr<'_>,
 ) -> RResult<BackstoreBox, PluginError> {
+    crate::guard::install_plugin_panic_hook();
     guard(|| {
         let inner = P::create(options.as_str())?;
         Ok(Backstore_TO::from_value(

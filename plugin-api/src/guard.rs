@@ -31,6 +31,29 @@ pub fn guard<T>(f: impl FnOnce() -> PluginResult<T>) -> RResult<T, PluginError> 
     }
 }
 
+/// Replaces the default panic hook of the plugin's copy of std with a
+/// one-line report on stderr. Called from the ABI entry points only, so a
+/// plugin crate's own unit tests keep the test harness's hook. In a cdylib
+/// the plugin has its own std, so the host's hook is untouched.
+pub fn install_plugin_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!("agentfs plugin: panic at {at}: {what} (caught at the ABI boundary)");
+        }));
+    });
+}
+
 /// OS path bytes for the ABI.
 pub fn path_to_bytes(p: &Path) -> RVec<u8> {
     RVec::from(p.as_os_str().as_bytes())

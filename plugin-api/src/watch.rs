@@ -235,6 +235,7 @@ pub extern "C" fn info_entry<P: WatchProviderPluginDef>() -> PluginInfo {
 pub extern "C" fn create_entry<P: WatchProviderPluginDef>(
     options: RStr<'_>,
 ) -> RResult<WatchProviderBox, PluginError> {
+    crate::guard::install_plugin_panic_hook();
     guard(|| {
         let inner = P::create(options.as_str())?;
         Ok(WatchProvider_TO::from_value(

@@ -5,5 +5,5 @@ mod loader;
 mod wrappers;
 
 pub use discovery::{candidate_files, library_file_name, scan_dirs, SearchPath};
-pub use loader::{inspect, load_backstore, load_watch_provider, LoadError, PluginDetails};
+pub use loader::{inspect, load_backstore, load_watch_provider, resolve, LoadError, PluginDetails};
 pub use wrappers::{Backstore, WatchProvider};

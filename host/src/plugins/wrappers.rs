@@ -45,9 +45,12 @@ impl Backstore {
     pub fn details(&self) -> &PluginDetails {
         &self.details
     }
-    /// The instance's capabilities (empty if the call failed).
+    /// The instance's capabilities (empty, with a warning, if the call failed).
     pub fn capabilities(&self) -> Capabilities {
-        ok(self.inner.capabilities()).unwrap_or_default()
+        ok(self.inner.capabilities()).unwrap_or_else(|e| {
+            tracing::warn!(plugin = %self.details.name, error = %e, "capabilities() failed; assuming none");
+            Capabilities::empty()
+        })
     }
     /// Filesystem type, capacity and usage.
     pub fn status(&self) -> PluginResult<BackstoreStatus> {

@@ -1,0 +1,228 @@
+//! Runs the conformance suite against every in-tree plugin and fixture.
+//! Plugins are loaded from the target dir (`cargo build --workspace` first).
+
+use std::{path::PathBuf, process::Command};
+
+use agentfs_conformance::{run, target_dir, Outcome, Target};
+use agentfs_testfs::{mount_or_skip, FsKind};
+
+fn lib(name: &str) -> PathBuf {
+    let p = target_dir().join(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+fn hostfs_on(root: &std::path::Path) -> Target {
+    Target::name("hostfs").with_options(&format!("root = {:?}", root.display().to_string()))
+}
+
+fn assert_ran(report: &agentfs_conformance::Report, name: &str) {
+    match &report
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} did not run"))
+        .outcome
+    {
+        Outcome::Passed => {}
+        other => panic!("{name}: {other:?}\n{}", report.to_text()),
+    }
+}
+
+#[test]
+fn mock_passes_every_check() {
+    let r = run(&Target::name("mock"));
+    eprint!("{}", r.to_text());
+    r.assert_all_passed();
+    assert_ran(&r, "backstore.reflink.independence");
+    assert_ran(&r, "backstore.snapshot.unsupported");
+    assert_eq!(r.plugin.as_ref().unwrap().name, "mock");
+}
+
+#[test]
+fn mock_without_reflink_passes_and_reports_unsupported() {
+    let r = run(&Target::name("mock").with_options("reflink = false"));
+    r.assert_all_passed();
+    assert_ran(&r, "backstore.reflink.capability_agrees");
+    assert!(matches!(
+        r.get("backstore.reflink.independence").unwrap().outcome,
+        Outcome::Skipped(_)
+    ));
+}
+
+#[test]
+fn hostfs_passes_on_the_plain_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let r = run(&hostfs_on(t.path()));
+    eprint!("{}", r.to_text());
+    r.assert_all_passed();
+}
+
+#[test]
+fn hostfs_passes_with_real_reflinks_on_btrfs_and_xfs() {
+    for kind in [FsKind::Btrfs, FsKind::Xfs] {
+        let Some(fs) = mount_or_skip(kind, 320, "hostfs_passes_with_real_reflinks") else {
+            continue;
+        };
+        let r = run(&hostfs_on(&fs.path().join("store")));
+        eprint!("[{kind}] {}", r.to_text());
+        r.assert_all_passed();
+        assert_ran(&r, "backstore.reflink.content_identical");
+        assert_ran(&r, "backstore.reflink.independence");
+    }
+}
+
+#[test]
+fn hostfs_on_ext4_and_tmpfs_reports_reflink_unsupported() {
+    for kind in [FsKind::Ext4, FsKind::Tmpfs] {
+        let Some(fs) = mount_or_skip(kind, 64, "hostfs_on_ext4_and_tmpfs") else {
+            continue;
+        };
+        let r = run(&hostfs_on(&fs.path().join("store")));
+        r.assert_all_passed();
+        assert_ran(&r, "backstore.reflink.capability_agrees");
+        assert!(matches!(
+            r.get("backstore.reflink.content_identical")
+                .unwrap()
+                .outcome,
+            Outcome::Skipped(_)
+        ));
+    }
+}
+
+#[test]
+fn the_documented_example_plugin_is_certified() {
+    let t = tempfile::tempdir().unwrap();
+    let r = run(&Target::path(lib("example_backstore"))
+        .with_options(&format!("root = {:?}", t.path().display().to_string())));
+    eprint!("{}", r.to_text());
+    r.assert_all_passed();
+    assert_eq!(r.plugin.as_ref().unwrap().name, "example");
+}
+
+#[test]
+fn a_plugin_that_panics_yields_panicked_and_the_process_survives() {
+    let r = run(&Target::path(lib("fixture_faulty")).with_options("fail = \"method-panic\""));
+    assert!(r.failed() >= 5, "{}", r.to_text());
+    for c in &r.checks {
+        if let Outcome::Failed(why) = &c.outcome {
+            assert!(why.contains("(panicked)"), "{}: {why}", c.name);
+        }
+    }
+    // The process is alive and can still load and use a healthy plugin.
+    run(&Target::name("mock")).assert_all_passed();
+}
+
+#[test]
+fn constructor_failures_are_reported_not_fatal() {
+    let r = run(&Target::path(lib("fixture_faulty")).with_options("fail = \"constructor-panic\""));
+    match &r.get("backstore.construct").unwrap().outcome {
+        Outcome::Failed(why) => assert!(why.contains("constructor panicked"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+    let r = run(&Target::path(lib("fixture_faulty")).with_options("fail = \"constructor-error\""));
+    match &r.get("backstore.construct").unwrap().outcome {
+        Outcome::Failed(why) => assert!(
+            why.contains("deliberate constructor error") && why.contains("permission-denied"),
+            "{why}"
+        ),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn non_plugins_fail_to_load_with_one_reason() {
+    for (p, needle) in [
+        (lib("fixture_not_a_plugin"), "not an AgentFS plugin"),
+        (lib("fixture_future_abi"), "ABI version 2"),
+        (
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
+            "not a loadable shared library",
+        ),
+        (
+            PathBuf::from("/nonexistent/libagentfs_backstore_x.so"),
+            "no such file",
+        ),
+    ] {
+        let r = run(&Target::path(&p));
+        assert!(r.plugin.is_none());
+        match &r.checks[0].outcome {
+            Outcome::Failed(why) => assert!(why.contains(needle), "{}: {why}", p.display()),
+            o => panic!("{o:?}"),
+        }
+    }
+}
+
+fn conformance_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_agentfs-conformance"))
+}
+
+#[test]
+fn binary_prints_counts_and_exit_codes() {
+    let out = conformance_bin().arg("mock").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.ends_with("skipped") && last.contains(" passed, 0 failed, "),
+        "{last}"
+    );
+
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/aarch64-linux-gnu/libc.so.6",
+        "/usr/lib/libc.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists());
+    let not_plugin = libc
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lib("fixture_not_a_plugin"));
+    let out = conformance_bin().arg(&not_plugin).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not an AgentFS plugin"), "{stderr}");
+
+    let opts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(opts.path(), "fail = \"method-panic\"").unwrap();
+    let out = conformance_bin()
+        .arg(lib("fixture_faulty"))
+        .arg("--options")
+        .arg(opts.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failing plugin must exit 1, not abort"
+    );
+}
+
+#[test]
+fn binary_json_and_junit_formats() {
+    let out = conformance_bin()
+        .args(["mock", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"], 0);
+    assert!(v["passed"].as_u64().unwrap() >= 10);
+    assert_eq!(v["plugin"]["name"], "mock");
+    let out = conformance_bin()
+        .args(["mock", "--format", "junit"])
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        xml.contains("<testsuite") && xml.contains("backstore.reflink.independence"),
+        "{xml}"
+    );
+}
