@@ -140,16 +140,6 @@ impl DirLayerStore {
         remove_tree(&trash).map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))
     }
 
-    /// Deletes layer `id` in place with `remove`, for layers whose removal
-    /// is atomic by itself (a subvolume destroyed by one ioctl): no trash.
-    pub fn delete_with(
-        &self,
-        id: &str,
-        remove: impl FnOnce(&Path) -> PluginResult<()>,
-    ) -> PluginResult<()> {
-        remove(&self.existing(id)?)
-    }
-
     /// Renames layer `id` to a trash name and returns it: from then on the
     /// id is free, and whatever of the trash a crash leaves behind is
     /// removed at the next [`DirLayerStore::open`].
@@ -247,6 +237,28 @@ mod tests {
         for good in ["l1", "layer-000017", "snap_2.ro"] {
             validate_layer_id(good).unwrap();
         }
+    }
+
+    #[test]
+    fn custom_make_hook_and_trash() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirLayerStore::open(t.path()).unwrap();
+        // `make` decides how the layer is made; EEXIST becomes AlreadyExists.
+        let p = s
+            .create_with("a", |p| {
+                fs::create_dir(p).and_then(|()| fs::write(p.join("seed"), b"1"))
+            })
+            .unwrap();
+        assert!(p.join("seed").is_file());
+        let e = s.create_with("a", |p| fs::create_dir(p)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ALREADY_EXISTS);
+        let e = s.create_with("../x", |_| unreachable!()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT);
+        // A layer moved to the trash frees its id at once.
+        s.create("b").unwrap();
+        let trash = s.move_to_trash("b").unwrap();
+        assert!(trash.is_dir() && s.list().unwrap().is_empty());
+        s.create("b").unwrap();
     }
 
     #[test]
