@@ -185,8 +185,14 @@ impl BtrfsBackstore {
 
 /// Creates, snapshots and destroys a throwaway subvolume in `root`.
 fn probe_subvolumes(root: &Path) -> io::Result<()> {
-    let a = root.join(format!(".agentfs-subvol-probe-{}", std::process::id()));
-    let b = root.join(format!(".agentfs-subvol-probe-{}-ro", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        ".agentfs-subvol-probe-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let a = root.join(&name);
+    let b = root.join(format!("{name}-ro"));
     let remove = |p: &Path| {
         // Not root and no user_subvol_rm_allowed: rmdir removes an empty
         // subvolume its owner can write.
