@@ -15,6 +15,10 @@
 //! Only the operation is timed; clean-up between iterations is not.
 
 #[cfg(target_os = "linux")]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[cfg(target_os = "linux")]
 mod linux {
     use std::{
         fs,
@@ -32,6 +36,8 @@ mod linux {
     use agentfs_testfs::{FsKind, TestFs};
     use criterion::{Criterion, SamplingMode};
 
+    use crate::common::write_pattern;
+
     fn env_u64(name: &str, default: u64) -> u64 {
         std::env::var(name)
             .ok()
@@ -41,26 +47,6 @@ mod linux {
 
     fn skip(what: &str, why: impl std::fmt::Display) {
         eprintln!("skipped: benchmark {what}: {why}");
-    }
-
-    /// Writes `len` bytes of a non-repeating pattern and fsyncs.
-    fn write_pattern(p: &Path, len: u64) {
-        let mut f = std::io::BufWriter::new(fs::File::create(p).unwrap());
-        let mut block = vec![0u8; 1 << 20];
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut left = len;
-        while left > 0 {
-            for chunk in block.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-            }
-            let n = left.min(block.len() as u64) as usize;
-            f.write_all(&block[..n]).unwrap();
-            left -= n as u64;
-        }
-        f.into_inner().unwrap().sync_all().unwrap();
     }
 
     /// A real data copy: read and write through a buffer (std::fs::copy

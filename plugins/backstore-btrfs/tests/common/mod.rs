@@ -24,16 +24,18 @@ pub const CHILD_ENV: &str = "AGENTFS_BTRFS_TEST_CHILD";
 /// A command that re-runs this test binary for the one (ignored) helper
 /// test `name`, with `arg` in [`CHILD_ENV`].
 pub fn child(name: &str, arg: &str) -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut c = Command::new(exe);
-    c.args([
+    helper_command(
+        &std::env::current_exe().expect("test binary path"),
         name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, arg);
+        arg,
+    )
+}
+
+fn helper_command(exe: &Path, name: &str, arg: &str) -> Command {
+    let mut c = Command::new(exe);
+    c.args([name, "--exact", "--ignored", "--nocapture"])
+        .arg("--test-threads=1")
+        .env(CHILD_ENV, arg);
     c
 }
 
@@ -119,18 +121,8 @@ pub fn child_as(name: &str, arg: &str, uid: u32) -> (Command, tempfile::TempDir)
     let exe = dir.path().join("test-child");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).expect("copy test binary");
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut c = Command::new(&exe);
-    c.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, arg)
-    .current_dir("/")
-    .uid(uid)
-    .gid(uid);
+    let mut c = helper_command(&exe, name, arg);
+    c.current_dir("/").uid(uid).gid(uid);
     (c, dir)
 }
 
