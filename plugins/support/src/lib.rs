@@ -9,5 +9,9 @@ pub mod reflink;
 pub mod softclone;
 
 pub use dir_layers::{validate_layer_id, DirLayerStore};
+
+/// The plugin API, for the paths in this crate's macros.
+#[doc(hidden)]
+pub use agentfs_plugin_api as __plugin_api;
 pub use fsinfo::{fs_type_of, status_of};
 pub use reflink::reflink_file;
