@@ -135,8 +135,10 @@ pub struct NativeRecord {
     /// `seq` of the core event behind it (the latest one after coalescing);
     /// FSEvents reports it as the event id.
     pub seq: u64,
-    /// Native flags: `NOTE_*`, `IN_*` or `kFSEventStreamEventFlag*`. A
-    /// record with flags 0 only retires its watch and is never encoded.
+    /// Native flags: `NOTE_*`, `IN_*` or `kFSEventStreamEventFlag*`. For
+    /// kqueue and inotify, a record with flags 0 only retires its watch and
+    /// is never encoded (FSEvents uses 0, `kFSEventStreamEventFlagNone`, for
+    /// directory-level events).
     pub flags: u64,
     /// inotify rename cookie, or 0.
     pub cookie: u32,
