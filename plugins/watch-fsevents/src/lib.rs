@@ -34,9 +34,9 @@ use agentfs_plugin_api::{
 use agentfs_plugin_support::{
     native::fsevents::{
         CREATE_FLAGS_KNOWN, CREATE_FLAG_FILE_EVENTS, CREATE_FLAG_IGNORE_SELF,
-        CREATE_FLAG_MARK_SELF, CREATE_FLAG_WATCH_ROOT, FLAG_ITEM_CREATED,
-        FLAG_ITEM_INODE_META_MOD, FLAG_ITEM_IS_DIR, FLAG_ITEM_IS_FILE, FLAG_ITEM_MODIFIED,
-        FLAG_ITEM_REMOVED, FLAG_ITEM_RENAMED, FLAG_NONE, FLAG_OWN_EVENT, FLAG_ROOT_CHANGED,
+        CREATE_FLAG_MARK_SELF, CREATE_FLAG_WATCH_ROOT, FLAG_ITEM_CREATED, FLAG_ITEM_INODE_META_MOD,
+        FLAG_ITEM_IS_DIR, FLAG_ITEM_IS_FILE, FLAG_ITEM_MODIFIED, FLAG_ITEM_REMOVED,
+        FLAG_ITEM_RENAMED, FLAG_NONE, FLAG_OWN_EVENT, FLAG_ROOT_CHANGED,
     },
     watch_paths::{self, is_under, parent, visible_path},
 };
@@ -190,7 +190,13 @@ impl WatchProviderImpl for FsEventsProvider {
             for p in paths {
                 if is_under(prefix, p) {
                     if flags & CREATE_FLAG_FILE_EVENTS != 0 {
-                        push(&mut out, w, ev, item | kind_flag | own, visible_path(root, p));
+                        push(
+                            &mut out,
+                            w,
+                            ev,
+                            item | kind_flag | own,
+                            visible_path(root, p),
+                        );
                     } else {
                         let dir = if *p == prefix { p } else { parent(p) };
                         let mut v = visible_path(root, dir);
@@ -205,7 +211,13 @@ impl WatchProviderImpl for FsEventsProvider {
                 && !from.is_empty()
                 && is_under(from, prefix);
             if root_gone && flags & CREATE_FLAG_WATCH_ROOT != 0 {
-                push(&mut out, w, ev, FLAG_ROOT_CHANGED, visible_path(root, prefix));
+                push(
+                    &mut out,
+                    w,
+                    ev,
+                    FLAG_ROOT_CHANGED,
+                    visible_path(root, prefix),
+                );
             }
         }
         Ok(out)
@@ -257,7 +269,8 @@ impl WatchProviderPluginDef for FsEventsPlugin {
     const META: PluginMeta = PluginMeta {
         name: "fsevents",
         version: env!("CARGO_PKG_VERSION"),
-        description: "FSEvents stream events with process-visible paths (macOS semantics); a pure translator",
+        description:
+            "FSEvents stream events with process-visible paths (macOS semantics); a pure translator",
         platforms: "any",
         capabilities: &["coalescing", "encode"],
     };

@@ -132,7 +132,11 @@ impl Out<'_> {
         if wanted == 0 {
             return;
         }
-        let mut r = watch_paths::record(w, self.ev, u64::from(wanted | if isdir { IN_ISDIR } else { 0 }));
+        let mut r = watch_paths::record(
+            w,
+            self.ev,
+            u64::from(wanted | if isdir { IN_ISDIR } else { 0 }),
+        );
         r.cookie = cookie;
         r.name = name.into();
         r.retire_watch = bits == IN_IGNORED;
@@ -362,7 +366,8 @@ impl WatchProviderPluginDef for InotifyPlugin {
     const META: PluginMeta = PluginMeta {
         name: "inotify",
         version: env!("CARGO_PKG_VERSION"),
-        description: "Linux inotify events in the kernel's order and byte layout; a pure translator",
+        description:
+            "Linux inotify events in the kernel's order and byte layout; a pure translator",
         platforms: "any",
         capabilities: &["coalescing", "encode"],
     };

@@ -69,7 +69,10 @@ fn onlydir_refuses_files_with_enotdir() {
         .register(&[], watch(1, "/d/", true, IN_CREATE | IN_ONLYDIR))
         .unwrap();
     assert_eq!(ok.path, "d");
-    assert_eq!(ok.flags as u32, IN_CREATE, "registration-only bits are dropped");
+    assert_eq!(
+        ok.flags as u32, IN_CREATE,
+        "registration-only bits are dropped"
+    );
 }
 
 #[test]
@@ -174,14 +177,22 @@ mod kernel {
         fn new() -> Self {
             // SAFETY: plain syscall wrapper; the returned fd is owned by Self.
             let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-            assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "inotify_init1: {}",
+                std::io::Error::last_os_error()
+            );
             Self(fd)
         }
         fn add(&self, p: &Path) -> i32 {
             let c = CString::new(p.as_os_str().as_bytes()).unwrap();
             // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
             let wd = unsafe { libc::inotify_add_watch(self.0, c.as_ptr(), MASK) };
-            assert!(wd >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+            assert!(
+                wd >= 0,
+                "inotify_add_watch: {}",
+                std::io::Error::last_os_error()
+            );
             wd
         }
         fn read_all(&self) -> Vec<u8> {

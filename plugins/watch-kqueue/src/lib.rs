@@ -33,8 +33,8 @@ use agentfs_plugin_api::{
 };
 use agentfs_plugin_support::{
     native::kqueue::{
-        EVFILT_VNODE, EV_CLEAR, KEVENT_SIZE, NOTE_ALL_VNODE, NOTE_ATTRIB, NOTE_DELETE,
-        NOTE_EXTEND, NOTE_LINK, NOTE_RENAME, NOTE_WRITE,
+        EVFILT_VNODE, EV_CLEAR, KEVENT_SIZE, NOTE_ALL_VNODE, NOTE_ATTRIB, NOTE_DELETE, NOTE_EXTEND,
+        NOTE_LINK, NOTE_RENAME, NOTE_WRITE,
     },
     watch_paths::{self, parent, relation, Relation},
 };
@@ -335,7 +335,10 @@ mod tests {
         let p = KqueueProvider;
         let mut e = ev(EventKind::MODIFIED, "f", "");
         e.branch = "other".into();
-        assert!(p.synthesize(&[watch(1, "f", false)], &e).unwrap().is_empty());
+        assert!(p
+            .synthesize(&[watch(1, "f", false)], &e)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
