@@ -81,7 +81,7 @@ impl Kevent {
     /// Parses records from bytes produced by [`Kevent::to_bytes`]; `None`
     /// when the length is not a multiple of the record size.
     pub fn parse_all(bytes: &[u8]) -> Option<Vec<Kevent>> {
-        if bytes.len() % KEVENT_SIZE != 0 {
+        if !bytes.len().is_multiple_of(KEVENT_SIZE) {
             return None;
         }
         let u64_at = |c: &[u8], o: usize| u64::from_ne_bytes(c[o..o + 8].try_into().unwrap());
