@@ -8,13 +8,13 @@
 
 use agentfs_conformance::{
     target_dir,
-    watch_tables::{all_flags, core_event, watch_spec, Watched, SCENARIOS},
+    watch_tables::{all_flags, append_event, core_event, watch_spec, Watched, SCENARIOS},
 };
 use agentfs_host::{
     config::PluginEntry,
     plugins::{load_watch_provider, SearchPath, WatchProvider},
 };
-use agentfs_plugin_api::watch::{CoreEvent, EventKind, NativeRecord, WatchApi, WatchSpec};
+use agentfs_plugin_api::watch::{CoreEvent, NativeRecord, WatchApi, WatchSpec};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::time::Duration;
 
@@ -39,20 +39,6 @@ fn register(p: &WatchProvider, existing: &[WatchSpec], spec: WatchSpec) -> Watch
     p.register(existing, spec).unwrap()
 }
 
-fn modified(seq: u64) -> CoreEvent {
-    CoreEvent {
-        seq,
-        pid: 0,
-        kind: EventKind::MODIFIED,
-        branch: "b".into(),
-        path: "d/f".into(),
-        to: "".into(),
-        is_dir: false,
-        size_before: seq,
-        size_after: seq + 1,
-    }
-}
-
 fn synth(p: &WatchProvider, ws: &[WatchSpec], e: &CoreEvent) -> Vec<NativeRecord> {
     p.synthesize(ws, e).unwrap()
 }
@@ -72,7 +58,7 @@ fn synthesis(c: &mut Criterion) {
         f.handle = 8;
         let f = register(&p, std::slice::from_ref(&d), f);
         let ws = [d, f];
-        let events: Vec<CoreEvent> = (0..BATCH).map(modified).collect();
+        let events: Vec<CoreEvent> = (0..BATCH).map(append_event).collect();
         g.bench_function(format!("{name}/modified"), |b| {
             b.iter(|| {
                 let mut n = 0;
@@ -117,7 +103,7 @@ fn burst(c: &mut Criterion) {
         let run = || {
             let mut queued: Vec<NativeRecord> = Vec::new();
             for i in 0..n {
-                queued.extend(synth(&p, ws, &modified(i)));
+                queued.extend(synth(&p, ws, &append_event(i)));
             }
             p.coalesce(queued).unwrap()
         };

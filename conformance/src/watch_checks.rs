@@ -20,7 +20,9 @@ use proptest::{
 
 use crate::{
     timed,
-    watch_tables::{all_flags, core_event, watch_spec, Exp, Scenario, Watched, SCENARIOS},
+    watch_tables::{
+        all_flags, append_event, core_event, watch_spec, Exp, Scenario, Watched, SCENARIOS,
+    },
     Outcome, Report,
 };
 
@@ -306,17 +308,7 @@ fn register_refuses_dot_dot(c: &Ctx) -> Result<(), String> {
 fn burst(c: &Ctx, spec: &WatchSpec, n: u64) -> Result<Vec<NativeRecord>, String> {
     let mut all = Vec::new();
     for i in 0..n {
-        let e = CoreEvent {
-            seq: i + 1,
-            pid: 0,
-            kind: EventKind::MODIFIED,
-            branch: "b".into(),
-            path: "d/f".into(),
-            to: "".into(),
-            is_dir: false,
-            size_before: i,
-            size_after: i + 1,
-        };
+        let e = append_event(i);
         all.extend(synth(c, std::slice::from_ref(spec), &e)?);
     }
     Ok(all)

@@ -188,6 +188,21 @@ pub fn core_event(e: &Ev, seq: u64) -> CoreEvent {
     }
 }
 
+/// The `n`-th append to `d/f` (size `n` -> `n + 1`), with `seq` `n + 1`: the
+/// burst of the coalescing check and benchmark.
+pub fn append_event(n: u64) -> CoreEvent {
+    core_event(
+        &Ev {
+            kind: EventKind::MODIFIED,
+            path: "d/f",
+            to: "",
+            is_dir: false,
+            sizes: (n, n + 1),
+        },
+        n + 1,
+    )
+}
+
 use EventKind as K;
 use Watched::{Dir, File};
 
