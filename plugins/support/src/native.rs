@@ -165,6 +165,18 @@ pub mod inotify {
     pub const IN_ONESHOT: u32 = 0x8000_0000;
     /// All events a watch can ask for.
     pub const IN_ALL_EVENTS: u32 = 0x0000_0fff;
+    /// Every bit `inotify_add_watch` knows; a mask with none is `EINVAL`.
+    pub const IN_ALL_BITS: u32 = IN_ALL_EVENTS
+        | IN_UNMOUNT
+        | IN_Q_OVERFLOW
+        | IN_IGNORED
+        | IN_ONLYDIR
+        | IN_DONT_FOLLOW
+        | IN_EXCL_UNLINK
+        | IN_MASK_CREATE
+        | IN_MASK_ADD
+        | IN_ISDIR
+        | IN_ONESHOT;
     /// Size of the fixed part of `struct inotify_event`.
     pub const EVENT_HEADER_SIZE: usize = 16;
 

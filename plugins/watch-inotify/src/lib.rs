@@ -30,9 +30,9 @@ use agentfs_plugin_api::{
 };
 use agentfs_plugin_support::{
     native::inotify::{
-        EVENT_HEADER_SIZE, IN_ALL_EVENTS, IN_ATTRIB, IN_CREATE, IN_DELETE, IN_DELETE_SELF,
-        IN_EXCL_UNLINK, IN_IGNORED, IN_ISDIR, IN_MASK_ADD, IN_MASK_CREATE, IN_MODIFY,
-        IN_MOVED_FROM, IN_MOVED_TO, IN_MOVE_SELF, IN_ONESHOT, IN_ONLYDIR,
+        EVENT_HEADER_SIZE, IN_ALL_BITS, IN_ALL_EVENTS, IN_ATTRIB, IN_CREATE, IN_DELETE,
+        IN_DELETE_SELF, IN_EXCL_UNLINK, IN_IGNORED, IN_ISDIR, IN_MASK_ADD, IN_MASK_CREATE,
+        IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO, IN_MOVE_SELF, IN_ONESHOT, IN_ONLYDIR,
     },
     watch_paths::{self, parent, relation, Relation},
 };
@@ -253,11 +253,11 @@ impl WatchProviderImpl for InotifyProvider {
                 format!("inotify mask {:#x} does not fit in 32 bits", spec.flags),
             ));
         }
-        if mask & IN_ALL_EVENTS == 0 {
+        if mask & IN_ALL_BITS == 0 {
             return Err(err(
                 ErrorCode::INVALID_ARGUMENT,
                 libc::EINVAL,
-                format!("inotify mask {mask:#x} asks for no event"),
+                format!("inotify mask {mask:#x} has no valid bit"),
             ));
         }
         if mask & IN_MASK_ADD != 0 && mask & IN_MASK_CREATE != 0 {

@@ -96,7 +96,7 @@ fn mask_add_merges_and_plain_re_add_replaces() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::ALREADY_EXISTS);
     let e = p
-        .register(&[], watch(9, "d", true, IN_ONESHOT))
+        .register(&[], watch(9, "d", true, 0x0800_0000))
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT);
 }
@@ -184,16 +184,15 @@ mod kernel {
             );
             Self(fd)
         }
-        fn add(&self, p: &Path) -> i32 {
+        fn add(&self, p: &Path, mask: u32) -> std::io::Result<i32> {
             let c = CString::new(p.as_os_str().as_bytes()).unwrap();
             // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
-            let wd = unsafe { libc::inotify_add_watch(self.0, c.as_ptr(), MASK) };
-            assert!(
-                wd >= 0,
-                "inotify_add_watch: {}",
-                std::io::Error::last_os_error()
-            );
-            wd
+            let wd = unsafe { libc::inotify_add_watch(self.0, c.as_ptr(), mask) };
+            if wd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(wd)
+            }
         }
         fn read_all(&self) -> Vec<u8> {
             let mut buf = vec![0u8; 65536];
@@ -241,6 +240,19 @@ mod kernel {
         op: impl FnOnce(&Path),
         events: &[CoreEvent],
     ) {
+        compare_with_mask(what, MASK, dirs, files, watched, op, events)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn compare_with_mask(
+        what: &str,
+        mask: u32,
+        dirs: &[&str],
+        files: &[&str],
+        watched: &[(&str, bool)],
+        op: impl FnOnce(&Path),
+        events: &[CoreEvent],
+    ) {
         let t = tempfile::tempdir().unwrap();
         let root: PathBuf = t.path().to_path_buf();
         for d in dirs {
@@ -253,8 +265,8 @@ mod kernel {
         let p = InotifyProvider;
         let mut specs: Vec<WatchSpec> = Vec::new();
         for (i, (rel, is_dir)) in watched.iter().enumerate() {
-            let wd = ino.add(&root.join(rel));
-            let mut s = watch(i as u64 + 1, rel, *is_dir, MASK);
+            let wd = ino.add(&root.join(rel), mask).unwrap();
+            let mut s = watch(i as u64 + 1, rel, *is_dir, mask);
             s.handle = wd as u64;
             specs.push(p.register(&specs, s).unwrap());
         }
@@ -379,5 +391,72 @@ mod kernel {
                 ev(2, K::CREATED, "f", "", false),
             ],
         );
+    }
+
+    #[test]
+    fn oneshot_and_mask_add_match_the_kernel() {
+        use EventKind as K;
+        compare_with_mask(
+            "IN_ONESHOT",
+            MASK | IN_ONESHOT,
+            &[],
+            &[],
+            &[("", true)],
+            |r| {
+                fs::write(r.join("a"), b"").unwrap();
+                fs::write(r.join("b"), b"").unwrap();
+            },
+            &[
+                ev(1, K::CREATED, "a", "", false),
+                ev(2, K::CREATED, "b", "", false),
+            ],
+        );
+        // IN_MASK_ADD: the kernel returns the same wd with the masks merged.
+        let t = tempfile::tempdir().unwrap();
+        let ino = Inotify::new();
+        let wd1 = ino.add(t.path(), IN_CREATE).unwrap();
+        let wd2 = ino.add(t.path(), IN_DELETE | IN_MASK_ADD).unwrap();
+        assert_eq!(wd1, wd2);
+        let p = InotifyProvider;
+        let mut first = watch(1, "", true, IN_CREATE);
+        first.handle = wd1 as u64;
+        let first = p.register(&[], first).unwrap();
+        let merged = p
+            .register(
+                std::slice::from_ref(&first),
+                watch(2, "", true, IN_DELETE | IN_MASK_ADD),
+            )
+            .unwrap();
+        assert_eq!(merged.handle, wd2 as u64);
+        fs::write(t.path().join("x"), b"").unwrap();
+        fs::remove_file(t.path().join("x")).unwrap();
+        let kernel = InotifyEvent::parse_all(&ino.read_all()).unwrap();
+        let mut recs = Vec::new();
+        for e in [
+            ev(1, K::CREATED, "x", "", false),
+            ev(2, K::REMOVED, "x", "", false),
+        ] {
+            recs.extend(p.synthesize(std::slice::from_ref(&merged), &e).unwrap());
+        }
+        let ours = InotifyEvent::parse_all(&p.encode(&recs).unwrap()).unwrap();
+        assert_eq!(ours, kernel);
+    }
+
+    #[test]
+    fn onlydir_fails_like_the_kernel() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"").unwrap();
+        let kernel = Inotify::new()
+            .add(&t.path().join("f"), IN_MODIFY | IN_ONLYDIR)
+            .unwrap_err();
+        let ours = InotifyProvider
+            .register(&[], watch(1, "f", false, IN_MODIFY | IN_ONLYDIR))
+            .unwrap_err();
+        assert_eq!(kernel.raw_os_error(), Some(ours.errno));
+        let kernel = Inotify::new().add(t.path(), 0x0800_0000).unwrap_err();
+        let ours = InotifyProvider
+            .register(&[], watch(1, "", true, 0x0800_0000))
+            .unwrap_err();
+        assert_eq!(kernel.raw_os_error(), Some(ours.errno));
     }
 }
