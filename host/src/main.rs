@@ -44,7 +44,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum PluginsCmd {
-    /// List every plugin found: name, kind, version, ABI, capabilities, path.
+    /// List every plugin found: name, kind, version, ABI, platforms, capabilities, path.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -139,18 +139,20 @@ fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
             };
             let wn = w(&|d| d.name.len(), 4);
             let wv = w(&|d| d.version.len(), 7);
+            let wp = w(&|d| d.platforms.len(), 9);
             let wc = w(&|d| caps_or_dash(&d.capabilities).len(), 12);
             println!(
-                "{:<wn$}  {:<14}  {:<wv$}  {:<3}  {:<wc$}  PATH",
-                "NAME", "KIND", "VERSION", "ABI", "CAPABILITIES"
+                "{:<wn$}  {:<14}  {:<wv$}  {:<3}  {:<wp$}  {:<wc$}  PATH",
+                "NAME", "KIND", "VERSION", "ABI", "PLATFORMS", "CAPABILITIES"
             );
             for d in &found {
                 println!(
-                    "{:<wn$}  {:<14}  {:<wv$}  {:<3}  {:<wc$}  {}",
+                    "{:<wn$}  {:<14}  {:<wv$}  {:<3}  {:<wp$}  {:<wc$}  {}",
                     d.name,
                     d.kind,
                     d.version,
                     d.abi_version,
+                    d.platforms,
                     caps_or_dash(&d.capabilities),
                     d.path.display()
                 );

@@ -11,11 +11,11 @@ use std::{
 };
 
 use agentfs_plugin_api::{
-    backstore::{BackstoreImpl, BackstorePluginDef, BackstoreStatus, Capabilities},
+    backstore::{BackstoreImpl, BackstorePluginDef, Capabilities},
     export_backstore, parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
 };
 use agentfs_plugin_support::{
-    dir_layers::remove_tree, fs_type_of, softclone::soft_clone, status_of, DirLayerStore,
+    dir_layers::remove_tree, fs_type_of, softclone::soft_clone, DirLayerStore,
 };
 
 /// Options of the mock backstore (TOML).
@@ -110,24 +110,7 @@ impl BackstoreImpl for MockBackstore {
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
-    fn status(&self) -> PluginResult<BackstoreStatus> {
-        status_of(self.store.root())
-    }
-    fn metadata_dir(&self) -> PluginResult<PathBuf> {
-        Ok(self.store.meta_dir().to_path_buf())
-    }
-    fn create_layer(&self, id: &str) -> PluginResult<PathBuf> {
-        self.store.create(id)
-    }
-    fn delete_layer(&self, id: &str) -> PluginResult<()> {
-        self.store.delete(id)
-    }
-    fn layer_path(&self, id: &str) -> PluginResult<PathBuf> {
-        self.store.existing(id)
-    }
-    fn list_layers(&self) -> PluginResult<Vec<String>> {
-        self.store.list()
-    }
+    agentfs_plugin_support::dir_layer_methods!(store);
     fn snapshot_layer(&self, _src: &str, _dst: &str, _read_only: bool) -> PluginResult<PathBuf> {
         Err(PluginError::unsupported(
             "the mock backstore has no native snapshots",

@@ -155,6 +155,40 @@ impl DirLayerStore {
     }
 }
 
+/// Writes the `BackstoreImpl` methods a [`DirLayerStore`] field answers
+/// (`status`, `metadata_dir`, `create_layer`, `delete_layer`, `layer_path`,
+/// `list_layers`) inside an `impl BackstoreImpl for T` block, for backstores
+/// whose layers are plain directories:
+/// `agentfs_plugin_support::dir_layer_methods!(store);`
+#[macro_export]
+macro_rules! dir_layer_methods {
+    ($field:ident) => {
+        fn status(
+            &self,
+        ) -> $crate::__plugin_api::PluginResult<$crate::__plugin_api::backstore::BackstoreStatus> {
+            $crate::status_of(self.$field.root())
+        }
+        fn metadata_dir(&self) -> $crate::__plugin_api::PluginResult<::std::path::PathBuf> {
+            Ok(self.$field.meta_dir().to_path_buf())
+        }
+        fn create_layer(
+            &self,
+            id: &str,
+        ) -> $crate::__plugin_api::PluginResult<::std::path::PathBuf> {
+            self.$field.create(id)
+        }
+        fn delete_layer(&self, id: &str) -> $crate::__plugin_api::PluginResult<()> {
+            self.$field.delete(id)
+        }
+        fn layer_path(&self, id: &str) -> $crate::__plugin_api::PluginResult<::std::path::PathBuf> {
+            self.$field.existing(id)
+        }
+        fn list_layers(&self) -> $crate::__plugin_api::PluginResult<Vec<String>> {
+            self.$field.list()
+        }
+    };
+}
+
 /// Removes a tree, making read-only directories writable first if needed.
 pub fn remove_tree(p: &Path) -> io::Result<()> {
     match fs::remove_dir_all(p) {

@@ -12,5 +12,9 @@ pub mod softclone;
 pub mod watch_paths;
 
 pub use dir_layers::{validate_layer_id, DirLayerStore};
+
+/// The plugin API, for the paths in this crate's macros.
+#[doc(hidden)]
+pub use agentfs_plugin_api as __plugin_api;
 pub use fsinfo::{fs_type_of, status_of};
 pub use reflink::reflink_file;

@@ -4,7 +4,9 @@
 //! Unsupported; `ENOSPC` -> NoSpace; an existing destination -> AlreadyExists
 //! (never overwritten). The clone carries content and mode, and on Linux the
 //! times and user xattrs are copied too, so both platforms give what
-//! `clonefile` gives.
+//! `clonefile` gives. On macOS the clone also carries the source's ACLs
+//! (`CLONE_ACL` where the kernel has it; older kernels copy them anyway),
+//! and the kernel clears setuid/setgid on it.
 
 use std::{fs, io, path::Path};
 
@@ -122,15 +124,27 @@ pub fn reflink_file(src: &Path, dst: &Path) -> PluginResult<()> {
         .map_err(|_| PluginError::invalid("destination path contains a NUL byte"))?;
     /// `CLONE_NOFOLLOW` from <sys/clonefile.h> (not exported by libc).
     const CLONE_NOFOLLOW: u32 = 0x0001;
-    // SAFETY: both are valid NUL-terminated paths that outlive the call.
-    let rc = unsafe { libc::clonefile(cs.as_ptr(), cd.as_ptr(), CLONE_NOFOLLOW) };
-    if rc != 0 {
-        let errno = io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        return Err(map_clone_errno(errno, src, dst));
+    /// `CLONE_ACL` from <sys/clonefile.h> (macOS 13+): copy the source's
+    /// ACLs too. Older kernels copy them without it and reject the flag.
+    const CLONE_ACL: u32 = 0x0004;
+    let clone = |flags: u32| {
+        // SAFETY: both are valid NUL-terminated paths that outlive the call.
+        let rc = unsafe { libc::clonefile(cs.as_ptr(), cd.as_ptr(), flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        }
+    };
+    // `check_source` rejected every other cause of EINVAL (a directory, a
+    // non-regular file), so EINVAL here means a kernel without CLONE_ACL.
+    match clone(CLONE_NOFOLLOW | CLONE_ACL) {
+        Err(libc::EINVAL) => clone(CLONE_NOFOLLOW),
+        r => r,
     }
-    Ok(())
+    .map_err(|errno| map_clone_errno(errno, src, dst))
 }
 
 /// No reflink on other platforms.
