@@ -129,7 +129,7 @@ pub fn child_as(name: &str, arg: &str, uid: u32) -> (Command, tempfile::TempDir)
 /// Runs a child to completion and returns its stdout, failing the test
 /// with everything it printed when it failed.
 pub fn run_ok(mut c: Command) -> String {
-    let out = c.output().expect("spawn child");
+    let out = spawn_retrying_etxtbsy(&mut c);
     let (so, se) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -144,6 +144,22 @@ pub fn run_ok(mut c: Command) -> String {
         "child ran no helper test:\n{so}\n{se}"
     );
     so
+}
+
+/// `Command::output`, retrying while exec fails with ETXTBSY: the freshly
+/// copied test binary can still be open for writing in a child that another
+/// test thread forked during the copy (it closes on that child's exec).
+/// This is the kernel race Go's os/exec also retries; it is bounded.
+fn spawn_retrying_etxtbsy(c: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match c.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.expect("spawn child"),
+        }
+    }
+    panic!("spawn child: the copied test binary stayed busy (ETXTBSY)")
 }
 
 /// Whether this process runs as root (needed for mounts and other users).
