@@ -142,10 +142,30 @@ fn thousand_snapshots_on_a_ram_volume() {
 
 #[test]
 fn ramdisk_size_below_the_minimum_is_refused_before_anything_is_made() {
-    let before = fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0);
+    // Other tests in this process make RAM volumes concurrently, so look
+    // only for what this attempt would have made: a 16 MiB image file.
+    let sixteen_mib_images = || -> Vec<std::path::PathBuf> {
+        fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("agentfs-btrfs-ram-")
+                    })
+                    .filter(|e| e.metadata().map(|m| m.len() == 16 << 20).unwrap_or(false))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = sixteen_mib_images();
     let e = BtrfsBackstore::new("ramdisk = { size_mb = 16 }").unwrap_err();
     assert_eq!(e.code, agentfs_plugin_api::ErrorCode::INVALID_ARGUMENT);
     assert!(e.message().contains("at least 128"), "{e}");
-    let after = fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0);
-    assert!(after <= before, "a file was left in /dev/shm");
+    let after = sixteen_mib_images();
+    assert!(
+        after.iter().all(|p| before.contains(p)),
+        "a 16 MiB image was left in /dev/shm: {after:?}"
+    );
 }
