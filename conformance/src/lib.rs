@@ -7,6 +7,7 @@ mod backstore_checks;
 mod overlay_checks;
 mod report;
 mod watch_checks;
+pub mod watch_tables;
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
@@ -21,6 +22,7 @@ use agentfs_host::{
 use agentfs_plugin_api::PluginKind;
 
 pub use report::{CheckResult, Outcome, Report};
+pub use watch_checks::BURST;
 
 /// What to certify: a plugin by name or path, with its options.
 #[derive(Debug, Clone)]

@@ -286,3 +286,48 @@ fn binary_json_and_junit_formats() {
         "{xml}"
     );
 }
+
+#[test]
+fn the_three_watch_providers_pass_every_check() {
+    for (name, only) in [
+        ("kqueue", "watch.kqueue.fd_re_add"),
+        ("fsevents", "watch.fsevents.visible_root"),
+        ("inotify", "watch.inotify.oneshot"),
+    ] {
+        let r = run(&Target::name(name));
+        eprint!("{}", r.to_text());
+        r.assert_all_passed();
+        assert_eq!(r.plugin.as_ref().unwrap().name, name);
+        assert_eq!(r.plugin.as_ref().unwrap().kind, "watch-provider");
+        for check in [
+            "watch.events.created.in_watched_dir",
+            "watch.events.renamed.within_watched_dir",
+            "watch.events.removed.watched_file",
+            "watch.branch_isolation",
+            "watch.coalesce.burst",
+            "watch.encode.layout",
+            "watch.arbitrary_input",
+            only,
+        ] {
+            assert_ran(&r, check);
+        }
+        let table_rows = r
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("watch.events."))
+            .count();
+        assert_eq!(
+            table_rows,
+            agentfs_conformance::watch_tables::SCENARIOS.len()
+        );
+    }
+}
+
+#[test]
+fn watch_provider_options_are_checked() {
+    let r = run(&Target::name("inotify").with_options("queue = 3"));
+    match &r.get("watch.construct").unwrap().outcome {
+        Outcome::Failed(why) => assert!(why.contains("queue"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+}

@@ -188,7 +188,11 @@ fn events_carry_sizes_kinds_and_order() {
         ]
     );
     assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(ev.iter().all(|e| e.branch == "b"));
+    assert!(ev.iter().all(|e| e.branch == "b" && e.pid == 0));
+    let for_client = events_of(&s, || {
+        b.clone().on_behalf_of(4242).write_file("g", b"x").unwrap();
+    });
+    assert_eq!(CoreEvent::from(&for_client[0]).pid, 4242);
     let c = CoreEvent::from(&ev[1]);
     assert_eq!(
         (c.kind, c.size_before, c.size_after),

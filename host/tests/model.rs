@@ -7,8 +7,8 @@
 //! byte unchanged. At the end of each case, `diff` agrees with the model.
 //!
 //! Runs over the mock (soft reflink, and copy-only), hostfs on a temporary
-//! directory, and hostfs on a loop-mounted btrfs (so copy-up really
-//! reflinks). `PROPTEST_CASES` sets the number of cases per backstore
+//! directory, hostfs on a loop-mounted btrfs (so copy-up really reflinks),
+//! and the btrfs plugin there (layers are subvolumes, snapshots native). `PROPTEST_CASES` sets the number of cases per backstore
 //! (default 256).
 
 mod common;
@@ -565,6 +565,28 @@ fn model_hostfs_on_btrfs() {
     let scratch: PathBuf = fs.path().to_path_buf();
     let (r, _) = check("hostfs on btrfs", &scratch, true, &|d: &Path| {
         hostfs(&d.join("store"))
+    });
+    assert!(r > 0, "reflink copy-up never ran on btrfs");
+}
+
+#[test]
+fn model_btrfs_native_snapshots() {
+    let Some(fs) = agentfs_testfs::mount_or_skip(
+        agentfs_testfs::FsKind::Btrfs,
+        256,
+        "model_btrfs_native_snapshots",
+    ) else {
+        return;
+    };
+    let scratch: PathBuf = fs.path().to_path_buf();
+    let (r, _) = check("btrfs plugin on btrfs", &scratch, true, &|d: &Path| {
+        let b = btrfs(&d.join("store"));
+        assert!(
+            b.capabilities()
+                .contains(agentfs_plugin_api::backstore::Capabilities::NATIVE_SNAPSHOTS),
+            "the btrfs plugin has no native snapshots on btrfs"
+        );
+        b
     });
     assert!(r > 0, "reflink copy-up never ran on btrfs");
 }

@@ -10,15 +10,32 @@ use common::*;
 
 /// Runs `f` once per backstore flavour, each with a fresh store over a
 /// fresh copy of the sample base, then checks the base is untouched.
+/// The btrfs flavour runs the btrfs plugin (layers are subvolumes, native
+/// snapshots, reflink) on a loop-mounted btrfs holding base and store.
 fn each(f: impl Fn(&str, &Store, &Path)) {
-    for flavour in ["mock", "mock-copy", "hostfs"] {
-        let t = tempfile::tempdir().unwrap();
+    for flavour in ["mock", "mock-copy", "hostfs", "btrfs"] {
+        let mounted = match flavour {
+            "btrfs" => match agentfs_testfs::mount_or_skip(
+                agentfs_testfs::FsKind::Btrfs,
+                256,
+                "overlay tests on the btrfs plugin",
+            ) {
+                Some(fs) => Some(fs),
+                None => continue,
+            },
+            _ => None,
+        };
+        let t = match &mounted {
+            Some(fs) => tempfile::tempdir_in(fs.path()).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let base = t.path().join("base");
         make_base(&base);
         let before = image_dir(&base);
         let b = match flavour {
             "mock" => mock(),
             "mock-copy" => mock_copying(),
+            "btrfs" => btrfs(&t.path().join("store")),
             _ => hostfs(&t.path().join("store")),
         };
         let s = store(b, Some(&base));

@@ -38,6 +38,14 @@ impl WatchApi {
             _ => "unknown",
         }
     }
+
+    /// True when the API's watches follow the watched inode across renames
+    /// (kqueue fds, inotify watches), so the watch service rewrites a
+    /// watch's path after a `Renamed` event that moves it or an ancestor;
+    /// false for path-based APIs (FSEvents).
+    pub fn follows_inode(self) -> bool {
+        matches!(self, Self::KQUEUE | Self::INOTIFY)
+    }
 }
 
 /// Kind of a core event. Extensible.
@@ -69,6 +77,9 @@ impl EventKind {
 pub struct CoreEvent {
     /// Monotonic sequence number (happens-before order).
     pub seq: u64,
+    /// Process whose request caused it, or 0 when unknown (FSEvents
+    /// `IgnoreSelf`/`MarkSelf` use it).
+    pub pid: u32,
     /// What happened.
     pub kind: EventKind,
     /// The branch it happened in.
@@ -85,7 +96,8 @@ pub struct CoreEvent {
     pub size_after: u64,
 }
 
-/// One registered watch, as the daemon's watch service holds it.
+/// One registered watch, as the daemon's watch service holds it. A watch
+/// only ever matches events of its own `branch`.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
 pub struct WatchSpec {
@@ -97,8 +109,14 @@ pub struct WatchSpec {
     pub instance: u64,
     /// kqueue fd / inotify wd / FSEvents stream id.
     pub handle: u64,
+    /// The branch the watching process works in.
+    pub branch: RString,
     /// Watched path (branch-relative) or, for FSEvents, the path prefix.
     pub path: RString,
+    /// Absolute path at which the process sees the branch root (e.g.
+    /// `/Users/me/project`); FSEvents reports paths under it. May be empty
+    /// for APIs that report no paths (kqueue) or relative names (inotify).
+    pub visible_root: RString,
     /// True when the watched path is a directory.
     pub is_dir: bool,
     /// Native flags requested: kqueue fflags, inotify mask, FSEvents create flags.
@@ -111,7 +129,16 @@ pub struct WatchSpec {
 pub struct NativeRecord {
     /// The watch it is for.
     pub watch_id: u64,
-    /// Native flags: `NOTE_*`, `IN_*` or `kFSEventStreamEventFlag*`.
+    /// The watch's native handle (kqueue fd, inotify wd, FSEvents stream id),
+    /// copied from its [`WatchSpec`] so records encode on their own.
+    pub handle: u64,
+    /// `seq` of the core event behind it (the latest one after coalescing);
+    /// FSEvents reports it as the event id.
+    pub seq: u64,
+    /// Native flags: `NOTE_*`, `IN_*` or `kFSEventStreamEventFlag*`. For
+    /// kqueue and inotify, a record with flags 0 only retires its watch and
+    /// is never encoded (FSEvents uses 0, `kFSEventStreamEventFlagNone`, for
+    /// directory-level events).
     pub flags: u64,
     /// inotify rename cookie, or 0.
     pub cookie: u32,
@@ -127,13 +154,17 @@ pub struct NativeRecord {
 pub trait WatchProvider: Send + Sync {
     /// The native API this provider speaks.
     fn api(&self) -> RResult<WatchApi, PluginError>;
-    /// Validates and normalises a registration (e.g. mask rules).
+    /// Validates and normalises a registration (e.g. mask rules). Returning a
+    /// spec with the `watch_id` of one of `existing` means "update that watch"
+    /// (inotify `IN_MASK_ADD`, kqueue `EV_ADD` on a registered fd).
     fn register(
         &self,
         existing: RSlice<'_, WatchSpec>,
         spec: WatchSpec,
     ) -> RResult<WatchSpec, PluginError>;
-    /// Records for `event` addressed to the matching `watches`.
+    /// Records for `event`: the provider picks, among the candidate
+    /// `watches`, those of the event's branch whose path matches, and returns
+    /// their records in happens-before order.
     fn synthesize(
         &self,
         watches: RSlice<'_, WatchSpec>,
@@ -175,7 +206,8 @@ pub trait WatchProviderImpl: Send + Sync + 'static {
     fn api(&self) -> WatchApi;
     /// Validates and normalises a registration.
     fn register(&self, existing: &[WatchSpec], spec: WatchSpec) -> PluginResult<WatchSpec>;
-    /// Records for `event` addressed to the matching `watches`.
+    /// Records for `event` addressed to the matching `watches` (same branch,
+    /// matching path), in happens-before order.
     fn synthesize(
         &self,
         watches: &[WatchSpec],

@@ -504,8 +504,8 @@ impl Store {
         Ok(v)
     }
 
-    fn publish(&self, branch: &str, change: Change) {
-        self.events.publish(change.into_event(branch));
+    fn publish(&self, branch: &str, pid: u32, change: Change) {
+        self.events.publish(change.into_event(branch, pid));
     }
 
     // ----- branches -----
@@ -563,6 +563,7 @@ impl Store {
         })?;
         self.publish(
             name,
+            0,
             Change::new(EventKind::BranchCreated, BranchPath::root(), true),
         );
         Ok(info)
@@ -706,6 +707,7 @@ impl Store {
         })?;
         self.publish(
             branch,
+            0,
             Change::new(
                 EventKind::SnapshotCreated {
                     snapshot: info.name.clone(),
@@ -822,6 +824,7 @@ impl Store {
         Tree {
             store: self,
             target: Target::Branch(name.to_string()),
+            pid: 0,
         }
     }
 
@@ -830,6 +833,7 @@ impl Store {
         Tree {
             store: self,
             target: Target::Snapshot(name.to_string()),
+            pid: 0,
         }
     }
 
@@ -965,9 +969,18 @@ enum Target {
 pub struct Tree<'s> {
     store: &'s Store,
     target: Target,
+    pid: u32,
 }
 
 impl Tree<'_> {
+    /// The same tree, with its changes' events attributed to process `pid`
+    /// (a daemon acting for a client passes the client's pid; the default
+    /// is 0, unknown).
+    pub fn on_behalf_of(mut self, pid: u32) -> Self {
+        self.pid = pid;
+        self
+    }
+
     /// The branch or snapshot name.
     pub fn name(&self) -> &str {
         match &self.target {
@@ -1007,7 +1020,7 @@ impl Tree<'_> {
             )?;
             let (v, change) = f(&w)?;
             if let Some(c) = change {
-                self.store.publish(branch, c);
+                self.store.publish(branch, self.pid, c);
             }
             Ok(v)
         })

@@ -55,6 +55,12 @@ pub fn hostfs(root: &Path) -> Backstore {
     )
 }
 
+/// A btrfs-plugin backstore rooted at `root` (native snapshots and reflink
+/// when `root` is on btrfs).
+pub fn btrfs(root: &Path) -> Backstore {
+    load("btrfs", &format!("root = {:?}", root.display().to_string()))
+}
+
 /// A fresh mock (RAM) backstore.
 pub fn mock() -> Backstore {
     load("mock", "")

@@ -11,7 +11,7 @@ use agentfs_plugin_api::{
     export_backstore, parse_options, PluginError, PluginMeta, PluginResult,
 };
 use agentfs_plugin_support::{
-    reflink::{probe_reflink, reflink_file},
+    reflink::{probe_reflink, reflink_if_enabled},
     DirLayerStore,
 };
 
@@ -32,11 +32,7 @@ pub struct HostfsBackstore {
 
 /// The default root when none is configured.
 pub fn default_root() -> PathBuf {
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(std::env::temp_dir);
-    data.join("agentfs").join("hostfs")
+    agentfs_plugin_support::dir_layers::default_root("hostfs")
 }
 
 impl HostfsBackstore {
@@ -70,15 +66,12 @@ impl BackstoreImpl for HostfsBackstore {
         ))
     }
     fn reflink(&self, src: &Path, dst: &Path) -> PluginResult<()> {
-        if !self.caps.contains(Capabilities::NATIVE_REFLINK) {
-            // Same precondition errors as a real clone, then Unsupported.
-            agentfs_plugin_support::reflink::check_source(src, dst)?;
-            return Err(PluginError::unsupported(format!(
-                "the filesystem under {} does not support reflinks",
-                self.store.root().display()
-            )));
-        }
-        reflink_file(src, dst)
+        reflink_if_enabled(
+            self.caps.contains(Capabilities::NATIVE_REFLINK),
+            self.store.root(),
+            src,
+            dst,
+        )
     }
 }
 

@@ -30,6 +30,17 @@ pub fn validate_layer_id(id: &str) -> PluginResult<()> {
     }
 }
 
+/// The default store root of plugin `name` when none is configured:
+/// `$XDG_DATA_HOME/agentfs/<name>`, else `~/.local/share/agentfs/<name>`,
+/// else `agentfs/<name>` in the temp directory.
+pub fn default_root(name: &str) -> PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    data.join("agentfs").join(name)
+}
+
 /// Directory-per-layer store rooted at one directory.
 #[derive(Debug)]
 pub struct DirLayerStore {
@@ -82,8 +93,20 @@ impl DirLayerStore {
 
     /// Creates layer `id` as an empty directory (mkdir is atomic).
     pub fn create(&self, id: &str) -> PluginResult<PathBuf> {
+        self.create_with(id, |p| fs::create_dir(p))
+    }
+
+    /// Creates layer `id` with `make`, which must create the directory at
+    /// the path it is given atomically and fail with `EEXIST` when it is
+    /// taken (a backstore uses it to make layers that are subvolumes or
+    /// snapshots rather than plain directories).
+    pub fn create_with(
+        &self,
+        id: &str,
+        make: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> PluginResult<PathBuf> {
         let p = self.path_for(id)?;
-        match fs::create_dir(&p) {
+        match make(&p) {
             Ok(()) => Ok(p),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(PluginError::new(
                 ErrorCode::ALREADY_EXISTS,
@@ -113,6 +136,14 @@ impl DirLayerStore {
     /// Deletes layer `id`: first renamed into a trash name (so a crash never
     /// leaves a half-deleted layer under its id), then removed.
     pub fn delete(&self, id: &str) -> PluginResult<()> {
+        let trash = self.move_to_trash(id)?;
+        remove_tree(&trash).map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))
+    }
+
+    /// Renames layer `id` to a trash name and returns it: from then on the
+    /// id is free, and whatever of the trash a crash leaves behind is
+    /// removed at the next [`DirLayerStore::open`].
+    pub fn move_to_trash(&self, id: &str) -> PluginResult<PathBuf> {
         let p = self.existing(id)?;
         let trash = self.layers.join(format!(
             ".trash-{id}-{}-{}",
@@ -121,7 +152,7 @@ impl DirLayerStore {
         ));
         fs::rename(&p, &trash)
             .map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))?;
-        remove_tree(&trash).map_err(|e| PluginError::from_io(format!("delete layer {id}"), &e))
+        Ok(trash)
     }
 
     /// Ids of every layer present, sorted.
@@ -240,6 +271,29 @@ mod tests {
         for good in ["l1", "layer-000017", "snap_2.ro"] {
             validate_layer_id(good).unwrap();
         }
+    }
+
+    #[test]
+    fn custom_make_hook_and_trash() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirLayerStore::open(t.path()).unwrap();
+        // `make` decides how the layer is made; EEXIST becomes AlreadyExists.
+        let p = s
+            .create_with("a", |p| {
+                fs::create_dir(p).and_then(|()| fs::write(p.join("seed"), b"1"))
+            })
+            .unwrap();
+        assert!(p.join("seed").is_file());
+        let e = s.create_with("a", |p| fs::create_dir(p)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ALREADY_EXISTS);
+        let e = s.create_with("../x", |_| unreachable!()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT);
+        // A layer moved to the trash frees its id at once.
+        s.create("b").unwrap();
+        let trash = s.move_to_trash("b").unwrap();
+        assert!(trash.is_dir());
+        assert_eq!(s.list().unwrap(), vec!["a"]);
+        s.create("b").unwrap();
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Helpers shared by the in-tree AgentFS plugins (DESIGN §4: shared helpers
 //! live here, not copied into each plugin): a directory-per-layer store,
 //! the platform reflink call with exact error mapping, a software clone, and
-//! the filesystem probe used for `status`.
+//! the filesystem probe used for `status`; for the watch providers, the
+//! native watch-API constants and the path matching rules.
 
 pub mod dir_layers;
 pub mod fsinfo;
+pub mod native;
 pub mod reflink;
 pub mod softclone;
+pub mod watch_paths;
 
 pub use dir_layers::{validate_layer_id, DirLayerStore};
 

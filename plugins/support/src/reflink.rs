@@ -156,6 +156,20 @@ pub fn reflink_file(src: &Path, dst: &Path) -> PluginResult<()> {
     ))
 }
 
+/// Reflink for a backstore that probed the capability at start: a real
+/// clone when `enabled`; otherwise the same precondition errors a real clone
+/// gives, then `Unsupported` naming the store `root`.
+pub fn reflink_if_enabled(enabled: bool, root: &Path, src: &Path, dst: &Path) -> PluginResult<()> {
+    if enabled {
+        return reflink_file(src, dst);
+    }
+    check_source(src, dst)?;
+    Err(PluginError::unsupported(format!(
+        "the filesystem under {} does not support reflinks",
+        root.display()
+    )))
+}
+
 /// Probes whether reflink works in directory `dir` with a real clone of a
 /// small file (never guessed from the filesystem's name).
 pub fn probe_reflink(dir: &Path) -> bool {

@@ -1,0 +1,778 @@
+//! Every message of the protocol. Paths are branch-relative and UTF-8
+//! unless a field says otherwise; `branch: None` means the branch the
+//! connection asked for in its [`Hello`].
+
+use agentfs_plugin_api::watch::{CoreEvent, EventKind, NativeRecord, WatchApi};
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// First frame of a connection, client to daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`crate::MAGIC`].
+    pub magic: String,
+    /// Oldest protocol version the client speaks.
+    pub min_version: u32,
+    /// Newest protocol version the client speaks.
+    pub max_version: u32,
+    /// Who is talking (`agentfs-shim 0.1.0`, `agentfs 0.1.0`).
+    pub client: String,
+    /// Client process id.
+    pub pid: u32,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its uid (the daemon checks it against the socket's peer credentials).
+    pub uid: u32,
+    /// Its executable's path.
+    pub executable: String,
+    /// The branch it works in; `None` for the daemon's default.
+    pub branch: Option<String>,
+}
+
+/// The daemon's answer to a good [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version both will speak.
+    pub version: u32,
+    /// The daemon's name and version.
+    pub daemon: String,
+    /// The branch the connection works in (resolved default), if any.
+    pub branch: Option<String>,
+    /// Connection id, unique per daemon run (for logs and re-registration).
+    pub session: u64,
+}
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// The handshake; first and only once.
+    Hello(Hello),
+    /// A request; the response carries the same `id`.
+    Request {
+        /// Chosen by the client.
+        id: u64,
+        /// What to do.
+        request: Request,
+    },
+}
+
+impl ClientFrame {
+    /// True when this frame travels with one fd in `SCM_RIGHTS`.
+    pub fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            ClientFrame::Request {
+                request: Request::Doorbell(_),
+                ..
+            }
+        )
+    }
+}
+
+/// A frame from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DaemonFrame {
+    /// Handshake accepted.
+    Welcome(Welcome),
+    /// Handshake refused (version mismatch, wrong uid, bad magic); the
+    /// daemon closes the connection after it.
+    Refused(WireError),
+    /// The answer to request `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// Its outcome.
+        result: Result<Response, WireError>,
+    },
+    /// Native records for watches this connection registered.
+    Events(EventDelivery),
+    /// Core events for a [`Request::Subscribe`] subscription.
+    CoreEvents(CoreEventBatch),
+}
+
+impl DaemonFrame {
+    /// True when this frame travels with one fd in `SCM_RIGHTS`.
+    pub fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            DaemonFrame::Response {
+                result: Ok(Response::FdOpened(_)),
+                ..
+            }
+        )
+    }
+}
+
+/// What a client can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness check.
+    Ping,
+    /// Daemon and backstore status.
+    Status,
+    /// A new branch over the base.
+    BranchCreate {
+        /// Its name.
+        name: String,
+    },
+    /// A new branch over a snapshot.
+    BranchFromSnapshot {
+        /// The snapshot.
+        snapshot: String,
+        /// The new branch's name.
+        name: String,
+    },
+    /// Every branch.
+    BranchList,
+    /// Deletes a branch.
+    BranchDelete {
+        /// Its name.
+        name: String,
+    },
+    /// Freezes a branch into a snapshot.
+    SnapshotCreate {
+        /// The branch.
+        branch: String,
+        /// The snapshot's name; `None` lets the daemon choose.
+        name: Option<String>,
+    },
+    /// Every snapshot.
+    SnapshotList,
+    /// Deletes a snapshot (`busy` while something depends on it).
+    SnapshotDelete {
+        /// Its name.
+        name: String,
+    },
+    /// A file operation in a branch.
+    Fs {
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+        /// The operation.
+        op: FsOp,
+    },
+    /// Registers a native watch; answered with [`Response::WatchRegistered`].
+    WatchRegister(WatchRegistration),
+    /// Removes a watch this connection registered.
+    WatchUnregister {
+        /// The id [`Response::WatchRegistered`] gave.
+        watch_id: u64,
+    },
+    /// Hands the daemon a doorbell (the fd travels in `SCM_RIGHTS`).
+    Doorbell(Doorbell),
+    /// Streams core events under `path` as [`DaemonFrame::CoreEvents`].
+    Subscribe {
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+        /// Branch-relative prefix (`""` for everything).
+        path: String,
+    },
+    /// Ends a subscription.
+    Unsubscribe {
+        /// The id [`Response::Subscribed`] gave.
+        subscription: u64,
+    },
+    /// Opens a branch file and passes back a real fd (copy-up first when
+    /// writing).
+    FdOpen(FdOpen),
+}
+
+/// A file operation; every path is branch-relative.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsOp {
+    /// `lstat`.
+    Stat {
+        /// Path.
+        path: String,
+    },
+    /// Directory listing.
+    ReadDir {
+        /// Path.
+        path: String,
+    },
+    /// Reads up to `len` bytes at `offset`.
+    Read {
+        /// Path.
+        path: String,
+        /// Offset.
+        offset: u64,
+        /// Maximum length.
+        len: u64,
+    },
+    /// Writes `data` at `offset` (copy-up first).
+    Write {
+        /// Path.
+        path: String,
+        /// Offset.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Creates a regular file.
+    Create {
+        /// Path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Fail if it exists.
+        exclusive: bool,
+    },
+    /// Creates a directory.
+    Mkdir {
+        /// Path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Removes an empty directory.
+    Rmdir {
+        /// Path.
+        path: String,
+    },
+    /// Removes a non-directory.
+    Unlink {
+        /// Path.
+        path: String,
+    },
+    /// Renames, replacing the destination.
+    Rename {
+        /// Source.
+        from: String,
+        /// Destination.
+        to: String,
+    },
+    /// Sets the size.
+    Truncate {
+        /// Path.
+        path: String,
+        /// New size.
+        size: u64,
+    },
+    /// Creates a symlink at `path` pointing to `target` (stored verbatim).
+    Symlink {
+        /// Link contents.
+        target: String,
+        /// Where the link goes.
+        path: String,
+    },
+    /// Reads a symlink.
+    Readlink {
+        /// Path.
+        path: String,
+    },
+    /// Sets permission bits.
+    Chmod {
+        /// Path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+    },
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// Success without data.
+    Done,
+    /// Answer to [`Request::Status`].
+    Status(DaemonStatus),
+    /// A branch (created).
+    Branch(BranchInfo),
+    /// Every branch.
+    Branches(Vec<BranchInfo>),
+    /// A snapshot (created).
+    Snapshot(SnapshotInfo),
+    /// Every snapshot.
+    Snapshots(Vec<SnapshotInfo>),
+    /// Answer to [`Request::Fs`].
+    Fs(FsReply),
+    /// The watch is registered (or updated: inotify `IN_MASK_ADD`, kqueue
+    /// re-`EV_ADD`), under this id and native handle.
+    WatchRegistered {
+        /// Daemon-wide watch id.
+        watch_id: u64,
+        /// The native handle in effect (an existing wd when merged).
+        handle: u64,
+    },
+    /// A subscription started.
+    Subscribed {
+        /// Its id.
+        subscription: u64,
+    },
+    /// The file is open; its fd travels with this frame in `SCM_RIGHTS`.
+    FdOpened(FdOpened),
+}
+
+/// The result of an [`FsOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsReply {
+    /// Success without data.
+    Done,
+    /// Metadata.
+    Stat(FileStat),
+    /// Directory entries, sorted by name.
+    Entries(Vec<DirEntry>),
+    /// Bytes read (shorter than asked at end of file).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bytes written.
+    Written(u64),
+    /// A symlink's contents.
+    Target(String),
+}
+
+/// Kind of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Anything else (fifo, socket, device).
+    Other,
+}
+
+/// File metadata as the branch shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// Kind.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Link count.
+    pub nlink: u64,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: FileKind,
+}
+
+/// A branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchInfo {
+    /// Name.
+    pub name: String,
+    /// The snapshot it was created from; `None` when over the base.
+    pub from_snapshot: Option<String>,
+}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Name.
+    pub name: String,
+    /// The branch it froze.
+    pub branch: String,
+    /// True when the backstore made it natively (O(1), flat chain).
+    pub native: bool,
+}
+
+/// The backstore's status (as `agentfs status` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackstoreInfo {
+    /// Plugin name.
+    pub plugin: String,
+    /// Filesystem type (`btrfs`, `apfs`, `tmpfs`, ...).
+    pub fs_type: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Used bytes.
+    pub used: u64,
+    /// Capabilities (`native_reflink`, `native_snapshots`, `ram_backed`, `persistent`).
+    pub capabilities: Vec<String>,
+    /// Root directory of the store.
+    pub root: String,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Daemon name and version.
+    pub daemon: String,
+    /// Protocol version of this connection.
+    pub protocol: u32,
+    /// The base directory.
+    pub base: String,
+    /// The backstore.
+    pub backstore: BackstoreInfo,
+    /// Number of branches.
+    pub branches: u64,
+    /// Number of snapshots.
+    pub snapshots: u64,
+    /// Registered watches (all connections).
+    pub watches: u64,
+    /// Connected clients.
+    pub clients: u64,
+}
+
+/// A native watch registration. `path` is branch-relative (the shim
+/// translates what the process passed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WatchRegistration {
+    /// kqueue `EVFILT_VNODE` on an fd.
+    Kqueue {
+        /// Process.
+        pid: u32,
+        /// The shim's id for the process's kqueue.
+        kqueue_id: u64,
+        /// The watched fd (the kevent ident).
+        fd: i32,
+        /// Requested `NOTE_*` fflags.
+        vnode_flags: u32,
+        /// What the fd refers to.
+        path: String,
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+    },
+    /// An FSEvents stream.
+    FsEvents {
+        /// Process.
+        pid: u32,
+        /// The shim's id for the stream.
+        stream_id: u64,
+        /// Branch-relative path prefixes.
+        path_prefixes: Vec<String>,
+        /// `FSEventStreamCreateFlags`.
+        flags: u32,
+        /// The stream's latency in seconds (the coalescing window).
+        latency: f64,
+        /// Absolute path at which the process sees the branch root.
+        visible_root: String,
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+    },
+    /// An inotify watch.
+    Inotify {
+        /// Process.
+        pid: u32,
+        /// The shim's id for the inotify instance.
+        instance: u64,
+        /// The wd the process was given.
+        wd: i32,
+        /// Watched path.
+        path: String,
+        /// `IN_*` mask (with `IN_MASK_ADD`, `IN_ONLYDIR`, ...).
+        mask: u32,
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+    },
+}
+
+impl WatchRegistration {
+    /// The watch API this registration is for.
+    pub fn api(&self) -> WatchApi {
+        match self {
+            Self::Kqueue { .. } => WatchApi::KQUEUE,
+            Self::FsEvents { .. } => WatchApi::FSEVENTS,
+            Self::Inotify { .. } => WatchApi::INOTIFY,
+        }
+    }
+}
+
+/// How the daemon wakes a process (the fd travels in `SCM_RIGHTS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doorbell {
+    /// Process.
+    pub pid: u32,
+    /// The kqueue id / inotify instance the doorbell serves.
+    pub instance: u64,
+    /// The mechanism.
+    pub kind: DoorbellKind,
+}
+
+/// Doorbell mechanisms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DoorbellKind {
+    /// macOS: the fd is the app's kqueue; the daemon posts `EVFILT_USER`
+    /// `NOTE_TRIGGER` on `ident` (reserved range `0xAFFE_0000_0000 | n`).
+    KqueueUser {
+        /// The reserved `EVFILT_USER` ident.
+        ident: u64,
+    },
+    /// Linux: the fd is the socket standing in for the app's inotify fd; the
+    /// daemon writes encoded `struct inotify_event` records into it.
+    InotifySocket,
+}
+
+/// Native records for one watcher (kqueue, inotify instance or stream),
+/// after coalescing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDelivery {
+    /// The API (`WatchApi` value: 1 kqueue, 2 FSEvents, 3 inotify).
+    pub api: u32,
+    /// kqueue id / inotify instance / stream id.
+    pub instance: u64,
+    /// The records.
+    pub records: Vec<WireRecord>,
+    /// The same records in the native byte layout (the provider's `encode`).
+    #[serde(with = "serde_bytes")]
+    pub encoded: Vec<u8>,
+}
+
+/// A [`NativeRecord`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRecord {
+    /// Watch id.
+    pub watch_id: u64,
+    /// Native handle.
+    pub handle: u64,
+    /// Core event sequence number.
+    pub seq: u64,
+    /// Native flags.
+    pub flags: u64,
+    /// inotify cookie.
+    pub cookie: u32,
+    /// Name or path.
+    pub name: String,
+    /// The watch is gone after this record.
+    pub retire_watch: bool,
+}
+
+impl From<&NativeRecord> for WireRecord {
+    fn from(r: &NativeRecord) -> Self {
+        Self {
+            watch_id: r.watch_id,
+            handle: r.handle,
+            seq: r.seq,
+            flags: r.flags,
+            cookie: r.cookie,
+            name: r.name.as_str().to_string(),
+            retire_watch: r.retire_watch,
+        }
+    }
+}
+
+impl From<&WireRecord> for NativeRecord {
+    fn from(r: &WireRecord) -> Self {
+        Self {
+            watch_id: r.watch_id,
+            handle: r.handle,
+            seq: r.seq,
+            flags: r.flags,
+            cookie: r.cookie,
+            name: r.name.as_str().into(),
+            retire_watch: r.retire_watch,
+        }
+    }
+}
+
+/// Core events for one subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreEventBatch {
+    /// The subscription.
+    pub subscription: u64,
+    /// The events, in order.
+    pub events: Vec<WireCoreEvent>,
+}
+
+/// Kind of a core event on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireEventKind {
+    /// Created.
+    Created,
+    /// Removed.
+    Removed,
+    /// Content modified.
+    Modified,
+    /// Renamed to `to`.
+    Renamed,
+    /// Mode, times or xattrs changed.
+    AttributesChanged,
+    /// A branch was created.
+    BranchCreated,
+    /// A snapshot was created.
+    SnapshotCreated,
+    /// A kind newer than this protocol.
+    Other(u32),
+}
+
+impl From<EventKind> for WireEventKind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::CREATED => Self::Created,
+            EventKind::REMOVED => Self::Removed,
+            EventKind::MODIFIED => Self::Modified,
+            EventKind::RENAMED => Self::Renamed,
+            EventKind::ATTRIBUTES_CHANGED => Self::AttributesChanged,
+            EventKind::BRANCH_CREATED => Self::BranchCreated,
+            EventKind::SNAPSHOT_CREATED => Self::SnapshotCreated,
+            EventKind(n) => Self::Other(n),
+        }
+    }
+}
+
+impl From<WireEventKind> for EventKind {
+    fn from(k: WireEventKind) -> Self {
+        match k {
+            WireEventKind::Created => EventKind::CREATED,
+            WireEventKind::Removed => EventKind::REMOVED,
+            WireEventKind::Modified => EventKind::MODIFIED,
+            WireEventKind::Renamed => EventKind::RENAMED,
+            WireEventKind::AttributesChanged => EventKind::ATTRIBUTES_CHANGED,
+            WireEventKind::BranchCreated => EventKind::BRANCH_CREATED,
+            WireEventKind::SnapshotCreated => EventKind::SNAPSHOT_CREATED,
+            WireEventKind::Other(n) => EventKind(n),
+        }
+    }
+}
+
+/// A [`CoreEvent`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCoreEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// Process that caused it, or 0.
+    pub pid: u32,
+    /// Kind.
+    pub kind: WireEventKind,
+    /// Branch.
+    pub branch: String,
+    /// Path (rename source).
+    pub path: String,
+    /// Rename destination or snapshot name.
+    pub to: String,
+    /// The entry is a directory.
+    pub is_dir: bool,
+    /// Size before, `u64::MAX` when unknown.
+    pub size_before: u64,
+    /// Size after, `u64::MAX` when unknown.
+    pub size_after: u64,
+}
+
+impl From<&CoreEvent> for WireCoreEvent {
+    fn from(e: &CoreEvent) -> Self {
+        Self {
+            seq: e.seq,
+            pid: e.pid,
+            kind: e.kind.into(),
+            branch: e.branch.as_str().to_string(),
+            path: e.path.as_str().to_string(),
+            to: e.to.as_str().to_string(),
+            is_dir: e.is_dir,
+            size_before: e.size_before,
+            size_after: e.size_after,
+        }
+    }
+}
+
+impl From<&WireCoreEvent> for CoreEvent {
+    fn from(e: &WireCoreEvent) -> Self {
+        Self {
+            seq: e.seq,
+            pid: e.pid,
+            kind: e.kind.into(),
+            branch: e.branch.as_str().into(),
+            path: e.path.as_str().into(),
+            to: e.to.as_str().into(),
+            is_dir: e.is_dir,
+            size_before: e.size_before,
+            size_after: e.size_after,
+        }
+    }
+}
+
+/// Portable open flags (the `O_*` values differ between Linux and macOS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpenFlags(pub u32);
+
+impl OpenFlags {
+    /// Open for reading.
+    pub const READ: Self = Self(1);
+    /// Open for writing (copy-up first).
+    pub const WRITE: Self = Self(2);
+    /// Create if missing.
+    pub const CREATE: Self = Self(4);
+    /// With `CREATE`: fail if it exists.
+    pub const EXCL: Self = Self(8);
+    /// Truncate to 0.
+    pub const TRUNCATE: Self = Self(16);
+    /// Append.
+    pub const APPEND: Self = Self(32);
+    /// Fail unless a directory.
+    pub const DIRECTORY: Self = Self(64);
+    /// Fail on a symlink.
+    pub const NOFOLLOW: Self = Self(128);
+
+    const NATIVE: [(Self, i32); 6] = [
+        (Self::CREATE, libc::O_CREAT),
+        (Self::EXCL, libc::O_EXCL),
+        (Self::TRUNCATE, libc::O_TRUNC),
+        (Self::APPEND, libc::O_APPEND),
+        (Self::DIRECTORY, libc::O_DIRECTORY),
+        (Self::NOFOLLOW, libc::O_NOFOLLOW),
+    ];
+
+    /// True when every bit of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union.
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// From this platform's `open(2)` flags (unknown bits are dropped).
+    pub fn from_native(flags: i32) -> Self {
+        let access = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => Self::WRITE,
+            libc::O_RDWR => Self::READ.union(Self::WRITE),
+            _ => Self::READ,
+        };
+        Self::NATIVE
+            .iter()
+            .filter(|(_, n)| flags & n != 0)
+            .fold(access, |a, (f, _)| a.union(*f))
+    }
+
+    /// To this platform's `open(2)` flags.
+    pub fn to_native(self) -> i32 {
+        let access = match (self.contains(Self::READ), self.contains(Self::WRITE)) {
+            (true, true) => libc::O_RDWR,
+            (false, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
+        };
+        Self::NATIVE
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .fold(access, |a, (_, n)| a | n)
+    }
+}
+
+/// `fd_open`: open `path` in a branch and receive a real fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOpen {
+    /// The branch; `None` for the connection's.
+    pub branch: Option<String>,
+    /// Branch-relative path.
+    pub path: String,
+    /// Portable flags.
+    pub flags: OpenFlags,
+    /// Permission bits for `CREATE`.
+    pub mode: u32,
+}
+
+/// Answer to [`FdOpen`]; the fd travels with the frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOpened {
+    /// The file was copied up into the branch's layer first.
+    pub copied_up: bool,
+    /// The copy-up was a reflink (no data copied).
+    pub reflinked: bool,
+    /// The file was created.
+    pub created: bool,
+}
