@@ -2,7 +2,8 @@
 //! - branch creation over a base of 10 vs 100,000 files (independent of
 //!   the base: <= 1.5x), on hostfs (disk, fsync'd graph) and mock (RAM);
 //! - a snapshot of a branch with 10,000 changed files (fallback commit on
-//!   hostfs and mock);
+//!   hostfs and mock, native subvolume snapshot with the btrfs plugin on its
+//!   RAM volume);
 //! - materialising those 10,000 files (compaction) vs `cp -a --reflink`,
 //!   on a loop-mounted btrfs;
 //! - copy-up of a large file: reflink (hostfs on loop-mounted btrfs) vs
@@ -181,10 +182,24 @@ fn snapshot_of_changes(c: &mut Criterion) {
     make_base(&base, 10);
     let mut g = c.benchmark_group("snapshot");
     ten_runs(&mut g);
-    for (label, b) in [
+    let mut stores = vec![
         ("hostfs", hostfs(&t.path().join("store"))),
         ("mock", load("mock", "")),
-    ] {
+    ];
+    // The btrfs plugin's RAM volume (root only): native subvolume snapshots.
+    let opts = "ramdisk = { size_mb = 1024 }";
+    match load_backstore(
+        &PluginEntry {
+            plugin: Some("btrfs".into()),
+            path: None,
+            options: toml::from_str(opts).unwrap(),
+        },
+        &SearchPath(vec![target_dir()]),
+    ) {
+        Ok(b) => stores.push(("btrfs_native_ram", b)),
+        Err(e) => skip("snapshot (btrfs plugin RAM volume)", &e.to_string()),
+    }
+    for (label, b) in stores {
         let s = store(b);
         let names = Rotation::new("b");
         g.bench_function(
@@ -198,6 +213,9 @@ fn snapshot_of_changes(c: &mut Criterion) {
                             s.delete_snapshot(&format!("{p}.1")).unwrap();
                         }
                         branch_with_changes(&s, &name, &base);
+                        // Writeback of the setup's 10,000 files is not the
+                        // snapshot's cost.
+                        sync_all();
                         name
                     },
                     |name| s.create_snapshot(&name, None).unwrap(),
