@@ -4,6 +4,7 @@
 //! reports each as passed, failed or skipped with its reason.
 
 mod backstore_checks;
+mod overlay_checks;
 mod report;
 mod watch_checks;
 pub mod watch_tables;
@@ -95,6 +96,39 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// A named check on a context `C`: whether it applies (`None`) or why it
+/// is skipped, and its body.
+pub(crate) struct Check<C> {
+    pub(crate) name: &'static str,
+    pub(crate) skip_unless: fn(&C) -> Option<String>,
+    pub(crate) run: fn(&C) -> Result<(), String>,
+}
+
+/// Runs every check on `ctx`, skipping those that do not apply.
+pub(crate) fn run_checks<C>(report: &mut Report, checks: &[Check<C>], ctx: &C) {
+    for c in checks {
+        if let Some(why) = (c.skip_unless)(ctx) {
+            report.push(c.name, Outcome::Skipped(why), Default::default());
+            continue;
+        }
+        timed(report, c.name, || match (c.run)(ctx) {
+            Ok(()) => Outcome::Passed,
+            Err(e) => Outcome::Failed(e),
+        });
+    }
+}
+
+/// Records every check as skipped for `why`.
+pub(crate) fn skip_checks<C>(report: &mut Report, checks: &[Check<C>], why: &str) {
+    for c in checks {
+        report.push(
+            c.name,
+            Outcome::Skipped(why.to_string()),
+            Default::default(),
+        );
+    }
+}
+
 /// Runs a check body, turning a panic in the check itself into a failure.
 pub(crate) fn timed(report: &mut Report, name: &str, f: impl FnOnce() -> Outcome) {
     let t = Instant::now();
@@ -157,7 +191,10 @@ pub fn run(target: &Target) -> Report {
     entry.path = Some(path);
     entry.plugin = None;
     match details.kind.as_str() {
-        "backstore" => backstore_checks::run_all(&mut report, &entry, &target.search),
+        "backstore" => {
+            backstore_checks::run_all(&mut report, &entry, &target.search);
+            overlay_checks::run_all(&mut report, &entry, &target.search);
+        }
         "watch-provider" => watch_checks::run_all(&mut report, &entry, &target.search),
         other => report.push(
             "load.kind",
