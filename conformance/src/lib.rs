@@ -4,6 +4,7 @@
 //! reports each as passed, failed or skipped with its reason.
 
 mod backstore_checks;
+mod overlay_checks;
 mod report;
 mod watch_checks;
 pub mod watch_tables;
@@ -157,7 +158,10 @@ pub fn run(target: &Target) -> Report {
     entry.path = Some(path);
     entry.plugin = None;
     match details.kind.as_str() {
-        "backstore" => backstore_checks::run_all(&mut report, &entry, &target.search),
+        "backstore" => {
+            backstore_checks::run_all(&mut report, &entry, &target.search);
+            overlay_checks::run_all(&mut report, &entry, &target.search);
+        }
         "watch-provider" => watch_checks::run_all(&mut report, &entry, &target.search),
         other => report.push(
             "load.kind",

@@ -43,6 +43,66 @@ fn mock_passes_every_check() {
     assert_ran(&r, "backstore.reflink.independence");
     assert_ran(&r, "backstore.snapshot.unsupported");
     assert_eq!(r.plugin.as_ref().unwrap().name, "mock");
+    for c in [
+        "overlay.copy_up_then_snapshot",
+        "overlay.branch_from_snapshot_isolation",
+        "overlay.events.create_write_rename_unlink",
+        "overlay.ram_backed.nothing_outside_root",
+    ] {
+        assert_ran(&r, c);
+    }
+}
+
+#[test]
+fn overlay_checks_leave_an_existing_store_as_it_was() {
+    use agentfs_host::core::{InitOptions, LockWait, Store};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let base = t.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("f"), b"f").unwrap();
+    let load = || {
+        agentfs_host::plugins::load_backstore(
+            &agentfs_host::config::PluginEntry {
+                plugin: None,
+                path: Some(lib("agentfs_backstore_hostfs")),
+                options: toml::from_str(&format!("root = {:?}", root.display().to_string()))
+                    .unwrap(),
+            },
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    {
+        let s = Store::init(
+            load(),
+            InitOptions {
+                default_base: Some(base.clone()),
+                compact_threshold: None,
+            },
+            LockWait::Block,
+        )
+        .unwrap();
+        s.create_branch("mine", None, None).unwrap();
+        s.branch("mine").write_file("g", b"g").unwrap();
+        s.create_snapshot("mine", Some("keep")).unwrap();
+    }
+    let r = run(&hostfs_on(&root));
+    r.assert_all_passed();
+    assert_ran(&r, "overlay.copy_up_then_snapshot");
+    let s = Store::open(load(), LockWait::Block).unwrap();
+    let names: Vec<_> = s
+        .list_branches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(names, ["mine"]);
+    assert_eq!(s.list_snapshots().unwrap().len(), 1);
+    assert_eq!(s.branch("mine").read_file("g").unwrap(), b"g");
+    let mut present = s.backstore().list_layers().unwrap();
+    present.sort();
+    assert_eq!(present, s.layers_in_use().unwrap());
 }
 
 #[test]

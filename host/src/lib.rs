@@ -1,7 +1,8 @@
-//! The AgentFS host library: configuration, plugin discovery and loading.
-//! The `agentfs` binary is a thin CLI over it.
+//! The AgentFS host library: configuration, plugin discovery and loading,
+//! and the core overlay. The `agentfs` binary is a thin CLI over it.
 
 pub mod config;
+pub mod core;
 pub mod plugins;
 pub mod units;
 

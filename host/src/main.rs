@@ -1,9 +1,13 @@
 //! `agentfs`: the AgentFS command-line host.
 
+mod core_cmds;
+mod demo;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use agentfs_host::{
     config::{Config, EMBEDDED_DEFAULT},
+    core::LockWait,
     plugins::{self, PluginDetails},
     units::human_bytes,
     Host,
@@ -22,6 +26,10 @@ struct Cli {
     /// Extra plugin directory, searched before the standard ones (repeatable).
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
     plugin_dirs: Vec<PathBuf>,
+    /// Fail with "store busy" (exit status 75) instead of waiting when
+    /// another agentfs process holds the store.
+    #[arg(long, global = true)]
+    no_wait: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +48,49 @@ enum Command {
     /// Show configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Create the store in the configured backstore.
+    Init {
+        /// Default base directory of new branches (none: branches start
+        /// empty unless given --base or --from).
+        #[arg(long, value_name = "DIR")]
+        base: Option<PathBuf>,
+        /// Compact a branch's chain when a snapshot makes it deeper than
+        /// this many committed layers (default 8).
+        #[arg(long, value_name = "N")]
+        compact_threshold: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, list, delete and compact branches.
+    #[command(subcommand)]
+    Branch(core_cmds::BranchCmd),
+    /// Create, list and delete snapshots.
+    #[command(subcommand)]
+    Snapshot(core_cmds::SnapshotCmd),
+    /// File operations in a branch (or, for reading, a snapshot).
+    #[command(subcommand)]
+    Fs(core_cmds::FsCmd),
+    /// List what a branch added, modified and deleted, against its base or
+    /// a snapshot.
+    Diff {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// Compare against this snapshot instead of the base.
+        #[arg(long, value_name = "SNAPSHOT")]
+        from: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the main job step by step on the configured backstore: a branch
+    /// over a directory, a change, a snapshot, a diff, the base untouched.
+    Demo {
+        /// The directory to branch (default: a temporary sample project).
+        #[arg(long, value_name = "DIR")]
+        base: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,29 +132,42 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentfs: error: {e:#}");
-            ExitCode::FAILURE
+            core_cmds::exit_code_for(&e)
         }
     }
 }
 
-fn host(cli: &Cli) -> Result<Host> {
-    let config = Config::load(cli.config.as_deref())?;
-    Ok(Host::new(config, &cli.plugin_dirs))
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
-    match &cli.command {
-        Command::Plugins(PluginsCmd::List { json }) => plugins_list(&host(&cli)?, *json),
-        Command::Plugins(PluginsCmd::Info { plugin, json }) => {
-            plugins_info(&host(&cli)?, plugin, *json)
+    let wait = if cli.no_wait {
+        LockWait::Fail
+    } else {
+        LockWait::Block
+    };
+    if let Command::Config(ConfigCmd::Default) = cli.command {
+        // Needs no configuration: it prints the default one.
+        print!("{EMBEDDED_DEFAULT}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let h = Host::new(Config::load(cli.config.as_deref())?, &cli.plugin_dirs);
+    let open = || core_cmds::open_store(&h, wait);
+    match cli.command {
+        Command::Init {
+            base,
+            compact_threshold,
+            json,
+        } => core_cmds::init(&h, wait, base, compact_threshold, json),
+        Command::Branch(cmd) => core_cmds::branch(&open()?, cmd),
+        Command::Snapshot(cmd) => core_cmds::snapshot(&open()?, cmd),
+        Command::Fs(cmd) => core_cmds::fs(&open()?, cmd),
+        Command::Diff { branch, from, json } => {
+            core_cmds::diff(&open()?, &branch, from.as_deref(), json)
         }
-        Command::Status { json } => status(&host(&cli)?, *json),
-        Command::Config(ConfigCmd::Default) => {
-            print!("{EMBEDDED_DEFAULT}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo { base } => demo::run(&h, wait, base),
+        Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
+        Command::Plugins(PluginsCmd::Info { plugin, json }) => plugins_info(&h, &plugin, json),
+        Command::Status { json } => status(&h, json),
+        Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Show) => {
-            let h = host(&cli)?;
             println!("config: {}", h.config.source);
             println!("backstore: {}", h.config.backstore.label());
             for w in &h.config.watch {

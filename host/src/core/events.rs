@@ -1,0 +1,258 @@
+//! Change events: every mutation through the core publishes exactly one
+//! [`Event`] with branch-relative paths to every subscriber, in order.
+//! Events convert cheaply into the plugin ABI's
+//! [`CoreEvent`](agentfs_plugin_api::watch::CoreEvent), which the daemon's
+//! watch service hands to watch providers.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    mpsc, Mutex,
+};
+
+use agentfs_plugin_api::watch::{CoreEvent, EventKind as AbiKind};
+
+use super::path::BranchPath;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A file, directory or symlink appeared at `path`.
+    Created,
+    /// The entry at `path` was removed.
+    Removed,
+    /// The content of the file at `path` changed.
+    Modified,
+    /// The entry moved from `path` to `to`.
+    Renamed {
+        /// The new path.
+        to: BranchPath,
+    },
+    /// Mode, times or extended attributes of `path` changed.
+    AttributesChanged,
+    /// The branch was created (`path` is the root).
+    BranchCreated,
+    /// A snapshot of the branch was taken (`path` is the root).
+    SnapshotCreated {
+        /// The snapshot's name.
+        snapshot: String,
+    },
+}
+
+/// One change in one branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Sequence number, increasing in publication order.
+    pub seq: u64,
+    /// The branch it happened in.
+    pub branch: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The path it happened to (the source, for a rename).
+    pub path: BranchPath,
+    /// True when the entry is a directory.
+    pub is_dir: bool,
+    /// Size before the change, when known and meaningful.
+    pub size_before: Option<u64>,
+    /// Size after the change, when known and meaningful.
+    pub size_after: Option<u64>,
+}
+
+/// A change before it is published: an [`Event`] without branch and
+/// sequence number, as the file operations report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What happened.
+    pub kind: EventKind,
+    /// The path it happened to.
+    pub path: BranchPath,
+    /// True when the entry is a directory.
+    pub is_dir: bool,
+    /// Size before, when meaningful.
+    pub size_before: Option<u64>,
+    /// Size after, when meaningful.
+    pub size_after: Option<u64>,
+}
+
+impl Change {
+    /// A change with no sizes.
+    pub fn new(kind: EventKind, path: BranchPath, is_dir: bool) -> Self {
+        Self {
+            kind,
+            path,
+            is_dir,
+            size_before: None,
+            size_after: None,
+        }
+    }
+
+    /// With sizes before and after.
+    pub fn sizes(mut self, before: Option<u64>, after: Option<u64>) -> Self {
+        self.size_before = before;
+        self.size_after = after;
+        self
+    }
+
+    /// The event for this change in `branch` (sequence number 0 until
+    /// published).
+    pub fn into_event(self, branch: &str) -> Event {
+        Event {
+            seq: 0,
+            branch: branch.to_string(),
+            kind: self.kind,
+            path: self.path,
+            is_dir: self.is_dir,
+            size_before: self.size_before,
+            size_after: self.size_after,
+        }
+    }
+}
+
+impl Event {
+    /// A compact one-line form, e.g. `renamed a -> b` (used in tests and logs).
+    pub fn summary(&self) -> String {
+        let dir = if self.is_dir { "/" } else { "" };
+        match &self.kind {
+            EventKind::Created => format!("created {}{dir}", self.path),
+            EventKind::Removed => format!("removed {}{dir}", self.path),
+            EventKind::Modified => format!("modified {}", self.path),
+            EventKind::Renamed { to } => format!("renamed {}{dir} -> {to}{dir}", self.path),
+            EventKind::AttributesChanged => format!("attributes {}{dir}", self.path),
+            EventKind::BranchCreated => format!("branch-created {}", self.branch),
+            EventKind::SnapshotCreated { snapshot } => {
+                format!("snapshot-created {} {snapshot}", self.branch)
+            }
+        }
+    }
+}
+
+impl From<&Event> for CoreEvent {
+    fn from(e: &Event) -> Self {
+        let (kind, to) = match &e.kind {
+            EventKind::Created => (AbiKind::CREATED, String::new()),
+            EventKind::Removed => (AbiKind::REMOVED, String::new()),
+            EventKind::Modified => (AbiKind::MODIFIED, String::new()),
+            EventKind::Renamed { to } => (AbiKind::RENAMED, to.to_string()),
+            EventKind::AttributesChanged => (AbiKind::ATTRIBUTES_CHANGED, String::new()),
+            EventKind::BranchCreated => (AbiKind::BRANCH_CREATED, String::new()),
+            EventKind::SnapshotCreated { snapshot } => {
+                (AbiKind::SNAPSHOT_CREATED, snapshot.clone())
+            }
+        };
+        CoreEvent {
+            seq: e.seq,
+            kind,
+            branch: e.branch.as_str().into(),
+            path: e.path.to_string().into(),
+            to: to.into(),
+            is_dir: e.is_dir,
+            size_before: e.size_before.unwrap_or(u64::MAX),
+            size_after: e.size_after.unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Identifies a subscription, for [`EventBus::unsubscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+/// A subscription: the id and the receiving end of its queue.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Pass to `unsubscribe`.
+    pub id: SubscriptionId,
+    /// Events, in publication order.
+    pub events: mpsc::Receiver<Event>,
+}
+
+/// Fans events out to subscribers. A subscriber whose receiver is gone is
+/// dropped at the next publication.
+#[derive(Debug, Default)]
+pub struct EventBus {
+    seq: AtomicU64,
+    next_id: AtomicU64,
+    subscribers: Mutex<Vec<(SubscriptionId, mpsc::Sender<Event>)>>,
+}
+
+impl EventBus {
+    /// Adds a subscriber; it sees every event published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        let (tx, rx) = mpsc::channel();
+        let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, tx));
+        Subscription { id, events: rx }
+    }
+
+    /// Removes a subscriber; true if it was subscribed.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let before = subs.len();
+        subs.retain(|(i, _)| *i != id);
+        subs.len() != before
+    }
+
+    /// Publishes one event, assigning its sequence number.
+    pub fn publish(&self, mut event: Event) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        event.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        subs.retain(|(_, tx)| tx.send(event.clone()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, path: &str) -> Event {
+        Event {
+            seq: 0,
+            branch: "b".into(),
+            kind,
+            path: BranchPath::parse(path).unwrap(),
+            is_dir: false,
+            size_before: Some(1),
+            size_after: None,
+        }
+    }
+
+    #[test]
+    fn subscribers_get_ordered_events_until_they_leave() {
+        let bus = EventBus::default();
+        let a = bus.subscribe();
+        let b = bus.subscribe();
+        bus.publish(ev(EventKind::Created, "x"));
+        assert!(bus.unsubscribe(b.id));
+        assert!(!bus.unsubscribe(b.id));
+        bus.publish(ev(EventKind::Removed, "x"));
+        let got: Vec<_> = a.events.try_iter().map(|e| (e.seq, e.summary())).collect();
+        assert_eq!(got, vec![(1, "created x".into()), (2, "removed x".into())]);
+        assert_eq!(b.events.try_iter().count(), 1);
+        drop(a);
+        bus.publish(ev(EventKind::Modified, "x"));
+        assert!(bus.subscribers.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn conversion_to_the_abi_event() {
+        let mut e = ev(
+            EventKind::Renamed {
+                to: BranchPath::parse("d/y").unwrap(),
+            },
+            "x",
+        );
+        e.seq = 7;
+        let c = CoreEvent::from(&e);
+        assert_eq!(c.kind, AbiKind::RENAMED);
+        assert_eq!((c.path.as_str(), c.to.as_str()), ("x", "d/y"));
+        assert_eq!((c.seq, c.size_before, c.size_after), (7, 1, u64::MAX));
+        let s = CoreEvent::from(&ev(
+            EventKind::SnapshotCreated {
+                snapshot: "s1".into(),
+            },
+            "",
+        ));
+        assert_eq!((s.kind, s.to.as_str()), (AbiKind::SNAPSHOT_CREATED, "s1"));
+    }
+}

@@ -1,0 +1,40 @@
+//! The core overlay (DESIGN §3): a base directory plus layers from the
+//! configured backstore plugin, turned into branches and snapshots. The
+//! host owns the semantics; the plugin only stores layer directories.
+//!
+//! - [`Store`] holds the graph (branches, snapshots, layer chains) in the
+//!   backstore's metadata directory and is the entry point;
+//! - [`Tree`] is the file tree of one branch (read-write) or snapshot
+//!   (read-only);
+//! - [`Event`]s describe every change, one per mutation.
+//!
+//! See `docs/architecture.md` for the model: layers, whiteouts and opaque
+//! directories, copy-up, rename, snapshots, persistence, locking and path
+//! safety.
+
+mod beneath;
+mod compact;
+mod copy_up;
+mod diff;
+mod error;
+mod events;
+pub mod fault;
+mod graph;
+mod layer_names;
+mod metadata;
+mod path;
+mod persist;
+mod store;
+mod view;
+mod write_ops;
+mod xattrs;
+
+pub use diff::{ChangeType, DiffEntry};
+pub use error::{CoreError, CoreResult};
+pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
+pub use graph::DEFAULT_COMPACT_THRESHOLD;
+pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
+pub use metadata::{DirEntry, FileKind, Origin, Stat};
+pub use path::{validate_name, BranchPath};
+pub use persist::{LockWait, GRAPH_FILE, LOCK_FILE};
+pub use store::{AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree};

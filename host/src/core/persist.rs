@@ -1,0 +1,256 @@
+//! The store's files in the backstore's metadata directory: the graph
+//! (`store.json`, replaced atomically: temp file, fsync, rename, fsync of
+//! the directory) and the lock file (`lock`, held with `flock` for the
+//! length of each operation: shared for reads, exclusive for changes).
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use rustix::fs::FlockOperation;
+
+use super::{
+    error::{CoreError, CoreResult},
+    graph::Graph,
+};
+
+/// File name of the graph.
+pub const GRAPH_FILE: &str = "store.json";
+/// File name of the lock.
+pub const LOCK_FILE: &str = "lock";
+const TEMP_PREFIX: &str = ".store.json.tmp-";
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `dir/name` atomically and durably: a reader sees the
+/// old content or the new, never a mix, even after a crash.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        super::fault::point("graph-after-temp-write");
+        fs::rename(&tmp, dir.join(name))?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temp files a crash left behind in `dir`.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Identity of the graph file's current version: it changes with every
+/// write, since every write renames a new file into place.
+pub type Version = (u64, u64);
+
+/// Reads the graph; `None` when the store is not initialised.
+pub fn load_graph(meta: &Path) -> CoreResult<Option<(Graph, Version)>> {
+    let path = meta.join(GRAPH_FILE);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CoreError::io(format!("read {}", path.display()), e)),
+    };
+    let md = f
+        .metadata()
+        .map_err(|e| CoreError::io(format!("stat {}", path.display()), e))?;
+    let g: Graph =
+        serde_json::from_reader(io::BufReader::new(f)).map_err(|e| CoreError::Corrupt {
+            file: path.clone(),
+            why: e.to_string(),
+        })?;
+    g.check().map_err(|why| CoreError::Corrupt {
+        file: path.clone(),
+        why,
+    })?;
+    Ok(Some((g, (md.dev(), md.ino()))))
+}
+
+/// The graph file's current version, or `None` when it does not exist.
+pub fn graph_version(meta: &Path) -> CoreResult<Option<Version>> {
+    let path = meta.join(GRAPH_FILE);
+    match fs::metadata(&path) {
+        Ok(md) => Ok(Some((md.dev(), md.ino()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CoreError::io(format!("stat {}", path.display()), e)),
+    }
+}
+
+/// Writes the graph atomically and returns its new version.
+pub fn save_graph(meta: &Path, g: &Graph) -> CoreResult<Version> {
+    let mut bytes = serde_json::to_vec_pretty(g).expect("the graph always serialises");
+    bytes.push(b'\n');
+    write_atomic(meta, GRAPH_FILE, &bytes)
+        .map_err(|e| CoreError::io(format!("write {}", meta.join(GRAPH_FILE).display()), e))?;
+    graph_version(meta)?.ok_or_else(|| CoreError::Corrupt {
+        file: meta.join(GRAPH_FILE),
+        why: "vanished right after being written".into(),
+    })
+}
+
+/// Whether to wait for a lock another process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockWait {
+    /// Block until the lock is free (the default).
+    #[default]
+    Block,
+    /// Fail at once with [`CoreError::StoreBusy`].
+    Fail,
+}
+
+/// Shared (readers) or exclusive (writers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Many readers at once.
+    Shared,
+    /// One writer, no readers.
+    Exclusive,
+}
+
+/// The store's lock file.
+#[derive(Debug)]
+pub struct StoreLock {
+    file: File,
+    path: PathBuf,
+    wait: LockWait,
+}
+
+/// Holds the lock until dropped.
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    lock: &'a StoreLock,
+}
+
+impl StoreLock {
+    /// Opens (creating) the lock file in `meta`.
+    pub fn open(meta: &Path, wait: LockWait) -> CoreResult<Self> {
+        let path = meta.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
+        Ok(Self { file, path, wait })
+    }
+
+    /// Takes the lock in `mode`, waiting or failing as configured.
+    pub fn lock(&self, mode: LockMode) -> CoreResult<LockGuard<'_>> {
+        let (try_op, block_op) = match mode {
+            LockMode::Shared => (
+                FlockOperation::NonBlockingLockShared,
+                FlockOperation::LockShared,
+            ),
+            LockMode::Exclusive => (
+                FlockOperation::NonBlockingLockExclusive,
+                FlockOperation::LockExclusive,
+            ),
+        };
+        match rustix::fs::flock(self.file.as_fd(), try_op) {
+            Ok(()) => return Ok(LockGuard { lock: self }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => {
+                return Err(CoreError::io(
+                    format!("lock {}", self.path.display()),
+                    e.into(),
+                ))
+            }
+        }
+        if self.wait == LockWait::Fail {
+            return Err(CoreError::StoreBusy {
+                lock: self.path.clone(),
+            });
+        }
+        tracing::info!(lock = %self.path.display(), "waiting for another agentfs process to release the store");
+        loop {
+            match rustix::fs::flock(self.file.as_fd(), block_op) {
+                Ok(()) => return Ok(LockGuard { lock: self }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(CoreError::io(
+                        format!("lock {}", self.path.display()),
+                        e.into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(self.lock.file.as_fd(), FlockOperation::Unlock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let t = tempfile::tempdir().unwrap();
+        write_atomic(t.path(), "f", b"one").unwrap();
+        write_atomic(t.path(), "f", b"two").unwrap();
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), b"two");
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+        fs::write(t.path().join(format!("{TEMP_PREFIX}1-1")), b"x").unwrap();
+        remove_stale_temps(t.path());
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn graph_versions_change_on_every_save() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(load_graph(t.path()).unwrap().is_none());
+        let g = Graph::new(None, 8);
+        let v1 = save_graph(t.path(), &g).unwrap();
+        let v2 = save_graph(t.path(), &g).unwrap();
+        assert_ne!(v1, v2);
+        let (back, v) = load_graph(t.path()).unwrap().unwrap();
+        assert_eq!((back, v), (g, v2));
+    }
+
+    #[test]
+    fn corrupt_graphs_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(GRAPH_FILE), b"{not json").unwrap();
+        let e = load_graph(t.path()).unwrap_err();
+        assert!(matches!(e, CoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("store.json"));
+    }
+
+    #[test]
+    fn exclusive_lock_excludes_and_fail_mode_says_busy() {
+        let t = tempfile::tempdir().unwrap();
+        let a = StoreLock::open(t.path(), LockWait::Fail).unwrap();
+        let b = StoreLock::open(t.path(), LockWait::Fail).unwrap();
+        let g = a.lock(LockMode::Exclusive).unwrap();
+        let e = b.lock(LockMode::Shared).unwrap_err();
+        assert!(e.to_string().starts_with("store busy"), "{e}");
+        drop(g);
+        let _s1 = a.lock(LockMode::Shared).unwrap();
+        let _s2 = b.lock(LockMode::Shared).unwrap();
+    }
+}

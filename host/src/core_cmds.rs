@@ -1,0 +1,551 @@
+//! The `agentfs` subcommands over the core: init, branch, snapshot, fs, diff.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use agentfs_host::{
+    core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store, Tree},
+    Host,
+};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+/// `agentfs branch ...`
+#[derive(Subcommand, Debug)]
+pub enum BranchCmd {
+    /// Create a branch: over the store's default base, over --base DIR, or
+    /// from a snapshot. O(1): nothing is copied.
+    Create {
+        /// The branch name ([A-Za-z0-9._-], up to 64 bytes).
+        name: String,
+        /// Start from this snapshot.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with = "base")]
+        from: Option<String>,
+        /// Branch this directory instead of the store's default base.
+        #[arg(long, value_name = "DIR")]
+        base: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List branches.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a branch and the layers only it used.
+    Delete {
+        /// The branch.
+        name: String,
+    },
+    /// Merge the branch's committed layers into one (reflink or copy).
+    Compact {
+        /// The branch.
+        name: String,
+    },
+}
+
+/// `agentfs snapshot ...`
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Freeze a branch into a read-only snapshot.
+    Create {
+        /// The branch to snapshot.
+        #[arg(long)]
+        branch: String,
+        /// The snapshot name (default: <branch>.<n>).
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots.
+    List {
+        /// Only snapshots of this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (refused while a branch or snapshot builds on it).
+    Delete {
+        /// The snapshot.
+        name: String,
+    },
+}
+
+/// Which tree a read-only `fs` command looks at.
+#[derive(Args, Debug)]
+pub struct At {
+    /// The branch.
+    #[arg(
+        long,
+        required_unless_present = "snapshot",
+        conflicts_with = "snapshot"
+    )]
+    branch: Option<String>,
+    /// A snapshot instead of a branch.
+    #[arg(long)]
+    snapshot: Option<String>,
+}
+
+/// `agentfs fs ...`: file operations inside a branch (paths are relative
+/// to the branch root).
+#[derive(Subcommand, Debug)]
+pub enum FsCmd {
+    /// List a directory.
+    Ls {
+        #[command(flatten)]
+        at: At,
+        /// Directory (default: the root).
+        #[arg(default_value = "")]
+        path: String,
+        /// Long format: kind, mode, size, origin layer.
+        #[arg(short, long)]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file.
+    Cat {
+        #[command(flatten)]
+        at: At,
+        /// The file.
+        path: String,
+    },
+    /// Show an entry's metadata.
+    Stat {
+        #[command(flatten)]
+        at: At,
+        /// The entry.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a symlink's target.
+    Readlink {
+        #[command(flatten)]
+        at: At,
+        /// The symlink.
+        path: String,
+    },
+    /// Write a file (content from --data, else stdin); creates or replaces.
+    Write {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// The file.
+        path: String,
+        /// The content (default: read stdin).
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Remove a file, symlink or empty directory (-r: a whole tree).
+    Rm {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// The entry.
+        path: String,
+        /// Remove directories and their content.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename or move an entry.
+    Mv {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// The directory.
+        path: String,
+        /// Create missing parents; an existing directory is fine.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Create a symlink PATH pointing to TARGET.
+    Symlink {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// What the link points to (stored verbatim).
+        target: String,
+        /// The link.
+        path: String,
+    },
+    /// Change permission bits (octal, e.g. 755).
+    Chmod {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// Octal mode.
+        mode: String,
+        /// The entry.
+        path: String,
+    },
+}
+
+/// Opens the configured backstore's store.
+pub fn open_store(h: &Host, wait: LockWait) -> Result<Store> {
+    let b = h.backstore()?;
+    Ok(Store::open(b, wait)?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `agentfs init`.
+pub fn init(
+    h: &Host,
+    wait: LockWait,
+    base: Option<PathBuf>,
+    compact_threshold: Option<u32>,
+    json: bool,
+) -> Result<ExitCode> {
+    let b = h.backstore()?;
+    let s = Store::init(
+        b,
+        InitOptions {
+            default_base: base,
+            compact_threshold,
+        },
+        wait,
+    )?;
+    let info = s.info()?;
+    if json {
+        print_json(&info)?;
+    } else {
+        println!("store:            {}", info.meta_dir.display());
+        println!("backstore:        {}", info.backstore);
+        println!(
+            "default base:     {}",
+            info.default_base
+                .as_ref()
+                .map(|b| b.display().to_string())
+                .unwrap_or_else(|| "none (branches start empty unless given --base)".into())
+        );
+        println!(
+            "compact after:    {} committed layers",
+            info.compact_threshold
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn base_label(b: &Option<PathBuf>) -> String {
+    b.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `agentfs branch ...`
+pub fn branch(s: &Store, cmd: BranchCmd) -> Result<ExitCode> {
+    match cmd {
+        BranchCmd::Create {
+            name,
+            from,
+            base,
+            json,
+        } => {
+            let b = s.create_branch(&name, from.as_deref(), base.as_deref())?;
+            if json {
+                print_json(&b)?;
+            } else {
+                let over = match &b.from_snapshot {
+                    Some(snap) => format!("snapshot {snap}"),
+                    None => format!("base {}", base_label(&b.base)),
+                };
+                println!("created branch {} over {over}", b.name);
+            }
+        }
+        BranchCmd::List { json } => {
+            let list = s.list_branches()?;
+            if json {
+                print_json(&serde_json::json!({ "branches": list }))?;
+            } else {
+                print_branches(&list);
+            }
+        }
+        BranchCmd::Delete { name } => {
+            s.delete_branch(&name)?;
+            println!("deleted branch {name}");
+        }
+        BranchCmd::Compact { name } => {
+            if s.compact_branch(&name)? {
+                println!("compacted branch {name}");
+            } else {
+                println!("branch {name}: nothing to compact");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_branches(list: &[BranchInfo]) {
+    if list.is_empty() {
+        println!("no branches");
+        return;
+    }
+    let w = list.iter().map(|b| b.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<w$}  {:>5}  {:<12}  BASE", "NAME", "DEPTH", "FROM");
+    for b in list {
+        println!(
+            "{:<w$}  {:>5}  {:<12}  {}",
+            b.name,
+            b.depth,
+            b.from_snapshot.as_deref().unwrap_or("-"),
+            base_label(&b.base)
+        );
+    }
+}
+
+/// `agentfs snapshot ...`
+pub fn snapshot(s: &Store, cmd: SnapshotCmd) -> Result<ExitCode> {
+    match cmd {
+        SnapshotCmd::Create { branch, name, json } => {
+            let snap = s.create_snapshot(&branch, name.as_deref())?;
+            if json {
+                print_json(&snap)?;
+            } else {
+                println!(
+                    "created snapshot {} of branch {} ({})",
+                    snap.name,
+                    snap.branch,
+                    if snap.native {
+                        "native snapshot"
+                    } else {
+                        "committed layer"
+                    }
+                );
+            }
+        }
+        SnapshotCmd::List { branch, json } => {
+            let list: Vec<SnapshotInfo> = s
+                .list_snapshots()?
+                .into_iter()
+                .filter(|x| branch.as_ref().is_none_or(|b| &x.branch == b))
+                .collect();
+            if json {
+                print_json(&serde_json::json!({ "snapshots": list }))?;
+            } else if list.is_empty() {
+                println!("no snapshots");
+            } else {
+                let w = list.iter().map(|x| x.name.len()).max().unwrap_or(4).max(4);
+                println!("{:<w$}  {:<16}  KIND", "NAME", "BRANCH");
+                for x in &list {
+                    println!(
+                        "{:<w$}  {:<16}  {}",
+                        x.name,
+                        x.branch,
+                        if x.native { "native" } else { "committed" }
+                    );
+                }
+            }
+        }
+        SnapshotCmd::Delete { name } => {
+            s.delete_snapshot(&name)?;
+            println!("deleted snapshot {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tree<'s>(s: &'s Store, at: &At) -> Tree<'s> {
+    match (&at.branch, &at.snapshot) {
+        (Some(b), _) => s.branch(b),
+        (None, Some(snap)) => s.snapshot(snap),
+        (None, None) => unreachable!("clap requires one"),
+    }
+}
+
+fn mode_string(kind: FileKind, mode: u32) -> String {
+    let mut out = String::new();
+    out.push(kind.letter());
+    for shift in [6, 3, 0] {
+        let b = (mode >> shift) & 7;
+        out.push(if b & 4 != 0 { 'r' } else { '-' });
+        out.push(if b & 2 != 0 { 'w' } else { '-' });
+        out.push(if b & 1 != 0 { 'x' } else { '-' });
+    }
+    out
+}
+
+/// `agentfs fs ...`
+pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
+    match cmd {
+        FsCmd::Ls {
+            at,
+            path,
+            long,
+            json,
+        } => {
+            let t = tree(s, &at);
+            let entries = t.read_dir(path.as_str())?;
+            let join = |n: &std::ffi::OsStr| -> String {
+                let n = n.to_string_lossy();
+                if path.trim_matches('/').is_empty() {
+                    n.into_owned()
+                } else {
+                    format!("{}/{n}", path.trim_end_matches('/'))
+                }
+            };
+            if json {
+                let mut out = Vec::new();
+                for e in &entries {
+                    let mut v = serde_json::to_value(e)?;
+                    if long {
+                        v["stat"] = serde_json::to_value(t.lstat(join(&e.name).as_str())?)?;
+                    }
+                    out.push(v);
+                }
+                print_json(&serde_json::json!({ "entries": out }))?;
+            } else {
+                for e in &entries {
+                    let name = e.name.to_string_lossy();
+                    if long {
+                        let st = t.lstat(join(&e.name).as_str())?;
+                        let origin = match &st.origin {
+                            agentfs_host::core::Origin::Active => "branch".to_string(),
+                            agentfs_host::core::Origin::Committed(id) => format!("layer {id}"),
+                            agentfs_host::core::Origin::Base => "base".to_string(),
+                        };
+                        println!(
+                            "{} {:>10}  {:<10}  {name}{}",
+                            mode_string(st.kind, st.mode),
+                            st.size,
+                            origin,
+                            if st.kind == FileKind::Dir { "/" } else { "" }
+                        );
+                    } else {
+                        println!("{name}{}", if e.kind == FileKind::Dir { "/" } else { "" });
+                    }
+                }
+            }
+        }
+        FsCmd::Cat { at, path } => {
+            let data = tree(s, &at).read_file(path.as_str())?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+        FsCmd::Stat { at, path, json } => {
+            let st = tree(s, &at).lstat(path.as_str())?;
+            if json {
+                print_json(&st)?;
+            } else {
+                println!("kind:   {:?}", st.kind);
+                println!("mode:   {:o} ({})", st.mode, mode_string(st.kind, st.mode));
+                println!("size:   {}", st.size);
+                println!("origin: {:?}", st.origin);
+            }
+        }
+        FsCmd::Readlink { at, path } => {
+            let t = tree(s, &at).read_link(path.as_str())?;
+            println!("{}", t.to_string_lossy());
+        }
+        FsCmd::Write { branch, path, data } => {
+            let bytes = match data {
+                Some(d) => d.into_bytes(),
+                None => {
+                    let mut v = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut v)
+                        .context("reading stdin")?;
+                    v
+                }
+            };
+            s.branch(&branch).write_file(path.as_str(), &bytes)?;
+        }
+        FsCmd::Rm {
+            branch,
+            path,
+            recursive,
+        } => {
+            let t = s.branch(&branch);
+            if recursive {
+                t.remove_all(path.as_str())?;
+            } else if t.lstat(path.as_str())?.kind == FileKind::Dir {
+                t.rmdir(path.as_str())?;
+            } else {
+                t.unlink(path.as_str())?;
+            }
+        }
+        FsCmd::Mv { branch, from, to } => {
+            s.branch(&branch).rename(from.as_str(), to.as_str())?;
+        }
+        FsCmd::Mkdir {
+            branch,
+            path,
+            parents,
+        } => {
+            let t = s.branch(&branch);
+            if parents {
+                t.mkdir_all(path.as_str())?;
+            } else {
+                t.mkdir(path.as_str(), 0o755)?;
+            }
+        }
+        FsCmd::Symlink {
+            branch,
+            target,
+            path,
+        } => {
+            s.branch(&branch).symlink(&target, path.as_str())?;
+        }
+        FsCmd::Chmod { branch, mode, path } => {
+            let Ok(m) = u32::from_str_radix(&mode, 8) else {
+                bail!("invalid mode {mode:?}: give octal permission bits, e.g. 755");
+            };
+            if m > 0o7777 {
+                bail!("invalid mode {mode:?}: at most 7777");
+            }
+            s.branch(&branch).chmod(path.as_str(), m)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agentfs diff`.
+pub fn diff(s: &Store, branch: &str, from: Option<&str>, json: bool) -> Result<ExitCode> {
+    let changes = s.diff(branch, from)?;
+    if json {
+        print_json(&serde_json::json!({
+            "branch": branch,
+            "from": from,
+            "changes": changes,
+        }))?;
+    } else {
+        for c in &changes {
+            let dir = if c.kind == FileKind::Dir { "/" } else { "" };
+            println!("{} {}{dir}", c.change.letter(), c.path);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status for errors scripts may want to tell apart: 75 (EX_TEMPFAIL)
+/// when the store is busy.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<CoreError>() {
+        Some(CoreError::StoreBusy { .. }) => ExitCode::from(75),
+        _ => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,544 @@
+//! Model-based test: random sequences of create, write, write-at,
+//! truncate, unlink, rename, mkdir, rmdir, snapshot, branch-from-snapshot,
+//! branch deletion and restart run against a plain in-memory model. After
+//! every step: every branch and every snapshot shows exactly what the model
+//! says (so snapshots are isolated), errors agree, and the base is byte for
+//! byte unchanged. At the end of each case, `diff` agrees with the model.
+//!
+//! Runs over the mock (soft reflink, and copy-only), hostfs on a temporary
+//! directory, and hostfs on a loop-mounted btrfs (so copy-up really
+//! reflinks). `PROPTEST_CASES` sets the number of cases per backstore
+//! (default 256).
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use agentfs_host::{
+    core::{ChangeType, CoreError, InitOptions, LockWait, Store},
+    plugins::Backstore,
+};
+use common::*;
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestCaseError, TestRunner},
+};
+
+type P = Vec<&'static str>;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    File(Vec<u8>),
+    Dir,
+}
+
+type Tree = BTreeMap<P, Node>;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create(usize, P),
+    Write(usize, P, Vec<u8>),
+    WriteAt(usize, P, u64, Vec<u8>),
+    Truncate(usize, P, u64),
+    Unlink(usize, P),
+    Rename(usize, P, P),
+    Mkdir(usize, P),
+    Rmdir(usize, P),
+    Snapshot(usize),
+    BranchFrom(usize),
+    DeleteBranch(usize),
+    Reopen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum E {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Invalid,
+}
+
+fn class(e: &CoreError) -> E {
+    match e {
+        CoreError::NotFound(_) => E::NotFound,
+        CoreError::AlreadyExists(_) => E::Exists,
+        CoreError::NotDirectory(_) => E::NotDir,
+        CoreError::IsDirectory(_) => E::IsDir,
+        CoreError::NotEmpty(_) => E::NotEmpty,
+        CoreError::InvalidArgument(_) => E::Invalid,
+        other => panic!("unexpected error class: {other}"),
+    }
+}
+
+fn name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("a"), Just("b"), Just("c")]
+}
+
+fn path() -> impl Strategy<Value = P> {
+    proptest::collection::vec(name(), 1..=3)
+}
+
+fn data() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..12)
+}
+
+fn op(persistent: bool) -> impl Strategy<Value = Op> {
+    let b = 0usize..4;
+    prop_oneof![
+        3 => (b.clone(), path()).prop_map(|(b, p)| Op::Create(b, p)),
+        4 => (b.clone(), path(), data()).prop_map(|(b, p, d)| Op::Write(b, p, d)),
+        3 => (b.clone(), path(), 0u64..16, data()).prop_map(|(b, p, o, d)| Op::WriteAt(b, p, o, d)),
+        2 => (b.clone(), path(), 0u64..16).prop_map(|(b, p, l)| Op::Truncate(b, p, l)),
+        3 => (b.clone(), path()).prop_map(|(b, p)| Op::Unlink(b, p)),
+        4 => (b.clone(), path(), path()).prop_map(|(b, f, t)| Op::Rename(b, f, t)),
+        3 => (b.clone(), path()).prop_map(|(b, p)| Op::Mkdir(b, p)),
+        2 => (b.clone(), path()).prop_map(|(b, p)| Op::Rmdir(b, p)),
+        2 => b.clone().prop_map(Op::Snapshot),
+        2 => (0usize..8).prop_map(Op::BranchFrom),
+        1 => b.prop_map(Op::DeleteBranch),
+        1 => Just(if persistent { Op::Reopen } else { Op::Snapshot(0) }),
+    ]
+}
+
+fn base_tree() -> impl Strategy<Value = Tree> {
+    proptest::collection::vec((path(), any::<bool>(), data()), 0..10).prop_map(|items| {
+        let mut t = Tree::new();
+        for (p, dir, d) in items {
+            let parent_ok = (1..p.len()).all(|i| t.get(&p[..i].to_vec()) == Some(&Node::Dir));
+            if parent_ok && !t.contains_key(&p) {
+                t.insert(p, if dir { Node::Dir } else { Node::File(d) });
+            }
+        }
+        t
+    })
+}
+
+fn s(p: &P) -> String {
+    p.join("/")
+}
+
+fn write_base(dir: &Path, t: &Tree) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (p, n) in t {
+        let fp = dir.join(s(p));
+        match n {
+            Node::Dir => std::fs::create_dir(&fp).unwrap(),
+            Node::File(d) => std::fs::write(&fp, d).unwrap(),
+        }
+    }
+}
+
+/// The model of one tree: POSIX semantics, checked in the order the core
+/// checks them.
+fn parent_ok(t: &Tree, p: &P) -> Result<(), E> {
+    for i in 1..p.len() {
+        match t.get(&p[..i].to_vec()) {
+            None => return Err(E::NotFound),
+            Some(Node::File(_)) => return Err(E::NotDir),
+            Some(Node::Dir) => {}
+        }
+    }
+    Ok(())
+}
+
+fn has_children(t: &Tree, p: &P) -> bool {
+    t.keys().any(|k| k.len() > p.len() && k.starts_with(p))
+}
+
+fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
+    match op {
+        Op::Create(_, p) => {
+            parent_ok(t, p)?;
+            if t.contains_key(p) {
+                return Err(E::Exists);
+            }
+            t.insert(p.clone(), Node::File(vec![]));
+        }
+        Op::Write(_, p, d) => {
+            parent_ok(t, p)?;
+            match t.get(p) {
+                Some(Node::Dir) => return Err(E::IsDir),
+                _ => {
+                    t.insert(p.clone(), Node::File(d.clone()));
+                }
+            }
+        }
+        Op::WriteAt(_, p, off, d) => {
+            parent_ok(t, p)?;
+            match t.get_mut(p) {
+                None => return Err(E::NotFound),
+                Some(Node::Dir) => return Err(E::IsDir),
+                Some(Node::File(_)) if d.is_empty() => {} // POSIX: writes nothing
+                Some(Node::File(f)) => {
+                    let end = *off as usize + d.len();
+                    if f.len() < end {
+                        f.resize(end, 0);
+                    }
+                    f[*off as usize..end].copy_from_slice(d);
+                }
+            }
+        }
+        Op::Truncate(_, p, len) => {
+            parent_ok(t, p)?;
+            match t.get_mut(p) {
+                None => return Err(E::NotFound),
+                Some(Node::Dir) => return Err(E::IsDir),
+                Some(Node::File(f)) => f.resize(*len as usize, 0),
+            }
+        }
+        Op::Unlink(_, p) => {
+            parent_ok(t, p)?;
+            match t.get(p) {
+                None => return Err(E::NotFound),
+                Some(Node::Dir) => return Err(E::IsDir),
+                Some(Node::File(_)) => {
+                    t.remove(p);
+                }
+            }
+        }
+        Op::Mkdir(_, p) => {
+            parent_ok(t, p)?;
+            if t.contains_key(p) {
+                return Err(E::Exists);
+            }
+            t.insert(p.clone(), Node::Dir);
+        }
+        Op::Rmdir(_, p) => {
+            parent_ok(t, p)?;
+            match t.get(p) {
+                None => return Err(E::NotFound),
+                Some(Node::File(_)) => return Err(E::NotDir),
+                Some(Node::Dir) if has_children(t, p) => return Err(E::NotEmpty),
+                Some(Node::Dir) => {
+                    t.remove(p);
+                }
+            }
+        }
+        Op::Rename(_, from, to) => {
+            parent_ok(t, from)?;
+            let src_dir = match t.get(from) {
+                None => return Err(E::NotFound),
+                Some(n) => *n == Node::Dir,
+            };
+            parent_ok(t, to)?;
+            if from == to {
+                return Ok(());
+            }
+            if src_dir && to.starts_with(from) {
+                return Err(E::Invalid);
+            }
+            match (src_dir, t.get(to)) {
+                (_, None) => {}
+                (true, Some(Node::Dir)) => {
+                    if has_children(t, to) {
+                        return Err(E::NotEmpty);
+                    }
+                }
+                (true, Some(_)) => return Err(E::NotDir),
+                (false, Some(Node::Dir)) => return Err(E::IsDir),
+                (false, Some(_)) => {}
+            }
+            t.remove(to);
+            let moved: Vec<(P, Node)> = t
+                .iter()
+                .filter(|(k, _)| k.starts_with(from))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in moved {
+                t.remove(&k);
+                let mut nk = to.clone();
+                nk.extend_from_slice(&k[from.len()..]);
+                t.insert(nk, v);
+            }
+        }
+        _ => unreachable!("not a file operation"),
+    }
+    Ok(())
+}
+
+fn image(store: &Store, name: &str, snapshot: bool) -> Tree {
+    let t = if snapshot {
+        store.snapshot(name)
+    } else {
+        store.branch(name)
+    };
+    let img = image_tree(&t);
+    let mut out = Tree::new();
+    for (k, (kind, _, data)) in img {
+        let p: P = k
+            .split('/')
+            .map(|c| match c {
+                "a" => "a",
+                "b" => "b",
+                "c" => "c",
+                other => panic!("unexpected name {other:?} in {name}"),
+            })
+            .collect();
+        out.insert(
+            p,
+            match kind {
+                'd' => Node::Dir,
+                '-' => Node::File(data),
+                other => panic!("unexpected kind {other}"),
+            },
+        );
+    }
+    out
+}
+
+fn model_diff(old: &Tree, new: &Tree) -> Vec<(String, ChangeType)> {
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&P> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        match (old.get(k), new.get(k)) {
+            (None, Some(_)) => out.push((s(k), ChangeType::Added)),
+            (Some(_), None) => out.push((s(k), ChangeType::Deleted)),
+            (Some(a), Some(b)) if a != b => out.push((s(k), ChangeType::Modified)),
+            _ => {}
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A backstore factory: called for the first open and for every restart,
+/// with the case's directory.
+type Factory<'a> = &'a dyn Fn(&Path) -> Backstore;
+
+struct Case {
+    store: Option<Store>,
+    model: BTreeMap<String, Tree>,
+    snaps: BTreeMap<String, Tree>,
+    next_branch: usize,
+    next_snap: usize,
+}
+
+fn run_case(
+    dir: &Path,
+    base_t: &Tree,
+    ops: &[Op],
+    factory: Factory<'_>,
+) -> Result<(u64, u64), TestCaseError> {
+    let base = dir.join("base");
+    write_base(&base, base_t);
+    let base_img = image_dir(&base);
+    let s = Store::init(
+        factory(dir),
+        InitOptions {
+            default_base: Some(base.clone()),
+            compact_threshold: Some(3),
+        },
+        LockWait::Block,
+    )
+    .unwrap();
+    s.create_branch("b0", None, None).unwrap();
+    let mut c = Case {
+        store: Some(s),
+        model: BTreeMap::from([("b0".to_string(), base_t.clone())]),
+        snaps: BTreeMap::new(),
+        next_branch: 1,
+        next_snap: 0,
+    };
+    let mut stats = (0, 0);
+    for (i, op) in ops.iter().enumerate() {
+        step(&mut c, op, dir, factory, &mut stats)
+            .map_err(|e| TestCaseError::fail(format!("step {i} {op:?}: {e}")))?;
+        let s = c.store.as_ref().unwrap();
+        for (b, t) in &c.model {
+            prop_assert_eq!(&image(s, b, false), t, "step {} {:?}: branch {}", i, op, b);
+        }
+        for (n, t) in &c.snaps {
+            prop_assert_eq!(&image(s, n, true), t, "step {} {:?}: snapshot {}", i, op, n);
+        }
+        prop_assert!(
+            image_dir(&base) == base_img,
+            "step {} {:?}: the base changed",
+            i,
+            op
+        );
+    }
+    let s = c.store.as_ref().unwrap();
+    for (b, t) in &c.model {
+        let got: Vec<(String, ChangeType)> = {
+            let mut v: Vec<_> = s
+                .diff(b, None)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.path.to_string(), e.change))
+                .collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(got, model_diff(base_t, t), "diff of branch {} vs base", b);
+        for (n, st) in &c.snaps {
+            let mut got: Vec<_> = s
+                .diff(b, Some(n))
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.path.to_string(), e.change))
+                .collect();
+            got.sort();
+            prop_assert_eq!(got, model_diff(st, t), "diff of branch {} vs {}", b, n);
+        }
+    }
+    let (r, cp) = s.copy_stats();
+    Ok((stats.0 + r, stats.1 + cp))
+}
+
+fn step(
+    c: &mut Case,
+    op: &Op,
+    dir: &Path,
+    factory: Factory<'_>,
+    stats: &mut (u64, u64),
+) -> Result<(), String> {
+    let branches: Vec<String> = c.model.keys().cloned().collect();
+    let pick = |i: &usize| branches.get(i % branches.len().max(1)).cloned();
+    let s = c.store.as_ref().unwrap();
+    match op {
+        Op::Reopen => {
+            let old = c.store.take().unwrap();
+            let (r, cp) = old.copy_stats();
+            stats.0 += r;
+            stats.1 += cp;
+            drop(old);
+            c.store = Some(Store::open(factory(dir), LockWait::Block).map_err(|e| e.to_string())?);
+            return Ok(());
+        }
+        Op::Snapshot(b) => {
+            let Some(b) = pick(b) else { return Ok(()) };
+            let name = format!("s{}", c.next_snap);
+            c.next_snap += 1;
+            s.create_snapshot(&b, Some(&name))
+                .map_err(|e| e.to_string())?;
+            c.snaps.insert(name, c.model[&b].clone());
+            return Ok(());
+        }
+        Op::BranchFrom(i) => {
+            let snaps: Vec<String> = c.snaps.keys().cloned().collect();
+            let Some(snap) = snaps.get(i % snaps.len().max(1)) else {
+                return Ok(());
+            };
+            let name = format!("b{}", c.next_branch);
+            c.next_branch += 1;
+            s.create_branch(&name, Some(snap), None)
+                .map_err(|e| e.to_string())?;
+            c.model.insert(name, c.snaps[snap].clone());
+            return Ok(());
+        }
+        Op::DeleteBranch(b) => {
+            let Some(b) = pick(b) else { return Ok(()) };
+            s.delete_branch(&b).map_err(|e| e.to_string())?;
+            c.model.remove(&b);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let b = match op {
+        Op::Create(b, ..)
+        | Op::Write(b, ..)
+        | Op::WriteAt(b, ..)
+        | Op::Truncate(b, ..)
+        | Op::Unlink(b, ..)
+        | Op::Rename(b, ..)
+        | Op::Mkdir(b, ..)
+        | Op::Rmdir(b, ..) => b,
+        _ => unreachable!(),
+    };
+    let Some(b) = pick(b) else { return Ok(()) };
+    let t = s.branch(&b);
+    let got = match op {
+        Op::Create(_, p) => t.create(s_(p).as_str(), 0o644),
+        Op::Write(_, p, d) => t.write_file(s_(p).as_str(), d),
+        Op::WriteAt(_, p, o, d) => t.write_at(s_(p).as_str(), *o, d),
+        Op::Truncate(_, p, l) => t.truncate(s_(p).as_str(), *l),
+        Op::Unlink(_, p) => t.unlink(s_(p).as_str()),
+        Op::Rename(_, f, to) => t.rename(s_(f).as_str(), s_(to).as_str()),
+        Op::Mkdir(_, p) => t.mkdir(s_(p).as_str(), 0o755),
+        Op::Rmdir(_, p) => t.rmdir(s_(p).as_str()),
+        _ => unreachable!(),
+    }
+    .map_err(|e| class(&e));
+    let want = apply(c.model.get_mut(&b).unwrap(), op);
+    if got != want {
+        return Err(format!("core said {got:?}, model said {want:?}"));
+    }
+    Ok(())
+}
+
+fn s_(p: &P) -> String {
+    s(p)
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// Runs the property with `factory`; returns (reflinked, copied) totals.
+fn check(label: &str, scratch: &Path, persistent: bool, factory: Factory<'_>) -> (u64, u64) {
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let totals = std::cell::Cell::new((0u64, 0u64));
+    let strategy = (
+        base_tree(),
+        proptest::collection::vec(op(persistent), 1..28),
+    );
+    let result = runner.run(&strategy, |(base_t, ops)| {
+        let dir = tempfile::tempdir_in(scratch).unwrap();
+        let (r, c) = run_case(dir.path(), &base_t, &ops, factory)?;
+        let (tr, tc) = totals.get();
+        totals.set((tr + r, tc + c));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{label}: {e}");
+    }
+    totals.get()
+}
+
+#[test]
+fn model_mock() {
+    let t = tempfile::tempdir().unwrap();
+    check("mock", t.path(), false, &|_| mock());
+}
+
+#[test]
+fn model_mock_copy_only() {
+    let t = tempfile::tempdir().unwrap();
+    let (r, c) = check("mock (no reflink)", t.path(), false, &|_| mock_copying());
+    assert_eq!(r, 0);
+    assert!(c > 0, "copy-up never ran");
+}
+
+#[test]
+fn model_hostfs() {
+    let t = tempfile::tempdir().unwrap();
+    check("hostfs", t.path(), true, &|d: &Path| {
+        hostfs(&d.join("store"))
+    });
+}
+
+#[test]
+fn model_hostfs_on_btrfs() {
+    let Some(fs) =
+        agentfs_testfs::mount_or_skip(agentfs_testfs::FsKind::Btrfs, 256, "model_hostfs_on_btrfs")
+    else {
+        return;
+    };
+    let scratch: PathBuf = fs.path().to_path_buf();
+    let (r, _) = check("hostfs on btrfs", &scratch, true, &|d: &Path| {
+        hostfs(&d.join("store"))
+    });
+    assert!(r > 0, "reflink copy-up never ran on btrfs");
+}

@@ -1,0 +1,138 @@
+//! Restarts keep every branch, snapshot and deletion; two store instances
+//! on one backstore see each other's changes; leftovers of interrupted
+//! operations are cleaned at open.
+
+mod common;
+
+use agentfs_host::core::{CoreError, InitOptions, LockWait, Store, WORK_DIR};
+use common::*;
+
+#[test]
+fn a_restart_keeps_branches_snapshots_and_deletions() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, root) = (t.path().join("base"), t.path().join("store"));
+    make_base(&base);
+    let (img_main, img_snap, img_fork) = {
+        let s = store(hostfs(&root), Some(&base));
+        s.create_branch("main", None, None).unwrap();
+        let m = s.branch("main");
+        m.unlink("README.md").unwrap();
+        m.remove_all("src").unwrap();
+        m.mkdir("src", 0o755).unwrap();
+        m.write_file("src/new.rs", b"new").unwrap();
+        m.rename("docs", "manual").unwrap();
+        s.create_snapshot("main", Some("s1")).unwrap();
+        m.write_file("after.txt", b"after").unwrap();
+        s.create_branch("fork", Some("s1"), None).unwrap();
+        s.branch("fork").unlink("run.sh").unwrap();
+        (
+            image_tree(&m),
+            image_tree(&s.snapshot("s1")),
+            image_tree(&s.branch("fork")),
+        )
+    };
+    // Dropping the store dropped the plugin instance: a real restart.
+    let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    let names: Vec<_> = s
+        .list_branches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(names, ["fork", "main"]);
+    assert_eq!(s.list_snapshots().unwrap()[0].name, "s1");
+    assert_eq!(image_tree(&s.branch("main")), img_main);
+    assert_eq!(image_tree(&s.snapshot("s1")), img_snap);
+    assert_eq!(image_tree(&s.branch("fork")), img_fork);
+    let m = s.branch("main");
+    assert!(!m.exists("README.md").unwrap(), "a deleted file reappeared");
+    assert!(
+        !m.exists("src/main.rs").unwrap(),
+        "an opaque directory leaked"
+    );
+    assert!(!m.exists("docs").unwrap(), "a renamed directory reappeared");
+    assert_eq!(
+        s.info().unwrap().default_base.unwrap(),
+        base.canonicalize().unwrap()
+    );
+}
+
+#[test]
+fn open_and_init_rules() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, root) = (t.path().join("base"), t.path().join("store"));
+    make_base(&base);
+    let e = Store::open(hostfs(&root), LockWait::Block).unwrap_err();
+    assert!(matches!(e, CoreError::NotInitialized { .. }), "{e}");
+    assert!(e.to_string().contains("agentfs init"), "{e}");
+    drop(store(hostfs(&root), Some(&base)));
+    // Same settings again: fine. Different base: refused, nothing changed.
+    drop(store(hostfs(&root), Some(&base)));
+    let e = Store::init(hostfs(&root), InitOptions::default(), LockWait::Block).unwrap_err();
+    assert!(matches!(e, CoreError::AlreadyExists(_)), "{e}");
+    let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    assert!(s.info().unwrap().default_base.is_some());
+    // A base inside the store is refused.
+    let e = s
+        .create_branch("x", None, Some(&root.join("layers")))
+        .unwrap_err();
+    assert!(matches!(e, CoreError::InvalidArgument(_)), "{e}");
+    let e = s
+        .create_branch("x", None, Some(&t.path().join("missing")))
+        .unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+}
+
+#[test]
+fn two_instances_share_one_store() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, root) = (t.path().join("base"), t.path().join("store"));
+    make_base(&base);
+    let a = store(hostfs(&root), Some(&base));
+    let b = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    a.create_branch("x", None, None).unwrap();
+    b.branch("x").write_file("from-b", b"b").unwrap();
+    assert_eq!(a.branch("x").read_file("from-b").unwrap(), b"b");
+    // A snapshot through `a` moves the branch to a new active layer; `b`
+    // notices and writes there, so the snapshot stays isolated.
+    a.create_snapshot("x", Some("s")).unwrap();
+    b.branch("x").write_file("from-b", b"changed").unwrap();
+    assert_eq!(a.snapshot("s").read_file("from-b").unwrap(), b"b");
+    assert_eq!(a.branch("x").read_file("from-b").unwrap(), b"changed");
+    b.delete_branch("x").unwrap();
+    assert!(matches!(
+        a.branch("x").read_file("from-b"),
+        Err(CoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, root) = (t.path().join("base"), t.path().join("store"));
+    make_base(&base);
+    let active = {
+        let s = store(hostfs(&root), Some(&base));
+        s.create_branch("b", None, None).unwrap();
+        s.branch("b").write_file("kept", b"k").unwrap();
+        let bs = s.backstore();
+        // An orphan layer (created, never named in the graph) and a
+        // half-written temporary in the work directory.
+        bs.create_layer("l999999").unwrap();
+        let layer = s.list_branches().unwrap()[0].layer.clone();
+        let p = bs.layer_path(&layer).unwrap();
+        std::fs::create_dir_all(p.join(WORK_DIR)).unwrap();
+        std::fs::write(p.join(WORK_DIR).join("t1-1"), b"half").unwrap();
+        layer
+    };
+    let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    let layers = s.backstore().list_layers().unwrap();
+    assert!(!layers.contains(&"l999999".to_string()), "{layers:?}");
+    assert!(layers.contains(&active));
+    let p = s.backstore().layer_path(&active).unwrap();
+    assert!(!p.join(WORK_DIR).exists());
+    assert_eq!(s.branch("b").read_file("kept").unwrap(), b"k");
+    // Deleting a branch deletes its layers.
+    s.delete_branch("b").unwrap();
+    assert!(s.backstore().list_layers().unwrap().is_empty());
+}
