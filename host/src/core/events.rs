@@ -140,6 +140,9 @@ impl From<&Event> for CoreEvent {
         };
         CoreEvent {
             seq: e.seq,
+            // The core does not know which process asked; the daemon, which
+            // does, fills this in before handing events to providers.
+            pid: 0,
             kind,
             branch: e.branch.as_str().into(),
             path: e.path.to_string().into(),
