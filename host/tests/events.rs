@@ -58,7 +58,8 @@ fn file_operations_publish_one_event_each() {
     let (_t, s) = setup();
     s.create_branch("b", None, None).unwrap();
     let b = s.branch("b");
-    let cases: Vec<(&str, Box<dyn Fn()>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, Vec<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "create",
             Box::new(|| b.create("new", 0o644).unwrap()),

@@ -109,7 +109,7 @@ fn base_tree() -> impl Strategy<Value = Tree> {
     proptest::collection::vec((path(), any::<bool>(), data()), 0..10).prop_map(|items| {
         let mut t = Tree::new();
         for (p, dir, d) in items {
-            let parent_ok = (1..p.len()).all(|i| t.get(&p[..i].to_vec()) == Some(&Node::Dir));
+            let parent_ok = (1..p.len()).all(|i| t.get(&p[..i]) == Some(&Node::Dir));
             if parent_ok && !t.contains_key(&p) {
                 t.insert(p, if dir { Node::Dir } else { Node::File(d) });
             }
@@ -137,7 +137,7 @@ fn write_base(dir: &Path, t: &Tree) {
 /// checks them.
 fn parent_ok(t: &Tree, p: &P) -> Result<(), E> {
     for i in 1..p.len() {
-        match t.get(&p[..i].to_vec()) {
+        match t.get(&p[..i]) {
             None => return Err(E::NotFound),
             Some(Node::File(_)) => return Err(E::NotDir),
             Some(Node::Dir) => {}

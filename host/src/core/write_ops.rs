@@ -516,14 +516,9 @@ impl Writer<'_> {
                 RenameFlags::EXCHANGE,
             ) {
                 Ok(()) => self.trash(m_dir.as_fd(), &m_name)?,
-                Err(e)
-                    if matches!(
-                        e,
-                        rustix::io::Errno::INVAL
-                            | rustix::io::Errno::NOSYS
-                            | rustix::io::Errno::NOTSUP
-                    ) =>
-                {
+                Err(
+                    rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP,
+                ) => {
                     self.trash(to_parent.as_fd(), &to_stored)?;
                     rustix::fs::renameat(m_dir.as_fd(), &m_name, to_parent.as_fd(), &to_stored)
                         .map_err(|e| self.io(&rt.path, "rename")(e.into()))?;
