@@ -304,16 +304,14 @@ pub enum FsOp {
         /// Permission bits.
         mode: u32,
     },
-    /// Replaces a regular file's whole content, creating it with `mode`
-    /// if missing.
+    /// Replaces a regular file's whole content (keeping its mode), creating
+    /// it with mode 0644 if missing.
     WriteFile {
         /// Path.
         path: String,
         /// The new content.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
-        /// Permission bits if created.
-        mode: u32,
     },
     /// Creates a directory and its missing parents (existing ones are fine).
     MkdirAll {
@@ -549,6 +547,9 @@ pub struct DaemonStatus {
     /// The socket it serves on.
     #[serde(default)]
     pub socket: String,
+    /// The watch providers loaded (plugin names).
+    #[serde(default)]
+    pub watch_providers: Vec<String>,
 }
 
 /// A native watch registration. `path` is branch-relative (the shim

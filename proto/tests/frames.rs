@@ -130,7 +130,6 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             op: FsOp::WriteFile {
                 path: "f".into(),
                 data: b"all".to_vec(),
-                mode: 0o644,
             },
         },
         Request::Fs {
@@ -250,6 +249,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             pid: 1234,
             config: "/etc/agentfs.toml".into(),
             socket: "/run/user/501/agentfs/agentfs.sock".into(),
+            watch_providers: vec!["inotify".into()],
         }))),
         Ok(Response::Branch(BranchInfo {
             name: "a".into(),

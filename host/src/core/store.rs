@@ -1071,6 +1071,16 @@ impl Tree<'_> {
         self.read(path, |v, p| v.read(p))
     }
 
+    /// The canonical form of existing entry `path`: symlinks in its
+    /// directories resolved, and a final one too with `follow`.
+    pub fn canonical(
+        &self,
+        path: &(impl AsBranchPath + ?Sized),
+        follow: bool,
+    ) -> CoreResult<BranchPath> {
+        self.read(path, |v, p| v.existing(p, follow).map(|r| r.path))
+    }
+
     /// Opens a regular file for reading (a real fd from its layer).
     pub fn open_read(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<File> {
         self.read(path, |v, p| v.open_read(p))
