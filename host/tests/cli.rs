@@ -38,6 +38,8 @@ impl Env {
     fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_agentfs"));
         c.env("AGENTFS_CONFIG", &self.config)
+            // Never a daemon the developer may be running: the store directly.
+            .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
             .env_remove("AGENTFS_FAULT")
             .env_remove("AGENTFS_LOG")
             .current_dir(&self.dir);

@@ -46,6 +46,8 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_agentfs"));
         c.args(args)
             .env("AGENTFS_CONFIG", &self.config)
+            // Never a daemon the developer may be running: the store directly.
+            .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
             .env_remove("AGENTFS_FAULT")
             .current_dir(&self.dir);
         c
