@@ -111,8 +111,11 @@ fn registered(r: Response) -> (u64, u64) {
     }
 }
 
-/// Deliveries ready for `s`, each as (api, [(handle, flags, name)]).
-fn ready(d: &Daemon, s: &Session) -> Vec<(WatchApi, Vec<(u64, u64, String)>)> {
+/// One delivery as (api, [(handle, flags, name)]).
+type Shown = (WatchApi, Vec<(u64, u64, String)>);
+
+/// Deliveries ready for `s`.
+fn ready(d: &Daemon, s: &Session) -> Vec<Shown> {
     let mut v: Vec<_> = d
         .watch
         .take_ready(s.conn)

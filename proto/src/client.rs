@@ -21,20 +21,21 @@ use crate::{
     Response, Welcome, WireError, MAX_FRAME_LEN,
 };
 
-/// Why a client call failed.
+/// Why a client call failed. (Messages include their cause, so none is
+/// reported again as a `source`.)
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot connect to the daemon at {}: {source}", path.display())]
+    #[error("cannot connect to the daemon at {}: {error}", path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// A frame could not be sent or received.
     #[error("daemon connection: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
     /// The daemon refused the handshake.
     #[error("the daemon refused the connection: {0}")]
     Refused(WireError),
@@ -55,13 +56,19 @@ impl From<io::Error> for ClientError {
     }
 }
 
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        Self::Frame(e)
+    }
+}
+
 impl ClientError {
     /// True when no daemon listens on the socket (it does not exist, or
     /// nothing accepts on it): callers fall back to working without one.
     pub fn is_no_daemon(&self) -> bool {
         match self {
-            Self::Connect { source, .. } => matches!(
-                source.raw_os_error(),
+            Self::Connect { error, .. } => matches!(
+                error.raw_os_error(),
                 Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
             ),
             _ => false,
@@ -96,9 +103,9 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path` and handshakes with `hello`.
     pub fn connect(path: &Path, hello: Hello) -> Result<Self, ClientError> {
-        let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let sock = UnixStream::connect(path).map_err(|error| ClientError::Connect {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::handshake(sock, hello)
     }
@@ -120,7 +127,15 @@ impl Client {
                 session: 0,
             },
         };
-        c.send_frame(&ClientFrame::Hello(hello), None)?;
+        if let Err(e) = c.send_frame(&ClientFrame::Hello(hello), None) {
+            // A daemon that refuses a peer outright (another uid) may have
+            // closed before the hello went out; its refusal is still there
+            // to read.
+            return match c.read_frame() {
+                Ok((DaemonFrame::Refused(w), _)) => Err(ClientError::Refused(w)),
+                _ => Err(e.into()),
+            };
+        }
         match c.read_frame()? {
             (DaemonFrame::Welcome(w), _) => c.welcome = w,
             (DaemonFrame::Refused(e), _) => return Err(ClientError::Refused(e)),

@@ -72,7 +72,10 @@ impl DaemonProc {
     /// arguments (global flags before `serve`, then `serve_args`), and
     /// waits for its readiness line.
     pub fn start(config: &Path, socket: &Path, global: &[&str], serve_args: &[&str]) -> Self {
-        let stderr = socket.with_extension("stderr");
+        let stderr = config.with_file_name(format!(
+            "{}.stderr",
+            socket.file_name().unwrap().to_string_lossy()
+        ));
         let mut child = agentfs_cmd(config, socket)
             .env("AGENTFS_LOG", "info")
             .args(global)
