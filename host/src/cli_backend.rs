@@ -239,6 +239,7 @@ impl Backend {
             at,
             FsOp::Stat {
                 path: path.to_string(),
+                follow: false,
             },
         )? {
             FsReply::Stat(st) => Ok(convert::stat_from_wire(st)),

@@ -1262,3 +1262,53 @@ fn the_handshake_refuses_what_it_cannot_serve() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("another agentfs daemon is serving"));
     assert_eq!(status(&mut d.client("after")).clients, 1);
 }
+
+#[test]
+fn backstore_from_flags_and_environment() {
+    let e = Env::hostfs();
+    let status_with = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = agentfs_cmd(&e.config, &e.socket);
+        c.args(["--direct", "status", "--json"]).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        json(&String::from_utf8(o.stdout).unwrap())
+    };
+    let caps = |v: &serde_json::Value| -> Vec<String> {
+        v["backstore"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        status_with(&[], &[])["backstore"]["plugin"],
+        "hostfs",
+        "the file"
+    );
+    let env = [
+        ("AGENTFS_BACKSTORE", "mock"),
+        ("AGENTFS_BACKSTORE_OPTIONS", "reflink = false"),
+    ];
+    let v = status_with(&env, &[]);
+    assert_eq!(
+        v["backstore"]["plugin"], "mock",
+        "the environment wins over the file"
+    );
+    assert!(!caps(&v).contains(&"native_reflink".to_string()));
+    let v = status_with(&env, &["--backstore-option", "reflink=true"]);
+    assert!(
+        caps(&v).contains(&"native_reflink".to_string()),
+        "flags win over the environment"
+    );
+    let o = agentfs_cmd(&e.config, &e.socket)
+        .args(["--direct", "--backstore-option", "nonsense", "status"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("--backstore-option: \"nonsense\": expected KEY=VALUE"));
+}

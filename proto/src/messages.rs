@@ -216,8 +216,31 @@ pub enum Request {
 /// A file operation; every path is branch-relative.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
-    /// `lstat`.
+    /// `lstat`, or `stat` with `follow`.
     Stat {
+        /// Path.
+        path: String,
+        /// Follow a final symlink (`stat` rather than `lstat`).
+        #[serde(default)]
+        follow: bool,
+    },
+    /// The canonical path of an existing entry (symlinks resolved within
+    /// the branch; a final one only with `follow`), as a `Target`.
+    Canonical {
+        /// Path.
+        path: String,
+        /// Resolve a final symlink too.
+        follow: bool,
+    },
+    /// An extended attribute's value, as `Data` (`not-found` when absent).
+    GetXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+    },
+    /// Extended attribute names, as `Names`.
+    ListXattr {
         /// Path.
         path: String,
     },
@@ -313,6 +336,32 @@ pub enum FsOp {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Sets access and/or modification times (`None` leaves one as is).
+    SetTimes {
+        /// Path.
+        path: String,
+        /// Access time, nanoseconds since the epoch.
+        atime_ns: Option<i64>,
+        /// Modification time, nanoseconds since the epoch.
+        mtime_ns: Option<i64>,
+    },
+    /// Sets an extended attribute.
+    SetXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+        /// Its value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Removes an extended attribute.
+    RemoveXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+    },
     /// Creates a directory and its missing parents (existing ones are fine).
     MkdirAll {
         /// Path.
@@ -376,8 +425,10 @@ pub enum FsReply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Bytes written.
     Written(u64),
-    /// A symlink's contents.
+    /// A symlink's contents, or a canonical path.
     Target(String),
+    /// Extended attribute names.
+    Names(Vec<String>),
 }
 
 /// Kind of a file.

@@ -35,7 +35,10 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Request::Fs {
             branch: None,
             snapshot: Some("s".into()),
-            op: FsOp::Stat { path: "f".into() },
+            op: FsOp::Stat {
+                path: "f".into(),
+                follow: true,
+            },
         },
         Request::Fs {
             branch: Some("a".into()),
@@ -143,6 +146,53 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             branch: None,
             snapshot: None,
             op: FsOp::RemoveAll { path: "a".into() },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::Canonical {
+                path: "l".into(),
+                follow: true,
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::GetXattr {
+                path: "f".into(),
+                name: "user.x".into(),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::ListXattr { path: "f".into() },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::SetTimes {
+                path: "f".into(),
+                atime_ns: None,
+                mtime_ns: Some(-1),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::SetXattr {
+                path: "f".into(),
+                name: "user.x".into(),
+                value: vec![0, 1],
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::RemoveXattr {
+                path: "f".into(),
+                name: "user.x".into(),
+            },
         },
         Request::WatchRegister(WatchRegistration::Kqueue {
             pid: 1,
@@ -283,6 +333,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Ok(Response::Fs(FsReply::Data(vec![1, 2, 3]))),
         Ok(Response::Fs(FsReply::Written(3))),
         Ok(Response::Fs(FsReply::Target("../x".into()))),
+        Ok(Response::Fs(FsReply::Names(vec!["user.x".into()]))),
         Ok(Response::WatchRegistered {
             watch_id: 5,
             handle: 1,

@@ -1,7 +1,7 @@
 //! One client connection, one task: the peer check, the handshake, then
-//! requests in order (each handled on smol's blocking pool) while a writer
-//! task sends responses and whatever the watch service has ready for the
-//! connection. When the client goes away (closes, dies, or breaks the
+//! requests in order (each handled on smol's blocking pool, as they call
+//! the core), while a delivery task sends whatever the watch service has
+//! ready for the connection. When the client goes away (closes, dies, or breaks the
 //! protocol) everything it registered is released.
 
 use std::{
@@ -18,10 +18,9 @@ use agentfs_plugin_api::watch::WatchApi;
 use agentfs_proto::{
     encode_frame,
     fd_passing::{recv_with_fds, send_with_fd},
-    negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Welcome,
-    WireError, WireRecord, MAX_FRAME_LEN,
+    negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Request,
+    Response, Welcome, WireError, WireRecord, MAX_FRAME_LEN,
 };
-use futures_lite::future;
 use smol::{channel, Async};
 
 use super::{
@@ -202,13 +201,30 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
     tracing::debug!(conn, "client gone; its registrations are released");
 }
 
+/// The write side of a connection: whole frames, one at a time, from the
+/// request loop (responses) and the delivery task (pushed frames).
+struct FrameWriter {
+    stream: Arc<Async<UnixStream>>,
+    lock: smol::lock::Mutex<()>,
+}
+
+impl FrameWriter {
+    async fn send(&self, frame: &DaemonFrame, fd: Option<OwnedFd>) -> io::Result<()> {
+        let _g = self.lock.lock().await;
+        send_frame(&self.stream, frame, fd).await
+    }
+}
+
 async fn serve_requests(
     d: &Arc<Daemon>,
     stream: &Arc<Async<UnixStream>>,
     reader: &mut FrameReader,
     s: &Session,
 ) {
-    let (out_tx, out_rx) = channel::unbounded::<(DaemonFrame, Option<OwnedFd>)>();
+    let writer = Arc::new(FrameWriter {
+        stream: stream.clone(),
+        lock: smol::lock::Mutex::new(()),
+    });
     let (wake_tx, wake_rx) = channel::bounded::<()>(1);
     d.watch.connect(
         s.conn,
@@ -216,13 +232,7 @@ async fn serve_requests(
             let _ = wake_tx.try_send(());
         }),
     );
-    let writer = smol::spawn(write_loop(
-        d.clone(),
-        stream.clone(),
-        s.conn,
-        out_rx,
-        wake_rx,
-    ));
+    let deliveries = smol::spawn(delivery_loop(d.clone(), writer.clone(), s.conn, wake_rx));
     loop {
         let (frame, fd) = match reader.next().await {
             Ok(Some(x)) => x,
@@ -234,13 +244,15 @@ async fn serve_requests(
         };
         match frame {
             ClientFrame::Request { id, request } => {
-                let (d2, s2) = (d.clone(), s.clone());
-                let (result, fd) = smol::unblock(move || d2.handle(&s2, request, fd)).await;
-                if out_tx
-                    .send((DaemonFrame::Response { id, result }, fd))
-                    .await
-                    .is_err()
-                {
+                let (result, fd) = if request == Request::Ping {
+                    (Ok(Response::Pong), None)
+                } else {
+                    let (d2, s2) = (d.clone(), s.clone());
+                    smol::unblock(move || d2.handle(&s2, request, fd)).await
+                };
+                let response = DaemonFrame::Response { id, result };
+                if let Err(e) = writer.send(&response, fd).await {
+                    tracing::debug!(conn = s.conn, error = %e, "write failed");
                     break;
                 }
             }
@@ -252,34 +264,20 @@ async fn serve_requests(
         }
     }
     // The client is gone or broke the protocol: whatever is unsent goes.
-    writer.cancel().await;
+    deliveries.cancel().await;
 }
 
-async fn write_loop(
+/// Sends what the watch service has ready for the connection whenever it
+/// is woken.
+async fn delivery_loop(
     d: Arc<Daemon>,
-    stream: Arc<Async<UnixStream>>,
+    writer: Arc<FrameWriter>,
     conn: u64,
-    out: channel::Receiver<(DaemonFrame, Option<OwnedFd>)>,
     wake: channel::Receiver<()>,
 ) {
-    loop {
-        let first = future::or(async { out.recv().await.map(Some) }, async {
-            wake.recv().await.map(|()| None)
-        })
-        .await;
-        let Ok(first) = first else { return };
-        let mut frames: Vec<(DaemonFrame, Option<OwnedFd>)> = first.into_iter().collect();
-        while let Ok(f) = out.try_recv() {
-            frames.push(f);
-        }
-        for (f, fd) in frames {
-            if let Err(e) = send_frame(&stream, &f, fd).await {
-                tracing::debug!(conn, error = %e, "write failed");
-                return;
-            }
-        }
+    while wake.recv().await.is_ok() {
         for o in d.watch.take_ready(conn) {
-            if let Err(e) = deliver(&stream, o).await {
+            if let Err(e) = deliver(&writer, o).await {
                 tracing::debug!(conn, error = %e, "write failed");
                 return;
             }
@@ -287,9 +285,9 @@ async fn write_loop(
     }
 }
 
-async fn deliver(stream: &Async<UnixStream>, o: Outgoing) -> io::Result<()> {
+async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
     match o {
-        Outgoing::Core(batch) => send_frame(stream, &DaemonFrame::CoreEvents(batch), None).await,
+        Outgoing::Core(batch) => writer.send(&DaemonFrame::CoreEvents(batch), None).await,
         Outgoing::Events(del) => {
             if let Some(DoorbellTarget::InotifySocket(sock)) = &del.doorbell {
                 sock.push(del.encoded);
@@ -301,7 +299,7 @@ async fn deliver(stream: &Async<UnixStream>, o: Outgoing) -> io::Result<()> {
                 records: del.records.iter().map(WireRecord::from).collect(),
                 encoded: del.encoded,
             });
-            send_frame(stream, &frame, None).await?;
+            writer.send(&frame, None).await?;
             if let Some(DoorbellTarget::KqueueUser { kqueue, ident }) = &del.doorbell {
                 if let Err(e) = trigger_kqueue(kqueue, *ident) {
                     tracing::debug!(ident, error = %e, "could not ring the kqueue doorbell");

@@ -4,6 +4,7 @@
 //! run on smol's blocking pool, one request of a connection at a time.
 
 use std::{
+    ffi::OsStr,
     os::{fd::OwnedFd, unix::fs::FileExt},
     path::Path,
     sync::atomic::Ordering,
@@ -184,10 +185,7 @@ impl Daemon {
         snapshot: Option<String>,
         op: FsOp,
     ) -> Result<FsReply, WireError> {
-        let read_only = matches!(
-            op,
-            FsOp::Stat { .. } | FsOp::ReadDir { .. } | FsOp::Read { .. } | FsOp::Readlink { .. }
-        );
+        let read_only = is_read(&op);
         let target = match snapshot {
             Some(snap) if read_only => Target::Snapshot(snap),
             Some(snap) => {
@@ -427,9 +425,44 @@ impl Target {
     }
 }
 
+/// True for the operations that change nothing (allowed on snapshots).
+fn is_read(op: &FsOp) -> bool {
+    matches!(
+        op,
+        FsOp::Stat { .. }
+            | FsOp::ReadDir { .. }
+            | FsOp::Read { .. }
+            | FsOp::Readlink { .. }
+            | FsOp::Canonical { .. }
+            | FsOp::GetXattr { .. }
+            | FsOp::ListXattr { .. }
+    )
+}
+
 fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
     Ok(match op {
-        FsOp::Stat { path } => FsReply::Stat(convert::stat_to_wire(&t.lstat(path.as_str())?)),
+        FsOp::Stat { path, follow } => FsReply::Stat(convert::stat_to_wire(&if follow {
+            t.stat(path.as_str())?
+        } else {
+            t.lstat(path.as_str())?
+        })),
+        FsOp::Canonical { path, follow } => {
+            FsReply::Target(t.canonical(path.as_str(), follow)?.to_string())
+        }
+        FsOp::GetXattr { path, name } => match t.get_xattr(path.as_str(), OsStr::new(&name))? {
+            Some(v) => FsReply::Data(v),
+            None => {
+                return Err(CoreError::NotFound(format!(
+                    "{path}: extended attribute {name}"
+                )))
+            }
+        },
+        FsOp::ListXattr { path } => FsReply::Names(
+            t.list_xattr(path.as_str())?
+                .into_iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+        ),
         FsOp::ReadDir { path } => FsReply::Entries(
             t.read_dir(path.as_str())?
                 .into_iter()
@@ -520,8 +553,32 @@ fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             t.chmod(path.as_str(), mode)?;
             FsReply::Done
         }
-        FsOp::Stat { .. } | FsOp::ReadDir { .. } | FsOp::Read { .. } | FsOp::Readlink { .. } => {
-            return read_op(t, op)
+        FsOp::SetTimes {
+            path,
+            atime_ns,
+            mtime_ns,
+        } => {
+            t.set_times(
+                path.as_str(),
+                atime_ns.map(convert::time_from_ns),
+                mtime_ns.map(convert::time_from_ns),
+            )?;
+            FsReply::Done
         }
+        FsOp::SetXattr { path, name, value } => {
+            t.set_xattr(path.as_str(), OsStr::new(&name), &value)?;
+            FsReply::Done
+        }
+        FsOp::RemoveXattr { path, name } => {
+            t.remove_xattr(path.as_str(), OsStr::new(&name))?;
+            FsReply::Done
+        }
+        FsOp::Stat { .. }
+        | FsOp::ReadDir { .. }
+        | FsOp::Read { .. }
+        | FsOp::Readlink { .. }
+        | FsOp::Canonical { .. }
+        | FsOp::GetXattr { .. }
+        | FsOp::ListXattr { .. } => return read_op(t, op),
     })
 }
