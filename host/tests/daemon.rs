@@ -20,8 +20,8 @@ use std::{
 use agentfs_plugin_api::watch::WatchApi;
 use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use agentfs_proto::{
-    Client, DaemonFrame, Doorbell, DoorbellKind, FdOpen, FsOp, FsReply, Hello, OpenFlags, Request,
-    Response, WatchRegistration, WireError, WireRecord,
+    Client, DaemonFrame, Doorbell, DoorbellKind, FdOpen, Hello, OpenFlags, Request, Response,
+    WatchRegistration, WireError, WireRecord,
 };
 // One plugin crate linked in (each exports the same plugin symbols): the
 // inotify layout is parsed here; kqueue and FSEvents bytes are compared
@@ -857,6 +857,7 @@ fn fd_open_passes_real_fds_that_another_process_reads_and_writes() {
     assert_eq!(e.cli(&["fs", "cat", "--branch", "c", "d/f.txt"]), "hello");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn fd_open_for_writing_of_a_1gib_lower_file_uses_no_new_blocks() {
     use agentfs_testfs::{mount_or_skip, write_pattern, FsKind};
@@ -1037,6 +1038,7 @@ fn sigterm_shuts_down_cleanly_and_the_ram_store_goes() {
     ));
 }
 
+#[cfg(target_os = "linux")]
 fn ramdisk_possible(test: &str) -> bool {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -1054,6 +1056,7 @@ fn ramdisk_possible(test: &str) -> bool {
     false
 }
 
+#[cfg(target_os = "linux")]
 /// Serves a btrfs RAM volume chosen with flags, checks it, stops; returns
 /// the volume's root, which must be gone.
 fn ramdisk_cycle(t: &Path, n: usize) {
@@ -1090,7 +1093,7 @@ fn ramdisk_cycle(t: &Path, n: usize) {
     c.request(Request::Fs {
         branch: Some(format!("r{n}")),
         snapshot: None,
-        op: FsOp::WriteFile {
+        op: agentfs_proto::FsOp::WriteFile {
             path: "x".into(),
             data: b"in a RAM volume".to_vec(),
         },
@@ -1100,7 +1103,7 @@ fn ramdisk_cycle(t: &Path, n: usize) {
         .request(Request::Fs {
             branch: Some(format!("r{n}")),
             snapshot: None,
-            op: FsOp::Read {
+            op: agentfs_proto::FsOp::Read {
                 path: "x".into(),
                 offset: 0,
                 len: 100,
@@ -1108,7 +1111,7 @@ fn ramdisk_cycle(t: &Path, n: usize) {
         })
         .unwrap()
     {
-        Response::Fs(FsReply::Data(d)) => assert_eq!(d, b"in a RAM volume"),
+        Response::Fs(agentfs_proto::FsReply::Data(d)) => assert_eq!(d, b"in a RAM volume"),
         other => panic!("{other:?}"),
     }
     assert!(fs::read_to_string("/proc/mounts").unwrap().contains(&root));
@@ -1129,6 +1132,7 @@ fn ramdisk_cycle(t: &Path, n: usize) {
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn daemon_with_ramdisk_backstore() {
     if !ramdisk_possible("daemon_with_ramdisk_backstore") {
@@ -1138,6 +1142,7 @@ fn daemon_with_ramdisk_backstore() {
     ramdisk_cycle(t.path(), 0);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn daemon_ramdisk_lifecycle() {
     if !ramdisk_possible("daemon_ramdisk_lifecycle") {
@@ -1311,4 +1316,90 @@ fn backstore_from_flags_and_environment() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr)
         .contains("--backstore-option: \"nonsense\": expected KEY=VALUE"));
+}
+
+/// Event-pipeline M3 on macOS: the daemon rings the app's own kqueue
+/// (received in `SCM_RIGHTS`), waking it in `kevent()` with exactly one
+/// `EVFILT_USER` event on the reserved ident; the app's own user event
+/// (ident 123) is never fired.
+#[cfg(target_os = "macos")]
+#[test]
+fn a_kqueue_doorbell_wakes_the_app_in_kevent() {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let e = Env::hostfs();
+    let d = e.serve();
+    let mut a = client_on(&d.socket, "b");
+    // SAFETY: kqueue() has no preconditions; the fd is ours.
+    let kq = unsafe { OwnedFd::from_raw_fd(libc::kqueue()) };
+    let ident: u64 = 0xAFFE_0000_0001;
+    let add = |ident: u64| {
+        let kev = libc::kevent {
+            ident: ident as libc::uintptr_t,
+            filter: libc::EVFILT_USER,
+            flags: libc::EV_ADD | libc::EV_CLEAR,
+            fflags: 0,
+            data: 0,
+            udata: std::ptr::null_mut(),
+        };
+        // SAFETY: a valid kqueue, one valid change, no event list.
+        unsafe {
+            libc::kevent(
+                kq.as_raw_fd(),
+                &kev,
+                1,
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null(),
+            )
+        }
+    };
+    assert_eq!(add(ident), 0);
+    assert_eq!(add(123), 0);
+    let pid = std::process::id();
+    a.request_with_fd(
+        Request::Doorbell(Doorbell {
+            pid,
+            instance: 7,
+            kind: DoorbellKind::KqueueUser { ident },
+        }),
+        kq.as_fd(),
+    )
+    .unwrap();
+    a.request(Request::WatchRegister(WatchRegistration::Kqueue {
+        pid,
+        kqueue_id: 7,
+        fd: 10,
+        vnode_flags: kq::NOTE_ALL_VNODE,
+        path: "d".into(),
+        branch: None,
+    }))
+    .unwrap();
+    e.cli(&["fs", "write", "--branch", "b", "d/new.txt", "--data", "x"]);
+    // SAFETY: kevent is plain data; an all-zero value is valid.
+    let mut out: [libc::kevent; 4] = unsafe { std::mem::zeroed() };
+    let timeout = libc::timespec {
+        tv_sec: 60,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid kqueue and an event list of 4 entries.
+    let n = unsafe {
+        libc::kevent(
+            kq.as_raw_fd(),
+            std::ptr::null(),
+            0,
+            out.as_mut_ptr(),
+            4,
+            &timeout,
+        )
+    };
+    assert_eq!(n, 1, "one wake-up, no polling");
+    assert_eq!(
+        (out[0].ident as u64, out[0].filter),
+        (ident, libc::EVFILT_USER)
+    );
+    let DaemonFrame::Events(del) = a.next_push().unwrap() else {
+        panic!("records come on the connection")
+    };
+    assert_eq!((del.api, del.instance), (WatchApi::KQUEUE.0, 7));
+    assert_eq!(del.records[0].flags, u64::from(kq::NOTE_WRITE));
 }
