@@ -268,3 +268,41 @@ fn snapshots_are_read_only_and_errors_keep_their_errno() {
     let e = fs_at(&d, &anon, None, FsOp::ReadDir { path: "".into() }).unwrap_err();
     assert!(e.message.contains("no branch"), "{e}");
 }
+
+#[test]
+fn no_commit_snapshot_while_files_are_open_for_writing() {
+    let (_t, d, s) = setup();
+    let (r, fd) = d.handle(
+        &s,
+        Request::FdOpen(agentfs_proto::FdOpen {
+            branch: None,
+            path: "d/f.txt".into(),
+            flags: agentfs_proto::OpenFlags::WRITE,
+            mode: 0,
+        }),
+        None,
+    );
+    let Ok(Response::FdOpened(o)) = r else {
+        panic!("{r:?}")
+    };
+    let snap = |d: &Daemon| {
+        d.handle(
+            &s,
+            Request::SnapshotCreate {
+                branch: "b".into(),
+                name: None,
+            },
+            None,
+        )
+        .0
+    };
+    // The mock backstore has no native snapshots: a snapshot would commit
+    // the layer the fd writes into.
+    let e = snap(&d).unwrap_err();
+    assert_eq!(e.errno, libc::EBUSY, "{e}");
+    drop(fd);
+    d.handle(&s, Request::FdClose { record: o.record }, None)
+        .0
+        .unwrap();
+    assert!(matches!(snap(&d), Ok(Response::Snapshot(_))));
+}

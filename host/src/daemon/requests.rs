@@ -10,7 +10,9 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use agentfs_plugin_api::{guard::path_from_bytes, watch::WatchSpec, ErrorCode, PluginError};
+use agentfs_plugin_api::{
+    backstore::Capabilities, guard::path_from_bytes, watch::WatchSpec, ErrorCode, PluginError,
+};
 use agentfs_plugin_support::{native::inotify::IN_DONT_FOLLOW, watch_paths::normalize};
 use agentfs_proto::{
     BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, FsReply, Request, Response,
@@ -91,9 +93,11 @@ impl Daemon {
             Request::BranchCompact { name } => self
                 .mutate(pid, |st| st.compact_branch(&name))
                 .map(Response::Compacted),
-            Request::SnapshotCreate { branch, name } => self
-                .mutate(pid, |st| st.create_snapshot(&branch, name.as_deref()))
-                .map(|x| Response::Snapshot(convert::snapshot_to_wire(x))),
+            Request::SnapshotCreate { branch, name } => {
+                self.check_no_writers(&branch)?;
+                self.mutate(pid, |st| st.create_snapshot(&branch, name.as_deref()))
+                    .map(|x| Response::Snapshot(convert::snapshot_to_wire(x)))
+            }
             Request::SnapshotList => self.with_store(|st| {
                 let list = st.list_snapshots().map_err(core)?;
                 Ok(Response::Snapshots(
@@ -139,6 +143,41 @@ impl Daemon {
                 Err(invalid("internal: fd requests are handled apart"))
             }
         }
+    }
+
+    /// Without native snapshots, a snapshot commits the branch's active
+    /// layer, where files opened for writing through `fd_open` live: later
+    /// writes through those fds would land in the snapshot. So it is
+    /// refused (`busy`) while any is open.
+    fn check_no_writers(&self, branch: &str) -> Result<(), WireError> {
+        let open = self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.branch == branch)
+            .count();
+        if open == 0 {
+            return Ok(());
+        }
+        let native = self.with_store(|st| {
+            Ok(st
+                .backstore()
+                .capabilities()
+                .contains(Capabilities::NATIVE_SNAPSHOTS))
+        })?;
+        if native {
+            return Ok(());
+        }
+        Err(WireError {
+            code: ErrorCode::BUSY.0,
+            errno: libc::EBUSY,
+            message: format!(
+                "branch {branch}: {open} file(s) open for writing through fd_open; \
+                 without native snapshots a snapshot would capture their later writes: \
+                 close them (FdClose) first"
+            ),
+        })
     }
 
     fn status(&self, s: &Session) -> Result<DaemonStatus, WireError> {
