@@ -4,7 +4,8 @@
 //! - round-trip latency of a control request (`Ping`, and a `Stat`), of
 //!   `fd_open` (read-only of an unchanged file; and write-open of a file
 //!   already in the branch, with its `FdClose`), compared with a plain
-//!   `open(2)` + `close(2)` of the same file;
+//!   `open(2)` + `close(2)` of the same file, a bare socket round trip
+//!   between two processes, and the same core calls in process;
 //! - a burst of `Modified` events on one file (100,000 by default,
 //!   `AGENTFS_BENCH_BURST=N` to change) under one watcher per provider,
 //!   counting the deliveries each watcher gets (target: at most 2). The
@@ -63,6 +64,32 @@ fn setup() -> Setup {
     }
 }
 
+/// A store in this process over a fresh mock backstore, with branch `b`.
+fn local_store(base: &Path) -> agentfs_host::core::Store {
+    use agentfs_host::{config::PluginEntry, core, plugins};
+    let lib = Path::new(env!("CARGO_BIN_EXE_agentfs")).with_file_name(plugins::library_file_name(
+        agentfs_plugin_api::PluginKind::BACKSTORE,
+        "mock",
+    ));
+    let entry = PluginEntry {
+        plugin: None,
+        path: Some(lib),
+        options: toml::Table::new(),
+    };
+    let b = plugins::load_backstore(&entry, &plugins::SearchPath::default()).unwrap();
+    let st = core::Store::init(
+        b,
+        core::InitOptions {
+            default_base: Some(base.to_path_buf()),
+            compact_threshold: None,
+        },
+        core::LockWait::Block,
+    )
+    .unwrap();
+    st.create_branch("b", None, None).unwrap();
+    st
+}
+
 fn client(socket: &Path, branch: Option<&str>) -> Client {
     Client::connect(
         socket,
@@ -103,6 +130,44 @@ fn latency(c: &mut Criterion) {
     let plain = s.base.join("d/f.txt");
     g.bench_function("plain_open_2", |b| {
         b.iter(|| drop(fs::File::open(&plain).unwrap()))
+    });
+    // Baselines: a bare round trip between two processes over a socket
+    // pair (the floor of any daemon request), and the same core calls in
+    // process (what a request does once in the daemon).
+    g.bench_function("baseline_socket_round_trip", |b| {
+        use std::io::{Read, Write};
+        let (mut a, mut echo) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: fork in a process whose other threads only wait; the child
+        // only reads, writes and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(a);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = echo.read(&mut buf) {
+                if n == 0 || echo.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        drop(echo);
+        let mut buf = [0u8; 64];
+        b.iter(|| {
+            a.write_all(&[7u8; 24]).unwrap();
+            a.read_exact(&mut buf[..24]).unwrap();
+        });
+        drop(a);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    });
+    let local = local_store(&s.base);
+    g.bench_function("in_process_lstat", |b| {
+        b.iter(|| local.branch("b").lstat("d/f.txt").unwrap())
+    });
+    g.bench_function("in_process_open_read_unchanged", |b| {
+        let o = agentfs_host::core::OpenOptions::default();
+        b.iter(|| drop(local.branch("b").open("d/f.txt", &o).unwrap()))
     });
     // Copied up once; from then on a write-open finds it in the branch.
     let rw = OpenFlags::READ.union(OpenFlags::WRITE);

@@ -1,7 +1,7 @@
 //! One client connection, one task: the peer check, the handshake, then
-//! requests in order (each handled on smol's blocking pool, as they call
-//! the core), while a delivery task sends whatever the watch service has
-//! ready for the connection. When the client goes away (closes, dies, or breaks the
+//! requests in order (mutations on smol's blocking pool, as they may copy
+//! large files; quick reads on the executor), while a delivery task sends
+//! whatever the watch service has ready for the connection. When the client goes away (closes, dies, or breaks the
 //! protocol) everything it registered is released.
 
 use std::{
@@ -27,6 +27,7 @@ use super::{
     convert::wire_error,
     doorbell::{trigger_kqueue, DoorbellTarget},
     peer_cred::peer_of,
+    requests::is_quick_read,
     state::{Daemon, Session},
     watch_service::Outgoing,
 };
@@ -246,6 +247,11 @@ async fn serve_requests(
             ClientFrame::Request { id, request } => {
                 let (result, fd) = if request == Request::Ping {
                     (Ok(Response::Pong), None)
+                } else if is_quick_read(&request) {
+                    // Reads take microseconds: answered on this executor
+                    // thread (the hop to the blocking pool would cost more
+                    // than the work; the executor has several threads).
+                    d.handle(s, request, fd)
                 } else {
                     let (d2, s2) = (d.clone(), s.clone());
                     smol::unblock(move || d2.handle(&s2, request, fd)).await

@@ -464,6 +464,17 @@ impl Target {
     }
 }
 
+/// True for requests that only read metadata or open a file read-only
+/// (no copy-up, no data read): quick enough to answer without leaving the
+/// executor.
+pub fn is_quick_read(r: &Request) -> bool {
+    match r {
+        Request::Fs { op, .. } => is_read(op) && !matches!(op, FsOp::Read { .. }),
+        Request::FdOpen(o) => !crate::daemon::convert::open_options(o.flags, o.mode).modifies(),
+        _ => false,
+    }
+}
+
 /// True for the operations that change nothing (allowed on snapshots).
 fn is_read(op: &FsOp) -> bool {
     matches!(

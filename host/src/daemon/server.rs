@@ -86,8 +86,47 @@ pub fn serve(
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let ex = Executor::new();
-    ready(bound.path());
-    let sig = smol::block_on(ex.run(async {
+    // Connection tasks answer quick reads in place, so one read waiting for
+    // the store must not hold every connection up: several executor threads.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let (run_tx, run_rx) = channel::bounded::<()>(1);
+    let sig = std::thread::scope(|scope| {
+        for i in 1..threads {
+            let (ex, run_rx) = (&ex, run_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("agentfs-serve-{i}"))
+                .spawn_scoped(scope, move || {
+                    let _ = smol::block_on(ex.run(run_rx.recv()));
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start an executor thread");
+            }
+        }
+        ready(bound.path());
+        let sig = accept_until_stopped(&ex, &listener, &stop_rx, &daemon, uid);
+        drop(run_tx); // the other executor threads return
+        sig
+    });
+    tracing::info!(signal = ?sig, "stopping");
+    // No new clients: the socket file goes. Connection tasks end with the
+    // executor. Requests still running finish; then the store and its
+    // backstore are dropped (RAII cleanup).
+    drop(listener);
+    drop(bound);
+    drop(ex);
+    drop(daemon.take_store());
+    Ok(())
+}
+
+/// Accepts connections, one task each, until a signal comes.
+fn accept_until_stopped(
+    ex: &Executor<'_>,
+    listener: &Async<std::os::unix::net::UnixListener>,
+    stop_rx: &channel::Receiver<Signal>,
+    daemon: &Arc<Daemon>,
+    uid: u32,
+) -> Option<Signal> {
+    smol::block_on(ex.run(async {
         loop {
             let next = future::or(async { Ok(listener.accept().await) }, async {
                 Err(stop_rx.recv().await)
@@ -105,13 +144,5 @@ pub fn serve(
                 Err(sig) => break sig.ok(),
             }
         }
-    }));
-    tracing::info!(signal = ?sig, "stopping");
-    drop(listener);
-    drop(bound); // the socket file goes: no new clients
-    drop(ex); // connection tasks end
-              // Wait for requests still running, then drop the store and its
-              // backstore (RAII cleanup).
-    drop(daemon.take_store());
-    Ok(())
+    }))
 }
