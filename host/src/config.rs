@@ -50,6 +50,14 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A backstore setting from the command line or environment is wrong.
+    #[error("{what}: {message}")]
+    Override {
+        /// The flag or variable.
+        what: String,
+        /// What was wrong.
+        message: String,
+    },
     /// The file is not valid TOML or does not match the schema.
     #[error("config {source_name}:{line}: {message}")]
     Invalid {
@@ -60,6 +68,68 @@ pub enum ConfigError {
         /// What was wrong and what was expected.
         message: String,
     },
+}
+
+/// Backstore settings from the command line or the environment, which win
+/// over the configuration file (macOS backstore plan, M10): a plugin name
+/// or library path, a TOML table of options, and `KEY=VALUE` options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackstoreOverride {
+    /// `--backstore` / `AGENTFS_BACKSTORE`: a plugin name, or a path to its
+    /// library (anything with a `/`).
+    pub plugin: Option<String>,
+    /// `AGENTFS_BACKSTORE_OPTIONS`: options as a TOML table body, e.g.
+    /// `ramdisk = { size_mb = 512 }`.
+    pub options_toml: Option<String>,
+    /// `--backstore-option KEY=VALUE` (repeatable): dotted keys reach into
+    /// tables (`ramdisk.size_mb=512`); a value that parses as TOML is taken
+    /// as such (`512`, `true`, `"x"`, `{ a = 1 }`), anything else as a string.
+    pub options: Vec<String>,
+}
+
+impl BackstoreOverride {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.plugin.is_none() && self.options_toml.is_none() && self.options.is_empty()
+    }
+}
+
+/// Parses one `KEY=VALUE` backstore option into its key path and value.
+pub fn parse_option_assignment(text: &str) -> Result<(Vec<String>, toml::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    let path: Vec<String> = key
+        .trim()
+        .split('.')
+        .map(|k| k.trim().to_string())
+        .collect();
+    if path.iter().any(|k| k.is_empty()) {
+        return Err(format!("{text:?}: empty key"));
+    }
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    Ok((
+        path,
+        parsed.unwrap_or_else(|| toml::Value::String(value.to_string())),
+    ))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("a key has at least one part");
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{}: {p} is not a table", path.join(".")))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
 }
 
 /// One plugin entry: a name to discover or an explicit path, plus options.
@@ -155,6 +225,52 @@ impl Config {
                 Self::parse(&text, ConfigSource::File(p.to_path_buf()))
             }
         }
+    }
+
+    /// Applies backstore settings from the command line or environment:
+    /// a different plugin starts from no options; then the TOML options,
+    /// then each `KEY=VALUE`, are merged in.
+    pub fn apply_backstore_override(&mut self, o: &BackstoreOverride) -> Result<(), ConfigError> {
+        if let Some(p) = &o.plugin {
+            let entry = if p.contains('/') {
+                PluginEntry {
+                    plugin: None,
+                    path: Some(PathBuf::from(p)),
+                    options: toml::Table::new(),
+                }
+            } else if p.is_empty() {
+                return Err(ConfigError::Override {
+                    what: "--backstore".into(),
+                    message: "empty plugin name".into(),
+                });
+            } else {
+                PluginEntry::named(p)
+            };
+            if entry.plugin != self.backstore.plugin || entry.path != self.backstore.path {
+                self.backstore = entry;
+            }
+        }
+        if let Some(text) = &o.options_toml {
+            let t: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Override {
+                what: "AGENTFS_BACKSTORE_OPTIONS".into(),
+                message: format!(
+                    "not a TOML table ({}); e.g. root = \"/srv/agentfs\"",
+                    e.message().trim()
+                ),
+            })?;
+            for (k, v) in t {
+                self.backstore.options.insert(k, v);
+            }
+        }
+        for a in &o.options {
+            let bad = |message: String| ConfigError::Override {
+                what: "--backstore-option".into(),
+                message,
+            };
+            let (path, value) = parse_option_assignment(a).map_err(bad)?;
+            set_path(&mut self.backstore.options, &path, value).map_err(bad)?;
+        }
+        Ok(())
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
@@ -254,6 +370,77 @@ mod tests {
             c.backstore.path.unwrap(),
             PathBuf::from("/etc/agentfs/lib/x.so")
         );
+    }
+
+    #[test]
+    fn daemon_backstore_config_parsing() {
+        let text = "[backstore]\nplugin = \"hostfs\"\noptions = { root = \"/srv/a\" }\n";
+        // Options for the same plugin merge into the file's.
+        let mut c = Config::parse(text, file()).unwrap();
+        c.apply_backstore_override(&BackstoreOverride {
+            plugin: Some("hostfs".into()),
+            options_toml: Some("extra = 1".into()),
+            options: vec!["root=/srv/b".into()],
+        })
+        .unwrap();
+        assert_eq!(c.backstore.plugin.as_deref(), Some("hostfs"));
+        assert_eq!(c.backstore.options["root"].as_str(), Some("/srv/b"));
+        assert_eq!(c.backstore.options["extra"].as_integer(), Some(1));
+        // Another plugin starts from its own options only; values are typed.
+        let mut c = Config::parse(text, file()).unwrap();
+        c.apply_backstore_override(&BackstoreOverride {
+            plugin: Some("btrfs".into()),
+            options_toml: None,
+            options: vec!["ramdisk.size_mb=512".into(), "flag = true".into()],
+        })
+        .unwrap();
+        assert_eq!(
+            c.backstore.options_toml(),
+            "flag = true\n\n[ramdisk]\nsize_mb = 512\n"
+        );
+        // A path.
+        c.apply_backstore_override(&BackstoreOverride {
+            plugin: Some("./lib/libagentfs_backstore_x.so".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.backstore.plugin, None);
+        assert!(c.backstore.options.is_empty());
+        // Mistakes are named.
+        for (o, needle) in [
+            (
+                BackstoreOverride {
+                    options: vec!["novalue".into()],
+                    ..Default::default()
+                },
+                "expected KEY=VALUE",
+            ),
+            (
+                BackstoreOverride {
+                    options: vec!["a..b=1".into()],
+                    ..Default::default()
+                },
+                "empty key",
+            ),
+            (
+                BackstoreOverride {
+                    options: vec!["root=/x".into(), "root.sub=1".into()],
+                    ..Default::default()
+                },
+                "not a table",
+            ),
+            (
+                BackstoreOverride {
+                    options_toml: Some("root = ".into()),
+                    ..Default::default()
+                },
+                "AGENTFS_BACKSTORE_OPTIONS: not a TOML table",
+            ),
+        ] {
+            let mut c = Config::parse(text, file()).unwrap();
+            let e = c.apply_backstore_override(&o).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

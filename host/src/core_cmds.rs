@@ -7,9 +7,11 @@ use std::{
 };
 
 use agentfs_host::{
-    core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store, Tree},
+    core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store},
     Host,
 };
+
+use crate::cli_backend::{self, Backend};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
@@ -212,6 +214,15 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints `v` as JSON with `"via"` naming the daemon or the store.
+pub fn print_json_via(v: &impl serde::Serialize, via: &str) -> Result<()> {
+    let mut v = serde_json::to_value(v)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("via".into(), via.into());
+    }
+    print_json(&v)
+}
+
 /// `agentfs init`.
 pub fn init(
     h: &Host,
@@ -257,7 +268,8 @@ fn base_label(b: &Option<PathBuf>) -> String {
 }
 
 /// `agentfs branch ...`
-pub fn branch(s: &Store, cmd: BranchCmd) -> Result<ExitCode> {
+pub fn branch(s: &mut Backend, cmd: BranchCmd) -> Result<ExitCode> {
+    let via = s.via();
     match cmd {
         BranchCmd::Create {
             name,
@@ -267,7 +279,7 @@ pub fn branch(s: &Store, cmd: BranchCmd) -> Result<ExitCode> {
         } => {
             let b = s.create_branch(&name, from.as_deref(), base.as_deref())?;
             if json {
-                print_json(&b)?;
+                print_json_via(&b, via)?;
             } else {
                 let over = match &b.from_snapshot {
                     Some(snap) => format!("snapshot {snap}"),
@@ -279,7 +291,7 @@ pub fn branch(s: &Store, cmd: BranchCmd) -> Result<ExitCode> {
         BranchCmd::List { json } => {
             let list = s.list_branches()?;
             if json {
-                print_json(&serde_json::json!({ "branches": list }))?;
+                print_json_via(&serde_json::json!({ "branches": list }), via)?;
             } else {
                 print_branches(&list);
             }
@@ -318,12 +330,13 @@ fn print_branches(list: &[BranchInfo]) {
 }
 
 /// `agentfs snapshot ...`
-pub fn snapshot(s: &Store, cmd: SnapshotCmd) -> Result<ExitCode> {
+pub fn snapshot(s: &mut Backend, cmd: SnapshotCmd) -> Result<ExitCode> {
+    let via = s.via();
     match cmd {
         SnapshotCmd::Create { branch, name, json } => {
             let snap = s.create_snapshot(&branch, name.as_deref())?;
             if json {
-                print_json(&snap)?;
+                print_json_via(&snap, via)?;
             } else {
                 println!(
                     "created snapshot {} of branch {} ({})",
@@ -344,7 +357,7 @@ pub fn snapshot(s: &Store, cmd: SnapshotCmd) -> Result<ExitCode> {
                 .filter(|x| branch.as_ref().is_none_or(|b| &x.branch == b))
                 .collect();
             if json {
-                print_json(&serde_json::json!({ "snapshots": list }))?;
+                print_json_via(&serde_json::json!({ "snapshots": list }), via)?;
             } else if list.is_empty() {
                 println!("no snapshots");
             } else {
@@ -368,10 +381,10 @@ pub fn snapshot(s: &Store, cmd: SnapshotCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn tree<'s>(s: &'s Store, at: &At) -> Tree<'s> {
+fn tree(at: &At) -> cli_backend::At<'_> {
     match (&at.branch, &at.snapshot) {
-        (Some(b), _) => s.branch(b),
-        (None, Some(snap)) => s.snapshot(snap),
+        (Some(b), _) => cli_backend::At::Branch(b),
+        (None, Some(snap)) => cli_backend::At::Snapshot(snap),
         (None, None) => unreachable!("clap requires one"),
     }
 }
@@ -389,7 +402,8 @@ fn mode_string(kind: FileKind, mode: u32) -> String {
 }
 
 /// `agentfs fs ...`
-pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
+pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
+    let via = s.via();
     match cmd {
         FsCmd::Ls {
             at,
@@ -397,8 +411,8 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
             long,
             json,
         } => {
-            let t = tree(s, &at);
-            let entries = t.read_dir(path.as_str())?;
+            let t = tree(&at);
+            let entries = s.read_dir(t, path.as_str())?;
             let join = |n: &std::ffi::OsStr| -> String {
                 let n = n.to_string_lossy();
                 if path.trim_matches('/').is_empty() {
@@ -412,16 +426,16 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
                 for e in &entries {
                     let mut v = serde_json::to_value(e)?;
                     if long {
-                        v["stat"] = serde_json::to_value(t.lstat(join(&e.name).as_str())?)?;
+                        v["stat"] = serde_json::to_value(s.lstat(t, join(&e.name).as_str())?)?;
                     }
                     out.push(v);
                 }
-                print_json(&serde_json::json!({ "entries": out }))?;
+                print_json_via(&serde_json::json!({ "entries": out }), via)?;
             } else {
                 for e in &entries {
                     let name = e.name.to_string_lossy();
                     if long {
-                        let st = t.lstat(join(&e.name).as_str())?;
+                        let st = s.lstat(t, join(&e.name).as_str())?;
                         let origin = match &st.origin {
                             agentfs_host::core::Origin::Active => "branch".to_string(),
                             agentfs_host::core::Origin::Committed(id) => format!("layer {id}"),
@@ -441,15 +455,15 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
             }
         }
         FsCmd::Cat { at, path } => {
-            let data = tree(s, &at).read_file(path.as_str())?;
+            let data = s.read_file(tree(&at), path.as_str())?;
             let mut out = std::io::stdout().lock();
             out.write_all(&data)?;
             out.flush()?;
         }
         FsCmd::Stat { at, path, json } => {
-            let st = tree(s, &at).lstat(path.as_str())?;
+            let st = s.lstat(tree(&at), path.as_str())?;
             if json {
-                print_json(&st)?;
+                print_json_via(&st, via)?;
             } else {
                 println!("kind:   {:?}", st.kind);
                 println!("mode:   {:o} ({})", st.mode, mode_string(st.kind, st.mode));
@@ -458,8 +472,7 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
             }
         }
         FsCmd::Readlink { at, path } => {
-            let t = tree(s, &at).read_link(path.as_str())?;
-            println!("{}", t.to_string_lossy());
+            println!("{}", s.read_link(tree(&at), path.as_str())?);
         }
         FsCmd::Write { branch, path, data } => {
             let bytes = match data {
@@ -472,44 +485,24 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
                     v
                 }
             };
-            s.branch(&branch).write_file(path.as_str(), &bytes)?;
+            s.write_file(&branch, &path, bytes)?;
         }
         FsCmd::Rm {
             branch,
             path,
             recursive,
-        } => {
-            let t = s.branch(&branch);
-            if recursive {
-                t.remove_all(path.as_str())?;
-            } else if t.lstat(path.as_str())?.kind == FileKind::Dir {
-                t.rmdir(path.as_str())?;
-            } else {
-                t.unlink(path.as_str())?;
-            }
-        }
-        FsCmd::Mv { branch, from, to } => {
-            s.branch(&branch).rename(from.as_str(), to.as_str())?;
-        }
+        } => s.remove(&branch, &path, recursive)?,
+        FsCmd::Mv { branch, from, to } => s.rename(&branch, &from, &to)?,
         FsCmd::Mkdir {
             branch,
             path,
             parents,
-        } => {
-            let t = s.branch(&branch);
-            if parents {
-                t.mkdir_all(path.as_str())?;
-            } else {
-                t.mkdir(path.as_str(), 0o755)?;
-            }
-        }
+        } => s.mkdir(&branch, &path, parents)?,
         FsCmd::Symlink {
             branch,
             target,
             path,
-        } => {
-            s.branch(&branch).symlink(&target, path.as_str())?;
-        }
+        } => s.symlink(&branch, &target, &path)?,
         FsCmd::Chmod { branch, mode, path } => {
             let Ok(m) = u32::from_str_radix(&mode, 8) else {
                 bail!("invalid mode {mode:?}: give octal permission bits, e.g. 755");
@@ -517,7 +510,7 @@ pub fn fs(s: &Store, cmd: FsCmd) -> Result<ExitCode> {
             if m > 0o7777 {
                 bail!("invalid mode {mode:?}: at most 7777");
             }
-            s.branch(&branch).chmod(path.as_str(), m)?;
+            s.chmod(&branch, &path, m)?;
         }
     }
     Ok(ExitCode::SUCCESS)

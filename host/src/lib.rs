@@ -1,8 +1,10 @@
 //! The AgentFS host library: configuration, plugin discovery and loading,
-//! and the core overlay. The `agentfs` binary is a thin CLI over it.
+//! the core overlay, and the daemon. The `agentfs` binary is a thin CLI
+//! over it.
 
 pub mod config;
 pub mod core;
+pub mod daemon;
 pub mod plugins;
 pub mod units;
 
@@ -39,11 +41,22 @@ impl Host {
     }
 
     /// Loads and constructs every configured watch provider, in order.
+    /// With the embedded default configuration (which lists all three),
+    /// a provider whose library is not installed is skipped; a configured
+    /// one that cannot be found is an error.
     pub fn watch_providers(&self) -> Result<Vec<WatchProvider>, LoadError> {
-        self.config
-            .watch
-            .iter()
-            .map(|w| plugins::load_watch_provider(w, &self.search))
-            .collect()
+        let mut out = Vec::new();
+        for w in &self.config.watch {
+            match plugins::load_watch_provider(w, &self.search) {
+                Ok(p) => out.push(p),
+                Err(LoadError::NotFound { name, .. })
+                    if self.config.source == config::ConfigSource::Embedded =>
+                {
+                    tracing::info!(plugin = %name, "watch provider of the default configuration not installed; skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }

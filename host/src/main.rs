@@ -1,13 +1,16 @@
 //! `agentfs`: the AgentFS command-line host.
 
+mod cli_backend;
 mod core_cmds;
 mod demo;
+mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use agentfs_host::{
-    config::{Config, EMBEDDED_DEFAULT},
-    core::LockWait,
+    config::{BackstoreOverride, Config, EMBEDDED_DEFAULT},
+    core::{InitOptions, LockWait},
+    daemon::{self, ServeOptions},
     plugins::{self, PluginDetails},
     units::human_bytes,
     Host,
@@ -15,6 +18,7 @@ use agentfs_host::{
 use agentfs_plugin_api::{guard::path_from_bytes, PluginKind};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cli_backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
 #[derive(Parser, Debug)]
@@ -30,6 +34,29 @@ struct Cli {
     /// another agentfs process holds the store.
     #[arg(long, global = true)]
     no_wait: bool,
+    /// The daemon's socket (default: $XDG_RUNTIME_DIR/agentfs/agentfs.sock,
+    /// else $TMPDIR/agentfs-<uid>/agentfs.sock). The branch, snapshot, fs
+    /// and status commands go through the daemon when one serves there.
+    #[arg(long, global = true, env = "AGENTFS_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Use the store directly even when a daemon serves on the socket.
+    #[arg(long, global = true)]
+    direct: bool,
+    /// Backstore plugin (a name, or a library path) instead of the
+    /// configuration's.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFS_BACKSTORE",
+        value_name = "NAME|PATH"
+    )]
+    backstore: Option<String>,
+    /// A backstore option, KEY=VALUE (repeatable): dotted keys reach into
+    /// tables (ramdisk.size_mb=512); values are TOML when they parse as
+    /// TOML, else strings. $AGENTFS_BACKSTORE_OPTIONS may hold a TOML table
+    /// of options, applied first.
+    #[arg(long = "backstore-option", global = true, value_name = "KEY=VALUE")]
+    backstore_options: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +110,33 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the store on a UNIX socket (mode 0600, this user only) until
+    /// SIGTERM or SIGINT: the daemon. Prints one line when ready.
+    Serve {
+        /// Create the store if the backstore has none (e.g. a RAM backstore).
+        #[arg(long)]
+        init: bool,
+        /// With --init: default base directory of new branches.
+        #[arg(long, value_name = "DIR", requires = "init")]
+        base: Option<PathBuf>,
+    },
+    /// Print a branch's file events as they happen, through the daemon.
+    Watch {
+        /// The branch.
+        #[arg(long)]
+        branch: String,
+        /// Only events at or under this path (default: the whole branch).
+        #[arg(default_value = "")]
+        path: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Register a native watch on PATH with this provider and print its
+        /// records (as a process using that API would get them) instead of
+        /// core events.
+        #[arg(long, value_enum, value_name = "API")]
+        native: Option<watch_cmd::NativeApi>,
     },
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
@@ -148,7 +202,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
-    let h = Host::new(Config::load(cli.config.as_deref())?, &cli.plugin_dirs);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(daemon::default_socket_path);
+    let make_host = || -> Result<Host> {
+        let mut config = Config::load(cli.config.as_deref())?;
+        let o = BackstoreOverride {
+            plugin: cli.backstore.clone(),
+            options_toml: std::env::var("AGENTFS_BACKSTORE_OPTIONS").ok(),
+            options: cli.backstore_options.clone(),
+        };
+        config.apply_backstore_override(&o)?;
+        Ok(Host::new(config, &cli.plugin_dirs))
+    };
+    // The commands that may go through the daemon connect first: with a
+    // daemon running they need no configuration.
+    let backend = || Backend::choose(&socket, cli.direct, make_host, wait);
+    match cli.command {
+        Command::Branch(cmd) => return core_cmds::branch(&mut backend()?, cmd),
+        Command::Snapshot(cmd) => return core_cmds::snapshot(&mut backend()?, cmd),
+        Command::Fs(cmd) => return core_cmds::fs(&mut backend()?, cmd),
+        Command::Status { json } if !cli.direct => {
+            if let Some(d) = cli_backend::connect_daemon(&socket)? {
+                return status_daemon(d, json);
+            }
+        }
+        Command::Watch {
+            branch,
+            path,
+            json,
+            native,
+        } => return watch_cmd::run(&socket, &branch, &path, json, native),
+        _ => {}
+    }
+    let h = make_host()?;
     let open = || core_cmds::open_store(&h, wait);
     match cli.command {
         Command::Init {
@@ -156,9 +244,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compact_threshold,
             json,
         } => core_cmds::init(&h, wait, base, compact_threshold, json),
-        Command::Branch(cmd) => core_cmds::branch(&open()?, cmd),
-        Command::Snapshot(cmd) => core_cmds::snapshot(&open()?, cmd),
-        Command::Fs(cmd) => core_cmds::fs(&open()?, cmd),
+        Command::Serve { init, base } => serve(&h, socket, init, base, wait),
+        Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
+            unreachable!("handled above")
+        }
         Command::Diff { branch, from, json } => {
             core_cmds::diff(&open()?, &branch, from.as_deref(), json)
         }
@@ -271,6 +360,99 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(
+    h: &Host,
+    socket: PathBuf,
+    init: bool,
+    base: Option<PathBuf>,
+    wait: LockWait,
+) -> Result<ExitCode> {
+    let opts = ServeOptions {
+        socket,
+        init: init.then_some(InitOptions {
+            default_base: base,
+            compact_threshold: None,
+        }),
+        wait,
+    };
+    daemon::serve(h, opts, |path| {
+        // The readiness line scripts and tests wait for.
+        println!(
+            "agentfs serve: ready on {} (pid {})",
+            path.display(),
+            std::process::id()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
+    println!("agentfs serve: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agentfs status` through the daemon.
+fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
+    let st = match d.client.request(agentfs_proto::Request::Status)? {
+        agentfs_proto::Response::Status(st) => *st,
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    };
+    let b = &st.backstore;
+    if json {
+        let v = serde_json::json!({
+            "via": "daemon",
+            "config": st.config,
+            "socket": d.socket,
+            "daemon": {
+                "version": st.daemon,
+                "pid": st.pid,
+                "protocol": st.protocol,
+                "clients": st.clients,
+                "watches": st.watches,
+                "open_fds": st.open_fds,
+                "subscriptions": st.subscriptions,
+                "doorbells": st.doorbells,
+                "last_seq": st.last_seq,
+            },
+            "base": st.base,
+            "branches": st.branches,
+            "snapshots": st.snapshots,
+            "backstore": {
+                "plugin": b.plugin,
+                "root": b.root,
+                "fs_type": b.fs_type,
+                "capacity_bytes": b.capacity,
+                "used_bytes": b.used,
+                "capabilities": b.capabilities,
+            },
+            "watch": st.watch_providers,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let pct = (b.used as f64 * 100.0 / b.capacity.max(1) as f64).round();
+        println!(
+            "daemon:       {} (pid {}) on {}",
+            st.daemon,
+            st.pid,
+            d.socket.display()
+        );
+        println!("config:       {}", st.config);
+        println!("backstore:    {}", b.plugin);
+        println!("root:         {}", b.root);
+        println!("fs type:      {}", b.fs_type);
+        println!("capacity:     {}", human_bytes(b.capacity));
+        println!("used:         {} ({pct}%)", human_bytes(b.used));
+        println!("capabilities: {}", caps_or_dash(&b.capabilities));
+        println!(
+            "store:        {} branches, {} snapshots",
+            st.branches, st.snapshots
+        );
+        println!(
+            "clients:      {} connected, {} watches, {} open fds, {} subscriptions",
+            st.clients, st.watches, st.open_fds, st.subscriptions
+        );
+        println!("watch:        {}", caps_or_dash(&st.watch_providers));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn status(h: &Host, json: bool) -> Result<ExitCode> {
     let b = h.backstore()?;
     let watch = h.watch_providers()?;
@@ -282,6 +464,7 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
     let root = path_from_bytes(&st.root).to_path_buf();
     if json {
         let v = serde_json::json!({
+            "via": "store",
             "config": h.config.source.to_string(),
             "backstore": {
                 "plugin": b.details().name,

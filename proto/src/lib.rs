@@ -22,12 +22,21 @@
 //! [`Request::Doorbell`] (the app's kqueue, or the socket standing in for
 //! its inotify fd) and a successful [`Response::FdOpened`] (the opened
 //! file). [`ClientFrame::carries_fd`] and [`DaemonFrame::carries_fd`] say so.
+//! [`fd_passing`] sends and receives them; [`client::Client`] is a blocking
+//! client doing all of the above.
+//!
+//! Every `Events` delivery must be acknowledged with [`ClientFrame::Ack`]:
+//! the daemon keeps one delivery per watcher outstanding and coalesces
+//! what arrives until the acknowledgement.
 
+pub mod client;
 mod error;
+pub mod fd_passing;
 mod frame;
 mod handshake;
 mod messages;
 
+pub use client::{Client, ClientError};
 pub use error::WireError;
 pub use frame::{
     decode_body, encode_frame, read_frame, read_frame_async, write_frame, write_frame_async,

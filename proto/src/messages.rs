@@ -55,6 +55,22 @@ pub enum ClientFrame {
         /// What to do.
         request: Request,
     },
+    /// The client has consumed an [`DaemonFrame::Events`] delivery (or,
+    /// with a doorbell, the app has read what the daemon wrote): the daemon
+    /// may deliver that watcher's next batch. No response. Until then the
+    /// daemon keeps at most one delivery per watcher outstanding and
+    /// coalesces what arrives meanwhile, as a kernel queue merges events
+    /// the app has not read yet.
+    Ack(Ack),
+}
+
+/// Acknowledges one watcher's outstanding delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The API (`WatchApi` value), as in [`EventDelivery::api`].
+    pub api: u32,
+    /// The watcher, as in [`EventDelivery::instance`].
+    pub instance: u64,
 }
 
 impl ClientFrame {
@@ -111,10 +127,14 @@ pub enum Request {
     Ping,
     /// Daemon and backstore status.
     Status,
-    /// A new branch over the base.
+    /// A new branch over the store's default base, or over `base`.
     BranchCreate {
         /// Its name.
         name: String,
+        /// Absolute path of the directory to branch instead of the store's
+        /// default base.
+        #[serde(default)]
+        base: Option<String>,
     },
     /// A new branch over a snapshot.
     BranchFromSnapshot {
@@ -127,6 +147,12 @@ pub enum Request {
     BranchList,
     /// Deletes a branch.
     BranchDelete {
+        /// Its name.
+        name: String,
+    },
+    /// Merges a branch's committed layers into one; answered with
+    /// [`Response::Compacted`].
+    BranchCompact {
         /// Its name.
         name: String,
     },
@@ -144,10 +170,14 @@ pub enum Request {
         /// Its name.
         name: String,
     },
-    /// A file operation in a branch.
+    /// A file operation in a branch (or, for reading, a snapshot).
     Fs {
         /// The branch; `None` for the connection's.
         branch: Option<String>,
+        /// Read from this snapshot instead of a branch (read-only
+        /// operations only; `branch` is then ignored).
+        #[serde(default)]
+        snapshot: Option<String>,
         /// The operation.
         op: FsOp,
     },
@@ -175,13 +205,42 @@ pub enum Request {
     /// Opens a branch file and passes back a real fd (copy-up first when
     /// writing).
     FdOpen(FdOpen),
+    /// The client closed an fd opened for writing: the daemon drops the
+    /// record and publishes `Modified` if the file changed through it.
+    FdClose {
+        /// [`FdOpened::record`].
+        record: u64,
+    },
 }
 
 /// A file operation; every path is branch-relative.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
-    /// `lstat`.
+    /// `lstat`, or `stat` with `follow`.
     Stat {
+        /// Path.
+        path: String,
+        /// Follow a final symlink (`stat` rather than `lstat`).
+        #[serde(default)]
+        follow: bool,
+    },
+    /// The canonical path of an existing entry (symlinks resolved within
+    /// the branch; a final one only with `follow`), as a `Target`.
+    Canonical {
+        /// Path.
+        path: String,
+        /// Resolve a final symlink too.
+        follow: bool,
+    },
+    /// An extended attribute's value, as `Data` (`not-found` when absent).
+    GetXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+    },
+    /// Extended attribute names, as `Names`.
+    ListXattr {
         /// Path.
         path: String,
     },
@@ -268,6 +327,51 @@ pub enum FsOp {
         /// Permission bits.
         mode: u32,
     },
+    /// Replaces a regular file's whole content (keeping its mode), creating
+    /// it with mode 0644 if missing.
+    WriteFile {
+        /// Path.
+        path: String,
+        /// The new content.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Sets access and/or modification times (`None` leaves one as is).
+    SetTimes {
+        /// Path.
+        path: String,
+        /// Access time, nanoseconds since the epoch.
+        atime_ns: Option<i64>,
+        /// Modification time, nanoseconds since the epoch.
+        mtime_ns: Option<i64>,
+    },
+    /// Sets an extended attribute.
+    SetXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+        /// Its value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Removes an extended attribute.
+    RemoveXattr {
+        /// Path.
+        path: String,
+        /// Attribute name.
+        name: String,
+    },
+    /// Creates a directory and its missing parents (existing ones are fine).
+    MkdirAll {
+        /// Path.
+        path: String,
+    },
+    /// Removes an entry and, for a directory, everything under it.
+    RemoveAll {
+        /// Path.
+        path: String,
+    },
 }
 
 /// What a successful request returns.
@@ -278,7 +382,7 @@ pub enum Response {
     /// Success without data.
     Done,
     /// Answer to [`Request::Status`].
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     /// A branch (created).
     Branch(BranchInfo),
     /// Every branch.
@@ -304,6 +408,8 @@ pub enum Response {
     },
     /// The file is open; its fd travels with this frame in `SCM_RIGHTS`.
     FdOpened(FdOpened),
+    /// Answer to [`Request::BranchCompact`]: true when layers were merged.
+    Compacted(bool),
 }
 
 /// The result of an [`FsOp`].
@@ -319,8 +425,10 @@ pub enum FsReply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Bytes written.
     Written(u64),
-    /// A symlink's contents.
+    /// A symlink's contents, or a canonical path.
     Target(String),
+    /// Extended attribute names.
+    Names(Vec<String>),
 }
 
 /// Kind of a file.
@@ -349,6 +457,35 @@ pub struct FileStat {
     pub mtime_ns: i64,
     /// Link count.
     pub nlink: u64,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Inode number in the layer holding the entry (changes on copy-up).
+    #[serde(default)]
+    pub ino: u64,
+    /// Device of the layer holding the entry.
+    #[serde(default)]
+    pub dev: u64,
+    /// Access time, nanoseconds since the epoch.
+    #[serde(default)]
+    pub atime_ns: i64,
+    /// The layer the entry comes from, when known.
+    #[serde(default)]
+    pub origin: Option<FileOrigin>,
+}
+
+/// Which layer of a branch an entry comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileOrigin {
+    /// The branch's own writable layer.
+    Active,
+    /// A committed layer (its id).
+    Committed(String),
+    /// The base directory.
+    Base,
 }
 
 /// One directory entry.
@@ -361,16 +498,28 @@ pub struct DirEntry {
 }
 
 /// A branch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BranchInfo {
     /// Name.
     pub name: String,
     /// The snapshot it was created from; `None` when over the base.
     pub from_snapshot: Option<String>,
+    /// Its active layer.
+    #[serde(default)]
+    pub layer: String,
+    /// Number of committed layers under it.
+    #[serde(default)]
+    pub depth: u64,
+    /// The base directory under its chain.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Creation time, seconds since the epoch.
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// A snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     /// Name.
     pub name: String,
@@ -378,10 +527,19 @@ pub struct SnapshotInfo {
     pub branch: String,
     /// True when the backstore made it natively (O(1), flat chain).
     pub native: bool,
+    /// Its committed layer.
+    #[serde(default)]
+    pub layer: String,
+    /// The base directory under its chain.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Creation time, seconds since the epoch.
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// The backstore's status (as `agentfs status` shows it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BackstoreInfo {
     /// Plugin name.
     pub plugin: String,
@@ -398,7 +556,7 @@ pub struct BackstoreInfo {
 }
 
 /// Answer to [`Request::Status`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// Daemon name and version.
     pub daemon: String,
@@ -416,6 +574,33 @@ pub struct DaemonStatus {
     pub watches: u64,
     /// Connected clients.
     pub clients: u64,
+    /// Files open for writing through `fd_open` and not yet closed (all
+    /// connections).
+    #[serde(default)]
+    pub open_fds: u64,
+    /// Core-event subscriptions (all connections).
+    #[serde(default)]
+    pub subscriptions: u64,
+    /// Doorbells held (all connections).
+    #[serde(default)]
+    pub doorbells: u64,
+    /// Sequence number of the last core event the daemon published (0
+    /// before the first): a client that mutated and then asks for the
+    /// status knows which `seq` ends its changes.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// The daemon's process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// Where the daemon's configuration came from.
+    #[serde(default)]
+    pub config: String,
+    /// The socket it serves on.
+    #[serde(default)]
+    pub socket: String,
+    /// The watch providers loaded (plugin names).
+    #[serde(default)]
+    pub watch_providers: Vec<String>,
 }
 
 /// A native watch registration. `path` is branch-relative (the shim
@@ -576,6 +761,10 @@ pub struct CoreEventBatch {
     pub subscription: u64,
     /// The events, in order.
     pub events: Vec<WireCoreEvent>,
+    /// Events dropped before this batch because the subscriber fell too
+    /// far behind (0 normally).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Kind of a core event on the wire.
@@ -767,7 +956,7 @@ pub struct FdOpen {
 }
 
 /// Answer to [`FdOpen`]; the fd travels with the frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FdOpened {
     /// The file was copied up into the branch's layer first.
     pub copied_up: bool,
@@ -775,4 +964,9 @@ pub struct FdOpened {
     pub reflinked: bool,
     /// The file was created.
     pub created: bool,
+    /// For an fd open for writing: the daemon's record of it, to pass to
+    /// [`Request::FdClose`] (0 for read-only opens, which leave no record).
+    /// A connection's records are closed when it ends.
+    #[serde(default)]
+    pub record: u64,
 }

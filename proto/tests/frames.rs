@@ -15,7 +15,11 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
     let reqs = vec![
         Request::Ping,
         Request::Status,
-        Request::BranchCreate { name: "a".into() },
+        Request::BranchCreate {
+            name: "a".into(),
+            base: Some("/src".into()),
+        },
+        Request::BranchCompact { name: "a".into() },
         Request::BranchFromSnapshot {
             snapshot: "s".into(),
             name: "b".into(),
@@ -30,14 +34,20 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Request::SnapshotDelete { name: "s".into() },
         Request::Fs {
             branch: None,
-            op: FsOp::Stat { path: "f".into() },
+            snapshot: Some("s".into()),
+            op: FsOp::Stat {
+                path: "f".into(),
+                follow: true,
+            },
         },
         Request::Fs {
             branch: Some("a".into()),
+            snapshot: None,
             op: FsOp::ReadDir { path: "".into() },
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Read {
                 path: "f".into(),
                 offset: 3,
@@ -46,6 +56,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Write {
                 path: "f".into(),
                 offset: 0,
@@ -54,6 +65,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Create {
                 path: "n".into(),
                 mode: 0o644,
@@ -62,6 +74,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Mkdir {
                 path: "d".into(),
                 mode: 0o755,
@@ -69,14 +82,17 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Rmdir { path: "d".into() },
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Unlink { path: "n".into() },
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Rename {
                 from: "a".into(),
                 to: "b".into(),
@@ -84,6 +100,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Truncate {
                 path: "f".into(),
                 size: 1,
@@ -91,6 +108,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Symlink {
                 target: "../x".into(),
                 path: "l".into(),
@@ -98,13 +116,82 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Readlink { path: "l".into() },
         },
         Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Chmod {
                 path: "f".into(),
                 mode: 0o600,
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::WriteFile {
+                path: "f".into(),
+                data: b"all".to_vec(),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::MkdirAll {
+                path: "a/b/c".into(),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::RemoveAll { path: "a".into() },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::Canonical {
+                path: "l".into(),
+                follow: true,
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::GetXattr {
+                path: "f".into(),
+                name: "user.x".into(),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::ListXattr { path: "f".into() },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::SetTimes {
+                path: "f".into(),
+                atime_ns: None,
+                mtime_ns: Some(-1),
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::SetXattr {
+                path: "f".into(),
+                name: "user.x".into(),
+                value: vec![0, 1],
+            },
+        },
+        Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: FsOp::RemoveXattr {
+                path: "f".into(),
+                name: "user.x".into(),
             },
         },
         Request::WatchRegister(WatchRegistration::Kqueue {
@@ -156,8 +243,15 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             flags: OpenFlags::WRITE.union(OpenFlags::CREATE),
             mode: 0o644,
         }),
+        Request::FdClose { record: 7 },
     ];
-    let mut client = vec![ClientFrame::Hello(hello())];
+    let mut client = vec![
+        ClientFrame::Hello(hello()),
+        ClientFrame::Ack(Ack {
+            api: 3,
+            instance: 4,
+        }),
+    ];
     client.extend(
         reqs.into_iter()
             .enumerate()
@@ -172,11 +266,17 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         mode: 0o644,
         mtime_ns: -5,
         nlink: 1,
+        uid: 501,
+        gid: 20,
+        ino: 99,
+        dev: 3,
+        atime_ns: 7,
+        origin: Some(FileOrigin::Committed("l2".into())),
     };
     let responses = vec![
         Ok(Response::Pong),
         Ok(Response::Done),
-        Ok(Response::Status(DaemonStatus {
+        Ok(Response::Status(Box::new(DaemonStatus {
             daemon: "agentfs 0.1.0".into(),
             protocol: 1,
             base: "/src".into(),
@@ -192,20 +292,37 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             snapshots: 1,
             watches: 7,
             clients: 3,
-        })),
+            open_fds: 1,
+            subscriptions: 2,
+            doorbells: 1,
+            last_seq: 42,
+            pid: 1234,
+            config: "/etc/agentfs.toml".into(),
+            socket: "/run/user/501/agentfs/agentfs.sock".into(),
+            watch_providers: vec!["inotify".into()],
+        }))),
         Ok(Response::Branch(BranchInfo {
             name: "a".into(),
             from_snapshot: None,
+            layer: "l1".into(),
+            depth: 0,
+            base: Some("/src".into()),
+            created: 1_700_000_000,
         })),
         Ok(Response::Branches(vec![BranchInfo {
             name: "b".into(),
             from_snapshot: Some("s".into()),
+            ..Default::default()
         }])),
         Ok(Response::Snapshot(SnapshotInfo {
             name: "s".into(),
             branch: "a".into(),
             native: true,
+            layer: "l2".into(),
+            base: None,
+            created: 1,
         })),
+        Ok(Response::Compacted(true)),
         Ok(Response::Snapshots(vec![])),
         Ok(Response::Fs(FsReply::Done)),
         Ok(Response::Fs(FsReply::Stat(stat))),
@@ -216,6 +333,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Ok(Response::Fs(FsReply::Data(vec![1, 2, 3]))),
         Ok(Response::Fs(FsReply::Written(3))),
         Ok(Response::Fs(FsReply::Target("../x".into()))),
+        Ok(Response::Fs(FsReply::Names(vec!["user.x".into()]))),
         Ok(Response::WatchRegistered {
             watch_id: 5,
             handle: 1,
@@ -225,6 +343,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             copied_up: true,
             reflinked: true,
             created: false,
+            record: 7,
         })),
         Err(WireError::new(4, "snapshot s has dependents")),
     ];
@@ -263,6 +382,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
                 size_before: u64::MAX,
                 size_after: u64::MAX,
             }],
+            dropped: 0,
         }),
     ];
     daemon.extend(
@@ -367,6 +487,50 @@ fn enums_travel_by_name_and_unknown_fields_are_ignored() {
 }
 
 #[test]
+fn fields_added_for_the_daemon_default_when_an_older_peer_omits_them() {
+    // What a peer built before `base`, `layer`, `record`... were added sends.
+    #[derive(serde::Serialize)]
+    struct OldBranch {
+        name: &'static str,
+        from_snapshot: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    enum OldRequest {
+        BranchCreate { name: &'static str },
+    }
+    let b: BranchInfo = decode_body(
+        &encode_frame(
+            &OldBranch {
+                name: "a",
+                from_snapshot: None,
+            },
+            MAX_FRAME_LEN,
+        )
+        .unwrap()[HEADER_LEN..],
+    )
+    .unwrap();
+    assert_eq!(
+        b,
+        BranchInfo {
+            name: "a".into(),
+            ..Default::default()
+        }
+    );
+    let r: Request = decode_body(
+        &encode_frame(&OldRequest::BranchCreate { name: "x" }, MAX_FRAME_LEN).unwrap()
+            [HEADER_LEN..],
+    )
+    .unwrap();
+    assert_eq!(
+        r,
+        Request::BranchCreate {
+            name: "x".into(),
+            base: None
+        }
+    );
+}
+
+#[test]
 fn an_oversized_length_prefix_is_refused_before_allocation() {
     let mut bytes = u32::MAX.to_be_bytes().to_vec();
     bytes.extend_from_slice(b"tiny");
@@ -387,6 +551,7 @@ fn an_oversized_length_prefix_is_refused_before_allocation() {
         id: 1,
         request: Request::Fs {
             branch: None,
+            snapshot: None,
             op: FsOp::Write {
                 path: "f".into(),
                 offset: 0,

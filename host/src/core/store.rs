@@ -37,6 +37,7 @@ use super::{
     },
     layer_names::WORK_DIR,
     metadata::{DirEntry, FileKind, Stat},
+    open_file::{OpenOptions, OpenedFile},
     path::{validate_name, BranchPath},
     persist::{self, LockMode, LockWait, StoreLock, Version},
     view::{LayerDir, LayerKind, View},
@@ -1059,6 +1060,16 @@ impl Tree<'_> {
         self.read(path, |v, p| v.read(p))
     }
 
+    /// The canonical form of existing entry `path`: symlinks in its
+    /// directories resolved, and a final one too with `follow`.
+    pub fn canonical(
+        &self,
+        path: &(impl AsBranchPath + ?Sized),
+        follow: bool,
+    ) -> CoreResult<BranchPath> {
+        self.read(path, |v, p| v.existing(p, follow).map(|r| r.path))
+    }
+
     /// Opens a regular file for reading (a real fd from its layer).
     pub fn open_read(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<File> {
         self.read(path, |v, p| v.open_read(p))
@@ -1235,5 +1246,55 @@ impl Tree<'_> {
     ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
         self.mutate(|w| w.remove_xattr(&p, name))
+    }
+
+    /// Opens regular file `path` for a real fd (see [`OpenOptions`]): a
+    /// read-only open gets the file where it lives; an open that may
+    /// change it copies it up (reflink when possible) or creates it in the
+    /// active layer first, publishing `Created` or, for a truncation,
+    /// `Modified`. Writes through the fd publish nothing: report them with
+    /// [`Tree::report_modified`].
+    pub fn open(
+        &self,
+        path: &(impl AsBranchPath + ?Sized),
+        opts: &OpenOptions,
+    ) -> CoreResult<OpenedFile> {
+        let p = path.to_branch_path()?;
+        if !opts.modifies() {
+            let (file, path) = self.read(&p, |v, p| v.open_existing(p, opts.nofollow))?;
+            return Ok(OpenedFile {
+                file,
+                copied_up: false,
+                reflinked: false,
+                created: false,
+                path,
+            });
+        }
+        let reflinks = &self.store.stats.reflinked;
+        self.change(|w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let before = reflinks.load(Relaxed);
+            let (o, change) = w.open_file(&p, opts)?;
+            let opened = OpenedFile {
+                reflinked: o.copied_up && reflinks.load(Relaxed) > before,
+                file: o.file,
+                copied_up: o.copied_up,
+                created: o.created,
+                path: o.path,
+            };
+            Ok((opened, change))
+        })
+    }
+
+    /// Publishes `Modified` for regular file `path`, whose content changed
+    /// through an fd from [`Tree::open`] (`size_before`: its size when
+    /// opened). Changes nothing on disk.
+    pub fn report_modified(
+        &self,
+        path: &(impl AsBranchPath + ?Sized),
+        size_before: Option<u64>,
+    ) -> CoreResult<()> {
+        let p = path.to_branch_path()?;
+        self.mutate(|w| w.modified_through_fd(&p, size_before))
     }
 }

@@ -3,6 +3,8 @@
 //! snapshotting a directory tree byte for byte.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -35,6 +37,33 @@ pub fn plugin_lib(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The built library of watch-provider plugin `name`.
+pub fn watch_lib(name: &str) -> PathBuf {
+    let p = target_dir().join(library_file_name(PluginKind::WATCH_PROVIDER, name));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// Loads the three watch-provider plugins from the target dir.
+pub fn watch_providers() -> Vec<agentfs_host::plugins::WatchProvider> {
+    ["kqueue", "fsevents", "inotify"]
+        .iter()
+        .map(|n| {
+            let entry = PluginEntry {
+                plugin: None,
+                path: Some(watch_lib(n)),
+                options: toml::Table::new(),
+            };
+            agentfs_host::plugins::load_watch_provider(&entry, &SearchPath::default())
+                .expect("watch provider loads")
+        })
+        .collect()
 }
 
 /// Loads backstore plugin `name` from the target dir with TOML `options`.
@@ -236,6 +265,8 @@ impl CliEnv {
     pub fn cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentfs"));
         c.env("AGENTFS_CONFIG", &self.config)
+            // Never a daemon the developer may be running: the store directly.
+            .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
             .env_remove("AGENTFS_FAULT")
             .env_remove("AGENTFS_LOG")
             .current_dir(&self.dir);

@@ -208,3 +208,102 @@ pub mod inotify {
         assert!(EVENT_HEADER_SIZE == std::mem::size_of::<libc::inotify_event>());
     };
 }
+
+/// The names of the flags set in a native record's `flags`, in bit order
+/// (`["IN_CREATE", "IN_ISDIR"]`); bits without a name appear in hex. For
+/// printing records (`agentfs watch --native`).
+pub fn flag_names(api: agentfs_plugin_api::watch::WatchApi, flags: u64) -> Vec<String> {
+    use agentfs_plugin_api::watch::WatchApi;
+    const KQUEUE: &[(u32, &str)] = &[
+        (kqueue::NOTE_DELETE, "NOTE_DELETE"),
+        (kqueue::NOTE_WRITE, "NOTE_WRITE"),
+        (kqueue::NOTE_EXTEND, "NOTE_EXTEND"),
+        (kqueue::NOTE_ATTRIB, "NOTE_ATTRIB"),
+        (kqueue::NOTE_LINK, "NOTE_LINK"),
+        (kqueue::NOTE_RENAME, "NOTE_RENAME"),
+        (kqueue::NOTE_REVOKE, "NOTE_REVOKE"),
+    ];
+    const FSEVENTS: &[(u32, &str)] = &[
+        (fsevents::FLAG_MUST_SCAN_SUB_DIRS, "MustScanSubDirs"),
+        (fsevents::FLAG_ROOT_CHANGED, "RootChanged"),
+        (fsevents::FLAG_ITEM_CREATED, "ItemCreated"),
+        (fsevents::FLAG_ITEM_REMOVED, "ItemRemoved"),
+        (fsevents::FLAG_ITEM_INODE_META_MOD, "ItemInodeMetaMod"),
+        (fsevents::FLAG_ITEM_RENAMED, "ItemRenamed"),
+        (fsevents::FLAG_ITEM_MODIFIED, "ItemModified"),
+        (fsevents::FLAG_ITEM_XATTR_MOD, "ItemXattrMod"),
+        (fsevents::FLAG_ITEM_IS_FILE, "ItemIsFile"),
+        (fsevents::FLAG_ITEM_IS_DIR, "ItemIsDir"),
+        (fsevents::FLAG_ITEM_IS_SYMLINK, "ItemIsSymlink"),
+        (fsevents::FLAG_OWN_EVENT, "OwnEvent"),
+    ];
+    const INOTIFY: &[(u32, &str)] = &[
+        (inotify::IN_ACCESS, "IN_ACCESS"),
+        (inotify::IN_MODIFY, "IN_MODIFY"),
+        (inotify::IN_ATTRIB, "IN_ATTRIB"),
+        (inotify::IN_CLOSE_WRITE, "IN_CLOSE_WRITE"),
+        (inotify::IN_CLOSE_NOWRITE, "IN_CLOSE_NOWRITE"),
+        (inotify::IN_OPEN, "IN_OPEN"),
+        (inotify::IN_MOVED_FROM, "IN_MOVED_FROM"),
+        (inotify::IN_MOVED_TO, "IN_MOVED_TO"),
+        (inotify::IN_CREATE, "IN_CREATE"),
+        (inotify::IN_DELETE, "IN_DELETE"),
+        (inotify::IN_DELETE_SELF, "IN_DELETE_SELF"),
+        (inotify::IN_MOVE_SELF, "IN_MOVE_SELF"),
+        (inotify::IN_UNMOUNT, "IN_UNMOUNT"),
+        (inotify::IN_Q_OVERFLOW, "IN_Q_OVERFLOW"),
+        (inotify::IN_IGNORED, "IN_IGNORED"),
+        (inotify::IN_ISDIR, "IN_ISDIR"),
+    ];
+    let table = match api {
+        WatchApi::KQUEUE => KQUEUE,
+        WatchApi::FSEVENTS => FSEVENTS,
+        WatchApi::INOTIFY => INOTIFY,
+        _ => &[],
+    };
+    let mut rest = flags;
+    let mut out = Vec::new();
+    for bit in 0..64 {
+        let b = 1u64 << bit;
+        if flags & b == 0 {
+            continue;
+        }
+        if let Some((_, n)) = table.iter().find(|(v, _)| u64::from(*v) == b) {
+            out.push((*n).to_string());
+            rest &= !b;
+        }
+    }
+    if rest != 0 {
+        out.push(format!("{rest:#x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod flag_name_tests {
+    use super::*;
+    use agentfs_plugin_api::watch::WatchApi;
+
+    #[test]
+    fn names_in_bit_order_and_unknown_bits_in_hex() {
+        assert_eq!(
+            flag_names(
+                WatchApi::INOTIFY,
+                u64::from(inotify::IN_ISDIR | inotify::IN_CREATE)
+            ),
+            ["IN_CREATE", "IN_ISDIR"]
+        );
+        assert_eq!(
+            flag_names(
+                WatchApi::KQUEUE,
+                u64::from(kqueue::NOTE_WRITE | kqueue::NOTE_EXTEND)
+            ),
+            ["NOTE_WRITE", "NOTE_EXTEND"]
+        );
+        assert_eq!(
+            flag_names(WatchApi::FSEVENTS, 0x1_0000_0000),
+            ["0x100000000"]
+        );
+        assert!(flag_names(WatchApi::FSEVENTS, 0).is_empty());
+    }
+}

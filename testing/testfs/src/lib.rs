@@ -185,6 +185,29 @@ impl TestFs {
     }
 }
 
+/// Writes `len` bytes of a non-repeating pattern (xorshift) to a new file
+/// `p`, 1 MiB at a time, and syncs it: data a filesystem cannot
+/// deduplicate or compress away, for space and reflink measurements.
+pub fn write_pattern(p: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p).expect("create"));
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.into_inner().expect("flush").sync_all().expect("fsync");
+}
+
 /// Free bytes of the filesystem holding `p`, after syncing it.
 pub fn free_bytes(p: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;

@@ -1,5 +1,5 @@
 //! Helpers shared by this crate's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     path::{Path, PathBuf},
@@ -80,26 +80,9 @@ pub fn losetup_a() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Writes `len` bytes of a non-repeating pattern to `p`, 1 MiB at a time.
-pub fn write_pattern(p: &Path, len: u64) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(p).expect("create"));
-    let mut block = vec![0u8; 1 << 20];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut left = len;
-    while left > 0 {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).expect("write");
-        left -= n as u64;
-    }
-    f.into_inner().expect("flush").sync_all().expect("fsync");
-}
+/// Writes `len` bytes of a non-repeating pattern to `p` (shared with the
+/// other crates' space measurements).
+pub use agentfs_testfs::write_pattern;
 
 /// A path in `dir` that does not exist yet.
 pub fn fresh(dir: &Path, name: &str) -> PathBuf {

@@ -1,0 +1,406 @@
+//! Where the CLI's branch, snapshot, fs and status commands go: to the
+//! daemon when one serves on the socket, else to the store directly. Both
+//! return the core's types, so the output is the same either way; `--json`
+//! output names the one used (`"via": "daemon"` or `"store"`), and
+//! `AGENTFS_LOG=debug` logs it.
+
+use std::path::{Path, PathBuf};
+
+use agentfs_host::{
+    core::{BranchInfo, DirEntry, FileKind, LockWait, SnapshotInfo, Stat, Store},
+    daemon::convert,
+    Host,
+};
+use agentfs_proto::{Client, FsOp, FsReply, Hello, Request, Response};
+use anyhow::{anyhow, Result};
+
+/// A daemon connection, and where it is.
+pub struct DaemonClient {
+    /// The connection.
+    pub client: Client,
+    /// The socket.
+    pub socket: PathBuf,
+}
+
+/// The daemon, or the store.
+pub enum Backend {
+    /// Requests go to the daemon.
+    Daemon(Box<DaemonClient>),
+    /// Calls go to the store in this process.
+    Store(Box<Store>),
+}
+
+/// Which tree a read goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum At<'a> {
+    /// A branch.
+    Branch(&'a str),
+    /// A snapshot.
+    Snapshot(&'a str),
+}
+
+/// Connects to the daemon at `socket`; `Ok(None)` when none serves there.
+pub fn connect_daemon(socket: &Path) -> Result<Option<DaemonClient>> {
+    let hello = Hello::current(&format!("agentfs {}", env!("CARGO_PKG_VERSION")), None);
+    match Client::connect(socket, hello) {
+        Ok(client) => Ok(Some(DaemonClient {
+            client,
+            socket: socket.to_path_buf(),
+        })),
+        Err(e) if e.is_no_daemon() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Backend {
+    /// The daemon on `socket` if one serves there (and `direct` is off),
+    /// else the store of `host()`.
+    pub fn choose(
+        socket: &Path,
+        direct: bool,
+        host: impl FnOnce() -> Result<Host>,
+        wait: LockWait,
+    ) -> Result<Self> {
+        if !direct {
+            if let Some(d) = connect_daemon(socket)? {
+                tracing::debug!(socket = %socket.display(), "using the daemon");
+                return Ok(Self::Daemon(Box::new(d)));
+            }
+            tracing::debug!(socket = %socket.display(), "no daemon on the socket: using the store directly");
+        }
+        let h = host()?;
+        let b = h.backstore()?;
+        Ok(Self::Store(Box::new(Store::open(b, wait)?)))
+    }
+
+    /// `"daemon"` or `"store"`.
+    pub fn via(&self) -> &'static str {
+        match self {
+            Self::Daemon(_) => "daemon",
+            Self::Store(_) => "store",
+        }
+    }
+
+    fn ask(&mut self, req: Request) -> Result<Response> {
+        match self {
+            Self::Daemon(d) => Ok(d.client.request(req)?),
+            Self::Store(_) => unreachable!("store requests are calls"),
+        }
+    }
+
+    fn fs(&mut self, at: At<'_>, op: FsOp) -> Result<FsReply> {
+        let (branch, snapshot) = match at {
+            At::Branch(b) => (Some(b.to_string()), None),
+            At::Snapshot(s) => (None, Some(s.to_string())),
+        };
+        match self.ask(Request::Fs {
+            branch,
+            snapshot,
+            op,
+        })? {
+            Response::Fs(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a branch.
+    pub fn create_branch(
+        &mut self,
+        name: &str,
+        from: Option<&str>,
+        base: Option<&Path>,
+    ) -> Result<BranchInfo> {
+        if let Self::Store(s) = self {
+            return Ok(s.create_branch(name, from, base)?);
+        }
+        let req = match from {
+            Some(snapshot) => Request::BranchFromSnapshot {
+                snapshot: snapshot.to_string(),
+                name: name.to_string(),
+            },
+            None => Request::BranchCreate {
+                name: name.to_string(),
+                base: base.map(absolute).transpose()?,
+            },
+        };
+        match self.ask(req)? {
+            Response::Branch(b) => Ok(convert::branch_from_wire(b)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every branch.
+    pub fn list_branches(&mut self) -> Result<Vec<BranchInfo>> {
+        if let Self::Store(s) = self {
+            return Ok(s.list_branches()?);
+        }
+        match self.ask(Request::BranchList)? {
+            Response::Branches(v) => Ok(v.into_iter().map(convert::branch_from_wire).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a branch.
+    pub fn delete_branch(&mut self, name: &str) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.delete_branch(name)?);
+        }
+        self.done(Request::BranchDelete {
+            name: name.to_string(),
+        })
+    }
+
+    /// Compacts a branch; true when layers were merged.
+    pub fn compact_branch(&mut self, name: &str) -> Result<bool> {
+        if let Self::Store(s) = self {
+            return Ok(s.compact_branch(name)?);
+        }
+        match self.ask(Request::BranchCompact {
+            name: name.to_string(),
+        })? {
+            Response::Compacted(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Snapshots a branch.
+    pub fn create_snapshot(&mut self, branch: &str, name: Option<&str>) -> Result<SnapshotInfo> {
+        if let Self::Store(s) = self {
+            return Ok(s.create_snapshot(branch, name)?);
+        }
+        match self.ask(Request::SnapshotCreate {
+            branch: branch.to_string(),
+            name: name.map(str::to_string),
+        })? {
+            Response::Snapshot(x) => Ok(convert::snapshot_from_wire(x)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every snapshot.
+    pub fn list_snapshots(&mut self) -> Result<Vec<SnapshotInfo>> {
+        if let Self::Store(s) = self {
+            return Ok(s.list_snapshots()?);
+        }
+        match self.ask(Request::SnapshotList)? {
+            Response::Snapshots(v) => Ok(v.into_iter().map(convert::snapshot_from_wire).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a snapshot.
+    pub fn delete_snapshot(&mut self, name: &str) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.delete_snapshot(name)?);
+        }
+        self.done(Request::SnapshotDelete {
+            name: name.to_string(),
+        })
+    }
+
+    fn done(&mut self, req: Request) -> Result<()> {
+        match self.ask(req)? {
+            Response::Done | Response::Fs(FsReply::Done) | Response::Fs(FsReply::Written(_)) => {
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn fs_done(&mut self, branch: &str, op: FsOp) -> Result<()> {
+        match self.fs(At::Branch(branch), op)? {
+            FsReply::Done | FsReply::Written(_) => Ok(()),
+            other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
+        }
+    }
+
+    /// A directory listing.
+    pub fn read_dir(&mut self, at: At<'_>, path: &str) -> Result<Vec<DirEntry>> {
+        if let Self::Store(s) = self {
+            return Ok(tree(s, at).read_dir(path)?);
+        }
+        match self.fs(
+            at,
+            FsOp::ReadDir {
+                path: path.to_string(),
+            },
+        )? {
+            FsReply::Entries(v) => Ok(v.into_iter().map(convert::entry_from_wire).collect()),
+            other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
+        }
+    }
+
+    /// Metadata of an entry (a final symlink is not followed).
+    pub fn lstat(&mut self, at: At<'_>, path: &str) -> Result<Stat> {
+        if let Self::Store(s) = self {
+            return Ok(tree(s, at).lstat(path)?);
+        }
+        match self.fs(
+            at,
+            FsOp::Stat {
+                path: path.to_string(),
+                follow: false,
+            },
+        )? {
+            FsReply::Stat(st) => Ok(convert::stat_from_wire(st)),
+            other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
+        }
+    }
+
+    /// A whole file.
+    pub fn read_file(&mut self, at: At<'_>, path: &str) -> Result<Vec<u8>> {
+        if let Self::Store(s) = self {
+            return Ok(tree(s, at).read_file(path)?);
+        }
+        let mut out = Vec::new();
+        loop {
+            let chunk = match self.fs(
+                at,
+                FsOp::Read {
+                    path: path.to_string(),
+                    offset: out.len() as u64,
+                    len: u64::MAX,
+                },
+            )? {
+                FsReply::Data(d) => d,
+                other => return Err(anyhow!("unexpected reply from the daemon: {other:?}")),
+            };
+            if chunk.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    /// A symlink's target.
+    pub fn read_link(&mut self, at: At<'_>, path: &str) -> Result<String> {
+        if let Self::Store(s) = self {
+            return Ok(tree(s, at).read_link(path)?.to_string_lossy().into_owned());
+        }
+        match self.fs(
+            at,
+            FsOp::Readlink {
+                path: path.to_string(),
+            },
+        )? {
+            FsReply::Target(t) => Ok(t),
+            other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
+        }
+    }
+
+    /// Replaces (or creates) a file's content.
+    pub fn write_file(&mut self, branch: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.branch(branch).write_file(path, &data)?);
+        }
+        self.fs_done(
+            branch,
+            FsOp::WriteFile {
+                path: path.to_string(),
+                data,
+            },
+        )
+    }
+
+    /// Removes an entry (`recursive`: a whole tree).
+    pub fn remove(&mut self, branch: &str, path: &str, recursive: bool) -> Result<()> {
+        if let Self::Store(s) = self {
+            let t = s.branch(branch);
+            if recursive {
+                t.remove_all(path)?;
+            } else if t.lstat(path)?.kind == FileKind::Dir {
+                t.rmdir(path)?;
+            } else {
+                t.unlink(path)?;
+            }
+            return Ok(());
+        }
+        let path = path.to_string();
+        let op = if recursive {
+            FsOp::RemoveAll { path }
+        } else if self.lstat(At::Branch(branch), &path)?.kind == FileKind::Dir {
+            FsOp::Rmdir { path }
+        } else {
+            FsOp::Unlink { path }
+        };
+        self.fs_done(branch, op)
+    }
+
+    /// Renames an entry.
+    pub fn rename(&mut self, branch: &str, from: &str, to: &str) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.branch(branch).rename(from, to)?);
+        }
+        self.fs_done(
+            branch,
+            FsOp::Rename {
+                from: from.to_string(),
+                to: to.to_string(),
+            },
+        )
+    }
+
+    /// Creates a directory (`parents`: and missing parents).
+    pub fn mkdir(&mut self, branch: &str, path: &str, parents: bool) -> Result<()> {
+        if let Self::Store(s) = self {
+            let t = s.branch(branch);
+            if parents {
+                t.mkdir_all(path)?
+            } else {
+                t.mkdir(path, 0o755)?
+            }
+            return Ok(());
+        }
+        let path = path.to_string();
+        let op = if parents {
+            FsOp::MkdirAll { path }
+        } else {
+            FsOp::Mkdir { path, mode: 0o755 }
+        };
+        self.fs_done(branch, op)
+    }
+
+    /// Creates a symlink.
+    pub fn symlink(&mut self, branch: &str, target: &str, path: &str) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.branch(branch).symlink(target, path)?);
+        }
+        self.fs_done(
+            branch,
+            FsOp::Symlink {
+                target: target.to_string(),
+                path: path.to_string(),
+            },
+        )
+    }
+
+    /// Sets permission bits.
+    pub fn chmod(&mut self, branch: &str, path: &str, mode: u32) -> Result<()> {
+        if let Self::Store(s) = self {
+            return Ok(s.branch(branch).chmod(path, mode)?);
+        }
+        self.fs_done(
+            branch,
+            FsOp::Chmod {
+                path: path.to_string(),
+                mode,
+            },
+        )
+    }
+}
+
+fn tree<'s>(s: &'s Store, at: At<'_>) -> agentfs_host::core::Tree<'s> {
+    match at {
+        At::Branch(b) => s.branch(b),
+        At::Snapshot(x) => s.snapshot(x),
+    }
+}
+
+fn absolute(p: &Path) -> Result<String> {
+    let abs = std::path::absolute(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+fn unexpected(r: Response) -> anyhow::Error {
+    anyhow!("unexpected answer from the daemon: {r:?}")
+}

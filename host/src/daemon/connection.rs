@@ -1,0 +1,317 @@
+//! One client connection, one task: the peer check, the handshake, then
+//! requests in order (mutations on smol's blocking pool, as they may copy
+//! large files; quick reads on the executor), while a delivery task sends
+//! whatever the watch service has ready for the connection. When the client goes away (closes, dies, or breaks the
+//! protocol) everything it registered is released.
+
+use std::{
+    collections::VecDeque,
+    io,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::net::UnixStream,
+    },
+    sync::Arc,
+};
+
+use agentfs_plugin_api::watch::WatchApi;
+use agentfs_proto::{
+    encode_frame,
+    fd_passing::{recv_with_fds, send_with_fd},
+    negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Request,
+    Response, Welcome, WireError, WireRecord, MAX_FRAME_LEN,
+};
+use smol::{channel, Async};
+
+use super::{
+    convert::wire_error,
+    doorbell::{trigger_kqueue, DoorbellTarget},
+    peer_cred::peer_of,
+    requests::is_quick_read,
+    state::{Daemon, Session},
+    watch_service::Outgoing,
+};
+
+/// File descriptors a client may have in flight before frames claim them.
+const MAX_PENDING_FDS: usize = 8;
+
+/// Reads client frames and the fds that come with them.
+struct FrameReader {
+    stream: Arc<Async<UnixStream>>,
+    decoder: FrameDecoder,
+    fds: VecDeque<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(stream: Arc<Async<UnixStream>>) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(MAX_FRAME_LEN),
+            fds: VecDeque::new(),
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    /// The next frame and, if it carries one, its fd; `None` at a clean
+    /// end of stream.
+    async fn next(&mut self) -> Result<Option<(ClientFrame, Option<OwnedFd>)>, FrameError> {
+        loop {
+            if let Some(f) = self.decoder.next_frame::<ClientFrame>()? {
+                let fd = if f.carries_fd() {
+                    self.fds.pop_front()
+                } else {
+                    if self.decoder.pending() == 0 && !self.fds.is_empty() {
+                        tracing::debug!(n = self.fds.len(), "closing fds no frame claimed");
+                        self.fds.clear();
+                    }
+                    None
+                };
+                return Ok(Some((f, fd)));
+            }
+            let (buf, fds) = (&mut self.buf, &mut self.fds);
+            let n = self
+                .stream
+                .read_with(|s| recv_with_fds(s.as_fd(), buf, fds))
+                .await?;
+            if n == 0 {
+                return match self.decoder.pending() {
+                    0 => Ok(None),
+                    got => Err(FrameError::Truncated { needed: 0, got }),
+                };
+            }
+            if self.fds.len() > MAX_PENDING_FDS {
+                return Err(FrameError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "too many file descriptors without frames to claim them",
+                )));
+            }
+            self.decoder.push(&self.buf[..n]);
+        }
+    }
+}
+
+/// Sends one frame, with `fd` attached to its first byte.
+async fn send_frame(
+    stream: &Async<UnixStream>,
+    frame: &DaemonFrame,
+    fd: Option<OwnedFd>,
+) -> io::Result<()> {
+    let bytes = match encode_frame(frame, MAX_FRAME_LEN) {
+        Ok(b) => b,
+        Err(e) => match frame {
+            // A response too large to send becomes an error response.
+            DaemonFrame::Response { id, .. } => encode_frame(
+                &DaemonFrame::Response {
+                    id: *id,
+                    result: Err((&e).into()),
+                },
+                MAX_FRAME_LEN,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        },
+    };
+    let mut sent = 0;
+    let mut fd = fd;
+    while sent < bytes.len() {
+        let n = stream
+            .write_with(|s| send_with_fd(s.as_fd(), &bytes[sent..], fd.as_ref().map(|f| f.as_fd())))
+            .await?;
+        fd = None; // it went with the first chunk
+        sent += n;
+    }
+    Ok(())
+}
+
+async fn refuse(stream: &Async<UnixStream>, e: WireError) {
+    tracing::info!(error = %e, "refusing a connection");
+    if let Err(e) = send_frame(stream, &DaemonFrame::Refused(e), None).await {
+        tracing::debug!(error = %e, "could not send the refusal");
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u32) {
+    let stream = Arc::new(stream);
+    let peer = match peer_of(stream.get_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials; closing");
+            return;
+        }
+    };
+    if peer.uid != daemon_uid {
+        let msg = format!(
+            "uid {} may not use this daemon: it serves uid {daemon_uid} only",
+            peer.uid
+        );
+        refuse(&stream, WireError::new(WireError::PEER_REFUSED, msg)).await;
+        return;
+    }
+    let mut reader = FrameReader::new(stream.clone());
+    let hello = match reader.next().await {
+        Ok(Some((ClientFrame::Hello(h), _))) => h,
+        Ok(Some(_)) => {
+            let e = WireError::new(WireError::NOT_HANDSHAKEN, "the first frame must be Hello");
+            return refuse(&stream, e).await;
+        }
+        Ok(None) => return,
+        Err(e) => return refuse(&stream, (&e).into()).await,
+    };
+    let version = match negotiate(&hello) {
+        Ok(v) => v,
+        Err(e) => return refuse(&stream, e).await,
+    };
+    if hello.uid != peer.uid {
+        let msg = format!(
+            "the hello claims uid {}, but the socket's peer is uid {}",
+            hello.uid, peer.uid
+        );
+        return refuse(&stream, WireError::new(WireError::PEER_REFUSED, msg)).await;
+    }
+    if let Some(b) = hello.branch.clone() {
+        let d2 = d.clone();
+        let exists = smol::unblock(move || {
+            d2.with_store(|st| st.branch(&b).lstat("").map_err(|e| wire_error(&e)))
+        })
+        .await;
+        if let Err(e) = exists {
+            return refuse(&stream, e).await;
+        }
+    }
+    let conn = d.begin_session();
+    let session = Session {
+        conn,
+        pid: peer.pid.unwrap_or(hello.pid),
+        branch: hello.branch.clone(),
+        version,
+    };
+    tracing::debug!(conn, pid = session.pid, client = %hello.client, "client connected");
+    let welcome = DaemonFrame::Welcome(Welcome {
+        version,
+        daemon: format!("agentfs {}", env!("CARGO_PKG_VERSION")),
+        branch: hello.branch,
+        session: conn,
+    });
+    if send_frame(&stream, &welcome, None).await.is_ok() {
+        serve_requests(&d, &stream, &mut reader, &session).await;
+    }
+    let d2 = d.clone();
+    smol::unblock(move || d2.end_session(&session)).await;
+    tracing::debug!(conn, "client gone; its registrations are released");
+}
+
+/// The write side of a connection: whole frames, one at a time, from the
+/// request loop (responses) and the delivery task (pushed frames).
+struct FrameWriter {
+    stream: Arc<Async<UnixStream>>,
+    lock: smol::lock::Mutex<()>,
+}
+
+impl FrameWriter {
+    async fn send(&self, frame: &DaemonFrame, fd: Option<OwnedFd>) -> io::Result<()> {
+        let _g = self.lock.lock().await;
+        send_frame(&self.stream, frame, fd).await
+    }
+}
+
+async fn serve_requests(
+    d: &Arc<Daemon>,
+    stream: &Arc<Async<UnixStream>>,
+    reader: &mut FrameReader,
+    s: &Session,
+) {
+    let writer = Arc::new(FrameWriter {
+        stream: stream.clone(),
+        lock: smol::lock::Mutex::new(()),
+    });
+    let (wake_tx, wake_rx) = channel::bounded::<()>(1);
+    d.watch.connect(
+        s.conn,
+        Arc::new(move || {
+            let _ = wake_tx.try_send(());
+        }),
+    );
+    let deliveries = smol::spawn(delivery_loop(d.clone(), writer.clone(), s.conn, wake_rx));
+    loop {
+        let (frame, fd) = match reader.next().await {
+            Ok(Some(x)) => x,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(conn = s.conn, error = %e, "closing the connection");
+                break;
+            }
+        };
+        match frame {
+            ClientFrame::Request { id, request } => {
+                let (result, fd) = if request == Request::Ping {
+                    (Ok(Response::Pong), None)
+                } else if is_quick_read(&request) {
+                    // Reads take microseconds: answered on this executor
+                    // thread (the hop to the blocking pool would cost more
+                    // than the work; the executor has several threads).
+                    d.handle(s, request, fd)
+                } else {
+                    let (d2, s2) = (d.clone(), s.clone());
+                    smol::unblock(move || d2.handle(&s2, request, fd)).await
+                };
+                let response = DaemonFrame::Response { id, result };
+                if let Err(e) = writer.send(&response, fd).await {
+                    tracing::debug!(conn = s.conn, error = %e, "write failed");
+                    break;
+                }
+            }
+            ClientFrame::Ack(a) => d.watch.ack(s.conn, WatchApi(a.api), a.instance),
+            ClientFrame::Hello(_) => {
+                tracing::debug!(conn = s.conn, "a second Hello: closing");
+                break;
+            }
+        }
+    }
+    // The client is gone or broke the protocol: whatever is unsent goes.
+    deliveries.cancel().await;
+}
+
+/// Sends what the watch service has ready for the connection whenever it
+/// is woken.
+async fn delivery_loop(
+    d: Arc<Daemon>,
+    writer: Arc<FrameWriter>,
+    conn: u64,
+    wake: channel::Receiver<()>,
+) {
+    while wake.recv().await.is_ok() {
+        for o in d.watch.take_ready(conn) {
+            if let Err(e) = deliver(&writer, o).await {
+                tracing::debug!(conn, error = %e, "write failed");
+                return;
+            }
+        }
+    }
+}
+
+async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
+    match o {
+        Outgoing::Core(batch) => writer.send(&DaemonFrame::CoreEvents(batch), None).await,
+        Outgoing::Events(del) => {
+            if let Some(DoorbellTarget::InotifySocket(sock)) = &del.doorbell {
+                sock.push(del.encoded);
+                return Ok(());
+            }
+            let frame = DaemonFrame::Events(EventDelivery {
+                api: del.api.0,
+                instance: del.instance,
+                records: del.records.iter().map(WireRecord::from).collect(),
+                encoded: del.encoded,
+            });
+            writer.send(&frame, None).await?;
+            if let Some(DoorbellTarget::KqueueUser { kqueue, ident }) = &del.doorbell {
+                if let Err(e) = trigger_kqueue(kqueue, *ident) {
+                    tracing::debug!(ident, error = %e, "could not ring the kqueue doorbell");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! What the daemon does for each request: control (branches, snapshots,
+//! status), file operations, watch registration, doorbells, core-event
+//! subscriptions and `fd_open`. Handlers block (they call the core) and
+//! run on smol's blocking pool, one request of a connection at a time.
+
+use std::{
+    ffi::OsStr,
+    os::{fd::OwnedFd, unix::fs::FileExt},
+    path::Path,
+    sync::atomic::Ordering,
+};
+
+use agentfs_plugin_api::{
+    backstore::Capabilities, guard::path_from_bytes, watch::WatchSpec, ErrorCode, PluginError,
+};
+use agentfs_plugin_support::{native::inotify::IN_DONT_FOLLOW, watch_paths::normalize};
+use agentfs_proto::{
+    BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, FsReply, Request, Response,
+    WatchRegistration, WireError, MAX_FRAME_LEN,
+};
+
+use super::{
+    convert::{self, wire_error},
+    doorbell,
+    state::{Daemon, FdRecord, Session},
+};
+use crate::core::{CoreError, FileKind, Store, Tree};
+
+/// Largest `Read` answered in one frame.
+pub const MAX_READ: u64 = (MAX_FRAME_LEN / 2) as u64;
+
+fn plugin_err(e: PluginError) -> WireError {
+    e.into()
+}
+
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError {
+        code: ErrorCode::INVALID_ARGUMENT.0,
+        errno: libc::EINVAL,
+        message: msg.into(),
+    }
+}
+
+fn core(e: CoreError) -> WireError {
+    wire_error(&e)
+}
+
+/// The result of a request and the fd to send with it.
+pub type Handled = (Result<Response, WireError>, Option<OwnedFd>);
+
+impl Daemon {
+    /// Handles one request of session `s`; `fd` is the one that came with
+    /// it (a doorbell's).
+    pub fn handle(&self, s: &Session, req: Request, fd: Option<OwnedFd>) -> Handled {
+        match req {
+            Request::FdOpen(o) => match self.fd_open(s, o) {
+                Ok((opened, fd)) => (Ok(Response::FdOpened(opened)), Some(fd)),
+                Err(e) => (Err(e), None),
+            },
+            Request::Doorbell(d) => (self.doorbell(s, d, fd), None),
+            other => (self.control(s, other), None),
+        }
+    }
+
+    fn branch_of(&self, s: &Session, branch: Option<String>) -> Result<String, WireError> {
+        branch.or_else(|| s.branch.clone()).ok_or_else(|| {
+            invalid("no branch: name one in the request, or in the connection's Hello")
+        })
+    }
+
+    fn control(&self, s: &Session, req: Request) -> Result<Response, WireError> {
+        let pid = s.pid;
+        match req {
+            Request::Ping => Ok(Response::Pong),
+            Request::Status => self.status(s).map(|st| Response::Status(Box::new(st))),
+            Request::BranchCreate { name, base } => self
+                .mutate(pid, |st| {
+                    st.create_branch(&name, None, base.as_deref().map(Path::new))
+                })
+                .map(|b| Response::Branch(convert::branch_to_wire(b))),
+            Request::BranchFromSnapshot { snapshot, name } => self
+                .mutate(pid, |st| st.create_branch(&name, Some(&snapshot), None))
+                .map(|b| Response::Branch(convert::branch_to_wire(b))),
+            Request::BranchList => self.with_store(|st| {
+                let list = st.list_branches().map_err(core)?;
+                Ok(Response::Branches(
+                    list.into_iter().map(convert::branch_to_wire).collect(),
+                ))
+            }),
+            Request::BranchDelete { name } => self
+                .mutate(pid, |st| st.delete_branch(&name))
+                .map(|()| Response::Done),
+            Request::BranchCompact { name } => self
+                .mutate(pid, |st| st.compact_branch(&name))
+                .map(Response::Compacted),
+            Request::SnapshotCreate { branch, name } => {
+                self.check_no_writers(&branch)?;
+                self.mutate(pid, |st| st.create_snapshot(&branch, name.as_deref()))
+                    .map(|x| Response::Snapshot(convert::snapshot_to_wire(x)))
+            }
+            Request::SnapshotList => self.with_store(|st| {
+                let list = st.list_snapshots().map_err(core)?;
+                Ok(Response::Snapshots(
+                    list.into_iter().map(convert::snapshot_to_wire).collect(),
+                ))
+            }),
+            Request::SnapshotDelete { name } => self
+                .mutate(pid, |st| st.delete_snapshot(&name))
+                .map(|()| Response::Done),
+            Request::Fs {
+                branch,
+                snapshot,
+                op,
+            } => self.fs(s, branch, snapshot, op).map(Response::Fs),
+            Request::WatchRegister(reg) => self.watch_register(s, reg),
+            Request::WatchUnregister { watch_id } => self
+                .watch
+                .unregister(s.conn, watch_id)
+                .map(|()| Response::Done)
+                .map_err(plugin_err),
+            Request::Subscribe { branch, path } => {
+                let branch = self.branch_of(s, branch)?;
+                let prefix = normalize(&path).map_err(plugin_err)?;
+                self.with_store(|st| st.branch(&branch).lstat("").map_err(core))?;
+                Ok(Response::Subscribed {
+                    subscription: self.watch.subscribe(s.conn, &branch, &prefix),
+                })
+            }
+            Request::Unsubscribe { subscription } => {
+                if self.watch.unsubscribe(s.conn, subscription) {
+                    Ok(Response::Done)
+                } else {
+                    Err(plugin_err(PluginError::new(
+                        ErrorCode::NOT_FOUND,
+                        format!(
+                            "subscription {subscription}: no such subscription on this connection"
+                        ),
+                    )))
+                }
+            }
+            Request::FdClose { record } => self.fd_close(s, record).map(|()| Response::Done),
+            Request::FdOpen(_) | Request::Doorbell(_) => {
+                Err(invalid("internal: fd requests are handled apart"))
+            }
+        }
+    }
+
+    /// Without native snapshots, a snapshot commits the branch's active
+    /// layer, where files opened for writing through `fd_open` live: later
+    /// writes through those fds would land in the snapshot. So it is
+    /// refused (`busy`) while any is open.
+    fn check_no_writers(&self, branch: &str) -> Result<(), WireError> {
+        let open = self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.branch == branch)
+            .count();
+        if open == 0 {
+            return Ok(());
+        }
+        let native = self.with_store(|st| {
+            Ok(st
+                .backstore()
+                .capabilities()
+                .contains(Capabilities::NATIVE_SNAPSHOTS))
+        })?;
+        if native {
+            return Ok(());
+        }
+        Err(WireError {
+            code: ErrorCode::BUSY.0,
+            errno: libc::EBUSY,
+            message: format!(
+                "branch {branch}: {open} file(s) open for writing through fd_open; \
+                 without native snapshots a snapshot would capture their later writes: \
+                 close them (FdClose) first"
+            ),
+        })
+    }
+
+    fn status(&self, s: &Session) -> Result<DaemonStatus, WireError> {
+        self.with_store(|st| {
+            let info = st.info().map_err(core)?;
+            let b = st.backstore();
+            let bs = b.status().map_err(plugin_err)?;
+            let counts = self.watch.counts();
+            Ok(DaemonStatus {
+                daemon: format!("agentfs {}", env!("CARGO_PKG_VERSION")),
+                protocol: s.version,
+                base: info
+                    .default_base
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                backstore: BackstoreInfo {
+                    plugin: b.details().name.clone(),
+                    fs_type: bs.fs_type.as_str().to_string(),
+                    capacity: bs.capacity_bytes,
+                    used: bs.used_bytes,
+                    capabilities: info.capabilities.iter().map(|c| c.to_string()).collect(),
+                    root: path_from_bytes(&bs.root).to_string_lossy().into_owned(),
+                },
+                branches: st.list_branches().map_err(core)?.len() as u64,
+                snapshots: st.list_snapshots().map_err(core)?.len() as u64,
+                watches: counts.watches,
+                clients: self.clients(),
+                open_fds: self.open_fds(),
+                subscriptions: counts.subscriptions,
+                doorbells: counts.doorbells,
+                last_seq: counts.last_seq,
+                pid: std::process::id(),
+                config: self.info.config.clone(),
+                socket: self.info.socket.to_string_lossy().into_owned(),
+                watch_providers: self.watch.apis().into_iter().map(|(_, n)| n).collect(),
+            })
+        })
+    }
+
+    fn fs(
+        &self,
+        s: &Session,
+        branch: Option<String>,
+        snapshot: Option<String>,
+        op: FsOp,
+    ) -> Result<FsReply, WireError> {
+        let read_only = is_read(&op);
+        let target = match snapshot {
+            Some(snap) if read_only => Target::Snapshot(snap),
+            Some(snap) => {
+                return Err(WireError {
+                    code: ErrorCode::READ_ONLY.0,
+                    errno: libc::EROFS,
+                    message: format!("snapshot {snap} is read-only"),
+                })
+            }
+            None => Target::Branch(self.branch_of(s, branch)?),
+        };
+        if read_only {
+            return self.with_store(|st| read_op(&target.tree(st), op).map_err(core));
+        }
+        self.mutate(s.pid, |st| write_op(&target.tree(st), op))
+    }
+
+    fn watch_register(&self, s: &Session, reg: WatchRegistration) -> Result<Response, WireError> {
+        let api = reg.api();
+        let pid_or = |p: u32| if p == 0 { s.pid } else { p };
+        let spec = match reg {
+            WatchRegistration::FsEvents {
+                pid,
+                stream_id,
+                path_prefixes,
+                flags,
+                latency: _,
+                visible_root,
+                branch,
+            } => {
+                let branch = self.branch_of(s, branch)?;
+                // Prefixes that exist are watched at their canonical path
+                // (where the core reports events); others as given.
+                let prefixes: Vec<String> = self.with_store(|st| {
+                    let t = st.branch(&branch);
+                    t.lstat("").map_err(core)?;
+                    Ok(path_prefixes
+                        .iter()
+                        .map(|p| {
+                            t.canonical(p.as_str(), true)
+                                .map_or_else(|_| p.clone(), |c| c.to_string())
+                        })
+                        .collect())
+                })?;
+                let template = WatchSpec {
+                    watch_id: 0,
+                    pid: pid_or(pid),
+                    instance: stream_id,
+                    handle: stream_id,
+                    branch: branch.as_str().into(),
+                    path: "".into(),
+                    visible_root: visible_root.as_str().into(),
+                    is_dir: true,
+                    flags: u64::from(flags),
+                };
+                self.watch
+                    .register_stream(s.conn, template, &prefixes)
+                    .map_err(plugin_err)?
+            }
+            WatchRegistration::Kqueue {
+                pid,
+                kqueue_id,
+                fd,
+                vnode_flags,
+                path,
+                branch,
+            } => {
+                let branch = self.branch_of(s, branch)?;
+                let (path, is_dir) = self.resolve_watched(&branch, &path, true)?;
+                let spec = WatchSpec {
+                    watch_id: 0,
+                    pid: pid_or(pid),
+                    instance: kqueue_id,
+                    handle: u64::from(fd as u32),
+                    branch: branch.as_str().into(),
+                    path: path.as_str().into(),
+                    visible_root: "".into(),
+                    is_dir,
+                    flags: u64::from(vnode_flags),
+                };
+                self.watch.register(s.conn, api, spec).map_err(plugin_err)?
+            }
+            WatchRegistration::Inotify {
+                pid,
+                instance,
+                wd,
+                path,
+                mask,
+                branch,
+            } => {
+                let branch = self.branch_of(s, branch)?;
+                let follow = mask & IN_DONT_FOLLOW == 0;
+                let (path, is_dir) = self.resolve_watched(&branch, &path, follow)?;
+                let spec = WatchSpec {
+                    watch_id: 0,
+                    pid: pid_or(pid),
+                    instance,
+                    handle: u64::from(wd as u32),
+                    branch: branch.as_str().into(),
+                    path: path.as_str().into(),
+                    visible_root: "".into(),
+                    is_dir,
+                    flags: u64::from(mask),
+                };
+                self.watch.register(s.conn, api, spec).map_err(plugin_err)?
+            }
+        };
+        Ok(Response::WatchRegistered {
+            watch_id: spec.watch_id,
+            handle: spec.handle,
+        })
+    }
+
+    /// The canonical path of an existing entry a watch names, and whether
+    /// it is a directory. A path hidden by a whiteout is `not-found`.
+    fn resolve_watched(
+        &self,
+        branch: &str,
+        path: &str,
+        follow: bool,
+    ) -> Result<(String, bool), WireError> {
+        self.with_store(|st| {
+            let t = st.branch(branch);
+            let canon = t.canonical(path, follow).map_err(core)?;
+            let kind = if follow {
+                t.stat(&canon).map_err(core)?.kind
+            } else {
+                t.lstat(&canon).map_err(core)?.kind
+            };
+            Ok((canon.to_string(), kind == FileKind::Dir))
+        })
+    }
+
+    fn doorbell(
+        &self,
+        s: &Session,
+        d: agentfs_proto::Doorbell,
+        fd: Option<OwnedFd>,
+    ) -> Result<Response, WireError> {
+        let fd = fd.ok_or_else(|| {
+            WireError::new(WireError::PROTOCOL, "a Doorbell request must carry an fd")
+        })?;
+        let target = doorbell::make(&d.kind, fd).map_err(plugin_err)?;
+        self.watch
+            .set_doorbell(s.conn, doorbell::api_of(&d.kind), d.instance, target);
+        Ok(Response::Done)
+    }
+
+    fn fd_open(&self, s: &Session, o: FdOpen) -> Result<(FdOpened, OwnedFd), WireError> {
+        let branch = self.branch_of(s, o.branch)?;
+        let opts = convert::open_options(o.flags, o.mode);
+        let opened = if opts.modifies() {
+            self.mutate(s.pid, |st| st.branch(&branch).open(o.path.as_str(), &opts))?
+        } else {
+            self.with_store(|st| {
+                st.branch(&branch)
+                    .open(o.path.as_str(), &opts)
+                    .map_err(core)
+            })?
+        };
+        let mut out = FdOpened {
+            copied_up: opened.copied_up,
+            reflinked: opened.reflinked,
+            created: opened.created,
+            record: 0,
+        };
+        if opts.modifies() {
+            let md = opened
+                .file
+                .metadata()
+                .map_err(|e| WireError::from_io("fstat", &e))?;
+            use std::os::unix::fs::MetadataExt;
+            let id = self.next_record.fetch_add(1, Ordering::Relaxed);
+            self.records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    id,
+                    FdRecord {
+                        conn: s.conn,
+                        pid: s.pid,
+                        branch,
+                        path: opened.path.to_string(),
+                        size: md.size(),
+                        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                        ino: md.ino(),
+                    },
+                );
+            out.record = id;
+        }
+        Ok((out, opened.file.into()))
+    }
+
+    fn fd_close(&self, s: &Session, record: u64) -> Result<(), WireError> {
+        let r = {
+            let mut recs = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            match recs.get(&record) {
+                Some(r) if r.conn == s.conn => recs.remove(&record),
+                _ => None,
+            }
+        };
+        let r = r.ok_or_else(|| {
+            plugin_err(PluginError::new(
+                ErrorCode::NOT_FOUND,
+                format!("fd record {record}: no such record on this connection"),
+            ))
+        })?;
+        self.close_record(&r)
+    }
+
+    /// Publishes `Modified` if the file of record `r` changed since it was
+    /// opened.
+    pub(super) fn close_record(&self, r: &FdRecord) -> Result<(), WireError> {
+        let now = self.with_store(|st| st.branch(&r.branch).stat(r.path.as_str()).map_err(core))?;
+        let mtime_ns = convert::time_ns(now.mtime);
+        if now.ino == r.ino && now.size == r.size && mtime_ns == r.mtime_ns {
+            return Ok(());
+        }
+        self.mutate(r.pid, |st| {
+            st.branch(&r.branch)
+                .report_modified(r.path.as_str(), Some(r.size))
+        })
+    }
+}
+
+enum Target {
+    Branch(String),
+    Snapshot(String),
+}
+
+impl Target {
+    fn tree<'s>(&self, st: &'s Store) -> Tree<'s> {
+        match self {
+            Target::Branch(b) => st.branch(b),
+            Target::Snapshot(s) => st.snapshot(s),
+        }
+    }
+}
+
+/// True for requests that only read metadata or open a file read-only
+/// (no copy-up, no data read): quick enough to answer without leaving the
+/// executor.
+pub fn is_quick_read(r: &Request) -> bool {
+    match r {
+        Request::Fs { op, .. } => is_read(op) && !matches!(op, FsOp::Read { .. }),
+        Request::FdOpen(o) => !crate::daemon::convert::open_options(o.flags, o.mode).modifies(),
+        _ => false,
+    }
+}
+
+/// True for the operations that change nothing (allowed on snapshots).
+fn is_read(op: &FsOp) -> bool {
+    matches!(
+        op,
+        FsOp::Stat { .. }
+            | FsOp::ReadDir { .. }
+            | FsOp::Read { .. }
+            | FsOp::Readlink { .. }
+            | FsOp::Canonical { .. }
+            | FsOp::GetXattr { .. }
+            | FsOp::ListXattr { .. }
+    )
+}
+
+fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
+    Ok(match op {
+        FsOp::Stat { path, follow } => FsReply::Stat(convert::stat_to_wire(&if follow {
+            t.stat(path.as_str())?
+        } else {
+            t.lstat(path.as_str())?
+        })),
+        FsOp::Canonical { path, follow } => {
+            FsReply::Target(t.canonical(path.as_str(), follow)?.to_string())
+        }
+        FsOp::GetXattr { path, name } => match t.get_xattr(path.as_str(), OsStr::new(&name))? {
+            Some(v) => FsReply::Data(v),
+            None => {
+                return Err(CoreError::NotFound(format!(
+                    "{path}: extended attribute {name}"
+                )))
+            }
+        },
+        FsOp::ListXattr { path } => FsReply::Names(
+            t.list_xattr(path.as_str())?
+                .into_iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+        ),
+        FsOp::ReadDir { path } => FsReply::Entries(
+            t.read_dir(path.as_str())?
+                .into_iter()
+                .map(convert::entry_to_wire)
+                .collect(),
+        ),
+        FsOp::Read { path, offset, len } => {
+            let f = t.open_read(path.as_str())?;
+            let want = len.min(MAX_READ) as usize;
+            let mut buf = vec![0u8; want];
+            let mut got = 0;
+            while got < want {
+                match f.read_at(&mut buf[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(CoreError::io(format!("read {path}"), e)),
+                }
+            }
+            buf.truncate(got);
+            FsReply::Data(buf)
+        }
+        FsOp::Readlink { path } => {
+            FsReply::Target(t.read_link(path.as_str())?.to_string_lossy().into_owned())
+        }
+        _ => unreachable!("only read operations come here"),
+    })
+}
+
+fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
+    Ok(match op {
+        FsOp::Write { path, offset, data } => {
+            t.write_at(path.as_str(), offset, &data)?;
+            FsReply::Written(data.len() as u64)
+        }
+        FsOp::WriteFile { path, data } => {
+            t.write_file(path.as_str(), &data)?;
+            FsReply::Written(data.len() as u64)
+        }
+        FsOp::Create {
+            path,
+            mode,
+            exclusive,
+        } => {
+            match t.create(path.as_str(), mode) {
+                Err(CoreError::AlreadyExists(_)) if !exclusive => {
+                    if t.stat(path.as_str())?.kind == FileKind::Dir {
+                        return Err(CoreError::IsDirectory(path));
+                    }
+                }
+                r => r?,
+            }
+            FsReply::Done
+        }
+        FsOp::Mkdir { path, mode } => {
+            t.mkdir(path.as_str(), mode)?;
+            FsReply::Done
+        }
+        FsOp::MkdirAll { path } => {
+            t.mkdir_all(path.as_str())?;
+            FsReply::Done
+        }
+        FsOp::Rmdir { path } => {
+            t.rmdir(path.as_str())?;
+            FsReply::Done
+        }
+        FsOp::Unlink { path } => {
+            t.unlink(path.as_str())?;
+            FsReply::Done
+        }
+        FsOp::RemoveAll { path } => {
+            t.remove_all(path.as_str())?;
+            FsReply::Done
+        }
+        FsOp::Rename { from, to } => {
+            t.rename(from.as_str(), to.as_str())?;
+            FsReply::Done
+        }
+        FsOp::Truncate { path, size } => {
+            t.truncate(path.as_str(), size)?;
+            FsReply::Done
+        }
+        FsOp::Symlink { target, path } => {
+            t.symlink(&target, path.as_str())?;
+            FsReply::Done
+        }
+        FsOp::Chmod { path, mode } => {
+            t.chmod(path.as_str(), mode)?;
+            FsReply::Done
+        }
+        FsOp::SetTimes {
+            path,
+            atime_ns,
+            mtime_ns,
+        } => {
+            t.set_times(
+                path.as_str(),
+                atime_ns.map(convert::time_from_ns),
+                mtime_ns.map(convert::time_from_ns),
+            )?;
+            FsReply::Done
+        }
+        FsOp::SetXattr { path, name, value } => {
+            t.set_xattr(path.as_str(), OsStr::new(&name), &value)?;
+            FsReply::Done
+        }
+        FsOp::RemoveXattr { path, name } => {
+            t.remove_xattr(path.as_str(), OsStr::new(&name))?;
+            FsReply::Done
+        }
+        FsOp::Stat { .. }
+        | FsOp::ReadDir { .. }
+        | FsOp::Read { .. }
+        | FsOp::Readlink { .. }
+        | FsOp::Canonical { .. }
+        | FsOp::GetXattr { .. }
+        | FsOp::ListXattr { .. } => return read_op(t, op),
+    })
+}

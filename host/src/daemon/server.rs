@@ -1,0 +1,148 @@
+//! The daemon's lifecycle: open the store and the watch providers, bind the
+//! socket, accept connections (one task each) until SIGTERM or SIGINT, then
+//! shut down cleanly: the socket is removed, connection tasks end, and the
+//! store and its backstore are dropped, so the backstore's RAII cleanup
+//! runs (a RAM volume is unmounted and deleted).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use futures_lite::future;
+use nix::sys::signal::{SigSet, Signal};
+use smol::{channel, Async, Executor};
+
+use super::{
+    connection,
+    socket_path::bind,
+    state::{Daemon, DaemonInfo},
+    watch_service::WatchService,
+    DaemonError,
+};
+use crate::{
+    core::{InitOptions, LockWait, Store},
+    Host,
+};
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Create the store if the backstore has none (with these settings);
+    /// without it, a missing store is an error.
+    pub init: Option<InitOptions>,
+    /// Wait for, or fail on, another process holding the store lock.
+    pub wait: LockWait,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `ready` is called with the
+/// socket path once clients can connect. Must be called before the
+/// process starts any thread (it blocks the two signals for every thread
+/// and waits for them on its own).
+pub fn serve(
+    host: &Host,
+    opts: ServeOptions,
+    ready: impl FnOnce(&Path),
+) -> Result<(), DaemonError> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| DaemonError::io("block SIGTERM and SIGINT", e.into()))?;
+
+    let backstore = host.backstore()?;
+    let store = match opts.init {
+        Some(init) if !Store::exists(&backstore)? => Store::init(backstore, init, opts.wait)?,
+        _ => Store::open(backstore, opts.wait)?,
+    };
+    let watch = WatchService::new(host.watch_providers()?).map_err(DaemonError::Watch)?;
+    let (listener, bound) = bind(&opts.socket)?;
+    let listener = Async::new(listener).map_err(|e| DaemonError::io("listen", e))?;
+    let daemon = Arc::new(Daemon::new(
+        store,
+        watch,
+        DaemonInfo {
+            config: host.config.source.to_string(),
+            socket: bound.path().to_path_buf(),
+        },
+    ));
+    for (api, name) in daemon.watch.apis() {
+        tracing::info!(api = api.name(), plugin = %name, "watch provider loaded");
+    }
+
+    let (stop_tx, stop_rx) = channel::bounded::<Signal>(1);
+    std::thread::Builder::new()
+        .name("agentfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                let _ = stop_tx.send_blocking(sig);
+            }
+        })
+        .map_err(|e| DaemonError::io("start the signal thread", e))?;
+
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let ex = Executor::new();
+    // Connection tasks answer quick reads in place, so one read waiting for
+    // the store must not hold every connection up: several executor threads.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let (run_tx, run_rx) = channel::bounded::<()>(1);
+    let sig = std::thread::scope(|scope| {
+        for i in 1..threads {
+            let (ex, run_rx) = (&ex, run_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("agentfs-serve-{i}"))
+                .spawn_scoped(scope, move || {
+                    let _ = smol::block_on(ex.run(run_rx.recv()));
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start an executor thread");
+            }
+        }
+        ready(bound.path());
+        let sig = accept_until_stopped(&ex, &listener, &stop_rx, &daemon, uid);
+        drop(run_tx); // the other executor threads return
+        sig
+    });
+    tracing::info!(signal = ?sig, "stopping");
+    // No new clients: the socket file goes. Connection tasks end with the
+    // executor. Requests still running finish; then the store and its
+    // backstore are dropped (RAII cleanup).
+    drop(listener);
+    drop(bound);
+    drop(ex);
+    drop(daemon.take_store());
+    Ok(())
+}
+
+/// Accepts connections, one task each, until a signal comes.
+fn accept_until_stopped(
+    ex: &Executor<'_>,
+    listener: &Async<std::os::unix::net::UnixListener>,
+    stop_rx: &channel::Receiver<Signal>,
+    daemon: &Arc<Daemon>,
+    uid: u32,
+) -> Option<Signal> {
+    smol::block_on(ex.run(async {
+        loop {
+            let next = future::or(async { Ok(listener.accept().await) }, async {
+                Err(stop_rx.recv().await)
+            })
+            .await;
+            match next {
+                Ok(Ok((stream, _))) => {
+                    ex.spawn(connection::run(daemon.clone(), stream, uid))
+                        .detach();
+                }
+                Ok(Err(e)) => {
+                    // EMFILE and the like: keep serving those connected.
+                    tracing::warn!(error = %e, "accept failed");
+                }
+                Err(sig) => break sig.ok(),
+            }
+        }
+    }))
+}

@@ -1,0 +1,188 @@
+//! The daemon's shared state: the store, the watch service, the client
+//! sessions and the records of files opened for writing through `fd_open`.
+//!
+//! Every mutation goes through [`Daemon::mutate`], which runs the store
+//! operation and then drains the core's event subscription while still
+//! holding the mutation lock: the events drained are exactly the ones that
+//! operation published, so each gets the pid of the client that asked
+//! (`CoreEvent.pid`, which the core leaves 0) before the watch service fans
+//! it out.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard, RwLock,
+    },
+};
+
+use agentfs_plugin_api::watch::CoreEvent;
+use agentfs_proto::WireError;
+
+use super::{convert::wire_error, watch_service::WatchService, ConnId};
+use crate::core::{CoreResult, Store, Subscription};
+
+/// What a client's connection is.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Connection id (also the `Welcome.session`).
+    pub conn: ConnId,
+    /// The client's pid (from the kernel where it tells, else its hello).
+    pub pid: u32,
+    /// The branch its hello named.
+    pub branch: Option<String>,
+    /// The protocol version agreed.
+    pub version: u32,
+}
+
+/// A file open for writing through `fd_open`: what it looked like then.
+#[derive(Debug, Clone)]
+pub struct FdRecord {
+    /// The connection that opened it.
+    pub conn: ConnId,
+    /// The pid that opened it.
+    pub pid: u32,
+    /// Its branch.
+    pub branch: String,
+    /// Its canonical path.
+    pub path: String,
+    /// Size, modification time (ns) and inode when opened.
+    pub size: u64,
+    /// Modification time, nanoseconds.
+    pub mtime_ns: i64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// Facts about this daemon for `status`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    /// Where the configuration came from.
+    pub config: String,
+    /// The socket path.
+    pub socket: PathBuf,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    store: RwLock<Option<Store>>,
+    events: Mutex<Subscription>,
+    /// The watch registry and fan-out.
+    pub watch: WatchService,
+    pub(super) records: Mutex<HashMap<u64, FdRecord>>,
+    pub(super) next_record: AtomicU64,
+    clients: AtomicU64,
+    next_conn: AtomicU64,
+    /// Facts for `status`.
+    pub info: DaemonInfo,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("socket", &self.info.socket)
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    /// The daemon over an open store and a watch service.
+    pub fn new(store: Store, watch: WatchService, info: DaemonInfo) -> Self {
+        let events = store.subscribe();
+        Self {
+            store: RwLock::new(Some(store)),
+            events: Mutex::new(events),
+            watch,
+            records: Mutex::new(HashMap::new()),
+            next_record: AtomicU64::new(1),
+            clients: AtomicU64::new(0),
+            next_conn: AtomicU64::new(1),
+            info,
+        }
+    }
+
+    /// Runs `f` on the store; an error once the daemon is shutting down.
+    pub fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        let g = self.store.read().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(s) => f(s),
+            None => Err(WireError::from_io(
+                "the daemon is shutting down",
+                &std::io::Error::from_raw_os_error(libc::ESHUTDOWN),
+            )),
+        }
+    }
+
+    /// Runs mutation `f` for the client with `pid`, then fans the events it
+    /// published out, stamped with that pid.
+    pub fn mutate<T>(
+        &self,
+        pid: u32,
+        f: impl FnOnce(&Store) -> CoreResult<T>,
+    ) -> Result<T, WireError> {
+        self.with_store(|store| {
+            let sub = lock(&self.events);
+            let r = f(store);
+            for e in sub.events.try_iter() {
+                let mut ev = CoreEvent::from(&e);
+                ev.pid = pid;
+                self.watch.dispatch(&ev);
+            }
+            r.map_err(|e| wire_error(&e))
+        })
+    }
+
+    /// A new connection id, counted as a client until [`Daemon::end_session`].
+    pub fn begin_session(&self) -> ConnId {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Releases everything a connection registered: its watches, doorbells
+    /// and subscriptions, and its fd records (publishing `Modified` for
+    /// files changed through them, as their writer is gone).
+    pub fn end_session(&self, s: &Session) {
+        self.watch.disconnect(s.conn);
+        let mine: Vec<FdRecord> = {
+            let mut recs = lock(&self.records);
+            let ids: Vec<u64> = recs
+                .iter()
+                .filter(|(_, r)| r.conn == s.conn)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| recs.remove(&id)).collect()
+        };
+        for r in mine {
+            if let Err(e) = self.close_record(&r) {
+                tracing::debug!(path = %r.path, error = %e, "fd record of a closed connection");
+            }
+        }
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> u64 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Open fd records.
+    pub fn open_fds(&self) -> u64 {
+        lock(&self.records).len() as u64
+    }
+
+    /// Takes the store out (waiting for requests in progress) so the caller
+    /// can drop it, which runs the backstore's cleanup. Later requests fail
+    /// with "shutting down".
+    pub fn take_store(&self) -> Option<Store> {
+        self.store.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
