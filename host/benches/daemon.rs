@@ -6,6 +6,8 @@
 //!   already in the branch, with its `FdClose`), compared with a plain
 //!   `open(2)` + `close(2)` of the same file, a bare socket round trip
 //!   between two processes, and the same core calls in process;
+//! - mutation -> watcher wake-up through the daemon (an inotify watch)
+//!   against the kernel's own inotify;
 //! - a burst of `Modified` events on one file (100,000 by default,
 //!   `AGENTFS_BENCH_BURST=N` to change) under one watcher per provider,
 //!   counting the deliveries each watcher gets (target: at most 2). The
@@ -328,5 +330,106 @@ fn burst(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, latency, burst);
+/// Mutation -> watcher wake-up: a client changes a file through the daemon
+/// while another client waits for the inotify record; against the kernel's
+/// own inotify waking a reader for a `pwrite` on a real file.
+fn wakeup(c: &mut Criterion) {
+    let s = setup();
+    let mut g = c.benchmark_group("daemon_wakeup");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut w = client(&s.daemon.socket, Some("b"));
+    w.request(Request::Fs {
+        branch: None,
+        snapshot: None,
+        op: FsOp::WriteFile {
+            path: "w.txt".into(),
+            data: b"w".to_vec(),
+        },
+    })
+    .unwrap();
+    w.request(Request::WatchRegister(WatchRegistration::Inotify {
+        pid: std::process::id(),
+        instance: 9,
+        wd: 1,
+        path: "w.txt".into(),
+        mask: ino::IN_MODIFY,
+        branch: None,
+    }))
+    .unwrap();
+    let watcher = std::thread::spawn(move || {
+        while let Ok(DaemonFrame::Events(del)) = w.next_push() {
+            w.ack(del.api, del.instance).unwrap();
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut m = client(&s.daemon.socket, Some("b"));
+    g.bench_function("through_the_daemon_inotify", |b| {
+        b.iter(|| {
+            m.request(Request::Fs {
+                branch: None,
+                snapshot: None,
+                op: FsOp::Write {
+                    path: "w.txt".into(),
+                    offset: 0,
+                    data: b"x".to_vec(),
+                },
+            })
+            .unwrap();
+            rx.recv().unwrap();
+        })
+    });
+    // The same mutation with no one watching the file: the difference is
+    // the delivery (queue, frame, the watcher's wake-up).
+    g.bench_function("fs_write_round_trip_unwatched", |b| {
+        b.iter(|| {
+            m.request(Request::Fs {
+                branch: None,
+                snapshot: None,
+                op: FsOp::Write {
+                    path: "d/f.txt".into(),
+                    offset: 0,
+                    data: b"x".to_vec(),
+                },
+            })
+            .unwrap()
+        })
+    });
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::{fd::AsRawFd, unix::fs::FileExt};
+        let file = s.base.join("kernel.txt");
+        fs::write(&file, b"k").unwrap();
+        // SAFETY: plain syscalls; the fd is closed when the thread ends.
+        let ifd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: a valid inotify fd and NUL-terminated path.
+        assert!(unsafe { libc::inotify_add_watch(ifd, path.as_ptr(), libc::IN_MODIFY) } > 0);
+        let (ktx, krx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a buffer of the size given.
+            while unsafe { libc::read(ifd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+                if ktx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let _ = f.as_raw_fd();
+        g.bench_function("kernel_inotify", |b| {
+            b.iter(|| {
+                f.write_all_at(b"x", 0).unwrap();
+                krx.recv().unwrap();
+            })
+        });
+    }
+    g.finish();
+    drop(m);
+    drop(s);
+    let _ = watcher.join();
+}
+
+criterion_group!(benches, latency, wakeup, burst);
 criterion_main!(benches);
