@@ -17,16 +17,7 @@ use proptest::{
     test_runner::{Config as PtConfig, TestCaseError, TestRunner},
 };
 
-use crate::{timed, Outcome, Report};
-
-type CheckFn = fn(&Ctx) -> Result<(), String>;
-
-/// A check: name, applicability (None = applies, Some(reason) = skipped), body.
-struct Check {
-    name: &'static str,
-    skip_unless: fn(&Ctx) -> Option<String>,
-    run: CheckFn,
-}
+use crate::{run_checks, skip_checks, timed, Check, Outcome, Report};
 
 struct Ctx {
     b: Backstore,
@@ -108,7 +99,7 @@ fn pe<T>(r: Result<T, PluginError>, what: &str) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-const CHECKS: &[Check] = &[
+const CHECKS: &[Check<Ctx>] = &[
     Check {
         name: "backstore.status",
         skip_unless: always,
@@ -206,13 +197,11 @@ pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchP
                 Ok(_) => Outcome::Failed(format!("a {platforms}-only plugin started on {here}")),
             },
         );
-        for c in CHECKS {
-            report.push(
-                c.name,
-                Outcome::Skipped(format!("plugin is for {platforms}, this is {here}")),
-                Default::default(),
-            );
-        }
+        skip_checks(
+            report,
+            CHECKS,
+            &format!("plugin is for {platforms}, this is {here}"),
+        );
         return;
     }
     let b = match built {
@@ -226,13 +215,7 @@ pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchP
                 Outcome::Failed(e.to_string()),
                 Default::default(),
             );
-            for c in CHECKS {
-                report.push(
-                    c.name,
-                    Outcome::Skipped("the backstore could not be constructed".into()),
-                    Default::default(),
-                );
-            }
+            skip_checks(report, CHECKS, "the backstore could not be constructed");
             return;
         }
     };
@@ -241,16 +224,7 @@ pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchP
         b,
         seq: AtomicU64::new(0),
     };
-    for c in CHECKS {
-        if let Some(why) = (c.skip_unless)(&ctx) {
-            report.push(c.name, Outcome::Skipped(why), Default::default());
-            continue;
-        }
-        timed(report, c.name, || match (c.run)(&ctx) {
-            Ok(()) => Outcome::Passed,
-            Err(e) => Outcome::Failed(e),
-        });
-    }
+    run_checks(report, CHECKS, &ctx);
 }
 
 fn status(c: &Ctx) -> Result<(), String> {

@@ -96,6 +96,39 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// A named check on a context `C`: whether it applies (`None`) or why it
+/// is skipped, and its body.
+pub(crate) struct Check<C> {
+    pub(crate) name: &'static str,
+    pub(crate) skip_unless: fn(&C) -> Option<String>,
+    pub(crate) run: fn(&C) -> Result<(), String>,
+}
+
+/// Runs every check on `ctx`, skipping those that do not apply.
+pub(crate) fn run_checks<C>(report: &mut Report, checks: &[Check<C>], ctx: &C) {
+    for c in checks {
+        if let Some(why) = (c.skip_unless)(ctx) {
+            report.push(c.name, Outcome::Skipped(why), Default::default());
+            continue;
+        }
+        timed(report, c.name, || match (c.run)(ctx) {
+            Ok(()) => Outcome::Passed,
+            Err(e) => Outcome::Failed(e),
+        });
+    }
+}
+
+/// Records every check as skipped for `why`.
+pub(crate) fn skip_checks<C>(report: &mut Report, checks: &[Check<C>], why: &str) {
+    for c in checks {
+        report.push(
+            c.name,
+            Outcome::Skipped(why.to_string()),
+            Default::default(),
+        );
+    }
+}
+
 /// Runs a check body, turning a panic in the check itself into a failure.
 pub(crate) fn timed(report: &mut Report, name: &str, f: impl FnOnce() -> Outcome) {
     let t = Instant::now();

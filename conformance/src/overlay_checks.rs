@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -23,16 +22,7 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes};
 
-use crate::{timed, Outcome, Report};
-
-type CheckFn = fn(&Ctx) -> Result<(), String>;
-
-/// A check: name, applicability (None = applies, Some(reason) = skipped), body.
-struct Check {
-    name: &'static str,
-    skip_unless: fn(&Ctx) -> Option<String>,
-    run: CheckFn,
-}
+use crate::{run_checks, skip_checks, Check, Outcome, Report};
 
 struct Ctx {
     store: Store,
@@ -163,7 +153,7 @@ fn expect_eq<T: PartialEq + std::fmt::Debug>(got: T, want: T, what: &str) -> Res
     }
 }
 
-const CHECKS: &[Check] = &[
+const CHECKS: &[Check<Ctx>] = &[
     Check {
         name: "overlay.copy_up_then_snapshot",
         skip_unless: always,
@@ -189,11 +179,7 @@ const CHECKS: &[Check] = &[
 /// Builds a second instance of the plugin, opens (or creates) its store,
 /// and runs the overlay checks.
 pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchPath) {
-    let skip_all = |report: &mut Report, why: String| {
-        for c in CHECKS {
-            report.push(c.name, Outcome::Skipped(why.clone()), Default::default());
-        }
-    };
+    let skip_all = |report: &mut Report, why: String| skip_checks(report, CHECKS, &why);
     let platforms = report
         .plugin
         .as_ref()
@@ -268,16 +254,7 @@ pub(crate) fn run_all(report: &mut Report, entry: &PluginEntry, search: &SearchP
         scratch,
         seq: AtomicU64::new(0),
     };
-    for c in CHECKS {
-        if let Some(why) = (c.skip_unless)(&ctx) {
-            report.push(c.name, Outcome::Skipped(why), Default::default());
-            continue;
-        }
-        timed(report, c.name, || match (c.run)(&ctx) {
-            Ok(()) => Outcome::Passed,
-            Err(e) => Outcome::Failed(e),
-        });
-    }
+    run_checks(report, CHECKS, &ctx);
     if created {
         if let Err(err) = ctx.store.destroy() {
             report.push(
@@ -448,73 +425,119 @@ fn event_sequence(c: &Ctx) -> Result<(), String> {
     })
 }
 
-/// Checks that `root` is on RAM: tmpfs/ramfs, or (Linux) a loop device
-/// whose backing file lives on tmpfs.
-fn ram_device(root: &Path, fs_type: &str) -> Result<(), String> {
-    if fs_type == "tmpfs" || fs_type == "ramfs" {
-        return Ok(());
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let dev = fs::metadata(root)
-            .map_err(|e| format!("stat {}: {e}", root.display()))?
-            .dev();
-        let (major, minor) = (dev_major(dev), dev_minor(dev));
-        let backing = format!("/sys/dev/block/{major}:{minor}/loop/backing_file");
-        if let Ok(file) = fs::read_to_string(&backing) {
-            let file = PathBuf::from(file.trim());
-            let on = mount_fs_type(&file)?;
-            if on == "tmpfs" || on == "ramfs" {
-                return Ok(());
-            }
-            return Err(format!(
-                "{} is a loop device over {} on {on}, which is not RAM",
-                root.display(),
-                file.display()
-            ));
+/// One line of `/proc/self/mountinfo`: where, what type, from what.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone)]
+struct Mount {
+    point: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+#[cfg(target_os = "linux")]
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
     }
-    if cfg!(target_os = "macos") {
-        // APFS RAM disks are hdiutil ram:// devices; the plugin's own
-        // conformance test checks the device. Here: same-device checks only.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(target_os = "linux")]
+fn mounts() -> Result<Vec<Mount>, String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("mountinfo: {e}"))?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let sep = parts.iter().position(|x| *x == "-")?;
+            Some(Mount {
+                point: PathBuf::from(unescape(parts.get(4)?)),
+                fstype: parts.get(sep + 1)?.to_string(),
+                source: unescape(parts.get(sep + 2)?),
+            })
+        })
+        .collect())
+}
+
+/// The mount holding canonical path `p` (the last, longest match wins, as
+/// later mounts cover earlier ones).
+#[cfg(target_os = "linux")]
+fn mount_of(all: &[Mount], p: &Path) -> Result<Mount, String> {
+    let mut best: Option<&Mount> = None;
+    for m in all {
+        if p.starts_with(&m.point)
+            && best.is_none_or(|b| m.point.as_os_str().len() >= b.point.as_os_str().len())
+        {
+            best = Some(m);
+        }
+    }
+    best.cloned()
+        .ok_or_else(|| format!("no mount holds {}", p.display()))
+}
+
+/// Checks that the filesystem holding `root` lives in RAM: tmpfs or ramfs,
+/// or a loop device whose backing file is on tmpfs or ramfs.
+#[cfg(target_os = "linux")]
+fn ram_device(root: &Path) -> Result<(), String> {
+    let all = mounts()?;
+    let canon = fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let m = mount_of(&all, &canon)?;
+    if m.fstype == "tmpfs" || m.fstype == "ramfs" {
         return Ok(());
     }
+    let dev = m.source.strip_prefix("/dev/").unwrap_or("");
+    if dev.starts_with("loop") {
+        let backing = format!("/sys/block/{dev}/loop/backing_file");
+        let file = fs::read_to_string(&backing).map_err(|e| format!("{backing}: {e}"))?;
+        let file = PathBuf::from(file.trim());
+        let on = mount_of(&all, &file)?;
+        if on.fstype == "tmpfs" || on.fstype == "ramfs" {
+            return Ok(());
+        }
+        return Err(format!(
+            "{} is {} on {}, a loop device over {} on {}, which is not RAM",
+            root.display(),
+            m.fstype,
+            m.source,
+            file.display(),
+            on.fstype
+        ));
+    }
     Err(format!(
-        "{} is on {fs_type}, which is neither tmpfs nor a loop device over tmpfs",
-        root.display()
+        "{} is {} on {}, neither tmpfs nor a loop device over tmpfs",
+        root.display(),
+        m.fstype,
+        m.source
     ))
 }
 
+/// Checks that nothing under canonical `root` is another filesystem: no
+/// mount point lies inside it.
 #[cfg(target_os = "linux")]
-fn dev_major(dev: u64) -> u64 {
-    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
-}
-
-#[cfg(target_os = "linux")]
-fn dev_minor(dev: u64) -> u64 {
-    ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
-}
-
-/// The filesystem type of the file `p` is on (via `/proc/self/mountinfo`'s
-/// longest matching mount point).
-#[cfg(target_os = "linux")]
-fn mount_fs_type(p: &Path) -> Result<String, String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mut best: Option<(usize, String)> = None;
-    for line in info.lines() {
-        let parts: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = parts.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (Some(mp), Some(fstype)) = (parts.get(4), parts.get(sep + 1)) else {
-            continue;
-        };
-        if p.starts_with(mp) && best.as_ref().is_none_or(|(l, _)| mp.len() > *l) {
-            best = Some((mp.len(), fstype.to_string()));
+fn no_mounts_inside(root: &Path) -> Result<(), String> {
+    for m in mounts()? {
+        if m.point != root && m.point.starts_with(root) {
+            return Err(format!(
+                "{} ({}) is mounted inside the RAM-backed root",
+                m.point.display(),
+                m.fstype
+            ));
         }
     }
-    best.map(|(_, t)| t)
-        .ok_or_else(|| format!("no mount holds {}", p.display()))
+    Ok(())
 }
 
 fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
@@ -523,11 +546,12 @@ fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
         .backstore()
         .status()
         .map_err(|err| format!("status: {err}"))?;
-    let root = path_from_bytes(&st.root).to_path_buf();
-    ram_device(&root, st.fs_type.as_str())?;
-    let root_dev = fs::metadata(&root)
-        .map_err(|err| format!("stat {}: {err}", root.display()))?
-        .dev();
+    let root = fs::canonicalize(path_from_bytes(&st.root)).map_err(|err| format!("root: {err}"))?;
+    #[cfg(target_os = "linux")]
+    {
+        ram_device(&root)?;
+        no_mounts_inside(&root)?;
+    }
     c.with_branch(|b, _| {
         let t = s.branch(b);
         e(t.write_at("dir/sub/c.txt", 0, b"ram"), "copy-up")?;
@@ -535,7 +559,8 @@ fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
         e(t.rename("dir", "moved"), "rename")?;
         e(s.create_snapshot(b, Some(&c.name())), "snapshot")?;
         e(t.write_file("after", b"a"), "write")?;
-        // Where did the core put things? The metadata and every layer.
+        // Where did the core put things? The metadata and every layer: all
+        // inside the root (which holds no other filesystem, see above).
         let meta = e(s.info(), "info")?.meta_dir;
         let mut places = vec![meta];
         for l in e(s.layers_in_use(), "layers")? {
@@ -547,31 +572,12 @@ fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
         }
         for p in places {
             let canon = fs::canonicalize(&p).map_err(|err| format!("{}: {err}", p.display()))?;
-            let dev = fs::metadata(&canon)
-                .map_err(|err| format!("stat {}: {err}", canon.display()))?
-                .dev();
-            if dev != root_dev
-                || !canon.starts_with(fs::canonicalize(&root).unwrap_or(root.clone()))
-            {
+            if !canon.starts_with(&root) {
                 return Err(format!(
                     "{} is outside the RAM-backed root {}",
                     canon.display(),
                     root.display()
                 ));
-            }
-            // Every file under it is on the same device.
-            let mut stack = vec![canon];
-            while let Some(d) = stack.pop() {
-                for ent in fs::read_dir(&d).map_err(|err| format!("{}: {err}", d.display()))? {
-                    let ent = ent.map_err(|err| err.to_string())?;
-                    let md = fs::symlink_metadata(ent.path()).map_err(|err| err.to_string())?;
-                    if md.dev() != root_dev {
-                        return Err(format!("{} is on another device", ent.path().display()));
-                    }
-                    if md.is_dir() {
-                        stack.push(ent.path());
-                    }
-                }
             }
         }
         Ok(())
@@ -586,17 +592,28 @@ mod tests {
     #[test]
     fn only_ram_counts_as_ram() {
         if let Some(fs) = mount_or_skip(FsKind::Tmpfs, 16, "only_ram_counts_as_ram") {
-            ram_device(fs.path(), "tmpfs").unwrap();
+            ram_device(fs.path()).unwrap();
+            no_mounts_inside(fs.path()).unwrap();
         }
         if let Some(fs) = mount_or_skip(FsKind::Ext4, 16, "only_ram_counts_as_ram") {
-            // A loop device, but over an image file on disk (or tmpfs, when
-            // AGENTFS_TESTFS_DIR points there).
-            let img_on_ram = std::env::var_os("AGENTFS_TESTFS_DIR")
-                .is_some_and(|d| mount_fs_type(Path::new(&d)).is_ok_and(|t| t == "tmpfs"));
-            let r = ram_device(fs.path(), "ext4");
-            assert_eq!(r.is_ok(), img_on_ram, "{r:?}");
+            // A loop device over an image file: on disk, unless
+            // AGENTFS_TESTFS_DIR puts the images on tmpfs.
+            let images = std::env::var_os("AGENTFS_TESTFS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let on_ram = mount_of(&mounts().unwrap(), &fs::canonicalize(images).unwrap())
+                .is_ok_and(|m| m.fstype == "tmpfs");
+            let r = ram_device(fs.path());
+            assert_eq!(r.is_ok(), on_ram, "{r:?}");
+            // The parent of a mount point has a mount inside it.
+            assert!(no_mounts_inside(fs.path().parent().unwrap()).is_err());
         }
-        let e = ram_device(Path::new("/"), "ext4");
-        assert!(e.is_err() || mount_fs_type(Path::new("/")).is_ok_and(|t| t == "tmpfs"));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/trail\\04"), "/trail\\04");
     }
 }

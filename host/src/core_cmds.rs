@@ -442,7 +442,7 @@ pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
                             agentfs_host::core::Origin::Base => "base".to_string(),
                         };
                         println!(
-                            "{} {:>10}  {:<10}  {name}{}",
+                            "{} {:>10}  {:<13}  {name}{}",
                             mode_string(st.kind, st.mode),
                             st.size,
                             origin,

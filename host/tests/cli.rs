@@ -6,72 +6,13 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    path::Path,
+    process::Stdio,
 };
 
 use common::*;
 
-struct Env {
-    _t: tempfile::TempDir,
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Env {
-    fn new() -> Self {
-        let t = tempfile::tempdir().unwrap();
-        let dir = t.path().to_path_buf();
-        let config = dir.join("agentfs.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
-                dir.join("store").display().to_string()
-            ),
-        )
-        .unwrap();
-        make_base(&dir.join("base"));
-        Self { _t: t, dir, config }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agentfs"));
-        c.env("AGENTFS_CONFIG", &self.config)
-            // Never a daemon the developer may be running: the store directly.
-            .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
-            .env_remove("AGENTFS_FAULT")
-            .env_remove("AGENTFS_LOG")
-            .current_dir(&self.dir);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "agentfs {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    /// Runs and requires failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(!o.status.success(), "agentfs {args:?} should have failed");
-        String::from_utf8(o.stderr).unwrap()
-    }
-
-    fn base(&self) -> PathBuf {
-        self.dir.join("base")
-    }
-}
+type Env = CliEnv;
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -261,7 +202,7 @@ fn a_held_store_is_busy_or_waited_for() {
     let e = Env::new();
     e.ok(&["init", "--base", "base"]);
     e.ok(&["branch", "create", "b"]);
-    let lock = hold_lock(&e.dir.join("store"));
+    let lock = hold_lock(&e.store_root());
     let o = e.run(&["--no-wait", "branch", "list"]);
     assert_eq!(o.status.code(), Some(75));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -333,15 +274,13 @@ fn concurrent_processes_are_serialised() {
     }
     let snaps = json(&e.ok(&["snapshot", "list", "--json"]));
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 2);
-    // The store is consistent: it opens and lists every layer it uses.
+    // The store is consistent: it opens and holds exactly its layers.
     let s = agentfs_host::core::Store::open(
-        hostfs(&e.dir.join("store")),
+        hostfs(&e.store_root()),
         agentfs_host::core::LockWait::Block,
     )
     .unwrap();
-    let mut present = s.backstore().list_layers().unwrap();
-    present.sort();
-    assert_eq!(present, s.layers_in_use().unwrap());
+    assert_no_orphan_layers(&s);
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn file_operations_publish_one_event_each() {
     s.create_branch("b", None, None).unwrap();
     let b = s.branch("b");
     type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, Vec<&'a str>);
-    let cases: Vec<Case<'_>> = vec![
+    let cases: Vec<Case> = vec![
         (
             "create",
             Box::new(|| b.create("new", 0o644).unwrap()),
@@ -188,7 +188,11 @@ fn events_carry_sizes_kinds_and_order() {
         ]
     );
     assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(ev.iter().all(|e| e.branch == "b"));
+    assert!(ev.iter().all(|e| e.branch == "b" && e.pid == 0));
+    let for_client = events_of(&s, || {
+        b.clone().on_behalf_of(4242).write_file("g", b"x").unwrap();
+    });
+    assert_eq!(CoreEvent::from(&for_client[0]).pid, 4242);
     let c = CoreEvent::from(&ev[1]);
     assert_eq!(
         (c.kind, c.size_before, c.size_after),
@@ -211,4 +215,23 @@ fn unsubscribed_and_other_subscribers() {
     s.branch("x").write_file("f", b"1").unwrap();
     assert_eq!(drain(&a), ["branch-created x", "created f"]);
     assert_eq!(drain(&b), ["branch-created x"]);
+}
+
+#[test]
+fn xattr_changes_are_attribute_events() {
+    let (_t, s) = setup();
+    s.create_branch("b", None, None).unwrap();
+    let b = s.branch("b");
+    let name = std::ffi::OsStr::new("user.agentfs.test");
+    let got = events_of(&s, || {
+        if let Err(e) = b.set_xattr("README.md", name, b"1") {
+            eprintln!("skipped: xattr events: {e}");
+            return;
+        }
+        b.remove_xattr("README.md", name).unwrap();
+    });
+    if !got.is_empty() {
+        let s: Vec<String> = got.iter().map(Event::summary).collect();
+        assert_eq!(s, ["attributes README.md", "attributes README.md"]);
+    }
 }

@@ -1,13 +1,14 @@
 //! Model-based test: random sequences of create, write, write-at,
-//! truncate, unlink, rename, mkdir, rmdir, snapshot, branch-from-snapshot,
-//! branch deletion and restart run against a plain in-memory model. After
+//! truncate, chmod, unlink, rename, mkdir, rmdir, snapshot,
+//! branch-from-snapshot, branch deletion and restart run against a plain
+//! in-memory model. After
 //! every step: every branch and every snapshot shows exactly what the model
 //! says (so snapshots are isolated), errors agree, and the base is byte for
 //! byte unchanged. At the end of each case, `diff` agrees with the model.
 //!
 //! Runs over the mock (soft reflink, and copy-only), hostfs on a temporary
-//! directory, and hostfs on a loop-mounted btrfs (so copy-up really
-//! reflinks). `PROPTEST_CASES` sets the number of cases per backstore
+//! directory, hostfs on a loop-mounted btrfs (so copy-up really reflinks),
+//! and the btrfs plugin there (layers are subvolumes, snapshots native). `PROPTEST_CASES` sets the number of cases per backstore
 //! (default 256).
 
 mod common;
@@ -31,8 +32,16 @@ type P = Vec<&'static str>;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Node {
-    File(Vec<u8>),
-    Dir,
+    /// Content and permission bits.
+    File(Vec<u8>, u32),
+    /// Permission bits.
+    Dir(u32),
+}
+
+impl Node {
+    fn is_dir(&self) -> bool {
+        matches!(self, Node::Dir(_))
+    }
 }
 
 type Tree = BTreeMap<P, Node>;
@@ -43,6 +52,7 @@ enum Op {
     Write(usize, P, Vec<u8>),
     WriteAt(usize, P, u64, Vec<u8>),
     Truncate(usize, P, u64),
+    Chmod(usize, P, u32),
     Unlink(usize, P),
     Rename(usize, P, P),
     Mkdir(usize, P),
@@ -94,6 +104,8 @@ fn op(persistent: bool) -> impl Strategy<Value = Op> {
         4 => (b.clone(), path(), data()).prop_map(|(b, p, d)| Op::Write(b, p, d)),
         3 => (b.clone(), path(), 0u64..16, data()).prop_map(|(b, p, o, d)| Op::WriteAt(b, p, o, d)),
         2 => (b.clone(), path(), 0u64..16).prop_map(|(b, p, l)| Op::Truncate(b, p, l)),
+        2 => (b.clone(), path(), prop_oneof![Just(0o700u32), Just(0o750), Just(0o755)])
+            .prop_map(|(b, p, m)| Op::Chmod(b, p, m)),
         3 => (b.clone(), path()).prop_map(|(b, p)| Op::Unlink(b, p)),
         4 => (b.clone(), path(), path()).prop_map(|(b, f, t)| Op::Rename(b, f, t)),
         3 => (b.clone(), path()).prop_map(|(b, p)| Op::Mkdir(b, p)),
@@ -109,9 +121,16 @@ fn base_tree() -> impl Strategy<Value = Tree> {
     proptest::collection::vec((path(), any::<bool>(), data()), 0..10).prop_map(|items| {
         let mut t = Tree::new();
         for (p, dir, d) in items {
-            let parent_ok = (1..p.len()).all(|i| t.get(&p[..i]) == Some(&Node::Dir));
+            let parent_ok = (1..p.len()).all(|i| t.get(&p[..i]).is_some_and(Node::is_dir));
             if parent_ok && !t.contains_key(&p) {
-                t.insert(p, if dir { Node::Dir } else { Node::File(d) });
+                t.insert(
+                    p,
+                    if dir {
+                        Node::Dir(0o755)
+                    } else {
+                        Node::File(d, 0o644)
+                    },
+                );
             }
         }
         t
@@ -124,12 +143,20 @@ fn s(p: &P) -> String {
 
 fn write_base(dir: &Path, t: &Tree) {
     std::fs::create_dir_all(dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
     for (p, n) in t {
         let fp = dir.join(s(p));
-        match n {
-            Node::Dir => std::fs::create_dir(&fp).unwrap(),
-            Node::File(d) => std::fs::write(&fp, d).unwrap(),
-        }
+        let mode = match n {
+            Node::Dir(m) => {
+                std::fs::create_dir(&fp).unwrap();
+                m
+            }
+            Node::File(d, m) => {
+                std::fs::write(&fp, d).unwrap();
+                m
+            }
+        };
+        std::fs::set_permissions(&fp, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
 }
 
@@ -139,8 +166,8 @@ fn parent_ok(t: &Tree, p: &P) -> Result<(), E> {
     for i in 1..p.len() {
         match t.get(&p[..i]) {
             None => return Err(E::NotFound),
-            Some(Node::File(_)) => return Err(E::NotDir),
-            Some(Node::Dir) => {}
+            Some(Node::File(..)) => return Err(E::NotDir),
+            Some(Node::Dir(_)) => {}
         }
     }
     Ok(())
@@ -157,14 +184,15 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             if t.contains_key(p) {
                 return Err(E::Exists);
             }
-            t.insert(p.clone(), Node::File(vec![]));
+            t.insert(p.clone(), Node::File(vec![], 0o644));
         }
         Op::Write(_, p, d) => {
             parent_ok(t, p)?;
-            match t.get(p) {
-                Some(Node::Dir) => return Err(E::IsDir),
-                _ => {
-                    t.insert(p.clone(), Node::File(d.clone()));
+            match t.get_mut(p) {
+                Some(Node::Dir(_)) => return Err(E::IsDir),
+                Some(Node::File(f, _)) => *f = d.clone(),
+                None => {
+                    t.insert(p.clone(), Node::File(d.clone(), 0o644));
                 }
             }
         }
@@ -172,9 +200,9 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             parent_ok(t, p)?;
             match t.get_mut(p) {
                 None => return Err(E::NotFound),
-                Some(Node::Dir) => return Err(E::IsDir),
-                Some(Node::File(_)) if d.is_empty() => {} // POSIX: writes nothing
-                Some(Node::File(f)) => {
+                Some(Node::Dir(_)) => return Err(E::IsDir),
+                Some(Node::File(..)) if d.is_empty() => {} // POSIX: writes nothing
+                Some(Node::File(f, _)) => {
                     let end = *off as usize + d.len();
                     if f.len() < end {
                         f.resize(end, 0);
@@ -187,16 +215,23 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             parent_ok(t, p)?;
             match t.get_mut(p) {
                 None => return Err(E::NotFound),
-                Some(Node::Dir) => return Err(E::IsDir),
-                Some(Node::File(f)) => f.resize(*len as usize, 0),
+                Some(Node::Dir(_)) => return Err(E::IsDir),
+                Some(Node::File(f, _)) => f.resize(*len as usize, 0),
+            }
+        }
+        Op::Chmod(_, p, mode) => {
+            parent_ok(t, p)?;
+            match t.get_mut(p) {
+                None => return Err(E::NotFound),
+                Some(Node::Dir(m)) | Some(Node::File(_, m)) => *m = *mode,
             }
         }
         Op::Unlink(_, p) => {
             parent_ok(t, p)?;
             match t.get(p) {
                 None => return Err(E::NotFound),
-                Some(Node::Dir) => return Err(E::IsDir),
-                Some(Node::File(_)) => {
+                Some(Node::Dir(_)) => return Err(E::IsDir),
+                Some(Node::File(..)) => {
                     t.remove(p);
                 }
             }
@@ -206,15 +241,15 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             if t.contains_key(p) {
                 return Err(E::Exists);
             }
-            t.insert(p.clone(), Node::Dir);
+            t.insert(p.clone(), Node::Dir(0o755));
         }
         Op::Rmdir(_, p) => {
             parent_ok(t, p)?;
             match t.get(p) {
                 None => return Err(E::NotFound),
-                Some(Node::File(_)) => return Err(E::NotDir),
-                Some(Node::Dir) if has_children(t, p) => return Err(E::NotEmpty),
-                Some(Node::Dir) => {
+                Some(Node::File(..)) => return Err(E::NotDir),
+                Some(Node::Dir(_)) if has_children(t, p) => return Err(E::NotEmpty),
+                Some(Node::Dir(_)) => {
                     t.remove(p);
                 }
             }
@@ -223,7 +258,7 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             parent_ok(t, from)?;
             let src_dir = match t.get(from) {
                 None => return Err(E::NotFound),
-                Some(n) => *n == Node::Dir,
+                Some(n) => n.is_dir(),
             };
             parent_ok(t, to)?;
             if from == to {
@@ -234,13 +269,13 @@ fn apply(t: &mut Tree, op: &Op) -> Result<(), E> {
             }
             match (src_dir, t.get(to)) {
                 (_, None) => {}
-                (true, Some(Node::Dir)) => {
+                (true, Some(Node::Dir(_))) => {
                     if has_children(t, to) {
                         return Err(E::NotEmpty);
                     }
                 }
                 (true, Some(_)) => return Err(E::NotDir),
-                (false, Some(Node::Dir)) => return Err(E::IsDir),
+                (false, Some(Node::Dir(_))) => return Err(E::IsDir),
                 (false, Some(_)) => {}
             }
             t.remove(to);
@@ -269,7 +304,7 @@ fn image(store: &Store, name: &str, snapshot: bool) -> Tree {
     };
     let img = image_tree(&t);
     let mut out = Tree::new();
-    for (k, (kind, _, data)) in img {
+    for (k, (kind, mode, data)) in img {
         let p: P = k
             .split('/')
             .map(|c| match c {
@@ -282,8 +317,8 @@ fn image(store: &Store, name: &str, snapshot: bool) -> Tree {
         out.insert(
             p,
             match kind {
-                'd' => Node::Dir,
-                '-' => Node::File(data),
+                'd' => Node::Dir(mode),
+                '-' => Node::File(data, mode),
                 other => panic!("unexpected kind {other}"),
             },
         );
@@ -298,6 +333,8 @@ fn model_diff(old: &Tree, new: &Tree) -> Vec<(String, ChangeType)> {
         match (old.get(k), new.get(k)) {
             (None, Some(_)) => out.push((s(k), ChangeType::Added)),
             (Some(_), None) => out.push((s(k), ChangeType::Deleted)),
+            // Directory modes are not part of a diff.
+            (Some(Node::Dir(_)), Some(Node::Dir(_))) => {}
             (Some(a), Some(b)) if a != b => out.push((s(k), ChangeType::Modified)),
             _ => {}
         }
@@ -364,24 +401,11 @@ fn run_case(
     }
     let s = c.store.as_ref().unwrap();
     for (b, t) in &c.model {
-        let got: Vec<(String, ChangeType)> = {
-            let mut v: Vec<_> = s
-                .diff(b, None)
-                .unwrap()
-                .into_iter()
-                .map(|e| (e.path.to_string(), e.change))
-                .collect();
-            v.sort();
-            v
-        };
+        let mut got = diff_of(s, b, None);
+        got.sort();
         prop_assert_eq!(got, model_diff(base_t, t), "diff of branch {} vs base", b);
         for (n, st) in &c.snaps {
-            let mut got: Vec<_> = s
-                .diff(b, Some(n))
-                .unwrap()
-                .into_iter()
-                .map(|e| (e.path.to_string(), e.change))
-                .collect();
+            let mut got = diff_of(s, b, Some(n));
             got.sort();
             prop_assert_eq!(got, model_diff(st, t), "diff of branch {} vs {}", b, n);
         }
@@ -444,6 +468,7 @@ fn step(
         | Op::Write(b, ..)
         | Op::WriteAt(b, ..)
         | Op::Truncate(b, ..)
+        | Op::Chmod(b, ..)
         | Op::Unlink(b, ..)
         | Op::Rename(b, ..)
         | Op::Mkdir(b, ..)
@@ -457,6 +482,7 @@ fn step(
         Op::Write(_, p, d) => t.write_file(s_(p).as_str(), d),
         Op::WriteAt(_, p, o, d) => t.write_at(s_(p).as_str(), *o, d),
         Op::Truncate(_, p, l) => t.truncate(s_(p).as_str(), *l),
+        Op::Chmod(_, p, m) => t.chmod(s_(p).as_str(), *m),
         Op::Unlink(_, p) => t.unlink(s_(p).as_str()),
         Op::Rename(_, f, to) => t.rename(s_(f).as_str(), s_(to).as_str()),
         Op::Mkdir(_, p) => t.mkdir(s_(p).as_str(), 0o755),
@@ -539,6 +565,28 @@ fn model_hostfs_on_btrfs() {
     let scratch: PathBuf = fs.path().to_path_buf();
     let (r, _) = check("hostfs on btrfs", &scratch, true, &|d: &Path| {
         hostfs(&d.join("store"))
+    });
+    assert!(r > 0, "reflink copy-up never ran on btrfs");
+}
+
+#[test]
+fn model_btrfs_native_snapshots() {
+    let Some(fs) = agentfs_testfs::mount_or_skip(
+        agentfs_testfs::FsKind::Btrfs,
+        256,
+        "model_btrfs_native_snapshots",
+    ) else {
+        return;
+    };
+    let scratch: PathBuf = fs.path().to_path_buf();
+    let (r, _) = check("btrfs plugin on btrfs", &scratch, true, &|d: &Path| {
+        let b = btrfs(&d.join("store"));
+        assert!(
+            b.capabilities()
+                .contains(agentfs_plugin_api::backstore::Capabilities::NATIVE_SNAPSHOTS),
+            "the btrfs plugin has no native snapshots on btrfs"
+        );
+        b
     });
     assert!(r > 0, "reflink copy-up never ran on btrfs");
 }

@@ -5,20 +5,37 @@ mod common;
 
 use std::{ffi::OsStr, fs, path::Path, time::SystemTime};
 
-use agentfs_host::core::{ChangeType, CoreError, FileKind, Origin, Store};
+use agentfs_host::core::{ChangeType, CoreError, FileKind, Origin, Store, WORK_DIR};
 use common::*;
 
 /// Runs `f` once per backstore flavour, each with a fresh store over a
 /// fresh copy of the sample base, then checks the base is untouched.
+/// The btrfs flavour runs the btrfs plugin (layers are subvolumes, native
+/// snapshots, reflink) on a loop-mounted btrfs holding base and store.
 fn each(f: impl Fn(&str, &Store, &Path)) {
-    for flavour in ["mock", "mock-copy", "hostfs"] {
-        let t = tempfile::tempdir().unwrap();
+    for flavour in ["mock", "mock-copy", "hostfs", "btrfs"] {
+        let mounted = match flavour {
+            "btrfs" => match agentfs_testfs::mount_or_skip(
+                agentfs_testfs::FsKind::Btrfs,
+                256,
+                "overlay tests on the btrfs plugin",
+            ) {
+                Some(fs) => Some(fs),
+                None => continue,
+            },
+            _ => None,
+        };
+        let t = match &mounted {
+            Some(fs) => tempfile::tempdir_in(fs.path()).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let base = t.path().join("base");
         make_base(&base);
         let before = image_dir(&base);
         let b = match flavour {
             "mock" => mock(),
             "mock-copy" => mock_copying(),
+            "btrfs" => btrfs(&t.path().join("store")),
             _ => hostfs(&t.path().join("store")),
         };
         let s = store(b, Some(&base));
@@ -406,6 +423,8 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
         t.unlink("README.md").unwrap();
         let snap = s.create_snapshot("main", Some("s1")).unwrap();
         assert_eq!(snap.name, "s1");
+        let frozen = s.backstore().layer_path(&snap.layer).unwrap();
+        assert!(!frozen.join(WORK_DIR).exists(), "{fl}: temporaries frozen");
         let at_snapshot = image_tree(&s.snapshot("s1"));
         t.write_file("a.txt", b"two").unwrap();
         t.write_file("README.md", b"back").unwrap();
@@ -499,12 +518,7 @@ fn diff_lists_added_modified_and_deleted() {
         t.remove_all("docs").unwrap();
         t.chmod("src/lib.rs", 0o600).unwrap();
         t.write_file("src/nested/deep.txt", b"deep\n").unwrap(); // same bytes
-        let d: Vec<(String, ChangeType)> = s
-            .diff("b", None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", None);
         use ChangeType::*;
         assert_eq!(
             d,
@@ -521,12 +535,7 @@ fn diff_lists_added_modified_and_deleted() {
         s.create_snapshot("b", Some("s")).unwrap();
         assert!(s.diff("b", Some("s")).unwrap().is_empty(), "{fl}");
         t.rename("new.txt", "newer.txt").unwrap();
-        let d: Vec<_> = s
-            .diff("b", Some("s"))
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", Some("s"));
         assert_eq!(
             d,
             vec![("new.txt".into(), Deleted), ("newer.txt".into(), Added)],
@@ -605,12 +614,7 @@ fn diff_sees_through_directories_recreated_over_whiteouts() {
         // but nothing of the base shows through it.
         t.mkdir("docs", 0o755).unwrap();
         assert!(t.read_dir("docs").unwrap().is_empty(), "{fl}");
-        let d: Vec<_> = s
-            .diff("b", None)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path.to_string(), e.change))
-            .collect();
+        let d = diff_of(s, "b", None);
         use ChangeType::*;
         assert_eq!(
             d,

@@ -33,13 +33,7 @@ fn a_restart_keeps_branches_snapshots_and_deletions() {
     };
     // Dropping the store dropped the plugin instance: a real restart.
     let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
-    let names: Vec<_> = s
-        .list_branches()
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
-    assert_eq!(names, ["fork", "main"]);
+    assert_eq!(branch_names(&s), ["fork", "main"]);
     assert_eq!(s.list_snapshots().unwrap()[0].name, "s1");
     assert_eq!(image_tree(&s.branch("main")), img_main);
     assert_eq!(image_tree(&s.snapshot("s1")), img_snap);
@@ -126,6 +120,7 @@ fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
         layer
     };
     let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    assert_no_orphan_layers(&s);
     let layers = s.backstore().list_layers().unwrap();
     assert!(!layers.contains(&"l999999".to_string()), "{layers:?}");
     assert!(layers.contains(&active));

@@ -325,6 +325,35 @@ mod tests {
         assert!(open_file_at(a.as_fd(), OsStr::new("f"), OFlags::RDONLY, 0).is_err());
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn openat2_is_used_and_refuses_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        symlink("/", t.path().join("a/root")).unwrap();
+        let root = open_root(t.path()).unwrap();
+        match linux::openat2_beneath(root.as_fd(), &comps(&["a", "b"])) {
+            None => eprintln!("skipped: openat2 is not available on this kernel"),
+            Some(r) => {
+                r.unwrap();
+                // Through a symlink: refused by RESOLVE_NO_SYMLINKS.
+                let e = linux::openat2_beneath(root.as_fd(), &comps(&["a", "root", "etc"]))
+                    .expect("available")
+                    .unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+                // A final symlink is opened as itself (O_PATH | O_NOFOLLOW),
+                // which O_DIRECTORY then refuses.
+                let e = linux::openat2_beneath(root.as_fd(), &comps(&["a", "root"]))
+                    .expect("available")
+                    .unwrap_err();
+                assert!(
+                    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+                    "{e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn listing_reports_names_and_kinds() {
         let t = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ use std::{collections::BTreeSet, ffi::OsString, os::fd::AsFd};
 use super::{
     copy_up::Writer,
     error::{CoreError, CoreResult},
+    layer_names::encode,
     metadata::FileKind,
     path::BranchPath,
     view::{DirFrame, LayerKind},
@@ -78,8 +79,21 @@ fn visit(
             let sub = view.frame_of(frame, &hit, &e.name)?;
             visit(w, &child, &sub, base)?;
         } else {
-            let r = view.existing(&child, false)?;
-            w.copy_up(&r)?;
+            // The new layer is invisible until the graph names it, so
+            // entries go straight to their place (no temporary + rename).
+            let stored = encode(&e.name)?;
+            match hit.st.kind {
+                FileKind::File => {
+                    let here_path = w.view.physical_path(0, path);
+                    w.clone_file(&hit, &child, here.as_fd(), &here_path, &stored)?
+                }
+                FileKind::Symlink => w.copy_symlink(&hit, here.as_fd(), &stored)?,
+                _ => {
+                    return Err(CoreError::Unsupported(format!(
+                        "{child}: copying a special file"
+                    )))
+                }
+            }
         }
     }
     // Last: while the new layer is being filled, the view used to copy

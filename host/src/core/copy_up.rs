@@ -296,18 +296,7 @@ impl<'a> Writer<'a> {
             match self.backstore.reflink(&src, &dst) {
                 Ok(()) => {
                     self.stats.reflinked.fetch_add(1, Ordering::Relaxed);
-                    let fix = (|| {
-                        let s =
-                            beneath::open_file_at(hit.dir.as_fd(), &hit.stored, OFlags::RDONLY, 0)?;
-                        let d = beneath::open_file_at(dir, name, OFlags::RDONLY, 0)?;
-                        xattrs::copy_all(s.as_fd(), d.as_fd());
-                        Ok::<_, io::Error>(())
-                    })();
-                    if let Err(e) = fix.map_err(|e| CoreError::io("copy xattrs", e)) {
-                        let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-                        return Err(e);
-                    }
-                    if let Err(e) = set_mode_and_times(dir, name, &hit.st) {
+                    if let Err(e) = self.after_reflink(hit, &src, dir, name) {
                         let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                         return Err(e);
                     }
@@ -330,6 +319,33 @@ impl<'a> Writer<'a> {
         r
     }
 
+    /// Makes a fresh clone carry the source's xattrs, mode and times
+    /// (plugins are asked for content only), touching only what differs.
+    fn after_reflink(
+        &self,
+        hit: &Hit,
+        src_path: &Path,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> CoreResult<()> {
+        let ctx = |e| CoreError::io(format!("copy-up {:?}", hit.stored), e);
+        // The clone was made from this path; one llistxattr on it says
+        // whether there is anything to copy (usually not).
+        if xattr::list(src_path).is_ok_and(|mut names| names.next().is_some()) {
+            let src = beneath::open_file_at(hit.dir.as_fd(), &hit.stored, OFlags::RDONLY, 0)
+                .map_err(ctx)?;
+            let dst = beneath::open_file_at(dir, name, OFlags::RDONLY, 0).map_err(ctx)?;
+            xattrs::copy_all(src.as_fd(), dst.as_fd());
+        }
+        let now = beneath::lstat_at(dir, name)
+            .map_err(ctx)?
+            .ok_or_else(|| CoreError::io("copy-up", io::ErrorKind::NotFound.into()))?;
+        if now.perm() != hit.st.perm() || now.mtime != hit.st.mtime || now.atime != hit.st.atime {
+            set_mode_and_times(dir, name, &hit.st)?;
+        }
+        Ok(())
+    }
+
     fn copy_file(&self, hit: &Hit, dir: BorrowedFd<'_>, name: &OsStr) -> CoreResult<()> {
         let ctx = |e| CoreError::io(format!("copy-up {:?}", hit.stored), e);
         let mut src =
@@ -348,7 +364,8 @@ impl<'a> Writer<'a> {
         set_mode_and_times(dir, name, &hit.st)
     }
 
-    fn copy_symlink(&self, hit: &Hit, dir: BorrowedFd<'_>, name: &OsStr) -> CoreResult<()> {
+    /// Re-creates symlink `hit` as `name` in `dir`.
+    pub fn copy_symlink(&self, hit: &Hit, dir: BorrowedFd<'_>, name: &OsStr) -> CoreResult<()> {
         let target = beneath::readlink_at(hit.dir.as_fd(), &hit.stored)
             .map_err(|e| CoreError::io("read symlink", e))?;
         rustix::fs::symlinkat(target.as_bytes(), dir, name)

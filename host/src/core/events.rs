@@ -43,6 +43,9 @@ pub enum EventKind {
 pub struct Event {
     /// Sequence number, increasing in publication order.
     pub seq: u64,
+    /// The process on whose behalf the change was made (see
+    /// [`crate::core::Tree::on_behalf_of`]), or 0 when unknown.
+    pub pid: u32,
     /// The branch it happened in.
     pub branch: String,
     /// What happened.
@@ -92,11 +95,12 @@ impl Change {
         self
     }
 
-    /// The event for this change in `branch` (sequence number 0 until
-    /// published).
-    pub fn into_event(self, branch: &str) -> Event {
+    /// The event for this change in `branch`, made for process `pid` (0:
+    /// unknown); sequence number 0 until published.
+    pub fn into_event(self, branch: &str, pid: u32) -> Event {
         Event {
             seq: 0,
+            pid,
             branch: branch.to_string(),
             kind: self.kind,
             path: self.path,
@@ -140,9 +144,7 @@ impl From<&Event> for CoreEvent {
         };
         CoreEvent {
             seq: e.seq,
-            // The core does not know which process asked; the daemon, which
-            // does, fills this in before handing events to providers.
-            pid: 0,
+            pid: e.pid,
             kind,
             branch: e.branch.as_str().into(),
             path: e.path.to_string().into(),
@@ -211,6 +213,7 @@ mod tests {
     fn ev(kind: EventKind, path: &str) -> Event {
         Event {
             seq: 0,
+            pid: 42,
             branch: "b".into(),
             kind,
             path: BranchPath::parse(path).unwrap(),
@@ -250,6 +253,7 @@ mod tests {
         assert_eq!(c.kind, AbiKind::RENAMED);
         assert_eq!((c.path.as_str(), c.to.as_str()), ("x", "d/y"));
         assert_eq!((c.seq, c.size_before, c.size_after), (7, 1, u64::MAX));
+        assert_eq!(c.pid, 42);
         let s = CoreEvent::from(&ev(
             EventKind::SnapshotCreated {
                 snapshot: "s1".into(),

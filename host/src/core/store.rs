@@ -351,6 +351,7 @@ impl Store {
 
     fn save(&self, st: &mut State, graph: Graph) -> CoreResult<()> {
         st.version = persist::save_graph(&self.meta, &graph)?;
+        st.layers.retain(|id, _| graph.layers.contains_key(id));
         st.graph = graph;
         Ok(())
     }
@@ -475,17 +476,37 @@ impl Store {
         }
     }
 
-    /// Removes unreferenced layers from `graph`, returning their ids.
-    fn collect_garbage(graph: &mut Graph) -> Vec<String> {
-        let dead = graph.unreferenced_layers();
-        for id in &dead {
-            graph.layers.remove(id);
-        }
-        dead
+    /// Changes the graph under the exclusive lock: `f` edits a copy of it,
+    /// recording in `created` every layer it makes; then layers nothing
+    /// uses any more are dropped from the graph, the graph is saved, and
+    /// only then are those layers deleted. If `f` or the save fails, the
+    /// graph on disk is unchanged and the layers `f` made are deleted.
+    fn edit_graph<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Graph, &mut Vec<String>) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let (v, dead) = self.with(LockMode::Exclusive, |st| {
+            let mut g = st.graph.clone();
+            let mut created = Vec::new();
+            let r = f(st, &mut g, &mut created).and_then(|v| {
+                let dead = g.unreferenced_layers();
+                for id in &dead {
+                    g.layers.remove(id);
+                }
+                self.save(st, g)?;
+                Ok((v, dead))
+            });
+            if r.is_err() {
+                self.delete_layers(&created);
+            }
+            r
+        })?;
+        self.delete_layers(&dead);
+        Ok(v)
     }
 
-    fn publish(&self, branch: &str, change: Change) {
-        self.events.publish(change.into_event(branch));
+    fn publish(&self, branch: &str, pid: u32, change: Change) {
+        self.events.publish(change.into_event(branch, pid));
     }
 
     // ----- branches -----
@@ -505,11 +526,7 @@ impl Store {
             ));
         }
         let base = base.map(|b| check_base(b, &self.backstore)).transpose()?;
-        let mut st = self.lock_state();
-        let info = {
-            let _g = self.lock.lock(LockMode::Exclusive)?;
-            self.refresh(&mut st)?;
-            let mut g = st.graph.clone();
+        let info = self.edit_graph(|_, g, created| {
             if g.branches.contains_key(name) {
                 return Err(CoreError::AlreadyExists(format!("branch {name}")));
             }
@@ -519,38 +536,35 @@ impl Store {
                         .snapshots
                         .get(s)
                         .ok_or_else(|| CoreError::NotFound(format!("snapshot {s}")))?;
-                    let base = g.layers[&snap.layer].base.clone();
-                    (Some(snap.layer.clone()), base)
+                    (Some(snap.layer.clone()), g.layers[&snap.layer].base.clone())
                 }
                 None => (None, base.or_else(|| g.default_base.clone())),
             };
-            let (id, _) = self.create_layer(&mut g)?;
-            let created = now_secs();
+            let (id, _) = self.create_layer(g)?;
+            created.push(id.clone());
+            let now = now_secs();
             g.layers.insert(
                 id.clone(),
                 LayerRecord {
                     parent,
                     base,
                     state: LayerState::Active,
-                    created,
+                    created: now,
                 },
             );
             g.branches.insert(
                 name.to_string(),
                 BranchRecord {
-                    layer: id.clone(),
-                    created,
+                    layer: id,
+                    created: now,
                     from_snapshot: from.map(str::to_string),
                 },
             );
-            if let Err(e) = self.save(&mut st, g) {
-                self.delete_layers(&[id]);
-                return Err(e);
-            }
-            branch_info(&st.graph, name)
-        };
+            Ok(branch_info(g, name))
+        })?;
         self.publish(
             name,
+            0,
             Change::new(EventKind::BranchCreated, BranchPath::root(), true),
         );
         Ok(info)
@@ -567,29 +581,19 @@ impl Store {
     /// Every branch, by name.
     pub fn list_branches(&self) -> CoreResult<Vec<BranchInfo>> {
         self.with(LockMode::Shared, |st| {
-            Ok(st
-                .graph
-                .branches
-                .keys()
-                .map(|n| branch_info(&st.graph, n))
-                .collect())
+            let g = &st.graph;
+            Ok(g.branches.keys().map(|n| branch_info(g, n)).collect())
         })
     }
 
     /// Deletes branch `name` and every layer only it used.
     pub fn delete_branch(&self, name: &str) -> CoreResult<()> {
-        let dead = self.with(LockMode::Exclusive, |st| {
-            let mut g = st.graph.clone();
+        self.edit_graph(|_, g, _| {
             g.branches
                 .remove(name)
-                .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))?;
-            let dead = Self::collect_garbage(&mut g);
-            self.save(st, g)?;
-            st.layers.retain(|id, _| !dead.contains(id));
-            Ok(dead)
-        })?;
-        self.delete_layers(&dead);
-        Ok(())
+                .map(drop)
+                .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))
+        })
     }
 
     // ----- snapshots -----
@@ -600,8 +604,7 @@ impl Store {
     /// and the branch gets a fresh active layer on top. When the branch's
     /// chain then exceeds the compaction threshold, it is compacted.
     pub fn create_snapshot(&self, branch: &str, name: Option<&str>) -> CoreResult<SnapshotInfo> {
-        let info = self.with(LockMode::Exclusive, |st| {
-            let mut g = st.graph.clone();
+        let info = self.edit_graph(|st, g, created| {
             let b = g
                 .branches
                 .get(branch)
@@ -621,13 +624,22 @@ impl Store {
                     .expect("an unused name exists"),
             };
             let active = g.layers[&b.layer].clone();
-            let created = now_secs();
-            let mut new_layers = Vec::new();
-            let native = if self.caps.contains(Capabilities::NATIVE_SNAPSHOTS) {
+            // The layer is about to be frozen: no temporaries go with it.
+            let work = self
+                .layer_dir(st, &b.layer, LayerKind::Active)?
+                .root_path
+                .join(WORK_DIR);
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(CoreError::io(format!("clean {}", work.display()), err)),
+            }
+            let now = now_secs();
+            let native = self.caps.contains(Capabilities::NATIVE_SNAPSHOTS) && {
                 let id = g.alloc_layer_id();
                 match self.backstore.snapshot_layer(&b.layer, &id, true) {
                     Ok(_) => {
-                        new_layers.push(id.clone());
+                        created.push(id.clone());
                         fault::point("snapshot-after-layer-create");
                         g.layers.insert(
                             id.clone(),
@@ -635,7 +647,7 @@ impl Store {
                                 parent: active.parent.clone(),
                                 base: active.base.clone(),
                                 state: LayerState::Committed,
-                                created,
+                                created: now,
                             },
                         );
                         g.snapshots.insert(
@@ -643,7 +655,7 @@ impl Store {
                             SnapshotRecord {
                                 layer: id,
                                 branch: branch.to_string(),
-                                created,
+                                created: now,
                                 native: true,
                             },
                         );
@@ -660,12 +672,10 @@ impl Store {
                         ))
                     }
                 }
-            } else {
-                false
             };
             if !native {
-                let (id, _) = self.create_layer(&mut g)?;
-                new_layers.push(id.clone());
+                let (id, _) = self.create_layer(g)?;
+                created.push(id.clone());
                 fault::point("snapshot-after-layer-create");
                 g.layers.get_mut(&b.layer).expect("active layer").state = LayerState::Committed;
                 g.layers.insert(
@@ -674,7 +684,7 @@ impl Store {
                         parent: Some(b.layer.clone()),
                         base: active.base.clone(),
                         state: LayerState::Active,
-                        created,
+                        created: now,
                     },
                 );
                 g.branches.get_mut(branch).expect("branch").layer = id;
@@ -683,30 +693,22 @@ impl Store {
                     SnapshotRecord {
                         layer: b.layer.clone(),
                         branch: branch.to_string(),
-                        created,
+                        created: now,
                         native: false,
                     },
                 );
             }
             let active_now = g.branches[branch].layer.clone();
             if g.committed_depth(&active_now) > g.compact_threshold as usize {
-                match self.compact_in(st, &mut g, branch) {
-                    Ok(Some(id)) => new_layers.push(id),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.delete_layers(&new_layers);
-                        return Err(e);
-                    }
+                if let Some(id) = self.compact_in(st, g, branch)? {
+                    created.push(id);
                 }
             }
-            if let Err(e) = self.save(st, g) {
-                self.delete_layers(&new_layers);
-                return Err(e);
-            }
-            Ok(snapshot_info(&st.graph, &name))
+            Ok(snapshot_info(g, &name))
         })?;
         self.publish(
             branch,
+            0,
             Change::new(
                 EventKind::SnapshotCreated {
                     snapshot: info.name.clone(),
@@ -721,25 +723,19 @@ impl Store {
     /// Every snapshot, by name.
     pub fn list_snapshots(&self) -> CoreResult<Vec<SnapshotInfo>> {
         self.with(LockMode::Shared, |st| {
-            Ok(st
-                .graph
-                .snapshots
-                .keys()
-                .map(|n| snapshot_info(&st.graph, n))
-                .collect())
+            let g = &st.graph;
+            Ok(g.snapshots.keys().map(|n| snapshot_info(g, n)).collect())
         })
     }
 
     /// Deletes snapshot `name`; `Busy` (changing nothing) while a branch or
     /// another snapshot is built on it.
     pub fn delete_snapshot(&self, name: &str) -> CoreResult<()> {
-        let dead = self.with(LockMode::Exclusive, |st| {
-            let mut g = st.graph.clone();
+        self.edit_graph(|_, g, _| {
             let snap = g
                 .snapshots
                 .get(name)
-                .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?
-                .clone();
+                .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?;
             let deps = g.dependents(&snap.layer, Some(name));
             if !deps.is_empty() {
                 return Err(CoreError::Busy {
@@ -748,40 +744,22 @@ impl Store {
                 });
             }
             g.snapshots.remove(name);
-            let dead = Self::collect_garbage(&mut g);
-            self.save(st, g)?;
-            st.layers.retain(|id, _| !dead.contains(id));
-            Ok(dead)
-        })?;
-        self.delete_layers(&dead);
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Compacts the committed layers under branch `name` into one; returns
     /// false when there was nothing to compact (at most one layer).
     pub fn compact_branch(&self, name: &str) -> CoreResult<bool> {
-        let dead = self.with(LockMode::Exclusive, |st| {
-            let mut g = st.graph.clone();
+        self.edit_graph(|st, g, created| {
             if !g.branches.contains_key(name) {
                 return Err(CoreError::NotFound(format!("branch {name}")));
             }
-            let Some(id) = self.compact_in(st, &mut g, name)? else {
-                return Ok(None);
-            };
-            let dead = Self::collect_garbage(&mut g);
-            if let Err(e) = self.save(st, g) {
-                self.delete_layers(&[id]);
-                return Err(e);
-            }
-            Ok(Some(dead))
-        })?;
-        match dead {
-            None => Ok(false),
-            Some(dead) => {
-                self.delete_layers(&dead);
-                Ok(true)
-            }
-        }
+            let id = self.compact_in(st, g, name)?;
+            let done = id.is_some();
+            created.extend(id);
+            Ok(done)
+        })
     }
 
     /// Builds the compacted layer for `branch` and re-parents its active
@@ -847,6 +825,7 @@ impl Store {
         Tree {
             store: self,
             target: Target::Branch(name.to_string()),
+            pid: 0,
         }
     }
 
@@ -855,6 +834,7 @@ impl Store {
         Tree {
             store: self,
             target: Target::Snapshot(name.to_string()),
+            pid: 0,
         }
     }
 
@@ -990,9 +970,18 @@ enum Target {
 pub struct Tree<'s> {
     store: &'s Store,
     target: Target,
+    pid: u32,
 }
 
 impl Tree<'_> {
+    /// The same tree, with its changes' events attributed to process `pid`
+    /// (a daemon acting for a client passes the client's pid; the default
+    /// is 0, unknown).
+    pub fn on_behalf_of(mut self, pid: u32) -> Self {
+        self.pid = pid;
+        self
+    }
+
     /// The branch or snapshot name.
     pub fn name(&self) -> &str {
         match &self.target {
@@ -1032,7 +1021,7 @@ impl Tree<'_> {
             )?;
             let (v, change) = f(&w)?;
             if let Some(c) = change {
-                self.store.publish(branch, c);
+                self.store.publish(branch, self.pid, c);
             }
             Ok(v)
         })

@@ -30,7 +30,7 @@ use super::{
     layer_names::encode,
     metadata::FileKind,
     path::{BranchPath, PATH_MAX},
-    view::{regular_file, xattr_err, Resolved},
+    view::{regular_file, xattr_err, Hit, Resolved},
     xattrs,
 };
 
@@ -90,13 +90,21 @@ impl Writer<'_> {
         if r.hit.is_some() {
             return Err(CoreError::AlreadyExists(r.path.to_string()));
         }
-        self.new_file(&r, b"", mode)?;
+        self.place_new_file(&r, b"", mode, None)?;
         Ok(Change::new(EventKind::Created, r.path, false).sizes(None, Some(0)))
     }
 
-    /// Builds a new file with `data` in the work directory and renames it
-    /// to the free name `r`.
-    fn new_file(&self, r: &Resolved, data: &[u8], mode: u32) -> CoreResult<()> {
+    /// Builds a file holding `data` with permission bits `mode` (and the
+    /// xattrs of `like`, if given) in the work directory, and renames it to
+    /// `r`'s name in the active layer (replacing what the active layer has
+    /// there, and removing a stale whiteout).
+    fn place_new_file(
+        &self,
+        r: &Resolved,
+        data: &[u8],
+        mode: u32,
+        like: Option<&Hit>,
+    ) -> CoreResult<()> {
         let parent = self.active_dir(&r.path.parent().expect("not the root"))?;
         let stored = encode(r.name())?;
         let work = self.work()?;
@@ -109,12 +117,16 @@ impl Writer<'_> {
                 0o600,
             )?;
             f.write_all(data)?;
+            if let Some(h) = like {
+                let src = beneath::open_file_at(h.dir.as_fd(), &h.stored, OFlags::RDONLY, 0)?;
+                xattrs::copy_all(src.as_fd(), f.as_fd());
+            }
             rustix::fs::fchmod(f.as_fd(), Mode::from_raw_mode((mode & 0o7777) as _))?;
             Ok::<_, std::io::Error>(())
         })();
         if let Err(e) = built {
             self.discard(&tmp);
-            return Err(self.io(&r.path, "create")(e));
+            return Err(self.io(&r.path, "write")(e));
         }
         self.place(work.as_fd(), &tmp, parent.as_fd(), &stored)?;
         self.remove_whiteout(parent.as_fd(), r.name())
@@ -126,7 +138,7 @@ impl Writer<'_> {
         let r = self.view.resolve(path, true)?;
         not_root(&r, "write")?;
         let Some(hit) = &r.hit else {
-            self.new_file(&r, data, mode)?;
+            self.place_new_file(&r, data, mode, None)?;
             return Ok(
                 Change::new(EventKind::Created, r.path, false).sizes(None, Some(data.len() as u64))
             );
@@ -144,28 +156,7 @@ impl Writer<'_> {
         } else {
             // No need to copy content that is replaced: build the new file
             // with the old one's mode and xattrs, and rename it over.
-            let parent = self.active_dir(&r.path.parent().expect("not the root"))?;
-            let stored = encode(r.name())?;
-            let work = self.work()?;
-            let tmp = temp_name();
-            let built = (|| {
-                let mut f = beneath::open_file_at(
-                    work.as_fd(),
-                    &tmp,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
-                    0o600,
-                )?;
-                f.write_all(data)?;
-                let src = beneath::open_file_at(hit.dir.as_fd(), &hit.stored, OFlags::RDONLY, 0)?;
-                xattrs::copy_all(src.as_fd(), f.as_fd());
-                rustix::fs::fchmod(f.as_fd(), Mode::from_raw_mode(hit.st.perm() as _))?;
-                Ok::<_, std::io::Error>(())
-            })();
-            if let Err(e) = built {
-                self.discard(&tmp);
-                return Err(self.io(&r.path, "write")(e));
-            }
-            self.place(work.as_fd(), &tmp, parent.as_fd(), &stored)?;
+            self.place_new_file(&r, data, hit.st.perm(), Some(hit))?;
         }
         Ok(Change::new(EventKind::Modified, r.path, false)
             .sizes(Some(before), Some(data.len() as u64)))
@@ -516,6 +507,7 @@ impl Writer<'_> {
                 RenameFlags::EXCHANGE,
             ) {
                 Ok(()) => self.trash(m_dir.as_fd(), &m_name)?,
+                // No exchange on this filesystem: move the old one out first.
                 Err(
                     rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP,
                 ) => {

@@ -14,7 +14,7 @@ use std::{
 
 use agentfs_host::{
     config::PluginEntry,
-    core::{FileKind, LockWait, Store, Tree},
+    core::{ChangeType, FileKind, LockWait, Store, Tree},
     plugins::{library_file_name, load_backstore, Backstore, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;
@@ -82,6 +82,12 @@ pub fn hostfs(root: &Path) -> Backstore {
         "hostfs",
         &format!("root = {:?}", root.display().to_string()),
     )
+}
+
+/// A btrfs-plugin backstore rooted at `root` (native snapshots and reflink
+/// when `root` is on btrfs).
+pub fn btrfs(root: &Path) -> Backstore {
+    load("btrfs", &format!("root = {:?}", root.display().to_string()))
 }
 
 /// A fresh mock (RAM) backstore.
@@ -196,4 +202,109 @@ pub fn image_tree(t: &Tree<'_>) -> TreeImage {
 /// Drains a subscription's queued events into their one-line summaries.
 pub fn drain(sub: &agentfs_host::core::Subscription) -> Vec<String> {
     sub.events.try_iter().map(|e| e.summary()).collect()
+}
+
+/// `diff` as (path, change) pairs.
+pub fn diff_of(s: &Store, branch: &str, from: Option<&str>) -> Vec<(String, ChangeType)> {
+    s.diff(branch, from)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path.to_string(), e.change))
+        .collect()
+}
+
+/// The names of the store's branches.
+pub fn branch_names(s: &Store) -> Vec<String> {
+    s.list_branches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect()
+}
+
+/// Asserts that the backstore holds exactly the layers the graph names.
+pub fn assert_no_orphan_layers(s: &Store) {
+    let mut present = s.backstore().list_layers().unwrap();
+    present.sort();
+    assert_eq!(
+        present,
+        s.layers_in_use().unwrap(),
+        "orphan or missing layers"
+    );
+}
+
+/// A temporary directory with the sample base and a config file pointing
+/// hostfs at `<dir>/store`, for running the `agentfs` binary.
+pub struct CliEnv {
+    _t: tempfile::TempDir,
+    /// The directory (the processes' working directory).
+    pub dir: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl CliEnv {
+    /// A fresh environment.
+    pub fn new() -> Self {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        let config = dir.join("agentfs.toml");
+        fs::write(
+            &config,
+            format!(
+                "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
+                dir.join("store").display().to_string()
+            ),
+        )
+        .unwrap();
+        make_base(&dir.join("base"));
+        Self { _t: t, dir, config }
+    }
+
+    /// An `agentfs` command in this environment.
+    pub fn cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentfs"));
+        c.env("AGENTFS_CONFIG", &self.config)
+            // Never a daemon the developer may be running: the store directly.
+            .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
+            .env_remove("AGENTFS_BACKSTORE")
+            .env_remove("AGENTFS_BACKSTORE_OPTIONS")
+            .env_remove("AGENTFS_FAULT")
+            .env_remove("AGENTFS_LOG")
+            .current_dir(&self.dir);
+        c
+    }
+
+    /// Runs `agentfs args`.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "agentfs {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs and requires failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "agentfs {args:?} should have failed");
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    /// The base directory.
+    pub fn base(&self) -> PathBuf {
+        self.dir.join("base")
+    }
+
+    /// The hostfs root.
+    pub fn store_root(&self) -> PathBuf {
+        self.dir.join("store")
+    }
 }

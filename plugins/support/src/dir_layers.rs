@@ -34,11 +34,27 @@ pub fn validate_layer_id(id: &str) -> PluginResult<()> {
 /// `$XDG_DATA_HOME/agentfs/<name>`, else `~/.local/share/agentfs/<name>`,
 /// else `agentfs/<name>` in the temp directory.
 pub fn default_root(name: &str) -> PathBuf {
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(std::env::temp_dir);
-    data.join("agentfs").join(name)
+    default_root_from(
+        std::env::var_os("XDG_DATA_HOME"),
+        std::env::var_os("HOME"),
+        name,
+    )
+}
+
+/// [`default_root`] with the environment passed in. Per the XDG spec an
+/// unset, empty or relative `XDG_DATA_HOME` is ignored (and so is such a HOME).
+pub fn default_root_from(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    name: &str,
+) -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    xdg_data_home
+        .and_then(absolute)
+        .or_else(|| home.and_then(absolute).map(|h| h.join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agentfs")
+        .join(name)
 }
 
 /// Directory-per-layer store rooted at one directory.
@@ -253,6 +269,22 @@ fn make_writable(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_root_ignores_empty_or_relative_xdg_data_home() {
+        let h = || Some("/home/u".into());
+        assert_eq!(
+            default_root_from(Some("/x".into()), h(), "hostfs"),
+            Path::new("/x/agentfs/hostfs")
+        );
+        for bad in ["", "rel/dir"] {
+            assert_eq!(
+                default_root_from(Some(bad.into()), h(), "hostfs"),
+                Path::new("/home/u/.local/share/agentfs/hostfs")
+            );
+        }
+        assert!(default_root_from(None, Some("".into()), "m").is_absolute());
+    }
 
     #[test]
     fn hostile_ids_are_rejected() {
