@@ -191,7 +191,7 @@ fn burst_size() -> u64 {
         .unwrap_or(100_000)
 }
 
-/// Registers one watch per provider on `path`; returns the watcher keys.
+/// Registers one watch per provider on `path`.
 fn watch_all(w: &mut Client, path: &str) {
     let pid = std::process::id();
     for r in [

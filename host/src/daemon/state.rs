@@ -5,8 +5,9 @@
 //! operation and then drains the core's event subscription while still
 //! holding the mutation lock: the events drained are exactly the ones that
 //! operation published, so each gets the pid of the client that asked
-//! (`CoreEvent.pid`, which the core leaves 0) before the watch service fans
-//! it out.
+//! (`CoreEvent.pid`) before the watch service fans it out. This covers
+//! every event a request causes, branch and snapshot events included (the
+//! core's `Tree::on_behalf_of` covers file operations only).
 
 use std::{
     collections::HashMap,

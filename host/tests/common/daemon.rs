@@ -20,7 +20,12 @@ pub fn agentfs_bin() -> &'static str {
 /// An `agentfs` command for `config` and `socket`, with a clean
 /// environment (no AGENTFS_* leaking in from the developer's shell).
 pub fn agentfs_cmd(config: &Path, socket: &Path) -> Command {
-    let mut c = Command::new(agentfs_bin());
+    agentfs_cmd_of(Path::new(agentfs_bin()), config, socket)
+}
+
+/// [`agentfs_cmd`] running the binary at `bin` (e.g. a copy).
+pub fn agentfs_cmd_of(bin: &Path, config: &Path, socket: &Path) -> Command {
+    let mut c = Command::new(bin);
     c.env("AGENTFS_CONFIG", config)
         .env("AGENTFS_SOCKET", socket)
         .env_remove("AGENTFS_BACKSTORE")

@@ -28,9 +28,9 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The built library of backstore plugin `name`.
-pub fn plugin_lib(name: &str) -> PathBuf {
-    let p = target_dir().join(library_file_name(PluginKind::BACKSTORE, name));
+/// The built library of the plugin of `kind` named `name`.
+fn built_lib(kind: PluginKind, name: &str) -> PathBuf {
+    let p = target_dir().join(library_file_name(kind, name));
     assert!(
         p.is_file(),
         "{} is missing: run `cargo build --workspace` before the tests",
@@ -39,15 +39,14 @@ pub fn plugin_lib(name: &str) -> PathBuf {
     p
 }
 
+/// The built library of backstore plugin `name`.
+pub fn plugin_lib(name: &str) -> PathBuf {
+    built_lib(PluginKind::BACKSTORE, name)
+}
+
 /// The built library of watch-provider plugin `name`.
 pub fn watch_lib(name: &str) -> PathBuf {
-    let p = target_dir().join(library_file_name(PluginKind::WATCH_PROVIDER, name));
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        p.display()
-    );
-    p
+    built_lib(PluginKind::WATCH_PROVIDER, name)
 }
 
 /// Loads the three watch-provider plugins from the target dir.
@@ -267,6 +266,8 @@ impl CliEnv {
         c.env("AGENTFS_CONFIG", &self.config)
             // Never a daemon the developer may be running: the store directly.
             .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
+            .env_remove("AGENTFS_BACKSTORE")
+            .env_remove("AGENTFS_BACKSTORE_OPTIONS")
             .env_remove("AGENTFS_FAULT")
             .env_remove("AGENTFS_LOG")
             .current_dir(&self.dir);

@@ -247,6 +247,22 @@ impl Drop for TestFs {
     }
 }
 
+/// `Command::output`, retrying while exec fails with `ETXTBSY`: a freshly
+/// copied executable can still be open for writing in a child that another
+/// test thread forked during the copy (it closes on that child's exec).
+/// This is the kernel race Go's os/exec also retries; it is bounded.
+pub fn output_retrying_etxtbsy(c: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match c.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.expect("spawn child"),
+        }
+    }
+    panic!("spawn child: the copied executable stayed busy (ETXTBSY)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

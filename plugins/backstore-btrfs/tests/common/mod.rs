@@ -129,20 +129,10 @@ pub fn run_ok(mut c: Command) -> String {
     so
 }
 
-/// `Command::output`, retrying while exec fails with ETXTBSY: the freshly
-/// copied test binary can still be open for writing in a child that another
-/// test thread forked during the copy (it closes on that child's exec).
-/// This is the kernel race Go's os/exec also retries; it is bounded.
+/// `Command::output`, retrying while exec fails with ETXTBSY (see
+/// [`agentfs_testfs::output_retrying_etxtbsy`]).
 fn spawn_retrying_etxtbsy(c: &mut Command) -> std::process::Output {
-    for _ in 0..100 {
-        match c.output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => return r.expect("spawn child"),
-        }
-    }
-    panic!("spawn child: the copied test binary stayed busy (ETXTBSY)")
+    agentfs_testfs::output_retrying_etxtbsy(c)
 }
 
 /// Whether this process runs as root (needed for mounts and other users).
