@@ -133,11 +133,7 @@ pub(crate) fn skip_checks<C>(report: &mut Report, checks: &[Check<C>], why: &str
 pub(crate) fn timed(report: &mut Report, name: &str, f: impl FnOnce() -> Outcome) {
     let t = Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = agentfs_plugin_api::guard::panic_message(p.as_ref());
         Outcome::Failed(format!("check panicked: {msg}"))
     });
     report.push(name, outcome, t.elapsed());

@@ -2,17 +2,16 @@
 //! plugin with one clear line, without aborting. Plugins come from the
 //! target dir (`cargo build --workspace` first).
 
+mod common;
+
 use std::{path::PathBuf, process::Command};
+
+use common::target_dir;
 
 use agentfs_host::{
     config::{Config, ConfigSource, PluginEntry},
     plugins::{load_backstore, load_watch_provider, LoadError, SearchPath},
 };
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
 
 fn lib(name: &str) -> PathBuf {
     let p = target_dir().join(format!(

@@ -18,11 +18,7 @@ pub fn guard<T>(f: impl FnOnce() -> PluginResult<T>) -> RResult<T, PluginError> 
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(e),
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string());
+            let what = panic_message(payload.as_ref());
             RResult::RErr(PluginError::new(
                 ErrorCode::PANICKED,
                 format!("plugin panicked: {what}"),
@@ -39,12 +35,7 @@ pub fn install_plugin_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let what = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = panic_message(info.payload());
             let at = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -52,6 +43,15 @@ pub fn install_plugin_panic_hook() {
             eprintln!("agentfs plugin: panic at {at}: {what} (caught at the ABI boundary)");
         }));
     });
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
 }
 
 /// OS path bytes for the ABI.
