@@ -12,13 +12,13 @@ use agentfs_conformance::{
 };
 use agentfs_host::{
     config::PluginEntry,
-    plugins::{load_watch_provider, SearchPath, WatchProvider},
+    loader::{load_watch_provider, LoadedWatchProvider, SearchPath},
 };
 use agentfs_plugin_api::watch::{CoreEvent, NativeRecord, WatchApi, WatchSpec};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::time::Duration;
 
-fn providers() -> Vec<(&'static str, WatchApi, WatchProvider)> {
+fn providers() -> Vec<(&'static str, WatchApi, LoadedWatchProvider)> {
     let search = SearchPath(vec![target_dir()]);
     [
         ("kqueue", WatchApi::KQUEUE),
@@ -35,11 +35,11 @@ fn providers() -> Vec<(&'static str, WatchApi, WatchProvider)> {
     .collect()
 }
 
-fn register(p: &WatchProvider, existing: &[WatchSpec], spec: WatchSpec) -> WatchSpec {
+fn register(p: &LoadedWatchProvider, existing: &[WatchSpec], spec: WatchSpec) -> WatchSpec {
     p.register(existing, spec).unwrap()
 }
 
-fn synth(p: &WatchProvider, ws: &[WatchSpec], e: &CoreEvent) -> Vec<NativeRecord> {
+fn synth(p: &LoadedWatchProvider, ws: &[WatchSpec], e: &CoreEvent) -> Vec<NativeRecord> {
     p.synthesize(ws, e).unwrap()
 }
 

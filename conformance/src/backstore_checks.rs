@@ -8,7 +8,7 @@ use std::{
 
 use agentfs_host::{
     config::PluginEntry,
-    plugins::{load_backstore, Backstore, LoadError, SearchPath},
+    loader::{load_backstore, LoadError, LoadedBackstore, SearchPath},
 };
 use agentfs_plugin_api::{backstore::Capabilities, ErrorCode, PluginError, PluginResult};
 use proptest::{
@@ -20,7 +20,7 @@ use proptest::{
 use crate::{run_checks, skip_checks, timed, Check, Outcome, Report};
 
 struct Ctx {
-    b: Backstore,
+    b: LoadedBackstore,
     caps: Capabilities,
     seq: AtomicU64,
 }

@@ -17,7 +17,7 @@ use std::{
 
 use agentfs_host::{
     config::PluginEntry,
-    plugins::{self, SearchPath},
+    loader::{self, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;
 
@@ -158,8 +158,8 @@ pub fn run(target: &Target) -> Report {
         }
     };
     // Which kind is it? Resolve and inspect first.
-    let path = match plugins::resolve(&entry, PluginKind::BACKSTORE, &target.search)
-        .or_else(|_| plugins::resolve(&entry, PluginKind::WATCH_PROVIDER, &target.search))
+    let path = match loader::resolve(&entry, PluginKind::BACKSTORE, &target.search)
+        .or_else(|_| loader::resolve(&entry, PluginKind::WATCH_PROVIDER, &target.search))
     {
         Ok(p) => p,
         Err(e) => {
@@ -171,7 +171,7 @@ pub fn run(target: &Target) -> Report {
             return report;
         }
     };
-    let details = match plugins::inspect(&path) {
+    let details = match loader::inspect(&path) {
         Ok(d) => d,
         Err(e) => {
             report.push(
@@ -201,7 +201,7 @@ pub fn run(target: &Target) -> Report {
     report
 }
 
-fn info_sanity(d: &plugins::PluginDetails) -> Outcome {
+fn info_sanity(d: &loader::PluginDetails) -> Outcome {
     if d.name.is_empty() || d.name.contains(['/', ' ']) {
         return Outcome::Failed(format!("name {:?} must be a non-empty plain word", d.name));
     }

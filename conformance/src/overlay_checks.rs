@@ -18,7 +18,7 @@ use std::{
 use agentfs_host::{
     config::PluginEntry,
     core::{InitOptions, LockWait, Store},
-    plugins::{load_backstore, SearchPath},
+    loader::{load_backstore, SearchPath},
 };
 use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes};
 

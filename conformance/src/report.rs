@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agentfs_host::plugins::PluginDetails;
+use agentfs_host::loader::PluginDetails;
 use serde::Serialize;
 
 /// How one check ended.

@@ -6,7 +6,7 @@
 
 use agentfs_host::{
     config::PluginEntry,
-    plugins::{load_watch_provider, SearchPath, WatchProvider},
+    loader::{load_watch_provider, LoadedWatchProvider, SearchPath},
 };
 use agentfs_plugin_api::{
     watch::{CoreEvent, EventKind, NativeRecord, WatchApi, WatchSpec},
@@ -30,7 +30,7 @@ use crate::{
 pub const BURST: u64 = 100_000;
 
 struct Ctx {
-    p: WatchProvider,
+    p: LoadedWatchProvider,
     api: WatchApi,
 }
 

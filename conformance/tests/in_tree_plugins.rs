@@ -62,7 +62,7 @@ fn overlay_checks_leave_an_existing_store_as_it_was() {
     std::fs::create_dir_all(&base).unwrap();
     std::fs::write(base.join("f"), b"f").unwrap();
     let load = || {
-        agentfs_host::plugins::load_backstore(
+        agentfs_host::loader::load_backstore(
             &agentfs_host::config::PluginEntry {
                 plugin: None,
                 path: Some(lib("agentfs_backstore_hostfs")),

@@ -5,7 +5,7 @@
 use std::{hint::black_box, path::PathBuf};
 
 use agentfs_backstore_mock::MockBackstore;
-use agentfs_host::{config::PluginEntry, plugins::load_backstore, plugins::SearchPath};
+use agentfs_host::{config::PluginEntry, loader::load_backstore, loader::SearchPath};
 use agentfs_plugin_api::backstore::BackstoreImpl;
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -22,7 +22,7 @@ use std::{
 use agentfs_host::{
     config::PluginEntry,
     core::{InitOptions, LockWait, Store},
-    plugins::{library_file_name, load_backstore, Backstore, SearchPath},
+    loader::{library_file_name, load_backstore, LoadedBackstore, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;
 use agentfs_testfs::{FsKind, TestFs};
@@ -42,7 +42,7 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn load(name: &str, options: &str) -> Backstore {
+fn load(name: &str, options: &str) -> LoadedBackstore {
     let entry = PluginEntry {
         plugin: Some(name.into()),
         path: None,
@@ -52,14 +52,14 @@ fn load(name: &str, options: &str) -> Backstore {
         .expect("plugin not built: run `cargo build --workspace --release` first")
 }
 
-fn hostfs(root: &Path) -> Backstore {
+fn hostfs(root: &Path) -> LoadedBackstore {
     load(
         "hostfs",
         &format!("root = {:?}", root.display().to_string()),
     )
 }
 
-fn store(b: Backstore) -> Store {
+fn store(b: LoadedBackstore) -> Store {
     Store::init(b, InitOptions::default(), LockWait::Block).unwrap()
 }
 

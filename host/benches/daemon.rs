@@ -68,8 +68,8 @@ fn setup() -> Setup {
 
 /// A store in this process over a fresh mock backstore, with branch `b`.
 fn local_store(base: &Path) -> agentfs_host::core::Store {
-    use agentfs_host::{config::PluginEntry, core, plugins};
-    let lib = Path::new(env!("CARGO_BIN_EXE_agentfs")).with_file_name(plugins::library_file_name(
+    use agentfs_host::{config::PluginEntry, core, loader};
+    let lib = Path::new(env!("CARGO_BIN_EXE_agentfs")).with_file_name(loader::library_file_name(
         agentfs_plugin_api::PluginKind::BACKSTORE,
         "mock",
     ));
@@ -78,7 +78,7 @@ fn local_store(base: &Path) -> agentfs_host::core::Store {
         path: Some(lib),
         options: toml::Table::new(),
     };
-    let b = plugins::load_backstore(&entry, &plugins::SearchPath::default()).unwrap();
+    let b = loader::load_backstore(&entry, &loader::SearchPath::default()).unwrap();
     let st = core::Store::init(
         b,
         core::InitOptions {

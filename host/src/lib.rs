@@ -5,13 +5,13 @@
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod plugins;
+pub mod loader;
 pub mod units;
 
 use std::path::PathBuf;
 
 use config::Config;
-use plugins::{Backstore, LoadError, SearchPath, WatchProvider};
+use loader::{LoadError, LoadedBackstore, LoadedWatchProvider, SearchPath};
 
 /// The host: a configuration and the plugin search path derived from it.
 #[derive(Debug, Clone)]
@@ -36,18 +36,18 @@ impl Host {
     }
 
     /// Loads and constructs the configured backstore.
-    pub fn backstore(&self) -> Result<Backstore, LoadError> {
-        plugins::load_backstore(&self.config.backstore, &self.search)
+    pub fn backstore(&self) -> Result<LoadedBackstore, LoadError> {
+        loader::load_backstore(&self.config.backstore, &self.search)
     }
 
     /// Loads and constructs every configured watch provider, in order.
     /// With the embedded default configuration (which lists all three),
     /// a provider whose library is not installed is skipped; a configured
     /// one that cannot be found is an error.
-    pub fn watch_providers(&self) -> Result<Vec<WatchProvider>, LoadError> {
+    pub fn watch_providers(&self) -> Result<Vec<LoadedWatchProvider>, LoadError> {
         let mut out = Vec::new();
         for w in &self.config.watch {
-            match plugins::load_watch_provider(w, &self.search) {
+            match loader::load_watch_provider(w, &self.search) {
                 Ok(p) => out.push(p),
                 Err(LoadError::NotFound { name, .. })
                     if self.config.source == config::ConfigSource::Embedded =>

@@ -11,7 +11,7 @@ use agentfs_host::{
     config::{BackstoreOverride, Config, EMBEDDED_DEFAULT},
     core::{InitOptions, LockWait},
     daemon::{self, ServeOptions},
-    plugins::{self, PluginDetails},
+    loader::{self, PluginDetails},
     units::human_bytes,
     Host,
 };
@@ -274,8 +274,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
     let mut found = Vec::new();
     let mut broken = Vec::new();
-    for path in plugins::scan_dirs(&h.search) {
-        match plugins::inspect(&path) {
+    for path in loader::scan_dirs(&h.search) {
+        match loader::inspect(&path) {
             Ok(d) => found.push(d),
             Err(e) => broken.push(e.to_string()),
         }
@@ -339,12 +339,12 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
     let path = if plugin.contains('/') || std::path::Path::new(plugin).is_file() {
         PathBuf::from(plugin)
     } else {
-        plugins::candidate_files(&h.search, PluginKind::BACKSTORE, plugin)
+        loader::candidate_files(&h.search, PluginKind::BACKSTORE, plugin)
             .into_iter()
             .next()
             .with_context(|| format!("plugin '{plugin}': not found in {}", search_list(h)))?
     };
-    let d: PluginDetails = plugins::inspect(&path)?;
+    let d: PluginDetails = loader::inspect(&path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {

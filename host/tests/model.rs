@@ -20,7 +20,7 @@ use std::{
 
 use agentfs_host::{
     core::{ChangeType, CoreError, InitOptions, LockWait, Store},
-    plugins::Backstore,
+    loader::LoadedBackstore,
 };
 use common::*;
 use proptest::{
@@ -345,7 +345,7 @@ fn model_diff(old: &Tree, new: &Tree) -> Vec<(String, ChangeType)> {
 
 /// A backstore factory: called for the first open and for every restart,
 /// with the case's directory.
-type Factory<'a> = &'a dyn Fn(&Path) -> Backstore;
+type Factory<'a> = &'a dyn Fn(&Path) -> LoadedBackstore;
 
 struct Case {
     store: Option<Store>,

@@ -10,7 +10,7 @@ use common::target_dir;
 
 use agentfs_host::{
     config::{Config, ConfigSource, PluginEntry},
-    plugins::{load_backstore, load_watch_provider, LoadError, SearchPath},
+    loader::{load_backstore, load_watch_provider, LoadError, SearchPath},
 };
 
 fn lib(name: &str) -> PathBuf {

@@ -40,7 +40,7 @@ use super::{
     view::{DirFrame, Hit, LayerDir, LayerKind, Resolved, View},
     xattrs,
 };
-use crate::plugins::Backstore;
+use crate::loader::LoadedBackstore;
 
 /// How copy-ups were done, for tests and benchmarks.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ pub(crate) fn timespec(t: (i64, i64)) -> Timespec {
 pub struct Writer<'a> {
     /// The merged view.
     pub view: &'a View,
-    backstore: &'a Backstore,
+    backstore: &'a LoadedBackstore,
     reflink: bool,
     stats: &'a CopyStats,
     work: OnceCell<Arc<OwnedFd>>,
@@ -92,7 +92,7 @@ impl<'a> Writer<'a> {
     /// A writer; fails on a read-only view (a snapshot).
     pub fn new(
         view: &'a View,
-        backstore: &'a Backstore,
+        backstore: &'a LoadedBackstore,
         reflink: bool,
         stats: &'a CopyStats,
     ) -> CoreResult<Self> {

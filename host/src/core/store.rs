@@ -42,7 +42,7 @@ use super::{
     persist::{self, LockMode, LockWait, StoreLock, Version},
     view::{LayerDir, LayerKind, View},
 };
-use crate::plugins::Backstore;
+use crate::loader::LoadedBackstore;
 
 /// Anything that can name a path in a branch.
 pub trait AsBranchPath {
@@ -144,7 +144,7 @@ struct State {
 
 /// An AgentFS store over one backstore.
 pub struct Store {
-    backstore: Backstore,
+    backstore: LoadedBackstore,
     meta: PathBuf,
     lock: StoreLock,
     state: Mutex<State>,
@@ -164,7 +164,7 @@ fn bs(context: impl Into<String>) -> impl FnOnce(agentfs_plugin_api::PluginError
     move |e| CoreError::backstore(c, e)
 }
 
-fn meta_dir(backstore: &Backstore) -> CoreResult<PathBuf> {
+fn meta_dir(backstore: &LoadedBackstore) -> CoreResult<PathBuf> {
     let meta = backstore.metadata_dir().map_err(bs("metadata directory"))?;
     std::fs::create_dir_all(&meta)
         .map_err(|e| CoreError::io(format!("create {}", meta.display()), e))?;
@@ -174,7 +174,7 @@ fn meta_dir(backstore: &Backstore) -> CoreResult<PathBuf> {
 impl Store {
     /// Creates a store in the backstore (or opens it, when one exists with
     /// the same settings).
-    pub fn init(backstore: Backstore, opts: InitOptions, wait: LockWait) -> CoreResult<Self> {
+    pub fn init(backstore: LoadedBackstore, opts: InitOptions, wait: LockWait) -> CoreResult<Self> {
         let meta = meta_dir(&backstore)?;
         let lock = StoreLock::open(&meta, wait)?;
         let base = opts
@@ -218,7 +218,7 @@ impl Store {
 
     /// Opens the store in the backstore, finishing or undoing whatever a
     /// crashed process left half done.
-    pub fn open(backstore: Backstore, wait: LockWait) -> CoreResult<Self> {
+    pub fn open(backstore: LoadedBackstore, wait: LockWait) -> CoreResult<Self> {
         let meta = meta_dir(&backstore)?;
         let lock = StoreLock::open(&meta, wait)?;
         let caps = backstore.capabilities();
@@ -248,14 +248,14 @@ impl Store {
     }
 
     /// True when the backstore's metadata directory holds a store.
-    pub fn exists(backstore: &Backstore) -> CoreResult<bool> {
+    pub fn exists(backstore: &LoadedBackstore) -> CoreResult<bool> {
         let meta = meta_dir(backstore)?;
         Ok(persist::graph_version(&meta)?.is_some())
     }
 
     /// Removes the store's graph, leaving the backstore as before `init`.
     /// Refused (`Busy`) while any branch or snapshot exists.
-    pub fn destroy(self) -> CoreResult<Backstore> {
+    pub fn destroy(self) -> CoreResult<LoadedBackstore> {
         {
             let mut st = self.lock_state();
             let _g = self.lock.lock(LockMode::Exclusive)?;
@@ -276,12 +276,12 @@ impl Store {
     }
 
     /// The backstore under this store.
-    pub fn backstore(&self) -> &Backstore {
+    pub fn backstore(&self) -> &LoadedBackstore {
         &self.backstore
     }
 
     /// Consumes the store, giving back its backstore.
-    pub fn into_backstore(self) -> Backstore {
+    pub fn into_backstore(self) -> LoadedBackstore {
         self.backstore
     }
 
@@ -884,7 +884,7 @@ impl Store {
 }
 
 /// Checks and canonicalises a base directory.
-fn check_base(base: &Path, backstore: &Backstore) -> CoreResult<PathBuf> {
+fn check_base(base: &Path, backstore: &LoadedBackstore) -> CoreResult<PathBuf> {
     let canon = std::fs::canonicalize(base)
         .map_err(|e| CoreError::io(format!("base {}", base.display()), e))?;
     if !canon.is_dir() {
@@ -930,7 +930,7 @@ fn snapshot_info(g: &Graph, name: &str) -> SnapshotInfo {
 
 /// Finishes what a crashed process left: temporary graph files, work
 /// directories of active layers, and layers the graph does not name.
-fn recover(backstore: &Backstore, meta: &Path, graph: &Graph) {
+fn recover(backstore: &LoadedBackstore, meta: &Path, graph: &Graph) {
     persist::remove_stale_temps(meta);
     for b in graph.branches.values() {
         if let Ok(p) = backstore.layer_path(&b.layer) {

@@ -35,7 +35,7 @@ pub use socket_path::{default_socket_path, SOCKET_ENV};
 pub use state::{Daemon, Session};
 pub use watch_service::{ConnId, WatchService};
 
-use crate::{core::CoreError, plugins::LoadError};
+use crate::{core::CoreError, loader::LoadError};
 
 /// Why the daemon could not start (or stopped).
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,7 @@ use agentfs_plugin_support::watch_paths::{is_under, retarget};
 use agentfs_proto::{CoreEventBatch, WireCoreEvent};
 
 use super::doorbell::DoorbellTarget;
-use crate::plugins::WatchProvider;
+use crate::loader::LoadedWatchProvider;
 
 /// Identifies a client connection.
 pub type ConnId = u64;
@@ -99,7 +99,7 @@ pub struct Counts {
 /// A loaded provider and the API it speaks.
 struct Provider {
     api: WatchApi,
-    plugin: WatchProvider,
+    plugin: LoadedWatchProvider,
 }
 
 /// Who registered a watch.
@@ -214,7 +214,7 @@ fn no_such_watch(id: u64) -> PluginError {
 impl WatchService {
     /// A service over the loaded providers (one per API; a second provider
     /// for the same API is refused).
-    pub fn new(providers: Vec<WatchProvider>) -> PluginResult<Self> {
+    pub fn new(providers: Vec<LoadedWatchProvider>) -> PluginResult<Self> {
         let mut out: Vec<Provider> = Vec::new();
         for plugin in providers {
             let api = plugin.api()?;
@@ -246,7 +246,7 @@ impl WatchService {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn provider(&self, api: WatchApi) -> PluginResult<&WatchProvider> {
+    fn provider(&self, api: WatchApi) -> PluginResult<&LoadedWatchProvider> {
         self.providers
             .iter()
             .find(|p| p.api == api)
@@ -639,7 +639,7 @@ impl WatchService {
     }
 }
 
-fn coalesce(provider: &WatchProvider, records: Vec<NativeRecord>) -> Vec<NativeRecord> {
+fn coalesce(provider: &LoadedWatchProvider, records: Vec<NativeRecord>) -> Vec<NativeRecord> {
     if records.len() < 2 {
         return records;
     }

@@ -15,7 +15,7 @@ use std::{
 use agentfs_host::{
     config::PluginEntry,
     core::{ChangeType, FileKind, LockWait, Store, Tree},
-    plugins::{library_file_name, load_backstore, Backstore, SearchPath},
+    loader::{library_file_name, load_backstore, LoadedBackstore, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;
 
@@ -50,7 +50,7 @@ pub fn watch_lib(name: &str) -> PathBuf {
 }
 
 /// Loads the three watch-provider plugins from the target dir.
-pub fn watch_providers() -> Vec<agentfs_host::plugins::WatchProvider> {
+pub fn watch_providers() -> Vec<agentfs_host::loader::LoadedWatchProvider> {
     ["kqueue", "fsevents", "inotify"]
         .iter()
         .map(|n| {
@@ -59,14 +59,14 @@ pub fn watch_providers() -> Vec<agentfs_host::plugins::WatchProvider> {
                 path: Some(watch_lib(n)),
                 options: toml::Table::new(),
             };
-            agentfs_host::plugins::load_watch_provider(&entry, &SearchPath::default())
+            agentfs_host::loader::load_watch_provider(&entry, &SearchPath::default())
                 .expect("watch provider loads")
         })
         .collect()
 }
 
 /// Loads backstore plugin `name` from the target dir with TOML `options`.
-pub fn load(name: &str, options: &str) -> Backstore {
+pub fn load(name: &str, options: &str) -> LoadedBackstore {
     let entry = PluginEntry {
         plugin: None,
         path: Some(plugin_lib(name)),
@@ -76,7 +76,7 @@ pub fn load(name: &str, options: &str) -> Backstore {
 }
 
 /// A hostfs backstore rooted at `root`.
-pub fn hostfs(root: &Path) -> Backstore {
+pub fn hostfs(root: &Path) -> LoadedBackstore {
     load(
         "hostfs",
         &format!("root = {:?}", root.display().to_string()),
@@ -85,22 +85,22 @@ pub fn hostfs(root: &Path) -> Backstore {
 
 /// A btrfs-plugin backstore rooted at `root` (native snapshots and reflink
 /// when `root` is on btrfs).
-pub fn btrfs(root: &Path) -> Backstore {
+pub fn btrfs(root: &Path) -> LoadedBackstore {
     load("btrfs", &format!("root = {:?}", root.display().to_string()))
 }
 
 /// A fresh mock (RAM) backstore.
-pub fn mock() -> Backstore {
+pub fn mock() -> LoadedBackstore {
     load("mock", "")
 }
 
 /// A fresh mock backstore without reflink (exercises the copy fallback).
-pub fn mock_copying() -> Backstore {
+pub fn mock_copying() -> LoadedBackstore {
     load("mock", "reflink = false")
 }
 
 /// Initialises a store over `b` with default base `base`.
-pub fn store(b: Backstore, base: Option<&Path>) -> Store {
+pub fn store(b: LoadedBackstore, base: Option<&Path>) -> Store {
     Store::init(
         b,
         agentfs_host::core::InitOptions {

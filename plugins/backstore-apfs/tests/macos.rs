@@ -609,7 +609,7 @@ fn ramdisk_left_by_a_killed_process_is_cleaned_at_next_start() {
 fn plugin_loads_and_constructs_on_macos() {
     use agentfs_host::{
         config::PluginEntry,
-        plugins::{library_file_name, load_backstore, SearchPath},
+        loader::{library_file_name, load_backstore, SearchPath},
     };
     let dir = std::env::current_exe()
         .unwrap()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use agentfs_host::{
     config::PluginEntry,
-    plugins::{self, library_file_name, LoadError, SearchPath},
+    loader::{self, library_file_name, LoadError, SearchPath},
 };
 use agentfs_plugin_api::{ErrorCode, PluginKind};
 
@@ -29,7 +29,7 @@ fn plugin_file() -> PathBuf {
 
 #[test]
 fn plugin_loads_and_its_info_says_macos() {
-    let d = plugins::inspect(&plugin_file()).unwrap();
+    let d = loader::inspect(&plugin_file()).unwrap();
     assert_eq!(d.name, "apfs");
     assert_eq!(d.kind, "backstore");
     assert_eq!(d.platforms, "macos");
@@ -41,7 +41,7 @@ fn construction_fails_with_one_line_naming_the_platform() {
     let mut entry = PluginEntry::named("apfs");
     let ramdisk: toml::Table = toml::from_str("size_mb = 512").unwrap();
     entry.options.insert("ramdisk".into(), ramdisk.into());
-    let err = match plugins::load_backstore(&entry, &SearchPath(vec![target_dir()])) {
+    let err = match loader::load_backstore(&entry, &SearchPath(vec![target_dir()])) {
         Ok(_) => panic!(
             "the apfs backstore must not construct on {}",
             std::env::consts::OS
@@ -69,7 +69,7 @@ fn construction_fails_with_one_line_naming_the_platform() {
 #[test]
 fn plugins_list_shows_it_as_a_macos_plugin() {
     let so = plugin_file();
-    let found = plugins::scan_dirs(&SearchPath(vec![target_dir()]));
+    let found = loader::scan_dirs(&SearchPath(vec![target_dir()]));
     assert!(found.contains(&so), "{found:?}");
 
     let agentfs = target_dir().join("agentfs");

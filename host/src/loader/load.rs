@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     discovery::{candidate_files, library_file_name, SearchPath},
-    wrappers::{Backstore, WatchProvider},
+    handles::{LoadedBackstore, LoadedWatchProvider},
 };
 use crate::config::PluginEntry;
 
@@ -321,14 +321,17 @@ fn constructor_error(name: String, e: PluginError) -> LoadError {
 }
 
 /// Loads and constructs the backstore a config entry names.
-pub fn load_backstore(entry: &PluginEntry, search: &SearchPath) -> Result<Backstore, LoadError> {
+pub fn load_backstore(
+    entry: &PluginEntry,
+    search: &SearchPath,
+) -> Result<LoadedBackstore, LoadError> {
     let (name, path) = open_checked(entry, PluginKind::BACKSTORE, search)?;
     let module = backstore_module(&name, &path)?;
     let details = PluginDetails::from_info((module.info())(), &path);
     tracing::debug!(plugin = %details.name, path = %path.display(), "constructing backstore");
     let options = entry.options_toml();
     match (module.create())(options.as_str().into()).into_result() {
-        Ok(inner) => Ok(Backstore::new(details, inner)),
+        Ok(inner) => Ok(LoadedBackstore::new(details, inner)),
         Err(e) => Err(constructor_error(name, e)),
     }
 }
@@ -337,13 +340,13 @@ pub fn load_backstore(entry: &PluginEntry, search: &SearchPath) -> Result<Backst
 pub fn load_watch_provider(
     entry: &PluginEntry,
     search: &SearchPath,
-) -> Result<WatchProvider, LoadError> {
+) -> Result<LoadedWatchProvider, LoadError> {
     let (name, path) = open_checked(entry, PluginKind::WATCH_PROVIDER, search)?;
     let module = watch_module(&name, &path)?;
     let details = PluginDetails::from_info((module.info())(), &path);
     let options = entry.options_toml();
     match (module.create())(options.as_str().into()).into_result() {
-        Ok(inner) => Ok(WatchProvider::new(details, inner)),
+        Ok(inner) => Ok(LoadedWatchProvider::new(details, inner)),
         Err(e) => Err(constructor_error(name, e)),
     }
 }

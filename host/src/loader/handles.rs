@@ -10,7 +10,7 @@ use agentfs_plugin_api::{
     PluginResult,
 };
 
-use super::loader::PluginDetails;
+use super::load::PluginDetails;
 
 fn ok<T>(r: RResult<T, agentfs_plugin_api::PluginError>) -> PluginResult<T> {
     r.into_result()
@@ -24,20 +24,20 @@ fn pathbuf(
 
 /// A constructed backstore plugin. Dropping it drops the plugin's instance,
 /// which releases what it provisioned.
-pub struct Backstore {
+pub struct LoadedBackstore {
     details: PluginDetails,
     inner: BackstoreBox,
 }
 
-impl std::fmt::Debug for Backstore {
+impl std::fmt::Debug for LoadedBackstore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backstore")
+        f.debug_struct("LoadedBackstore")
             .field("plugin", &self.details.name)
             .finish()
     }
 }
 
-impl Backstore {
+impl LoadedBackstore {
     pub(crate) fn new(details: PluginDetails, inner: BackstoreBox) -> Self {
         Self { details, inner }
     }
@@ -90,20 +90,20 @@ impl Backstore {
 }
 
 /// A constructed watch-provider plugin.
-pub struct WatchProvider {
+pub struct LoadedWatchProvider {
     details: PluginDetails,
     inner: WatchProviderBox,
 }
 
-impl std::fmt::Debug for WatchProvider {
+impl std::fmt::Debug for LoadedWatchProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchProvider")
+        f.debug_struct("LoadedWatchProvider")
             .field("plugin", &self.details.name)
             .finish()
     }
 }
 
-impl WatchProvider {
+impl LoadedWatchProvider {
     pub(crate) fn new(details: PluginDetails, inner: WatchProviderBox) -> Self {
         Self { details, inner }
     }

@@ -1,0 +1,9 @@
+//! Plugin discovery and loading. Libraries are never unloaded.
+
+mod discovery;
+mod handles;
+mod load;
+
+pub use discovery::{candidate_files, library_file_name, scan_dirs, SearchPath};
+pub use handles::{LoadedBackstore, LoadedWatchProvider};
+pub use load::{inspect, load_backstore, load_watch_provider, resolve, LoadError, PluginDetails};
