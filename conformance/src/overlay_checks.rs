@@ -15,12 +15,12 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use agentfs_core::{InitOptions, LockWait, Store};
 use agentfs_host::{
     config::PluginEntry,
-    core::{InitOptions, LockWait, Store},
     loader::{load_backstore, SearchPath},
 };
-use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes};
+use agentfs_plugin_api::backstore::Capabilities;
 
 use crate::{run_checks, skip_checks, Check, Outcome, Report};
 
@@ -141,7 +141,7 @@ fn needs_ram(c: &Ctx) -> Option<String> {
         .then(|| "the instance does not declare ram_backed".to_string())
 }
 
-fn e<T>(r: Result<T, agentfs_host::core::CoreError>, what: &str) -> Result<T, String> {
+fn e<T>(r: Result<T, agentfs_core::CoreError>, what: &str) -> Result<T, String> {
     r.map_err(|err| format!("{what}: {err}"))
 }
 
@@ -543,10 +543,10 @@ fn no_mounts_inside(root: &Path) -> Result<(), String> {
 fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
     let s = &c.store;
     let st = s
-        .backstore()
+        .layer_store()
         .status()
         .map_err(|err| format!("status: {err}"))?;
-    let root = fs::canonicalize(path_from_bytes(&st.root)).map_err(|err| format!("root: {err}"))?;
+    let root = fs::canonicalize(&st.root).map_err(|err| format!("root: {err}"))?;
     #[cfg(target_os = "linux")]
     {
         ram_device(&root)?;
@@ -565,7 +565,7 @@ fn ram_backed_stays_inside(c: &Ctx) -> Result<(), String> {
         let mut places = vec![meta];
         for l in e(s.layers_in_use(), "layers")? {
             places.push(
-                s.backstore()
+                s.layer_store()
                     .layer_path(&l)
                     .map_err(|err| format!("layer_path {l}: {err}"))?,
             );

@@ -55,7 +55,7 @@ fn mock_passes_every_check() {
 
 #[test]
 fn overlay_checks_leave_an_existing_store_as_it_was() {
-    use agentfs_host::core::{InitOptions, LockWait, Store};
+    use agentfs_core::{InitOptions, LockWait, Store};
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("store");
     let base = t.path().join("base");
@@ -100,7 +100,7 @@ fn overlay_checks_leave_an_existing_store_as_it_was() {
     assert_eq!(names, ["mine"]);
     assert_eq!(s.list_snapshots().unwrap().len(), 1);
     assert_eq!(s.branch("mine").read_file("g").unwrap(), b"g");
-    let mut present = s.backstore().list_layers().unwrap();
+    let mut present = s.layer_store().list_layers().unwrap();
     present.sort();
     assert_eq!(present, s.layers_in_use().unwrap());
 }

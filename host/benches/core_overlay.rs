@@ -19,9 +19,9 @@ use std::{
     process::Command,
 };
 
+use agentfs_core::{InitOptions, LockWait, Store};
 use agentfs_host::{
     config::PluginEntry,
-    core::{InitOptions, LockWait, Store},
     loader::{library_file_name, load_backstore, LoadedBackstore, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;

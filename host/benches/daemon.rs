@@ -67,8 +67,9 @@ fn setup() -> Setup {
 }
 
 /// A store in this process over a fresh mock backstore, with branch `b`.
-fn local_store(base: &Path) -> agentfs_host::core::Store {
-    use agentfs_host::{config::PluginEntry, core, loader};
+fn local_store(base: &Path) -> agentfs_core::Store {
+    use agentfs_core as core;
+    use agentfs_host::{config::PluginEntry, loader};
     let lib = Path::new(env!("CARGO_BIN_EXE_agentfs")).with_file_name(loader::library_file_name(
         agentfs_plugin_api::PluginKind::BACKSTORE,
         "mock",
@@ -168,7 +169,7 @@ fn latency(c: &mut Criterion) {
         b.iter(|| local.branch("b").lstat("d/f.txt").unwrap())
     });
     g.bench_function("in_process_open_read_unchanged", |b| {
-        let o = agentfs_host::core::OpenOptions::default();
+        let o = agentfs_core::OpenOptions::default();
         b.iter(|| drop(local.branch("b").open("d/f.txt", &o).unwrap()))
     });
     // Copied up once; from then on a write-open finds it in the branch.

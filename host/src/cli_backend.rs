@@ -6,11 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use agentfs_host::{
-    core::{BranchInfo, DirEntry, FileKind, LockWait, SnapshotInfo, Stat, Store},
-    daemon::convert,
-    Host,
-};
+use agentfs_core::{BranchInfo, DirEntry, FileKind, LockWait, SnapshotInfo, Stat, Store};
+use agentfs_host::{daemon::convert, Host};
 use agentfs_proto::{Client, FsOp, FsReply, Hello, Request, Response};
 use anyhow::{anyhow, Result};
 
@@ -389,7 +386,7 @@ impl Backend {
     }
 }
 
-fn tree<'s>(s: &'s Store, at: At<'_>) -> agentfs_host::core::Tree<'s> {
+fn tree<'s>(s: &'s Store, at: At<'_>) -> agentfs_core::Tree<'s> {
     match at {
         At::Branch(b) => s.branch(b),
         At::Snapshot(x) => s.snapshot(x),

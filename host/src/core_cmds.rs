@@ -6,10 +6,8 @@ use std::{
     process::ExitCode,
 };
 
-use agentfs_host::{
-    core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store},
-    Host,
-};
+use agentfs_core::{BranchInfo, CoreError, FileKind, InitOptions, LockWait, SnapshotInfo, Store};
+use agentfs_host::Host;
 
 use crate::cli_backend::{self, Backend};
 use anyhow::{bail, Context, Result};
@@ -437,9 +435,9 @@ pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
                     if long {
                         let st = s.lstat(t, join(&e.name).as_str())?;
                         let origin = match &st.origin {
-                            agentfs_host::core::Origin::Active => "branch".to_string(),
-                            agentfs_host::core::Origin::Committed(id) => format!("layer {id}"),
-                            agentfs_host::core::Origin::Base => "base".to_string(),
+                            agentfs_core::Origin::Active => "branch".to_string(),
+                            agentfs_core::Origin::Committed(id) => format!("layer {id}"),
+                            agentfs_core::Origin::Base => "base".to_string(),
                         };
                         println!(
                             "{} {:>10}  {:<13}  {name}{}",

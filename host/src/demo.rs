@@ -13,10 +13,8 @@ use std::{
     time::Instant,
 };
 
-use agentfs_host::{
-    core::{FileKind, InitOptions, LockWait, Store},
-    Host,
-};
+use agentfs_core::{FileKind, InitOptions, LockWait, Store};
+use agentfs_host::Host;
 use anyhow::{bail, Context, Result};
 
 /// A fingerprint of a directory tree: every entry's path, kind, mode and
@@ -185,7 +183,7 @@ pub fn run(h: &Host, wait: LockWait, base: Option<PathBuf>) -> Result<ExitCode> 
     // first (without native snapshots it is built on its snapshot).
     let mut cleanup_errors = Vec::new();
     match store.delete_branch(&branch) {
-        Ok(()) | Err(agentfs_host::core::CoreError::NotFound(_)) => {}
+        Ok(()) | Err(agentfs_core::CoreError::NotFound(_)) => {}
         Err(e) => cleanup_errors.push(e.to_string()),
     }
     for s in store.list_snapshots().unwrap_or_default() {

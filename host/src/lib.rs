@@ -3,7 +3,6 @@
 //! over it.
 
 pub mod config;
-pub mod core;
 pub mod daemon;
 pub mod loader;
 pub mod units;

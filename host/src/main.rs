@@ -7,9 +7,9 @@ mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
+use agentfs_core::{InitOptions, LockWait};
 use agentfs_host::{
     config::{BackstoreOverride, Config, EMBEDDED_DEFAULT},
-    core::{InitOptions, LockWait},
     daemon::{self, ServeOptions},
     loader::{self, PluginDetails},
     units::human_bytes,

@@ -275,11 +275,8 @@ fn concurrent_processes_are_serialised() {
     let snaps = json(&e.ok(&["snapshot", "list", "--json"]));
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 2);
     // The store is consistent: it opens and holds exactly its layers.
-    let s = agentfs_host::core::Store::open(
-        hostfs(&e.store_root()),
-        agentfs_host::core::LockWait::Block,
-    )
-    .unwrap();
+    let s =
+        agentfs_core::Store::open(hostfs(&e.store_root()), agentfs_core::LockWait::Block).unwrap();
     assert_no_orphan_layers(&s);
 }
 

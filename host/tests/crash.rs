@@ -11,7 +11,7 @@ use std::{
     process::Stdio,
 };
 
-use agentfs_host::core::{LockWait, Store, GRAPH_FILE, WORK_DIR};
+use agentfs_core::{LockWait, Store, GRAPH_FILE, WORK_DIR};
 use common::*;
 
 /// The sample base plus a 1 MiB file, an initialised store, branch `b`.
@@ -53,7 +53,7 @@ fn reopen(e: &CliEnv) -> Store {
     assert_no_orphan_layers(&s);
     for b in s.list_branches().unwrap() {
         image_tree(&s.branch(&b.name));
-        let p = s.backstore().layer_path(&b.layer).unwrap();
+        let p = s.layer_store().layer_path(&b.layer).unwrap();
         assert!(!p.join(WORK_DIR).exists(), "work dir not cleaned");
     }
     for sn in s.list_snapshots().unwrap() {
@@ -99,7 +99,7 @@ fn killed_during_copy_up() {
     assert_eq!(image_tree(&b), before, "a half copy-up became visible");
     assert_eq!(
         b.stat("big.bin").unwrap().origin,
-        agentfs_host::core::Origin::Base
+        agentfs_core::Origin::Base
     );
     drop(s);
     e.ok(&["fs", "chmod", "--branch", "b", "600", "big.bin"]);

@@ -3,8 +3,8 @@
 
 mod common;
 
-use agentfs_host::core::{Event, EventKind, Store};
-use agentfs_plugin_api::watch::{CoreEvent, EventKind as AbiKind};
+use agentfs_core::{Event, EventKind, Store};
+use agentfs_plugin_api::watch::EventKind as AbiKind;
 use common::*;
 
 fn setup() -> (tempfile::TempDir, Store) {
@@ -46,7 +46,7 @@ fn branch_and_snapshot_creation() {
     let ev = events_of(&s, || {
         s.create_branch("c", Some("s1"), None).unwrap();
     });
-    let c = CoreEvent::from(&ev[0]);
+    let c = agentfs_host::loader::abi_event(&ev[0]);
     assert_eq!(
         (c.kind, c.branch.as_str(), c.path.as_str()),
         (AbiKind::BRANCH_CREATED, "c", "")
@@ -192,13 +192,13 @@ fn events_carry_sizes_kinds_and_order() {
     let for_client = events_of(&s, || {
         b.clone().on_behalf_of(4242).write_file("g", b"x").unwrap();
     });
-    assert_eq!(CoreEvent::from(&for_client[0]).pid, 4242);
-    let c = CoreEvent::from(&ev[1]);
+    assert_eq!(agentfs_host::loader::abi_event(&for_client[0]).pid, 4242);
+    let c = agentfs_host::loader::abi_event(&ev[1]);
     assert_eq!(
         (c.kind, c.size_before, c.size_after),
         (AbiKind::MODIFIED, 5, 10)
     );
-    let c = CoreEvent::from(&ev[4]);
+    let c = agentfs_host::loader::abi_event(&ev[4]);
     assert_eq!(
         (c.kind, c.size_before, c.is_dir),
         (AbiKind::CREATED, u64::MAX, true)

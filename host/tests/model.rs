@@ -18,10 +18,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agentfs_host::{
-    core::{ChangeType, CoreError, InitOptions, LockWait, Store},
-    loader::LoadedBackstore,
-};
+use agentfs_core::{ChangeType, CoreError, InitOptions, LockWait, Store};
+use agentfs_host::loader::LoadedBackstore;
 use common::*;
 use proptest::{
     prelude::*,

@@ -9,7 +9,7 @@ use std::{
     os::unix::fs::MetadataExt,
 };
 
-use agentfs_host::core::{CoreError, OpenOptions, Origin, Store};
+use agentfs_core::{CoreError, OpenOptions, Origin, Store};
 use common::*;
 
 fn setup() -> (tempfile::TempDir, Store) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::{ffi::OsStr, fs, path::Path, time::SystemTime};
 
-use agentfs_host::core::{ChangeType, CoreError, FileKind, Origin, Store, WORK_DIR};
+use agentfs_core::{ChangeType, CoreError, FileKind, Origin, Store, WORK_DIR};
 use common::*;
 
 /// Runs `f` once per backstore flavour, each with a fresh store over a
@@ -423,7 +423,7 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
         t.unlink("README.md").unwrap();
         let snap = s.create_snapshot("main", Some("s1")).unwrap();
         assert_eq!(snap.name, "s1");
-        let frozen = s.backstore().layer_path(&snap.layer).unwrap();
+        let frozen = s.layer_store().layer_path(&snap.layer).unwrap();
         assert!(!frozen.join(WORK_DIR).exists(), "{fl}: temporaries frozen");
         let at_snapshot = image_tree(&s.snapshot("s1"));
         t.write_file("a.txt", b"two").unwrap();
@@ -551,11 +551,11 @@ fn deep_chains_are_compacted_without_changing_the_view() {
     make_base(&base);
     let s = Store::init(
         hostfs(&t.path().join("store")),
-        agentfs_host::core::InitOptions {
+        agentfs_core::InitOptions {
             default_base: Some(base.clone()),
             compact_threshold: Some(3),
         },
-        agentfs_host::core::LockWait::Block,
+        agentfs_core::LockWait::Block,
     )
     .unwrap();
     s.create_branch("b", None, None).unwrap();

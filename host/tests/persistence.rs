@@ -4,7 +4,7 @@
 
 mod common;
 
-use agentfs_host::core::{CoreError, InitOptions, LockWait, Store, WORK_DIR};
+use agentfs_core::{CoreError, InitOptions, LockWait, Store, WORK_DIR};
 use common::*;
 
 #[test]
@@ -109,7 +109,7 @@ fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
         let s = store(hostfs(&root), Some(&base));
         s.create_branch("b", None, None).unwrap();
         s.branch("b").write_file("kept", b"k").unwrap();
-        let bs = s.backstore();
+        let bs = s.layer_store();
         // An orphan layer (created, never named in the graph) and a
         // half-written temporary in the work directory.
         bs.create_layer("l999999").unwrap();
@@ -121,13 +121,13 @@ fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
     };
     let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
     assert_no_orphan_layers(&s);
-    let layers = s.backstore().list_layers().unwrap();
+    let layers = s.layer_store().list_layers().unwrap();
     assert!(!layers.contains(&"l999999".to_string()), "{layers:?}");
     assert!(layers.contains(&active));
-    let p = s.backstore().layer_path(&active).unwrap();
+    let p = s.layer_store().layer_path(&active).unwrap();
     assert!(!p.join(WORK_DIR).exists());
     assert_eq!(s.branch("b").read_file("kept").unwrap(), b"k");
     // Deleting a branch deletes its layers.
     s.delete_branch("b").unwrap();
-    assert!(s.backstore().list_layers().unwrap().is_empty());
+    assert!(s.layer_store().list_layers().unwrap().is_empty());
 }

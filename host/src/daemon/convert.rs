@@ -11,7 +11,7 @@ use std::{
 use agentfs_plugin_api::ErrorCode;
 use agentfs_proto as wire;
 
-use crate::core::{self, CoreError, OpenOptions};
+use agentfs_core::{self as core, CoreError, OpenOptions};
 
 /// A core error on the wire: the errno's code, the errno, the message.
 pub fn wire_error(e: &CoreError) -> wire::WireError {

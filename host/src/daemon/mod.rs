@@ -35,7 +35,9 @@ pub use socket_path::{default_socket_path, SOCKET_ENV};
 pub use state::{Daemon, Session};
 pub use watch_service::{ConnId, WatchService};
 
-use crate::{core::CoreError, loader::LoadError};
+use agentfs_core::CoreError;
+
+use crate::loader::LoadError;
 
 /// Why the daemon could not start (or stopped).
 #[derive(Debug, thiserror::Error)]

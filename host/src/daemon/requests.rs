@@ -10,9 +10,7 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use agentfs_plugin_api::{
-    backstore::Capabilities, guard::path_from_bytes, watch::WatchSpec, ErrorCode, PluginError,
-};
+use agentfs_plugin_api::{watch::WatchSpec, ErrorCode, PluginError};
 use agentfs_plugin_support::{native::inotify::IN_DONT_FOLLOW, watch_paths::normalize};
 use agentfs_proto::{
     BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, FsReply, Request, Response,
@@ -24,7 +22,7 @@ use super::{
     doorbell,
     state::{Daemon, FdRecord, Session},
 };
-use crate::core::{CoreError, FileKind, Store, Tree};
+use agentfs_core::{CoreError, FileKind, Store, Tree};
 
 /// Largest `Read` answered in one frame.
 pub const MAX_READ: u64 = (MAX_FRAME_LEN / 2) as u64;
@@ -160,12 +158,7 @@ impl Daemon {
         if open == 0 {
             return Ok(());
         }
-        let native = self.with_store(|st| {
-            Ok(st
-                .backstore()
-                .capabilities()
-                .contains(Capabilities::NATIVE_SNAPSHOTS))
-        })?;
+        let native = self.with_store(|st| Ok(st.layer_store().capabilities().native_snapshots))?;
         if native {
             return Ok(());
         }
@@ -183,8 +176,10 @@ impl Daemon {
     fn status(&self, s: &Session) -> Result<DaemonStatus, WireError> {
         self.with_store(|st| {
             let info = st.info().map_err(core)?;
-            let b = st.backstore();
-            let bs = b.status().map_err(plugin_err)?;
+            let b = st.layer_store();
+            let bs = b
+                .status()
+                .map_err(|e| core(CoreError::backstore("status", e)))?;
             let counts = self.watch.counts();
             Ok(DaemonStatus {
                 daemon: format!("agentfs {}", env!("CARGO_PKG_VERSION")),
@@ -194,12 +189,12 @@ impl Daemon {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 backstore: BackstoreInfo {
-                    plugin: b.details().name.clone(),
-                    fs_type: bs.fs_type.as_str().to_string(),
+                    plugin: b.name().to_string(),
+                    fs_type: bs.fs_type,
                     capacity: bs.capacity_bytes,
                     used: bs.used_bytes,
                     capabilities: info.capabilities.iter().map(|c| c.to_string()).collect(),
-                    root: path_from_bytes(&bs.root).to_string_lossy().into_owned(),
+                    root: bs.root.to_string_lossy().into_owned(),
                 },
                 branches: st.list_branches().map_err(core)?.len() as u64,
                 snapshots: st.list_snapshots().map_err(core)?.len() as u64,

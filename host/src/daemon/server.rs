@@ -20,10 +20,8 @@ use super::{
     watch_service::WatchService,
     DaemonError,
 };
-use crate::{
-    core::{InitOptions, LockWait, Store},
-    Host,
-};
+use crate::Host;
+use agentfs_core::{InitOptions, LockWait, Store};
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]

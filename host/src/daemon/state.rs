@@ -18,11 +18,10 @@ use std::{
     },
 };
 
-use agentfs_plugin_api::watch::CoreEvent;
 use agentfs_proto::WireError;
 
 use super::{convert::wire_error, watch_service::WatchService, ConnId};
-use crate::core::{CoreResult, Store, Subscription};
+use agentfs_core::{CoreResult, Store, Subscription};
 
 /// What a client's connection is.
 #[derive(Debug, Clone)]
@@ -134,7 +133,7 @@ impl Daemon {
             let sub = lock(&self.events);
             let r = f(store);
             for e in sub.events.try_iter() {
-                let mut ev = CoreEvent::from(&e);
+                let mut ev = crate::loader::abi_event(&e);
                 ev.pid = pid;
                 self.watch.dispatch(&ev);
             }

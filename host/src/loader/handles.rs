@@ -6,9 +6,15 @@ use abi_stable::std_types::{RResult, RSlice};
 use agentfs_plugin_api::{
     backstore::{BackstoreBox, BackstoreStatus, Capabilities},
     guard::{path_from_bytes, path_to_bytes},
-    watch::{CoreEvent, NativeRecord, WatchApi, WatchProviderBox, WatchSpec},
+    watch::{CoreEvent, EventKind as AbiKind, NativeRecord, WatchApi, WatchProviderBox, WatchSpec},
     PluginResult,
 };
+
+use agentfs_core::{
+    Event, EventKind, LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore,
+    LayerStoreStatus,
+};
+use agentfs_plugin_api::{ErrorCode, PluginError};
 
 use super::load::PluginDetails;
 
@@ -134,5 +140,134 @@ impl LoadedWatchProvider {
     /// Encodes records in native byte layout.
     pub fn encode(&self, records: &[NativeRecord]) -> PluginResult<Vec<u8>> {
         ok(self.inner.encode(RSlice::from(records))).map(|v| v.into_vec())
+    }
+}
+
+/// The engine's error for a plugin's: the code becomes the class, the errno
+/// and message are kept.
+pub fn layer_error(e: PluginError) -> LayerError {
+    let kind = match e.code {
+        ErrorCode::UNSUPPORTED => LayerErrorKind::Unsupported,
+        ErrorCode::CROSS_DEVICE => LayerErrorKind::CrossDevice,
+        ErrorCode::NOT_FOUND => LayerErrorKind::NotFound,
+        ErrorCode::ALREADY_EXISTS => LayerErrorKind::AlreadyExists,
+        ErrorCode::BUSY => LayerErrorKind::Busy,
+        ErrorCode::NO_SPACE => LayerErrorKind::NoSpace,
+        ErrorCode::READ_ONLY => LayerErrorKind::ReadOnly,
+        ErrorCode::PERMISSION_DENIED => LayerErrorKind::PermissionDenied,
+        ErrorCode::INVALID_ARGUMENT => LayerErrorKind::InvalidArgument,
+        ErrorCode::PANICKED => LayerErrorKind::Internal,
+        _ => LayerErrorKind::Io,
+    };
+    LayerError {
+        kind,
+        errno: e.errno,
+        message: e.to_string(),
+    }
+}
+
+/// The loaded plugin as the engine's layer store.
+impl LayerStore for LoadedBackstore {
+    fn name(&self) -> &str {
+        &self.details.name
+    }
+    fn capabilities(&self) -> LayerCaps {
+        let c = LoadedBackstore::capabilities(self);
+        LayerCaps {
+            native_reflink: c.contains(Capabilities::NATIVE_REFLINK),
+            native_snapshots: c.contains(Capabilities::NATIVE_SNAPSHOTS),
+            ram_backed: c.contains(Capabilities::RAM_BACKED),
+            persistent: c.contains(Capabilities::PERSISTENT),
+        }
+    }
+    fn status(&self) -> LayerResult<LayerStoreStatus> {
+        let st = LoadedBackstore::status(self).map_err(layer_error)?;
+        Ok(LayerStoreStatus {
+            root: path_from_bytes(&st.root).to_path_buf(),
+            fs_type: st.fs_type.into_string(),
+            capacity_bytes: st.capacity_bytes,
+            used_bytes: st.used_bytes,
+        })
+    }
+    fn metadata_dir(&self) -> LayerResult<PathBuf> {
+        LoadedBackstore::metadata_dir(self).map_err(layer_error)
+    }
+    fn create_layer(&self, id: &str) -> LayerResult<PathBuf> {
+        LoadedBackstore::create_layer(self, id).map_err(layer_error)
+    }
+    fn delete_layer(&self, id: &str) -> LayerResult<()> {
+        LoadedBackstore::delete_layer(self, id).map_err(layer_error)
+    }
+    fn layer_path(&self, id: &str) -> LayerResult<PathBuf> {
+        LoadedBackstore::layer_path(self, id).map_err(layer_error)
+    }
+    fn list_layers(&self) -> LayerResult<Vec<String>> {
+        LoadedBackstore::list_layers(self).map_err(layer_error)
+    }
+    fn snapshot_layer(&self, src: &str, dst: &str, read_only: bool) -> LayerResult<PathBuf> {
+        LoadedBackstore::snapshot_layer(self, src, dst, read_only).map_err(layer_error)
+    }
+    fn reflink(&self, src: &Path, dst: &Path) -> LayerResult<()> {
+        LoadedBackstore::reflink(self, src, dst).map_err(layer_error)
+    }
+}
+
+/// The plugin ABI's event for one of the engine's, as watch providers
+/// receive it (`u64::MAX` for an unknown size).
+pub fn abi_event(e: &Event) -> CoreEvent {
+    let (kind, to) = match &e.kind {
+        EventKind::Created => (AbiKind::CREATED, String::new()),
+        EventKind::Removed => (AbiKind::REMOVED, String::new()),
+        EventKind::Modified => (AbiKind::MODIFIED, String::new()),
+        EventKind::Renamed { to } => (AbiKind::RENAMED, to.to_string()),
+        EventKind::AttributesChanged => (AbiKind::ATTRIBUTES_CHANGED, String::new()),
+        EventKind::BranchCreated => (AbiKind::BRANCH_CREATED, String::new()),
+        EventKind::SnapshotCreated { snapshot } => (AbiKind::SNAPSHOT_CREATED, snapshot.clone()),
+    };
+    CoreEvent {
+        seq: e.seq,
+        pid: e.pid,
+        kind,
+        branch: e.branch.as_str().into(),
+        path: e.path.to_string().into(),
+        to: to.into(),
+        is_dir: e.is_dir,
+        size_before: e.size_before.unwrap_or(u64::MAX),
+        size_after: e.size_after.unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentfs_core::BranchPath;
+
+    use super::*;
+
+    fn ev(kind: EventKind, path: &str) -> Event {
+        Event {
+            seq: 7,
+            pid: 42,
+            branch: "b".into(),
+            kind,
+            path: BranchPath::parse(path).unwrap(),
+            is_dir: false,
+            size_before: Some(1),
+            size_after: None,
+        }
+    }
+
+    #[test]
+    fn engine_events_convert_to_the_abi_event() {
+        let to = BranchPath::parse("d/y").unwrap();
+        let c = abi_event(&ev(EventKind::Renamed { to }, "x"));
+        assert_eq!(c.kind, AbiKind::RENAMED);
+        assert_eq!((c.path.as_str(), c.to.as_str()), ("x", "d/y"));
+        assert_eq!((c.seq, c.size_before, c.size_after), (7, 1, u64::MAX));
+        assert_eq!(c.pid, 42);
+        let snapshot = EventKind::SnapshotCreated {
+            snapshot: "s1".into(),
+        };
+        let s = abi_event(&ev(snapshot, ""));
+        assert_eq!((s.kind, s.to.as_str()), (AbiKind::SNAPSHOT_CREATED, "s1"));
     }
 }

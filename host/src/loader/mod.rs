@@ -5,5 +5,5 @@ mod handles;
 mod load;
 
 pub use discovery::{candidate_files, library_file_name, scan_dirs, SearchPath};
-pub use handles::{LoadedBackstore, LoadedWatchProvider};
+pub use handles::{abi_event, layer_error, LoadedBackstore, LoadedWatchProvider};
 pub use load::{inspect, load_backstore, load_watch_provider, resolve, LoadError, PluginDetails};

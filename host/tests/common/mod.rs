@@ -12,9 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use agentfs_core::{ChangeType, FileKind, LockWait, Store, Tree};
 use agentfs_host::{
     config::PluginEntry,
-    core::{ChangeType, FileKind, LockWait, Store, Tree},
     loader::{library_file_name, load_backstore, LoadedBackstore, SearchPath},
 };
 use agentfs_plugin_api::PluginKind;
@@ -103,7 +103,7 @@ pub fn mock_copying() -> LoadedBackstore {
 pub fn store(b: LoadedBackstore, base: Option<&Path>) -> Store {
     Store::init(
         b,
-        agentfs_host::core::InitOptions {
+        agentfs_core::InitOptions {
             default_base: base.map(Path::to_path_buf),
             compact_threshold: None,
         },
@@ -199,7 +199,7 @@ pub fn image_tree(t: &Tree<'_>) -> TreeImage {
 }
 
 /// Drains a subscription's queued events into their one-line summaries.
-pub fn drain(sub: &agentfs_host::core::Subscription) -> Vec<String> {
+pub fn drain(sub: &agentfs_core::Subscription) -> Vec<String> {
     sub.events.try_iter().map(|e| e.summary()).collect()
 }
 
@@ -223,7 +223,7 @@ pub fn branch_names(s: &Store) -> Vec<String> {
 
 /// Asserts that the backstore holds exactly the layers the graph names.
 pub fn assert_no_orphan_layers(s: &Store) {
-    let mut present = s.backstore().list_layers().unwrap();
+    let mut present = s.layer_store().list_layers().unwrap();
     present.sort();
     assert_eq!(
         present,

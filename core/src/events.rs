@@ -1,15 +1,12 @@
 //! Change events: every mutation through the core publishes exactly one
 //! [`Event`] with branch-relative paths to every subscriber, in order.
-//! Events convert cheaply into the plugin ABI's
-//! [`CoreEvent`](agentfs_plugin_api::watch::CoreEvent), which the daemon's
-//! watch service hands to watch providers.
+//! The host converts them into the plugin ABI's event type for watch
+//! providers.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     mpsc, Mutex,
 };
-
-use agentfs_plugin_api::watch::{CoreEvent, EventKind as AbiKind};
 
 use super::path::BranchPath;
 
@@ -44,7 +41,7 @@ pub struct Event {
     /// Sequence number, increasing in publication order.
     pub seq: u64,
     /// The process on whose behalf the change was made (see
-    /// [`crate::core::Tree::on_behalf_of`]), or 0 when unknown.
+    /// [`crate::Tree::on_behalf_of`]), or 0 when unknown.
     pub pid: u32,
     /// The branch it happened in.
     pub branch: String,
@@ -125,33 +122,6 @@ impl Event {
             EventKind::SnapshotCreated { snapshot } => {
                 format!("snapshot-created {} {snapshot}", self.branch)
             }
-        }
-    }
-}
-
-impl From<&Event> for CoreEvent {
-    fn from(e: &Event) -> Self {
-        let (kind, to) = match &e.kind {
-            EventKind::Created => (AbiKind::CREATED, String::new()),
-            EventKind::Removed => (AbiKind::REMOVED, String::new()),
-            EventKind::Modified => (AbiKind::MODIFIED, String::new()),
-            EventKind::Renamed { to } => (AbiKind::RENAMED, to.to_string()),
-            EventKind::AttributesChanged => (AbiKind::ATTRIBUTES_CHANGED, String::new()),
-            EventKind::BranchCreated => (AbiKind::BRANCH_CREATED, String::new()),
-            EventKind::SnapshotCreated { snapshot } => {
-                (AbiKind::SNAPSHOT_CREATED, snapshot.clone())
-            }
-        };
-        CoreEvent {
-            seq: e.seq,
-            pid: e.pid,
-            kind,
-            branch: e.branch.as_str().into(),
-            path: e.path.to_string().into(),
-            to: to.into(),
-            is_dir: e.is_dir,
-            size_before: e.size_before.unwrap_or(u64::MAX),
-            size_after: e.size_after.unwrap_or(u64::MAX),
         }
     }
 }
@@ -238,28 +208,5 @@ mod tests {
         drop(a);
         bus.publish(ev(EventKind::Modified, "x"));
         assert!(bus.subscribers.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn conversion_to_the_abi_event() {
-        let mut e = ev(
-            EventKind::Renamed {
-                to: BranchPath::parse("d/y").unwrap(),
-            },
-            "x",
-        );
-        e.seq = 7;
-        let c = CoreEvent::from(&e);
-        assert_eq!(c.kind, AbiKind::RENAMED);
-        assert_eq!((c.path.as_str(), c.to.as_str()), ("x", "d/y"));
-        assert_eq!((c.seq, c.size_before, c.size_after), (7, 1, u64::MAX));
-        assert_eq!(c.pid, 42);
-        let s = CoreEvent::from(&ev(
-            EventKind::SnapshotCreated {
-                snapshot: "s1".into(),
-            },
-            "",
-        ));
-        assert_eq!((s.kind, s.to.as_str()), (AbiKind::SNAPSHOT_CREATED, "s1"));
     }
 }

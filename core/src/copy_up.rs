@@ -27,7 +27,6 @@ use std::{
     },
 };
 
-use agentfs_plugin_api::ErrorCode;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::{
@@ -40,7 +39,7 @@ use super::{
     view::{DirFrame, Hit, LayerDir, LayerKind, Resolved, View},
     xattrs,
 };
-use crate::loader::LoadedBackstore;
+use crate::layer_store::LayerStore;
 
 /// How copy-ups were done, for tests and benchmarks.
 #[derive(Debug, Default)]
@@ -82,7 +81,7 @@ pub(crate) fn timespec(t: (i64, i64)) -> Timespec {
 pub struct Writer<'a> {
     /// The merged view.
     pub view: &'a View,
-    backstore: &'a LoadedBackstore,
+    backstore: &'a dyn LayerStore,
     reflink: bool,
     stats: &'a CopyStats,
     work: OnceCell<Arc<OwnedFd>>,
@@ -92,7 +91,7 @@ impl<'a> Writer<'a> {
     /// A writer; fails on a read-only view (a snapshot).
     pub fn new(
         view: &'a View,
-        backstore: &'a LoadedBackstore,
+        backstore: &'a dyn LayerStore,
         reflink: bool,
         stats: &'a CopyStats,
     ) -> CoreResult<Self> {
@@ -302,7 +301,7 @@ impl<'a> Writer<'a> {
                     }
                     return Ok(());
                 }
-                Err(e) if e.code == ErrorCode::UNSUPPORTED || e.code == ErrorCode::CROSS_DEVICE => {
+                Err(e) if e.is_fallback() => {
                     tracing::debug!(error = %e, "reflink not possible; copying");
                     let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                 }

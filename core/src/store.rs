@@ -21,7 +21,6 @@ use std::{
     time::SystemTime,
 };
 
-use agentfs_plugin_api::{backstore::Capabilities, guard::path_from_bytes, ErrorCode};
 use serde::Serialize;
 
 use super::{
@@ -42,7 +41,7 @@ use super::{
     persist::{self, LockMode, LockWait, StoreLock, Version},
     view::{LayerDir, LayerKind, View},
 };
-use crate::loader::LoadedBackstore;
+use crate::layer_store::{LayerCaps, LayerError, LayerErrorKind, LayerStore};
 
 /// Anything that can name a path in a branch.
 pub trait AsBranchPath {
@@ -144,13 +143,13 @@ struct State {
 
 /// An AgentFS store over one backstore.
 pub struct Store {
-    backstore: LoadedBackstore,
+    backstore: Box<dyn LayerStore>,
     meta: PathBuf,
     lock: StoreLock,
     state: Mutex<State>,
     events: EventBus,
     stats: CopyStats,
-    caps: Capabilities,
+    caps: LayerCaps,
 }
 
 impl std::fmt::Debug for Store {
@@ -159,12 +158,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn bs(context: impl Into<String>) -> impl FnOnce(agentfs_plugin_api::PluginError) -> CoreError {
+fn bs(context: impl Into<String>) -> impl FnOnce(LayerError) -> CoreError {
     let c = context.into();
     move |e| CoreError::backstore(c, e)
 }
 
-fn meta_dir(backstore: &LoadedBackstore) -> CoreResult<PathBuf> {
+fn meta_dir(backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     let meta = backstore.metadata_dir().map_err(bs("metadata directory"))?;
     std::fs::create_dir_all(&meta)
         .map_err(|e| CoreError::io(format!("create {}", meta.display()), e))?;
@@ -174,13 +173,26 @@ fn meta_dir(backstore: &LoadedBackstore) -> CoreResult<PathBuf> {
 impl Store {
     /// Creates a store in the backstore (or opens it, when one exists with
     /// the same settings).
-    pub fn init(backstore: LoadedBackstore, opts: InitOptions, wait: LockWait) -> CoreResult<Self> {
-        let meta = meta_dir(&backstore)?;
+    pub fn init(
+        backstore: impl LayerStore + 'static,
+        opts: InitOptions,
+        wait: LockWait,
+    ) -> CoreResult<Self> {
+        Self::init_boxed(Box::new(backstore), opts, wait)
+    }
+
+    /// [`Store::init`] over a boxed layer store.
+    pub fn init_boxed(
+        backstore: Box<dyn LayerStore>,
+        opts: InitOptions,
+        wait: LockWait,
+    ) -> CoreResult<Self> {
+        let meta = meta_dir(&*backstore)?;
         let lock = StoreLock::open(&meta, wait)?;
         let base = opts
             .default_base
             .as_deref()
-            .map(|b| check_base(b, &backstore))
+            .map(|b| check_base(b, &*backstore))
             .transpose()?;
         {
             let _g = lock.lock(LockMode::Exclusive)?;
@@ -213,13 +225,18 @@ impl Store {
             }
         }
         drop(lock);
-        Self::open(backstore, wait)
+        Self::open_boxed(backstore, wait)
     }
 
     /// Opens the store in the backstore, finishing or undoing whatever a
     /// crashed process left half done.
-    pub fn open(backstore: LoadedBackstore, wait: LockWait) -> CoreResult<Self> {
-        let meta = meta_dir(&backstore)?;
+    pub fn open(backstore: impl LayerStore + 'static, wait: LockWait) -> CoreResult<Self> {
+        Self::open_boxed(Box::new(backstore), wait)
+    }
+
+    /// [`Store::open`] over a boxed layer store.
+    pub fn open_boxed(backstore: Box<dyn LayerStore>, wait: LockWait) -> CoreResult<Self> {
+        let meta = meta_dir(&*backstore)?;
         let lock = StoreLock::open(&meta, wait)?;
         let caps = backstore.capabilities();
         let state = {
@@ -228,7 +245,7 @@ impl Store {
                 persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: meta.clone(),
                 })?;
-            recover(&backstore, &meta, &graph);
+            recover(&*backstore, &meta, &graph);
             State {
                 graph,
                 version,
@@ -248,14 +265,14 @@ impl Store {
     }
 
     /// True when the backstore's metadata directory holds a store.
-    pub fn exists(backstore: &LoadedBackstore) -> CoreResult<bool> {
+    pub fn exists(backstore: &dyn LayerStore) -> CoreResult<bool> {
         let meta = meta_dir(backstore)?;
         Ok(persist::graph_version(&meta)?.is_some())
     }
 
     /// Removes the store's graph, leaving the backstore as before `init`.
     /// Refused (`Busy`) while any branch or snapshot exists.
-    pub fn destroy(self) -> CoreResult<LoadedBackstore> {
+    pub fn destroy(self) -> CoreResult<Box<dyn LayerStore>> {
         {
             let mut st = self.lock_state();
             let _g = self.lock.lock(LockMode::Exclusive)?;
@@ -275,13 +292,13 @@ impl Store {
         Ok(self.backstore)
     }
 
-    /// The backstore under this store.
-    pub fn backstore(&self) -> &LoadedBackstore {
-        &self.backstore
+    /// The layer store (backstore) under this store.
+    pub fn layer_store(&self) -> &dyn LayerStore {
+        &*self.backstore
     }
 
-    /// Consumes the store, giving back its backstore.
-    pub fn into_backstore(self) -> LoadedBackstore {
+    /// Consumes the store, giving back its layer store.
+    pub fn into_layer_store(self) -> Box<dyn LayerStore> {
         self.backstore
     }
 
@@ -292,7 +309,7 @@ impl Store {
                 meta_dir: self.meta.clone(),
                 default_base: st.graph.default_base.clone(),
                 compact_threshold: st.graph.compact_threshold,
-                backstore: self.backstore.details().name.clone(),
+                backstore: self.backstore.name().to_string(),
                 capabilities: self.caps.names(),
             })
         })
@@ -452,7 +469,7 @@ impl Store {
             let id = graph.alloc_layer_id();
             match self.backstore.create_layer(&id) {
                 Ok(p) => return Ok((id, p)),
-                Err(e) if e.code == ErrorCode::ALREADY_EXISTS => {
+                Err(e) if e.kind == LayerErrorKind::AlreadyExists => {
                     tracing::warn!(layer = %id, "a stale layer is in the way; using the next id")
                 }
                 Err(e) => return Err(CoreError::backstore(format!("create layer {id}"), e)),
@@ -468,7 +485,7 @@ impl Store {
         for id in ids {
             match self.backstore.delete_layer(id) {
                 Ok(()) => {}
-                Err(e) if e.code == ErrorCode::NOT_FOUND => {}
+                Err(e) if e.kind == LayerErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(layer = %id, error = %e, "could not delete layer; it will be retried at the next open")
                 }
@@ -525,7 +542,7 @@ impl Store {
                 "give a snapshot or a base, not both (a snapshot brings its own base)".into(),
             ));
         }
-        let base = base.map(|b| check_base(b, &self.backstore)).transpose()?;
+        let base = base.map(|b| check_base(b, &*self.backstore)).transpose()?;
         let info = self.edit_graph(|_, g, created| {
             if g.branches.contains_key(name) {
                 return Err(CoreError::AlreadyExists(format!("branch {name}")));
@@ -635,7 +652,7 @@ impl Store {
                 Err(err) => return Err(CoreError::io(format!("clean {}", work.display()), err)),
             }
             let now = now_secs();
-            let native = self.caps.contains(Capabilities::NATIVE_SNAPSHOTS) && {
+            let native = self.caps.native_snapshots && {
                 let id = g.alloc_layer_id();
                 match self.backstore.snapshot_layer(&b.layer, &id, true) {
                     Ok(_) => {
@@ -661,7 +678,7 @@ impl Store {
                         );
                         true
                     }
-                    Err(e) if e.code == ErrorCode::UNSUPPORTED => {
+                    Err(e) if e.kind == LayerErrorKind::Unsupported => {
                         tracing::debug!(error = %e, "native snapshot unsupported; committing");
                         false
                     }
@@ -794,7 +811,7 @@ impl Store {
                 layers.push(self.base_dir(st, b)?);
             }
             let view = View { layers };
-            let w = Writer::new(&view, &self.backstore, self.reflink(), &self.stats)?;
+            let w = Writer::new(&view, &*self.backstore, self.reflink(), &self.stats)?;
             compact::flatten_into(&w)
         })();
         if let Err(e) = built {
@@ -815,7 +832,7 @@ impl Store {
     }
 
     fn reflink(&self) -> bool {
-        self.caps.contains(Capabilities::NATIVE_REFLINK)
+        self.caps.native_reflink
     }
 
     // ----- views and diffs -----
@@ -884,15 +901,14 @@ impl Store {
 }
 
 /// Checks and canonicalises a base directory.
-fn check_base(base: &Path, backstore: &LoadedBackstore) -> CoreResult<PathBuf> {
+fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     let canon = std::fs::canonicalize(base)
         .map_err(|e| CoreError::io(format!("base {}", base.display()), e))?;
     if !canon.is_dir() {
         return Err(CoreError::NotDirectory(format!("base {}", canon.display())));
     }
     if let Ok(st) = backstore.status() {
-        let root = path_from_bytes(&st.root);
-        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let root = std::fs::canonicalize(&st.root).unwrap_or(st.root);
         if canon.starts_with(&root) {
             return Err(CoreError::InvalidArgument(format!(
                 "base {} is inside the backstore's own directory {}",
@@ -930,7 +946,7 @@ fn snapshot_info(g: &Graph, name: &str) -> SnapshotInfo {
 
 /// Finishes what a crashed process left: temporary graph files, work
 /// directories of active layers, and layers the graph does not name.
-fn recover(backstore: &LoadedBackstore, meta: &Path, graph: &Graph) {
+fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
     persist::remove_stale_temps(meta);
     for b in graph.branches.values() {
         if let Ok(p) = backstore.layer_path(&b.layer) {
@@ -1015,7 +1031,7 @@ impl Tree<'_> {
             let view = self.store.target_view(st, &self.target)?;
             let w = Writer::new(
                 &view,
-                &self.store.backstore,
+                &*self.store.backstore,
                 self.store.reflink(),
                 &self.store.stats,
             )?;

@@ -21,6 +21,7 @@ mod events;
 pub mod fault;
 mod graph;
 mod layer_names;
+mod layer_store;
 mod metadata;
 mod open_file;
 mod path;
@@ -35,6 +36,9 @@ pub use error::{CoreError, CoreResult};
 pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
+pub use layer_store::{
+    LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore, LayerStoreStatus,
+};
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};

@@ -3,7 +3,7 @@
 
 use std::{io, path::PathBuf};
 
-use agentfs_plugin_api::{ErrorCode, PluginError};
+use crate::layer_store::LayerError;
 
 /// Result type of the core.
 pub type CoreResult<T> = Result<T, CoreError>;
@@ -92,14 +92,14 @@ pub enum CoreError {
         #[source]
         source: io::Error,
     },
-    /// A backstore plugin call failed.
+    /// A layer-store (backstore) call failed.
     #[error("backstore: {context}: {source}")]
     Backstore {
         /// What was being done.
         context: String,
-        /// The plugin's error.
+        /// The layer store's error.
         #[source]
-        source: PluginError,
+        source: LayerError,
     },
     /// The store's metadata is unreadable or inconsistent.
     #[error("store metadata {}: {why}", file.display())]
@@ -121,7 +121,7 @@ impl CoreError {
     }
 
     /// A backstore error with context.
-    pub fn backstore(context: impl Into<String>, source: PluginError) -> Self {
+    pub fn backstore(context: impl Into<String>, source: LayerError) -> Self {
         Self::Backstore {
             context: context.into(),
             source,
@@ -145,7 +145,7 @@ impl CoreError {
             Self::NameTooLong(_) => libc::ENAMETOOLONG,
             Self::Unsupported(_) => libc::ENOTSUP,
             Self::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Self::Backstore { source, .. } => code_errno(source.code, source.errno),
+            Self::Backstore { source, .. } => source.errno(),
             Self::Corrupt { .. } => libc::EIO,
         }
     }
@@ -166,27 +166,6 @@ impl CoreError {
     }
 }
 
-fn code_errno(code: ErrorCode, errno: i32) -> i32 {
-    if errno != 0 {
-        return errno;
-    }
-    match code {
-        ErrorCode::UNSUPPORTED => libc::ENOTSUP,
-        ErrorCode::NOT_FOUND => libc::ENOENT,
-        ErrorCode::ALREADY_EXISTS => libc::EEXIST,
-        ErrorCode::BUSY => libc::EBUSY,
-        ErrorCode::INVALID_ARGUMENT => libc::EINVAL,
-        ErrorCode::CROSS_DEVICE => libc::EXDEV,
-        ErrorCode::NO_SPACE => libc::ENOSPC,
-        ErrorCode::PERMISSION_DENIED => libc::EACCES,
-        ErrorCode::READ_ONLY => libc::EROFS,
-        ErrorCode::IS_DIRECTORY => libc::EISDIR,
-        ErrorCode::NOT_DIRECTORY => libc::ENOTDIR,
-        ErrorCode::NOT_EMPTY => libc::ENOTEMPTY,
-        _ => libc::EIO,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +181,7 @@ mod tests {
             .errno(),
             libc::EBUSY
         );
-        let e = CoreError::backstore("x", PluginError::unsupported("no"));
+        let e = CoreError::backstore("x", LayerError::unsupported("no"));
         assert_eq!(e.errno(), libc::ENOTSUP);
         let e = CoreError::from_errno("a/b", "unlink", io::Error::from_raw_os_error(libc::EISDIR));
         assert!(matches!(e, CoreError::IsDirectory(ref p) if p == "a/b"));
