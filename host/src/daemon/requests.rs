@@ -10,12 +10,15 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use agentfs_plugin_api::{watch::WatchSpec, ErrorCode, PluginError};
-use agentfs_plugin_support::{native::inotify::IN_DONT_FOLLOW, watch_paths::normalize};
+use agentfs_plugin_api::{
+    watch::{WatchApi, WatchSpec},
+    ErrorCode, PluginError,
+};
 use agentfs_proto::{
     BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, FsReply, Request, Response,
     WatchRegistration, WireError, MAX_FRAME_LEN,
 };
+use agentfs_vocab::{native::inotify::IN_DONT_FOLLOW, watch_path::normalize};
 
 use super::{
     convert::{self, wire_error},
@@ -28,7 +31,7 @@ use agentfs_core::{CoreError, FileKind, Store, Tree};
 pub const MAX_READ: u64 = (MAX_FRAME_LEN / 2) as u64;
 
 fn plugin_err(e: PluginError) -> WireError {
-    e.into()
+    super::abi_wire::wire_error(e)
 }
 
 fn invalid(msg: impl Into<String>) -> WireError {
@@ -118,7 +121,7 @@ impl Daemon {
                 .map_err(plugin_err),
             Request::Subscribe { branch, path } => {
                 let branch = self.branch_of(s, branch)?;
-                let prefix = normalize(&path).map_err(plugin_err)?;
+                let prefix = normalize(&path).map_err(|e| invalid(e.to_string()))?;
                 self.with_store(|st| st.branch(&branch).lstat("").map_err(core))?;
                 Ok(Response::Subscribed {
                     subscription: self.watch.subscribe(s.conn, &branch, &prefix),
@@ -238,7 +241,7 @@ impl Daemon {
     }
 
     fn watch_register(&self, s: &Session, reg: WatchRegistration) -> Result<Response, WireError> {
-        let api = reg.api();
+        let api = WatchApi(reg.api());
         let pid_or = |p: u32| if p == 0 { s.pid } else { p };
         let spec = match reg {
             WatchRegistration::FsEvents {
