@@ -37,7 +37,7 @@ mod xattrs;
 pub use diff::{ChangeType, DiffEntry};
 pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
-pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
+pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
 pub use generation::GENERATION_FILE;
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
@@ -47,5 +47,5 @@ pub use layer_store::{
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
-pub use persist::{LockWait, GRAPH_FILE, LOCK_FILE};
+pub use persist::{LockWait, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE};
 pub use store::{AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree};
