@@ -461,6 +461,9 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
         .status()
         .map_err(|e| anyhow::anyhow!("backstore '{}': status: {e}", b.details().name))?;
     let caps = b.capabilities().names();
+    let reclaimed = b
+        .reclaimed()
+        .map_err(|e| anyhow::anyhow!("backstore: {e}"))?;
     let root = path_from_bytes(&st.root).to_path_buf();
     if json {
         let v = serde_json::json!({
@@ -475,6 +478,7 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 "capacity_bytes": st.capacity_bytes,
                 "used_bytes": st.used_bytes,
                 "capabilities": caps,
+                "reclaimed": reclaimed,
             },
             "watch": watch_names,
         });
@@ -500,6 +504,9 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 caps.join(", ")
             }
         );
+        for line in &reclaimed {
+            println!("reclaimed:    {line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

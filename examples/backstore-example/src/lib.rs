@@ -5,10 +5,8 @@
 use std::{fs, io, path::PathBuf};
 
 use agentfs_plugin_api::{
-    backstore::{BackstoreImpl, BackstorePluginDef, BackstoreStatus, Capabilities},
-    export_backstore,
-    guard::path_to_bytes,
-    parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
+    backstore::{BackstoreImpl, BackstorePluginDef, Capabilities, StoreStatus},
+    export_backstore, parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
 };
 
 /// Options: `root = "/some/dir"` (required).
@@ -50,13 +48,13 @@ impl BackstoreImpl for ExampleBackstore {
         Capabilities::PERSISTENT
     }
 
-    fn status(&self) -> PluginResult<BackstoreStatus> {
+    fn status(&self) -> PluginResult<StoreStatus> {
         // A real plugin reports statvfs figures; the example keeps to std.
-        Ok(BackstoreStatus {
+        Ok(StoreStatus {
             fs_type: "unknown".into(),
             capacity_bytes: u64::MAX,
             used_bytes: 0,
-            root: path_to_bytes(&self.root),
+            root: self.root.clone(),
         })
     }
 

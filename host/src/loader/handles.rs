@@ -80,6 +80,16 @@ impl LoadedBackstore {
     pub fn snapshot_layer(&self, src: &str, dst: &str, read_only: bool) -> PluginResult<PathBuf> {
         pathbuf(self.inner.snapshot_layer(src.into(), dst.into(), read_only))
     }
+    /// What the instance reclaimed at start from dead processes, one line
+    /// each; empty for a plugin built before the call existed (it answers
+    /// `Unsupported`).
+    pub fn reclaimed(&self) -> PluginResult<Vec<String>> {
+        match ok(self.inner.reclaimed()) {
+            Ok(v) => Ok(v.into_iter().map(|s| s.into_string()).collect()),
+            Err(e) if e.is_unsupported() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
     /// Reflink `src` to the new file `dst`, or `Unsupported`.
     pub fn reflink(&self, src: &Path, dst: &Path) -> PluginResult<()> {
         let (s, d) = (path_to_bytes(src), path_to_bytes(dst));
