@@ -97,7 +97,7 @@ pub struct ExamplePlugin;
 impl BackstorePluginDef for ExamplePlugin {
     type Backstore = ExampleBackstore;
     const META: PluginMeta = PluginMeta {
-        name: "example",
+        name: "mystore",
         version: env!("CARGO_PKG_VERSION"),
         description: "minimal example backstore: plain directories, no reflink",
         platforms: "any",
@@ -105,7 +105,7 @@ impl BackstorePluginDef for ExamplePlugin {
     };
 
     fn create(options: &str) -> PluginResult<ExampleBackstore> {
-        let o: Options = parse_options("example", options)?;
+        let o: Options = parse_options("mystore", options)?;
         for d in [o.root.join("layers"), o.root.join("meta")] {
             fs::create_dir_all(&d).map_err(|e| PluginError::from_io(d.display(), &e))?;
         }

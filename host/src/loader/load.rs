@@ -49,7 +49,7 @@ pub enum LoadError {
     },
     /// The file cannot be opened safely (not a regular file, truncated,
     /// another architecture, replaceable by another user, ...).
-    #[error("plugin '{name}': {}: {problem}", path.display())]
+    #[error("plugin '{name}': {} {problem}", path.display())]
     BadFile {
         /// Plugin label.
         name: String,

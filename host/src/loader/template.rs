@@ -103,12 +103,12 @@ fn lib_rs(kind: TemplateKind, name: &str) -> String {
         TemplateKind::Backstore => {
             let s = must_replace(
                 BACKSTORE_LIB,
-                "name: \"example\"",
+                "name: \"mystore\"",
                 &format!("name: {name:?}"),
             );
             must_replace(
                 &s,
-                "parse_options(\"example\"",
+                "parse_options(\"mystore\"",
                 &format!("parse_options({name:?}"),
             )
         }

@@ -34,16 +34,16 @@ pub enum FileProblem {
     #[error("no such file")]
     Missing,
     /// Resolving the path met a symlink loop.
-    #[error("too many levels of symbolic links (a symlink loop)")]
+    #[error("cannot be resolved: too many levels of symbolic links (a symlink loop)")]
     SymlinkLoop,
     /// Not a regular file.
-    #[error("not a regular file (it is a {0}); a plugin is a shared library file")]
+    #[error("is not a regular file (it is a {0}); a plugin is a shared library file")]
     NotRegular(&'static str),
     /// The file could not be read.
-    #[error("cannot read it: {0}")]
+    #[error("cannot be read: {0}")]
     Unreadable(String),
     /// Not a shared library at all (no ELF or Mach-O header).
-    #[error("not a shared library: {0}")]
+    #[error("is not a loadable shared library: {0}")]
     NotALibrary(String),
     /// A library for another machine.
     #[error("is a library for {found}, but this agentfs runs on {expected}")]
@@ -54,10 +54,10 @@ pub enum FileProblem {
         expected: String,
     },
     /// Headers or segments point past the end of the file.
-    #[error("truncated or corrupt shared library: {0}")]
+    #[error("is a truncated or corrupt shared library: {0}")]
     Truncated(String),
     /// The file or a directory on its path can be replaced by someone else.
-    #[error("refusing to load it: {0}; fix the permissions, or set {ALLOW_INSECURE_ENV}=1 to load it anyway (development only)")]
+    #[error("is refused: {0}; fix the permissions, or set {ALLOW_INSECURE_ENV}=1 to load it anyway (development only)")]
     Insecure(String),
 }
 
