@@ -180,6 +180,43 @@ backstore_abi_trait! {
 #[cfg(feature = "__previous-shape")]
 backstore_abi_trait! {}
 
+/// The backstore ABI in its first released shape, before any method was
+/// appended. abi_stable's layout check accepts a plugin whose vtables have
+/// as many fields as the host's or more, never fewer; so the host checks a
+/// plugin built for an older shape against this one, and then reaches the
+/// appended methods through abi_stable's run-time field accessibility,
+/// which answers the default body for a method the plugin's vtable lacks.
+#[doc(hidden)]
+pub mod first_shape {
+    #![allow(missing_docs)]
+    use super::*;
+
+    backstore_abi_trait! {}
+
+    /// An owned backstore of the first shape.
+    pub type BackstoreBox = Backstore_TO<'static, RBox<()>>;
+
+    /// The root module of the first shape (same fields as today's).
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = BackstorePluginRef)))]
+    #[sabi(missing_field(panic))]
+    pub struct BackstorePlugin {
+        /// Static description of the plugin.
+        pub info: extern "C" fn() -> PluginInfo,
+        /// Builds an instance from the plugin's options.
+        #[sabi(last_prefix_field)]
+        pub create: extern "C" fn(options: RStr<'_>) -> RResult<BackstoreBox, PluginError>,
+    }
+
+    impl RootModule for BackstorePluginRef {
+        declare_root_module_statics! {BackstorePluginRef}
+        const BASE_NAME: &'static str = "agentfs_backstore";
+        const NAME: &'static str = "agentfs backstore plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}
+
 /// An owned, type-erased backstore as it crosses the ABI.
 pub type BackstoreBox = Backstore_TO<'static, RBox<()>>;
 

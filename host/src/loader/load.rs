@@ -378,9 +378,40 @@ fn strip_ansi(s: &str) -> String {
 }
 
 fn backstore_module(name: &str, path: &Path) -> Result<BackstorePluginRef, LoadError> {
-    lib_header_from_path(path)
-        .and_then(|h| h.init_root_module::<BackstorePluginRef>())
-        .map_err(|e| incompatible(name, path, e))
+    let header = lib_header_from_path(path).map_err(|e| incompatible(name, path, e))?;
+    match header.init_root_module::<BackstorePluginRef>() {
+        Ok(m) => Ok(m),
+        Err(e) if built_for_an_older_shape(header, &e) => {
+            tracing::debug!(plugin = %name, "built for an older shape of the backstore ABI: methods appended since answer Unsupported");
+            // SAFETY: the plugin's layout was just checked against the
+            // first released shape, and the check against today's shape
+            // found only fewer fields, i.e. a prefix of today's vtables.
+            // Fields past the plugin's own are reached through abi_stable's
+            // run-time accessibility check, never read blindly.
+            unsafe { header.init_root_module_with_unchecked_layout::<BackstorePluginRef>() }
+                .map_err(|e| incompatible(name, path, e))
+        }
+        Err(e) => Err(incompatible(name, path, e)),
+    }
+}
+
+/// True when the library's root module failed today's layout check only
+/// because its vtables have fewer fields, and passes the check against the
+/// first released shape: a plugin built before methods were appended.
+fn built_for_an_older_shape(header: &abi_stable::library::LibHeader, today: &LibraryError) -> bool {
+    let LibraryError::AbiInstability(report) = today else {
+        return false;
+    };
+    let report = report.to_string();
+    let errors: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Error:"))
+        .collect();
+    errors.len() == 1
+        && errors[0].contains("too many fields")
+        && header
+            .ensure_layout::<agentfs_plugin_api::backstore::first_shape::BackstorePluginRef>()
+            .is_ok()
 }
 
 fn watch_module(name: &str, path: &Path) -> Result<WatchProviderPluginRef, LoadError> {
