@@ -280,11 +280,10 @@ fn incompatible(name: &str, path: &Path, e: LibraryError) -> LoadError {
     let report = e.to_string().trim().to_string();
     tracing::debug!(plugin = %name, path = %path.display(), "abi_stable refused the plugin:\n{report}");
     let reason = match &e {
-        LibraryError::GetSymbolError { symbol, .. } => format!(
-            "has the AgentFS descriptor but not the abi_stable root module `{}`: build it with \
-             export_backstore! or export_watch_provider! (and do not strip its dynamic symbols)",
-            String::from_utf8_lossy(symbol).trim_end_matches('\0')
-        ),
+        LibraryError::GetSymbolError { .. } => "has the AgentFS descriptor but no abi_stable \
+             root module: build it with export_backstore! or export_watch_provider! (and do not \
+             strip its dynamic symbols)"
+            .to_string(),
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
