@@ -172,7 +172,7 @@ fn check_one(p: &Path, md: &fs::Metadata, me: u32, is_dir: bool) -> Result<(), S
 /// Reads `n` bytes at `off`, or says the file ends first.
 fn read_at(f: &mut File, len: u64, off: u64, n: usize, what: &str) -> Result<Vec<u8>, FileProblem> {
     use std::io::{Seek, SeekFrom};
-    if off.checked_add(n as u64).map_or(true, |end| end > len) {
+    if off.saturating_add(n as u64) > len {
         return Err(FileProblem::Truncated(format!(
             "{what} ends at byte {} but the file has {len} bytes",
             off.saturating_add(n as u64)
@@ -370,7 +370,7 @@ mod elf {
             } else {
                 (e.uint(4, 4), e.uint(16, 4))
             };
-            let end = offset.checked_add(filesz).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(filesz);
             if end > len {
                 return Err(FileProblem::Truncated(format!(
                     "loadable segment {i} ends at byte {end} but the file has {len} bytes"
