@@ -308,11 +308,6 @@ fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
-            "host: agentfs {}, {}",
-            env!("CARGO_PKG_VERSION"),
-            loader::abi_line()
-        );
         if found.is_empty() {
             println!("no plugins found in: {}", search_list(h));
         } else {
@@ -340,6 +335,12 @@ fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
                 );
             }
         }
+        // Last, so the table's header stays the first line.
+        println!(
+            "host: agentfs {}, {}",
+            env!("CARGO_PKG_VERSION"),
+            loader::abi_line()
+        );
         for e in &broken {
             eprintln!("agentfs: warning: {e}");
         }

@@ -232,7 +232,9 @@ fn version_and_plugins_list_print_the_plugin_abi() {
         .output()
         .unwrap();
     assert!(
-        stdout(&out).lines().next().unwrap_or("").contains(&abi),
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with("host: agentfs ") && l.contains(&abi)),
         "{}",
         stdout(&out)
     );

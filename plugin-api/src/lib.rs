@@ -8,7 +8,7 @@
 //!   refused with a precise message;
 //! - [`PluginBuild`] under `AGENTFS_PLUGIN_BUILD`: how the library was built
 //!   (its panic strategy), so a plugin whose panics would abort the host is
-//!   refused before any of its code runs;
+//!   refused before any of its entry points is called;
 //! - an abi_stable root module of its kind ([`backstore::BackstorePluginRef`]
 //!   or [`watch::WatchProviderPluginRef`]), whose layout abi_stable checks.
 //!
