@@ -1,4 +1,4 @@
-//! Checks for backstore plugins (DESIGN §5).
+//! Checks for backstore plugins.
 
 use std::{
     fs,

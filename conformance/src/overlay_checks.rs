@@ -1,4 +1,4 @@
-//! Overlay checks (DESIGN §3): the host's core run over the plugin, so a
+//! Overlay checks: the host's core run over the plugin, so a
 //! backstore is certified for what AgentFS does with it, not only for its
 //! primitives: copy-up then snapshot, branch-from-snapshot isolation, the
 //! exact event sequence of the basic mutations, and, for a RAM-backed

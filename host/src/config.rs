@@ -71,7 +71,7 @@ pub enum ConfigError {
 }
 
 /// Backstore settings from the command line or the environment, which win
-/// over the configuration file (macOS backstore plan, M10): a plugin name
+/// over the configuration file: a plugin name
 /// or library path, a TOML table of options, and `KEY=VALUE` options.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackstoreOverride {

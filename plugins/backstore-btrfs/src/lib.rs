@@ -1,4 +1,4 @@
-//! `btrfs`: the Linux copy-on-write backstore (DESIGN §8, the twin of
+//! `btrfs`: the Linux copy-on-write backstore (the twin of
 //! `apfs`).
 //!
 //! - The filesystem under the root is identified with `statfs` `f_type`.
