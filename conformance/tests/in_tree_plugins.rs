@@ -3,28 +3,30 @@
 
 use std::{path::PathBuf, process::Command};
 
-use agentfs_conformance::{run, target_dir, Outcome, Target};
+use agentfs_conformance::{Outcome, Report, Target};
 use agentfs_testfs::{mount_or_skip, FsKind};
 
 fn lib(name: &str) -> PathBuf {
-    let p = target_dir().join(format!(
+    let p = agentfs_testfs::built(&format!(
         "{}{name}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ));
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build --workspace` first",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is missing after building", p.display());
     p
+}
+
+/// Certifies `t`, the workspace's plugins built first if need be.
+fn run(t: &Target) -> Report {
+    lib("agentfs_backstore_mock");
+    agentfs_conformance::run(t)
 }
 
 fn hostfs_on(root: &std::path::Path) -> Target {
     Target::name("hostfs").with_options(&format!("root = {:?}", root.display().to_string()))
 }
 
-fn assert_ran(report: &agentfs_conformance::Report, name: &str) {
+fn assert_ran(report: &Report, name: &str) {
     match &report
         .get(name)
         .unwrap_or_else(|| panic!("{name} did not run"))
@@ -222,6 +224,7 @@ fn non_plugins_fail_to_load_with_one_reason() {
 }
 
 fn conformance_bin() -> Command {
+    lib("agentfs_backstore_mock");
     Command::new(env!("CARGO_BIN_EXE_agentfs-conformance"))
 }
 
