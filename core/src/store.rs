@@ -1151,7 +1151,7 @@ impl Tree<'_> {
                     beneath::open_file_at(h.dir.as_fd(), &h.stored, rustix::fs::OFlags::RDONLY, 0)
                 {
                     if self.stamp() == stamp {
-                        return Ok((f, h.path));
+                        return Ok((f, h.path.clone()));
                     }
                 }
             }
