@@ -289,6 +289,9 @@ impl<'a> Writer<'a> {
         dir_path: &Path,
         name: &OsStr,
     ) -> CoreResult<()> {
+        if hit.st.kind != FileKind::File {
+            return Err(CoreError::Unsupported(format!("{path}: not a regular file")));
+        }
         if self.reflink {
             let src = self.view.physical_path(hit.layer, path);
             let dst = dir_path.join(name);
@@ -412,7 +415,7 @@ impl<'a> Writer<'a> {
                 }
                 FileKind::Other => {
                     return Err(CoreError::Unsupported(format!(
-                        "{child}: copying a special file"
+                        "{child}: not a regular file"
                     )))
                 }
             }

@@ -412,6 +412,14 @@ impl Writer<'_> {
     pub fn rename(&self, from: &BranchPath, to: &BranchPath) -> CoreResult<Option<Change>> {
         let rf = self.view.existing(from, false)?;
         not_root(&rf, "rename")?;
+        if rf.kind() == Some(FileKind::Other) && rf.hit.as_ref().is_some_and(|h| h.layer != 0) {
+            // Moving it would mean copying it up: a special file (FIFO,
+            // device, socket) is never opened, so it cannot be.
+            return Err(CoreError::Unsupported(format!(
+                "{}: not a regular file",
+                rf.path
+            )));
+        }
         let rt = self.view.resolve(to, false)?;
         if rt.path.is_root() {
             return Err(CoreError::Busy {

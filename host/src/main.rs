@@ -120,6 +120,10 @@ enum Command {
         /// With --init: default base directory of new branches.
         #[arg(long, value_name = "DIR", requires = "init")]
         base: Option<PathBuf>,
+        /// Seconds a clean shutdown may take after SIGTERM or SIGINT before
+        /// the daemon exits anyway (a second signal exits at once).
+        #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+        shutdown_timeout: f64,
     },
     /// Print a branch's file events as they happen, through the daemon.
     Watch {
@@ -244,7 +248,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compact_threshold,
             json,
         } => core_cmds::init(&h, wait, base, compact_threshold, json),
-        Command::Serve { init, base } => serve(&h, socket, init, base, wait),
+        Command::Serve {
+            init,
+            base,
+            shutdown_timeout,
+        } => {
+            let grace = std::time::Duration::try_from_secs_f64(shutdown_timeout)
+                .context("--shutdown-timeout: give a number of seconds")?;
+            serve(&h, socket, init, base, wait, grace)
+        }
         Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
             unreachable!("handled above")
         }
@@ -366,6 +378,7 @@ fn serve(
     init: bool,
     base: Option<PathBuf>,
     wait: LockWait,
+    shutdown_timeout: std::time::Duration,
 ) -> Result<ExitCode> {
     let opts = ServeOptions {
         socket,
@@ -374,6 +387,7 @@ fn serve(
             compact_threshold: None,
         }),
         wait,
+        shutdown_timeout,
     };
     daemon::serve(h, opts, |path| {
         // The readiness line scripts and tests wait for.

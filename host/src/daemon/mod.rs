@@ -31,7 +31,7 @@ use std::path::PathBuf;
 
 use agentfs_plugin_api::PluginError;
 
-pub use server::{serve, ServeOptions};
+pub use server::{serve, ServeOptions, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use socket_path::{default_socket_path, SOCKET_ENV};
 pub use state::{Daemon, Session};
 pub use watch_service::{ConnId, WatchService};
