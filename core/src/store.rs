@@ -1181,6 +1181,12 @@ impl Tree<'_> {
     /// per removed entry, children first).
     pub fn remove_all(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<()> {
         let p = path.to_branch_path()?;
+        if p.is_root() {
+            // Refused before anything is removed: the root itself cannot go.
+            return Err(CoreError::InvalidArgument(
+                "cannot remove the branch root".into(),
+            ));
+        }
         let st = self.lstat(&p)?;
         if st.kind == FileKind::Dir {
             for e in self.read_dir(&p)? {
