@@ -3,6 +3,7 @@
 mod cli_backend;
 mod core_cmds;
 mod demo;
+mod output;
 mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -184,12 +185,16 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(output::log_colours())
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        output::default_sigpipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentfs: error: {e:#}");
+            eprintln!("agentfs: error: {}", output::error_line(&e));
             core_cmds::exit_code_for(&e)
         }
     }
@@ -391,14 +396,13 @@ fn serve(
     };
     daemon::serve(h, opts, |path| {
         // The readiness line scripts and tests wait for.
-        println!(
+        output::say(&format!(
             "agentfs serve: ready on {} (pid {})",
             path.display(),
             std::process::id()
-        );
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        ));
     })?;
-    println!("agentfs serve: stopped");
+    output::say("agentfs serve: stopped");
     Ok(ExitCode::SUCCESS)
 }
 

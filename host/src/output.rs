@@ -1,0 +1,70 @@
+//! How the `agentfs` binary talks to its terminal: standard output that
+//! may be a pipe closed early (`agentfs diff | head -1`), log lines without
+//! colour codes unless stderr is a terminal, and one line per error.
+
+use std::io::Write;
+
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it),
+/// so a command whose standard output is closed early ends quietly, as
+/// `ls`, `cat` and `git` do, instead of failing on `EPIPE`. Not for the
+/// daemon: a reader that goes away must never kill it. Sockets never raise
+/// SIGPIPE here (sends use `MSG_NOSIGNAL` or `SO_NOSIGPIPE`).
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no
+    // preconditions; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// True when log lines may carry ANSI colours: stderr is a terminal.
+pub fn log_colours() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// Prints one line on standard output, ignoring a closed or failing
+/// stdout (for the daemon's status lines: nobody may be reading them).
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// An error and its causes on one line, each said once: a cause whose
+/// text the message before it already ends with (an OS error an error
+/// type both displays and exposes as its source) is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("open f: {source}")]
+    struct Shows {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        let e = anyhow::Error::new(Shows {
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        let line = error_line(&e);
+        assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("reading stdin");
+        assert!(error_line(&e).starts_with("reading stdin: "), "{e:#}");
+    }
+}
