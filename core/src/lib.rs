@@ -20,6 +20,7 @@ mod error;
 mod events;
 pub mod fault;
 mod graph;
+mod layer_gc;
 mod layer_names;
 mod layer_store;
 mod metadata;
