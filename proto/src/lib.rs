@@ -34,6 +34,7 @@ mod error;
 pub mod fd_passing;
 mod frame;
 mod handshake;
+mod malformed;
 mod messages;
 
 pub use client::{Client, ClientError};
@@ -43,4 +44,5 @@ pub use frame::{
     FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN,
 };
 pub use handshake::{negotiate, MAGIC, MIN_VERSION, VERSION};
+pub use malformed::{decode_client_frame, Malformed};
 pub use messages::*;

@@ -90,8 +90,10 @@ impl ClientFrame {
 pub enum DaemonFrame {
     /// Handshake accepted.
     Welcome(Welcome),
-    /// Handshake refused (version mismatch, wrong uid, bad magic); the
-    /// daemon closes the connection after it.
+    /// Handshake refused (version mismatch, wrong uid, bad magic), or a
+    /// frame after it that cannot be answered by a request id (a second
+    /// `Hello`, a request without a usable id, a frame over the size
+    /// limit); the daemon closes the connection after it.
     Refused(WireError),
     /// The answer to request `id`.
     Response {
