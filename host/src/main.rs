@@ -125,6 +125,10 @@ enum Command {
         /// the daemon exits anyway (a second signal exits at once).
         #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
         shutdown_timeout: f64,
+        /// At most this many connections per uid at once; more are refused
+        /// with an error frame and a log line.
+        #[arg(long, value_name = "N", default_value_t = daemon::limits::DEFAULT_MAX_CONNECTIONS_PER_UID)]
+        max_connections_per_uid: usize,
     },
     /// Print a branch's file events as they happen, through the daemon.
     Watch {
@@ -257,10 +261,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init,
             base,
             shutdown_timeout,
+            max_connections_per_uid,
         } => {
-            let grace = std::time::Duration::try_from_secs_f64(shutdown_timeout)
-                .context("--shutdown-timeout: give a number of seconds")?;
-            serve(&h, socket, init, base, wait, grace)
+            let opts = ServeOptions {
+                socket,
+                init: init.then_some(InitOptions {
+                    default_base: base,
+                    compact_threshold: None,
+                }),
+                wait,
+                shutdown_timeout: std::time::Duration::try_from_secs_f64(shutdown_timeout)
+                    .context("--shutdown-timeout: give a number of seconds")?,
+                max_connections_per_uid,
+            };
+            serve(&h, opts)
         }
         Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
             unreachable!("handled above")
@@ -377,23 +391,7 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    h: &Host,
-    socket: PathBuf,
-    init: bool,
-    base: Option<PathBuf>,
-    wait: LockWait,
-    shutdown_timeout: std::time::Duration,
-) -> Result<ExitCode> {
-    let opts = ServeOptions {
-        socket,
-        init: init.then_some(InitOptions {
-            default_base: base,
-            compact_threshold: None,
-        }),
-        wait,
-        shutdown_timeout,
-    };
+fn serve(h: &Host, opts: ServeOptions) -> Result<ExitCode> {
     daemon::serve(h, opts, |path| {
         // The readiness line scripts and tests wait for.
         output::say(&format!(

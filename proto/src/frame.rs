@@ -193,6 +193,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the largest body accepted (a daemon raises it after the
+    /// handshake).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

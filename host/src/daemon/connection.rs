@@ -19,7 +19,7 @@ use agentfs_proto::{
     decode_client_frame, encode_frame,
     fd_passing::{recv_with_fds, send_with_fd},
     negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Malformed,
-    Request, Response, Welcome, WireError, MAX_FRAME_LEN,
+    Request, Response, Welcome, WireError, MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
 use smol::{channel, Async};
 
@@ -47,7 +47,9 @@ impl FrameReader {
     fn new(stream: Arc<Async<UnixStream>>) -> Self {
         Self {
             stream,
-            decoder: FrameDecoder::new(MAX_FRAME_LEN),
+            // Until the client has said who it is, it can make the daemon
+            // hold a Hello's worth of bytes and no more.
+            decoder: FrameDecoder::new(MAX_HELLO_LEN),
             fds: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
         }
@@ -157,6 +159,23 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
             return;
         }
     };
+    let _slot = match d.limits.admit(peer.uid) {
+        Ok(slot) => slot,
+        Err(open) => {
+            let msg = format!(
+                "uid {} has {open} connections open, the most this daemon allows \
+                 (agentfs serve --max-connections-per-uid)",
+                peer.uid
+            );
+            tracing::warn!(uid = peer.uid, open, "refusing a connection: {msg}");
+            let e = WireError {
+                code: agentfs_vocab::codes::BUSY,
+                errno: libc::EAGAIN,
+                message: msg,
+            };
+            return refuse(&stream, e).await;
+        }
+    };
     if peer.uid != daemon_uid {
         let msg = format!(
             "uid {} may not use this daemon: it serves uid {daemon_uid} only",
@@ -210,6 +229,7 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
         branch: hello.branch,
         session: conn,
     });
+    reader.decoder.set_max(MAX_FRAME_LEN);
     if send_frame(&stream, &welcome, None).await.is_ok() {
         serve_requests(&d, &stream, &mut reader, &session).await;
     }

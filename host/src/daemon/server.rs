@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub init: Option<InitOptions>,
     /// Wait for, or fail on, another process holding the store lock.
     pub wait: LockWait,
+    /// At most this many connections per uid at once (more are refused).
+    pub max_connections_per_uid: usize,
     /// How long a clean shutdown may take after SIGTERM or SIGINT before
     /// the daemon exits anyway (a second signal exits at once).
     pub shutdown_timeout: Duration,
@@ -66,14 +68,17 @@ pub fn serve(
     let watch = WatchService::new(host.watch_providers()?).map_err(DaemonError::Watch)?;
     let (listener, bound) = bind(&opts.socket)?;
     let listener = Async::new(listener).map_err(|e| DaemonError::io("listen", e))?;
-    let daemon = Arc::new(Daemon::new(
-        store,
-        watch,
-        DaemonInfo {
-            config: host.config.source.to_string(),
-            socket: bound.path().to_path_buf(),
-        },
-    ));
+    let daemon = Arc::new(
+        Daemon::new(
+            store,
+            watch,
+            DaemonInfo {
+                config: host.config.source.to_string(),
+                socket: bound.path().to_path_buf(),
+            },
+        )
+        .with_max_connections_per_uid(opts.max_connections_per_uid),
+    );
     for (api, name) in daemon.watch.apis() {
         tracing::info!(api = api.name(), plugin = %name, "watch provider loaded");
     }
