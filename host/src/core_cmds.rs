@@ -453,9 +453,8 @@ pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
             }
         }
         FsCmd::Cat { at, path } => {
-            let data = s.read_file(tree(&at), path.as_str())?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&data)?;
+            s.copy_file_to(tree(&at), path.as_str(), &mut out)?;
             out.flush()?;
         }
         FsCmd::Stat { at, path, json } => {
