@@ -290,7 +290,9 @@ impl<'a> Writer<'a> {
         name: &OsStr,
     ) -> CoreResult<()> {
         if hit.st.kind != FileKind::File {
-            return Err(CoreError::Unsupported(format!("{path}: not a regular file")));
+            return Err(CoreError::Unsupported(format!(
+                "{path}: not a regular file"
+            )));
         }
         if self.reflink {
             let src = self.view.physical_path(hit.layer, path);

@@ -18,7 +18,10 @@ fn sample(base: &std::path::Path) {
 fn root_removal_is_refused_and_changes_nothing(s: &Served) {
     for root in ["", ".", "/", "./", "//"] {
         let err = s.fails(&["fs", "rm", "-r", "--branch", "b", root]);
-        assert!(err.contains("cannot remove the branch root"), "{root:?}: {err}");
+        assert!(
+            err.contains("cannot remove the branch root"),
+            "{root:?}: {err}"
+        );
         assert_eq!(
             s.ok(&["diff", "--branch", "b"]),
             "",
@@ -32,7 +35,9 @@ fn rm_r_of_the_root_is_refused_before_anything_goes() {
     let s = Served::new(sample);
     root_removal_is_refused_and_changes_nothing(&s);
     // A non-recursive rm of the root is refused the same way.
-    assert!(s.fails(&["fs", "rm", "--branch", "b", ""]).contains("branch root"));
+    assert!(s
+        .fails(&["fs", "rm", "--branch", "b", ""])
+        .contains("branch root"));
 }
 
 #[test]
@@ -60,7 +65,14 @@ fn slash_is_the_branch_root_for_ls() {
     let root = s.ok(&["fs", "ls", "--branch", "b", ""]);
     assert_eq!(root, "d/\ntop\n");
     assert_eq!(s.ok(&["fs", "ls", "--branch", "b", "/"]), root);
-    assert_eq!(s.ok(&["fs", "ls", "-l", "--branch", "b", "/"]).lines().count(), 2);
+    assert_eq!(
+        s.ok(&["fs", "ls", "-l", "--branch", "b", "/"])
+            .lines()
+            .count(),
+        2
+    );
     // Only the root: any other absolute path is still refused.
-    assert!(s.fails(&["fs", "ls", "--branch", "b", "/d"]).contains("absolute"));
+    assert!(s
+        .fails(&["fs", "ls", "--branch", "b", "/d"])
+        .contains("absolute"));
 }

@@ -54,12 +54,13 @@ fn partial_frames_before_hello_do_not_grow_the_daemon() {
             let len = MAX_FRAME_LEN as u32; // a frame of the largest size allowed after Hello
             let mut frame = len.to_be_bytes().to_vec();
             frame.resize(4 + MAX_FRAME_LEN - 1, 0x90); // one byte short: never complete
-            // The daemon may refuse and close long before all is sent.
+                                                       // The daemon may refuse and close long before all is sent.
             let _ = conn.write_all(&frame);
             sent_tx.send(()).unwrap();
             // Hold the connection open until the measure is taken.
             let _ = done_rx.lock().unwrap().recv();
-            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
             let mut answer = Vec::new();
             let _ = conn.read_to_end(&mut answer);
             answer
@@ -88,13 +89,20 @@ fn partial_frames_before_hello_do_not_grow_the_daemon() {
         }
     }
     // And it still serves.
-    d.client("after").request(agentfs_proto::Request::Ping).unwrap();
+    d.client("after")
+        .request(agentfs_proto::Request::Ping)
+        .unwrap();
 }
 
 #[test]
 fn connections_past_the_per_uid_cap_are_refused_and_reported() {
     let s = Served::new(|b| std::fs::write(b.join("f"), b"f").unwrap());
-    let d = DaemonProc::start(&s.config, &s.socket, &[], &["--max-connections-per-uid", "4"]);
+    let d = DaemonProc::start(
+        &s.config,
+        &s.socket,
+        &[],
+        &["--max-connections-per-uid", "4"],
+    );
     let held: Vec<Client> = (0..4).map(|i| d.client(&format!("held {i}"))).collect();
     match Client::connect(&d.socket, Hello::current("one too many", None)) {
         Err(ClientError::Refused(e)) => {

@@ -96,13 +96,21 @@ fn modes_and_sizes_out_of_range_are_refused_in_both_paths() {
         let d = s.serve();
         let mut c = d.client("hostile values");
         check_refusals(
-            |r| c.request(r).map(drop).map_err(|e| e.wire().unwrap().clone()),
+            |r| {
+                c.request(r)
+                    .map(drop)
+                    .map_err(|e| e.wire().unwrap().clone())
+            },
             "daemon",
         );
     }
     let store = Store::open(common::hostfs(&s.dir.join("store")), LockWait::Block).unwrap();
     check_refusals(
-        |r| handler::handle(&store, None, r).map(drop).map_err(|e| wire_error(&e)),
+        |r| {
+            handler::handle(&store, None, r)
+                .map(drop)
+                .map_err(|e| wire_error(&e))
+        },
         "direct",
     );
     drop(store);
@@ -115,7 +123,14 @@ fn an_os_error_is_printed_once() {
     let s = Served::new(sample);
     let err = s.fails(&["--direct", "init", "--base", "/nonexistent/agentfs-base"]);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
-    let err = s.fails(&["--direct", "branch", "create", "x", "--base", "/nonexistent/x"]);
+    let err = s.fails(&[
+        "--direct",
+        "branch",
+        "create",
+        "x",
+        "--base",
+        "/nonexistent/x",
+    ]);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
 
@@ -140,8 +155,14 @@ fn a_base_that_is_or_holds_the_store_is_refused() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("the store's own directory"), "{err}");
-    assert!(s.ok(&["branch", "list"]).lines().all(|l| !l.starts_with("x ")));
+    assert!(
+        !o.status.success() && err.contains("the store's own directory"),
+        "{err}"
+    );
+    assert!(s
+        .ok(&["branch", "list"])
+        .lines()
+        .all(|l| !l.starts_with("x ")));
 }
 
 #[test]

@@ -7,11 +7,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    os::unix::net::UnixStream,
-    time::Duration,
-};
+use std::{io::Write, os::unix::net::UnixStream, time::Duration};
 
 use agentfs_proto::{
     encode_frame, read_frame, ClientFrame, DaemonFrame, FrameError, Hello, Request, Response,
@@ -162,7 +158,10 @@ fn fs_request(id: Mp, op: Mp) -> Mp {
 }
 
 fn stat(path: Mp) -> Mp {
-    map(vec![("Stat", map(vec![("path", path), ("follow", Mp::Bool(false))]))])
+    map(vec![(
+        "Stat",
+        map(vec![("path", path), ("follow", Mp::Bool(false))]),
+    )])
 }
 
 /// Expects an error answer to request `id` naming `word`, on a connection
@@ -201,7 +200,12 @@ fn malformed_requests_get_an_error_frame_naming_what_was_wrong() {
     let mut c = connect(&d.socket);
     ping(&mut c, 1);
     // An integer path, a path that is not UTF-8, a missing op: answered by id.
-    answered_by_id(&mut c, &fs_request(Mp::UInt(5), stat(Mp::Int(7))), 5, "request 5");
+    answered_by_id(
+        &mut c,
+        &fs_request(Mp::UInt(5), stat(Mp::Int(7))),
+        5,
+        "request 5",
+    );
     answered_by_id(
         &mut c,
         &fs_request(Mp::UInt(6), stat(Mp::Str(b"\xff\xfe".to_vec()))),
@@ -220,12 +224,32 @@ fn malformed_requests_get_an_error_frame_naming_what_was_wrong() {
     answered_by_id(&mut c, &unknown_op, 8, "Explode");
     // No usable id, an unknown frame, a second Hello, a frame over the
     // limit: refused, then closed.
-    refused(&d.socket, &fs_request(s("x"), stat(s("f"))).frame(), "unsigned integer");
-    refused(&d.socket, &fs_request(Mp::Int(-1), stat(s("f"))).frame(), "unsigned integer");
-    refused(&d.socket, &map(vec![("Bogus", Mp::Nil)]).frame(), "not a client frame");
-    refused(&d.socket, &Mp::Str(b"\xff".to_vec()).frame(), "not a client frame");
+    refused(
+        &d.socket,
+        &fs_request(s("x"), stat(s("f"))).frame(),
+        "unsigned integer",
+    );
+    refused(
+        &d.socket,
+        &fs_request(Mp::Int(-1), stat(s("f"))).frame(),
+        "unsigned integer",
+    );
+    refused(
+        &d.socket,
+        &map(vec![("Bogus", Mp::Nil)]).frame(),
+        "not a client frame",
+    );
+    refused(
+        &d.socket,
+        &Mp::Str(b"\xff".to_vec()).frame(),
+        "not a client frame",
+    );
     let hello = ClientFrame::Hello(Hello::current("again", None));
-    refused(&d.socket, &encode_frame(&hello, MAX_FRAME_LEN).unwrap(), "second Hello");
+    refused(
+        &d.socket,
+        &encode_frame(&hello, MAX_FRAME_LEN).unwrap(),
+        "second Hello",
+    );
     refused(
         &d.socket,
         &((MAX_FRAME_LEN as u32) + 1).to_be_bytes(),
@@ -238,11 +262,52 @@ fn malformed_requests_get_an_error_frame_naming_what_was_wrong() {
 /// Field and variant names of the protocol, so arbitrary frames often get
 /// deep into the decoder rather than failing at the first key.
 const NAMES: &[&str] = &[
-    "Request", "Hello", "Ack", "id", "request", "Ping", "Status", "Fs", "branch", "snapshot",
-    "op", "Stat", "ReadDir", "Read", "Write", "Create", "Mkdir", "Rename", "Truncate", "Chmod",
-    "path", "follow", "offset", "len", "data", "mode", "exclusive", "from", "to", "size", "name",
-    "base", "BranchCreate", "BranchList", "SnapshotList", "FdOpen", "FdClose", "record", "flags",
-    "Subscribe", "Unsubscribe", "subscription", "WatchUnregister", "watch_id", "api", "instance",
+    "Request",
+    "Hello",
+    "Ack",
+    "id",
+    "request",
+    "Ping",
+    "Status",
+    "Fs",
+    "branch",
+    "snapshot",
+    "op",
+    "Stat",
+    "ReadDir",
+    "Read",
+    "Write",
+    "Create",
+    "Mkdir",
+    "Rename",
+    "Truncate",
+    "Chmod",
+    "path",
+    "follow",
+    "offset",
+    "len",
+    "data",
+    "mode",
+    "exclusive",
+    "from",
+    "to",
+    "size",
+    "name",
+    "base",
+    "BranchCreate",
+    "BranchList",
+    "SnapshotList",
+    "FdOpen",
+    "FdClose",
+    "record",
+    "flags",
+    "Subscribe",
+    "Unsubscribe",
+    "subscription",
+    "WatchUnregister",
+    "watch_id",
+    "api",
+    "instance",
 ];
 
 fn arb_name() -> impl Strategy<Value = Mp> {

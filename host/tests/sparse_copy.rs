@@ -160,7 +160,10 @@ fn copy_up_of_a_sparse_file_keeps_its_holes() {
     for &(off, len) in EXTENTS {
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, off).unwrap();
-        assert!(buf.iter().zip(off..).all(|(b, o)| *b == byte_at(o)), "data at {off}");
+        assert!(
+            buf.iter().zip(off..).all(|(b, o)| *b == byte_at(o)),
+            "data at {off}"
+        );
         let mut before = [0xffu8; 1];
         if off > 0 {
             f.read_exact_at(&mut before, off - 1).unwrap();
@@ -196,7 +199,10 @@ fn fs_cat_streams_a_multi_gib_file() {
     let base = t.path().join("base");
     fs::create_dir(&base).unwrap();
     if !make_sparse(&base.join("big")) {
-        agentfs_testfs::skip("fs_cat_streams_a_multi_gib_file", "no holes in the temp dir");
+        agentfs_testfs::skip(
+            "fs_cat_streams_a_multi_gib_file",
+            "no holes in the temp dir",
+        );
         return;
     }
     let config = write_config(
@@ -207,7 +213,11 @@ fn fs_cat_streams_a_multi_gib_file() {
     let sock = t.path().join("no-daemon.sock");
     let run = |args: &[&str]| {
         let o = agentfs_cmd(&config, &sock).args(args).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     run(&["init", "--base", base.to_str().unwrap()]);
     run(&["branch", "create", "b"]);
@@ -239,11 +249,17 @@ fn fs_cat_streams_a_multi_gib_file() {
         if n == 0 {
             break;
         }
-        sum = buf[..n].iter().fold(sum, |s, b| s.wrapping_add(u64::from(*b)));
+        sum = buf[..n]
+            .iter()
+            .fold(sum, |s, b| s.wrapping_add(u64::from(*b)));
         total += n as u64;
     }
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "fs cat: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "fs cat: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(total, SPARSE_LEN);
     let want = EXTENTS
         .iter()

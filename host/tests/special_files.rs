@@ -107,7 +107,10 @@ fn sigterm_stops_the_daemon_in_bounded_time_while_a_request_is_stuck() {
     let mut log = String::new();
     loop {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "daemon log ended: {log}");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "daemon log ended: {log}"
+        );
         log.push_str(&line);
         if line.contains("fault point copyup-after-temp-write reached") {
             break;

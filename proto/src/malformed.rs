@@ -30,9 +30,7 @@ pub enum Malformed {
 #[derive(Deserialize)]
 enum Outline {
     Hello(IgnoredAny),
-    Request {
-        id: Id,
-    },
+    Request { id: Id },
     Ack(IgnoredAny),
 }
 
