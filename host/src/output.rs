@@ -28,6 +28,46 @@ pub fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// A name or path for one line of text output, quoted the way git quotes
+/// paths when it could be misread: a name holding a control character (a
+/// newline could forge a line), a byte that is not UTF-8, `"` or `\` is
+/// printed in double quotes with C escapes (`\n`, `\t`, `\"`, `\\`, and
+/// `\ooo` in octal for other control and non-UTF-8 bytes); anything else
+/// as it is. JSON output carries names exactly instead.
+pub fn quoted(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    let plain = std::str::from_utf8(raw)
+        .ok()
+        .filter(|s| !s.chars().any(|c| c.is_control() || c == '"' || c == '\\'));
+    if let Some(s) = plain {
+        return s.into();
+    }
+    let mut out = String::from("\"");
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut b = [0u8; 4];
+                    for byte in c.encode_utf8(&mut b).bytes() {
+                        let _ = write!(out, "\\{byte:03o}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\{byte:03o}");
+        }
+    }
+    out.push('"');
+    out.into()
+}
+
 /// An error and its causes on one line, each said once: a cause whose
 /// text the message before it already ends with (an OS error an error
 /// type both displays and exposes as its source) is not repeated.
@@ -54,6 +94,16 @@ mod tests {
     #[error("open f: {source}")]
     struct Shows {
         source: std::io::Error,
+    }
+
+    #[test]
+    fn names_that_could_be_misread_are_quoted() {
+        assert_eq!(quoted(b"src/main.rs"), "src/main.rs");
+        assert_eq!(quoted("été".as_bytes()), "été");
+        assert_eq!(quoted(b"harmless\nD README.md"), "\"harmless\\nD README.md\"");
+        assert_eq!(quoted(b"a\xff\xfeb"), "\"a\\377\\376b\"");
+        assert_eq!(quoted(b"q\"\\\x1b[31m"), "\"q\\\"\\\\\\033[31m\"");
+        assert_eq!(quoted("\u{85}".as_bytes()), "\"\\302\\205\"");
     }
 
     #[test]
