@@ -100,7 +100,10 @@ mod tests {
     fn names_that_could_be_misread_are_quoted() {
         assert_eq!(quoted(b"src/main.rs"), "src/main.rs");
         assert_eq!(quoted("été".as_bytes()), "été");
-        assert_eq!(quoted(b"harmless\nD README.md"), "\"harmless\\nD README.md\"");
+        assert_eq!(
+            quoted(b"harmless\nD README.md"),
+            "\"harmless\\nD README.md\""
+        );
         assert_eq!(quoted(b"a\xff\xfeb"), "\"a\\377\\376b\"");
         assert_eq!(quoted(b"q\"\\\x1b[31m"), "\"q\\\"\\\\\\033[31m\"");
         assert_eq!(quoted("\u{85}".as_bytes()), "\"\\302\\205\"");

@@ -189,10 +189,7 @@ pub fn run(
                     } else {
                         let mut l = format!("{} {} {}", r.seq, api.name(), names.join("|"));
                         if !r.name.is_empty() {
-                            l.push_str(&format!(
-                                " {}",
-                                crate::output::quoted(r.name.as_bytes())
-                            ));
+                            l.push_str(&format!(" {}", crate::output::quoted(r.name.as_bytes())));
                         }
                         if r.cookie != 0 {
                             l.push_str(&format!(" cookie={}", r.cookie));

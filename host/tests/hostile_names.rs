@@ -45,7 +45,9 @@ fn check(s: &Served) {
     // JSON: exact.
     let v = json(&s.ok(&["diff", "--branch", "b", "--json"]));
     let changes = v["changes"].as_array().unwrap();
-    assert!(changes.iter().any(|c| c["path"] == "d2/harmless\nD README.md"));
+    assert!(changes
+        .iter()
+        .any(|c| c["path"] == "d2/harmless\nD README.md"));
     let exact: Vec<Vec<u8>> = changes
         .iter()
         .filter(|c| c.get("path_bytes").is_some())
