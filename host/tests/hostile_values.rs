@@ -143,6 +143,20 @@ fn a_base_that_is_or_holds_the_store_is_refused() {
         let err = s.fails(&["--direct", "branch", "create", "x", "--base", b]);
         assert!(err.contains("the store's own directory"), "{b}: {err}");
     }
+    // A relative base in a request would resolve against the daemon's own
+    // working directory: refused (the CLI sends absolute paths).
+    let store_ = Store::open(common::hostfs(&store), LockWait::Block).unwrap();
+    let e = handler::handle(
+        &store_,
+        None,
+        Request::BranchCreate {
+            name: "rel".into(),
+            base: Some("base".into()),
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("absolute"), "{e}");
+    drop(store_);
     // `init` of a fresh store too.
     let t = tempfile::tempdir().unwrap();
     let config = common::daemon::write_config(
