@@ -9,8 +9,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// Default of [`ConnLimits`]' connections per uid.
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
+/// Default of [`ConnLimits`]' connections per uid: every process under the
+/// shim holds one, so a parallel build needs hundreds; about what a
+/// default `RLIMIT_NOFILE` of 1024 lets the daemon accept anyway.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 1024;
 
 /// Open connections per peer uid, and the cap.
 #[derive(Debug)]
