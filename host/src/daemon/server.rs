@@ -2,7 +2,10 @@
 //! socket, accept connections (one task each) until SIGTERM or SIGINT, then
 //! shut down cleanly: the socket is removed, connection tasks end, and the
 //! store and its backstore are dropped, so the backstore's RAII cleanup
-//! runs (a RAM volume is unmounted and deleted).
+//! runs (a RAM volume is unmounted and deleted). The clean shutdown is
+//! bounded: past [`ServeOptions::shutdown_timeout`], or at a second signal,
+//! the process exits at once (a request stuck in the kernel or in a plugin
+//! cannot keep it alive).
 
 use std::{
     path::{Path, PathBuf},
