@@ -191,9 +191,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(output::log_colours())
         .init();
+    // Before parsing: `--help` output may meet a closed pipe too.
+    output::default_sigpipe();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
-        output::default_sigpipe();
+    if matches!(cli.command, Command::Serve { .. }) {
+        output::ignore_sigpipe();
     }
     match run(cli) {
         Ok(code) => code,

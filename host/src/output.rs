@@ -15,6 +15,13 @@ pub fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
+/// Ignores SIGPIPE again (the daemon: a client or a log reader that goes
+/// away must never kill it; writes then fail with `EPIPE` instead).
+pub fn ignore_sigpipe() {
+    // SAFETY: as in `default_sigpipe`; SIG_IGN installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// True when log lines may carry ANSI colours: stderr is a terminal.
 pub fn log_colours() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())

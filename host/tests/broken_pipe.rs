@@ -67,6 +67,8 @@ fn listings_end_quietly(s: &Served) {
         &["branch", "list"],
         &["plugins", "list"],
         &["config", "show"],
+        &["--help"],
+        &["fs", "--help"],
     ] {
         ends_quietly(s, args);
     }
