@@ -245,6 +245,12 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, Option<FileKin
 
 /// Opens regular file `name` in `dir` with `flags` (plus `O_NOFOLLOW` and
 /// `O_CLOEXEC`), creating it with `mode` if `O_CREAT` is given.
+///
+/// Never blocks in `open(2)` and never returns anything but a regular
+/// file: callers check the entry's type first, but it may have been
+/// replaced by a FIFO or a device since, and opening a FIFO blocks until a
+/// writer comes. So the open is non-blocking, the fd is checked with
+/// `fstat`, and `O_NONBLOCK` is cleared again unless `flags` asked for it.
 pub fn open_file_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -257,10 +263,26 @@ pub fn open_file_at(
     let fd = rustix::fs::openat(
         dir,
         name,
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::from_raw_mode(mode as _),
     )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(not_regular(name));
+    }
+    if !flags.contains(OFlags::NONBLOCK) {
+        let now = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, now - OFlags::NONBLOCK)?;
+    }
     Ok(File::from(fd))
+}
+
+/// The error for an entry that is not a regular file where one must be.
+fn not_regular(name: &OsStr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{name:?}: not a regular file"),
+    )
 }
 
 /// Reads symlink `name` in `dir`.

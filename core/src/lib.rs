@@ -22,6 +22,7 @@ mod events;
 pub mod fault;
 mod generation;
 mod graph;
+mod layer_gc;
 mod layer_names;
 mod layer_store;
 mod metadata;

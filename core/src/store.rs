@@ -570,13 +570,7 @@ impl Store {
 
     fn delete_layers(&self, ids: &[String]) {
         for id in ids {
-            match self.backstore.delete_layer(id) {
-                Ok(()) => {}
-                Err(e) if e.kind == LayerErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(layer = %id, error = %e, "could not delete layer; it will be retried at the next open")
-                }
-            }
+            crate::layer_gc::delete_unused(&*self.backstore, id, "deleting an unused layer");
         }
     }
 
@@ -988,15 +982,31 @@ fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     if !canon.is_dir() {
         return Err(CoreError::NotDirectory(format!("base {}", canon.display())));
     }
+    // The store's own directories: its metadata always, its root when the
+    // backstore says where that is. A base inside them would show the
+    // store's layers; a base containing them would show the store to
+    // itself (and every write would change what the branch's base holds).
+    let mut own = Vec::new();
     if let Ok(st) = backstore.status() {
-        let root = std::fs::canonicalize(&st.root).unwrap_or(st.root);
-        if canon.starts_with(&root) {
-            return Err(CoreError::InvalidArgument(format!(
-                "base {} is inside the backstore's own directory {}",
-                canon.display(),
-                root.display()
-            )));
-        }
+        own.push(st.root);
+    }
+    if let Ok(m) = backstore.metadata_dir() {
+        own.push(m);
+    }
+    for dir in own {
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let why = if canon.starts_with(&dir) {
+            "is inside"
+        } else if dir.starts_with(&canon) {
+            "contains"
+        } else {
+            continue;
+        };
+        return Err(CoreError::InvalidArgument(format!(
+            "base {} {why} the store's own directory {}",
+            canon.display(),
+            dir.display()
+        )));
     }
     Ok(canon)
 }
@@ -1044,9 +1054,7 @@ fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
             for id in present {
                 if !graph.layers.contains_key(&id) {
                     tracing::info!(layer = %id, "deleting a layer no branch or snapshot uses (left by an interrupted operation)");
-                    if let Err(e) = backstore.delete_layer(&id) {
-                        tracing::warn!(layer = %id, error = %e, "could not delete orphan layer");
-                    }
+                    crate::layer_gc::delete_unused(backstore, &id, "deleting an orphan layer");
                 }
             }
         }
@@ -1334,6 +1342,12 @@ impl Tree<'_> {
     /// per removed entry, children first).
     pub fn remove_all(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<()> {
         let p = path.to_branch_path()?;
+        if p.is_root() {
+            // Refused before anything is removed: the root itself cannot go.
+            return Err(CoreError::InvalidArgument(
+                "cannot remove the branch root".into(),
+            ));
+        }
         let st = self.lstat(&p)?;
         if st.kind == FileKind::Dir {
             for e in self.read_dir(&p)? {

@@ -220,25 +220,32 @@ impl Backend {
         }
     }
 
-    /// A whole file.
-    pub fn read_file(&mut self, at: At<'_>, path: &str) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
+    /// Copies a whole file to `out`, one bounded read at a time (never
+    /// the whole file in memory); returns the bytes copied.
+    pub fn copy_file_to(
+        &mut self,
+        at: At<'_>,
+        path: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64> {
+        let mut offset = 0u64;
         loop {
             let chunk = match self.fs(
                 at,
                 FsOp::Read {
                     path: path.to_string(),
-                    offset: out.len() as u64,
-                    len: u64::MAX,
+                    offset,
+                    len: handler::MAX_READ,
                 },
             )? {
                 FsReply::Data(d) => d,
                 other => return Err(anyhow!("unexpected reply from the daemon: {other:?}")),
             };
             if chunk.is_empty() {
-                return Ok(out);
+                return Ok(offset);
             }
-            out.extend_from_slice(&chunk);
+            out.write_all(&chunk)?;
+            offset += chunk.len() as u64;
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::{
     io::{Read, Write},
+    os::unix::ffi::OsStrExt,
     path::PathBuf,
     process::ExitCode,
 };
@@ -423,16 +424,25 @@ pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
                 let mut out = Vec::new();
                 for e in &entries {
                     let mut v = serde_json::to_value(e)?;
-                    if long {
+                    if long && e.name.to_str().is_some() {
                         v["stat"] = serde_json::to_value(s.lstat(t, join(&e.name).as_str())?)?;
+                    } else if long {
+                        // Requests carry paths as UTF-8: this entry cannot
+                        // be named in one (its exact name is in name_bytes).
+                        v["stat"] = serde_json::Value::Null;
                     }
                     out.push(v);
                 }
                 print_json_via(&serde_json::json!({ "entries": out }), via)?;
             } else {
                 for e in &entries {
-                    let name = e.name.to_string_lossy();
-                    if long {
+                    let name = crate::output::quoted(e.name.as_bytes());
+                    if long && e.name.to_str().is_none() {
+                        // Requests carry paths as UTF-8: this entry cannot
+                        // be named in one, so it is listed without its stat
+                        // (as `ls` lists an entry it cannot stat).
+                        println!("?????????? {:>10}  {:<13}  {name}", "?", "?");
+                    } else if long {
                         let st = s.lstat(t, join(&e.name).as_str())?;
                         let origin = match &st.origin {
                             agentfs_core::Origin::Active => "branch".to_string(),
@@ -453,9 +463,8 @@ pub fn fs(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
             }
         }
         FsCmd::Cat { at, path } => {
-            let data = s.read_file(tree(&at), path.as_str())?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&data)?;
+            s.copy_file_to(tree(&at), path.as_str(), &mut out)?;
             out.flush()?;
         }
         FsCmd::Stat { at, path, json } => {
@@ -526,7 +535,9 @@ pub fn diff(s: &Store, branch: &str, from: Option<&str>, json: bool) -> Result<E
     } else {
         for c in &changes {
             let dir = if c.kind == FileKind::Dir { "/" } else { "" };
-            println!("{} {}{dir}", c.change.letter(), c.path);
+            let path = c.path.components().join(std::ffi::OsStr::new("/"));
+            let path = crate::output::quoted(path.as_bytes());
+            println!("{} {path}{dir}", c.change.letter());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 mod cli_backend;
 mod core_cmds;
 mod demo;
+mod output;
 mod plugin_cmds;
 mod watch_cmd;
 
@@ -121,6 +122,14 @@ enum Command {
         /// With --init: default base directory of new branches.
         #[arg(long, value_name = "DIR", requires = "init")]
         base: Option<PathBuf>,
+        /// Seconds a clean shutdown may take after SIGTERM or SIGINT before
+        /// the daemon exits anyway (a second signal exits at once).
+        #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+        shutdown_timeout: f64,
+        /// At most this many connections per uid at once; more are refused
+        /// with an error frame and a log line.
+        #[arg(long, value_name = "N", default_value_t = daemon::limits::DEFAULT_MAX_CONNECTIONS_PER_UID)]
+        max_connections_per_uid: usize,
     },
     /// Print a branch's file events as they happen, through the daemon.
     Watch {
@@ -186,8 +195,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(output::log_colours())
         .init();
+    // Before parsing: `--help` output may meet a closed pipe too.
+    output::default_sigpipe();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        output::ignore_sigpipe();
+    }
     match run(cli) {
         // A plugin panic some caller could carry on from is still a failure.
         Ok(_) if loader::first_plugin_panic().is_some() => {
@@ -199,7 +214,7 @@ fn main() -> ExitCode {
         }
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentfs: error: {e:#}");
+            eprintln!("agentfs: error: {}", output::error_line(&e));
             core_cmds::exit_code_for(&e)
         }
     }
@@ -258,7 +273,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compact_threshold,
             json,
         } => core_cmds::init(&h, wait, base, compact_threshold, json),
-        Command::Serve { init, base } => serve(&h, socket, init, base, wait),
+        Command::Serve {
+            init,
+            base,
+            shutdown_timeout,
+            max_connections_per_uid,
+        } => {
+            let opts = ServeOptions {
+                socket,
+                init: init.then_some(InitOptions {
+                    default_base: base,
+                    compact_threshold: None,
+                }),
+                wait,
+                shutdown_timeout: std::time::Duration::try_from_secs_f64(shutdown_timeout)
+                    .context("--shutdown-timeout: give a number of seconds")?,
+                max_connections_per_uid,
+            };
+            serve(&h, opts)
+        }
         Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
             unreachable!("handled above")
         }
@@ -390,31 +423,16 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    h: &Host,
-    socket: PathBuf,
-    init: bool,
-    base: Option<PathBuf>,
-    wait: LockWait,
-) -> Result<ExitCode> {
-    let opts = ServeOptions {
-        socket,
-        init: init.then_some(InitOptions {
-            default_base: base,
-            compact_threshold: None,
-        }),
-        wait,
-    };
+fn serve(h: &Host, opts: ServeOptions) -> Result<ExitCode> {
     daemon::serve(h, opts, |path| {
         // The readiness line scripts and tests wait for.
-        println!(
+        output::say(&format!(
             "agentfs serve: ready on {} (pid {})",
             path.display(),
             std::process::id()
-        );
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        ));
     })?;
-    println!("agentfs serve: stopped");
+    output::say("agentfs serve: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
