@@ -302,6 +302,55 @@ impl BranchLocks {
     }
 }
 
+/// Directory of the per-branch writer locks in the metadata directory.
+pub const WRITER_LOCK_DIR: &str = "writer-locks";
+
+/// Held (a shared `flock` on `writer-locks/<branch>`) while a file of the
+/// branch is open for writing through an fd handed out by
+/// [`crate::Tree::open`]: a snapshot that commits the branch's active layer
+/// (no native snapshots) would capture that fd's later writes, so it is
+/// refused while any process holds one. Released when dropped.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+impl BranchLocks {
+    fn writer_file(&self, name: &str) -> CoreResult<(File, PathBuf)> {
+        let dir = self.dir.with_file_name(WRITER_LOCK_DIR);
+        fs::create_dir_all(&dir)
+            .map_err(|e| CoreError::io(format!("create {}", dir.display()), e))?;
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
+        Ok((file, path))
+    }
+
+    /// Registers a writer of branch `name` until the lock is dropped.
+    pub fn writer(&self, name: &str) -> CoreResult<WriterLock> {
+        let (file, path) = self.writer_file(name)?;
+        flock_file(&file, &path, LockMode::Shared, self.wait)?;
+        Ok(WriterLock { _file: file })
+    }
+
+    /// True when no process holds a writer of branch `name`; the answer
+    /// stands while the caller holds the store lock exclusive (writers
+    /// register under the shared one).
+    pub fn no_writers(&self, name: &str) -> CoreResult<bool> {
+        let (file, path) = self.writer_file(name)?;
+        match flock_file(&file, &path, LockMode::Exclusive, LockWait::Fail) {
+            Ok(()) => Ok(true),
+            Err(CoreError::StoreBusy { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// One branch's lock: a mutex for this process's threads, then `flock`
 /// for other processes.
 #[derive(Debug)]

@@ -771,6 +771,17 @@ impl Store {
                 }
             };
             if !native {
+                // Committing freezes the active layer where fds open for
+                // writing point: refused while any process holds one.
+                if !self.branch_locks.no_writers(branch)? {
+                    return Err(CoreError::Busy {
+                        what: format!("branch {branch}"),
+                        why: "files are open for writing in it (fd_open); without native \
+                              snapshots a snapshot would capture their later writes: close \
+                              them first"
+                            .into(),
+                    });
+                }
                 let (id, _) = self.create_layer(g)?;
                 created.push(id.clone());
                 fault::point("snapshot-after-layer-create");
@@ -1448,11 +1459,13 @@ impl Tree<'_> {
                 reflinked: false,
                 created: false,
                 path,
+                writer: None,
             });
         }
         let reflinks = &self.store.stats.reflinked;
         self.change(|w| {
             use std::sync::atomic::Ordering::Relaxed;
+            let writer = self.store.branch_locks.writer(self.name())?;
             let before = reflinks.load(Relaxed);
             let (o, change) = w.open_file(&p, opts)?;
             let opened = OpenedFile {
@@ -1461,6 +1474,7 @@ impl Tree<'_> {
                 copied_up: o.copied_up,
                 created: o.created,
                 path: o.path,
+                writer: Some(writer),
             };
             Ok((opened, change))
         })

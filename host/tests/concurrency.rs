@@ -142,3 +142,89 @@ fn a_copy_up_held_in_one_branch_does_not_stop_another() {
     assert_eq!(fs::read(base.join("big.bin")).unwrap().len(), 4 << 20);
     assert!(!base.join("renamed.txt").exists());
 }
+
+/// A snapshot never changes after it is taken, whichever process takes it:
+/// while the daemon has handed out an fd for writing in a branch, a direct
+/// (other-process) snapshot that would commit the branch's active layer is
+/// refused as busy; once the fd's record is closed, it is taken, and it
+/// holds what was written.
+#[test]
+fn a_direct_snapshot_is_refused_while_the_daemon_has_a_writer_open() {
+    use std::{io::Write, os::unix::fs::FileExt};
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let base = dir.join("base");
+    fs::create_dir_all(&base).unwrap();
+    fs::write(base.join("f.txt"), b"BASE").unwrap();
+    let config = write_config(
+        dir,
+        "hostfs",
+        &format!("root = {:?}", dir.join("store").display().to_string()),
+    );
+    let socket = dir.join("run/agentfs.sock");
+    let run = |args: &[&str]| {
+        let mut a = vec!["--direct"];
+        a.extend_from_slice(args);
+        agentfs_cmd(&config, &socket).args(&a).output().unwrap()
+    };
+    assert!(run(&["init", "--base", base.to_str().unwrap()])
+        .status
+        .success());
+    assert!(run(&["branch", "create", "b"]).status.success());
+    let d = common::daemon::DaemonProc::start(&config, &socket, &[], &[]);
+    let mut c = Client::connect(&socket, Hello::current("writer", Some("b".into()))).unwrap();
+    let (opened, fd) = c
+        .fd_open(FdOpen {
+            branch: None,
+            path: "f.txt".into(),
+            flags: OpenFlags::from_native(libc::O_RDWR),
+            mode: 0,
+        })
+        .unwrap();
+    let mut f = fs::File::from(fd);
+    f.write_all_at(b"BEFORE", 0).unwrap();
+
+    let refused = run(&["snapshot", "create", "--branch", "b", "s1"]);
+    assert!(
+        !refused.status.success(),
+        "a snapshot was taken under a writer"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("busy") && err.contains("open for writing"),
+        "{err}"
+    );
+
+    f.flush().unwrap();
+    drop(f);
+    c.request(Request::FdClose {
+        record: opened.record,
+    })
+    .unwrap();
+    let taken = run(&["snapshot", "create", "--branch", "b", "s1"]);
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    // Later writes in the branch do not reach the snapshot.
+    let (_, fd) = c
+        .fd_open(FdOpen {
+            branch: None,
+            path: "f.txt".into(),
+            flags: OpenFlags::from_native(libc::O_WRONLY | libc::O_APPEND),
+            mode: 0,
+        })
+        .unwrap();
+    fs::File::from(fd).write_all(b"\nAFTER").unwrap();
+    let cat = |at: &[&str]| {
+        let mut a = vec!["fs", "cat"];
+        a.extend_from_slice(at);
+        a.push("f.txt");
+        String::from_utf8(run(&a).stdout).unwrap()
+    };
+    assert_eq!(cat(&["--snapshot", "s1"]), "BEFORE");
+    assert_eq!(cat(&["--branch", "b"]), "BEFORE\nAFTER");
+    assert_eq!(fs::read(base.join("f.txt")).unwrap(), b"BASE");
+    drop(d);
+}

@@ -356,6 +356,7 @@ impl Daemon {
                         size: md.size(),
                         mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                         ino: md.ino(),
+                        writer: opened.writer.map(std::sync::Arc::new),
                     },
                 );
             out.record = id;

@@ -58,6 +58,10 @@ pub struct FdRecord {
     pub mtime_ns: i64,
     /// Inode.
     pub ino: u64,
+    /// The branch's writer registration, held until the record closes (a
+    /// snapshot that would capture the fd's writes is refused meanwhile,
+    /// whichever process asks).
+    pub writer: Option<std::sync::Arc<agentfs_core::WriterLock>>,
 }
 
 /// Facts about this daemon for `status`.
