@@ -98,6 +98,14 @@ impl ReadCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets everything (after the way layers are opened changed).
+    pub fn clear(&self) {
+        let mut g = self.lock();
+        g.views.clear();
+        g.hits.clear();
+        g.dirs.clear();
+    }
+
     /// The view of `target` if cached for graph generation `graph`.
     pub fn view(&self, target: &Target, graph: u64) -> Option<Arc<View>> {
         let g = self.lock();

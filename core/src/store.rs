@@ -148,6 +148,10 @@ struct State {
 struct Fds {
     layers: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
     bases: HashMap<PathBuf, Arc<OwnedFd>>,
+    /// Committed layers on read-only mounts (with read-only lower layers).
+    committed: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
+    /// Bases and committed layers are opened on read-only mounts.
+    read_only_lower: bool,
 }
 
 /// An AgentFS store over one backstore.
@@ -432,9 +436,10 @@ impl Store {
                 persist::load_graph(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: self.meta.clone(),
                 })?;
-            self.lock_fds()
-                .layers
-                .retain(|id, _| graph.layers.contains_key(id));
+            let mut fds = self.lock_fds();
+            fds.layers.retain(|id, _| graph.layers.contains_key(id));
+            fds.committed.retain(|id, _| graph.layers.contains_key(id));
+            drop(fds);
             st.graph = graph;
             st.graph_gen = now;
         }
@@ -458,6 +463,9 @@ impl Store {
     }
 
     fn layer_dir(&self, id: &str, kind: LayerKind) -> CoreResult<LayerDir> {
+        if kind == LayerKind::Committed && self.lock_fds().read_only_lower {
+            return self.committed_dir(id);
+        }
         if let Some((path, fd)) = self.lock_fds().layers.get(id) {
             return Ok(LayerDir {
                 kind,
@@ -485,13 +493,70 @@ impl Store {
         })
     }
 
+    /// Committed layer `id` on a read-only mount.
+    fn committed_dir(&self, id: &str) -> CoreResult<LayerDir> {
+        let cached = self.lock_fds().committed.get(id).cloned();
+        let (path, fd) = match cached {
+            Some(x) => x,
+            None => {
+                let path = self
+                    .backstore
+                    .layer_path(id)
+                    .map_err(bs(format!("layer {id}")))?;
+                let fd = Arc::new(beneath::open_root_read_only(&path).map_err(|e| {
+                    CoreError::io(format!("open layer {} read-only", path.display()), e)
+                })?);
+                self.lock_fds()
+                    .committed
+                    .insert(id.to_string(), (path.clone(), fd.clone()));
+                (path, fd)
+            }
+        };
+        Ok(LayerDir {
+            kind: LayerKind::Committed,
+            id: id.to_string(),
+            root_path: path,
+            root: fd,
+        })
+    }
+
+    /// Serves the base and committed layers from private read-only mounts
+    /// from now on (Linux, with the privilege to clone mounts): an fd
+    /// handed out for reading then cannot be reopened for writing through
+    /// `/proc/self/fd`, so nothing AgentFS hands out can change a base or a
+    /// snapshot. Errs, changing nothing, where that is not possible.
+    pub fn protect_lower_layers(&self) -> CoreResult<()> {
+        beneath::open_root_read_only(&self.meta).map_err(|e| {
+            CoreError::Unsupported(format!("read-only mounts for handed-out fds: {e}"))
+        })?;
+        let mut fds = self.lock_fds();
+        fds.read_only_lower = true;
+        fds.bases.clear();
+        drop(fds);
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// True once [`Store::protect_lower_layers`] succeeded.
+    pub fn lower_layers_protected(&self) -> bool {
+        self.lock_fds().read_only_lower
+    }
+
     fn base_dir(&self, base: &Path) -> CoreResult<LayerDir> {
-        let cached = self.lock_fds().bases.get(base).cloned();
+        let (cached, read_only) = {
+            let f = self.lock_fds();
+            (f.bases.get(base).cloned(), f.read_only_lower)
+        };
         let fd = match cached {
             Some(fd) => fd,
             None => {
+                let open = if read_only {
+                    beneath::open_root_read_only
+                } else {
+                    beneath::open_root
+                };
                 let fd = Arc::new(
-                    beneath::open_root(base)
+                    open(base)
                         .map_err(|e| CoreError::io(format!("open base {}", base.display()), e))?,
                 );
                 self.lock_fds().bases.insert(base.to_path_buf(), fd.clone());

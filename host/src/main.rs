@@ -471,6 +471,7 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
                 "capabilities": b.capabilities,
             },
             "watch": st.watch_providers,
+            "read_only_fds": st.read_only_fds,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -497,6 +498,14 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
             st.clients, st.watches, st.open_fds, st.subscriptions
         );
         println!("watch:        {}", caps_or_dash(&st.watch_providers));
+        println!(
+            "read fds:     {}",
+            if st.read_only_fds {
+                "from read-only mounts"
+            } else {
+                "not protected (no read-only mounts here)"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

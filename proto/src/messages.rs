@@ -606,6 +606,11 @@ pub struct DaemonStatus {
     /// The watch providers loaded (plugin names).
     #[serde(default)]
     pub watch_providers: Vec<String>,
+    /// Fds handed out for reading come from read-only mounts (bases and
+    /// snapshots cannot be written through them); false where that is not
+    /// possible (not Linux, or no privilege to clone mounts).
+    #[serde(default)]
+    pub read_only_fds: bool,
 }
 
 /// A native watch registration. `path` is branch-relative (the shim

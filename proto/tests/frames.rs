@@ -300,6 +300,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             config: "/etc/agentfs.toml".into(),
             socket: "/run/user/501/agentfs/agentfs.sock".into(),
             watch_providers: vec!["inotify".into()],
+            read_only_fds: true,
         }))),
         Ok(Response::Branch(BranchInfo {
             name: "a".into(),

@@ -179,6 +179,7 @@ impl Daemon {
                 config: self.info.config.clone(),
                 socket: self.info.socket.to_string_lossy().into_owned(),
                 watch_providers: self.watch.apis().into_iter().map(|(_, n)| n).collect(),
+                read_only_fds: st.lower_layers_protected(),
             })
         })
     }

@@ -68,6 +68,14 @@ pub fn serve(
         Some(init) if !Store::exists(&backstore)? => Store::init(backstore, init, opts.wait)?,
         _ => Store::open(backstore, opts.wait)?,
     };
+    // Fds handed out for reading must not be reopenable for writing.
+    match store.protect_lower_layers() {
+        Ok(()) => tracing::info!("fds for reading come from read-only mounts"),
+        Err(e) => tracing::warn!(
+            "{e}: an fd handed out for reading could be reopened for writing through \
+             /proc/self/fd (see docs/daemon.md)"
+        ),
+    }
     let watch = WatchService::new(host.watch_providers()?).map_err(DaemonError::Watch)?;
     let (listener, bound) = bind(&opts.socket)?;
     let listener = Async::new(listener).map_err(|e| DaemonError::io("listen", e))?;
