@@ -1,11 +1,8 @@
 //! `agentfs`: the AgentFS command-line host.
 
-mod cli_backend;
-mod core_cmds;
+mod cli;
 mod demo;
 mod output;
-mod plugin_cmds;
-mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -20,7 +17,7 @@ use agentfs_host::{
 use agentfs_plugin_api::{guard::path_from_bytes, PluginKind};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cli_backend::{Backend, DaemonClient};
+use cli::backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
 #[derive(Parser, Debug)]
@@ -93,13 +90,13 @@ enum Command {
     },
     /// Create, list, delete and compact branches.
     #[command(subcommand)]
-    Branch(core_cmds::BranchCmd),
+    Branch(cli::branch::BranchCmd),
     /// Create, list and delete snapshots.
     #[command(subcommand)]
-    Snapshot(core_cmds::SnapshotCmd),
+    Snapshot(cli::snapshot::SnapshotCmd),
     /// File operations in a branch (or, for reading, a snapshot).
     #[command(subcommand)]
-    Fs(core_cmds::FsCmd),
+    Fs(cli::fs::FsCmd),
     /// List what a branch added, modified and deleted, against its base or
     /// a snapshot.
     Diff {
@@ -146,7 +143,7 @@ enum Command {
         /// records (as a process using that API would get them) instead of
         /// core events.
         #[arg(long, value_enum, value_name = "API")]
-        native: Option<watch_cmd::NativeApi>,
+        native: Option<cli::watch::NativeApi>,
     },
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
@@ -177,7 +174,7 @@ enum PluginsCmd {
         verbose: bool,
     },
     /// Write a new plugin crate that builds and certifies as generated.
-    New(plugin_cmds::NewArgs),
+    New(cli::plugins::NewArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,7 +212,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentfs: error: {}", output::error_line(&e));
-            core_cmds::exit_code_for(&e)
+            cli::store::exit_code_for(&e)
         }
     }
 }
@@ -249,11 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // daemon running they need no configuration.
     let backend = || Backend::choose(&socket, cli.direct, make_host, wait);
     match cli.command {
-        Command::Branch(cmd) => return core_cmds::branch(&mut backend()?, cmd),
-        Command::Snapshot(cmd) => return core_cmds::snapshot(&mut backend()?, cmd),
-        Command::Fs(cmd) => return core_cmds::fs(&mut backend()?, cmd),
+        Command::Branch(cmd) => return cli::branch::run(&mut backend()?, cmd),
+        Command::Snapshot(cmd) => return cli::snapshot::run(&mut backend()?, cmd),
+        Command::Fs(cmd) => return cli::fs::run(&mut backend()?, cmd),
         Command::Status { json } if !cli.direct => {
-            if let Some(d) = cli_backend::connect_daemon(&socket)? {
+            if let Some(d) = cli::backend::connect_daemon(&socket)? {
                 return status_daemon(d, json);
             }
         }
@@ -262,17 +259,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             path,
             json,
             native,
-        } => return watch_cmd::run(&socket, &branch, &path, json, native),
+        } => return cli::watch::run(&socket, &branch, &path, json, native),
         _ => {}
     }
     let h = make_host()?;
-    let open = || core_cmds::open_store(&h, wait);
+    let open = || cli::store::open_store(&h, wait);
     match cli.command {
         Command::Init {
             base,
             compact_threshold,
             json,
-        } => core_cmds::init(&h, wait, base, compact_threshold, json),
+        } => cli::store::init(&h, wait, base, compact_threshold, json),
         Command::Serve {
             init,
             base,
@@ -296,7 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             unreachable!("handled above")
         }
         Command::Diff { branch, from, json } => {
-            core_cmds::diff(&open()?, &branch, from.as_deref(), json)
+            cli::store::diff(&open()?, &branch, from.as_deref(), json)
         }
         Command::Demo { base } => demo::run(&h, wait, base),
         Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
@@ -304,8 +301,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             plugin,
             json,
             verbose,
-        }) => plugin_cmds::with_report(plugins_info(&h, &plugin, json), verbose),
-        Command::Plugins(PluginsCmd::New(args)) => plugin_cmds::new(args),
+        }) => cli::plugins::with_report(plugins_info(&h, &plugin, json), verbose),
+        Command::Plugins(PluginsCmd::New(args)) => cli::plugins::new(args),
         Command::Status { json } => status(&h, json),
         Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Show) => {

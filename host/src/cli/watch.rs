@@ -14,7 +14,7 @@ use agentfs_proto::{
 use agentfs_vocab::native::{flag_names, fsevents, inotify, kqueue};
 use anyhow::{bail, Result};
 
-use crate::cli_backend::connect_daemon;
+use super::backend::connect_daemon;
 
 /// A native watch API for `--native`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
