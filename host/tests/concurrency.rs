@@ -14,7 +14,7 @@ use std::{
 };
 
 use agentfs_proto::{Client, FdOpen, FsOp, FsReply, Hello, OpenFlags, Request, Response};
-use common::daemon::{agentfs_cmd, agentfs_ok, write_config};
+use common::{daemon::agentfs_cmd, hostile::Served};
 
 fn fs_req(branch: &str, op: FsOp) -> Request {
     Request::Fs {
@@ -26,29 +26,20 @@ fn fs_req(branch: &str, op: FsOp) -> Request {
 
 #[test]
 fn a_copy_up_held_in_one_branch_does_not_stop_another() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let base = dir.join("base");
-    fs::create_dir_all(&base).unwrap();
-    fs::write(base.join("big.bin"), vec![7u8; 4 << 20]).unwrap();
-    fs::write(base.join("small.txt"), b"small").unwrap();
     // hostfs on a plain directory: copy-up by copy, through the fault point.
-    let config = write_config(
-        dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
-    let socket = dir.join("run/agentfs.sock");
+    let s = Served::new(|base| {
+        fs::write(base.join("big.bin"), vec![7u8; 4 << 20]).unwrap();
+        fs::write(base.join("small.txt"), b"small").unwrap();
+    });
+    let (base, socket) = (s.base(), s.socket.clone());
     let direct = |args: &[&str]| {
         let mut a = vec!["--direct"];
         a.extend_from_slice(args);
-        agentfs_ok(&config, &socket, &a)
+        s.ok(&a)
     };
-    direct(&["init", "--base", base.to_str().unwrap()]);
     direct(&["branch", "create", "a"]);
-    direct(&["branch", "create", "b"]);
 
-    let mut daemon = agentfs_cmd(&config, &socket)
+    let mut daemon = agentfs_cmd(&s.config, &socket)
         .env("AGENTFS_FAULT", "copyup-after-temp-write")
         .arg("serve")
         .stdin(Stdio::null())
@@ -151,27 +142,14 @@ fn a_copy_up_held_in_one_branch_does_not_stop_another() {
 #[test]
 fn a_direct_snapshot_is_refused_while_the_daemon_has_a_writer_open() {
     use std::{io::Write, os::unix::fs::FileExt};
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let base = dir.join("base");
-    fs::create_dir_all(&base).unwrap();
-    fs::write(base.join("f.txt"), b"BASE").unwrap();
-    let config = write_config(
-        dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
-    let socket = dir.join("run/agentfs.sock");
+    let s = Served::new(|base| fs::write(base.join("f.txt"), b"BASE").unwrap());
+    let (base, socket) = (s.base(), s.socket.clone());
     let run = |args: &[&str]| {
         let mut a = vec!["--direct"];
         a.extend_from_slice(args);
-        agentfs_cmd(&config, &socket).args(&a).output().unwrap()
+        s.run(&a)
     };
-    assert!(run(&["init", "--base", base.to_str().unwrap()])
-        .status
-        .success());
-    assert!(run(&["branch", "create", "b"]).status.success());
-    let d = common::daemon::DaemonProc::start(&config, &socket, &[], &[]);
+    let d = s.serve();
     let mut c = Client::connect(&socket, Hello::current("writer", Some("b".into()))).unwrap();
     let (opened, fd) = c
         .fd_open(FdOpen {

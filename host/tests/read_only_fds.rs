@@ -11,7 +11,7 @@ mod common;
 use std::{fs, io::Write, os::fd::AsRawFd};
 
 use agentfs_proto::{Client, FdOpen, FsOp, Hello, OpenFlags, Request, Response};
-use common::daemon::{agentfs_ok, write_config, DaemonProc};
+use common::hostile::Served;
 
 fn reopen_for_writing(f: &fs::File) -> std::io::Result<fs::File> {
     fs::OpenOptions::new()
@@ -45,25 +45,10 @@ fn read_fds_of_the_base_and_of_snapshots_cannot_be_reopened_for_writing() {
         );
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let base = dir.join("base");
-    fs::create_dir_all(&base).unwrap();
-    fs::write(base.join("f.txt"), b"BASE").unwrap();
-    let config = write_config(
-        dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
-    let socket = dir.join("run/agentfs.sock");
-    agentfs_ok(
-        &config,
-        &socket,
-        &["init", "--base", base.to_str().unwrap()],
-    );
-    agentfs_ok(&config, &socket, &["branch", "create", "b"]);
-    let _d = DaemonProc::start(&config, &socket, &[], &[]);
-    let mut c = Client::connect(&socket, Hello::current("ro", Some("b".into()))).unwrap();
+    let s = Served::new(|base| fs::write(base.join("f.txt"), b"BASE").unwrap());
+    let base = s.base();
+    let _d = s.serve();
+    let mut c = Client::connect(&s.socket, Hello::current("ro", Some("b".into()))).unwrap();
     match c.request(Request::Status).unwrap() {
         Response::Status(st) => assert!(st.read_only_fds, "status: {st:?}"),
         other => panic!("{other:?}"),
@@ -101,20 +86,9 @@ fn read_fds_of_the_base_and_of_snapshots_cannot_be_reopened_for_writing() {
         })
         .unwrap();
     fs::File::from(fd).write_all(b"+more").unwrap();
+    assert_eq!(s.ok(&["fs", "cat", "--snapshot", "s1", "mine.txt"]), "MINE");
     assert_eq!(
-        agentfs_ok(
-            &config,
-            &socket,
-            &["fs", "cat", "--snapshot", "s1", "mine.txt"]
-        ),
-        "MINE"
-    );
-    assert_eq!(
-        agentfs_ok(
-            &config,
-            &socket,
-            &["fs", "cat", "--branch", "b", "mine.txt"]
-        ),
+        s.ok(&["fs", "cat", "--branch", "b", "mine.txt"]),
         "MINE+more"
     );
     assert_eq!(fs::read(base.join("f.txt")).unwrap(), b"BASE");
