@@ -21,12 +21,14 @@ pub mod abi_wire;
 mod connection;
 pub mod convert;
 pub mod doorbell;
+mod fd_requests;
 pub mod limits;
 pub mod peer_cred;
 pub mod requests;
 pub mod server;
 pub mod socket_path;
 pub mod state;
+mod watch_requests;
 pub mod watch_service;
 
 use std::path::PathBuf;
