@@ -7,7 +7,7 @@ use agentfs_plugin_api::{ErrorCode, PluginError};
 use agentfs_proto::{FdOpen, FdOpened, WireError};
 
 use super::{
-    convert::{self},
+    convert,
     state::{Daemon, FdRecord, Session},
 };
 
