@@ -3,6 +3,7 @@
 mod cli_backend;
 mod core_cmds;
 mod demo;
+mod install_cmds;
 mod plugin_cmds;
 mod watch_cmd;
 
@@ -18,7 +19,7 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::{guard::path_from_bytes, PluginKind};
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli_backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
@@ -146,6 +147,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         base: Option<PathBuf>,
     },
+    /// Install this binary, the plugins it finds, man pages and shell
+    /// completions under a prefix (DIR/bin, DIR/lib/agentfs/plugins, DIR/share).
+    Install(install_cmds::InstallArgs),
+    /// Print the shell completion script for SHELL.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the agentfs(1) man page (roff), or write every page to a directory.
+    Man(install_cmds::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,6 +228,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
+    match cli.command {
+        Command::Completions { shell } => return install_cmds::completions(Cli::command(), shell),
+        Command::Man(args) => return install_cmds::man(Cli::command(), args),
+        _ => {}
+    }
     let socket = cli
         .socket
         .clone()
@@ -266,6 +283,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             core_cmds::diff(&open()?, &branch, from.as_deref(), json)
         }
         Command::Demo { base } => demo::run(&h, wait, base),
+        Command::Install(args) => install_cmds::install(&h, Cli::command(), args),
+        Command::Completions { .. } | Command::Man(_) => unreachable!("handled above"),
         Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
         Command::Plugins(PluginsCmd::Info {
             plugin,
