@@ -1,5 +1,9 @@
 //! `agentfs`: the AgentFS command-line host.
 
+// The clap doc comments here are `--help` text (and man pages), where
+// `<name>` is how a placeholder is written; they are not rustdoc HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cli_backend;
 mod core_cmds;
 mod demo;
