@@ -144,7 +144,7 @@ pub fn is_plain_component(c: &OsStr) -> bool {
         && !b.iter().any(|&x| x == b'/' || x == 0)
 }
 
-/// Checks a branch or snapshot name: 1 to [`MAX_NAME`] of `[A-Za-z0-9._-]`,
+/// Checks a branch or snapshot name: 1 to 64 (`MAX_NAME`) of `[A-Za-z0-9._-]`,
 /// not starting with `.` or `-`.
 pub fn validate_name(kind: &str, name: &str) -> CoreResult<()> {
     let why = if name.is_empty() {

@@ -1456,7 +1456,8 @@ impl Tree<'_> {
         self.mutate(|w| w.symlink(target.as_ref(), &p))
     }
 
-    /// Hard links: always `Unsupported` (see [`Writer::link`]).
+    /// Hard links: always `Unsupported` (a hard link into a lower layer
+    /// would share an inode a copy-up must not change).
     pub fn link(
         &self,
         from: &(impl AsBranchPath + ?Sized),

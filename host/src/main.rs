@@ -1,5 +1,9 @@
 //! `agentfs`: the AgentFS command-line host.
 
+// The clap doc comments here are `--help` text (and man pages), where
+// `<name>` is how a placeholder is written; they are not rustdoc HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cli;
 mod demo;
 mod output;
@@ -16,7 +20,7 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::{guard::path_from_bytes, PluginKind};
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
@@ -152,6 +156,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         base: Option<PathBuf>,
     },
+    /// Install this binary, the plugins it finds, man pages and shell
+    /// completions under a prefix (DIR/bin, DIR/lib/agentfs/plugins, DIR/share).
+    Install(cli::install::InstallArgs),
+    /// Print the shell completion script for SHELL.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the agentfs(1) man page (roff), or write every page to a directory.
+    Man(cli::install::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +243,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
+    match cli.command {
+        Command::Completions { shell } => return cli::install::completions(Cli::command(), shell),
+        Command::Man(args) => return cli::install::man(Cli::command(), args),
+        _ => {}
+    }
     let socket = cli
         .socket
         .clone()
@@ -296,6 +316,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cli::store::diff(&open()?, &branch, from.as_deref(), json)
         }
         Command::Demo { base } => demo::run(&h, wait, base),
+        Command::Install(args) => cli::install::install(&h, Cli::command(), args),
+        Command::Completions { .. } | Command::Man(_) => unreachable!("handled above"),
         Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
         Command::Plugins(PluginsCmd::Info {
             plugin,

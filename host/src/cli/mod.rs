@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod branch;
 pub mod fs;
+pub mod install;
 pub mod plugins;
 pub mod snapshot;
 pub mod store;
