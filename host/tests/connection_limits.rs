@@ -127,3 +127,67 @@ fn connections_past_the_per_uid_cap_are_refused_and_reported() {
     let log = std::fs::read_to_string(s.config.with_file_name("agentfs.sock.stderr")).unwrap();
     assert!(log.contains("refusing a connection"), "{log}");
 }
+
+/// What one connection can make the daemon hold after the handshake is
+/// bounded too: subscriptions and files open for writing past their caps
+/// are refused with an error (`no-space`), the connection goes on, and
+/// releasing one makes room again.
+#[test]
+fn subscriptions_and_write_records_per_connection_are_capped() {
+    use agentfs_host::daemon::{
+        fd_requests::MAX_RECORDS_PER_CONNECTION, watch_service::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+    };
+    use agentfs_proto::{FdOpen, OpenFlags, Request, Response};
+    let s = Served::new(|_| {});
+    let _d = s.serve();
+    let mut c = Client::connect(&s.socket, Hello::current("caps", Some("b".into()))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let subscribe = |c: &mut Client| {
+        c.request(Request::Subscribe {
+            branch: None,
+            path: String::new(),
+        })
+    };
+    let mut first = None;
+    for _ in 0..MAX_SUBSCRIPTIONS_PER_CONNECTION {
+        match subscribe(&mut c).unwrap() {
+            Response::Subscribed { subscription } => {
+                first.get_or_insert(subscription);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match subscribe(&mut c) {
+        Err(ClientError::Daemon(e)) => assert_eq!(e.code_name(), "no-space", "{e}"),
+        other => panic!("past the cap: {other:?}"),
+    }
+    c.request(Request::Unsubscribe {
+        subscription: first.unwrap(),
+    })
+    .unwrap();
+    assert!(matches!(
+        subscribe(&mut c).unwrap(),
+        Response::Subscribed { .. }
+    ));
+
+    let open = |c: &mut Client, i: usize| {
+        c.fd_open(FdOpen {
+            branch: None,
+            path: format!("f{i}"),
+            flags: OpenFlags::from_native(libc::O_WRONLY | libc::O_CREAT),
+            mode: 0o644,
+        })
+    };
+    let mut records = Vec::new();
+    for i in 0..MAX_RECORDS_PER_CONNECTION {
+        let (opened, _fd) = open(&mut c, i).unwrap();
+        records.push(opened.record);
+    }
+    match open(&mut c, MAX_RECORDS_PER_CONNECTION) {
+        Err(ClientError::Daemon(e)) => assert_eq!(e.code_name(), "no-space", "{e}"),
+        other => panic!("past the cap: {:?}", other.map(|(o, _)| o)),
+    }
+    c.request(Request::FdClose { record: records[0] }).unwrap();
+    assert!(open(&mut c, MAX_RECORDS_PER_CONNECTION).is_ok());
+    assert_eq!(c.request(Request::Ping).unwrap(), Response::Pong);
+}

@@ -13,10 +13,32 @@ use super::{
 
 use super::requests::{core, plugin_err};
 
+/// Most files one connection may have open for writing through `fd_open`
+/// (records awaiting their `FdClose`).
+pub const MAX_RECORDS_PER_CONNECTION: usize = 4096;
+
 impl Daemon {
     pub(super) fn fd_open(&self, s: &Session, o: FdOpen) -> Result<(FdOpened, OwnedFd), WireError> {
         let branch = self.branch_of(s, o.branch)?;
         let opts = convert::open_options(o.flags, o.mode);
+        if opts.modifies() {
+            let held = self
+                .records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|r| r.conn == s.conn)
+                .count();
+            if held >= MAX_RECORDS_PER_CONNECTION {
+                return Err(plugin_err(PluginError::new(
+                    ErrorCode::NO_SPACE,
+                    format!(
+                        "this connection already has {held} files open for writing (the most \
+                         one may have): close some (FdClose) first"
+                    ),
+                )));
+            }
+        }
         let opened = if opts.modifies() {
             self.mutate(s.pid, |st| {
                 st.branch(&branch)

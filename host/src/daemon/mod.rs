@@ -21,7 +21,7 @@ pub mod abi_wire;
 mod connection;
 pub mod convert;
 pub mod doorbell;
-mod fd_requests;
+pub mod fd_requests;
 pub mod limits;
 pub mod peer_cred;
 pub mod requests;

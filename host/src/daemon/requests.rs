@@ -82,9 +82,11 @@ impl Daemon {
                 let branch = self.branch_of(s, branch)?;
                 let prefix = normalize(&path).map_err(|e| invalid(e.to_string()))?;
                 self.with_store(|st| st.branch(&branch).lstat("").map_err(core))?;
-                Ok(Response::Subscribed {
-                    subscription: self.watch.subscribe(s.conn, &branch, &prefix),
-                })
+                let subscription = self
+                    .watch
+                    .subscribe(s.conn, &branch, &prefix)
+                    .map_err(plugin_err)?;
+                Ok(Response::Subscribed { subscription })
             }
             Request::Unsubscribe { subscription } => {
                 if self.watch.unsubscribe(s.conn, subscription) {

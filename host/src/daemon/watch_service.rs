@@ -44,6 +44,14 @@ use agentfs_vocab::watch_path::{is_under, retarget};
 use super::doorbell::DoorbellTarget;
 use crate::loader::LoadedWatchProvider;
 
+/// Most native watches one connection may hold per API (inotify's own
+/// per-user default is 8,192; a shim-injected process tree shares one
+/// connection per process).
+pub const MAX_WATCHES_PER_CONNECTION: usize = 65_536;
+
+/// Most core-event subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 256;
+
 /// Identifies a client connection.
 pub type ConnId = u64;
 
@@ -294,6 +302,17 @@ impl WatchService {
         let provider = self.provider(api)?;
         let mut st = self.lock();
         let existing = st.conn_watches(conn, api);
+        if existing.len() >= MAX_WATCHES_PER_CONNECTION {
+            // What inotify_add_watch(2) says at its own limit.
+            return Err(PluginError::new(
+                ErrorCode::NO_SPACE,
+                format!(
+                    "this connection already holds {} {} watches (the most one may hold)",
+                    existing.len(),
+                    api.name()
+                ),
+            ));
+        }
         let fresh = st.next_watch + 1;
         let out = provider.register(
             &existing,
@@ -414,8 +433,18 @@ impl WatchService {
 
     /// Subscribes `conn` to the core events of `branch` at or under
     /// `prefix` (normalised, `""` for everything). Returns the id.
-    pub fn subscribe(&self, conn: ConnId, branch: &str, prefix: &str) -> u64 {
+    pub fn subscribe(&self, conn: ConnId, branch: &str, prefix: &str) -> PluginResult<u64> {
         let mut st = self.lock();
+        let held = st.subs.values().filter(|s| s.conn == conn).count();
+        if held >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+            return Err(PluginError::new(
+                ErrorCode::NO_SPACE,
+                format!(
+                    "this connection already holds {held} subscriptions (the most one may hold): \
+                     unsubscribe some first"
+                ),
+            ));
+        }
         st.next_sub += 1;
         let id = st.next_sub;
         st.subs.insert(
@@ -428,7 +457,7 @@ impl WatchService {
                 dropped: 0,
             },
         );
-        id
+        Ok(id)
     }
 
     /// Ends subscription `id` of `conn`; false if there is none.
