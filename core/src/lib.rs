@@ -35,7 +35,10 @@ pub use diff::{ChangeType, DiffEntry};
 pub use error::{CoreError, CoreResult};
 pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
-pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
+pub use layer_names::{
+    decode as decode_name, encode as encode_name, whiteout_name, Decoded, OPAQUE_MARKER,
+    RESERVED_PREFIX, WORK_DIR,
+};
 pub use layer_store::{
     LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore, LayerStoreStatus,
 };
@@ -43,4 +46,6 @@ pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
 pub use persist::{LockWait, GRAPH_FILE, LOCK_FILE};
-pub use store::{AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree};
+pub use store::{
+    AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
+};

@@ -141,6 +141,16 @@ struct State {
     bases: HashMap<PathBuf, Arc<OwnedFd>>,
 }
 
+/// The directories one branch reads through ([`Store::branch_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchChain {
+    /// Layer roots, top first, each with `true` for the base (whose names
+    /// are literal: no whiteouts, markers or escaping).
+    pub layers: Vec<(PathBuf, bool)>,
+    /// The store's graph file: its identity changes on every graph edit.
+    pub graph_file: PathBuf,
+}
+
 /// An AgentFS store over one backstore.
 pub struct Store {
     backstore: Box<dyn LayerStore>,
@@ -592,6 +602,26 @@ impl Store {
     pub fn layers_in_use(&self) -> CoreResult<Vec<String>> {
         self.with(LockMode::Shared, |st| {
             Ok(st.graph.layers.keys().cloned().collect())
+        })
+    }
+
+    /// The directories branch `name` reads through, top first: its active
+    /// layer, its committed layers, then its base (if any). With them comes
+    /// the graph file, whose identity (`st_dev`, `st_ino`) changes whenever
+    /// any chain may have: an in-process reader (the shim) keeps the chain
+    /// until that file's identity changes. Names in layers are stored as
+    /// [`crate::encode_name`] says; the base's are literal.
+    pub fn branch_chain(&self, name: &str) -> CoreResult<BranchChain> {
+        self.with(LockMode::Shared, |st| {
+            let view = self.target_view(st, &Target::Branch(name.to_string()))?;
+            Ok(BranchChain {
+                layers: view
+                    .layers
+                    .iter()
+                    .map(|l| (l.root_path.clone(), l.kind == LayerKind::Base))
+                    .collect(),
+                graph_file: self.meta.join(persist::GRAPH_FILE),
+            })
         })
     }
 

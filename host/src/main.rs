@@ -3,6 +3,7 @@
 mod cli_backend;
 mod core_cmds;
 mod demo;
+mod run_cmd;
 mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -138,6 +139,9 @@ enum Command {
         #[arg(long, value_enum, value_name = "API")]
         native: Option<watch_cmd::NativeApi>,
     },
+    /// Run a program inside a branch: the branch appears at the base's own
+    /// path (or --at DIR), reads come from the branch, writes land in it.
+    Run(run_cmd::RunArgs),
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
     Demo {
@@ -202,6 +206,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
+    let globals = run_cmd::global_args(
+        cli.config.as_deref(),
+        &cli.plugin_dirs,
+        cli.backstore.as_deref(),
+        &cli.backstore_options,
+    );
     let socket = cli
         .socket
         .clone()
@@ -234,6 +244,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             native,
         } => return watch_cmd::run(&socket, &branch, &path, json, native),
+        Command::Run(args) => {
+            let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
+            return run_cmd::run(&socket, &globals, exists, args);
+        }
         _ => {}
     }
     let h = make_host()?;
@@ -245,7 +259,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => core_cmds::init(&h, wait, base, compact_threshold, json),
         Command::Serve { init, base } => serve(&h, socket, init, base, wait),
-        Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
+        Command::Branch(_)
+        | Command::Snapshot(_)
+        | Command::Fs(_)
+        | Command::Watch { .. }
+        | Command::Run(_) => {
             unreachable!("handled above")
         }
         Command::Diff { branch, from, json } => {

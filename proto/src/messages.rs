@@ -211,6 +211,12 @@ pub enum Request {
         /// [`FdOpened::record`].
         record: u64,
     },
+    /// The directories a branch reads through, for a client that resolves
+    /// reads itself (the shim); answered with [`Response::Chain`].
+    BranchChain {
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+    },
 }
 
 /// A file operation; every path is branch-relative.
@@ -410,6 +416,25 @@ pub enum Response {
     FdOpened(FdOpened),
     /// Answer to [`Request::BranchCompact`]: true when layers were merged.
     Compacted(bool),
+    /// Answer to [`Request::BranchChain`].
+    Chain(BranchChain),
+}
+
+/// The directories of a branch's chain, top first. Layer names follow the
+/// store's reserved-name scheme (whiteouts, opaque markers, escaping); the
+/// base's names are literal. A reader keeps the chain while the identity
+/// (`st_dev`, `st_ino`) of `graph_file` stays the same, and asks again
+/// when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BranchChain {
+    /// Absolute paths of the layer roots, top (the active layer) first.
+    pub layers: Vec<String>,
+    /// Absolute path of the base, under every layer, if the branch has one.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The store file whose identity changes on every change of any chain.
+    #[serde(default)]
+    pub graph_file: String,
 }
 
 /// The result of an [`FsOp`].

@@ -16,6 +16,7 @@
 //! - [`doorbell`]: waking a process in its own `kevent()` or `read()`;
 //! - [`convert`]: core <-> wire types.
 
+mod chain;
 mod connection;
 pub mod convert;
 pub mod doorbell;

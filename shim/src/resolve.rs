@@ -1,0 +1,501 @@
+//! The read path: resolving a branch path over the branch's chain of layer
+//! directories in process, without the daemon.
+//!
+//! Policy, as the core's merged view has it: lookup goes top-down through
+//! the layers that make up the current directory; the first layer holding
+//! the name wins; a whiteout hides the name in every layer below; a
+//! directory merges with the same directory of lower layers until one of
+//! them is opaque, is not a directory, or is whited out. Layer names are
+//! stored in the core's reserved-name scheme; the base's are literal.
+//!
+//! Mechanism: plain `lstat`/`readlink`/`getdents` on physical paths
+//! (layer root + stored names) through rustix's raw syscalls, so this
+//! module never calls back into the interposed libc. When a directory's
+//! merge has narrowed to the base alone, the rest of the path is looked up
+//! with one `lstat` of the remaining path in the base: the kernel then
+//! follows symlinks *inside the base* itself (a relative symlink in an
+//! unchanged base directory that points into a changed part of the branch
+//! is read from the base).
+//!
+//! Symlinks met in the branch are followed here: a target that lands
+//! outside the branch's visible root makes the result [`Resolved::Outside`]
+//! (a native path the caller uses as is).
+//!
+//! This is the boundary to switch to the core's own resolver when it
+//! offers a lock-free, per-process one; the core's store has a lock and
+//! a daemon-wide cache, which the shim cannot take per `stat`.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ffi::{CString, OsStr},
+    os::unix::ffi::OsStrExt,
+};
+
+use agentfs_core::{decode_name, encode_name, whiteout_name, Decoded, OPAQUE_MARKER};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
+
+use crate::paths;
+
+/// An errno value.
+pub type Errno = i32;
+
+/// Most symlinks followed in one resolution (Linux's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+
+/// One directory of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Absolute path of its root, without a trailing slash.
+    pub root: Vec<u8>,
+    /// The base: names literal, never whiteouts or markers.
+    pub base: bool,
+}
+
+/// A branch's layers, top first, and where the branch is visible.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// Layers, top first; the base (if any) last.
+    pub layers: Vec<Layer>,
+    /// The absolute path at which processes see the branch root.
+    pub visible_root: Vec<u8>,
+    root_frame: Vec<(usize, Vec<u8>)>,
+}
+
+/// What a path is in the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// It exists.
+    Found(Entry),
+    /// Nothing is there, but its parent is a directory of the branch: the
+    /// name may be created. Carries the canonical branch path.
+    Absent(Vec<u8>),
+    /// Resolution left the branch through a symlink: this native path.
+    Outside(Vec<u8>),
+}
+
+/// An existing entry of the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Canonical branch path (symlinks in it resolved; `""` for the root).
+    pub path: Vec<u8>,
+    /// Physical path of the entry in the layer that holds it. For a
+    /// directory merged over several layers, the lowest one (so its
+    /// identity does not change when a write copies the directory up).
+    pub phys: CString,
+    /// Index of that layer.
+    pub layer: usize,
+    /// Its `lstat` (the target's when a final symlink was followed).
+    pub kind: FileType,
+}
+
+/// One entry of a merged listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode in the layer it comes from.
+    pub ino: u64,
+    /// `DT_*` type.
+    pub dtype: u8,
+}
+
+fn cstr(v: &[u8]) -> Result<CString, Errno> {
+    CString::new(v).map_err(|_| libc::EINVAL)
+}
+
+fn lstat(path: &[u8]) -> Result<Option<Stat>, Errno> {
+    let c = cstr(path)?;
+    match rustix::fs::statat(CWD, &c, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) if e == rustix::io::Errno::NOTDIR => Ok(None),
+        Err(e) => Err(e.raw_os_error()),
+    }
+}
+
+fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(dir.len() + name.len() + 1);
+    v.extend_from_slice(dir);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+fn kind_of(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+impl Chain {
+    /// A chain over `layers` (top first), visible at `visible_root`.
+    pub fn new(layers: Vec<Layer>, visible_root: Vec<u8>) -> Result<Self, Errno> {
+        let mut root_frame = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            root_frame.push((i, l.root.clone()));
+            if !l.base && lstat(&child(&l.root, OPAQUE_MARKER.as_bytes()))?.is_some() {
+                break;
+            }
+        }
+        Ok(Self {
+            layers,
+            visible_root,
+            root_frame,
+        })
+    }
+
+    fn stored(&self, idx: usize, name: &[u8]) -> Option<Vec<u8>> {
+        if self.layers[idx].base {
+            Some(name.to_vec())
+        } else {
+            encode_name(OsStr::from_bytes(name))
+                .ok()
+                .map(|s| s.as_bytes().to_vec())
+        }
+    }
+
+    fn has_whiteout(&self, dir: &[u8], name: &[u8]) -> Result<bool, Errno> {
+        let (w, hashed) = whiteout_name(OsStr::from_bytes(name));
+        let p = child(dir, w.as_bytes());
+        match lstat(&p)? {
+            None => Ok(false),
+            Some(_) if !hashed => Ok(true),
+            Some(_) => Ok(std::fs::read(OsStr::from_bytes(&p)).ok().as_deref() == Some(name)),
+        }
+    }
+
+    fn is_opaque(&self, idx: usize, dir: &[u8]) -> Result<bool, Errno> {
+        if self.layers[idx].base {
+            return Ok(false);
+        }
+        Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
+    }
+
+    /// `name` in the merged directory `frame`: (position in frame, physical
+    /// path, lstat).
+    fn lookup(
+        &self,
+        frame: &[(usize, Vec<u8>)],
+        name: &[u8],
+    ) -> Result<Option<(usize, Vec<u8>, Stat)>, Errno> {
+        for (pos, (idx, dir)) in frame.iter().enumerate() {
+            if let Some(stored) = self.stored(*idx, name) {
+                let p = child(dir, &stored);
+                if let Some(st) = lstat(&p)? {
+                    return Ok(Some((pos, p, st)));
+                }
+            }
+            if !self.layers[*idx].base && self.has_whiteout(dir, name)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The merged directory `name`, found at `pos` of `frame` as `phys`.
+    fn frame_of(
+        &self,
+        frame: &[(usize, Vec<u8>)],
+        pos: usize,
+        phys: Vec<u8>,
+        name: &[u8],
+    ) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+        let top = frame[pos].0;
+        let stop = self.is_opaque(top, &phys)?;
+        let mut parts = vec![(top, phys)];
+        if stop {
+            return Ok(parts);
+        }
+        for (idx, dir) in &frame[pos + 1..] {
+            let Some(stored) = self.stored(*idx, name) else {
+                if self.has_whiteout(dir, name)? {
+                    break;
+                }
+                continue;
+            };
+            let p = child(dir, &stored);
+            match lstat(&p)? {
+                Some(st) if kind_of(&st) == FileType::Directory => {
+                    let opaque = self.is_opaque(*idx, &p)?;
+                    parts.push((*idx, p));
+                    if opaque {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None if !self.layers[*idx].base && self.has_whiteout(dir, name)? => break,
+                None => {}
+            }
+        }
+        Ok(parts)
+    }
+
+    fn dir_entry(&self, path: Vec<u8>, frame: &[(usize, Vec<u8>)]) -> Result<Entry, Errno> {
+        let (layer, phys) = frame.last().cloned().ok_or(libc::ENOENT)?;
+        Ok(Entry {
+            path,
+            phys: cstr(&phys)?,
+            layer,
+            kind: FileType::Directory,
+        })
+    }
+
+    /// Where a symlink's target leads: the branch path to resolve next, or
+    /// the native path it leaves the branch for.
+    fn follow(&self, dir: &[u8], target: &[u8], rest: &[&[u8]]) -> Result<Vec<u8>, Vec<u8>> {
+        let base = paths::visible(&self.visible_root, dir);
+        let mut abs = paths::join(&base, target);
+        for r in rest {
+            abs.push(b'/');
+            abs.extend_from_slice(r);
+        }
+        let abs = paths::normalize(&abs);
+        match paths::under(&self.visible_root, &abs) {
+            Some(rel) => Ok(rel.to_vec()),
+            None => Err(abs),
+        }
+    }
+
+    /// Resolves branch path `rel` (no `.`/`..`, no leading slash); a final
+    /// symlink is followed with `follow`.
+    pub fn resolve(&self, rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+        let mut path = rel.to_vec();
+        let mut links = 0;
+        'restart: loop {
+            let comps: Vec<&[u8]> = path
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty())
+                .collect();
+            let mut frame = self.root_frame.clone();
+            let mut canon: Vec<u8> = Vec::new();
+            for (i, name) in comps.iter().enumerate() {
+                if *name == b"." || *name == b".." {
+                    return Err(libc::EINVAL); // callers normalise first
+                }
+                let last = i + 1 == comps.len();
+                let mut here = canon.clone();
+                if !here.is_empty() {
+                    here.push(b'/');
+                }
+                here.extend_from_slice(name);
+                if frame.len() == 1 && self.layers[frame[0].0].base {
+                    // Only the base below: one lstat of the rest.
+                    let rest = comps[i..].join(&b'/');
+                    let phys = child(&frame[0].1, &rest);
+                    let mut full = canon.clone();
+                    if !full.is_empty() {
+                        full.push(b'/');
+                    }
+                    full.extend_from_slice(&rest);
+                    return match lstat(&phys)? {
+                        Some(st) if kind_of(&st) == FileType::Symlink && follow => {
+                            links += 1;
+                            if links > MAX_SYMLINKS {
+                                return Err(libc::ELOOP);
+                            }
+                            let target = read_link(&phys)?;
+                            let dir = match full.iter().rposition(|&b| b == b'/') {
+                                Some(p) => full[..p].to_vec(),
+                                None => Vec::new(),
+                            };
+                            match self.follow(&dir, &target, &[]) {
+                                Ok(next) => {
+                                    path = next;
+                                    continue 'restart;
+                                }
+                                Err(native) => Ok(Resolved::Outside(native)),
+                            }
+                        }
+                        Some(st) => Ok(Resolved::Found(Entry {
+                            path: full,
+                            phys: cstr(&phys)?,
+                            layer: frame[0].0,
+                            kind: kind_of(&st),
+                        })),
+                        None => {
+                            // Free name, or a missing/non-directory parent?
+                            let parent = match phys.iter().rposition(|&b| b == b'/') {
+                                Some(p) => &phys[..p],
+                                None => &phys[..],
+                            };
+                            let parent_dir =
+                                rustix::fs::statat(CWD, cstr(parent)?.as_c_str(), AtFlags::empty())
+                                    .map(|st| kind_of(&st) == FileType::Directory)
+                                    .unwrap_or(false);
+                            if parent_dir {
+                                Ok(Resolved::Absent(full))
+                            } else {
+                                Err(libc::ENOENT)
+                            }
+                        }
+                    };
+                }
+                let hit = self.lookup(&frame, name)?;
+                match hit {
+                    None if last => return Ok(Resolved::Absent(here)),
+                    None => return Err(libc::ENOENT),
+                    Some((_, phys, st))
+                        if kind_of(&st) == FileType::Symlink && (!last || follow) =>
+                    {
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(libc::ELOOP);
+                        }
+                        let target = read_link(&phys)?;
+                        match self.follow(&canon, &target, &comps[i + 1..]) {
+                            Ok(next) => {
+                                path = next;
+                                continue 'restart;
+                            }
+                            Err(native) => return Ok(Resolved::Outside(native)),
+                        }
+                    }
+                    Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                        frame = self.frame_of(&frame, pos, phys, name)?;
+                        canon = here;
+                        if last {
+                            return self.dir_entry(canon, &frame).map(Resolved::Found);
+                        }
+                    }
+                    Some((pos, phys, st)) if last => {
+                        return Ok(Resolved::Found(Entry {
+                            path: here,
+                            phys: cstr(&phys)?,
+                            layer: frame[pos].0,
+                            kind: kind_of(&st),
+                        }))
+                    }
+                    Some(_) => return Err(libc::ENOTDIR),
+                }
+            }
+            return self.dir_entry(canon, &frame).map(Resolved::Found);
+        }
+    }
+
+    /// The merged directory frame of canonical directory `canon`.
+    fn frame_at(&self, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+        let mut frame = self.root_frame.clone();
+        for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            match self.lookup(&frame, name)? {
+                Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                    frame = self.frame_of(&frame, pos, phys, name)?;
+                }
+                Some(_) => return Err(libc::ENOTDIR),
+                None => return Err(libc::ENOENT),
+            }
+        }
+        Ok(frame)
+    }
+
+    /// The merged listing of directory `rel` (symlinks followed), sorted by
+    /// name, with `.` and `..` first; whiteouts and markers hidden.
+    pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
+        let canon = match self.resolve(rel, true)? {
+            Resolved::Found(e) if e.kind == FileType::Directory => e.path,
+            Resolved::Found(_) => return Err(libc::ENOTDIR),
+            Resolved::Absent(_) => return Err(libc::ENOENT),
+            Resolved::Outside(_) => return Err(libc::EXDEV),
+        };
+        let frame = self.frame_at(&canon)?;
+        let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
+        let mut hidden: HashSet<Vec<u8>> = HashSet::new();
+        for (idx, dir) in &frame {
+            let base = self.layers[*idx].base;
+            let fd = rustix::fs::open(
+                cstr(dir)?.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| e.raw_os_error())?;
+            let mut d = rustix::fs::Dir::read_from(&fd).map_err(|e| e.raw_os_error())?;
+            let mut whiteouts = Vec::new();
+            while let Some(ent) = d.read() {
+                let ent = ent.map_err(|e| e.raw_os_error())?;
+                let stored = ent.file_name().to_bytes();
+                if stored == b"." || stored == b".." {
+                    continue;
+                }
+                let name = if base {
+                    stored.to_vec()
+                } else {
+                    match decode_name(OsStr::from_bytes(stored)) {
+                        Decoded::Entry(n) => n.as_bytes().to_vec(),
+                        Decoded::Whiteout(n) => {
+                            whiteouts.push(n.as_bytes().to_vec());
+                            continue;
+                        }
+                        Decoded::HashedWhiteout => {
+                            if let Ok(n) = std::fs::read(OsStr::from_bytes(&child(dir, stored))) {
+                                whiteouts.push(n);
+                            }
+                            continue;
+                        }
+                        Decoded::Opaque | Decoded::Reserved => continue,
+                    }
+                };
+                if seen.contains_key(&name) || hidden.contains(&name) {
+                    continue;
+                }
+                seen.insert(name, (ent.ino(), dtype(ent.file_type())));
+            }
+            hidden.extend(whiteouts);
+        }
+        let mut out = Vec::with_capacity(seen.len() + 2);
+        for dot in [&b"."[..], b".."] {
+            out.push(Listed {
+                name: dot.to_vec(),
+                ino: 0,
+                dtype: libc::DT_DIR,
+            });
+        }
+        out.extend(
+            seen.into_iter()
+                .map(|(name, (ino, dtype))| Listed { name, ino, dtype }),
+        );
+        Ok(out)
+    }
+
+    /// The branch path of physical path `phys` when it lies in a layer of
+    /// this chain (for a working directory inherited across `exec`).
+    pub fn branch_path_of(&self, phys: &[u8]) -> Option<Vec<u8>> {
+        for l in &self.layers {
+            let Some(rest) = paths::under(&l.root, phys) else {
+                continue;
+            };
+            if l.base {
+                return Some(rest.to_vec());
+            }
+            let mut out = Vec::new();
+            for c in rest.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                match decode_name(OsStr::from_bytes(c)) {
+                    Decoded::Entry(n) => {
+                        if !out.is_empty() {
+                            out.push(b'/');
+                        }
+                        out.extend_from_slice(n.as_bytes());
+                    }
+                    _ => return None,
+                }
+            }
+            return Some(out);
+        }
+        None
+    }
+}
+
+fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
+    rustix::fs::readlinkat(CWD, cstr(phys)?.as_c_str(), Vec::new())
+        .map(|c| c.into_bytes())
+        .map_err(|e| e.raw_os_error())
+}
+
+fn dtype(t: FileType) -> u8 {
+    match t {
+        FileType::RegularFile => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::CharacterDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
