@@ -78,9 +78,9 @@ pub enum Resolved {
 pub struct Entry {
     /// Canonical branch path (symlinks in it resolved; `""` for the root).
     pub path: Vec<u8>,
-    /// Physical path of the entry in the layer that holds it. For a
-    /// directory merged over several layers, the lowest one (so its
-    /// identity does not change when a write copies the directory up).
+    /// Physical path of the entry in the topmost layer that holds it (for
+    /// a directory merged over several layers, the top one: its mode and
+    /// times are the branch's).
     pub phys: CString,
     /// Index of that layer.
     pub layer: usize,
@@ -229,7 +229,7 @@ impl Chain {
     }
 
     fn dir_entry(&self, path: Vec<u8>, frame: &[(usize, Vec<u8>)]) -> Result<Entry, Errno> {
-        let (layer, phys) = frame.last().cloned().ok_or(libc::ENOENT)?;
+        let (layer, phys) = frame.first().cloned().ok_or(libc::ENOENT)?;
         Ok(Entry {
             path,
             phys: cstr(&phys)?,

@@ -151,9 +151,50 @@ path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssi
 path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(llistxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
-path_read!(execve(path: Cp, argv: *const Cp, envp: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(execv(path: Cp, argv: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
 path_read!(posix_spawn(pid: *mut libc::pid_t, path: Cp, actions: *const c_void, attr: *const c_void, argv: *const Cp, envp: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: |e| e);
+
+/// The path an `exec` of `path` runs: `Ok(None)` for the program's own.
+/// The guard is released before the caller execs: in a `vfork` child the
+/// thread (and its guard flag) is the parent's, and a successful exec never
+/// returns to release it.
+unsafe fn exec_path(path: Cp) -> Result<Option<CString>, Errno> {
+    let Some(_g) = Guard::enter() else {
+        return Ok(None);
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return Ok(None);
+    };
+    if p.is_empty() {
+        return Ok(None);
+    }
+    match classify(CWD, p)? {
+        Target::Native => Ok(None),
+        Target::Branch(rel) => read_target(&rel, true).map(Some),
+    }
+}
+
+macro_rules! exec_fn {
+    ($name:ident ( $p:ident : Cp $(, $arg:ident : $ty:ty)* )) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($p: Cp $(, $arg: $ty)*) -> c_int {
+            let Some(o) = orig!($name: fn(Cp $(, $ty)*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's C string.
+            match unsafe { exec_path($p) } {
+                // SAFETY: passed on, with the branch entry's path.
+                Ok(Some(c)) => unsafe { o(c.as_ptr() $(, $arg)*) },
+                // SAFETY: passed on.
+                Ok(None) => unsafe { o($p $(, $arg)*) },
+                Err(e) => fail(e),
+            }
+        }
+    };
+}
+
+exec_fn!(execve(path: Cp, argv: *const Cp, envp: *const Cp));
+exec_fn!(execv(path: Cp, argv: *const Cp));
 
 /// `execvp`/`execvpe` with a name holding a slash are plain paths.
 #[no_mangle]
@@ -164,7 +205,13 @@ pub unsafe extern "C" fn execvp(file: Cp, argv: *const Cp) -> c_int {
     // SAFETY: the program's C string.
     if unsafe { bytes(file) }.is_some_and(|f| f.contains(&b'/')) {
         // SAFETY: as above.
-        return unsafe { with_read_path(CWD, file, true, fail, |p| o(p, argv)) };
+        return match unsafe { exec_path(file) } {
+            // SAFETY: passed on, with the branch entry's path.
+            Ok(Some(c)) => unsafe { o(c.as_ptr(), argv) },
+            // SAFETY: passed on.
+            Ok(None) => unsafe { o(file, argv) },
+            Err(e) => fail(e),
+        };
     }
     // SAFETY: passed on.
     unsafe { o(file, argv) }
