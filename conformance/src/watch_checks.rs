@@ -12,7 +12,7 @@ use agentfs_plugin_api::{
     watch::{CoreEvent, EventKind, NativeRecord, WatchApi, WatchSpec},
     ErrorCode,
 };
-use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
+use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use proptest::{
     prelude::{any, prop_oneof, Just, Strategy},
     test_runner::{Config as PtConfig, TestCaseError, TestRunner},

@@ -3,7 +3,7 @@
 //! and one event; each API's column lists the exact records, in order.
 
 use agentfs_plugin_api::watch::{CoreEvent, EventKind, WatchApi, WatchSpec};
-use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
+use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
 
 /// One expected record.
 #[derive(Debug, Clone, Copy)]

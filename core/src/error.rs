@@ -38,6 +38,9 @@ pub enum CoreError {
         /// Who depends on it.
         why: String,
     },
+    /// The tree is read-only (a snapshot).
+    #[error("{0}: read-only")]
+    ReadOnly(String),
     /// A directory is not empty.
     #[error("{0}: directory not empty")]
     NotEmpty(String),
@@ -134,6 +137,7 @@ impl CoreError {
             Self::NotInitialized { .. } | Self::NotFound(_) => libc::ENOENT,
             Self::StoreBusy { .. } | Self::Busy { .. } => libc::EBUSY,
             Self::AlreadyExists(_) => libc::EEXIST,
+            Self::ReadOnly(_) => libc::EROFS,
             Self::NotEmpty(_) => libc::ENOTEMPTY,
             Self::NotDirectory(_) => libc::ENOTDIR,
             Self::IsDirectory(_) => libc::EISDIR,

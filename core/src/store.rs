@@ -1052,10 +1052,7 @@ impl Tree<'_> {
         f: impl FnOnce(&Writer<'_>) -> CoreResult<(T, Option<Change>)>,
     ) -> CoreResult<T> {
         let Target::Branch(branch) = &self.target else {
-            return Err(CoreError::InvalidArgument(format!(
-                "snapshot {} is read-only",
-                self.name()
-            )));
+            return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
         self.store.with(LockMode::Exclusive, |st| {
             let view = self.store.target_view(st, &self.target)?;

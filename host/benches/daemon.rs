@@ -27,10 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use agentfs_proto::{
     Client, DaemonFrame, FdOpen, FsOp, Hello, OpenFlags, Request, Response, WatchRegistration,
 };
+use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use criterion::{criterion_group, criterion_main, Criterion};
 use daemon_proc::{status, write_config, DaemonProc};
 

@@ -1,13 +1,14 @@
 //! Where the CLI's branch, snapshot, fs and status commands go: to the
-//! daemon when one serves on the socket, else to the store directly. Both
-//! return the core's types, so the output is the same either way; `--json`
-//! output names the one used (`"via": "daemon"` or `"store"`), and
-//! `AGENTFS_LOG=debug` logs it.
+//! daemon when one serves on the socket, else to the store directly. Either
+//! way the command is one protocol request answered by the same handler
+//! (`agentfs_host::handler`), so the output and the errors are the same;
+//! `--json` output names the path used (`"via": "daemon"` or `"store"`),
+//! and `AGENTFS_LOG=debug` logs it.
 
 use std::path::{Path, PathBuf};
 
 use agentfs_core::{BranchInfo, DirEntry, FileKind, LockWait, SnapshotInfo, Stat, Store};
-use agentfs_host::{daemon::convert, Host};
+use agentfs_host::{daemon::convert, handler, Host};
 use agentfs_proto::{Client, FsOp, FsReply, Hello, Request, Response};
 use anyhow::{anyhow, Result};
 
@@ -78,10 +79,12 @@ impl Backend {
         }
     }
 
+    /// One request, answered by the daemon or, in direct mode, by the same
+    /// handler the daemon uses, in this process.
     fn ask(&mut self, req: Request) -> Result<Response> {
         match self {
             Self::Daemon(d) => Ok(d.client.request(req)?),
-            Self::Store(_) => unreachable!("store requests are calls"),
+            Self::Store(s) => Ok(handler::handle(s, None, req)?),
         }
     }
 
@@ -107,9 +110,6 @@ impl Backend {
         from: Option<&str>,
         base: Option<&Path>,
     ) -> Result<BranchInfo> {
-        if let Self::Store(s) = self {
-            return Ok(s.create_branch(name, from, base)?);
-        }
         let req = match from {
             Some(snapshot) => Request::BranchFromSnapshot {
                 snapshot: snapshot.to_string(),
@@ -128,9 +128,6 @@ impl Backend {
 
     /// Every branch.
     pub fn list_branches(&mut self) -> Result<Vec<BranchInfo>> {
-        if let Self::Store(s) = self {
-            return Ok(s.list_branches()?);
-        }
         match self.ask(Request::BranchList)? {
             Response::Branches(v) => Ok(v.into_iter().map(convert::branch_from_wire).collect()),
             other => Err(unexpected(other)),
@@ -139,9 +136,6 @@ impl Backend {
 
     /// Deletes a branch.
     pub fn delete_branch(&mut self, name: &str) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.delete_branch(name)?);
-        }
         self.done(Request::BranchDelete {
             name: name.to_string(),
         })
@@ -149,9 +143,6 @@ impl Backend {
 
     /// Compacts a branch; true when layers were merged.
     pub fn compact_branch(&mut self, name: &str) -> Result<bool> {
-        if let Self::Store(s) = self {
-            return Ok(s.compact_branch(name)?);
-        }
         match self.ask(Request::BranchCompact {
             name: name.to_string(),
         })? {
@@ -162,9 +153,6 @@ impl Backend {
 
     /// Snapshots a branch.
     pub fn create_snapshot(&mut self, branch: &str, name: Option<&str>) -> Result<SnapshotInfo> {
-        if let Self::Store(s) = self {
-            return Ok(s.create_snapshot(branch, name)?);
-        }
         match self.ask(Request::SnapshotCreate {
             branch: branch.to_string(),
             name: name.map(str::to_string),
@@ -176,9 +164,6 @@ impl Backend {
 
     /// Every snapshot.
     pub fn list_snapshots(&mut self) -> Result<Vec<SnapshotInfo>> {
-        if let Self::Store(s) = self {
-            return Ok(s.list_snapshots()?);
-        }
         match self.ask(Request::SnapshotList)? {
             Response::Snapshots(v) => Ok(v.into_iter().map(convert::snapshot_from_wire).collect()),
             other => Err(unexpected(other)),
@@ -187,9 +172,6 @@ impl Backend {
 
     /// Deletes a snapshot.
     pub fn delete_snapshot(&mut self, name: &str) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.delete_snapshot(name)?);
-        }
         self.done(Request::SnapshotDelete {
             name: name.to_string(),
         })
@@ -213,9 +195,6 @@ impl Backend {
 
     /// A directory listing.
     pub fn read_dir(&mut self, at: At<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        if let Self::Store(s) = self {
-            return Ok(tree(s, at).read_dir(path)?);
-        }
         match self.fs(
             at,
             FsOp::ReadDir {
@@ -229,9 +208,6 @@ impl Backend {
 
     /// Metadata of an entry (a final symlink is not followed).
     pub fn lstat(&mut self, at: At<'_>, path: &str) -> Result<Stat> {
-        if let Self::Store(s) = self {
-            return Ok(tree(s, at).lstat(path)?);
-        }
         match self.fs(
             at,
             FsOp::Stat {
@@ -246,9 +222,6 @@ impl Backend {
 
     /// A whole file.
     pub fn read_file(&mut self, at: At<'_>, path: &str) -> Result<Vec<u8>> {
-        if let Self::Store(s) = self {
-            return Ok(tree(s, at).read_file(path)?);
-        }
         let mut out = Vec::new();
         loop {
             let chunk = match self.fs(
@@ -271,9 +244,6 @@ impl Backend {
 
     /// A symlink's target.
     pub fn read_link(&mut self, at: At<'_>, path: &str) -> Result<String> {
-        if let Self::Store(s) = self {
-            return Ok(tree(s, at).read_link(path)?.to_string_lossy().into_owned());
-        }
         match self.fs(
             at,
             FsOp::Readlink {
@@ -287,9 +257,6 @@ impl Backend {
 
     /// Replaces (or creates) a file's content.
     pub fn write_file(&mut self, branch: &str, path: &str, data: Vec<u8>) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.branch(branch).write_file(path, &data)?);
-        }
         self.fs_done(
             branch,
             FsOp::WriteFile {
@@ -301,17 +268,6 @@ impl Backend {
 
     /// Removes an entry (`recursive`: a whole tree).
     pub fn remove(&mut self, branch: &str, path: &str, recursive: bool) -> Result<()> {
-        if let Self::Store(s) = self {
-            let t = s.branch(branch);
-            if recursive {
-                t.remove_all(path)?;
-            } else if t.lstat(path)?.kind == FileKind::Dir {
-                t.rmdir(path)?;
-            } else {
-                t.unlink(path)?;
-            }
-            return Ok(());
-        }
         let path = path.to_string();
         let op = if recursive {
             FsOp::RemoveAll { path }
@@ -325,9 +281,6 @@ impl Backend {
 
     /// Renames an entry.
     pub fn rename(&mut self, branch: &str, from: &str, to: &str) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.branch(branch).rename(from, to)?);
-        }
         self.fs_done(
             branch,
             FsOp::Rename {
@@ -339,15 +292,6 @@ impl Backend {
 
     /// Creates a directory (`parents`: and missing parents).
     pub fn mkdir(&mut self, branch: &str, path: &str, parents: bool) -> Result<()> {
-        if let Self::Store(s) = self {
-            let t = s.branch(branch);
-            if parents {
-                t.mkdir_all(path)?
-            } else {
-                t.mkdir(path, 0o755)?
-            }
-            return Ok(());
-        }
         let path = path.to_string();
         let op = if parents {
             FsOp::MkdirAll { path }
@@ -359,9 +303,6 @@ impl Backend {
 
     /// Creates a symlink.
     pub fn symlink(&mut self, branch: &str, target: &str, path: &str) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.branch(branch).symlink(target, path)?);
-        }
         self.fs_done(
             branch,
             FsOp::Symlink {
@@ -373,9 +314,6 @@ impl Backend {
 
     /// Sets permission bits.
     pub fn chmod(&mut self, branch: &str, path: &str, mode: u32) -> Result<()> {
-        if let Self::Store(s) = self {
-            return Ok(s.branch(branch).chmod(path, mode)?);
-        }
         self.fs_done(
             branch,
             FsOp::Chmod {
@@ -383,13 +321,6 @@ impl Backend {
                 mode,
             },
         )
-    }
-}
-
-fn tree<'s>(s: &'s Store, at: At<'_>) -> agentfs_core::Tree<'s> {
-    match at {
-        At::Branch(b) => s.branch(b),
-        At::Snapshot(x) => s.snapshot(x),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod handler;
 pub mod loader;
 pub mod units;
 

@@ -8,10 +8,10 @@
 use std::{io::Write, path::Path, process::ExitCode};
 
 use agentfs_plugin_api::watch::WatchApi;
-use agentfs_plugin_support::native::{flag_names, fsevents, inotify, kqueue};
 use agentfs_proto::{
     ClientError, DaemonFrame, Request, Response, WatchRegistration, WireCoreEvent, WireEventKind,
 };
+use agentfs_vocab::native::{flag_names, fsevents, inotify, kqueue};
 use anyhow::{bail, Result};
 
 use crate::cli_backend::connect_daemon;
@@ -171,7 +171,7 @@ pub fn run(
             DaemonFrame::Events(del) => {
                 let api = WatchApi(del.api);
                 for r in &del.records {
-                    let names = flag_names(api, r.flags);
+                    let names = flag_names(api.0, r.flags);
                     lines.push(if json {
                         serde_json::json!({
                             "api": api.name(),

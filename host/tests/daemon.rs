@@ -18,11 +18,11 @@ use std::{
 };
 
 use agentfs_plugin_api::watch::WatchApi;
-use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use agentfs_proto::{
     Client, DaemonFrame, Doorbell, DoorbellKind, FdOpen, Hello, OpenFlags, Request, Response,
     WatchRegistration, WireError, WireRecord,
 };
+use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
 // One plugin crate linked in (each exports the same plugin symbols): the
 // inotify layout is parsed here; kqueue and FSEvents bytes are compared
 // with what the loaded plugins encode (their layouts are tested in their
@@ -281,7 +281,10 @@ fn check_native_bytes(api: WatchApi, records: &[WireRecord], bytes: &[u8]) {
         WatchApi::KQUEUE | WatchApi::FSEVENTS => {
             let providers = watch_providers();
             let p = providers.iter().find(|p| p.api().unwrap() == api).unwrap();
-            let recs: Vec<_> = records.iter().map(Into::into).collect();
+            let recs: Vec<_> = records
+                .iter()
+                .map(agentfs_host::daemon::abi_wire::native_record)
+                .collect();
             assert_eq!(p.encode(&recs).unwrap(), bytes);
             if api == WatchApi::KQUEUE {
                 // 32-byte kevents, ident first, EVFILT_VNODE at 8, fflags at 12.

@@ -438,7 +438,7 @@ fn snapshots_are_isolated_and_branches_grow_from_them() {
         // Snapshots are read-only.
         assert!(matches!(
             s.snapshot("s1").write_file("x", b"x"),
-            Err(CoreError::InvalidArgument(_))
+            Err(CoreError::ReadOnly(_))
         ));
         // A branch from the snapshot starts there and diverges alone.
         s.create_branch("fork", Some("s1"), None).unwrap();

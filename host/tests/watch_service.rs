@@ -14,10 +14,10 @@ use agentfs_host::daemon::{
     Daemon, Session, WatchService,
 };
 use agentfs_plugin_api::watch::WatchApi;
-use agentfs_plugin_support::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use agentfs_proto::{
     FdOpen, FsOp, OpenFlags, Request, Response, WatchRegistration, WireCoreEvent, WireEventKind,
 };
+use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
 use common::*;
 
 fn setup() -> (tempfile::TempDir, Daemon) {

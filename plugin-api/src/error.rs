@@ -3,86 +3,56 @@
 use std::fmt;
 
 use abi_stable::{std_types::RString, StableAbi};
+use agentfs_vocab::codes;
 
 /// An errno-like error code. Non-exhaustive by construction: unknown codes
-/// from newer plugins are carried through and displayed by number.
+/// from newer plugins are carried through and displayed by number. The
+/// numbers and names are `agentfs_vocab::codes`, shared with the wire
+/// protocol.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct ErrorCode(pub u32);
 
 impl ErrorCode {
     /// The capability is absent; the host falls back.
-    pub const UNSUPPORTED: Self = Self(1);
+    pub const UNSUPPORTED: Self = Self(codes::UNSUPPORTED);
     /// The named object does not exist.
-    pub const NOT_FOUND: Self = Self(2);
+    pub const NOT_FOUND: Self = Self(codes::NOT_FOUND);
     /// The destination already exists.
-    pub const ALREADY_EXISTS: Self = Self(3);
+    pub const ALREADY_EXISTS: Self = Self(codes::ALREADY_EXISTS);
     /// The object is in use (e.g. a snapshot others depend on).
-    pub const BUSY: Self = Self(4);
+    pub const BUSY: Self = Self(codes::BUSY);
     /// An argument or option is invalid.
-    pub const INVALID_ARGUMENT: Self = Self(5);
+    pub const INVALID_ARGUMENT: Self = Self(codes::INVALID_ARGUMENT);
     /// Source and destination are on different filesystems.
-    pub const CROSS_DEVICE: Self = Self(6);
+    pub const CROSS_DEVICE: Self = Self(codes::CROSS_DEVICE);
     /// No space left on the device.
-    pub const NO_SPACE: Self = Self(7);
+    pub const NO_SPACE: Self = Self(codes::NO_SPACE);
     /// The caller lacks permission.
-    pub const PERMISSION_DENIED: Self = Self(8);
+    pub const PERMISSION_DENIED: Self = Self(codes::PERMISSION_DENIED);
     /// The object is read-only.
-    pub const READ_ONLY: Self = Self(9);
+    pub const READ_ONLY: Self = Self(codes::READ_ONLY);
     /// Any other I/O error.
-    pub const IO: Self = Self(10);
+    pub const IO: Self = Self(codes::IO);
     /// The plugin panicked; the panic was caught at the boundary.
-    pub const PANICKED: Self = Self(11);
+    pub const PANICKED: Self = Self(codes::PANICKED);
     /// A directory was given where a file was expected.
-    pub const IS_DIRECTORY: Self = Self(12);
+    pub const IS_DIRECTORY: Self = Self(codes::IS_DIRECTORY);
     /// A non-directory was given where a directory was expected.
-    pub const NOT_DIRECTORY: Self = Self(13);
+    pub const NOT_DIRECTORY: Self = Self(codes::NOT_DIRECTORY);
     /// A directory is not empty.
-    pub const NOT_EMPTY: Self = Self(14);
+    pub const NOT_EMPTY: Self = Self(codes::NOT_EMPTY);
     /// The plugin cannot run on this platform.
-    pub const WRONG_PLATFORM: Self = Self(15);
+    pub const WRONG_PLATFORM: Self = Self(codes::WRONG_PLATFORM);
 
     /// A short stable name for the code (`"unsupported"`, `"not-found"`, ...).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::UNSUPPORTED => "unsupported",
-            Self::NOT_FOUND => "not-found",
-            Self::ALREADY_EXISTS => "already-exists",
-            Self::BUSY => "busy",
-            Self::INVALID_ARGUMENT => "invalid-argument",
-            Self::CROSS_DEVICE => "cross-device",
-            Self::NO_SPACE => "no-space",
-            Self::PERMISSION_DENIED => "permission-denied",
-            Self::READ_ONLY => "read-only",
-            Self::IO => "io",
-            Self::PANICKED => "panicked",
-            Self::IS_DIRECTORY => "is-directory",
-            Self::NOT_DIRECTORY => "not-directory",
-            Self::NOT_EMPTY => "not-empty",
-            Self::WRONG_PLATFORM => "wrong-platform",
-            _ => "unknown",
-        }
+        codes::name(self.0)
     }
 
     /// Maps an OS errno to the closest code.
     pub fn from_errno(errno: i32) -> Self {
-        match errno {
-            libc::ENOENT => Self::NOT_FOUND,
-            libc::EEXIST => Self::ALREADY_EXISTS,
-            libc::EBUSY => Self::BUSY,
-            libc::EINVAL => Self::INVALID_ARGUMENT,
-            libc::EXDEV => Self::CROSS_DEVICE,
-            libc::ENOSPC | libc::EDQUOT => Self::NO_SPACE,
-            libc::EPERM | libc::EACCES => Self::PERMISSION_DENIED,
-            libc::EROFS => Self::READ_ONLY,
-            libc::EISDIR => Self::IS_DIRECTORY,
-            libc::ENOTDIR => Self::NOT_DIRECTORY,
-            libc::ENOTEMPTY => Self::NOT_EMPTY,
-            e if e == libc::EOPNOTSUPP || e == libc::ENOTSUP || e == libc::ENOSYS => {
-                Self::UNSUPPORTED
-            }
-            _ => Self::IO,
-        }
+        Self(codes::from_errno(errno))
     }
 }
 

@@ -23,20 +23,15 @@ pub struct WatchApi(pub u32);
 
 impl WatchApi {
     /// BSD/macOS kqueue `EVFILT_VNODE`.
-    pub const KQUEUE: Self = Self(1);
+    pub const KQUEUE: Self = Self(agentfs_vocab::api::KQUEUE);
     /// macOS FSEvents streams.
-    pub const FSEVENTS: Self = Self(2);
+    pub const FSEVENTS: Self = Self(agentfs_vocab::api::FSEVENTS);
     /// Linux inotify.
-    pub const INOTIFY: Self = Self(3);
+    pub const INOTIFY: Self = Self(agentfs_vocab::api::INOTIFY);
 
     /// The API's name.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::KQUEUE => "kqueue",
-            Self::FSEVENTS => "fsevents",
-            Self::INOTIFY => "inotify",
-            _ => "unknown",
-        }
+        agentfs_vocab::api::name(self.0)
     }
 
     /// True when the API's watches follow the watched inode across renames

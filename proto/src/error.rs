@@ -1,9 +1,10 @@
 //! Typed errors on the wire: an errno-like code plus a message.
 
-use agentfs_plugin_api::{ErrorCode, PluginError};
+use agentfs_vocab::codes;
 use serde::{Deserialize, Serialize};
 
-/// An error as it travels: `code` is an [`ErrorCode`] value (same numbers)
+/// An error as it travels: `code` is one of `agentfs_vocab::codes` (the
+/// plugin ABI's `ErrorCode` numbers)
 /// or one of the protocol codes (1000 and up); `errno` is the OS errno
 /// behind it, or 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -40,7 +41,24 @@ impl WireError {
 
     /// Builds an error from an I/O error, with context.
     pub fn from_io(context: impl std::fmt::Display, err: &std::io::Error) -> Self {
-        PluginError::from_io(context, err).into()
+        let errno = err.raw_os_error().unwrap_or(0);
+        let code = if errno != 0 {
+            codes::from_errno(errno)
+        } else {
+            match err.kind() {
+                std::io::ErrorKind::NotFound => codes::NOT_FOUND,
+                std::io::ErrorKind::AlreadyExists => codes::ALREADY_EXISTS,
+                std::io::ErrorKind::PermissionDenied => codes::PERMISSION_DENIED,
+                std::io::ErrorKind::InvalidInput => codes::INVALID_ARGUMENT,
+                std::io::ErrorKind::Unsupported => codes::UNSUPPORTED,
+                _ => codes::IO,
+            }
+        };
+        Self {
+            code,
+            errno,
+            message: format!("{context}: {err}"),
+        }
     }
 
     /// The code's stable name (`"not-found"`, `"version-mismatch"`, ...).
@@ -51,38 +69,29 @@ impl WireError {
             Self::FRAME_TOO_LARGE => "frame-too-large",
             Self::NOT_HANDSHAKEN => "not-handshaken",
             Self::PEER_REFUSED => "peer-refused",
-            c => ErrorCode(c).name(),
+            c => codes::name(c),
         }
     }
 
-    /// The closest [`ErrorCode`]: plugin codes map to themselves; protocol
-    /// codes map to `Unsupported` (version mismatch), `PermissionDenied`
-    /// (peer refused) or `InvalidArgument`.
-    pub fn error_code(&self) -> ErrorCode {
+    /// The closest plugin error code: plugin codes map to themselves;
+    /// protocol codes map to `UNSUPPORTED` (version mismatch),
+    /// `PERMISSION_DENIED` (peer refused) or `INVALID_ARGUMENT`.
+    pub fn error_code(&self) -> u32 {
         match self.code {
-            Self::VERSION_MISMATCH => ErrorCode::UNSUPPORTED,
-            Self::PEER_REFUSED => ErrorCode::PERMISSION_DENIED,
-            c if c >= 1000 => ErrorCode::INVALID_ARGUMENT,
-            c => ErrorCode(c),
+            Self::VERSION_MISMATCH => codes::UNSUPPORTED,
+            Self::PEER_REFUSED => codes::PERMISSION_DENIED,
+            c if c >= 1000 => codes::INVALID_ARGUMENT,
+            c => c,
         }
     }
-}
 
-impl From<PluginError> for WireError {
-    fn from(e: PluginError) -> Self {
-        Self {
-            code: e.code.0,
-            errno: e.errno,
-            message: e.message.into_string(),
+    /// The errno a process should see: the OS's own, else the code's.
+    pub fn errno(&self) -> i32 {
+        if self.errno != 0 {
+            self.errno
+        } else {
+            codes::to_errno(self.error_code())
         }
-    }
-}
-
-impl From<WireError> for PluginError {
-    fn from(e: WireError) -> Self {
-        let mut p = PluginError::new(e.error_code(), e.message);
-        p.errno = e.errno;
-        p
     }
 }
 
@@ -91,32 +100,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plugin_errors_round_trip_with_errno() {
-        let p = PluginError::from_io("open x", &std::io::Error::from_raw_os_error(libc::ENOENT));
-        let w = WireError::from(p.clone());
-        assert_eq!(w.code, ErrorCode::NOT_FOUND.0);
+    fn io_errors_keep_errno_and_get_the_closest_code() {
+        let w = WireError::from_io("open x", &std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(w.code, codes::NOT_FOUND);
+        assert_eq!(w.errno(), libc::ENOENT);
         assert_eq!(w.code_name(), "not-found");
-        assert_eq!(PluginError::from(w), p);
+        assert!(w.message.starts_with("open x: "));
+        assert_eq!(WireError::new(codes::BUSY, "b").errno(), libc::EBUSY);
     }
 
     #[test]
     fn protocol_codes_map_to_the_closest_plugin_code() {
         let w = WireError::new(WireError::VERSION_MISMATCH, "no common version");
-        assert_eq!(w.error_code(), ErrorCode::UNSUPPORTED);
+        assert_eq!(w.error_code(), codes::UNSUPPORTED);
         assert_eq!(w.to_string(), "no common version (version-mismatch)");
         let w = WireError::new(WireError::PEER_REFUSED, "uid 1000 is not 0");
-        assert_eq!(PluginError::from(w).code, ErrorCode::PERMISSION_DENIED);
+        assert_eq!(w.error_code(), codes::PERMISSION_DENIED);
         assert_eq!(
             WireError::new(WireError::FRAME_TOO_LARGE, "x").error_code(),
-            ErrorCode::INVALID_ARGUMENT
+            codes::INVALID_ARGUMENT
         );
         assert_eq!(
             WireError::new(4242, "future").error_code(),
-            ErrorCode::INVALID_ARGUMENT
+            codes::INVALID_ARGUMENT
         );
-        assert_eq!(
-            WireError::new(77, "future plugin code").error_code(),
-            ErrorCode(77)
-        );
+        assert_eq!(WireError::new(77, "future plugin code").error_code(), 77);
     }
 }

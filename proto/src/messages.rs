@@ -2,7 +2,6 @@
 //! unless a field says otherwise; `branch: None` means the branch the
 //! connection asked for in its [`Hello`].
 
-use agentfs_plugin_api::watch::{CoreEvent, EventKind, NativeRecord, WatchApi};
 use serde::{Deserialize, Serialize};
 
 use crate::WireError;
@@ -682,12 +681,12 @@ pub enum WatchRegistration {
 }
 
 impl WatchRegistration {
-    /// The watch API this registration is for.
-    pub fn api(&self) -> WatchApi {
+    /// The watch API this registration is for (`agentfs_vocab::api`).
+    pub fn api(&self) -> u32 {
         match self {
-            Self::Kqueue { .. } => WatchApi::KQUEUE,
-            Self::FsEvents { .. } => WatchApi::FSEVENTS,
-            Self::Inotify { .. } => WatchApi::INOTIFY,
+            Self::Kqueue { .. } => agentfs_vocab::api::KQUEUE,
+            Self::FsEvents { .. } => agentfs_vocab::api::FSEVENTS,
+            Self::Inotify { .. } => agentfs_vocab::api::INOTIFY,
         }
     }
 }
@@ -732,7 +731,7 @@ pub struct EventDelivery {
     pub encoded: Vec<u8>,
 }
 
-/// A [`NativeRecord`] on the wire.
+/// A native record (the plugin ABI's `NativeRecord`) on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireRecord {
     /// Watch id.
@@ -749,34 +748,6 @@ pub struct WireRecord {
     pub name: String,
     /// The watch is gone after this record.
     pub retire_watch: bool,
-}
-
-impl From<&NativeRecord> for WireRecord {
-    fn from(r: &NativeRecord) -> Self {
-        Self {
-            watch_id: r.watch_id,
-            handle: r.handle,
-            seq: r.seq,
-            flags: r.flags,
-            cookie: r.cookie,
-            name: r.name.as_str().to_string(),
-            retire_watch: r.retire_watch,
-        }
-    }
-}
-
-impl From<&WireRecord> for NativeRecord {
-    fn from(r: &WireRecord) -> Self {
-        Self {
-            watch_id: r.watch_id,
-            handle: r.handle,
-            seq: r.seq,
-            flags: r.flags,
-            cookie: r.cookie,
-            name: r.name.as_str().into(),
-            retire_watch: r.retire_watch,
-        }
-    }
 }
 
 /// Core events for one subscription.
@@ -813,37 +784,7 @@ pub enum WireEventKind {
     Other(u32),
 }
 
-impl From<EventKind> for WireEventKind {
-    fn from(k: EventKind) -> Self {
-        match k {
-            EventKind::CREATED => Self::Created,
-            EventKind::REMOVED => Self::Removed,
-            EventKind::MODIFIED => Self::Modified,
-            EventKind::RENAMED => Self::Renamed,
-            EventKind::ATTRIBUTES_CHANGED => Self::AttributesChanged,
-            EventKind::BRANCH_CREATED => Self::BranchCreated,
-            EventKind::SNAPSHOT_CREATED => Self::SnapshotCreated,
-            EventKind(n) => Self::Other(n),
-        }
-    }
-}
-
-impl From<WireEventKind> for EventKind {
-    fn from(k: WireEventKind) -> Self {
-        match k {
-            WireEventKind::Created => EventKind::CREATED,
-            WireEventKind::Removed => EventKind::REMOVED,
-            WireEventKind::Modified => EventKind::MODIFIED,
-            WireEventKind::Renamed => EventKind::RENAMED,
-            WireEventKind::AttributesChanged => EventKind::ATTRIBUTES_CHANGED,
-            WireEventKind::BranchCreated => EventKind::BRANCH_CREATED,
-            WireEventKind::SnapshotCreated => EventKind::SNAPSHOT_CREATED,
-            WireEventKind::Other(n) => EventKind(n),
-        }
-    }
-}
-
-/// A [`CoreEvent`] on the wire.
+/// A core event (the plugin ABI's `CoreEvent`) on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireCoreEvent {
     /// Sequence number.
@@ -864,38 +805,6 @@ pub struct WireCoreEvent {
     pub size_before: u64,
     /// Size after, `u64::MAX` when unknown.
     pub size_after: u64,
-}
-
-impl From<&CoreEvent> for WireCoreEvent {
-    fn from(e: &CoreEvent) -> Self {
-        Self {
-            seq: e.seq,
-            pid: e.pid,
-            kind: e.kind.into(),
-            branch: e.branch.as_str().to_string(),
-            path: e.path.as_str().to_string(),
-            to: e.to.as_str().to_string(),
-            is_dir: e.is_dir,
-            size_before: e.size_before,
-            size_after: e.size_after,
-        }
-    }
-}
-
-impl From<&WireCoreEvent> for CoreEvent {
-    fn from(e: &WireCoreEvent) -> Self {
-        Self {
-            seq: e.seq,
-            pid: e.pid,
-            kind: e.kind.into(),
-            branch: e.branch.as_str().into(),
-            path: e.path.as_str().into(),
-            to: e.to.as_str().into(),
-            is_dir: e.is_dir,
-            size_before: e.size_before,
-            size_after: e.size_after,
-        }
-    }
 }
 
 /// Portable open flags (the `O_*` values differ between Linux and macOS).

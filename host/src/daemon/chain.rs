@@ -14,7 +14,7 @@ impl Daemon {
     ) -> Result<BranchChain, WireError> {
         let branch = branch.or_else(|| s.branch.clone()).ok_or_else(|| {
             WireError::new(
-                agentfs_plugin_api::ErrorCode::INVALID_ARGUMENT.0,
+                agentfs_vocab::codes::INVALID_ARGUMENT,
                 "no branch: name one in the request, or in the connection's Hello",
             )
         })?;

@@ -19,7 +19,7 @@ use agentfs_proto::{
     encode_frame,
     fd_passing::{recv_with_fds, send_with_fd},
     negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Request,
-    Response, Welcome, WireError, WireRecord, MAX_FRAME_LEN,
+    Response, Welcome, WireError, MAX_FRAME_LEN,
 };
 use smol::{channel, Async};
 
@@ -302,7 +302,11 @@ async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
             let frame = DaemonFrame::Events(EventDelivery {
                 api: del.api.0,
                 instance: del.instance,
-                records: del.records.iter().map(WireRecord::from).collect(),
+                records: del
+                    .records
+                    .iter()
+                    .map(super::abi_wire::wire_record)
+                    .collect(),
                 encoded: del.encoded,
             });
             writer.send(&frame, None).await?;

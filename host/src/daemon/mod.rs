@@ -16,6 +16,7 @@
 //! - [`doorbell`]: waking a process in its own `kevent()` or `read()`;
 //! - [`convert`]: core <-> wire types.
 
+pub mod abi_wire;
 mod chain;
 mod connection;
 pub mod convert;

@@ -3,32 +3,29 @@
 //! subscriptions and `fd_open`. Handlers block (they call the core) and
 //! run on smol's blocking pool, one request of a connection at a time.
 
-use std::{
-    ffi::OsStr,
-    os::{fd::OwnedFd, unix::fs::FileExt},
-    path::Path,
-    sync::atomic::Ordering,
-};
+use std::{os::fd::OwnedFd, sync::atomic::Ordering};
 
-use agentfs_plugin_api::{watch::WatchSpec, ErrorCode, PluginError};
-use agentfs_plugin_support::{native::inotify::IN_DONT_FOLLOW, watch_paths::normalize};
-use agentfs_proto::{
-    BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, FsReply, Request, Response,
-    WatchRegistration, WireError, MAX_FRAME_LEN,
+use agentfs_plugin_api::{
+    watch::{WatchApi, WatchSpec},
+    ErrorCode, PluginError,
 };
+use agentfs_proto::{
+    BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, Request, Response, WatchRegistration,
+    WireError,
+};
+use agentfs_vocab::{native::inotify::IN_DONT_FOLLOW, watch_path::normalize};
+
+use crate::handler::{self, is_read};
 
 use super::{
     convert::{self, wire_error},
     doorbell,
     state::{Daemon, FdRecord, Session},
 };
-use agentfs_core::{CoreError, FileKind, Store, Tree};
-
-/// Largest `Read` answered in one frame.
-pub const MAX_READ: u64 = (MAX_FRAME_LEN / 2) as u64;
+use agentfs_core::{CoreError, FileKind};
 
 fn plugin_err(e: PluginError) -> WireError {
-    e.into()
+    super::abi_wire::wire_error(e)
 }
 
 fn invalid(msg: impl Into<String>) -> WireError {
@@ -67,49 +64,19 @@ impl Daemon {
     }
 
     fn control(&self, s: &Session, req: Request) -> Result<Response, WireError> {
-        let pid = s.pid;
         match req {
-            Request::Ping => Ok(Response::Pong),
-            Request::Status => self.status(s).map(|st| Response::Status(Box::new(st))),
-            Request::BranchCreate { name, base } => self
-                .mutate(pid, |st| {
-                    st.create_branch(&name, None, base.as_deref().map(Path::new))
-                })
-                .map(|b| Response::Branch(convert::branch_to_wire(b))),
-            Request::BranchFromSnapshot { snapshot, name } => self
-                .mutate(pid, |st| st.create_branch(&name, Some(&snapshot), None))
-                .map(|b| Response::Branch(convert::branch_to_wire(b))),
-            Request::BranchList => self.with_store(|st| {
-                let list = st.list_branches().map_err(core)?;
-                Ok(Response::Branches(
-                    list.into_iter().map(convert::branch_to_wire).collect(),
-                ))
-            }),
-            Request::BranchDelete { name } => self
-                .mutate(pid, |st| st.delete_branch(&name))
-                .map(|()| Response::Done),
-            Request::BranchCompact { name } => self
-                .mutate(pid, |st| st.compact_branch(&name))
-                .map(Response::Compacted),
-            Request::SnapshotCreate { branch, name } => {
-                self.check_no_writers(&branch)?;
-                self.mutate(pid, |st| st.create_snapshot(&branch, name.as_deref()))
-                    .map(|x| Response::Snapshot(convert::snapshot_to_wire(x)))
+            r if handler::is_store_request(&r) => {
+                if let Request::SnapshotCreate { branch, .. } = &r {
+                    self.check_no_writers(branch)?;
+                }
+                let branch = s.branch.as_deref();
+                if handler::modifies(&r) {
+                    self.mutate(s.pid, |st| handler::handle(st, branch, r).map_err(core))
+                } else {
+                    self.with_store(|st| handler::handle(st, branch, r).map_err(core))
+                }
             }
-            Request::SnapshotList => self.with_store(|st| {
-                let list = st.list_snapshots().map_err(core)?;
-                Ok(Response::Snapshots(
-                    list.into_iter().map(convert::snapshot_to_wire).collect(),
-                ))
-            }),
-            Request::SnapshotDelete { name } => self
-                .mutate(pid, |st| st.delete_snapshot(&name))
-                .map(|()| Response::Done),
-            Request::Fs {
-                branch,
-                snapshot,
-                op,
-            } => self.fs(s, branch, snapshot, op).map(Response::Fs),
+            Request::Status => self.status(s).map(|st| Response::Status(Box::new(st))),
             Request::WatchRegister(reg) => self.watch_register(s, reg),
             Request::WatchUnregister { watch_id } => self
                 .watch
@@ -118,7 +85,7 @@ impl Daemon {
                 .map_err(plugin_err),
             Request::Subscribe { branch, path } => {
                 let branch = self.branch_of(s, branch)?;
-                let prefix = normalize(&path).map_err(plugin_err)?;
+                let prefix = normalize(&path).map_err(|e| invalid(e.to_string()))?;
                 self.with_store(|st| st.branch(&branch).lstat("").map_err(core))?;
                 Ok(Response::Subscribed {
                     subscription: self.watch.subscribe(s.conn, &branch, &prefix),
@@ -141,6 +108,10 @@ impl Daemon {
             Request::FdOpen(_) | Request::Doorbell(_) => {
                 Err(invalid("internal: fd requests are handled apart"))
             }
+            other => Err(invalid(format!(
+                "internal: {} has no daemon handler",
+                handler::request_name(&other)
+            ))),
         }
     }
 
@@ -213,33 +184,8 @@ impl Daemon {
         })
     }
 
-    fn fs(
-        &self,
-        s: &Session,
-        branch: Option<String>,
-        snapshot: Option<String>,
-        op: FsOp,
-    ) -> Result<FsReply, WireError> {
-        let read_only = is_read(&op);
-        let target = match snapshot {
-            Some(snap) if read_only => Target::Snapshot(snap),
-            Some(snap) => {
-                return Err(WireError {
-                    code: ErrorCode::READ_ONLY.0,
-                    errno: libc::EROFS,
-                    message: format!("snapshot {snap} is read-only"),
-                })
-            }
-            None => Target::Branch(self.branch_of(s, branch)?),
-        };
-        if read_only {
-            return self.with_store(|st| read_op(&target.tree(st), op).map_err(core));
-        }
-        self.mutate(s.pid, |st| write_op(&target.tree(st), op))
-    }
-
     fn watch_register(&self, s: &Session, reg: WatchRegistration) -> Result<Response, WireError> {
-        let api = reg.api();
+        let api = WatchApi(reg.api());
         let pid_or = |p: u32| if p == 0 { s.pid } else { p };
         let spec = match reg {
             WatchRegistration::FsEvents {
@@ -373,7 +319,11 @@ impl Daemon {
         let branch = self.branch_of(s, o.branch)?;
         let opts = convert::open_options(o.flags, o.mode);
         let opened = if opts.modifies() {
-            self.mutate(s.pid, |st| st.branch(&branch).open(o.path.as_str(), &opts))?
+            self.mutate(s.pid, |st| {
+                st.branch(&branch)
+                    .open(o.path.as_str(), &opts)
+                    .map_err(core)
+            })?
         } else {
             self.with_store(|st| {
                 st.branch(&branch)
@@ -442,21 +392,8 @@ impl Daemon {
         self.mutate(r.pid, |st| {
             st.branch(&r.branch)
                 .report_modified(r.path.as_str(), Some(r.size))
+                .map_err(core)
         })
-    }
-}
-
-enum Target {
-    Branch(String),
-    Snapshot(String),
-}
-
-impl Target {
-    fn tree<'s>(&self, st: &'s Store) -> Tree<'s> {
-        match self {
-            Target::Branch(b) => st.branch(b),
-            Target::Snapshot(s) => st.snapshot(s),
-        }
     }
 }
 
@@ -469,162 +406,4 @@ pub fn is_quick_read(r: &Request) -> bool {
         Request::FdOpen(o) => !crate::daemon::convert::open_options(o.flags, o.mode).modifies(),
         _ => false,
     }
-}
-
-/// True for the operations that change nothing (allowed on snapshots).
-fn is_read(op: &FsOp) -> bool {
-    matches!(
-        op,
-        FsOp::Stat { .. }
-            | FsOp::ReadDir { .. }
-            | FsOp::Read { .. }
-            | FsOp::Readlink { .. }
-            | FsOp::Canonical { .. }
-            | FsOp::GetXattr { .. }
-            | FsOp::ListXattr { .. }
-    )
-}
-
-fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
-    Ok(match op {
-        FsOp::Stat { path, follow } => FsReply::Stat(convert::stat_to_wire(&if follow {
-            t.stat(path.as_str())?
-        } else {
-            t.lstat(path.as_str())?
-        })),
-        FsOp::Canonical { path, follow } => {
-            FsReply::Target(t.canonical(path.as_str(), follow)?.to_string())
-        }
-        FsOp::GetXattr { path, name } => match t.get_xattr(path.as_str(), OsStr::new(&name))? {
-            Some(v) => FsReply::Data(v),
-            None => {
-                return Err(CoreError::NotFound(format!(
-                    "{path}: extended attribute {name}"
-                )))
-            }
-        },
-        FsOp::ListXattr { path } => FsReply::Names(
-            t.list_xattr(path.as_str())?
-                .into_iter()
-                .map(|n| n.to_string_lossy().into_owned())
-                .collect(),
-        ),
-        FsOp::ReadDir { path } => FsReply::Entries(
-            t.read_dir(path.as_str())?
-                .into_iter()
-                .map(convert::entry_to_wire)
-                .collect(),
-        ),
-        FsOp::Read { path, offset, len } => {
-            let f = t.open_read(path.as_str())?;
-            let want = len.min(MAX_READ) as usize;
-            let mut buf = vec![0u8; want];
-            let mut got = 0;
-            while got < want {
-                match f.read_at(&mut buf[got..], offset + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(CoreError::io(format!("read {path}"), e)),
-                }
-            }
-            buf.truncate(got);
-            FsReply::Data(buf)
-        }
-        FsOp::Readlink { path } => {
-            FsReply::Target(t.read_link(path.as_str())?.to_string_lossy().into_owned())
-        }
-        _ => unreachable!("only read operations come here"),
-    })
-}
-
-fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
-    Ok(match op {
-        FsOp::Write { path, offset, data } => {
-            t.write_at(path.as_str(), offset, &data)?;
-            FsReply::Written(data.len() as u64)
-        }
-        FsOp::WriteFile { path, data } => {
-            t.write_file(path.as_str(), &data)?;
-            FsReply::Written(data.len() as u64)
-        }
-        FsOp::Create {
-            path,
-            mode,
-            exclusive,
-        } => {
-            match t.create(path.as_str(), mode) {
-                Err(CoreError::AlreadyExists(_)) if !exclusive => {
-                    if t.stat(path.as_str())?.kind == FileKind::Dir {
-                        return Err(CoreError::IsDirectory(path));
-                    }
-                }
-                r => r?,
-            }
-            FsReply::Done
-        }
-        FsOp::Mkdir { path, mode } => {
-            t.mkdir(path.as_str(), mode)?;
-            FsReply::Done
-        }
-        FsOp::MkdirAll { path } => {
-            t.mkdir_all(path.as_str())?;
-            FsReply::Done
-        }
-        FsOp::Rmdir { path } => {
-            t.rmdir(path.as_str())?;
-            FsReply::Done
-        }
-        FsOp::Unlink { path } => {
-            t.unlink(path.as_str())?;
-            FsReply::Done
-        }
-        FsOp::RemoveAll { path } => {
-            t.remove_all(path.as_str())?;
-            FsReply::Done
-        }
-        FsOp::Rename { from, to } => {
-            t.rename(from.as_str(), to.as_str())?;
-            FsReply::Done
-        }
-        FsOp::Truncate { path, size } => {
-            t.truncate(path.as_str(), size)?;
-            FsReply::Done
-        }
-        FsOp::Symlink { target, path } => {
-            t.symlink(&target, path.as_str())?;
-            FsReply::Done
-        }
-        FsOp::Chmod { path, mode } => {
-            t.chmod(path.as_str(), mode)?;
-            FsReply::Done
-        }
-        FsOp::SetTimes {
-            path,
-            atime_ns,
-            mtime_ns,
-        } => {
-            t.set_times(
-                path.as_str(),
-                atime_ns.map(convert::time_from_ns),
-                mtime_ns.map(convert::time_from_ns),
-            )?;
-            FsReply::Done
-        }
-        FsOp::SetXattr { path, name, value } => {
-            t.set_xattr(path.as_str(), OsStr::new(&name), &value)?;
-            FsReply::Done
-        }
-        FsOp::RemoveXattr { path, name } => {
-            t.remove_xattr(path.as_str(), OsStr::new(&name))?;
-            FsReply::Done
-        }
-        FsOp::Stat { .. }
-        | FsOp::ReadDir { .. }
-        | FsOp::Read { .. }
-        | FsOp::Readlink { .. }
-        | FsOp::Canonical { .. }
-        | FsOp::GetXattr { .. }
-        | FsOp::ListXattr { .. } => return read_op(t, op),
-    })
 }

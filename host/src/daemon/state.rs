@@ -20,8 +20,8 @@ use std::{
 
 use agentfs_proto::WireError;
 
-use super::{convert::wire_error, watch_service::WatchService, ConnId};
-use agentfs_core::{CoreResult, Store, Subscription};
+use super::{watch_service::WatchService, ConnId};
+use agentfs_core::{Store, Subscription};
 
 /// What a client's connection is.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ impl Daemon {
     pub fn mutate<T>(
         &self,
         pid: u32,
-        f: impl FnOnce(&Store) -> CoreResult<T>,
+        f: impl FnOnce(&Store) -> Result<T, WireError>,
     ) -> Result<T, WireError> {
         self.with_store(|store| {
             let sub = lock(&self.events);
@@ -137,7 +137,7 @@ impl Daemon {
                 ev.pid = pid;
                 self.watch.dispatch(&ev);
             }
-            r.map_err(|e| wire_error(&e))
+            r
         })
     }
 

@@ -38,8 +38,8 @@ use agentfs_plugin_api::{
     watch::{CoreEvent, EventKind, NativeRecord, WatchApi, WatchSpec},
     ErrorCode, PluginError, PluginResult,
 };
-use agentfs_plugin_support::watch_paths::{is_under, retarget};
 use agentfs_proto::{CoreEventBatch, WireCoreEvent};
+use agentfs_vocab::watch_path::{is_under, retarget};
 
 use super::doorbell::DoorbellTarget;
 use crate::loader::LoadedWatchProvider;
@@ -453,7 +453,7 @@ impl WatchService {
             for p in &self.providers {
                 self.dispatch_to(&mut st, p, ev, &mut wake);
             }
-            let wire = WireCoreEvent::from(ev);
+            let wire = super::abi_wire::wire_event(ev);
             for s in st.subs.values_mut() {
                 if s.branch != ev.branch.as_str() || !subscription_matches(&s.prefix, ev) {
                     continue;

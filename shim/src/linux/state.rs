@@ -147,20 +147,9 @@ fn connect(cfg: &Config) -> Result<Conn, ClientError> {
 fn errno_of(e: &ClientError) -> Errno {
     match e {
         ClientError::Daemon(w) if w.errno != 0 => w.errno,
-        ClientError::Daemon(w) => match w.error_code().name() {
-            "not-found" => libc::ENOENT,
-            "already-exists" => libc::EEXIST,
-            "busy" => libc::EBUSY,
-            "invalid-argument" => libc::EINVAL,
-            "cross-device" => libc::EXDEV,
-            "no-space" => libc::ENOSPC,
-            "permission-denied" => libc::EACCES,
-            "read-only" => libc::EROFS,
-            "is-directory" => libc::EISDIR,
-            "not-directory" => libc::ENOTDIR,
-            "not-empty" => libc::ENOTEMPTY,
-            "unsupported" => libc::ENOTSUP,
-            _ => libc::EIO,
+        ClientError::Daemon(w) => match agentfs_vocab::codes::to_errno(w.error_code()) {
+            0 => libc::EIO,
+            e => e,
         },
         _ => libc::EIO,
     }
