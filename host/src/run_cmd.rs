@@ -163,6 +163,9 @@ pub fn run(
     store_exists: impl FnOnce() -> Result<bool>,
     args: RunArgs,
 ) -> Result<ExitCode> {
+    if !cfg!(target_os = "linux") {
+        bail!("agentfs run injects its shim with LD_PRELOAD: Linux only for now");
+    }
     let socket = absolute(socket)?;
     let shim = find_shim()?;
     let mut private = None;
@@ -316,7 +319,21 @@ impl Sandbox {
         )
     }
 
+    /// In the child, before exec (no mount namespaces off Linux).
+    #[cfg(not(target_os = "linux"))]
+    fn enter(&self) -> std::io::Result<()> {
+        let _ = (
+            self.root,
+            &self.paths,
+            &self.cwd,
+            &self.uid_map,
+            &self.gid_map,
+        );
+        Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
     /// In the child, before exec.
+    #[cfg(target_os = "linux")]
     fn enter(&self) -> std::io::Result<()> {
         let err = || std::io::Error::last_os_error();
         // SAFETY: raw syscalls on NUL-terminated strings prepared before
@@ -374,6 +391,7 @@ impl Sandbox {
 }
 
 /// Writes `data` to `path` with raw syscalls; true on success.
+#[cfg(target_os = "linux")]
 ///
 /// # Safety
 /// Async-signal-safe: callable between fork and exec.

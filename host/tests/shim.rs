@@ -5,7 +5,9 @@
 //! and `agentfs diff` must show the changes in the branch.
 //!
 //! A test whose tool is missing says why on stderr and passes, unless
-//! `AGENTFS_REQUIRE_COW=1` (CI), where it fails.
+//! `AGENTFS_REQUIRE_COW=1` (CI), where it fails. Linux only: the shim is
+//! injected with `LD_PRELOAD`.
+#![cfg(target_os = "linux")]
 
 mod common;
 

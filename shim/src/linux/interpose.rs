@@ -1477,7 +1477,7 @@ unsafe fn target_of(dirfd: c_int, path: Cp) -> Result<Target, Errno> {
     // SAFETY: the program's C string.
     match unsafe { bytes(path) } {
         None => Err(libc::EFAULT),
-        Some(p) if p.is_empty() => Err(libc::ENOENT),
+        Some([]) => Err(libc::ENOENT),
         Some(p) => classify(dirfd, p),
     }
 }
