@@ -421,3 +421,84 @@ fn without_a_daemon_branch_paths_fail_with_eio_never_the_base() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "outside-ok\n");
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
+
+#[test]
+fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    if !have("inotifywait", "inotify") {
+        return;
+    }
+    let e = Env::new(false);
+    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
+    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
+    fs::write(&e.cli.config, cfg).unwrap();
+    let before = fingerprint(&e.base);
+    let mut w = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
+        .arg("echo $$ >&2; exec inotifywait -m -e create,modify,delete --format '%e %f' docs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines() {
+                if tx.send(l.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let err = lines(Box::new(w.stderr.take().unwrap()));
+    let out = lines(Box::new(w.stdout.take().unwrap()));
+    let next = |rx: &mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the watcher said nothing for a minute")
+    };
+    let pid: i32 = next(&err).trim().parse().unwrap();
+    loop {
+        if next(&err).contains("Watches established") {
+            break;
+        }
+    }
+    // Another branch first: its change must not reach this watcher.
+    let other = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--create", "--branch", "c", "--", "sh", "-c"])
+        .arg("echo x > docs/other.txt")
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    let mine = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--branch", "b", "--", "sh", "-c"])
+        .arg("echo x > docs/mine.txt; rm docs/mine.txt")
+        .output()
+        .unwrap();
+    assert!(mine.status.success(), "{mine:?}");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("DELETE")) {
+        seen.push(next(&out));
+    }
+    // SAFETY: signalling the watcher we started, by the pid it printed.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = w.wait();
+    assert_eq!(
+        seen,
+        ["CREATE mine.txt", "MODIFY mine.txt", "DELETE mine.txt"],
+        "events of another branch leaked, or some are missing"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}

@@ -756,6 +756,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: passed on.
         return unsafe { o(fd) };
     };
+    super::inotify::closed(fd);
     match fd_remove(fd) {
         // SAFETY: passed on.
         None => unsafe { o(fd) },
@@ -780,8 +781,8 @@ fn copy_fd_entry(from: c_int, to: c_int) {
         fd_closed(&old);
     }
     if let Some(info) = fd_get(from) {
-        // The daemon's record stays with the original fd.
-        fd_insert(to, info.path, 0);
+        // Both hold the daemon's record: the last to close ends it.
+        fd_insert(to, info.path, info.record);
     }
 }
 

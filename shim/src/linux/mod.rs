@@ -5,6 +5,7 @@
 //! reentrancy guard, fork handlers).
 
 mod dirs;
+mod inotify;
 mod interpose;
 mod state;
 

@@ -421,10 +421,18 @@ pub(crate) fn fd_remove(fd: RawFd) -> Option<FdInfo> {
     r
 }
 
-/// Tells the daemon an fd opened for writing is closed (only the process
-/// whose connection opened it can).
+/// Tells the daemon a file opened for writing is closed, when `info` was
+/// its last descriptor (only the process whose connection opened it can).
 pub(crate) fn fd_closed(info: &FdInfo) {
-    if info.record != 0 && info.pid == pid() {
+    if info.record == 0 || info.pid != pid() {
+        return;
+    }
+    // Another descriptor (a dup) still holds the file open.
+    let shared = lock(&FDS).as_ref().is_some_and(|m| {
+        m.values()
+            .any(|i| i.record == info.record && i.pid == info.pid)
+    });
+    if !shared {
         let record = info.record;
         let _ = with_daemon(|c| c.request(Request::FdClose { record }));
     }
@@ -478,6 +486,7 @@ type Guards = (
     MutexGuard<'static, Option<Vec<u8>>>,
     MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
     MutexGuard<'static, Option<super::dirs::Registry>>,
+    MutexGuard<'static, Option<HashMap<RawFd, super::inotify::Instance>>>,
 );
 
 static mut FORK_GUARDS: Option<Guards> = None;
@@ -489,6 +498,7 @@ extern "C" fn before_fork() {
         lock(&CWD),
         lock(&FDS),
         super::dirs::lock_registry(),
+        super::inotify::lock_instances(),
     );
     // SAFETY: only the forking thread runs between prepare and
     // parent/child (pthread_atfork's contract serialises them for this
