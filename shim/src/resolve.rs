@@ -88,6 +88,16 @@ pub struct Entry {
     pub kind: FileType,
 }
 
+/// What [`Chain::lookup`] found.
+enum Lookup {
+    /// (position in the frame, physical path, lstat).
+    Hit((usize, Vec<u8>, Stat)),
+    /// Nothing, or hidden by a whiteout.
+    Missing,
+    /// Only the base, below, may have it.
+    BaseBelow,
+}
+
 /// One entry of a merged listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -169,25 +179,25 @@ impl Chain {
         Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
     }
 
-    /// `name` in the merged directory `frame`: (position in frame, physical
-    /// path, lstat).
-    fn lookup(
-        &self,
-        frame: &[(usize, Vec<u8>)],
-        name: &[u8],
-    ) -> Result<Option<(usize, Vec<u8>, Stat)>, Errno> {
+    /// `name` in the merged directory `frame`. With `BaseBelow`, no layer
+    /// above a base that is not the frame's only part holds or hides it
+    /// (the caller looks in the base itself, with the rest of its path).
+    fn lookup(&self, frame: &[(usize, Vec<u8>)], name: &[u8]) -> Result<Lookup, Errno> {
         for (pos, (idx, dir)) in frame.iter().enumerate() {
+            if pos > 0 && self.layers[*idx].base {
+                return Ok(Lookup::BaseBelow);
+            }
             if let Some(stored) = self.stored(*idx, name) {
                 let p = child(dir, &stored);
                 if let Some(st) = lstat(&p)? {
-                    return Ok(Some((pos, p, st)));
+                    return Ok(Lookup::Hit((pos, p, st)));
                 }
             }
             if !self.layers[*idx].base && self.has_whiteout(dir, name)? {
-                return Ok(None);
+                return Ok(Lookup::Missing);
             }
         }
-        Ok(None)
+        Ok(Lookup::Missing)
     }
 
     /// The merged directory `name`, found at `pos` of `frame` as `phys`.
@@ -276,6 +286,17 @@ impl Chain {
                     here.push(b'/');
                 }
                 here.extend_from_slice(name);
+                let base_only = frame.len() == 1 && self.layers[frame[0].0].base;
+                let hit = if base_only {
+                    Lookup::BaseBelow
+                } else {
+                    self.lookup(&frame, name)?
+                };
+                if let Lookup::BaseBelow = hit {
+                    // No layer above the base has the name (nor hides it):
+                    // what is under it is the base's alone.
+                    frame.drain(..frame.len() - 1);
+                }
                 if frame.len() == 1 && self.layers[frame[0].0].base {
                     // Only the base below: one lstat of the rest.
                     let rest = comps[i..].join(&b'/');
@@ -328,7 +349,11 @@ impl Chain {
                         }
                     };
                 }
-                let hit = self.lookup(&frame, name)?;
+                let hit = match hit {
+                    Lookup::Hit(h) => Some(h),
+                    Lookup::Missing => None,
+                    Lookup::BaseBelow => unreachable!("narrowed to the base above"),
+                };
                 match hit {
                     None if last => return Ok(Resolved::Absent(here)),
                     None => return Err(libc::ENOENT),
@@ -374,12 +399,19 @@ impl Chain {
     fn frame_at(&self, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
         let mut frame = self.root_frame.clone();
         for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            match self.lookup(&frame, name)? {
-                Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+            let hit = match self.lookup(&frame, name)? {
+                Lookup::BaseBelow => {
+                    frame.drain(..frame.len() - 1);
+                    self.lookup(&frame, name)?
+                }
+                other => other,
+            };
+            match hit {
+                Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
                     frame = self.frame_of(&frame, pos, phys, name)?;
                 }
-                Some(_) => return Err(libc::ENOTDIR),
-                None => return Err(libc::ENOENT),
+                Lookup::Hit(_) => return Err(libc::ENOTDIR),
+                _ => return Err(libc::ENOENT),
             }
         }
         Ok(frame)
