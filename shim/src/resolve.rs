@@ -531,3 +531,139 @@ fn dtype(t: FileType) -> u8 {
         _ => libc::DT_UNKNOWN,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::symlink, path::Path};
+
+    use super::*;
+
+    /// base: a.txt, d/x, d/y, link -> d/x, out -> /etc
+    /// active: a.txt (changed), whiteout of d/x, d/new, opaque o/ over base o/
+    fn chain(t: &Path) -> Chain {
+        let (base, top) = (t.join("base"), t.join("top"));
+        for d in ["d", "o"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+            fs::create_dir_all(top.join(d)).unwrap();
+        }
+        fs::write(base.join("a.txt"), "base").unwrap();
+        fs::write(base.join("d/x"), "x").unwrap();
+        fs::write(base.join("d/y"), "y").unwrap();
+        fs::write(base.join("o/hidden"), "h").unwrap();
+        fs::write(base.join(".agentfs~wh.literal"), "a base file").unwrap();
+        symlink("d/y", base.join("link")).unwrap();
+        symlink("/etc", base.join("out")).unwrap();
+        fs::write(top.join("a.txt"), "top").unwrap();
+        fs::write(top.join("d/new"), "n").unwrap();
+        let (wh, _) = whiteout_name(OsStr::new("x"));
+        fs::write(top.join("d").join(wh), "").unwrap();
+        fs::write(top.join("o").join(OPAQUE_MARKER), "").unwrap();
+        fs::write(top.join("o/mine"), "m").unwrap();
+        let layer = |p: &Path, base| Layer {
+            root: p.as_os_str().as_bytes().to_vec(),
+            base,
+        };
+        Chain::new(
+            vec![layer(&top, false), layer(&base, true)],
+            b"/visible".to_vec(),
+        )
+        .unwrap()
+    }
+
+    fn names(c: &Chain, rel: &str) -> Vec<String> {
+        c.list(rel.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|l| String::from_utf8(l.name).unwrap())
+            .collect()
+    }
+
+    fn found(c: &Chain, rel: &str, follow: bool) -> Entry {
+        match c.resolve(rel.as_bytes(), follow).unwrap() {
+            Resolved::Found(e) => e,
+            other => panic!("{rel}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_top_layer_wins_and_whiteouts_hide() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let a = found(&c, "a.txt", false);
+        assert_eq!(
+            fs::read(OsStr::from_bytes(a.phys.as_bytes())).unwrap(),
+            b"top"
+        );
+        assert_eq!(a.layer, 0);
+        assert_eq!(
+            c.resolve(b"d/x", false).unwrap(),
+            Resolved::Absent(b"d/x".to_vec())
+        );
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+        assert_eq!(c.resolve(b"nope/deeper", false), Err(libc::ENOENT));
+        assert_eq!(c.resolve(b"a.txt/x", false), Err(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn listings_merge_layers_and_hide_whiteouts_and_markers() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        assert_eq!(names(&c, "d"), [".", "..", "new", "y"]);
+        assert_eq!(names(&c, "o"), [".", "..", "mine"], "opaque hides the base");
+        assert_eq!(
+            names(&c, ""),
+            [
+                ".",
+                "..",
+                ".agentfs~wh.literal",
+                "a.txt",
+                "d",
+                "link",
+                "o",
+                "out"
+            ],
+            "base names are literal"
+        );
+        assert_eq!(
+            c.resolve(b"o/hidden", false).unwrap(),
+            Resolved::Absent(b"o/hidden".to_vec())
+        );
+    }
+
+    #[test]
+    fn symlinks_resolve_in_the_branch_or_leave_it() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        assert_eq!(found(&c, "link", false).kind, FileType::Symlink);
+        let e = found(&c, "link", true);
+        assert_eq!(
+            (e.path.as_slice(), e.kind),
+            (&b"d/y"[..], FileType::RegularFile)
+        );
+        assert_eq!(
+            c.resolve(b"out", true).unwrap(),
+            Resolved::Outside(b"/etc".to_vec())
+        );
+        // Below a name only the base has, the kernel follows the base's
+        // own symlinks (documented): the entry reads as the target.
+        let e = found(&c, "out/hostname", true);
+        assert_eq!(e.layer, 1);
+    }
+
+    #[test]
+    fn a_physical_path_in_a_layer_maps_back_to_the_branch() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let top = t.path().join("top/d");
+        assert_eq!(
+            c.branch_path_of(top.as_os_str().as_bytes()),
+            Some(b"d".to_vec())
+        );
+        let base = t.path().join("base");
+        assert_eq!(
+            c.branch_path_of(base.as_os_str().as_bytes()),
+            Some(Vec::new())
+        );
+        assert_eq!(c.branch_path_of(b"/elsewhere"), None);
+    }
+}
