@@ -16,9 +16,11 @@ mod beneath;
 mod compact;
 mod copy_up;
 mod diff;
+mod dir_store;
 mod error;
 mod events;
 pub mod fault;
+mod generation;
 mod graph;
 mod layer_names;
 mod layer_store;
@@ -26,14 +28,17 @@ mod metadata;
 mod open_file;
 mod path;
 mod persist;
+mod read_cache;
 mod store;
 mod view;
 mod write_ops;
 mod xattrs;
 
 pub use diff::{ChangeType, DiffEntry};
+pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
 pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
+pub use generation::GENERATION_FILE;
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use layer_names::{
     decode as decode_name, encode as encode_name, whiteout_name, Decoded, OPAQUE_MARKER,

@@ -110,13 +110,9 @@ fn regular(r: &Resolved, nofollow: bool) -> CoreResult<()> {
 }
 
 impl View {
-    /// Opens existing regular file `path` read-only where it lives.
-    pub fn open_existing(
-        &self,
-        path: &BranchPath,
-        nofollow: bool,
-    ) -> CoreResult<(File, BranchPath)> {
-        let r = self.existing(path, !nofollow)?;
+    /// Opens resolved entry `r` read-only where it lives (it must be a
+    /// regular file).
+    pub fn open_resolved(&self, r: Resolved, nofollow: bool) -> CoreResult<(File, BranchPath)> {
         regular(&r, nofollow)?;
         let h = r.hit.as_ref().expect("a regular file was found");
         let f = beneath::open_file_at(h.dir.as_fd(), &h.stored, OFlags::RDONLY, 0)

@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     ffi::{OsStr, OsString},
     fs::File,
-    os::fd::OwnedFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
@@ -30,6 +30,8 @@ use super::{
     error::{CoreError, CoreResult},
     events::{Change, EventBus, EventKind, Subscription, SubscriptionId},
     fault,
+    generation::Generation,
+    generation::GENERATION_FILE,
     graph::{
         now_secs, BranchRecord, Graph, LayerRecord, LayerState, SnapshotRecord,
         DEFAULT_COMPACT_THRESHOLD,
@@ -38,7 +40,8 @@ use super::{
     metadata::{DirEntry, FileKind, Stat},
     open_file::{OpenOptions, OpenedFile},
     path::{validate_name, BranchPath},
-    persist::{self, LockMode, LockWait, StoreLock, Version},
+    persist::{self, LockMode, LockWait, StoreLock},
+    read_cache::{ReadCache, Target},
     view::{LayerDir, LayerKind, View},
 };
 use crate::layer_store::{LayerCaps, LayerError, LayerErrorKind, LayerStore};
@@ -136,7 +139,8 @@ pub struct StoreInfo {
 
 struct State {
     graph: Graph,
-    version: Version,
+    /// The graph counter when `graph` was read.
+    graph_gen: u64,
     layers: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
     bases: HashMap<PathBuf, Arc<OwnedFd>>,
 }
@@ -157,6 +161,8 @@ pub struct Store {
     meta: PathBuf,
     lock: StoreLock,
     state: Mutex<State>,
+    gen: Generation,
+    cache: ReadCache,
     events: EventBus,
     stats: CopyStats,
     caps: LayerCaps,
@@ -249,16 +255,20 @@ impl Store {
         let meta = meta_dir(&*backstore)?;
         let lock = StoreLock::open(&meta, wait)?;
         let caps = backstore.capabilities();
+        let gen = Generation::open(&meta).map_err(|e| {
+            CoreError::io(format!("map {}", meta.join(GENERATION_FILE).display()), e)
+        })?;
         let state = {
             let _g = lock.lock(LockMode::Exclusive)?;
-            let (graph, version) =
+            let graph_gen = gen.stamp().graph;
+            let (graph, _) =
                 persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: meta.clone(),
                 })?;
             recover(&*backstore, &meta, &graph);
             State {
                 graph,
-                version,
+                graph_gen,
                 layers: HashMap::new(),
                 bases: HashMap::new(),
             }
@@ -268,6 +278,8 @@ impl Store {
             meta,
             lock,
             state: Mutex::new(state),
+            gen,
+            cache: ReadCache::default(),
             events: EventBus::default(),
             stats: CopyStats::default(),
             caps,
@@ -360,24 +372,31 @@ impl Store {
         f(&mut st)
     }
 
+    /// Reloads the graph if another process changed it (the shared graph
+    /// counter moved since it was read). Called under the store lock.
     fn refresh(&self, st: &mut State) -> CoreResult<()> {
-        let now = persist::graph_version(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
-            meta_dir: self.meta.clone(),
-        })?;
-        if now != st.version {
-            let (graph, version) =
+        let now = self.gen.stamp().graph;
+        if now != st.graph_gen {
+            let (graph, _) =
                 persist::load_graph(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: self.meta.clone(),
                 })?;
             st.layers.retain(|id, _| graph.layers.contains_key(id));
             st.graph = graph;
-            st.version = version;
+            st.graph_gen = now;
         }
         Ok(())
     }
 
+    /// Saves `graph` (under the exclusive lock). The counter moves before
+    /// the save, so lock-free readers stop trusting their views (and wait
+    /// for the lock) even if this process dies half way, and after it, so
+    /// they reload what was saved.
     fn save(&self, st: &mut State, graph: Graph) -> CoreResult<()> {
-        st.version = persist::save_graph(&self.meta, &graph)?;
+        self.gen.bump_graph();
+        persist::save_graph(&self.meta, &graph)?;
+        self.gen.bump_graph();
+        st.graph_gen = self.gen.stamp().graph;
         st.layers.retain(|id, _| graph.layers.contains_key(id));
         st.graph = graph;
         Ok(())
@@ -1003,13 +1022,6 @@ fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
     }
 }
 
-/// What a [`Tree`] shows.
-#[derive(Debug, Clone)]
-enum Target {
-    Branch(String),
-    Snapshot(String),
-}
-
 /// The file tree of one branch or snapshot. Every call is one locked
 /// operation on the store; changes publish exactly one event each.
 #[derive(Debug, Clone)]
@@ -1038,12 +1050,77 @@ impl Tree<'_> {
     fn read<T>(
         &self,
         path: &(impl AsBranchPath + ?Sized),
-        f: impl FnOnce(&View, &BranchPath) -> CoreResult<T>,
+        f: impl Fn(&View, &BranchPath) -> CoreResult<T>,
     ) -> CoreResult<T> {
         let p = path.to_branch_path()?;
+        self.with_view(|v| f(v, &p))
+    }
+
+    /// Runs read `f` on the current view: lock-free on the cached view when
+    /// the graph has not changed since it was made, and still unchanged
+    /// when `f` is done (else `f`'s answer may mix two graphs: it runs
+    /// again under the lock).
+    fn with_view<T>(&self, f: impl Fn(&Arc<View>) -> CoreResult<T>) -> CoreResult<T> {
+        let graph = self.store.gen.stamp().graph;
+        if let Some(view) = self.store.cache.view(&self.target, graph) {
+            let r = f(&view);
+            if self.store.gen.stamp().graph == graph {
+                return r;
+            }
+        }
         self.store.with(LockMode::Shared, |st| {
-            let view = self.store.target_view(st, &self.target)?;
-            f(&view, &p)
+            let view = Arc::new(self.store.target_view(st, &self.target)?);
+            self.store
+                .cache
+                .put_view(&self.target, st.graph_gen, view.clone());
+            f(&view)
+        })
+    }
+
+    /// Metadata through the resolution cache: one `fstatat` when `path`
+    /// was resolved since the last namespace change, else a full
+    /// resolution that is then remembered.
+    fn cached_stat(&self, path: &(impl AsBranchPath + ?Sized), follow: bool) -> CoreResult<Stat> {
+        let p = path.to_branch_path()?;
+        let stamp = self.store.gen.stamp();
+        if let Some(h) = self.store.cache.hit(&self.target, &p, follow, stamp) {
+            if let Ok(Some(raw)) = beneath::lstat_at(h.dir.as_fd(), &h.stored) {
+                if raw.kind == h.kind && self.store.gen.stamp() == stamp {
+                    return Ok(h.view.stat_of(h.layer, &raw));
+                }
+            }
+        }
+        self.with_view(|v| {
+            let r = v.existing(&p, follow)?;
+            self.store
+                .cache
+                .put_hit(&self.target, &p, follow, stamp, v, &r);
+            v.stat_resolved(&r)
+        })
+    }
+
+    /// A read-only open through the resolution cache (see
+    /// [`Tree::cached_stat`]).
+    fn cached_open(&self, p: &BranchPath, nofollow: bool) -> CoreResult<(File, BranchPath)> {
+        let follow = !nofollow;
+        let stamp = self.store.gen.stamp();
+        if let Some(h) = self.store.cache.hit(&self.target, p, follow, stamp) {
+            if h.kind == FileKind::File {
+                if let Ok(f) =
+                    beneath::open_file_at(h.dir.as_fd(), &h.stored, rustix::fs::OFlags::RDONLY, 0)
+                {
+                    if self.store.gen.stamp() == stamp {
+                        return Ok((f, h.path));
+                    }
+                }
+            }
+        }
+        self.with_view(|v| {
+            let r = v.existing(p, follow)?;
+            self.store
+                .cache
+                .put_hit(&self.target, p, follow, stamp, v, &r);
+            v.open_resolved(r, nofollow)
         })
     }
 
@@ -1056,6 +1133,11 @@ impl Tree<'_> {
         };
         self.store.with(LockMode::Exclusive, |st| {
             let view = self.store.target_view(st, &self.target)?;
+            // Lock-free readers stop trusting cached resolutions before the
+            // first name changes (even if this process dies half way) and
+            // again once all have.
+            self.store.gen.bump_namespace();
+            let _after = BumpOnDrop(&self.store.gen);
             let w = Writer::new(
                 &view,
                 &*self.store.backstore,
@@ -1076,12 +1158,12 @@ impl Tree<'_> {
 
     /// Metadata, following a final symlink.
     pub fn stat(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<Stat> {
-        self.read(path, |v, p| v.stat(p, true))
+        self.cached_stat(path, true)
     }
 
     /// Metadata of the entry itself (a final symlink is not followed).
     pub fn lstat(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<Stat> {
-        self.read(path, |v, p| v.stat(p, false))
+        self.cached_stat(path, false)
     }
 
     /// True when something exists at `path` (a dangling symlink counts).
@@ -1304,7 +1386,7 @@ impl Tree<'_> {
     ) -> CoreResult<OpenedFile> {
         let p = path.to_branch_path()?;
         if !opts.modifies() {
-            let (file, path) = self.read(&p, |v, p| v.open_existing(p, opts.nofollow))?;
+            let (file, path) = self.cached_open(&p, opts.nofollow)?;
             return Ok(OpenedFile {
                 file,
                 copied_up: false,
@@ -1339,5 +1421,15 @@ impl Tree<'_> {
     ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
         self.mutate(|w| w.modified_through_fd(&p, size_before))
+    }
+}
+
+/// Bumps the namespace counter when dropped (after a change, whether it
+/// succeeded or not).
+struct BumpOnDrop<'a>(&'a Generation);
+
+impl Drop for BumpOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.bump_namespace();
     }
 }

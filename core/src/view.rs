@@ -393,7 +393,12 @@ impl View {
             }
             None => return Err(CoreError::NotFound(r.path.to_string())),
         };
-        Ok(Stat {
+        Ok(self.stat_of(layer, &raw))
+    }
+
+    /// Metadata of an entry found in layer `layer` with lstat `raw`.
+    pub fn stat_of(&self, layer: usize, raw: &RawStat) -> Stat {
+        Stat {
             kind: raw.kind,
             mode: raw.perm(),
             size: raw.size,
@@ -405,13 +410,7 @@ impl View {
             atime: raw.atime(),
             mtime: raw.mtime(),
             origin: self.layers[layer].origin(),
-        })
-    }
-
-    /// Metadata of `path` (following a final symlink with `follow`).
-    pub fn stat(&self, path: &BranchPath, follow: bool) -> CoreResult<Stat> {
-        let r = self.existing(path, follow)?;
-        self.stat_resolved(&r)
+        }
     }
 
     /// The merged listing of a directory frame, sorted by name.

@@ -1,0 +1,169 @@
+//! Change counters every process that opens a store shares, in a small
+//! file mapped into memory (`generation` in the metadata directory): one
+//! counts graph changes (branches, snapshots, compaction), the other every
+//! change in any branch's namespace. Writers bump them after a change is on
+//! disk; readers compare them before and after a lock-free read, so a read
+//! sees every committed change at once without taking the store lock or
+//! stat-ing the graph file (an inode number, which ext4 reuses, cannot
+//! tell two versions apart; a counter can).
+//!
+//! The counters are 64-bit atomics in a `MAP_SHARED` mapping: the kernel
+//! keeps one page for all processes, and atomic operations on it are
+//! coherent across them.
+
+use std::{
+    fs::OpenOptions,
+    io,
+    os::fd::AsRawFd,
+    path::Path,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// File name of the counters in the metadata directory.
+pub const GENERATION_FILE: &str = "generation";
+
+/// Bytes mapped: one page holds both counters and room to grow.
+const LEN: usize = 4096;
+
+/// The shared counters of one store.
+#[derive(Debug)]
+pub struct Generation {
+    base: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is only accessed through atomics, which are safe to
+// share between threads; the pointer stays valid until `Drop` unmaps it.
+unsafe impl Send for Generation {}
+// SAFETY: as above: every access is an atomic operation.
+unsafe impl Sync for Generation {}
+
+/// A reading of both counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// Graph changes so far.
+    pub graph: u64,
+    /// Namespace changes so far (in any branch).
+    pub namespace: u64,
+}
+
+impl Generation {
+    /// Maps the counters of the store whose metadata directory is `meta`,
+    /// creating the file (zeroed) on first use.
+    pub fn open(meta: &Path) -> io::Result<Self> {
+        let path = meta.join(GENERATION_FILE);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if f.metadata()?.len() < LEN as u64 {
+            // Growing with zeroes is atomic with respect to other openers:
+            // both see zeroes until someone bumps.
+            f.set_len(LEN as u64)?;
+        }
+        // SAFETY: a fresh shared read-write mapping of LEN bytes of an open
+        // file of at least LEN bytes; the kernel picks the address. The fd
+        // may be closed afterwards: the mapping keeps the file.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(p.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mmap"))?;
+        Ok(Self { base })
+    }
+
+    fn counter(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i < 2);
+        // SAFETY: the mapping is LEN bytes, page-aligned, so slots 0 and 1
+        // are in bounds and aligned for AtomicU64, and live as long as self.
+        unsafe { &*self.base.as_ptr().add(i) }
+    }
+
+    /// Both counters now.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            graph: self.counter(0).load(Ordering::Acquire),
+            namespace: self.counter(1).load(Ordering::Acquire),
+        }
+    }
+
+    /// Records a graph change (which is also a namespace change: chains
+    /// moved).
+    pub fn bump_graph(&self) {
+        self.counter(0).fetch_add(1, Ordering::AcqRel);
+        self.bump_namespace();
+    }
+
+    /// Records a change of names in some branch.
+    pub fn bump_namespace(&self) {
+        self.counter(1).fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `open`; nothing
+        // borrows it any more (borrows are tied to &self).
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), LEN);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_mappings_of_one_store_see_each_others_bumps() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Generation::open(t.path()).unwrap();
+        let b = Generation::open(t.path()).unwrap();
+        let s0 = b.stamp();
+        a.bump_namespace();
+        let s1 = b.stamp();
+        assert_eq!((s1.graph, s1.namespace), (s0.graph, s0.namespace + 1));
+        a.bump_graph();
+        let s2 = b.stamp();
+        assert_eq!((s2.graph, s2.namespace), (s0.graph + 1, s0.namespace + 2));
+        drop(a);
+        // The counters live in the file, not in a mapping.
+        let c = Generation::open(t.path()).unwrap();
+        assert_eq!(c.stamp(), s2);
+    }
+
+    #[test]
+    fn bumps_from_another_process_are_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let g = Generation::open(t.path()).unwrap();
+        let before = g.stamp();
+        // SAFETY: the child only bumps an atomic in the inherited shared
+        // mapping and exits with _exit: no allocation, no lock.
+        match unsafe { libc::fork() } {
+            0 => {
+                g.bump_graph();
+                // SAFETY: ends the child without running the parent's
+                // atexit handlers or destructors.
+                unsafe { libc::_exit(0) }
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert_eq!(g.stamp().graph, before.graph + 1);
+            }
+            _ => panic!("fork failed"),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! What makes reads cheap: per process, the open view of each branch and
+//! snapshot (valid while the graph counter is unchanged) and where each
+//! recently resolved path lives (valid while no namespace changed in any
+//! branch). A cached resolution answers `stat` with one `fstatat` and an
+//! open with one `openat`, the same system calls as the native ones.
+//!
+//! Only hits are cached; an entry whose kind changed on disk (the base is
+//! another program's to change) or that vanished is not trusted: the
+//! caller falls back to a full resolution. Directory fds held by entries
+//! are shared per (directory, layer) and bounded: when either table is
+//! full, both are emptied.
+
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{
+    generation::Stamp,
+    metadata::FileKind,
+    path::BranchPath,
+    view::{Resolved, View},
+};
+
+/// Largest number of cached resolutions.
+const MAX_ENTRIES: usize = 16_384;
+/// Largest number of distinct directory fds the entries may hold.
+const MAX_DIRS: usize = 512;
+
+/// What a tree shows: a branch or a snapshot, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A branch (writable).
+    Branch(String),
+    /// A snapshot (read-only).
+    Snapshot(String),
+}
+
+/// A cached resolution: the final entry's layer, its directory there, the
+/// name it is stored under, and its kind when resolved.
+#[derive(Debug, Clone)]
+pub struct CachedHit {
+    /// The view the resolution was made in.
+    pub view: Arc<View>,
+    /// The canonical path.
+    pub path: BranchPath,
+    /// Index of the layer holding the entry.
+    pub layer: usize,
+    /// Its directory in that layer.
+    pub dir: Arc<OwnedFd>,
+    /// The name as stored there.
+    pub stored: OsString,
+    /// Kind at resolution time.
+    pub kind: FileKind,
+}
+
+#[derive(Default)]
+struct Inner {
+    views_graph: u64,
+    views: HashMap<Target, Arc<View>>,
+    stamp: Option<Stamp>,
+    hits: HashMap<(Target, BranchPath, bool), CachedHit>,
+    dirs: HashMap<(Target, BranchPath, usize), Arc<OwnedFd>>,
+}
+
+/// The per-process read cache of one store.
+#[derive(Default)]
+pub struct ReadCache {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache").finish_non_exhaustive()
+    }
+}
+
+impl ReadCache {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The view of `target` if cached for graph generation `graph`.
+    pub fn view(&self, target: &Target, graph: u64) -> Option<Arc<View>> {
+        let g = self.lock();
+        (g.views_graph == graph)
+            .then(|| g.views.get(target).cloned())
+            .flatten()
+    }
+
+    /// Remembers the view of `target` at graph generation `graph`.
+    pub fn put_view(&self, target: &Target, graph: u64, view: Arc<View>) {
+        let mut g = self.lock();
+        if g.views_graph != graph {
+            g.views.clear();
+            g.views_graph = graph;
+        }
+        g.views.insert(target.clone(), view);
+    }
+
+    /// The cached resolution of `path` in `target` (final symlink followed
+    /// with `follow`), if made at `stamp`.
+    pub fn hit(
+        &self,
+        target: &Target,
+        path: &BranchPath,
+        follow: bool,
+        stamp: Stamp,
+    ) -> Option<CachedHit> {
+        let g = self.lock();
+        if g.stamp != Some(stamp) {
+            return None;
+        }
+        // Borrowed lookups would need a key type per field; the clones are
+        // small next to the system call this saves.
+        g.hits.get(&(target.clone(), path.clone(), follow)).cloned()
+    }
+
+    /// Remembers resolution `r` of `path` (made in `view` at `stamp`).
+    pub fn put_hit(
+        &self,
+        target: &Target,
+        path: &BranchPath,
+        follow: bool,
+        stamp: Stamp,
+        view: &Arc<View>,
+        r: &Resolved,
+    ) {
+        let Some(h) = &r.hit else { return };
+        let Some(parent) = r.path.parent() else {
+            return;
+        };
+        let mut g = self.lock();
+        if g.stamp != Some(stamp) {
+            g.hits.clear();
+            g.dirs.clear();
+            g.stamp = Some(stamp);
+        }
+        if g.hits.len() >= MAX_ENTRIES || g.dirs.len() >= MAX_DIRS {
+            g.hits.clear();
+            g.dirs.clear();
+        }
+        let dir = g
+            .dirs
+            .entry((target.clone(), parent, h.layer))
+            .or_insert_with(|| h.dir.clone())
+            .clone();
+        g.hits.insert(
+            (target.clone(), path.clone(), follow),
+            CachedHit {
+                view: view.clone(),
+                path: r.path.clone(),
+                layer: h.layer,
+                dir,
+                stored: h.stored.clone(),
+                kind: h.st.kind,
+            },
+        );
+    }
+}
