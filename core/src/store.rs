@@ -153,6 +153,9 @@ pub struct BranchChain {
     pub layers: Vec<(PathBuf, bool)>,
     /// The store's graph file: its identity changes on every graph edit.
     pub graph_file: PathBuf,
+    /// The store's shared change counters (graph, namespace): 64-bit
+    /// atomics at offsets 0 and 8 of this file, mapped by every process.
+    pub generation_file: PathBuf,
 }
 
 /// An AgentFS store over one backstore.
@@ -640,6 +643,7 @@ impl Store {
                     .map(|l| (l.root_path.clone(), l.kind == LayerKind::Base))
                     .collect(),
                 graph_file: self.meta.join(persist::GRAPH_FILE),
+                generation_file: self.meta.join(GENERATION_FILE),
             })
         })
     }

@@ -434,6 +434,13 @@ pub struct BranchChain {
     /// The store file whose identity changes on every change of any chain.
     #[serde(default)]
     pub graph_file: String,
+    /// The store's shared change counters: native-endian 64-bit atomics,
+    /// graph changes at offset 0 and namespace changes (any branch) at
+    /// offset 8, bumped before and after every change. A reader maps the
+    /// file read-only: while the graph counter stays, the chain is
+    /// current; while the namespace counter stays, cached lookups are.
+    #[serde(default)]
+    pub generation_file: String,
 }
 
 /// The result of an [`FsOp`].

@@ -52,14 +52,28 @@ pub struct Layer {
 }
 
 /// A branch's layers, top first, and where the branch is visible.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Chain {
     /// Layers, top first; the base (if any) last.
     pub layers: Vec<Layer>,
     /// The absolute path at which processes see the branch root.
     pub visible_root: Vec<u8>,
     root_frame: Vec<(usize, Vec<u8>)>,
+    dirs: std::sync::Mutex<DirCache>,
 }
+
+/// Frames of directories resolved before, by branch path as asked, valid
+/// for one value of the store's namespace counter.
+#[derive(Debug, Default)]
+struct DirCache {
+    stamp: u64,
+    frames: std::collections::HashMap<Vec<u8>, (Vec<u8>, Frame)>,
+}
+
+type Frame = Vec<(usize, Vec<u8>)>;
+
+/// Most directory frames kept (then the cache starts over).
+const MAX_CACHED_DIRS: usize = 65_536;
 
 /// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +163,7 @@ impl Chain {
             layers,
             visible_root,
             root_frame,
+            dirs: std::sync::Mutex::new(DirCache::default()),
         })
     }
 
@@ -264,9 +279,54 @@ impl Chain {
         }
     }
 
-    /// Resolves branch path `rel` (no `.`/`..`, no leading slash); a final
-    /// symlink is followed with `follow`.
+    fn cached(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
+        let stamp = stamp?;
+        let c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if c.stamp != stamp {
+            return None;
+        }
+        c.frames.get(key).cloned()
+    }
+
+    fn remember(&self, stamp: Option<u64>, key: &[u8], canon: &[u8], frame: &Frame) {
+        let Some(stamp) = stamp else {
+            return;
+        };
+        let mut c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
+            c.frames.clear();
+            c.stamp = stamp;
+        }
+        c.frames
+            .insert(key.to_vec(), (canon.to_vec(), frame.clone()));
+    }
+
+    /// Drops every cached directory frame.
+    pub fn forget(&self) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .frames
+            .clear();
+    }
+
+    /// Resolves branch path `rel` without the directory cache.
     pub fn resolve(&self, rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+        self.resolve_at(rel, follow, None)
+    }
+
+    /// Resolves branch path `rel` (no `.`/`..`, no leading slash); a final
+    /// symlink is followed with `follow`. With `stamp` (the store's
+    /// namespace counter, read before), directory frames found on the way
+    /// are remembered and reused while the counter stays the same: the
+    /// caller must [`Chain::forget`] them when the counter moved during the
+    /// call.
+    pub fn resolve_at(
+        &self,
+        rel: &[u8],
+        follow: bool,
+        stamp: Option<u64>,
+    ) -> Result<Resolved, Errno> {
         let mut path = rel.to_vec();
         let mut links = 0;
         'restart: loop {
@@ -274,9 +334,19 @@ impl Chain {
                 .split(|&b| b == b'/')
                 .filter(|c| !c.is_empty())
                 .collect();
-            let mut frame = self.root_frame.clone();
-            let mut canon: Vec<u8> = Vec::new();
-            for (i, name) in comps.iter().enumerate() {
+            let parent_key = comps[..comps.len().saturating_sub(1)].join(&b'/');
+            let (mut frame, mut canon, start, mut key) = match comps.len() {
+                0 | 1 => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
+                n => match self.cached(stamp, &parent_key) {
+                    Some((canon, frame)) => (frame, canon, n - 1, parent_key.clone()),
+                    None => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
+                },
+            };
+            for (i, name) in comps.iter().enumerate().skip(start) {
+                if !key.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(name);
                 if *name == b"." || *name == b".." {
                     return Err(libc::EINVAL); // callers normalise first
                 }
@@ -325,12 +395,27 @@ impl Chain {
                                 Err(native) => Ok(Resolved::Outside(native)),
                             }
                         }
-                        Some(st) => Ok(Resolved::Found(Entry {
-                            path: full,
-                            phys: cstr(&phys)?,
-                            layer: frame[0].0,
-                            kind: kind_of(&st),
-                        })),
+                        Some(st) => {
+                            // The parent is the base's alone when it lies
+                            // below the name narrowed to the base, or when
+                            // the directory was already (not when only this
+                            // name was narrowed out of a merged one).
+                            let parent_base_only = base_only || i + 1 < comps.len();
+                            if let (true, Some(pp), Some(cp)) = (
+                                parent_base_only,
+                                phys.iter().rposition(|&b| b == b'/'),
+                                full.iter().rposition(|&b| b == b'/'),
+                            ) {
+                                let parent = vec![(frame[0].0, phys[..pp].to_vec())];
+                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                            }
+                            Ok(Resolved::Found(Entry {
+                                path: full,
+                                phys: cstr(&phys)?,
+                                layer: frame[0].0,
+                                kind: kind_of(&st),
+                            }))
+                        }
                         None => {
                             // Free name, or a missing/non-directory parent?
                             let parent = match phys.iter().rposition(|&b| b == b'/') {
@@ -376,6 +461,7 @@ impl Chain {
                     Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
                         frame = self.frame_of(&frame, pos, phys, name)?;
                         canon = here;
+                        self.remember(stamp, &key, &canon, &frame);
                         if last {
                             return self.dir_entry(canon, &frame).map(Resolved::Found);
                         }
@@ -648,6 +734,29 @@ mod tests {
         // own symlinks (documented): the entry reads as the target.
         let e = found(&c, "out/hostname", true);
         assert_eq!(e.layer, 1);
+    }
+
+    #[test]
+    fn cached_frames_keep_merged_directories_merged() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        // d/y is the base's: only that name narrows to the base, not d.
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+        let r = c.resolve_at(b"d/y", false, Some(1)).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        fs::write(t.path().join("top/d/later"), "l").unwrap();
+        let r = c.resolve_at(b"d/later", false, Some(1)).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // Below a base-only directory the frame is cached as the base's.
+        fs::create_dir_all(t.path().join("base/only/deep")).unwrap();
+        fs::write(t.path().join("base/only/deep/f"), "f").unwrap();
+        let r = c.resolve_at(b"only/deep/f", false, Some(2)).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        assert!(c.cached(Some(2), b"only/deep").is_some());
+        assert!(
+            c.cached(Some(3), b"only/deep").is_none(),
+            "a new stamp drops it"
+        );
     }
 
     #[test]

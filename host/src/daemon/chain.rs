@@ -22,6 +22,7 @@ impl Daemon {
         let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let mut out = BranchChain {
             graph_file: text(&chain.graph_file),
+            generation_file: text(&chain.generation_file),
             ..BranchChain::default()
         };
         for (path, is_base) in &chain.layers {

@@ -249,6 +249,59 @@ struct ChainState {
     graph_file: CString,
     graph_id: (u64, u64),
     checked_tick: i64,
+    /// The store's shared counters, mapped read-only (when the daemon
+    /// named them), and the graph counter the chain was fetched at.
+    counters: Option<Counters>,
+    graph: u64,
+}
+
+/// The store's change counters (graph at offset 0, namespace at 8), a
+/// read-only shared mapping that lives as long as the process.
+#[derive(Clone, Copy)]
+pub(crate) struct Counters(*const std::sync::atomic::AtomicU64);
+
+// SAFETY: the mapping is never unmapped and only read with atomic loads.
+unsafe impl Send for Counters {}
+
+impl Counters {
+    fn map(path: &str) -> Option<Self> {
+        let c = CString::new(path).ok()?;
+        let fd = rustix::fs::open(
+            c.as_c_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        // SAFETY: a shared read-only mapping of the first page of an open
+        // file (the store makes it a page long); closing the fd after is
+        // fine.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Self(p.cast()))
+    }
+
+    fn load(self, i: usize) -> u64 {
+        // SAFETY: two aligned u64 slots of a live page-sized mapping.
+        unsafe { (*self.0.add(i)).load(Ordering::Acquire) }
+    }
+
+    /// Graph changes so far.
+    pub(crate) fn graph(self) -> u64 {
+        self.load(0)
+    }
+
+    /// Namespace changes so far.
+    pub(crate) fn namespace(self) -> u64 {
+        self.load(1)
+    }
 }
 
 static CHAIN: Mutex<Option<ChainState>> = Mutex::new(None);
@@ -271,25 +324,42 @@ fn file_id(p: &CString) -> (u64, u64) {
 }
 
 /// The branch's chain: fetched from the daemon on first use and again
-/// whenever the store's graph file has been replaced (checked at most once
-/// per tick of the coarse monotonic clock, a few milliseconds).
+/// whenever the store's graph counter moved (or, from a daemon that names
+/// no counters, when the graph file has been replaced, checked at most once
+/// per tick of the coarse monotonic clock).
 pub(crate) fn chain() -> Result<Arc<Chain>, Errno> {
+    chain_and_counters().map(|(c, _)| c)
+}
+
+fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
     let cfg = config().ok_or(libc::EIO)?;
     let mut g = lock(&CHAIN);
     let tick = coarse_tick();
     if let Some(s) = g.as_mut() {
-        if s.checked_tick == tick {
-            return Ok(s.chain.clone());
+        if let Some(c) = s.counters {
+            if c.graph() == s.graph {
+                return Ok((s.chain.clone(), s.counters));
+            }
+        } else if s.checked_tick == tick {
+            return Ok((s.chain.clone(), None));
         }
         s.checked_tick = tick;
-        if file_id(&s.graph_file) == s.graph_id {
-            return Ok(s.chain.clone());
+        if s.counters.is_none() && file_id(&s.graph_file) == s.graph_id {
+            return Ok((s.chain.clone(), None));
         }
     }
+    let counters = g.as_ref().and_then(|s| s.counters);
     let r = with_daemon(|c| c.request(Request::BranchChain { branch: None }))?;
     let Response::Chain(bc) = r else {
         return Err(libc::EIO);
     };
+    let counters = counters.or_else(|| {
+        (!bc.generation_file.is_empty())
+            .then(|| Counters::map(&bc.generation_file))
+            .flatten()
+    });
+    // Read before the chain was made: a change after it moves the counter.
+    let graph = counters.map_or(0, Counters::graph);
     let graph_file = CString::new(bc.graph_file).map_err(|_| libc::EIO)?;
     let graph_id = file_id(&graph_file);
     let mut layers: Vec<Layer> = bc
@@ -312,8 +382,10 @@ pub(crate) fn chain() -> Result<Arc<Chain>, Errno> {
         graph_file,
         graph_id,
         checked_tick: tick,
+        counters,
+        graph,
     });
-    Ok(chain)
+    Ok((chain, counters))
 }
 
 /// Forget the cached chain check: the next lookup revalidates.
@@ -473,9 +545,19 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
     })
 }
 
-/// Resolves branch path `rel` on the current chain.
+/// Resolves branch path `rel` on the current chain, reusing directory
+/// frames while the store's namespace counter stays.
 pub(crate) fn resolve(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
-    chain()?.resolve(rel, follow)
+    let (chain, counters) = chain_and_counters()?;
+    let Some(c) = counters else {
+        return chain.resolve(rel, follow);
+    };
+    let before = c.namespace();
+    let r = chain.resolve_at(rel, follow, Some(before));
+    if c.namespace() != before {
+        chain.forget();
+    }
+    r
 }
 
 // ------------------------------------------------------------------ fork
