@@ -312,7 +312,7 @@ impl Chain {
 
     /// Resolves branch path `rel` without the directory cache.
     pub fn resolve(&self, rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
-        self.resolve_at(rel, follow, None)
+        self.resolve_at(rel, follow, None, false)
     }
 
     /// Resolves branch path `rel` (no `.`/`..`, no leading slash); a final
@@ -320,12 +320,16 @@ impl Chain {
     /// namespace counter, read before), directory frames found on the way
     /// are remembered and reused while the counter stays the same: the
     /// caller must [`Chain::forget`] them when the counter moved during the
-    /// call.
+    /// call. With `lazy` (and not `follow`), a path only the base can hold
+    /// is answered with its base path without checking that it exists
+    /// (`kind` is then `Unknown`): for callers that run their own `lstat`
+    /// or `O_NOFOLLOW` open on it, which then fails as the kernel would.
     pub fn resolve_at(
         &self,
         rel: &[u8],
         follow: bool,
         stamp: Option<u64>,
+        lazy: bool,
     ) -> Result<Resolved, Errno> {
         let mut path = rel.to_vec();
         let mut links = 0;
@@ -376,6 +380,25 @@ impl Chain {
                         full.push(b'/');
                     }
                     full.extend_from_slice(&rest);
+                    if lazy && !follow {
+                        // The caller's own syscall on the base path gives
+                        // the answer (and the error) the kernel would.
+                        if i + 1 < comps.len() || base_only {
+                            if let (Some(pp), Some(cp)) = (
+                                phys.iter().rposition(|&b| b == b'/'),
+                                full.iter().rposition(|&b| b == b'/'),
+                            ) {
+                                let parent = vec![(frame[0].0, phys[..pp].to_vec())];
+                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                            }
+                        }
+                        return Ok(Resolved::Found(Entry {
+                            path: full,
+                            phys: cstr(&phys)?,
+                            layer: frame[0].0,
+                            kind: FileType::Unknown,
+                        }));
+                    }
                     return match lstat(&phys)? {
                         Some(st) if kind_of(&st) == FileType::Symlink && follow => {
                             links += 1;
@@ -742,15 +765,15 @@ mod tests {
         let c = chain(t.path());
         // d/y is the base's: only that name narrows to the base, not d.
         assert_eq!(found(&c, "d/y", false).layer, 1);
-        let r = c.resolve_at(b"d/y", false, Some(1)).unwrap();
+        let r = c.resolve_at(b"d/y", false, Some(1), false).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
         fs::write(t.path().join("top/d/later"), "l").unwrap();
-        let r = c.resolve_at(b"d/later", false, Some(1)).unwrap();
+        let r = c.resolve_at(b"d/later", false, Some(1), false).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
         // Below a base-only directory the frame is cached as the base's.
         fs::create_dir_all(t.path().join("base/only/deep")).unwrap();
         fs::write(t.path().join("base/only/deep/f"), "f").unwrap();
-        let r = c.resolve_at(b"only/deep/f", false, Some(2)).unwrap();
+        let r = c.resolve_at(b"only/deep/f", false, Some(2), false).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
         assert!(c.cached(Some(2), b"only/deep").is_some());
         assert!(

@@ -48,7 +48,7 @@ fn umask_now() -> u32 {
 
 /// The path a read of branch path `rel` uses.
 fn read_target(rel: &[u8], follow: bool) -> Result<CString, Errno> {
-    match resolve(rel, follow)? {
+    match super::resolve_for_read(rel, follow)? {
         Resolved::Found(e) => Ok(e.phys),
         Resolved::Absent(_) => Err(libc::ENOENT),
         Resolved::Outside(p) => CString::new(p).map_err(|_| libc::EINVAL),

@@ -548,12 +548,23 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
 /// Resolves branch path `rel` on the current chain, reusing directory
 /// frames while the store's namespace counter stays.
 pub(crate) fn resolve(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+    resolve_with(rel, follow, false)
+}
+
+/// [`resolve`] for a caller that runs its own `lstat`-like syscall on the
+/// result: a path under a directory only the base has is not checked first
+/// (one syscall instead of two; see [`Chain::resolve_at`]).
+pub(crate) fn resolve_for_read(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+    resolve_with(rel, follow, true)
+}
+
+fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno> {
     let (chain, counters) = chain_and_counters()?;
     let Some(c) = counters else {
-        return chain.resolve(rel, follow);
+        return chain.resolve_at(rel, follow, None, lazy);
     };
     let before = c.namespace();
-    let r = chain.resolve_at(rel, follow, Some(before));
+    let r = chain.resolve_at(rel, follow, Some(before), lazy);
     if c.namespace() != before {
         chain.forget();
     }
