@@ -502,3 +502,130 @@ fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
     );
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
+
+/// Each interposed entry point called directly (through `ctypes`, which
+/// looks symbols up in the global scope, so the preloaded shim's come
+/// first), one row per function with the result the branch must give.
+#[test]
+fn libc_entry_points_one_by_one_through_ctypes() {
+    if !have("python3", "ctypes table") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let o = e.run(&["python3", "-c", CTYPES_TABLE]);
+    let out = String::from_utf8_lossy(&o.stdout).replace(e.base.to_str().unwrap(), "ROOT");
+    assert!(
+        o.status.success(),
+        "{}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let want = "\
+mkstemp: ok
+mkdtemp: dir
+fopen: hello
+freopen: G
+scandir: 10
+opendir: 10
+renameat2 noreplace: EEXIST
+link: EXDEV
+mkfifo: EPERM
+mknod: EPERM
+truncate: 0 1
+utimensat: 2000
+chown same: 0
+chown other: EPERM
+access W_OK: 0
+statfs: 0
+realpath: ROOT/README.md
+chdir+getcwd: ROOT/src
+readlink: src/main.rs
+symlink: x
+unlink: 0 False
+rmdir: 0 False
+creat: 0
+open O_EXCL existing: EEXIST
+stat missing: ENOENT
+";
+    assert_eq!(out, want);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+const CTYPES_TABLE: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def err(r):
+    return errno.errorcode[ctypes.get_errno()] if r == -1 else str(r)
+c = lambda s: s.encode()
+def row(name, value):
+    print(f"{name}: {value}")
+for f in ("mkstemp", "mkdtemp", "fopen", "freopen", "realpath", "getcwd"):
+    getattr(libc, f).restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+for f in ("fputs", "fclose", "fgets"):
+    getattr(libc, f).argtypes = [ctypes.c_char_p, ctypes.c_void_p] if f == "fputs" else None
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.fgets.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+libc.fgets.restype = ctypes.c_char_p
+libc.opendir.restype = ctypes.c_void_p
+libc.opendir.argtypes = [ctypes.c_char_p]
+libc.readdir.restype = ctypes.c_void_p
+libc.readdir.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+libc.realpath.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.getcwd.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+t = ctypes.create_string_buffer(b"tmpXXXXXX")
+fd = libc.mkstemp(t)
+row("mkstemp", "ok" if fd >= 0 and os.path.isfile(t.value.decode()) else err(fd))
+os.close(fd); os.unlink(t.value.decode())
+d = ctypes.create_string_buffer(b"dirXXXXXX")
+libc.mkdtemp(d)
+row("mkdtemp", "dir" if os.path.isdir(d.value.decode()) else "missing")
+os.rmdir(d.value.decode())
+fp = libc.fopen(c("f.txt"), c("w")); libc.fputs(c("hello\n"), fp); libc.fclose(fp)
+fp = libc.fopen(c("f.txt"), c("r")); buf = ctypes.create_string_buffer(64)
+libc.fgets(buf, 64, fp); libc.fclose(fp)
+row("fopen", buf.value.decode().strip())
+fp = libc.fopen(c("f.txt"), c("r")); fp2 = libc.freopen(c("g.txt"), c("w"), fp)
+libc.fputs(c("G"), fp2); libc.fclose(fp2)
+row("freopen", open("g.txt").read())
+names = ctypes.POINTER(ctypes.c_void_p)()
+row("scandir", libc.scandir(c("."), ctypes.byref(names), None, None))
+dp = libc.opendir(c(".")); n = 0
+while libc.readdir(dp):
+    n += 1
+libc.closedir(dp)
+row("opendir", n)
+row("renameat2 noreplace", err(libc.renameat2(-100, c("f.txt"), -100, c("g.txt"), 1)))
+row("link", err(libc.link(c("f.txt"), c("h.txt"))))
+row("mkfifo", err(libc.mkfifo(c("fifo"), 0o600)))
+row("mknod", err(libc.mknod(c("node"), 0o10600, 0)))
+row("truncate", f'{err(libc.truncate(c("f.txt"), ctypes.c_long(1)))} {os.stat("f.txt").st_size}')
+ts = (ctypes.c_long * 4)(1000, 0, 2000, 0)
+libc.utimensat(-100, c("f.txt"), ts, 0)
+row("utimensat", int(os.stat("f.txt").st_mtime))
+row("chown same", err(libc.chown(c("f.txt"), os.getuid(), os.getgid())))
+row("chown other", err(libc.chown(c("f.txt"), 12345, 12345)))
+row("access W_OK", err(libc.access(c("README.md"), 2)))
+sfs = ctypes.create_string_buffer(512)
+row("statfs", err(libc.statfs(c("."), sfs)))
+out = ctypes.create_string_buffer(4096)
+libc.realpath(c("src/../README.md"), out)
+row("realpath", out.value.decode())
+libc.chdir(c("src")); libc.getcwd(out, 4096)
+row("chdir+getcwd", out.value.decode()); libc.chdir(c(".."))
+n = libc.readlink(c("main-link"), out, 4096)
+row("readlink", out.raw[:n].decode())
+libc.symlink(c("x"), c("sl")); n = libc.readlink(c("sl"), out, 4096)
+row("symlink", out.raw[:n].decode())
+row("unlink", f'{err(libc.unlink(c("g.txt")))} {os.path.exists("g.txt")}')
+os.mkdir("empty")
+row("rmdir", f'{err(libc.rmdir(c("empty")))} {os.path.exists("empty")}')
+fd = libc.creat(c("made.txt"), 0o644)
+row("creat", err(libc.close(fd)))
+row("open O_EXCL existing", err(libc.open(c("made.txt"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
+st = ctypes.create_string_buffer(256)
+row("stat missing", err(libc.stat(c("nope"), st)))
+"#;

@@ -512,8 +512,10 @@ unsafe fn freopen_impl(
     path: Cp,
     mode: Cp,
     stream: *mut libc::FILE,
-    native: impl FnOnce() -> *mut libc::FILE,
+    reopen: unsafe extern "C" fn(Cp, Cp, *mut libc::FILE) -> *mut libc::FILE,
 ) -> *mut libc::FILE {
+    // SAFETY: the program's arguments, passed on.
+    let native = || unsafe { reopen(path, mode, stream) };
     let Some(_g) = Guard::enter() else {
         return native();
     };
@@ -558,10 +560,11 @@ unsafe fn freopen_impl(
             fd_insert(target, info.path, info.record);
         }
         libc::syscall(libc::SYS_close, fd);
-        libc::clearerr(stream);
-        libc::rewind(stream);
+        // The stream's own mode (read/write flags, buffer) is reset by
+        // libc's reopen-in-place of the fd it now has (the file is the
+        // branch's, already opened through the daemon).
+        reopen(ptr::null(), mode, stream)
     }
-    stream
 }
 
 #[no_mangle]
@@ -570,7 +573,7 @@ pub unsafe extern "C" fn freopen(path: Cp, mode: Cp, stream: *mut libc::FILE) ->
         return null_err(libc::ENOSYS);
     };
     // SAFETY: the program's arguments.
-    unsafe { freopen_impl(path, mode, stream, || o(path, mode, stream)) }
+    unsafe { freopen_impl(path, mode, stream, o) }
 }
 
 #[no_mangle]
@@ -579,7 +582,7 @@ pub unsafe extern "C" fn freopen64(path: Cp, mode: Cp, stream: *mut libc::FILE) 
         return null_err(libc::ENOSYS);
     };
     // SAFETY: the program's arguments.
-    unsafe { freopen_impl(path, mode, stream, || o(path, mode, stream)) }
+    unsafe { freopen_impl(path, mode, stream, o) }
 }
 
 // ------------------------------------------------------------- temp files
@@ -770,6 +773,42 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             }
             r
         }
+    }
+}
+
+/// Forgets the branch fds of a closed range (their daemon records end).
+fn forget_range(first: c_uint, last: c_uint) {
+    let last = last.min(i32::MAX as c_uint) as c_int;
+    let infos = super::fd_remove_range(first.min(i32::MAX as c_uint) as c_int, last);
+    for info in &infos {
+        fd_closed(info);
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let Some(o) = orig!(close_range: fn(c_uint, c_uint, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(first, last, flags) };
+    if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
+        if let Some(_g) = Guard::enter() {
+            forget_range(first, last);
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(first: c_int) {
+    let Some(o) = orig!(closefrom: fn(c_int) -> ()) else {
+        return;
+    };
+    // SAFETY: passed on.
+    unsafe { o(first) };
+    if let Some(_g) = Guard::enter() {
+        forget_range(first.max(0) as c_uint, c_uint::MAX);
     }
 }
 

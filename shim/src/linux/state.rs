@@ -493,6 +493,25 @@ pub(crate) fn fd_remove(fd: RawFd) -> Option<FdInfo> {
     r
 }
 
+/// Forgets every fd in `first..=last` (a `close_range`), returning them.
+pub(crate) fn fd_remove_range(first: RawFd, last: RawFd) -> Vec<FdInfo> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return Vec::new();
+    }
+    let mut g = lock(&FDS);
+    let Some(m) = g.as_mut() else {
+        return Vec::new();
+    };
+    let gone: Vec<RawFd> = m
+        .keys()
+        .copied()
+        .filter(|fd| (first..=last).contains(fd))
+        .collect();
+    let out = gone.iter().filter_map(|fd| m.remove(fd)).collect();
+    FD_COUNT.store(m.len(), Ordering::Relaxed);
+    out
+}
+
 /// Tells the daemon a file opened for writing is closed, when `info` was
 /// its last descriptor (only the process whose connection opened it can).
 pub(crate) fn fd_closed(info: &FdInfo) {
