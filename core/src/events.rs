@@ -126,6 +126,32 @@ impl Event {
     }
 }
 
+thread_local! {
+    static ACTING_FOR: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with every event it publishes on this thread attributed to
+/// process `pid` (unless the operation names its own, see
+/// [`crate::Tree::on_behalf_of`]): a daemon serving a client wraps the
+/// client's request in it, so graph changes (branch and snapshot
+/// creation) carry the client's pid too, while requests of other clients
+/// run concurrently on other threads.
+pub fn acting_for<T>(pid: u32, f: impl FnOnce() -> T) -> T {
+    struct Restore(u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTING_FOR.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTING_FOR.with(|c| c.replace(pid)));
+    f()
+}
+
+/// The pid [`acting_for`] set on this thread, or 0.
+pub(crate) fn acting_pid() -> u32 {
+    ACTING_FOR.with(|c| c.get())
+}
+
 /// Identifies a subscription, for [`EventBus::unsubscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);

@@ -1,7 +1,9 @@
 //! Change counters every process that opens a store shares, in a small
 //! file mapped into memory (`generation` in the metadata directory): one
-//! counts graph changes (branches, snapshots, compaction), the other every
-//! change in any branch's namespace. Writers bump them after a change is on
+//! counts graph changes (branches, snapshots, compaction), the others count
+//! namespace changes per branch (510 slots; a branch's slot is a hash of
+//! its name, so two branches may share one and see each other's changes
+//! as spurious invalidations, never as missed ones). Writers bump them after a change is on
 //! disk; readers compare them before and after a lock-free read, so a read
 //! sees every committed change at once without taking the store lock or
 //! stat-ing the graph file (an inode number, which ext4 reuses, cannot
@@ -38,13 +40,34 @@ unsafe impl Send for Generation {}
 // SAFETY: as above: every access is an atomic operation.
 unsafe impl Sync for Generation {}
 
-/// A reading of both counters.
+/// Number of per-branch namespace slots (after the graph counter and one
+/// reserved slot).
+const SLOTS: usize = 510;
+
+/// A reading of the graph counter and one branch's namespace counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stamp {
     /// Graph changes so far.
     pub graph: u64,
-    /// Namespace changes so far (in any branch).
+    /// Namespace changes so far in the branch's slot (0 for snapshots,
+    /// which never change).
     pub namespace: u64,
+}
+
+/// The slot of `branch`'s namespace counter (FNV-1a of the name): the
+/// index of its 64-bit counter in the file (slot 0 is the graph counter).
+pub fn namespace_slot(branch: &str) -> usize {
+    slot(branch)
+}
+
+/// The slot of `branch`'s namespace counter (FNV-1a of the name).
+fn slot(branch: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in branch.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    2 + (h % SLOTS as u64) as usize
 }
 
 impl Generation {
@@ -84,30 +107,35 @@ impl Generation {
     }
 
     fn counter(&self, i: usize) -> &AtomicU64 {
-        debug_assert!(i < 2);
-        // SAFETY: the mapping is LEN bytes, page-aligned, so slots 0 and 1
-        // are in bounds and aligned for AtomicU64, and live as long as self.
+        assert!(i < 2 + SLOTS);
+        // SAFETY: the mapping is LEN (4096) bytes, page-aligned, and
+        // 2 + SLOTS = 512 slots of 8 bytes fit it exactly, each aligned for
+        // AtomicU64; it lives as long as self.
         unsafe { &*self.base.as_ptr().add(i) }
     }
 
-    /// Both counters now.
-    pub fn stamp(&self) -> Stamp {
+    /// The graph counter now.
+    pub fn graph(&self) -> u64 {
+        self.counter(0).load(Ordering::Acquire)
+    }
+
+    /// The graph counter and `branch`'s namespace counter now (`None`: a
+    /// snapshot, whose names never change).
+    pub fn stamp(&self, branch: Option<&str>) -> Stamp {
         Stamp {
-            graph: self.counter(0).load(Ordering::Acquire),
-            namespace: self.counter(1).load(Ordering::Acquire),
+            graph: self.graph(),
+            namespace: branch.map_or(0, |b| self.counter(slot(b)).load(Ordering::Acquire)),
         }
     }
 
-    /// Records a graph change (which is also a namespace change: chains
-    /// moved).
+    /// Records a graph change.
     pub fn bump_graph(&self) {
         self.counter(0).fetch_add(1, Ordering::AcqRel);
-        self.bump_namespace();
     }
 
-    /// Records a change of names in some branch.
-    pub fn bump_namespace(&self) {
-        self.counter(1).fetch_add(1, Ordering::AcqRel);
+    /// Records a change of names in `branch`.
+    pub fn bump_namespace(&self, branch: &str) {
+        self.counter(slot(branch)).fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -130,24 +158,33 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let a = Generation::open(t.path()).unwrap();
         let b = Generation::open(t.path()).unwrap();
-        let s0 = b.stamp();
-        a.bump_namespace();
-        let s1 = b.stamp();
+        let s0 = b.stamp(Some("x"));
+        a.bump_namespace("x");
+        let s1 = b.stamp(Some("x"));
         assert_eq!((s1.graph, s1.namespace), (s0.graph, s0.namespace + 1));
         a.bump_graph();
-        let s2 = b.stamp();
-        assert_eq!((s2.graph, s2.namespace), (s0.graph + 1, s0.namespace + 2));
+        let s2 = b.stamp(Some("x"));
+        assert_eq!((s2.graph, s2.namespace), (s0.graph + 1, s0.namespace + 1));
+        assert_eq!(b.stamp(None).namespace, 0);
         drop(a);
         // The counters live in the file, not in a mapping.
         let c = Generation::open(t.path()).unwrap();
-        assert_eq!(c.stamp(), s2);
+        assert_eq!(c.stamp(Some("x")), s2);
+    }
+
+    #[test]
+    fn branches_have_their_own_slots_mostly() {
+        let slots: std::collections::HashSet<_> =
+            (0..100).map(|i| slot(&format!("agent-{i}"))).collect();
+        assert!(slots.len() > 85, "{} distinct slots of 100", slots.len());
+        assert!(slots.iter().all(|s| (2..2 + SLOTS).contains(s)));
     }
 
     #[test]
     fn bumps_from_another_process_are_seen() {
         let t = tempfile::tempdir().unwrap();
         let g = Generation::open(t.path()).unwrap();
-        let before = g.stamp();
+        let before = g.stamp(None);
         // SAFETY: the child only bumps an atomic in the inherited shared
         // mapping and exits with _exit: no allocation, no lock.
         match unsafe { libc::fork() } {
@@ -161,7 +198,7 @@ mod tests {
                 let mut status = 0;
                 // SAFETY: waits for the child just forked.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert_eq!(g.stamp().graph, before.graph + 1);
+                assert_eq!(g.stamp(None).graph, before.graph + 1);
             }
             _ => panic!("fork failed"),
         }

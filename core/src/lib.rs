@@ -37,8 +37,8 @@ mod xattrs;
 pub use diff::{ChangeType, DiffEntry};
 pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
-pub use events::{Change, Event, EventKind, Subscription, SubscriptionId};
-pub use generation::GENERATION_FILE;
+pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
+pub use generation::{namespace_slot, GENERATION_FILE};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use layer_names::{
     decode as decode_name, encode as encode_name, whiteout_name, Decoded, OPAQUE_MARKER,
@@ -50,7 +50,7 @@ pub use layer_store::{
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
-pub use persist::{LockWait, GRAPH_FILE, LOCK_FILE};
+pub use persist::{LockWait, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE};
 pub use store::{
     AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
 };

@@ -127,18 +127,24 @@ pub enum LockMode {
     Exclusive,
 }
 
-/// The store's lock file.
+/// The store's lock file. Threads of one process share its open file
+/// description, where `flock` is one lock, not one per thread: shared holds
+/// are counted so that the last thread out releases it. (Exclusive holds
+/// are taken only by a thread that excludes every other thread of the
+/// process first: the store's graph write lock.)
 #[derive(Debug)]
 pub struct StoreLock {
     file: File,
     path: PathBuf,
     wait: LockWait,
+    shared: std::sync::Mutex<usize>,
 }
 
 /// Holds the lock until dropped.
 #[derive(Debug)]
 pub struct LockGuard<'a> {
     lock: &'a StoreLock,
+    mode: LockMode,
 }
 
 impl StoreLock {
@@ -152,11 +158,66 @@ impl StoreLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
-        Ok(Self { file, path, wait })
+        Ok(Self {
+            file,
+            path,
+            wait,
+            shared: std::sync::Mutex::new(0),
+        })
+    }
+
+    /// The exclusive lock if no other process holds the lock now, else
+    /// `None` (never waits).
+    pub fn try_exclusive(&self) -> CoreResult<Option<LockGuard<'_>>> {
+        match flock_file(&self.file, &self.path, LockMode::Exclusive, LockWait::Fail) {
+            Ok(()) => Ok(Some(LockGuard {
+                lock: self,
+                mode: LockMode::Exclusive,
+            })),
+            Err(CoreError::StoreBusy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes the lock in `mode`, waiting or failing as configured.
     pub fn lock(&self, mode: LockMode) -> CoreResult<LockGuard<'_>> {
+        if mode == LockMode::Shared {
+            let mut n = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if *n == 0 {
+                flock_file(&self.file, &self.path, mode, self.wait)?;
+            }
+            *n += 1;
+        } else {
+            flock_file(&self.file, &self.path, mode, self.wait)?;
+        }
+        Ok(LockGuard { lock: self, mode })
+    }
+}
+
+impl LockGuard<'_> {
+    /// True for the exclusive lock.
+    pub fn is_exclusive(&self) -> bool {
+        self.mode == LockMode::Exclusive
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if self.mode == LockMode::Shared {
+            let mut n = self.lock.shared.lock().unwrap_or_else(|p| p.into_inner());
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+        }
+        let _ = rustix::fs::flock(self.lock.file.as_fd(), FlockOperation::Unlock);
+    }
+}
+
+/// `flock`s `file` in `mode`: at once if free, else waiting (with a log
+/// line) or failing with [`CoreError::StoreBusy`] as `wait` says.
+fn flock_file(file: &File, path: &Path, mode: LockMode, wait: LockWait) -> CoreResult<()> {
+    {
         let (try_op, block_op) = match mode {
             LockMode::Shared => (
                 FlockOperation::NonBlockingLockShared,
@@ -167,38 +228,121 @@ impl StoreLock {
                 FlockOperation::LockExclusive,
             ),
         };
-        match rustix::fs::flock(self.file.as_fd(), try_op) {
-            Ok(()) => return Ok(LockGuard { lock: self }),
+        match rustix::fs::flock(file.as_fd(), try_op) {
+            Ok(()) => return Ok(()),
             Err(rustix::io::Errno::WOULDBLOCK) => {}
-            Err(e) => {
-                return Err(CoreError::io(
-                    format!("lock {}", self.path.display()),
-                    e.into(),
-                ))
-            }
+            Err(e) => return Err(CoreError::io(format!("lock {}", path.display()), e.into())),
         }
-        if self.wait == LockWait::Fail {
+        if wait == LockWait::Fail {
             return Err(CoreError::StoreBusy {
-                lock: self.path.clone(),
+                lock: path.to_path_buf(),
             });
         }
-        tracing::info!(lock = %self.path.display(), "waiting for another agentfs process to release the store");
+        tracing::info!(lock = %path.display(), "waiting for another agentfs process to release the lock");
         loop {
-            match rustix::fs::flock(self.file.as_fd(), block_op) {
-                Ok(()) => return Ok(LockGuard { lock: self }),
+            match rustix::fs::flock(file.as_fd(), block_op) {
+                Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    return Err(CoreError::io(
-                        format!("lock {}", self.path.display()),
-                        e.into(),
-                    ))
-                }
+                Err(e) => return Err(CoreError::io(format!("lock {}", path.display()), e.into())),
             }
         }
     }
 }
 
-impl Drop for LockGuard<'_> {
+/// Directory of the per-branch lock files in the metadata directory.
+pub const BRANCH_LOCK_DIR: &str = "branch-locks";
+
+/// The per-branch locks of one store: file operations in one branch run
+/// one at a time (across threads and processes); different branches do
+/// not wait for each other. Lock files are never removed (removing one
+/// while another process holds it open would split the lock in two); a
+/// branch created again under the same name reuses its file.
+#[derive(Debug)]
+pub struct BranchLocks {
+    dir: PathBuf,
+    wait: LockWait,
+    open: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<BranchLock>>>,
+}
+
+impl BranchLocks {
+    /// The locks of the store whose metadata directory is `meta`.
+    pub fn new(meta: &Path, wait: LockWait) -> Self {
+        Self {
+            dir: meta.join(BRANCH_LOCK_DIR),
+            wait,
+            open: Default::default(),
+        }
+    }
+
+    /// The lock of branch `name` (a validated branch name), opened on
+    /// first use.
+    pub fn get(&self, name: &str) -> CoreResult<std::sync::Arc<BranchLock>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = open.get(name) {
+            return Ok(l.clone());
+        }
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| CoreError::io(format!("create {}", self.dir.display()), e))?;
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
+        let l = std::sync::Arc::new(BranchLock {
+            file,
+            path,
+            wait: self.wait,
+            threads: std::sync::Mutex::new(()),
+        });
+        open.insert(name.to_string(), l.clone());
+        Ok(l)
+    }
+}
+
+/// One branch's lock: a mutex for this process's threads, then `flock`
+/// for other processes.
+#[derive(Debug)]
+pub struct BranchLock {
+    file: File,
+    path: PathBuf,
+    wait: LockWait,
+    threads: std::sync::Mutex<()>,
+}
+
+/// Holds a branch lock until dropped.
+#[derive(Debug)]
+pub struct BranchGuard<'a> {
+    lock: &'a BranchLock,
+    _threads: std::sync::MutexGuard<'a, ()>,
+}
+
+impl BranchLock {
+    /// Takes the lock, waiting or failing as the store was opened.
+    pub fn lock(&self) -> CoreResult<BranchGuard<'_>> {
+        let threads = match self.wait {
+            LockWait::Block => self.threads.lock().unwrap_or_else(|p| p.into_inner()),
+            LockWait::Fail => match self.threads.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(CoreError::StoreBusy {
+                        lock: self.path.clone(),
+                    })
+                }
+            },
+        };
+        flock_file(&self.file, &self.path, LockMode::Exclusive, self.wait)?;
+        Ok(BranchGuard {
+            lock: self,
+            _threads: threads,
+        })
+    }
+}
+
+impl Drop for BranchGuard<'_> {
     fn drop(&mut self) {
         let _ = rustix::fs::flock(self.lock.file.as_fd(), FlockOperation::Unlock);
     }

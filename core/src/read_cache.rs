@@ -1,7 +1,7 @@
 //! What makes reads cheap: per process, the open view of each branch and
 //! snapshot (valid while the graph counter is unchanged) and where each
-//! recently resolved path lives (valid while no namespace changed in any
-//! branch). A cached resolution answers `stat` with one `fstatat` and an
+//! recently resolved path lives (valid while the graph and the branch's
+//! namespace counter are unchanged). A cached resolution answers `stat` with one `fstatat` and an
 //! open with one `openat`, the same system calls as the native ones.
 //!
 //! Only hits are cached; an entry whose kind changed on disk (the base is
@@ -54,15 +54,15 @@ pub struct CachedHit {
     pub stored: OsString,
     /// Kind at resolution time.
     pub kind: FileKind,
+    stamp: Stamp,
 }
 
 #[derive(Default)]
 struct Inner {
     views_graph: u64,
     views: HashMap<Target, Arc<View>>,
-    stamp: Option<Stamp>,
     hits: HashMap<(Target, BranchPath, bool), CachedHit>,
-    dirs: HashMap<(Target, BranchPath, usize), Arc<OwnedFd>>,
+    dirs: HashMap<(Target, BranchPath, usize), (Stamp, Arc<OwnedFd>)>,
 }
 
 /// The per-process read cache of one store.
@@ -74,6 +74,17 @@ pub struct ReadCache {
 impl std::fmt::Debug for ReadCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadCache").finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// The branch whose namespace counter covers this tree (`None` for a
+    /// snapshot: it never changes).
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Target::Branch(b) => Some(b),
+            Target::Snapshot(_) => None,
+        }
     }
 }
 
@@ -110,12 +121,12 @@ impl ReadCache {
         stamp: Stamp,
     ) -> Option<CachedHit> {
         let g = self.lock();
-        if g.stamp != Some(stamp) {
-            return None;
-        }
         // Borrowed lookups would need a key type per field; the clones are
         // small next to the system call this saves.
-        g.hits.get(&(target.clone(), path.clone(), follow)).cloned()
+        g.hits
+            .get(&(target.clone(), path.clone(), follow))
+            .filter(|h| h.stamp == stamp)
+            .cloned()
     }
 
     /// Remembers resolution `r` of `path` (made in `view` at `stamp`).
@@ -133,20 +144,20 @@ impl ReadCache {
             return;
         };
         let mut g = self.lock();
-        if g.stamp != Some(stamp) {
-            g.hits.clear();
-            g.dirs.clear();
-            g.stamp = Some(stamp);
-        }
         if g.hits.len() >= MAX_ENTRIES || g.dirs.len() >= MAX_DIRS {
             g.hits.clear();
             g.dirs.clear();
         }
-        let dir = g
+        // Entries of one directory share its fd, as long as it was opened
+        // in the same state of the namespace.
+        let slot = g
             .dirs
             .entry((target.clone(), parent, h.layer))
-            .or_insert_with(|| h.dir.clone())
-            .clone();
+            .or_insert_with(|| (stamp, h.dir.clone()));
+        if slot.0 != stamp {
+            *slot = (stamp, h.dir.clone());
+        }
+        let dir = slot.1.clone();
         g.hits.insert(
             (target.clone(), path.clone(), follow),
             CachedHit {
@@ -156,6 +167,7 @@ impl ReadCache {
                 dir,
                 stored: h.stored.clone(),
                 kind: h.st.kind,
+                stamp,
             },
         );
     }

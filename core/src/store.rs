@@ -17,7 +17,7 @@ use std::{
     fs::File,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::SystemTime,
 };
 
@@ -28,10 +28,10 @@ use super::{
     copy_up::{CopyStats, Writer},
     diff::{self, DiffEntry},
     error::{CoreError, CoreResult},
-    events::{Change, EventBus, EventKind, Subscription, SubscriptionId},
+    events::{self, Change, EventBus, EventKind, Subscription, SubscriptionId},
     fault,
-    generation::Generation,
     generation::GENERATION_FILE,
+    generation::{Generation, Stamp},
     graph::{
         now_secs, BranchRecord, Graph, LayerRecord, LayerState, SnapshotRecord,
         DEFAULT_COMPACT_THRESHOLD,
@@ -40,7 +40,7 @@ use super::{
     metadata::{DirEntry, FileKind, Stat},
     open_file::{OpenOptions, OpenedFile},
     path::{validate_name, BranchPath},
-    persist::{self, LockMode, LockWait, StoreLock},
+    persist::{self, BranchLock, BranchLocks, LockMode, LockWait, StoreLock},
     read_cache::{ReadCache, Target},
     view::{LayerDir, LayerKind, View},
 };
@@ -141,6 +141,11 @@ struct State {
     graph: Graph,
     /// The graph counter when `graph` was read.
     graph_gen: u64,
+}
+
+/// Open directories of layers and bases, reused across operations.
+#[derive(Default)]
+struct Fds {
     layers: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
     bases: HashMap<PathBuf, Arc<OwnedFd>>,
 }
@@ -153,9 +158,11 @@ pub struct BranchChain {
     pub layers: Vec<(PathBuf, bool)>,
     /// The store's graph file: its identity changes on every graph edit.
     pub graph_file: PathBuf,
-    /// The store's shared change counters (graph, namespace): 64-bit
-    /// atomics at offsets 0 and 8 of this file, mapped by every process.
+    /// The store's shared change counters: 64-bit atomics mapped by every
+    /// process, the graph counter in slot 0.
     pub generation_file: PathBuf,
+    /// The slot of the branch's namespace counter in that file.
+    pub namespace_slot: usize,
 }
 
 /// An AgentFS store over one backstore.
@@ -163,7 +170,9 @@ pub struct Store {
     backstore: Box<dyn LayerStore>,
     meta: PathBuf,
     lock: StoreLock,
-    state: Mutex<State>,
+    state: RwLock<State>,
+    fds: Mutex<Fds>,
+    branch_locks: BranchLocks,
     gen: Generation,
     cache: ReadCache,
     events: EventBus,
@@ -261,26 +270,34 @@ impl Store {
         let gen = Generation::open(&meta).map_err(|e| {
             CoreError::io(format!("map {}", meta.join(GENERATION_FILE).display()), e)
         })?;
+        // Finishing what a crashed process left needs the store to itself:
+        // when other processes are at work, the graph is read under the
+        // shared lock and recovery is left to a later, quieter open (their
+        // half-done work is not debris).
         let state = {
-            let _g = lock.lock(LockMode::Exclusive)?;
-            let graph_gen = gen.stamp().graph;
+            let exclusive = lock.try_exclusive()?;
+            let _g = match exclusive {
+                Some(g) => g,
+                None => lock.lock(LockMode::Shared)?,
+            };
+            let alone = _g.is_exclusive();
+            let graph_gen = gen.graph();
             let (graph, _) =
                 persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: meta.clone(),
                 })?;
-            recover(&*backstore, &meta, &graph);
-            State {
-                graph,
-                graph_gen,
-                layers: HashMap::new(),
-                bases: HashMap::new(),
+            if alone {
+                recover(&*backstore, &meta, &graph);
             }
+            State { graph, graph_gen }
         };
         Ok(Self {
             backstore,
+            branch_locks: BranchLocks::new(&meta, wait),
             meta,
             lock,
-            state: Mutex::new(state),
+            state: RwLock::new(state),
+            fds: Mutex::new(Fds::default()),
             gen,
             cache: ReadCache::default(),
             events: EventBus::default(),
@@ -299,7 +316,7 @@ impl Store {
     /// Refused (`Busy`) while any branch or snapshot exists.
     pub fn destroy(self) -> CoreResult<Box<dyn LayerStore>> {
         {
-            let mut st = self.lock_state();
+            let mut st = self.write_state();
             let _g = self.lock.lock(LockMode::Exclusive)?;
             self.refresh(&mut st)?;
             if !st.graph.branches.is_empty() || !st.graph.snapshots.is_empty() {
@@ -329,7 +346,7 @@ impl Store {
 
     /// Settings and location.
     pub fn info(&self) -> CoreResult<StoreInfo> {
-        self.with(LockMode::Shared, |st| {
+        self.with_shared(|st| {
             Ok(StoreInfo {
                 meta_dir: self.meta.clone(),
                 default_base: st.graph.default_base.clone(),
@@ -359,18 +376,64 @@ impl Store {
         )
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` under the lock, on an up-to-date graph.
-    fn with<T>(
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_fds(&self) -> MutexGuard<'_, Fds> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on an up-to-date graph that nobody changes meanwhile: the
+    /// store lock shared (other processes) and the graph read-locked (this
+    /// one). Many run at once, in any branches.
+    fn with_shared<T>(&self, f: impl FnOnce(&State) -> CoreResult<T>) -> CoreResult<T> {
+        self.shared_then(None, f)
+    }
+
+    /// [`Store::with_shared`], also holding the lock of `branch` (its file
+    /// operations run one at a time, across processes).
+    fn with_branch<T>(
         &self,
-        mode: LockMode,
-        f: impl FnOnce(&mut State) -> CoreResult<T>,
+        branch: &str,
+        f: impl FnOnce(&State) -> CoreResult<T>,
     ) -> CoreResult<T> {
-        let mut st = self.lock_state();
-        let _g = self.lock.lock(mode)?;
+        let lock = self.branch_locks.get(branch)?;
+        self.shared_then(Some(&lock), f)
+    }
+
+    fn shared_then<T>(
+        &self,
+        branch: Option<&BranchLock>,
+        f: impl FnOnce(&State) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        loop {
+            {
+                let st = self.read_state();
+                let _g = self.lock.lock(LockMode::Shared)?;
+                if st.graph_gen == self.gen.graph() {
+                    let _b = branch.map(BranchLock::lock).transpose()?;
+                    return f(&st);
+                }
+            }
+            // Stale: reload under the write lock, then start over (the
+            // store lock is released first: a graph change in this process
+            // holds the write lock while it waits for the store lock).
+            let mut st = self.write_state();
+            let _g = self.lock.lock(LockMode::Shared)?;
+            self.refresh(&mut st)?;
+        }
+    }
+
+    /// Runs graph change `f` alone: the graph write-locked in this process
+    /// and the store lock exclusive across processes.
+    fn with_exclusive<T>(&self, f: impl FnOnce(&mut State) -> CoreResult<T>) -> CoreResult<T> {
+        let mut st = self.write_state();
+        let _g = self.lock.lock(LockMode::Exclusive)?;
         self.refresh(&mut st)?;
         f(&mut st)
     }
@@ -378,13 +441,15 @@ impl Store {
     /// Reloads the graph if another process changed it (the shared graph
     /// counter moved since it was read). Called under the store lock.
     fn refresh(&self, st: &mut State) -> CoreResult<()> {
-        let now = self.gen.stamp().graph;
+        let now = self.gen.graph();
         if now != st.graph_gen {
             let (graph, _) =
                 persist::load_graph(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
                     meta_dir: self.meta.clone(),
                 })?;
-            st.layers.retain(|id, _| graph.layers.contains_key(id));
+            self.lock_fds()
+                .layers
+                .retain(|id, _| graph.layers.contains_key(id));
             st.graph = graph;
             st.graph_gen = now;
         }
@@ -399,14 +464,16 @@ impl Store {
         self.gen.bump_graph();
         persist::save_graph(&self.meta, &graph)?;
         self.gen.bump_graph();
-        st.graph_gen = self.gen.stamp().graph;
-        st.layers.retain(|id, _| graph.layers.contains_key(id));
+        st.graph_gen = self.gen.graph();
+        self.lock_fds()
+            .layers
+            .retain(|id, _| graph.layers.contains_key(id));
         st.graph = graph;
         Ok(())
     }
 
-    fn layer_dir(&self, st: &mut State, id: &str, kind: LayerKind) -> CoreResult<LayerDir> {
-        if let Some((path, fd)) = st.layers.get(id) {
+    fn layer_dir(&self, id: &str, kind: LayerKind) -> CoreResult<LayerDir> {
+        if let Some((path, fd)) = self.lock_fds().layers.get(id) {
             return Ok(LayerDir {
                 kind,
                 id: id.to_string(),
@@ -422,7 +489,9 @@ impl Store {
             beneath::open_root(&path)
                 .map_err(|e| CoreError::io(format!("open layer {}", path.display()), e))?,
         );
-        st.layers.insert(id.to_string(), (path.clone(), fd.clone()));
+        self.lock_fds()
+            .layers
+            .insert(id.to_string(), (path.clone(), fd.clone()));
         Ok(LayerDir {
             kind,
             id: id.to_string(),
@@ -431,15 +500,16 @@ impl Store {
         })
     }
 
-    fn base_dir(&self, st: &mut State, base: &Path) -> CoreResult<LayerDir> {
-        let fd = match st.bases.get(base) {
-            Some(fd) => fd.clone(),
+    fn base_dir(&self, base: &Path) -> CoreResult<LayerDir> {
+        let cached = self.lock_fds().bases.get(base).cloned();
+        let fd = match cached {
+            Some(fd) => fd,
             None => {
                 let fd = Arc::new(
                     beneath::open_root(base)
                         .map_err(|e| CoreError::io(format!("open base {}", base.display()), e))?,
                 );
-                st.bases.insert(base.to_path_buf(), fd.clone());
+                self.lock_fds().bases.insert(base.to_path_buf(), fd.clone());
                 fd
             }
         };
@@ -452,7 +522,7 @@ impl Store {
     }
 
     /// The view of the chain from `top` down, the top layer as `top_kind`.
-    fn chain_view(&self, st: &mut State, top: &str, top_kind: LayerKind) -> CoreResult<View> {
+    fn chain_view(&self, st: &State, top: &str, top_kind: LayerKind) -> CoreResult<View> {
         let chain = st.graph.chain(top);
         let base = st.graph.layers.get(top).and_then(|l| l.base.clone());
         let mut layers = Vec::with_capacity(chain.len() + 1);
@@ -462,15 +532,15 @@ impl Store {
             } else {
                 LayerKind::Committed
             };
-            layers.push(self.layer_dir(st, id, kind)?);
+            layers.push(self.layer_dir(id, kind)?);
         }
         if let Some(b) = base {
-            layers.push(self.base_dir(st, &b)?);
+            layers.push(self.base_dir(&b)?);
         }
         Ok(View { layers })
     }
 
-    fn target_view(&self, st: &mut State, target: &Target) -> CoreResult<View> {
+    fn target_view(&self, st: &State, target: &Target) -> CoreResult<View> {
         match target {
             Target::Branch(name) => {
                 let layer = st
@@ -534,7 +604,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut State, &mut Graph, &mut Vec<String>) -> CoreResult<T>,
     ) -> CoreResult<T> {
-        let (v, dead) = self.with(LockMode::Exclusive, |st| {
+        let (v, dead) = self.with_exclusive(|st| {
             let mut g = st.graph.clone();
             let mut created = Vec::new();
             let r = f(st, &mut g, &mut created).and_then(|v| {
@@ -555,6 +625,7 @@ impl Store {
     }
 
     fn publish(&self, branch: &str, pid: u32, change: Change) {
+        let pid = if pid == 0 { events::acting_pid() } else { pid };
         self.events.publish(change.into_event(branch, pid));
     }
 
@@ -622,19 +693,18 @@ impl Store {
     /// Every layer the graph names (all others in the backstore are
     /// orphans, deleted at the next open).
     pub fn layers_in_use(&self) -> CoreResult<Vec<String>> {
-        self.with(LockMode::Shared, |st| {
-            Ok(st.graph.layers.keys().cloned().collect())
-        })
+        self.with_shared(|st| Ok(st.graph.layers.keys().cloned().collect()))
     }
 
     /// The directories branch `name` reads through, top first: its active
-    /// layer, its committed layers, then its base (if any). With them comes
-    /// the graph file, whose identity (`st_dev`, `st_ino`) changes whenever
-    /// any chain may have: an in-process reader (the shim) keeps the chain
-    /// until that file's identity changes. Names in layers are stored as
-    /// [`crate::encode_name`] says; the base's are literal.
+    /// layer, its committed layers, then its base (if any). With them come
+    /// the store's shared change counters and the branch's slot there: an
+    /// in-process reader (the shim) keeps the chain while the graph counter
+    /// stays, and its cached lookups while the branch's namespace counter
+    /// does. Names in layers are stored as [`crate::encode_name`] says; the
+    /// base's are literal.
     pub fn branch_chain(&self, name: &str) -> CoreResult<BranchChain> {
-        self.with(LockMode::Shared, |st| {
+        self.with_shared(|st| {
             let view = self.target_view(st, &Target::Branch(name.to_string()))?;
             Ok(BranchChain {
                 layers: view
@@ -644,13 +714,14 @@ impl Store {
                     .collect(),
                 graph_file: self.meta.join(persist::GRAPH_FILE),
                 generation_file: self.meta.join(GENERATION_FILE),
+                namespace_slot: crate::generation::namespace_slot(name),
             })
         })
     }
 
     /// Every branch, by name.
     pub fn list_branches(&self) -> CoreResult<Vec<BranchInfo>> {
-        self.with(LockMode::Shared, |st| {
+        self.with_shared(|st| {
             let g = &st.graph;
             Ok(g.branches.keys().map(|n| branch_info(g, n)).collect())
         })
@@ -674,7 +745,7 @@ impl Store {
     /// and the branch gets a fresh active layer on top. When the branch's
     /// chain then exceeds the compaction threshold, it is compacted.
     pub fn create_snapshot(&self, branch: &str, name: Option<&str>) -> CoreResult<SnapshotInfo> {
-        let info = self.edit_graph(|st, g, created| {
+        let info = self.edit_graph(|_, g, created| {
             let b = g
                 .branches
                 .get(branch)
@@ -696,7 +767,7 @@ impl Store {
             let active = g.layers[&b.layer].clone();
             // The layer is about to be frozen: no temporaries go with it.
             let work = self
-                .layer_dir(st, &b.layer, LayerKind::Active)?
+                .layer_dir(&b.layer, LayerKind::Active)?
                 .root_path
                 .join(WORK_DIR);
             match std::fs::remove_dir_all(&work) {
@@ -770,7 +841,7 @@ impl Store {
             }
             let active_now = g.branches[branch].layer.clone();
             if g.committed_depth(&active_now) > g.compact_threshold as usize {
-                if let Some(id) = self.compact_in(st, g, branch)? {
+                if let Some(id) = self.compact_in(g, branch)? {
                     created.push(id);
                 }
             }
@@ -792,7 +863,7 @@ impl Store {
 
     /// Every snapshot, by name.
     pub fn list_snapshots(&self) -> CoreResult<Vec<SnapshotInfo>> {
-        self.with(LockMode::Shared, |st| {
+        self.with_shared(|st| {
             let g = &st.graph;
             Ok(g.snapshots.keys().map(|n| snapshot_info(g, n)).collect())
         })
@@ -821,11 +892,11 @@ impl Store {
     /// Compacts the committed layers under branch `name` into one; returns
     /// false when there was nothing to compact (at most one layer).
     pub fn compact_branch(&self, name: &str) -> CoreResult<bool> {
-        self.edit_graph(|st, g, created| {
+        self.edit_graph(|_, g, created| {
             if !g.branches.contains_key(name) {
                 return Err(CoreError::NotFound(format!("branch {name}")));
             }
-            let id = self.compact_in(st, g, name)?;
+            let id = self.compact_in(g, name)?;
             let done = id.is_some();
             created.extend(id);
             Ok(done)
@@ -834,12 +905,7 @@ impl Store {
 
     /// Builds the compacted layer for `branch` and re-parents its active
     /// layer on it, in `g` (not saved). Returns the new layer's id.
-    fn compact_in(
-        &self,
-        st: &mut State,
-        g: &mut Graph,
-        branch: &str,
-    ) -> CoreResult<Option<String>> {
+    fn compact_in(&self, g: &mut Graph, branch: &str) -> CoreResult<Option<String>> {
         let active = g.branches[branch].layer.clone();
         let chain = g.chain(&active);
         if chain.len() <= 2 {
@@ -858,10 +924,10 @@ impl Store {
                 ),
             }];
             for l in &chain[1..] {
-                layers.push(self.layer_dir(st, l, LayerKind::Committed)?);
+                layers.push(self.layer_dir(l, LayerKind::Committed)?);
             }
             if let Some(b) = &base {
-                layers.push(self.base_dir(st, b)?);
+                layers.push(self.base_dir(b)?);
             }
             let view = View { layers };
             let w = Writer::new(&view, &*self.backstore, self.reflink(), &self.stats)?;
@@ -910,7 +976,7 @@ impl Store {
 
     /// What changed in `branch` since snapshot `from` (or since its base).
     pub fn diff(&self, branch: &str, from: Option<&str>) -> CoreResult<Vec<DiffEntry>> {
-        self.with(LockMode::Shared, |st| {
+        self.with_shared(|st| {
             let new = self.target_view(st, &Target::Branch(branch.to_string()))?;
             let new_layer = st.graph.branches[branch].layer.clone();
             let new_base = st.graph.layers[&new_layer].base.clone();
@@ -927,7 +993,7 @@ impl Store {
                 }
                 None => View {
                     layers: match &new_base {
-                        Some(b) => vec![self.base_dir(st, b)?],
+                        Some(b) => vec![self.base_dir(b)?],
                         None => vec![],
                     },
                 },
@@ -1065,14 +1131,19 @@ impl Tree<'_> {
     /// when `f` is done (else `f`'s answer may mix two graphs: it runs
     /// again under the lock).
     fn with_view<T>(&self, f: impl Fn(&Arc<View>) -> CoreResult<T>) -> CoreResult<T> {
-        let graph = self.store.gen.stamp().graph;
-        if let Some(view) = self.store.cache.view(&self.target, graph) {
+        let stamp = self.stamp();
+        if let Some(view) = self.store.cache.view(&self.target, stamp.graph) {
             let r = f(&view);
-            if self.store.gen.stamp().graph == graph {
+            if self.stamp() == stamp {
                 return r;
             }
         }
-        self.store.with(LockMode::Shared, |st| {
+        // Under the branch's lock the names do not change meanwhile.
+        let locked = |g: &dyn Fn(&State) -> CoreResult<T>| match self.target.branch() {
+            Some(b) => self.store.with_branch(b, g),
+            None => self.store.with_shared(g),
+        };
+        locked(&|st: &State| {
             let view = Arc::new(self.store.target_view(st, &self.target)?);
             self.store
                 .cache
@@ -1081,15 +1152,19 @@ impl Tree<'_> {
         })
     }
 
+    fn stamp(&self) -> Stamp {
+        self.store.gen.stamp(self.target.branch())
+    }
+
     /// Metadata through the resolution cache: one `fstatat` when `path`
     /// was resolved since the last namespace change, else a full
     /// resolution that is then remembered.
     fn cached_stat(&self, path: &(impl AsBranchPath + ?Sized), follow: bool) -> CoreResult<Stat> {
         let p = path.to_branch_path()?;
-        let stamp = self.store.gen.stamp();
+        let stamp = self.stamp();
         if let Some(h) = self.store.cache.hit(&self.target, &p, follow, stamp) {
             if let Ok(Some(raw)) = beneath::lstat_at(h.dir.as_fd(), &h.stored) {
-                if raw.kind == h.kind && self.store.gen.stamp() == stamp {
+                if raw.kind == h.kind && self.stamp() == stamp {
                     return Ok(h.view.stat_of(h.layer, &raw));
                 }
             }
@@ -1107,13 +1182,13 @@ impl Tree<'_> {
     /// [`Tree::cached_stat`]).
     fn cached_open(&self, p: &BranchPath, nofollow: bool) -> CoreResult<(File, BranchPath)> {
         let follow = !nofollow;
-        let stamp = self.store.gen.stamp();
+        let stamp = self.stamp();
         if let Some(h) = self.store.cache.hit(&self.target, p, follow, stamp) {
             if h.kind == FileKind::File {
                 if let Ok(f) =
                     beneath::open_file_at(h.dir.as_fd(), &h.stored, rustix::fs::OFlags::RDONLY, 0)
                 {
-                    if self.store.gen.stamp() == stamp {
+                    if self.stamp() == stamp {
                         return Ok((f, h.path));
                     }
                 }
@@ -1135,13 +1210,13 @@ impl Tree<'_> {
         let Target::Branch(branch) = &self.target else {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
-        self.store.with(LockMode::Exclusive, |st| {
+        self.store.with_branch(branch, |st| {
             let view = self.store.target_view(st, &self.target)?;
             // Lock-free readers stop trusting cached resolutions before the
             // first name changes (even if this process dies half way) and
             // again once all have.
-            self.store.gen.bump_namespace();
-            let _after = BumpOnDrop(&self.store.gen);
+            self.store.gen.bump_namespace(branch);
+            let _after = BumpOnDrop(&self.store.gen, branch);
             let w = Writer::new(
                 &view,
                 &*self.store.backstore,
@@ -1430,10 +1505,10 @@ impl Tree<'_> {
 
 /// Bumps the namespace counter when dropped (after a change, whether it
 /// succeeded or not).
-struct BumpOnDrop<'a>(&'a Generation);
+struct BumpOnDrop<'a>(&'a Generation, &'a str);
 
 impl Drop for BumpOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.bump_namespace();
+        self.0.bump_namespace(self.1);
     }
 }

@@ -31,7 +31,7 @@ use agentfs_proto::{
     Client, DaemonFrame, FdOpen, FsOp, Hello, OpenFlags, Request, Response, WatchRegistration,
 };
 use agentfs_vocab::native::{fsevents as fse, inotify as ino, kqueue as kq};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use daemon_proc::{status, write_config, DaemonProc};
 
 struct Setup {
@@ -432,5 +432,61 @@ fn wakeup(c: &mut Criterion) {
     let _ = watcher.join();
 }
 
-criterion_group!(benches, latency, wakeup, burst);
+/// Aggregate throughput of file creation through the daemon with 1, 2 and
+/// 8 clients, each in its own branch, all at once: `WriteFile` of a new
+/// file (create, write, close in the daemon). Criterion reports elements
+/// per second, an element being one file written by one client.
+fn throughput(c: &mut Criterion) {
+    let s = setup();
+    let mut g = c.benchmark_group("daemon_throughput");
+    g.sample_size(10);
+    for n in [1usize, 2, 8] {
+        let mut clients: Vec<(Client, String)> = (0..n)
+            .map(|i| {
+                let name = format!("t{n}_{i}");
+                let mut c = client(&s.daemon.socket, None);
+                c.request(Request::BranchCreate {
+                    name: name.clone(),
+                    base: None,
+                })
+                .unwrap();
+                (c, name)
+            })
+            .collect();
+        let mut next = 0u64;
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(
+            format!("create_write_close_{n}_clients_{n}_branches"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let first = next;
+                    next += iters;
+                    let start = Instant::now();
+                    std::thread::scope(|sc| {
+                        for (c, branch) in clients.iter_mut() {
+                            let branch = branch.clone();
+                            sc.spawn(move || {
+                                for k in first..first + iters {
+                                    c.request(Request::Fs {
+                                        branch: Some(branch.clone()),
+                                        snapshot: None,
+                                        op: FsOp::WriteFile {
+                                            path: format!("f{k}"),
+                                            data: b"some bytes of a small file".to_vec(),
+                                        },
+                                    })
+                                    .unwrap();
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, latency, wakeup, burst, throughput);
 criterion_main!(benches);

@@ -435,12 +435,16 @@ pub struct BranchChain {
     #[serde(default)]
     pub graph_file: String,
     /// The store's shared change counters: native-endian 64-bit atomics,
-    /// graph changes at offset 0 and namespace changes (any branch) at
-    /// offset 8, bumped before and after every change. A reader maps the
-    /// file read-only: while the graph counter stays, the chain is
-    /// current; while the namespace counter stays, cached lookups are.
+    /// graph changes in slot 0 and this branch's namespace changes in slot
+    /// `namespace_slot`. A reader maps the file read-only: while the graph
+    /// counter stays, the chain is current; while the namespace counter
+    /// stays, cached lookups are.
     #[serde(default)]
     pub generation_file: String,
+    /// The slot (index of 64-bit words) of the branch's namespace counter
+    /// in `generation_file`; `None` from a daemon without one.
+    #[serde(default)]
+    pub namespace_slot: Option<u32>,
 }
 
 /// The result of an [`FsOp`].

@@ -23,6 +23,7 @@ impl Daemon {
         let mut out = BranchChain {
             graph_file: text(&chain.graph_file),
             generation_file: text(&chain.generation_file),
+            namespace_slot: u32::try_from(chain.namespace_slot).ok(),
             ..BranchChain::default()
         };
         for (path, is_base) in &chain.layers {

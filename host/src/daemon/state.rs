@@ -2,12 +2,13 @@
 //! sessions and the records of files opened for writing through `fd_open`.
 //!
 //! Every mutation goes through [`Daemon::mutate`], which runs the store
-//! operation and then drains the core's event subscription while still
-//! holding the mutation lock: the events drained are exactly the ones that
-//! operation published, so each gets the pid of the client that asked
-//! (`CoreEvent.pid`) before the watch service fans it out. This covers
-//! every event a request causes, branch and snapshot events included (the
-//! core's `Tree::on_behalf_of` covers file operations only).
+//! operation acting for the client (`agentfs_core::acting_for`: every event
+//! it publishes, branch and snapshot events included, carries the client's
+//! pid) and then drains the core's event subscription and fans the events
+//! out in publication order. Mutations of different clients run at once
+//! (the core serialises only what must be: one branch's file operations,
+//! and graph changes); draining happens under a short lock so that no
+//! event overtakes an earlier one.
 
 use std::{
     collections::HashMap,
@@ -130,12 +131,10 @@ impl Daemon {
         f: impl FnOnce(&Store) -> Result<T, WireError>,
     ) -> Result<T, WireError> {
         self.with_store(|store| {
+            let r = agentfs_core::acting_for(pid, || f(store));
             let sub = lock(&self.events);
-            let r = f(store);
             for e in sub.events.try_iter() {
-                let mut ev = crate::loader::abi_event(&e);
-                ev.pid = pid;
-                self.watch.dispatch(&ev);
+                self.watch.dispatch(&crate::loader::abi_event(&e));
             }
             r
         })

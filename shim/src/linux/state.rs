@@ -255,16 +255,21 @@ struct ChainState {
     graph: u64,
 }
 
-/// The store's change counters (graph at offset 0, namespace at 8), a
-/// read-only shared mapping that lives as long as the process.
+/// The store's change counters (graph in slot 0, the branch's namespace in
+/// its own slot), a read-only shared mapping that lives as long as the
+/// process.
 #[derive(Clone, Copy)]
-pub(crate) struct Counters(*const std::sync::atomic::AtomicU64);
+pub(crate) struct Counters(*const std::sync::atomic::AtomicU64, usize);
 
 // SAFETY: the mapping is never unmapped and only read with atomic loads.
 unsafe impl Send for Counters {}
 
 impl Counters {
-    fn map(path: &str) -> Option<Self> {
+    fn map(path: &str, slot: u32) -> Option<Self> {
+        let slot = slot as usize;
+        if slot == 0 || slot >= 512 {
+            return None;
+        }
         let c = CString::new(path).ok()?;
         let fd = rustix::fs::open(
             c.as_c_str(),
@@ -285,11 +290,11 @@ impl Counters {
                 0,
             )
         };
-        (p != libc::MAP_FAILED).then_some(Self(p.cast()))
+        (p != libc::MAP_FAILED).then_some(Self(p.cast(), slot))
     }
 
     fn load(self, i: usize) -> u64 {
-        // SAFETY: two aligned u64 slots of a live page-sized mapping.
+        // SAFETY: an aligned u64 slot (< 512) of a live 4096-byte mapping.
         unsafe { (*self.0.add(i)).load(Ordering::Acquire) }
     }
 
@@ -300,7 +305,7 @@ impl Counters {
 
     /// Namespace changes so far.
     pub(crate) fn namespace(self) -> u64 {
-        self.load(1)
+        self.load(self.1)
     }
 }
 
@@ -353,10 +358,9 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
     let Response::Chain(bc) = r else {
         return Err(libc::EIO);
     };
-    let counters = counters.or_else(|| {
-        (!bc.generation_file.is_empty())
-            .then(|| Counters::map(&bc.generation_file))
-            .flatten()
+    let counters = counters.or_else(|| match (bc.generation_file.as_str(), bc.namespace_slot) {
+        ("", _) | (_, None) => None,
+        (f, Some(slot)) => Counters::map(f, slot),
     });
     // Read before the chain was made: a change after it moves the counter.
     let graph = counters.map_or(0, Counters::graph);
