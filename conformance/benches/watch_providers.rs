@@ -1,4 +1,4 @@
-//! Watch-provider benchmarks (DESIGN §10): synthesis throughput per provider
+//! Watch-provider benchmarks: synthesis throughput per provider
 //! through the plugin ABI (target >= 1M events/s), and a burst of 100,000
 //! `Modified` on one file under one watcher, counting deliveries after
 //! coalescing (target <= 2). `AGENTFS_BENCH_BURST` changes the burst size.

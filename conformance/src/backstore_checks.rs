@@ -1,4 +1,4 @@
-//! Checks for backstore plugins (DESIGN §5).
+//! Checks for backstore plugins.
 
 use std::{
     fs,
@@ -14,7 +14,7 @@ use agentfs_plugin_api::{backstore::Capabilities, ErrorCode, PluginError, Plugin
 use proptest::{
     collection::vec,
     prelude::any,
-    test_runner::{Config as PtConfig, TestCaseError, TestRunner},
+    test_runner::{Config as PtConfig, TestCaseError, TestError, TestRunner},
 };
 
 use crate::{run_checks, skip_checks, timed, Check, Outcome, Report};
@@ -437,8 +437,13 @@ fn reflink_independence(c: &Ctx) -> Result<(), String> {
                 }
                 let seen = fs::read(other).map_err(|e| fail(e.to_string()))?;
                 if seen != data {
+                    let first = seen
+                        .iter()
+                        .zip(&data)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(seen.len().min(data.len()));
                     return Err(fail(format!(
-                        "writing {} bytes at {at} into the {} changed the {}",
+                        "writing {} bytes at {at} into the {} changed the {} (first differing byte at offset {first})",
                         patch.len(),
                         if write_clone { "clone" } else { "source" },
                         if write_clone { "source" } else { "clone" }
@@ -448,8 +453,28 @@ fn reflink_independence(c: &Ctx) -> Result<(), String> {
                 let _ = fs::remove_file(&b);
                 Ok(())
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| summarise_failure(&e))
     })
+}
+
+/// One line for a failed property run: the reason and the sizes of the
+/// minimal failing case, never the shrunk byte arrays themselves (which
+/// proptest's own message prints in full, thousands of lines).
+fn summarise_failure(e: &TestError<(Vec<u8>, Vec<u8>, u16, bool)>) -> String {
+    match e {
+        TestError::Abort(why) => format!("property run aborted: {why}"),
+        TestError::Fail(why, (data, patch, at, write_clone)) => format!(
+            "{why} [minimal failing case: a {}-byte file, {} bytes written at {} into the {}]",
+            data.len(),
+            patch.len(),
+            if data.is_empty() {
+                0
+            } else {
+                *at as usize % data.len()
+            },
+            if *write_clone { "clone" } else { "source" }
+        ),
+    }
 }
 
 fn reflink_across_layers(c: &Ctx) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! Checks for watch-provider plugins (DESIGN §6): loading, the API, the
+//! Checks for watch-provider plugins: loading, the API, the
 //! table of exact native records per core event and kind of watch
 //! ([`crate::watch_tables`]), registration rules, branch isolation,
 //! coalescing of bursts, the native byte layouts, and robustness against
@@ -26,7 +26,7 @@ use crate::{
     Outcome, Report,
 };
 
-/// Number of `Modified` events in the burst check (DESIGN §10).
+/// Number of `Modified` events in the burst check.
 pub const BURST: u64 = 100_000;
 
 struct Ctx {

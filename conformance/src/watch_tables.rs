@@ -1,5 +1,5 @@
 //! The expected native records for every core event kind and kind of watch,
-//! per watch API (DESIGN §6; event-pipeline M5). One scenario is one watch
+//! per watch API. One scenario is one watch
 //! and one event; each API's column lists the exact records, in order.
 
 use agentfs_plugin_api::watch::{CoreEvent, EventKind, WatchApi, WatchSpec};

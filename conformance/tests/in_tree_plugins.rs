@@ -3,28 +3,30 @@
 
 use std::{path::PathBuf, process::Command};
 
-use agentfs_conformance::{run, target_dir, Outcome, Target};
+use agentfs_conformance::{Outcome, Report, Target};
 use agentfs_testfs::{mount_or_skip, FsKind};
 
 fn lib(name: &str) -> PathBuf {
-    let p = target_dir().join(format!(
+    let p = agentfs_testfs::built(&format!(
         "{}{name}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ));
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build --workspace` first",
-        p.display()
-    );
+    assert!(p.is_file(), "{} is missing after building", p.display());
     p
+}
+
+/// Certifies `t`, the workspace's plugins built first if need be.
+fn run(t: &Target) -> Report {
+    lib("agentfs_backstore_mock");
+    agentfs_conformance::run(t)
 }
 
 fn hostfs_on(root: &std::path::Path) -> Target {
     Target::name("hostfs").with_options(&format!("root = {:?}", root.display().to_string()))
 }
 
-fn assert_ran(report: &agentfs_conformance::Report, name: &str) {
+fn assert_ran(report: &Report, name: &str) {
     match &report
         .get(name)
         .unwrap_or_else(|| panic!("{name} did not run"))
@@ -48,6 +50,8 @@ fn mock_passes_every_check() {
         "overlay.branch_from_snapshot_isolation",
         "overlay.events.create_write_rename_unlink",
         "overlay.ram_backed.nothing_outside_root",
+        // Reported whether or not it fails, so every report names it.
+        "overlay.store.cleanup",
     ] {
         assert_ran(&r, c);
     }
@@ -163,7 +167,7 @@ fn the_documented_example_plugin_is_certified() {
         .with_options(&format!("root = {:?}", t.path().display().to_string())));
     eprint!("{}", r.to_text());
     r.assert_all_passed();
-    assert_eq!(r.plugin.as_ref().unwrap().name, "example");
+    assert_eq!(r.plugin.as_ref().unwrap().name, "mystore");
 }
 
 #[test]
@@ -220,6 +224,7 @@ fn non_plugins_fail_to_load_with_one_reason() {
 }
 
 fn conformance_bin() -> Command {
+    lib("agentfs_backstore_mock");
     Command::new(env!("CARGO_BIN_EXE_agentfs-conformance"))
 }
 
@@ -330,4 +335,22 @@ fn watch_provider_options_are_checked() {
         Outcome::Failed(why) => assert!(why.contains("queue"), "{why}"),
         o => panic!("{o:?}"),
     }
+}
+
+#[test]
+fn a_declared_but_missing_reflink_fails_in_a_readable_summary() {
+    let r =
+        run(&Target::path(lib("fixture_faulty")).with_options("fail = \"reflink-unimplemented\""));
+    let c = r
+        .get("backstore.reflink.independence")
+        .expect("the property check ran");
+    let Outcome::Failed(why) = &c.outcome else {
+        panic!("expected a failure: {:?}", c.outcome);
+    };
+    // The reason and the failing case's sizes, not proptest's dump of the
+    // shrunk byte arrays.
+    assert!(!why.contains("minimal failing input"), "{why}");
+    assert!(why.contains("minimal failing case"), "{why}");
+    assert_eq!(why.lines().count(), 1, "{why}");
+    assert!(why.len() < 300, "{} bytes: {why}", why.len());
 }

@@ -1,4 +1,4 @@
-//! The core overlay (DESIGN §3): a base directory plus layers from the
+//! The core overlay: a base directory plus layers from the
 //! configured backstore plugin, turned into branches and snapshots. The
 //! host owns the semantics; the plugin only stores layer directories.
 //!

@@ -1,5 +1,5 @@
 //! Opening a branch file for a real file descriptor (the daemon's
-//! `fd_open`, DESIGN §7): data I/O then goes straight to the kernel.
+//! `fd_open`): data I/O then goes straight to the kernel.
 //!
 //! A read-only open of a file the branch has not changed gets the file in
 //! the layer (or base) that holds it. Any open that may change the file

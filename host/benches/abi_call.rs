@@ -1,5 +1,5 @@
 //! Cost of a plugin call across the ABI versus a direct call into the same
-//! code linked statically (DESIGN §10: within 2x of a direct call).
+//! code linked statically (within 2x of a direct call).
 //! Needs `cargo build --workspace` first (loads the built mock plugin).
 
 use std::{hint::black_box, path::PathBuf};

@@ -1,4 +1,4 @@
-//! Core overlay benchmarks (DESIGN §10):
+//! Core overlay benchmarks:
 //! - branch creation over a base of 10 vs 100,000 files (independent of
 //!   the base: <= 1.5x), on hostfs (disk, fsync'd graph) and mock (RAM);
 //! - a snapshot of a branch with 10,000 changed files (fallback commit on

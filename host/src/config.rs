@@ -71,7 +71,7 @@ pub enum ConfigError {
 }
 
 /// Backstore settings from the command line or the environment, which win
-/// over the configuration file (macOS backstore plan, M10): a plugin name
+/// over the configuration file: a plugin name
 /// or library path, a TOML table of options, and `KEY=VALUE` options.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackstoreOverride {
@@ -186,6 +186,74 @@ pub struct Config {
     /// Where the configuration came from.
     #[serde(skip, default = "embedded")]
     pub source: ConfigSource,
+    /// Where each entry's options were written, for messages about them.
+    #[serde(skip)]
+    pub options_lines: OptionsLines,
+}
+
+/// The 1-based lines of the config text where the backstore's and each
+/// watch provider's `options` are written (the `options =` key or the
+/// `[backstore.options]` / `[watch.options]` header), `None` when absent
+/// or, for the backstore, when the command line or environment set them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptionsLines {
+    /// The backstore's options.
+    pub backstore: Option<usize>,
+    /// Each `[[watch]]` entry's options, in order.
+    pub watch: Vec<Option<usize>>,
+}
+
+impl OptionsLines {
+    /// Finds the lines by scanning the text section by section.
+    fn scan(text: &str) -> Self {
+        #[derive(PartialEq)]
+        enum Section {
+            Backstore,
+            Watch,
+            Other,
+        }
+        let mut out = Self::default();
+        let mut section = Section::Other;
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim_start();
+            let n = i + 1;
+            if l.starts_with('[') {
+                let header: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+                section = Section::Other;
+                if header.starts_with("[[watch]]") {
+                    out.watch.push(None);
+                    section = Section::Watch;
+                } else if header.starts_with("[backstore.options]") {
+                    out.backstore.get_or_insert(n);
+                } else if header.starts_with("[watch.options]") {
+                    if let Some(w) = out.watch.last_mut() {
+                        w.get_or_insert(n);
+                    }
+                } else if header.starts_with("[backstore]") {
+                    section = Section::Backstore;
+                }
+                continue;
+            }
+            let is_options = l
+                .strip_prefix("options")
+                .is_some_and(|r| r.trim_start().starts_with('='));
+            if !is_options {
+                continue;
+            }
+            match section {
+                Section::Backstore => {
+                    out.backstore.get_or_insert(n);
+                }
+                Section::Watch => {
+                    if let Some(w) = out.watch.last_mut() {
+                        w.get_or_insert(n);
+                    }
+                }
+                Section::Other => {}
+            }
+        }
+        out
+    }
 }
 
 fn embedded() -> ConfigSource {
@@ -208,6 +276,7 @@ impl Config {
             }
         })?;
         cfg.source = source;
+        cfg.options_lines = OptionsLines::scan(text);
         cfg.validate(text)?;
         cfg.resolve_relative_paths();
         Ok(cfg)
@@ -250,6 +319,10 @@ impl Config {
                 self.backstore = entry;
             }
         }
+        if o.plugin.is_some() || o.options_toml.is_some() || !o.options.is_empty() {
+            // Options from the command line or the environment: no line.
+            self.options_lines.backstore = None;
+        }
         if let Some(text) = &o.options_toml {
             let t: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Override {
                 what: "AGENTFS_BACKSTORE_OPTIONS".into(),
@@ -271,6 +344,16 @@ impl Config {
             set_path(&mut self.backstore.options, &path, value).map_err(bad)?;
         }
         Ok(())
+    }
+
+    /// Where the options of the backstore (`None`) or of watch entry
+    /// `Some(i)` were written: `FILE:LINE`, for messages.
+    pub fn options_location(&self, watch: Option<usize>) -> Option<String> {
+        let line = match watch {
+            None => self.options_lines.backstore,
+            Some(i) => self.options_lines.watch.get(i).copied().flatten(),
+        }?;
+        Some(format!("{}:{line}", self.source))
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {

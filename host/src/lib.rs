@@ -38,6 +38,27 @@ impl Host {
     /// Loads and constructs the configured backstore.
     pub fn backstore(&self) -> Result<LoadedBackstore, LoadError> {
         loader::load_backstore(&self.config.backstore, &self.search)
+            .map_err(|e| self.locate_options_error(e, None))
+    }
+
+    /// Points an options error of a plugin's constructor at the config
+    /// file's own line (the plugin only saw the options as TOML text).
+    fn locate_options_error(&self, e: LoadError, watch: Option<usize>) -> LoadError {
+        match e {
+            LoadError::Constructor { name, error }
+                if error.code == agentfs_plugin_api::ErrorCode::INVALID_ARGUMENT =>
+            {
+                let Some(at) = self.config.options_location(watch) else {
+                    return LoadError::Constructor { name, error };
+                };
+                let error = agentfs_plugin_api::PluginError {
+                    message: format!("{} (options at {at})", error.message()).into(),
+                    ..error
+                };
+                LoadError::Constructor { name, error }
+            }
+            other => other,
+        }
     }
 
     /// Loads and constructs every configured watch provider, in order.
@@ -46,8 +67,10 @@ impl Host {
     /// one that cannot be found is an error.
     pub fn watch_providers(&self) -> Result<Vec<LoadedWatchProvider>, LoadError> {
         let mut out = Vec::new();
-        for w in &self.config.watch {
-            match loader::load_watch_provider(w, &self.search) {
+        for (i, w) in self.config.watch.iter().enumerate() {
+            match loader::load_watch_provider(w, &self.search)
+                .map_err(|e| self.locate_options_error(e, Some(i)))
+            {
                 Ok(p) => out.push(p),
                 Err(LoadError::NotFound { name, .. })
                     if self.config.source == config::ConfigSource::Embedded =>

@@ -3,6 +3,7 @@
 mod cli_backend;
 mod core_cmds;
 mod demo;
+mod plugin_cmds;
 mod run_cmd;
 mod watch_cmd;
 
@@ -23,7 +24,7 @@ use cli_backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
 #[derive(Parser, Debug)]
-#[command(name = "agentfs", version, about, long_about = None)]
+#[command(name = "agentfs", version = loader::version_line(), about, long_about = None)]
 struct Cli {
     /// Configuration file (default: $AGENTFS_CONFIG, else the embedded default).
     #[arg(long, global = true, env = "AGENTFS_CONFIG", value_name = "FILE")]
@@ -64,8 +65,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Inspect the plugins in the search path.
-    #[command(subcommand)]
+    /// Inspect the plugins in the search path; write a new plugin crate.
+    #[command(subcommand, alias = "plugin")]
     Plugins(PluginsCmd),
     /// Show the configured backstore: fs type, capacity, used, capabilities.
     Status {
@@ -166,7 +167,12 @@ enum PluginsCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// When the plugin is refused, print the loader's full report.
+        #[arg(long)]
+        verbose: bool,
     },
+    /// Write a new plugin crate that builds and certifies as generated.
+    New(plugin_cmds::NewArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +193,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
+        // A plugin panic some caller could carry on from is still a failure.
+        Ok(_) if loader::first_plugin_panic().is_some() => {
+            eprintln!(
+                "agentfs: error: {}",
+                loader::first_plugin_panic().unwrap_or_default()
+            );
+            ExitCode::from(1)
+        }
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentfs: error: {e:#}");
@@ -271,7 +285,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { base } => demo::run(&h, wait, base),
         Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
-        Command::Plugins(PluginsCmd::Info { plugin, json }) => plugins_info(&h, &plugin, json),
+        Command::Plugins(PluginsCmd::Info {
+            plugin,
+            json,
+            verbose,
+        }) => plugin_cmds::with_report(plugins_info(&h, &plugin, json), verbose),
+        Command::Plugins(PluginsCmd::New(args)) => plugin_cmds::new(args),
         Command::Status { json } => status(&h, json),
         Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Show) => {
@@ -299,7 +318,12 @@ fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
         }
     }
     if json {
-        let v = serde_json::json!({ "plugins": found, "errors": broken });
+        let v = serde_json::json!({
+            "abi_version": agentfs_plugin_api::ABI_VERSION,
+            "api_version": agentfs_plugin_api::API_VERSION,
+            "plugins": found,
+            "errors": broken,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if found.is_empty() {
@@ -329,6 +353,12 @@ fn plugins_list(h: &Host, json: bool) -> Result<ExitCode> {
                 );
             }
         }
+        // Last, so the table's header stays the first line.
+        println!(
+            "host: agentfs {}, {}",
+            env!("CARGO_PKG_VERSION"),
+            loader::abi_line()
+        );
         for e in &broken {
             eprintln!("agentfs: warning: {e}");
         }
@@ -479,6 +509,9 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
         .status()
         .map_err(|e| anyhow::anyhow!("backstore '{}': status: {e}", b.details().name))?;
     let caps = b.capabilities().names();
+    let reclaimed = b
+        .reclaimed()
+        .map_err(|e| anyhow::anyhow!("backstore: {e}"))?;
     let root = path_from_bytes(&st.root).to_path_buf();
     if json {
         let v = serde_json::json!({
@@ -493,6 +526,7 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 "capacity_bytes": st.capacity_bytes,
                 "used_bytes": st.used_bytes,
                 "capabilities": caps,
+                "reclaimed": reclaimed,
             },
             "watch": watch_names,
         });
@@ -518,6 +552,9 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 caps.join(", ")
             }
         );
+        for line in &reclaimed {
+            println!("reclaimed:    {line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

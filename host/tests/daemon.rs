@@ -1325,7 +1325,7 @@ fn backstore_from_flags_and_environment() {
         .contains("--backstore-option: \"nonsense\": expected KEY=VALUE"));
 }
 
-/// Event-pipeline M3 on macOS: the daemon rings the app's own kqueue
+/// On macOS, the daemon rings the app's own kqueue
 /// (received in `SCM_RIGHTS`), waking it in `kevent()` with exactly one
 /// `EVFILT_USER` event on the reserved ident; the app's own user event
 /// (ident 123) is never fired.

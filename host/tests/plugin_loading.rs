@@ -65,6 +65,22 @@ fn broken_cases() -> Vec<(&'static str, String, &'static str)> {
             "built for plugin ABI version 2, but this host speaks ABI version 1",
         ),
         (
+            "layout mismatch",
+            format!(
+                "[backstore]\npath = {:?}\n",
+                lib("fixture_layout_mismatch").display().to_string()
+            ),
+            "has an incompatible ABI layout: mismatched package in type BackstorePlugin: expected agentfs-plugin-api, found agentfs-fixture-layout-mismatch",
+        ),
+        (
+            "descriptor without a root module",
+            format!(
+                "[backstore]\npath = {:?}\n",
+                lib("fixture_descriptor_only").display().to_string()
+            ),
+            "has the AgentFS descriptor but no abi_stable root module",
+        ),
+        (
             "wrong kind",
             "[backstore]\nplugin = \"mock\"\n[[watch]]\nplugin = \"mock\"\n".into(),
             "is a backstore plugin, but it is configured as a watch-provider",
@@ -86,7 +102,7 @@ fn broken_cases() -> Vec<(&'static str, String, &'static str)> {
         (
             "bad options",
             "[backstore]\nplugin = \"mock\"\noptions = { parnet = \"/tmp\" }\n".into(),
-            "invalid options for plugin 'mock'",
+            "invalid options for plugin 'mock': unknown field `parnet`",
         ),
         (
             "unknown name",

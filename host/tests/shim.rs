@@ -68,6 +68,9 @@ struct Env {
 impl Env {
     /// The sample project (optionally a git checkout), and a native copy.
     fn new(git: bool) -> Self {
+        // `agentfs run` finds the shim next to itself (built once if a
+        // clean checkout has not built the workspace yet).
+        agentfs_testfs::built("libagentfs_shim.so");
         let cli = CliEnv::new();
         let base = cli.base();
         if git {
@@ -397,12 +400,7 @@ print(sorted(n for n in os.listdir(".") if n.startswith("child")))
 fn without_a_daemon_branch_paths_fail_with_eio_never_the_base() {
     let e = Env::new(false);
     let before = fingerprint(&e.base);
-    let shim = common::target_dir().join("libagentfs_shim.so");
-    assert!(
-        shim.is_file(),
-        "{} missing: cargo build --workspace",
-        shim.display()
-    );
+    let shim = agentfs_testfs::built("libagentfs_shim.so");
     let o = Command::new("sh")
         .args([
             "-c",

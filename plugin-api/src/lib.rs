@@ -1,16 +1,27 @@
-//! The AgentFS plugin ABI (DESIGN §4): the stable contract between the
-//! `agentfs` host and backstore and watch-provider plugins.
+//! The AgentFS plugin ABI: the stable contract between the `agentfs` host
+//! and backstore and watch-provider plugins.
 //!
-//! Every plugin library exports two things:
+//! Every plugin library exports three things:
 //! - [`PluginDescriptor`] under the C symbol `AGENTFS_PLUGIN_DESCRIPTOR`
 //!   (magic, ABI version, kind), which the host reads before anything else so
 //!   that a non-plugin, a plugin of the wrong kind or of another ABI version is
 //!   refused with a precise message;
+//! - [`PluginBuild`] under `AGENTFS_PLUGIN_BUILD`: how the library was built
+//!   (its panic strategy), so a plugin whose panics would abort the host is
+//!   refused before any of its entry points is called;
 //! - an abi_stable root module of its kind ([`backstore::BackstorePluginRef`]
 //!   or [`watch::WatchProviderPluginRef`]), whose layout abi_stable checks.
 //!
-//! Both come from one line: [`export_backstore!`] or [`export_watch_provider!`].
+//! All come from one line: [`export_backstore!`] or [`export_watch_provider!`].
 //! Plugin libraries are never unloaded (abi_stable leaks them by design).
+//!
+//! # Versions
+//!
+//! [`ABI_VERSION`] is what the host compares exactly; it changes only for an
+//! incompatible change. The crate's own version (independent of the host's)
+//! is what abi_stable compares: same major version loads, and appending a
+//! method with a default body bumps the minor version. The compatibility
+//! policy is written out in `docs/plugin-authoring.md`.
 
 pub mod backstore;
 mod error;
@@ -25,8 +36,13 @@ use abi_stable::{
     StableAbi,
 };
 
-/// The ABI version this crate speaks. Bumped on any incompatible change.
+/// The ABI version this crate speaks. Bumped on any incompatible change
+/// (a removed or reordered method or field, a changed signature or type);
+/// never for an appended method with a default body.
 pub const ABI_VERSION: u32 = 1;
+
+/// This crate's version, which abi_stable compares when a plugin loads.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Magic bytes at the start of [`PluginDescriptor`].
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"AGENTFS\0";
@@ -40,9 +56,9 @@ pub const DESCRIPTOR_SYMBOL: &[u8] = b"AGENTFS_PLUGIN_DESCRIPTOR\0";
 pub struct PluginKind(pub u32);
 
 impl PluginKind {
-    /// Stores branch data (DESIGN §5).
+    /// Stores branch data.
     pub const BACKSTORE: Self = Self(1);
-    /// Translates core events into a native watch API's records (DESIGN §6).
+    /// Translates core events into a native watch API's records.
     pub const WATCH_PROVIDER: Self = Self(2);
 
     /// The kind's name as used in config and output.
@@ -85,6 +101,46 @@ impl PluginDescriptor {
             abi_version: ABI_VERSION,
             kind: kind.0,
         }
+    }
+}
+
+/// Name of the exported build-information symbol, NUL-terminated for `dlsym`.
+pub const BUILD_SYMBOL: &[u8] = b"AGENTFS_PLUGIN_BUILD\0";
+
+/// Magic bytes at the start of [`PluginBuild`].
+pub const BUILD_MAGIC: [u8; 8] = *b"AFSBUILD";
+
+/// How a plugin library was built, exported as `AGENTFS_PLUGIN_BUILD` by the
+/// export macros and read by the host before the library's code runs. A
+/// separate symbol, because [`PluginDescriptor`]'s layout is frozen; a
+/// plugin built before it existed simply lacks it. Layout frozen too:
+/// magic, then flags; new facts take new flag bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PluginBuild {
+    /// Always [`BUILD_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`PluginBuild::PANIC_ABORT`] and future flags.
+    pub flags: u64,
+}
+
+impl PluginBuild {
+    /// The library was built with `panic = "abort"`: a panic in it kills
+    /// the host instead of becoming a `Panicked` error.
+    pub const PANIC_ABORT: u64 = 1 << 0;
+
+    /// The record for a library built with the given panic strategy (the
+    /// export macros pass `cfg!(panic = "abort")`, evaluated in the plugin).
+    pub const fn new(panic_abort: bool) -> Self {
+        Self {
+            magic: BUILD_MAGIC,
+            flags: if panic_abort { Self::PANIC_ABORT } else { 0 },
+        }
+    }
+
+    /// True when panics in the library abort the process.
+    pub const fn panic_aborts(&self) -> bool {
+        self.flags & Self::PANIC_ABORT != 0
     }
 }
 
@@ -144,14 +200,33 @@ impl PluginMeta {
 
 /// Parses a plugin's TOML options into `T`. Give `T`
 /// `#[serde(deny_unknown_fields)]` so a misspelt key is a clear error.
+///
+/// The options arrive as TOML text the host wrote from the `options` table
+/// of the plugin's config entry, so a position in that text means nothing
+/// to the user: the message names the offending key instead, and the host
+/// adds the config file's own line.
 pub fn parse_options<T: serde::de::DeserializeOwned>(
     plugin: &str,
     options: &str,
 ) -> PluginResult<T> {
     toml::from_str(options).map_err(|e| {
+        // The line of the options text the error is about (`root = 5`).
+        let at = e
+            .span()
+            .and_then(|r| options.get(..r.start))
+            .map(|before| {
+                let start = before.rfind('\n').map_or(0, |i| i + 1);
+                let end = options[start..]
+                    .find('\n')
+                    .map_or(options.len(), |i| start + i);
+                options[start..end].trim()
+            })
+            .filter(|l| !l.is_empty())
+            .map(|l| format!(" (at `{l}`)"))
+            .unwrap_or_default();
         PluginError::invalid(format!(
-            "invalid options for plugin '{plugin}': {}",
-            e.to_string().trim_end().replace('\n', " ")
+            "invalid options for plugin '{plugin}': {}{at}",
+            e.message().trim_end().replace('\n', " ")
         ))
     })
 }
@@ -165,6 +240,11 @@ macro_rules! export_backstore {
         #[no_mangle]
         pub static AGENTFS_PLUGIN_DESCRIPTOR: $crate::PluginDescriptor =
             $crate::PluginDescriptor::new($crate::PluginKind::BACKSTORE);
+
+        /// How this library was built (its panic strategy), read by the host.
+        #[no_mangle]
+        pub static AGENTFS_PLUGIN_BUILD: $crate::PluginBuild =
+            $crate::PluginBuild::new(cfg!(panic = "abort"));
 
         /// abi_stable root module of this backstore plugin.
         #[::abi_stable::export_root_module]
@@ -183,6 +263,11 @@ macro_rules! export_watch_provider {
         #[no_mangle]
         pub static AGENTFS_PLUGIN_DESCRIPTOR: $crate::PluginDescriptor =
             $crate::PluginDescriptor::new($crate::PluginKind::WATCH_PROVIDER);
+
+        /// How this library was built (its panic strategy), read by the host.
+        #[no_mangle]
+        pub static AGENTFS_PLUGIN_BUILD: $crate::PluginBuild =
+            $crate::PluginBuild::new(cfg!(panic = "abort"));
 
         /// abi_stable root module of this watch-provider plugin.
         #[::abi_stable::export_root_module]

@@ -1,4 +1,4 @@
-//! The watch-provider plugin kind (DESIGN §6): pure translators from core
+//! The watch-provider plugin kind: pure translators from core
 //! events and registrations to a native watch API's records (kqueue, FSEvents,
 //! inotify). Delivery to processes is the daemon's and the shim's job.
 // abi_stable 0.11's derive and trait macros generate `*_Ref`/`*_TO` items
@@ -144,7 +144,10 @@ pub struct NativeRecord {
     pub retire_watch: bool,
 }
 
-/// The ABI trait object every watch provider exposes.
+/// The ABI trait object every watch provider exposes. Authors implement
+/// [`WatchProviderImpl`], whose documentation holds the lifecycle and
+/// threading rules. Methods are append-only, with default bodies answering
+/// `Unsupported` after `#[sabi(last_prefix_field)]`.
 #[sabi_trait]
 pub trait WatchProvider: Send + Sync {
     /// The native API this provider speaks.
@@ -196,6 +199,34 @@ impl RootModule for WatchProviderPluginRef {
 }
 
 /// The Rust-side trait a watch-provider author implements.
+///
+/// # Lifecycle
+///
+/// A provider is a pure translator: it owns no file descriptors and sees no
+/// file system. The daemon's watch service loads it once per daemon process
+/// (one instance per configured provider) and, for every process that uses
+/// the provider's native API:
+///
+/// 1. [`register`](Self::register) when the process adds a watch (an
+///    `inotify_add_watch`, a kqueue `EV_ADD`, an FSEvents stream): the
+///    provider validates and normalises the spec, or returns the `watch_id`
+///    of an existing watch to mean "update that one";
+/// 2. [`synthesize`](Self::synthesize) for every core event of the watch's
+///    branch, with the candidate watches, in the events' order;
+/// 3. [`coalesce`](Self::coalesce) on the records queued for one watcher
+///    before delivery, and [`encode`](Self::encode) to produce the bytes the
+///    process reads.
+///
+/// A watch ends when a record says `retire_watch` or its process goes away;
+/// the service forgets it, the provider keeps no per-watch state.
+///
+/// # Threads and processes
+///
+/// Calls may come from any thread and overlap (one daemon serves many
+/// clients), hence `Send + Sync`; every call carries all the state it needs,
+/// so keep none between calls. Each daemon process has its own instance;
+/// the CLI (`agentfs watch --native`) and the conformance suite construct
+/// their own too. Two instances never share anything.
 pub trait WatchProviderImpl: Send + Sync + 'static {
     /// The native API.
     fn api(&self) -> WatchApi;

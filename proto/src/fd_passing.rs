@@ -1,4 +1,4 @@
-//! File descriptors in `SCM_RIGHTS` ancillary data (DESIGN §7). A frame
+//! File descriptors in `SCM_RIGHTS` ancillary data. A frame
 //! that carries an fd is sent with the fd attached to its first byte; a
 //! receiver reads every chunk with `recvmsg` and queues the fds that came
 //! with it, so that when a frame that [carries one](crate::DaemonFrame::carries_fd)

@@ -1,4 +1,4 @@
-//! The AgentFS wire protocol (DESIGN §7) between the daemon (`agentfs
+//! The AgentFS wire protocol between the daemon (`agentfs
 //! serve`) and its clients: the CLI, the shim injected into processes, and
 //! `agentfs watch`.
 //!

@@ -5,10 +5,8 @@
 use std::{fs, io, path::PathBuf};
 
 use agentfs_plugin_api::{
-    backstore::{BackstoreImpl, BackstorePluginDef, BackstoreStatus, Capabilities},
-    export_backstore,
-    guard::path_to_bytes,
-    parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
+    backstore::{BackstoreImpl, BackstorePluginDef, Capabilities, StoreStatus},
+    export_backstore, parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
 };
 
 /// Options: `root = "/some/dir"` (required).
@@ -50,13 +48,13 @@ impl BackstoreImpl for ExampleBackstore {
         Capabilities::PERSISTENT
     }
 
-    fn status(&self) -> PluginResult<BackstoreStatus> {
+    fn status(&self) -> PluginResult<StoreStatus> {
         // A real plugin reports statvfs figures; the example keeps to std.
-        Ok(BackstoreStatus {
+        Ok(StoreStatus {
             fs_type: "unknown".into(),
             capacity_bytes: u64::MAX,
             used_bytes: 0,
-            root: path_to_bytes(&self.root),
+            root: self.root.clone(),
         })
     }
 
@@ -99,7 +97,7 @@ pub struct ExamplePlugin;
 impl BackstorePluginDef for ExamplePlugin {
     type Backstore = ExampleBackstore;
     const META: PluginMeta = PluginMeta {
-        name: "example",
+        name: "mystore",
         version: env!("CARGO_PKG_VERSION"),
         description: "minimal example backstore: plain directories, no reflink",
         platforms: "any",
@@ -107,7 +105,7 @@ impl BackstorePluginDef for ExamplePlugin {
     };
 
     fn create(options: &str) -> PluginResult<ExampleBackstore> {
-        let o: Options = parse_options("example", options)?;
+        let o: Options = parse_options("mystore", options)?;
         for d in [o.root.join("layers"), o.root.join("meta")] {
             fs::create_dir_all(&d).map_err(|e| PluginError::from_io(d.display(), &e))?;
         }

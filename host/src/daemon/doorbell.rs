@@ -1,4 +1,4 @@
-//! Doorbells (event-pipeline M3): how the daemon wakes a process that is
+//! Doorbells: how the daemon wakes a process that is
 //! blocked in its own `kevent()` or `read()`, with an fd the shim passed
 //! in `SCM_RIGHTS`.
 //!

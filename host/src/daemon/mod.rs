@@ -1,6 +1,6 @@
-//! The daemon, `agentfs serve` (DESIGN §7): the host's store served on a
+//! The daemon, `agentfs serve`: the host's store served on a
 //! UNIX socket to the CLI, `agentfs watch` and the shim, with the watch
-//! service that turns core events into native watch records (DESIGN §6).
+//! service that turns core events into native watch records.
 //! See `docs/daemon.md`.
 //!
 //! - [`socket_path`]: where the socket lives; binding it with mode 0600;

@@ -1,4 +1,4 @@
-//! The watch service (DESIGN §6; event-pipeline M2 and M5): the registry of
+//! The watch service : the registry of
 //! the native watches processes registered through their connections, and
 //! the fan-out of core events to them.
 //!

@@ -2,30 +2,48 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::std_types::{RResult, RSlice};
+use abi_stable::std_types::{RResult, RSlice, RVec};
 use agentfs_plugin_api::{
     backstore::{BackstoreBox, BackstoreStatus, Capabilities},
     guard::{path_from_bytes, path_to_bytes},
     watch::{CoreEvent, EventKind as AbiKind, NativeRecord, WatchApi, WatchProviderBox, WatchSpec},
-    PluginResult,
+    ErrorCode, PluginError, PluginResult,
 };
 
 use agentfs_core::{
     Event, EventKind, LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore,
     LayerStoreStatus,
 };
-use agentfs_plugin_api::{ErrorCode, PluginError};
 
 use super::load::PluginDetails;
 
-fn ok<T>(r: RResult<T, agentfs_plugin_api::PluginError>) -> PluginResult<T> {
-    r.into_result()
+/// The first plugin panic of this process, as "plugin 'x': method: ...".
+static FIRST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The first panic a plugin method raised in this process (caught at the
+/// boundary and returned as a `Panicked` error), if any. Some callers can
+/// carry on without a method's answer (a layer listing for cleanup, the
+/// capabilities); a panic is still a bug in the plugin, and the command
+/// that met one must not report success: the CLI checks this before exiting.
+pub fn first_plugin_panic() -> Option<String> {
+    FIRST_PANIC.lock().map(|g| g.clone()).unwrap_or(None)
 }
 
-fn pathbuf(
-    r: RResult<abi_stable::std_types::RVec<u8>, agentfs_plugin_api::PluginError>,
-) -> PluginResult<PathBuf> {
-    r.into_result().map(|b| path_from_bytes(&b).to_path_buf())
+/// Notes a `Panicked` answer of `plugin`'s `method`; passes `r` through.
+fn note<T>(plugin: &str, method: &str, r: RResult<T, PluginError>) -> PluginResult<T> {
+    let r = r.into_result();
+    if let Err(e) = &r {
+        if e.code == ErrorCode::PANICKED {
+            if let Ok(mut g) = FIRST_PANIC.lock() {
+                g.get_or_insert_with(|| format!("plugin '{plugin}': {method}: {}", e.message()));
+            }
+        }
+    }
+    r
+}
+
+fn to_path(b: RVec<u8>) -> PathBuf {
+    path_from_bytes(&b).to_path_buf()
 }
 
 /// A constructed backstore plugin. Dropping it drops the plugin's instance,
@@ -53,45 +71,83 @@ impl LoadedBackstore {
     }
     /// The instance's capabilities (empty, with a warning, if the call failed).
     pub fn capabilities(&self) -> Capabilities {
-        ok(self.inner.capabilities()).unwrap_or_else(|e| {
+        note(&self.details.name, "capabilities", self.inner.capabilities()).unwrap_or_else(|e| {
             tracing::warn!(plugin = %self.details.name, error = %e, "capabilities() failed; assuming none");
             Capabilities::empty()
         })
     }
     /// Filesystem type, capacity and usage.
     pub fn status(&self) -> PluginResult<BackstoreStatus> {
-        ok(self.inner.status())
+        note(&self.details.name, "status", self.inner.status())
     }
     /// The host's metadata directory in the backstore.
     pub fn metadata_dir(&self) -> PluginResult<PathBuf> {
-        pathbuf(self.inner.metadata_dir())
+        note(
+            &self.details.name,
+            "metadata_dir",
+            self.inner.metadata_dir(),
+        )
+        .map(to_path)
     }
     /// Creates an empty layer.
     pub fn create_layer(&self, id: &str) -> PluginResult<PathBuf> {
-        pathbuf(self.inner.create_layer(id.into()))
+        note(
+            &self.details.name,
+            "create_layer",
+            self.inner.create_layer(id.into()),
+        )
+        .map(to_path)
     }
     /// Deletes a layer.
     pub fn delete_layer(&self, id: &str) -> PluginResult<()> {
-        ok(self.inner.delete_layer(id.into()))
+        note(
+            &self.details.name,
+            "delete_layer",
+            self.inner.delete_layer(id.into()),
+        )
     }
     /// Path of an existing layer.
     pub fn layer_path(&self, id: &str) -> PluginResult<PathBuf> {
-        pathbuf(self.inner.layer_path(id.into()))
+        note(
+            &self.details.name,
+            "layer_path",
+            self.inner.layer_path(id.into()),
+        )
+        .map(to_path)
     }
     /// Ids of every layer.
     pub fn list_layers(&self) -> PluginResult<Vec<String>> {
-        ok(self.inner.list_layers()).map(|v| v.into_iter().map(|s| s.into_string()).collect())
+        note(&self.details.name, "list_layers", self.inner.list_layers())
+            .map(|v| v.into_iter().map(|s| s.into_string()).collect())
     }
     /// Native snapshot of `src` as `dst`, or `Unsupported`.
     pub fn snapshot_layer(&self, src: &str, dst: &str, read_only: bool) -> PluginResult<PathBuf> {
-        pathbuf(self.inner.snapshot_layer(src.into(), dst.into(), read_only))
+        note(
+            &self.details.name,
+            "snapshot_layer",
+            self.inner.snapshot_layer(src.into(), dst.into(), read_only),
+        )
+        .map(to_path)
+    }
+    /// What the instance reclaimed at start from dead processes, one line
+    /// each; empty for a plugin built before the call existed (it answers
+    /// `Unsupported`).
+    pub fn reclaimed(&self) -> PluginResult<Vec<String>> {
+        match note(&self.details.name, "reclaimed", self.inner.reclaimed()) {
+            Ok(v) => Ok(v.into_iter().map(|s| s.into_string()).collect()),
+            Err(e) if e.is_unsupported() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
     /// Reflink `src` to the new file `dst`, or `Unsupported`.
     pub fn reflink(&self, src: &Path, dst: &Path) -> PluginResult<()> {
         let (s, d) = (path_to_bytes(src), path_to_bytes(dst));
-        ok(self
-            .inner
-            .reflink(RSlice::from(s.as_slice()), RSlice::from(d.as_slice())))
+        note(
+            &self.details.name,
+            "reflink",
+            self.inner
+                .reflink(RSlice::from(s.as_slice()), RSlice::from(d.as_slice())),
+        )
     }
 }
 
@@ -119,11 +175,15 @@ impl LoadedWatchProvider {
     }
     /// The native API it speaks.
     pub fn api(&self) -> PluginResult<WatchApi> {
-        ok(self.inner.api())
+        note(&self.details.name, "api", self.inner.api())
     }
     /// Validates and normalises a registration.
     pub fn register(&self, existing: &[WatchSpec], spec: WatchSpec) -> PluginResult<WatchSpec> {
-        ok(self.inner.register(RSlice::from(existing), spec))
+        note(
+            &self.details.name,
+            "register",
+            self.inner.register(RSlice::from(existing), spec),
+        )
     }
     /// Records for an event addressed to matching watches.
     pub fn synthesize(
@@ -131,15 +191,30 @@ impl LoadedWatchProvider {
         watches: &[WatchSpec],
         event: &CoreEvent,
     ) -> PluginResult<Vec<NativeRecord>> {
-        ok(self.inner.synthesize(RSlice::from(watches), event)).map(|v| v.into_vec())
+        note(
+            &self.details.name,
+            "synthesize",
+            self.inner.synthesize(RSlice::from(watches), event),
+        )
+        .map(|v| v.into_vec())
     }
     /// Coalesces a burst of records.
     pub fn coalesce(&self, records: Vec<NativeRecord>) -> PluginResult<Vec<NativeRecord>> {
-        ok(self.inner.coalesce(records.into())).map(|v| v.into_vec())
+        note(
+            &self.details.name,
+            "coalesce",
+            self.inner.coalesce(records.into()),
+        )
+        .map(|v| v.into_vec())
     }
     /// Encodes records in native byte layout.
     pub fn encode(&self, records: &[NativeRecord]) -> PluginResult<Vec<u8>> {
-        ok(self.inner.encode(RSlice::from(records))).map(|v| v.into_vec())
+        note(
+            &self.details.name,
+            "encode",
+            self.inner.encode(RSlice::from(records)),
+        )
+        .map(|v| v.into_vec())
     }
 }
 

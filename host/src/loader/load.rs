@@ -1,22 +1,27 @@
 //! Opening plugin libraries and turning every failure into one clear line.
 //!
-//! Order of checks: the file exists; it is a loadable shared library; it
-//! exports `AGENTFS_PLUGIN_DESCRIPTOR` with the right magic; its ABI version
-//! is ours; its kind is the role it is configured for; abi_stable accepts
-//! its root module's layout; its constructor succeeds without panicking.
+//! Order of checks: the file exists and is safe to open and map (a regular
+//! file nobody else can replace, a well-formed library for this machine:
+//! see `validate`); it is a loadable shared library; it exports
+//! `AGENTFS_PLUGIN_DESCRIPTOR` with the right magic; its ABI version is
+//! ours; it was not built with `panic = "abort"`; its kind is the role it is
+//! configured for; abi_stable accepts its root module's version and layout;
+//! its constructor succeeds without panicking.
 
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use agentfs_plugin_api::{
-    backstore::BackstorePluginRef, watch::WatchProviderPluginRef, ErrorCode, PluginDescriptor,
-    PluginError, PluginInfo, PluginKind, ABI_VERSION, DESCRIPTOR_MAGIC, DESCRIPTOR_SYMBOL,
+    backstore::BackstorePluginRef, watch::WatchProviderPluginRef, ErrorCode, PluginBuild,
+    PluginDescriptor, PluginError, PluginInfo, PluginKind, ABI_VERSION, BUILD_MAGIC, BUILD_SYMBOL,
+    DESCRIPTOR_MAGIC, DESCRIPTOR_SYMBOL,
 };
 use serde::Serialize;
 
 use super::{
     discovery::{candidate_files, library_file_name, SearchPath},
     handles::{LoadedBackstore, LoadedWatchProvider},
+    validate::{check_file, FileProblem},
 };
 use crate::config::PluginEntry;
 
@@ -37,6 +42,25 @@ pub enum LoadError {
     /// An explicit path that does not exist.
     #[error("plugin '{name}': {}: no such file", path.display())]
     MissingFile {
+        /// Plugin label.
+        name: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file cannot be opened safely (not a regular file, truncated,
+    /// another architecture, replaceable by another user, ...).
+    #[error("plugin '{name}': {} {problem}", path.display())]
+    BadFile {
+        /// Plugin label.
+        name: String,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: FileProblem,
+    },
+    /// Built with `panic = "abort"`: its panics would kill the host.
+    #[error("plugin '{name}': {} was built with panic = \"abort\": a panic in it would kill agentfs instead of becoming an error; build it with the default panic = \"unwind\" (check [profile.*] panic in its Cargo.toml)", path.display())]
+    PanicAbort {
         /// Plugin label.
         name: String,
         /// The path.
@@ -86,15 +110,18 @@ pub enum LoadError {
         /// What the config wants.
         expected: PluginKind,
     },
-    /// abi_stable rejected the root module (layout or version).
-    #[error("plugin '{name}': {} has an incompatible ABI layout: {reason}", path.display())]
+    /// abi_stable rejected the root module (layout, version or symbol).
+    #[error("plugin '{name}': {} {reason}", path.display())]
     Incompatible {
         /// Plugin label.
         name: String,
         /// The path.
         path: PathBuf,
-        /// abi_stable's first line.
+        /// What differs, in one line.
         reason: String,
+        /// abi_stable's full report (logged at debug level; `plugins info
+        /// --verbose` prints it).
+        report: String,
     },
     /// The constructor returned an error.
     #[error("plugin '{name}': failed to start: {error}")]
@@ -154,6 +181,17 @@ impl PluginDetails {
     }
 }
 
+impl LoadError {
+    /// The full diagnostic behind a one-line error, when there is more to
+    /// say (abi_stable's layout report).
+    pub fn full_report(&self) -> Option<&str> {
+        match self {
+            Self::Incompatible { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+}
+
 fn first_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
@@ -164,18 +202,24 @@ fn first_line(s: &str) -> String {
 
 /// Reads the descriptor of the library at `path`, leaving it loaded.
 fn read_descriptor(name: &str, path: &Path) -> Result<PluginDescriptor, LoadError> {
-    if !path.exists() {
-        return Err(LoadError::MissingFile {
-            name: name.into(),
-            path: path.into(),
-        });
-    }
     // dlopen searches the library path for names without a slash: always
     // hand it an absolute path so the file the user named is the one opened.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let path = abs.as_path();
+    check_file(path).map_err(|problem| match problem {
+        FileProblem::Missing => LoadError::MissingFile {
+            name: name.into(),
+            path: path.into(),
+        },
+        problem => LoadError::BadFile {
+            name: name.into(),
+            path: path.into(),
+            problem,
+        },
+    })?;
     // SAFETY: loading a library runs its initialisers; the user chose this
-    // file as a plugin. It is leaked below and never unloaded.
+    // file as a plugin and `check_file` found it well-formed and safe from
+    // other users. It is leaked below and never unloaded.
     let lib =
         unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotSharedLibrary {
             name: name.into(),
@@ -201,6 +245,12 @@ fn read_descriptor(name: &str, path: &Path) -> Result<PluginDescriptor, LoadErro
             }
         }
     };
+    // A plugin built before the build record existed lacks the symbol.
+    // SAFETY: as above, the address of a frozen `#[repr(C)]` static.
+    let build = unsafe { lib.get::<*const PluginBuild>(BUILD_SYMBOL) }
+        .ok()
+        // SAFETY: a 16-byte `#[repr(C)]` static in a library kept loaded.
+        .map(|ptr| unsafe { std::ptr::read_unaligned(*ptr) });
     std::mem::forget(lib);
     if desc.magic != DESCRIPTOR_MAGIC {
         return Err(LoadError::NotAPlugin {
@@ -217,21 +267,150 @@ fn read_descriptor(name: &str, path: &Path) -> Result<PluginDescriptor, LoadErro
             host_abi: ABI_VERSION,
         });
     }
+    if build.is_some_and(|b| b.magic == BUILD_MAGIC && b.panic_aborts()) {
+        return Err(LoadError::PanicAbort {
+            name: name.into(),
+            path: path.into(),
+        });
+    }
     Ok(desc)
 }
 
 fn incompatible(name: &str, path: &Path, e: LibraryError) -> LoadError {
+    let report = e.to_string().trim().to_string();
+    tracing::debug!(plugin = %name, path = %path.display(), "abi_stable refused the plugin:\n{report}");
+    let reason = match &e {
+        LibraryError::GetSymbolError { .. } => "has the AgentFS descriptor but no abi_stable \
+             root module: build it with export_backstore! or export_watch_provider! (and do not \
+             strip its dynamic symbols)"
+            .to_string(),
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "was built against agentfs-plugin-api {actual_version}, but this host uses \
+             {expected_version} (the major versions must match); rebuild the plugin"
+        ),
+        LibraryError::AbiInstability(_) => format!(
+            "has an incompatible ABI layout: {} (AGENTFS_LOG=debug or `agentfs plugins info \
+             --verbose` shows the full report)",
+            first_difference(&report)
+        ),
+        LibraryError::InvalidAbiHeader(_) => {
+            "was built with an incompatible abi_stable version".to_string()
+        }
+        LibraryError::RootModule { .. } => format!(
+            "failed to initialise its root module: {}",
+            first_line(&report)
+        ),
+        _ => format!("was refused by abi_stable: {}", first_line(&report)),
+    };
     LoadError::Incompatible {
         name: name.into(),
         path: path.into(),
-        reason: first_line(&e.to_string()),
+        reason,
+        report,
     }
 }
 
+/// The first differing item of an abi_stable layout report, in one line:
+/// the report lists, after "N error(s)inside:", the type where the layouts
+/// part ways, then `Error:<what>`, `Expected:` and `Found:` blocks.
+fn first_difference(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let Some(err_at) = lines.iter().position(|l| l.starts_with("Error:")) else {
+        return first_line(report);
+    };
+    let what = lines[err_at].trim_start_matches("Error:").trim();
+    let block = |label: &str| -> String {
+        let Some(i) = lines[err_at..].iter().position(|l| *l == label) else {
+            return String::new();
+        };
+        lines[err_at + i + 1..]
+            .iter()
+            .take_while(|l| !l.ends_with(':') || l.contains(' '))
+            .take_while(|l| **l != "Expected:" && **l != "Found:")
+            .filter(|l| !l.is_empty())
+            .map(|l| strip_ansi(l))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // The innermost type named between "error(s)inside:" and the error.
+    let start = lines[..err_at]
+        .iter()
+        .rposition(|l| l.contains("error(s)inside:"))
+        .unwrap_or(0);
+    let ty = lines[start..err_at]
+        .iter()
+        .find_map(|l| l.strip_prefix("type:"))
+        .map(|t| format!(" in type {}", t.trim()))
+        .unwrap_or_default();
+    let field = lines[start..err_at]
+        .iter()
+        .find_map(|l| l.strip_prefix("field_name:"))
+        .filter(|f| f.trim().parse::<u32>().is_err())
+        .map(|f| format!(", field {}", f.trim()))
+        .unwrap_or_default();
+    format!(
+        "{what}{ty}{field}: expected {}, found {}",
+        block("Expected:"),
+        block("Found:")
+    )
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn backstore_module(name: &str, path: &Path) -> Result<BackstorePluginRef, LoadError> {
-    lib_header_from_path(path)
-        .and_then(|h| h.init_root_module::<BackstorePluginRef>())
-        .map_err(|e| incompatible(name, path, e))
+    let header = lib_header_from_path(path).map_err(|e| incompatible(name, path, e))?;
+    match header.init_root_module::<BackstorePluginRef>() {
+        Ok(m) => Ok(m),
+        Err(e) if built_for_an_older_shape(header, &e) => {
+            tracing::debug!(plugin = %name, "built for an older shape of the backstore ABI: methods appended since answer Unsupported");
+            // SAFETY: the plugin's layout was just checked against the
+            // first released shape, and the check against today's shape
+            // found only fewer fields, i.e. a prefix of today's vtables.
+            // Fields past the plugin's own are reached through abi_stable's
+            // run-time accessibility check, never read blindly.
+            unsafe { header.init_root_module_with_unchecked_layout::<BackstorePluginRef>() }
+                .map_err(|e| incompatible(name, path, e))
+        }
+        Err(e) => Err(incompatible(name, path, e)),
+    }
+}
+
+/// True when the library's root module failed today's layout check only
+/// because its vtables have fewer fields, and passes the check against the
+/// first released shape: a plugin built before methods were appended.
+fn built_for_an_older_shape(header: &abi_stable::library::LibHeader, today: &LibraryError) -> bool {
+    let LibraryError::AbiInstability(report) = today else {
+        return false;
+    };
+    let report = report.to_string();
+    let errors: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Error:"))
+        .collect();
+    errors.len() == 1
+        && errors[0].contains("too many fields")
+        && header
+            .ensure_layout::<agentfs_plugin_api::backstore::first_shape::BackstorePluginRef>()
+            .is_ok()
 }
 
 fn watch_module(name: &str, path: &Path) -> Result<WatchProviderPluginRef, LoadError> {

@@ -25,6 +25,11 @@ pub fn agentfs_cmd(config: &Path, socket: &Path) -> Command {
 
 /// [`agentfs_cmd`] running the binary at `bin` (e.g. a copy).
 pub fn agentfs_cmd_of(bin: &Path, config: &Path, socket: &Path) -> Command {
+    // The plugins it finds next to itself exist (built once if needed).
+    agentfs_testfs::built(&agentfs_host::loader::library_file_name(
+        agentfs_plugin_api::PluginKind::BACKSTORE,
+        "mock",
+    ));
     let mut c = Command::new(bin);
     c.env("AGENTFS_CONFIG", config)
         .env("AGENTFS_SOCKET", socket)

@@ -19,23 +19,17 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::PluginKind;
 
-/// `target/debug` (or the profile dir): the test binary lives in its `deps/`.
+/// `target/<profile>`, with the workspace's plugins built (once, if a
+/// clean checkout has not built them yet).
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps")
-        .to_path_buf()
+    agentfs_testfs::built(&library_file_name(PluginKind::BACKSTORE, "mock"));
+    agentfs_testfs::target_dir()
 }
 
 /// The built library of the plugin of `kind` named `name`.
 fn built_lib(kind: PluginKind, name: &str) -> PathBuf {
-    let p = target_dir().join(library_file_name(kind, name));
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        p.display()
-    );
+    let p = agentfs_testfs::built(&library_file_name(kind, name));
+    assert!(p.is_file(), "{} is missing after building", p.display());
     p
 }
 
@@ -262,6 +256,7 @@ impl CliEnv {
 
     /// An `agentfs` command in this environment.
     pub fn cmd(&self) -> std::process::Command {
+        target_dir();
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentfs"));
         c.env("AGENTFS_CONFIG", &self.config)
             // Never a daemon the developer may be running: the store directly.

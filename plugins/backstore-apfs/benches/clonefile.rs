@@ -1,4 +1,4 @@
-//! macOS benchmarks (the plan's M8): `clonefile_<N>mb` against `copy_<N>mb`
+//! macOS benchmarks: `clonefile_<N>mb` against `copy_<N>mb`
 //! of the same file on an APFS RAM disk, and `ramdisk_mount_cycle` (attach,
 //! format, mount, detach). `AGENTFS_BENCH_MB` sets N (default 64). Off
 //! macOS the benchmark binary only says it has nothing to measure.

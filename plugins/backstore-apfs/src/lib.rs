@@ -1,4 +1,4 @@
-//! `apfs`: the macOS backstore (DESIGN §8). Layers are directories on an
+//! `apfs`: the macOS backstore. Layers are directories on an
 //! APFS volume: a configured root, or a RAM disk it provisions with
 //! `hdiutil` and `diskutil` (`ramdisk = { size_mb = N }`) and destroys when
 //! dropped.

@@ -96,19 +96,7 @@ pub fn volume_owner(name: &str) -> Option<u32> {
     }
 }
 
-/// Whether process `pid` exists (a process of another user counts).
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 sends nothing; kill only checks that the pid exists
-    // and whether we may signal it.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
+pub use agentfs_plugin_support::leftovers::process_alive;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! An APFS RAM disk (the plan's M6), provisioned with the system tools:
+//! An APFS RAM disk, provisioned with the system tools:
 //!
 //! 1. `hdiutil attach -nomount ram://<size_mb*2048>` -> `/dev/diskN`
 //! 2. `diskutil apfs createContainer /dev/diskN` -> container `diskM`

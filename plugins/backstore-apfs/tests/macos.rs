@@ -1,4 +1,4 @@
-//! macOS integration tests (the plan's M2, M3, M4 and M6 tests, by name):
+//! macOS integration tests (by area):
 //! real APFS, real `clonefile(2)`, real RAM disks made with `hdiutil` and
 //! `diskutil`. Run by `.github/workflows/macos.yml` on a macOS runner,
 //! with `AGENTFS_REQUIRE_COW=1` so a RAM disk that cannot be made fails
@@ -83,7 +83,7 @@ fn diskutil_list() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-// ---- M2: probe ----
+// ---- probe ----
 
 #[test]
 fn probe_apfs_volume() {
@@ -169,7 +169,7 @@ fn probe_hfs_volume_and_reflink_there_is_unsupported() {
     let e = reflink_file(&l.join("a"), &l.join("c")).unwrap_err();
     assert_eq!(e.code, ErrorCode::UNSUPPORTED, "{e}");
     assert_eq!(e.errno, libc::ENOTSUP, "{e}");
-    // M4: create_snapshot_fails_on_hfs.
+    // create_snapshot_fails_on_hfs.
     assert_eq!(
         b.snapshot_layer("l", "s", true).unwrap_err().code,
         ErrorCode::UNSUPPORTED
@@ -177,7 +177,7 @@ fn probe_hfs_volume_and_reflink_there_is_unsupported() {
     drop(b);
 }
 
-// ---- M3: clonefile ----
+// ---- clonefile ----
 
 #[test]
 fn clonefile_creates_no_new_blocks() {
@@ -362,7 +362,7 @@ mod props {
     }
 }
 
-// ---- M4: snapshots ----
+// ---- snapshots ----
 
 #[test]
 fn snapshot_creation_not_supported_on_apfs() {
@@ -424,7 +424,7 @@ fn volume_snapshot_wrapper_gives_a_uuid_or_a_clear_error() {
     }
 }
 
-// ---- M6: RAM disk ----
+// ---- RAM disk ----
 
 #[test]
 fn ramdisk_create_destroy_cycle() {

@@ -18,12 +18,8 @@ fn target_dir() -> PathBuf {
 }
 
 fn plugin_file() -> PathBuf {
-    let p = target_dir().join(library_file_name(PluginKind::BACKSTORE, "apfs"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build it with `cargo build -p agentfs-backstore-apfs`",
-        p.display()
-    );
+    let p = agentfs_testfs::built(&library_file_name(PluginKind::BACKSTORE, "apfs"));
+    assert!(p.is_file(), "{} is missing after building", p.display());
     p
 }
 

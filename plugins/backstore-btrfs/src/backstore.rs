@@ -7,12 +7,13 @@ use std::{
 };
 
 use agentfs_plugin_api::{
-    backstore::{BackstoreImpl, BackstoreStatus, Capabilities},
+    backstore::{BackstoreImpl, Capabilities, StoreStatus},
     ErrorCode, PluginError, PluginResult,
 };
 use agentfs_plugin_support::{
     dir_layers::{default_root, remove_tree},
     fs_type_of,
+    leftovers::reap_dead_owners,
     reflink::{probe_reflink, reflink_if_enabled},
     status_of, DirLayerStore,
 };
@@ -43,6 +44,7 @@ pub struct BtrfsBackstore {
     kind: LayerKind,
     caps: Capabilities,
     warned_rm: AtomicBool,
+    reclaimed: Vec<String>,
     // Declared last: dropped after the store, it unmounts the volume.
     ram: Option<RamVolume>,
 }
@@ -71,21 +73,25 @@ impl BtrfsBackstore {
     pub fn new(options: &str) -> PluginResult<Self> {
         let opts = BtrfsOptions::parse(options)?;
         let ram_cfg = RamConfig::new(opts.ramdisk.as_ref().map_or(0, |r| r.size_mb));
-        reap_stale(&ram_cfg.shm_dir, &ram_cfg.mount_parent);
-        match opts.ramdisk {
+        let stale = reap_stale(&ram_cfg.shm_dir, &ram_cfg.mount_parent);
+        let mut b = match opts.ramdisk {
             Some(_) => {
                 let vol = RamVolume::create(&ram_cfg)?;
                 let root = vol.mount_point().to_path_buf();
                 Self::open(&root, Some(vol))
             }
             None => Self::open(&opts.root.unwrap_or_else(|| default_root("btrfs")), None),
-        }
+        }?;
+        b.reclaimed.splice(0..0, stale);
+        Ok(b)
     }
 
     /// Opens a store at `root`, probing what the filesystem under it can do.
     pub fn open(root: &Path, ram: Option<RamVolume>) -> PluginResult<Self> {
         let store = DirLayerStore::open(root)?;
         let fs_type = fs_type_of(root)?;
+        // Probe subvolumes of processes killed while probing.
+        let reclaimed = reap_dead_owners(store.root(), PROBE_PREFIX, remove_probe);
         let kind = if fs_type == "btrfs" {
             match probe_subvolumes(store.root()) {
                 Ok(()) => LayerKind::Subvolumes,
@@ -116,6 +122,7 @@ impl BtrfsBackstore {
             kind,
             caps,
             warned_rm: AtomicBool::new(false),
+            reclaimed,
             ram,
         })
     }
@@ -183,22 +190,38 @@ impl BtrfsBackstore {
     }
 }
 
-/// Creates, snapshots and destroys a throwaway subvolume in `root`.
+/// Name prefix of the throwaway subvolumes [`probe_subvolumes`] makes:
+/// `<prefix><pid>-<n>` and its snapshot `<prefix><pid>-<n>-ro`.
+pub const PROBE_PREFIX: &str = ".agentfs-subvol-probe-";
+
+/// Removes a probe subvolume (or a plain directory of that name). Not root
+/// and no `user_subvol_rm_allowed`: rmdir removes an empty subvolume its
+/// owner can write, once it is writable.
+fn remove_probe(p: &Path) -> io::Result<()> {
+    if subvol::is_subvolume(p).unwrap_or(false) {
+        if subvol::destroy_subvolume(p).is_ok() {
+            return Ok(());
+        }
+        let _ = subvol::set_read_only(p, false);
+    }
+    std::fs::remove_dir(p)
+}
+
+/// Creates, snapshots and destroys a throwaway subvolume in `root`. A kill
+/// in between leaves them; the next start removes them
+/// ([`reap_dead_owners`] with [`PROBE_PREFIX`]).
 fn probe_subvolumes(root: &Path) -> io::Result<()> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = format!(
-        ".agentfs-subvol-probe-{}-{}",
+        "{PROBE_PREFIX}{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let a = root.join(&name);
     let b = root.join(format!("{name}-ro"));
     let remove = |p: &Path| {
-        // Not root and no user_subvol_rm_allowed: rmdir removes an empty
-        // subvolume its owner can write.
-        if subvol::is_subvolume(p).unwrap_or(false) && subvol::destroy_subvolume(p).is_err() {
-            let _ = subvol::set_read_only(p, false);
-            let _ = std::fs::remove_dir(p);
+        if p.exists() {
+            let _ = remove_probe(p);
         }
     };
     remove(&b);
@@ -213,7 +236,7 @@ impl BackstoreImpl for BtrfsBackstore {
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
-    fn status(&self) -> PluginResult<BackstoreStatus> {
+    fn status(&self) -> PluginResult<StoreStatus> {
         status_of(self.store.root())
     }
     fn metadata_dir(&self) -> PluginResult<PathBuf> {
@@ -266,5 +289,8 @@ impl BackstoreImpl for BtrfsBackstore {
             src,
             dst,
         )
+    }
+    fn reclaimed(&self) -> Vec<String> {
+        self.reclaimed.clone()
     }
 }

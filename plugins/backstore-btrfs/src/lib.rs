@@ -1,4 +1,4 @@
-//! `btrfs`: the Linux copy-on-write backstore (DESIGN §8, the twin of
+//! `btrfs`: the Linux copy-on-write backstore (the twin of
 //! `apfs`).
 //!
 //! - The filesystem under the root is identified with `statfs` `f_type`.
@@ -27,7 +27,7 @@ pub mod ramdisk;
 pub mod subvol;
 
 #[cfg(target_os = "linux")]
-pub use backstore::{BtrfsBackstore, LayerKind, USER_RM_OPTION};
+pub use backstore::{BtrfsBackstore, LayerKind, PROBE_PREFIX, USER_RM_OPTION};
 
 use agentfs_plugin_api::{
     backstore::BackstorePluginDef, export_backstore, PluginMeta, PluginResult,
@@ -42,7 +42,7 @@ mod elsewhere {
     use std::path::{Path, PathBuf};
 
     use agentfs_plugin_api::{
-        backstore::{BackstoreImpl, BackstoreStatus, Capabilities},
+        backstore::{BackstoreImpl, Capabilities, StoreStatus},
         ErrorCode, PluginError, PluginResult,
     };
 
@@ -64,7 +64,7 @@ mod elsewhere {
         fn capabilities(&self) -> Capabilities {
             match *self {}
         }
-        fn status(&self) -> PluginResult<BackstoreStatus> {
+        fn status(&self) -> PluginResult<StoreStatus> {
             match *self {}
         }
         fn metadata_dir(&self) -> PluginResult<PathBuf> {

@@ -1,21 +1,17 @@
 //! The conformance suite against this plugin, loaded from its built library
 //! through the host's loader, on loop-mounted btrfs (reflink and native
 //! snapshots), XFS (reflink only), ext4 (both `Unsupported`) and a RAM
-//! volume. Needs `cargo build --workspace` first (the README's test command).
+//! volume. The workspace is built first if the plugin is missing.
 #![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 
-use agentfs_conformance::{run, target_dir, Outcome, Report, Target};
+use agentfs_conformance::{run, Outcome, Report, Target};
 use agentfs_testfs::{mount_or_skip, FsKind};
 
 fn plugin() -> PathBuf {
-    let p = target_dir().join("libagentfs_backstore_btrfs.so");
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build --workspace` first",
-        p.display()
-    );
+    let p = agentfs_testfs::built("libagentfs_backstore_btrfs.so");
+    assert!(p.is_file(), "{} is missing after building", p.display());
     p
 }
 

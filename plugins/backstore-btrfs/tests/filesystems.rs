@@ -275,3 +275,38 @@ fn a_missing_or_bad_root_is_a_clear_error() {
     assert!(e.message().contains(&file.display().to_string()), "{e}");
     assert!(!Path::new(&file.join("x")).exists());
 }
+
+#[test]
+fn probe_subvolumes_of_dead_processes_are_removed_at_start() {
+    use agentfs_backstore_btrfs::{subvol, PROBE_PREFIX};
+    let Some(tfs) = mount_or_skip(FsKind::Btrfs, 300, "probe_subvolumes_of_dead_processes") else {
+        return;
+    };
+    let root = tfs.path().join("store");
+    drop(backstore_in(tfs.path()));
+    // What a process killed between create and destroy leaves: the probe
+    // subvolume and its read-only snapshot.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let a = root.join(format!("{PROBE_PREFIX}{dead}-0"));
+    let b = root.join(format!("{PROBE_PREFIX}{dead}-0-ro"));
+    subvol::create_subvolume(&a).unwrap();
+    subvol::snapshot(&a, &b, true).unwrap();
+    let live = root.join(format!("{PROBE_PREFIX}{}-77", std::process::id()));
+    fs::create_dir(&live).unwrap();
+    let store = backstore_in(tfs.path());
+    assert!(
+        !a.exists() && !b.exists(),
+        "leftover probe subvolumes remain"
+    );
+    assert!(live.exists(), "a live process's probe was removed");
+    let r = store.reclaimed();
+    assert_eq!(r.len(), 2, "{r:?}");
+    let left: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(PROBE_PREFIX))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

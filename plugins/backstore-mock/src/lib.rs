@@ -3,7 +3,12 @@
 //! written to disk; reflink is a software clone with the semantics of a real
 //! one (both ends inside the store, never overwriting, metadata preserved,
 //! independent afterwards); native snapshots are `Unsupported`. The store is
-//! removed when the backstore is dropped: it is not persistent.
+//! removed when the backstore is dropped: it is not persistent. A process
+//! killed before it could drop its store leaves `agentfs-mock-<pid>-<n>`
+//! behind, holding RAM; the next mock backstore made in the same parent
+//! directory removes those of dead pids and reports them (`reclaimed`, shown
+//! by `agentfs status`). Each instance's store is private to it: two
+//! processes never share one.
 
 use std::{
     fs,
@@ -15,8 +20,12 @@ use agentfs_plugin_api::{
     export_backstore, parse_options, ErrorCode, PluginError, PluginMeta, PluginResult,
 };
 use agentfs_plugin_support::{
-    dir_layers::remove_tree, fs_type_of, softclone::soft_clone, DirLayerStore,
+    dir_layers::remove_tree, fs_type_of, leftovers::reap_dead_owners, softclone::soft_clone,
+    DirLayerStore,
 };
+
+/// Name prefix of each instance's private store directory.
+const STORE_PREFIX: &str = "agentfs-mock-";
 
 /// Options of the mock backstore (TOML).
 #[derive(serde::Deserialize, Debug, Default)]
@@ -35,6 +44,7 @@ pub struct MockBackstore {
     store: DirLayerStore,
     caps: Capabilities,
     reflink: bool,
+    reclaimed: Vec<String>,
 }
 
 impl MockBackstore {
@@ -42,6 +52,7 @@ impl MockBackstore {
     pub fn new(options: &str) -> PluginResult<Self> {
         let opts: MockOptions = parse_options("mock", options)?;
         let parent = opts.parent.unwrap_or_else(default_parent);
+        let reclaimed = reap_dead_owners(&parent, STORE_PREFIX, remove_tree);
         let root = make_private_dir(&parent)?;
         let store = DirLayerStore::open(&root)?;
         let fs_type = fs_type_of(&root)?;
@@ -59,6 +70,7 @@ impl MockBackstore {
             store,
             caps,
             reflink,
+            reclaimed,
         })
     }
 
@@ -80,7 +92,7 @@ fn make_private_dir(parent: &Path) -> PluginResult<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let pid = std::process::id();
     for n in 0..1000u32 {
-        let p = parent.join(format!("agentfs-mock-{pid}-{n}"));
+        let p = parent.join(format!("{STORE_PREFIX}{pid}-{n}"));
         match fs::DirBuilder::new().mode(0o700).create(&p) {
             Ok(()) => return Ok(p),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -135,6 +147,9 @@ impl BackstoreImpl for MockBackstore {
         }
         soft_clone(src, dst)
     }
+    fn reclaimed(&self) -> Vec<String> {
+        self.reclaimed.clone()
+    }
 }
 
 /// Plugin definition for [`export_backstore!`].
@@ -186,6 +201,35 @@ mod tests {
         assert!(root.is_dir());
         drop(b);
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn stores_of_dead_processes_are_reclaimed_and_reported() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let leftover = parent.path().join(format!("{STORE_PREFIX}{dead}-0"));
+        fs::create_dir_all(leftover.join("layers/l1")).unwrap();
+        fs::write(
+            leftover.join("layers/l1/big"),
+            b"ram held by a dead process",
+        )
+        .unwrap();
+        let live = parent
+            .path()
+            .join(format!("{STORE_PREFIX}{}-999", std::process::id()));
+        fs::create_dir(&live).unwrap();
+        let opts = format!("parent = {:?}", parent.path().display().to_string());
+        let b = MockBackstore::new(&opts).unwrap();
+        assert!(
+            !leftover.exists(),
+            "the dead process's store is still there"
+        );
+        assert!(live.exists(), "a live process's store was removed");
+        let r = b.reclaimed();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].contains(&leftover.display().to_string()), "{r:?}");
     }
 
     #[test]

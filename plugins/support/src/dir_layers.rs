@@ -212,7 +212,7 @@ macro_rules! dir_layer_methods {
     ($field:ident) => {
         fn status(
             &self,
-        ) -> $crate::__plugin_api::PluginResult<$crate::__plugin_api::backstore::BackstoreStatus> {
+        ) -> $crate::__plugin_api::PluginResult<$crate::__plugin_api::backstore::StoreStatus> {
             $crate::status_of(self.$field.root())
         }
         fn metadata_dir(&self) -> $crate::__plugin_api::PluginResult<::std::path::PathBuf> {

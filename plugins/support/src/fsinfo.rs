@@ -2,9 +2,7 @@
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
 
-use agentfs_plugin_api::{
-    backstore::BackstoreStatus, guard::path_to_bytes, PluginError, PluginResult,
-};
+use agentfs_plugin_api::{backstore::StoreStatus, PluginError, PluginResult};
 
 fn cpath(p: &Path) -> PluginResult<CString> {
     CString::new(p.as_os_str().as_bytes())
@@ -63,8 +61,8 @@ pub fn fstypename_to_string(raw: &[libc::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Builds a [`BackstoreStatus`] for `root`: type, capacity and usage.
-pub fn status_of(root: &Path) -> PluginResult<BackstoreStatus> {
+/// Builds a [`StoreStatus`] for `root`: type, capacity and usage.
+pub fn status_of(root: &Path) -> PluginResult<StoreStatus> {
     let c = cpath(root)?;
     // SAFETY: `statvfs` is plain old data; all-zero is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -80,11 +78,11 @@ pub fn status_of(root: &Path) -> PluginResult<BackstoreStatus> {
     let frsize = st.f_frsize as u64;
     #[allow(clippy::unnecessary_cast)]
     let (blocks, bfree) = (st.f_blocks as u64, st.f_bfree as u64);
-    Ok(BackstoreStatus {
-        fs_type: fs_type_of(root)?.into(),
+    Ok(StoreStatus {
+        fs_type: fs_type_of(root)?,
         capacity_bytes: blocks.saturating_mul(frsize),
         used_bytes: blocks.saturating_sub(bfree).saturating_mul(frsize),
-        root: path_to_bytes(root),
+        root: root.to_path_buf(),
     })
 }
 

@@ -1,11 +1,13 @@
-//! Helpers shared by the in-tree AgentFS plugins (DESIGN §4: shared helpers
-//! live here, not copied into each plugin): a directory-per-layer store,
-//! the platform reflink call with exact error mapping, a software clone, and
-//! the filesystem probe used for `status`; for the watch providers, the
-//! native watch-API constants and the path matching rules.
+//! Helpers shared by the in-tree AgentFS plugins (shared helpers live here,
+//! not copied into each plugin): a directory-per-layer store, the platform
+//! reflink call with exact error mapping, a software clone, the filesystem
+//! probe used for `status` and the reaping of dead processes' leftovers;
+//! for the watch providers, the native watch-API constants and the path
+//! matching rules.
 
 pub mod dir_layers;
 pub mod fsinfo;
+pub mod leftovers;
 pub mod native;
 pub mod reflink;
 pub mod softclone;

@@ -1,5 +1,5 @@
 //! `fsevents`: translates core events into FSEvents stream events, with the
-//! paths the watching process sees (DESIGN §6, event-pipeline M6). A pure
+//! paths the watching process sees . A pure
 //! translator; the shim turns the encoded events into callback arguments.
 //!
 //! A stream with several path prefixes is registered as one watch per

@@ -1,5 +1,5 @@
 //! `inotify`: translates core events into Linux inotify events, in the
-//! kernel's order and byte layout (DESIGN §6). A pure translator; the daemon
+//! kernel's order and byte layout. A pure translator; the daemon
 //! writes the encoded records into the socket the shim gave the process in
 //! place of its inotify fd.
 //!

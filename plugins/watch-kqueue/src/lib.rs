@@ -1,5 +1,5 @@
 //! `kqueue`: translates core events into kqueue `EVFILT_VNODE` records with
-//! the semantics of the macOS kernel (DESIGN §6, event-pipeline M5). A pure
+//! the semantics of the macOS kernel. A pure
 //! translator: it runs and is tested anywhere; delivering the records into a
 //! process's `kevent()` is the daemon's and the shim's job on macOS.
 //!

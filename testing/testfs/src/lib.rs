@@ -263,6 +263,53 @@ pub fn output_retrying_etxtbsy(c: &mut Command) -> std::process::Output {
     panic!("spawn child: the copied executable stayed busy (ETXTBSY)")
 }
 
+/// `target/<profile>`: where the running test binary (in its `deps/`) and
+/// the workspace's plugin libraries are built.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// Makes sure the workspace is built (plugin libraries, fixtures, binaries)
+/// next to the running test binary, so `cargo test -p <crate>` works on a
+/// clean checkout: when `file` (a library file name such as
+/// `libagentfs_backstore_mock.so`) is missing from [`target_dir`], runs
+/// `cargo build --workspace` once per test process (cargo's own lock
+/// serialises concurrent test binaries). Returns the file's path.
+pub fn built(file: &str) -> PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let dir = target_dir();
+    let path = dir.join(file);
+    if !path.exists() {
+        ONCE.call_once(|| build_workspace(&dir));
+    }
+    path
+}
+
+fn build_workspace(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.arg("build")
+        .arg("--workspace")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"));
+    if dir.file_name().is_some_and(|n| n == "release") {
+        c.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        c.arg("--target-dir").arg(target);
+    }
+    eprintln!("building the workspace for this test: {c:?}");
+    let status = c.status().expect("run cargo build");
+    assert!(status.success(), "`cargo build --workspace` failed");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
