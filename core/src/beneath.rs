@@ -116,6 +116,85 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(f)
 }
 
+/// Opens `path` as a directory on a private, detached, read-only copy of
+/// its mount (and of every mount beneath it): whatever is opened beneath
+/// the returned fd is on a read-only mount, so not even a reopen of
+/// `/proc/self/fd/N` for writing can change it (`EROFS`). Needs the
+/// privilege to clone mounts (`CAP_SYS_ADMIN` in the caller's mount
+/// namespace); other systems answer `Unsupported`.
+#[cfg(target_os = "linux")]
+pub fn open_root_read_only(path: &Path) -> io::Result<OwnedFd> {
+    use std::{ffi::CString, os::fd::FromRawFd, os::unix::ffi::OsStrExt};
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    /// `struct mount_attr` of <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: open_tree(2) with a valid NUL-terminated path that outlives
+    // the call; it returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a fresh fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr(2) on the fd just made, an empty path with
+    // AT_EMPTY_PATH, and a mount_attr of the size passed; all outlive the
+    // call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The detached tree's root is the directory itself; reopen it as an
+    // ordinary directory fd (the same file, on the read-only mount).
+    Ok(rustix::fs::openat(
+        &tree,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Read-only mounts are a Linux facility: elsewhere `Unsupported`.
+#[cfg(not(target_os = "linux"))]
+pub fn open_root_read_only(_path: &Path) -> io::Result<OwnedFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "read-only mounts for handed-out fds need Linux",
+    ))
+}
+
 /// Opens subdirectory `name` of `dir` as an anchor, never following a
 /// symlink.
 pub fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
@@ -245,6 +324,12 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, Option<FileKin
 
 /// Opens regular file `name` in `dir` with `flags` (plus `O_NOFOLLOW` and
 /// `O_CLOEXEC`), creating it with `mode` if `O_CREAT` is given.
+///
+/// Never blocks in `open(2)` and never returns anything but a regular
+/// file: callers check the entry's type first, but it may have been
+/// replaced by a FIFO or a device since, and opening a FIFO blocks until a
+/// writer comes. So the open is non-blocking, the fd is checked with
+/// `fstat`, and `O_NONBLOCK` is cleared again unless `flags` asked for it.
 pub fn open_file_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -257,10 +342,26 @@ pub fn open_file_at(
     let fd = rustix::fs::openat(
         dir,
         name,
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::from_raw_mode(mode as _),
     )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(not_regular(name));
+    }
+    if !flags.contains(OFlags::NONBLOCK) {
+        let now = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, now - OFlags::NONBLOCK)?;
+    }
     Ok(File::from(fd))
+}
+
+/// The error for an entry that is not a regular file where one must be.
+fn not_regular(name: &OsStr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{name:?}: not a regular file"),
+    )
 }
 
 /// Reads symlink `name` in `dir`.

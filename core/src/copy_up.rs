@@ -289,6 +289,11 @@ impl<'a> Writer<'a> {
         dir_path: &Path,
         name: &OsStr,
     ) -> CoreResult<()> {
+        if hit.st.kind != FileKind::File {
+            return Err(CoreError::Unsupported(format!(
+                "{path}: not a regular file"
+            )));
+        }
         if self.reflink {
             let src = self.view.physical_path(hit.layer, path);
             let dst = dir_path.join(name);
@@ -347,16 +352,16 @@ impl<'a> Writer<'a> {
 
     fn copy_file(&self, hit: &Hit, dir: BorrowedFd<'_>, name: &OsStr) -> CoreResult<()> {
         let ctx = |e| CoreError::io(format!("copy-up {:?}", hit.stored), e);
-        let mut src =
+        let src =
             beneath::open_file_at(hit.dir.as_fd(), &hit.stored, OFlags::RDONLY, 0).map_err(ctx)?;
-        let mut dst = beneath::open_file_at(
+        let dst = beneath::open_file_at(
             dir,
             name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
             0o600,
         )
         .map_err(ctx)?;
-        io::copy(&mut src, &mut dst).map_err(ctx)?;
+        copy_sparse(&src, &dst, hit.st.size).map_err(ctx)?;
         xattrs::copy_all(src.as_fd(), dst.as_fd());
         drop(dst);
         self.stats.copied.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +417,7 @@ impl<'a> Writer<'a> {
                 }
                 FileKind::Other => {
                     return Err(CoreError::Unsupported(format!(
-                        "{child}: copying a special file"
+                        "{child}: not a regular file"
                     )))
                 }
             }
@@ -475,6 +480,49 @@ impl<'a> Writer<'a> {
         .map(drop)
         .map_err(|e| CoreError::io("create opaque marker", e))
     }
+}
+
+/// Copies the first `len` bytes of `src` into the empty file `dst`, keeping
+/// holes: only the ranges `SEEK_DATA`/`SEEK_HOLE` report as data are
+/// copied (in bounded chunks), and the length is set at the end, so a
+/// sparse file stays sparse. Where the filesystem cannot say, everything
+/// is data. A full disk is an `ENOSPC` error; the caller removes `dst`.
+pub(crate) fn copy_sparse(src: &std::fs::File, dst: &std::fs::File, len: u64) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => pos,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(len),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => len,
+            Err(e) => return Err(e.into()),
+        };
+        let mut at = data;
+        while at < hole {
+            let want = ((hole - at) as usize).min(buf.len());
+            let n = match src.read_at(&mut buf[..want], at) {
+                Ok(0) => break, // the source shrank: what is left reads as zeros
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            dst.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        pos = hole.max(data + 1);
+    }
+    dst.set_len(len)
 }
 
 /// Sets the permission bits and times of `name` in `dir` to those of `st`.

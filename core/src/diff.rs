@@ -55,8 +55,9 @@ impl ChangeType {
 /// One differing path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiffEntry {
-    /// The path (branch-relative).
-    #[serde(serialize_with = "ser_path")]
+    /// The path (branch-relative; in JSON, `path` has U+FFFD for bytes
+    /// that are not UTF-8, and `path_bytes` then gives the exact bytes).
+    #[serde(flatten, serialize_with = "ser_path")]
     pub path: BranchPath,
     /// How it differs.
     pub change: ChangeType,
@@ -65,7 +66,16 @@ pub struct DiffEntry {
 }
 
 fn ser_path<S: serde::Serializer>(p: &BranchPath, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string())
+    use serde::ser::SerializeMap;
+    use std::os::unix::ffi::OsStrExt;
+    let raw = p.components().join(std::ffi::OsStr::new("/"));
+    let exact = raw.to_str().is_none();
+    let mut m = s.serialize_map(Some(1 + usize::from(exact)))?;
+    m.serialize_entry("path", &p.to_string())?;
+    if exact {
+        m.serialize_entry("path_bytes", raw.as_bytes())?;
+    }
+    m.end()
 }
 
 /// The tree of paths some differing layer touches.

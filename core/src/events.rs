@@ -152,7 +152,7 @@ pub(crate) fn acting_pid() -> u32 {
     ACTING_FOR.with(|c| c.get())
 }
 
-/// Identifies a subscription, for [`EventBus::unsubscribe`].
+/// Identifies a subscription, for [`Store::unsubscribe`](crate::Store::unsubscribe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
 

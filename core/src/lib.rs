@@ -22,6 +22,7 @@ mod events;
 pub mod fault;
 mod generation;
 mod graph;
+mod layer_gc;
 mod layer_names;
 mod layer_store;
 mod metadata;
@@ -50,7 +51,7 @@ pub use layer_store::{
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
-pub use persist::{LockWait, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE};
+pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE, WRITER_LOCK_DIR};
 pub use store::{
     AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
 };

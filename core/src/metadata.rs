@@ -98,17 +98,28 @@ pub(crate) fn time_from(secs: i64, nsec: i64) -> SystemTime {
 }
 
 /// One entry of a merged directory listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
-    /// The entry's name (lossy UTF-8 in JSON).
-    #[serde(serialize_with = "ser_os")]
+    /// The entry's name (in JSON: `name`, with U+FFFD for bytes that are
+    /// not UTF-8, and then `name_bytes`, the exact bytes).
     pub name: std::ffi::OsString,
     /// Its kind.
     pub kind: FileKind,
 }
 
-fn ser_os<S: serde::Serializer>(n: &std::ffi::OsString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&n.to_string_lossy())
+impl Serialize for DirEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        use std::os::unix::ffi::OsStrExt;
+        let exact = self.name.to_str().is_none();
+        let mut st = s.serialize_struct("DirEntry", 2 + usize::from(exact))?;
+        st.serialize_field("name", &self.name.to_string_lossy())?;
+        if exact {
+            st.serialize_field("name_bytes", self.name.as_bytes())?;
+        }
+        st.serialize_field("kind", &self.kind)?;
+        st.end()
+    }
 }
 
 #[cfg(test)]

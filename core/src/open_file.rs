@@ -93,6 +93,11 @@ pub struct OpenedFile {
     pub created: bool,
     /// The canonical branch path it was opened at (symlinks followed).
     pub path: BranchPath,
+    /// For an open that may write: the branch's writer registration. Keep
+    /// it as long as the fd may be written through: while any process
+    /// holds one, a snapshot that would commit the branch's active layer
+    /// (and so capture later writes) is refused as busy.
+    pub writer: Option<crate::persist::WriterLock>,
 }
 
 /// Refuses what cannot be opened as a regular file.

@@ -3,7 +3,8 @@
 //!
 //! A [`BranchPath`] is a list of plain components: never absolute, never
 //! `..`, no NUL, each component at most 255 bytes. `.` and empty components
-//! (`a//b`, a trailing `/`) are dropped; `""` and `"."` are the branch root.
+//! (`a//b`, a trailing `/`) are dropped; `""`, `"."` and `"/"` are the branch
+//! root (a lone `/` names the branch's own root, never the host's).
 
 use std::{
     ffi::{OsStr, OsString},
@@ -41,7 +42,7 @@ impl BranchPath {
         if bytes.contains(&0) {
             return Err(bad("it contains a NUL byte"));
         }
-        if bytes.starts_with(b"/") {
+        if bytes.starts_with(b"/") && !bytes.iter().all(|&b| b == b'/') {
             return Err(bad(
                 "absolute paths are not allowed: paths are relative to the branch root",
             ));
@@ -143,7 +144,7 @@ pub fn is_plain_component(c: &OsStr) -> bool {
         && !b.iter().any(|&x| x == b'/' || x == 0)
 }
 
-/// Checks a branch or snapshot name: 1 to [`MAX_NAME`] of `[A-Za-z0-9._-]`,
+/// Checks a branch or snapshot name: 1 to 64 (`MAX_NAME`) of `[A-Za-z0-9._-]`,
 /// not starting with `.` or `-`.
 pub fn validate_name(kind: &str, name: &str) -> CoreResult<()> {
     let why = if name.is_empty() {
@@ -178,6 +179,7 @@ mod tests {
         assert!(BranchPath::parse("").unwrap().is_root());
         assert!(BranchPath::parse(".").unwrap().is_root());
         assert!(BranchPath::parse("./").unwrap().is_root());
+        assert!(BranchPath::parse("/").unwrap().is_root());
         let p = BranchPath::parse("a//b/./c/").unwrap();
         assert_eq!(p.to_string(), "a/b/c");
         assert_eq!(p.parent().unwrap().to_string(), "a/b");

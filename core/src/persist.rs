@@ -151,13 +151,7 @@ impl StoreLock {
     /// Opens (creating) the lock file in `meta`.
     pub fn open(meta: &Path, wait: LockWait) -> CoreResult<Self> {
         let path = meta.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
+        let file = open_lock_file(&path)?;
         Ok(Self {
             file,
             path,
@@ -212,6 +206,21 @@ impl Drop for LockGuard<'_> {
         }
         let _ = rustix::fs::flock(self.lock.file.as_fd(), FlockOperation::Unlock);
     }
+}
+
+/// Opens (creating, with its directory) lock file `path`.
+fn open_lock_file(path: &Path) -> CoreResult<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)
+            .map_err(|e| CoreError::io(format!("create {}", dir.display()), e))?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))
 }
 
 /// `flock`s `file` in `mode`: at once if free, else waiting (with a log
@@ -281,16 +290,8 @@ impl BranchLocks {
         if let Some(l) = open.get(name) {
             return Ok(l.clone());
         }
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| CoreError::io(format!("create {}", self.dir.display()), e))?;
         let path = self.dir.join(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| CoreError::io(format!("open lock {}", path.display()), e))?;
+        let file = open_lock_file(&path)?;
         let l = std::sync::Arc::new(BranchLock {
             file,
             path,
@@ -299,6 +300,45 @@ impl BranchLocks {
         });
         open.insert(name.to_string(), l.clone());
         Ok(l)
+    }
+}
+
+/// Directory of the per-branch writer locks in the metadata directory.
+pub const WRITER_LOCK_DIR: &str = "writer-locks";
+
+/// Held (a shared `flock` on `writer-locks/<branch>`) while a file of the
+/// branch is open for writing through an fd handed out by
+/// [`crate::Tree::open`]: a snapshot that commits the branch's active layer
+/// (no native snapshots) would capture that fd's later writes, so it is
+/// refused while any process holds one. Released when dropped.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+impl BranchLocks {
+    fn writer_file(&self, name: &str) -> CoreResult<(File, PathBuf)> {
+        let path = self.dir.with_file_name(WRITER_LOCK_DIR).join(name);
+        Ok((open_lock_file(&path)?, path))
+    }
+
+    /// Registers a writer of branch `name` until the lock is dropped.
+    pub fn writer(&self, name: &str) -> CoreResult<WriterLock> {
+        let (file, path) = self.writer_file(name)?;
+        flock_file(&file, &path, LockMode::Shared, self.wait)?;
+        Ok(WriterLock { _file: file })
+    }
+
+    /// True when no process holds a writer of branch `name`; the answer
+    /// stands while the caller holds the store lock exclusive (writers
+    /// register under the shared one).
+    pub fn no_writers(&self, name: &str) -> CoreResult<bool> {
+        let (file, path) = self.writer_file(name)?;
+        match flock_file(&file, &path, LockMode::Exclusive, LockWait::Fail) {
+            Ok(()) => Ok(true),
+            Err(CoreError::StoreBusy { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

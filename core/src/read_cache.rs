@@ -40,8 +40,11 @@ pub enum Target {
 
 /// A cached resolution: the final entry's layer, its directory there, the
 /// name it is stored under, and its kind when resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CachedHit {
+    target: Target,
+    key: BranchPath,
+    follow: bool,
     /// The view the resolution was made in.
     pub view: Arc<View>,
     /// The canonical path.
@@ -61,7 +64,9 @@ pub struct CachedHit {
 struct Inner {
     views_graph: u64,
     views: HashMap<Target, Arc<View>>,
-    hits: HashMap<(Target, BranchPath, bool), CachedHit>,
+    /// By hash of (target, path, follow); a colliding entry replaces the
+    /// older one (a miss, never a wrong answer: lookups compare the key).
+    hits: HashMap<u64, Arc<CachedHit>>,
     dirs: HashMap<(Target, BranchPath, usize), (Stamp, Arc<OwnedFd>)>,
 }
 
@@ -93,6 +98,14 @@ impl ReadCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets everything (after the way layers are opened changed).
+    pub fn clear(&self) {
+        let mut g = self.lock();
+        g.views.clear();
+        g.hits.clear();
+        g.dirs.clear();
+    }
+
     /// The view of `target` if cached for graph generation `graph`.
     pub fn view(&self, target: &Target, graph: u64) -> Option<Arc<View>> {
         let g = self.lock();
@@ -119,13 +132,14 @@ impl ReadCache {
         path: &BranchPath,
         follow: bool,
         stamp: Stamp,
-    ) -> Option<CachedHit> {
+    ) -> Option<Arc<CachedHit>> {
+        let k = key(target, path, follow);
         let g = self.lock();
-        // Borrowed lookups would need a key type per field; the clones are
-        // small next to the system call this saves.
         g.hits
-            .get(&(target.clone(), path.clone(), follow))
-            .filter(|h| h.stamp == stamp)
+            .get(&k)
+            .filter(|h| {
+                h.stamp == stamp && h.follow == follow && h.key == *path && h.target == *target
+            })
             .cloned()
     }
 
@@ -159,8 +173,11 @@ impl ReadCache {
         }
         let dir = slot.1.clone();
         g.hits.insert(
-            (target.clone(), path.clone(), follow),
-            CachedHit {
+            key(target, path, follow),
+            Arc::new(CachedHit {
+                target: target.clone(),
+                key: path.clone(),
+                follow,
                 view: view.clone(),
                 path: r.path.clone(),
                 layer: h.layer,
@@ -168,7 +185,16 @@ impl ReadCache {
                 stored: h.stored.clone(),
                 kind: h.st.kind,
                 stamp,
-            },
+            }),
         );
     }
+}
+
+fn key(target: &Target, path: &BranchPath, follow: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target.hash(&mut h);
+    path.hash(&mut h);
+    follow.hash(&mut h);
+    h.finish()
 }

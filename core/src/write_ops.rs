@@ -48,6 +48,29 @@ fn not_root(r: &Resolved, what: &str) -> CoreResult<()> {
     }
 }
 
+/// The permission bits of a mode a caller gave: bits outside 07777 (a
+/// file type, or garbage) are refused, never silently dropped.
+pub(crate) fn perm_bits(mode: u32) -> CoreResult<u32> {
+    if mode & !0o7777 != 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "invalid mode {mode:#o}: only permission bits (at most 07777) may be given"
+        )));
+    }
+    Ok(mode)
+}
+
+/// Refuses a file size or end offset past the largest a file can have
+/// (`i64::MAX`): `EFBIG`, "file too large".
+fn check_size(path: &BranchPath, what: &str, end: Option<u64>) -> CoreResult<u64> {
+    match end {
+        Some(n) if n <= i64::MAX as u64 => Ok(n),
+        _ => Err(CoreError::io(
+            format!("{what} {path}"),
+            std::io::Error::from_raw_os_error(libc::EFBIG),
+        )),
+    }
+}
+
 fn ts(t: Option<SystemTime>) -> Timespec {
     match t {
         None => Timespec {
@@ -85,6 +108,7 @@ impl Writer<'_> {
 
     /// Creates an empty regular file; fails if the name is taken.
     pub fn create(&self, path: &BranchPath, mode: u32) -> CoreResult<Change> {
+        let mode = perm_bits(mode)?;
         let r = self.view.resolve(path, false)?;
         not_root(&r, "create")?;
         if r.hit.is_some() {
@@ -165,6 +189,7 @@ impl Writer<'_> {
     /// Writes `data` at `offset` into existing regular file `path`
     /// (copying it up first). A final symlink is followed.
     pub fn write_at(&self, path: &BranchPath, offset: u64, data: &[u8]) -> CoreResult<Change> {
+        check_size(path, "write", offset.checked_add(data.len() as u64))?;
         let r = self.view.existing(path, true)?;
         let before = regular_file(&r)?.st.size;
         let (dir, stored) = self.copy_up(&r)?;
@@ -182,6 +207,7 @@ impl Writer<'_> {
 
     /// Sets the length of regular file `path`. A final symlink is followed.
     pub fn truncate(&self, path: &BranchPath, len: u64) -> CoreResult<Change> {
+        check_size(path, "truncate", Some(len))?;
         let r = self.view.existing(path, true)?;
         let hit = regular_file(&r)?;
         let before = hit.st.size;
@@ -200,6 +226,7 @@ impl Writer<'_> {
 
     /// Creates directory `path`.
     pub fn mkdir(&self, path: &BranchPath, mode: u32) -> CoreResult<Change> {
+        let mode = perm_bits(mode)?;
         let r = self.view.resolve(path, false)?;
         if r.path.is_root() || r.hit.is_some() {
             return Err(CoreError::AlreadyExists(r.path.to_string()));
@@ -339,6 +366,7 @@ impl Writer<'_> {
 
     /// Sets the permission bits of `path` (symlinks followed).
     pub fn chmod(&self, path: &BranchPath, mode: u32) -> CoreResult<Change> {
+        let mode = perm_bits(mode)?;
         let (r, ()) = self.with_active(path, |dir, name| {
             rustix::fs::chmodat(
                 dir,
@@ -412,6 +440,14 @@ impl Writer<'_> {
     pub fn rename(&self, from: &BranchPath, to: &BranchPath) -> CoreResult<Option<Change>> {
         let rf = self.view.existing(from, false)?;
         not_root(&rf, "rename")?;
+        if rf.kind() == Some(FileKind::Other) && rf.hit.as_ref().is_some_and(|h| h.layer != 0) {
+            // Moving it would mean copying it up: a special file (FIFO,
+            // device, socket) is never opened, so it cannot be.
+            return Err(CoreError::Unsupported(format!(
+                "{}: not a regular file",
+                rf.path
+            )));
+        }
         let rt = self.view.resolve(to, false)?;
         if rt.path.is_root() {
             return Err(CoreError::Busy {

@@ -175,7 +175,7 @@ impl PluginEntry {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Extra directories searched for plugins, after the executable's
-    /// directory and `AGENTFS_PLUGIN_PATH`.
+    /// directory, its `../lib/agentfs/plugins` and `AGENTFS_PLUGIN_PATH`.
     #[serde(default)]
     pub plugin_path: Vec<PathBuf>,
     /// The one backstore.

@@ -52,9 +52,18 @@ pub fn handle(
 ) -> Result<Response, CoreError> {
     match req {
         Request::Ping => Ok(Response::Pong),
-        Request::BranchCreate { name, base } => store
-            .create_branch(&name, None, base.as_deref().map(Path::new))
-            .map(|b| Response::Branch(convert::branch_to_wire(b))),
+        Request::BranchCreate { name, base } => {
+            if let Some(b) = base.as_deref().filter(|b| !Path::new(b).is_absolute()) {
+                // It would resolve against whatever directory the daemon
+                // was started in.
+                return Err(CoreError::InvalidArgument(format!(
+                    "base {b:?}: give an absolute path"
+                )));
+            }
+            store
+                .create_branch(&name, None, base.as_deref().map(Path::new))
+                .map(|b| Response::Branch(convert::branch_to_wire(b)))
+        }
         Request::BranchFromSnapshot { snapshot, name } => store
             .create_branch(&name, Some(&snapshot), None)
             .map(|b| Response::Branch(convert::branch_to_wire(b))),

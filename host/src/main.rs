@@ -1,11 +1,13 @@
 //! `agentfs`: the AgentFS command-line host.
 
-mod cli_backend;
-mod core_cmds;
+// The clap doc comments here are `--help` text (and man pages), where
+// `<name>` is how a placeholder is written; they are not rustdoc HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
+mod cli;
 mod demo;
-mod plugin_cmds;
+mod output;
 mod run_cmd;
-mod watch_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -19,8 +21,8 @@ use agentfs_host::{
 };
 use agentfs_plugin_api::{guard::path_from_bytes, PluginKind};
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use cli_backend::{Backend, DaemonClient};
+use clap::{CommandFactory, Parser, Subcommand};
+use cli::backend::{Backend, DaemonClient};
 
 /// AgentFS: copy-on-write branches of a real directory for AI agents.
 #[derive(Parser, Debug)]
@@ -93,13 +95,13 @@ enum Command {
     },
     /// Create, list, delete and compact branches.
     #[command(subcommand)]
-    Branch(core_cmds::BranchCmd),
+    Branch(cli::branch::BranchCmd),
     /// Create, list and delete snapshots.
     #[command(subcommand)]
-    Snapshot(core_cmds::SnapshotCmd),
+    Snapshot(cli::snapshot::SnapshotCmd),
     /// File operations in a branch (or, for reading, a snapshot).
     #[command(subcommand)]
-    Fs(core_cmds::FsCmd),
+    Fs(cli::fs::FsCmd),
     /// List what a branch added, modified and deleted, against its base or
     /// a snapshot.
     Diff {
@@ -122,6 +124,14 @@ enum Command {
         /// With --init: default base directory of new branches.
         #[arg(long, value_name = "DIR", requires = "init")]
         base: Option<PathBuf>,
+        /// Seconds a clean shutdown may take after SIGTERM or SIGINT before
+        /// the daemon exits anyway (a second signal exits at once).
+        #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+        shutdown_timeout: f64,
+        /// At most this many connections per uid at once; more are refused
+        /// with an error frame and a log line.
+        #[arg(long, value_name = "N", default_value_t = daemon::limits::DEFAULT_MAX_CONNECTIONS_PER_UID)]
+        max_connections_per_uid: usize,
     },
     /// Print a branch's file events as they happen, through the daemon.
     Watch {
@@ -138,7 +148,7 @@ enum Command {
         /// records (as a process using that API would get them) instead of
         /// core events.
         #[arg(long, value_enum, value_name = "API")]
-        native: Option<watch_cmd::NativeApi>,
+        native: Option<cli::watch::NativeApi>,
     },
     /// Run a program inside a branch: the branch appears at the base's own
     /// path (or --at DIR), reads come from the branch, writes land in it.
@@ -150,6 +160,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         base: Option<PathBuf>,
     },
+    /// Install this binary, the plugins it finds, man pages and shell
+    /// completions under a prefix (DIR/bin, DIR/lib/agentfs/plugins, DIR/share).
+    Install(cli::install::InstallArgs),
+    /// Print the shell completion script for SHELL.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the agentfs(1) man page (roff), or write every page to a directory.
+    Man(cli::install::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,7 +193,7 @@ enum PluginsCmd {
         verbose: bool,
     },
     /// Write a new plugin crate that builds and certifies as generated.
-    New(plugin_cmds::NewArgs),
+    New(cli::plugins::NewArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,8 +211,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(output::log_colours())
         .init();
+    // Before parsing: `--help` output may meet a closed pipe too.
+    output::default_sigpipe();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        output::ignore_sigpipe();
+    }
     match run(cli) {
         // A plugin panic some caller could carry on from is still a failure.
         Ok(_) if loader::first_plugin_panic().is_some() => {
@@ -203,8 +230,8 @@ fn main() -> ExitCode {
         }
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentfs: error: {e:#}");
-            core_cmds::exit_code_for(&e)
+            eprintln!("agentfs: error: {}", output::error_line(&e));
+            cli::store::exit_code_for(&e)
         }
     }
 }
@@ -226,6 +253,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         cli.backstore.as_deref(),
         &cli.backstore_options,
     );
+    match cli.command {
+        Command::Completions { shell } => return cli::install::completions(Cli::command(), shell),
+        Command::Man(args) => return cli::install::man(Cli::command(), args),
+        _ => {}
+    }
     let socket = cli
         .socket
         .clone()
@@ -244,11 +276,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // daemon running they need no configuration.
     let backend = || Backend::choose(&socket, cli.direct, make_host, wait);
     match cli.command {
-        Command::Branch(cmd) => return core_cmds::branch(&mut backend()?, cmd),
-        Command::Snapshot(cmd) => return core_cmds::snapshot(&mut backend()?, cmd),
-        Command::Fs(cmd) => return core_cmds::fs(&mut backend()?, cmd),
+        Command::Branch(cmd) => return cli::branch::run(&mut backend()?, cmd),
+        Command::Snapshot(cmd) => return cli::snapshot::run(&mut backend()?, cmd),
+        Command::Fs(cmd) => return cli::fs::run(&mut backend()?, cmd),
         Command::Status { json } if !cli.direct => {
-            if let Some(d) = cli_backend::connect_daemon(&socket)? {
+            if let Some(d) = cli::backend::connect_daemon(&socket)? {
                 return status_daemon(d, json);
             }
         }
@@ -257,7 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             path,
             json,
             native,
-        } => return watch_cmd::run(&socket, &branch, &path, json, native),
+        } => return cli::watch::run(&socket, &branch, &path, json, native),
         Command::Run(args) => {
             let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
             return run_cmd::run(&socket, &globals, exists, args);
@@ -265,14 +297,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let h = make_host()?;
-    let open = || core_cmds::open_store(&h, wait);
+    let open = || cli::store::open_store(&h, wait);
     match cli.command {
         Command::Init {
             base,
             compact_threshold,
             json,
-        } => core_cmds::init(&h, wait, base, compact_threshold, json),
-        Command::Serve { init, base } => serve(&h, socket, init, base, wait),
+        } => cli::store::init(&h, wait, base, compact_threshold, json),
+        Command::Serve {
+            init,
+            base,
+            shutdown_timeout,
+            max_connections_per_uid,
+        } => {
+            let opts = ServeOptions {
+                socket,
+                init: init.then_some(InitOptions {
+                    default_base: base,
+                    compact_threshold: None,
+                }),
+                wait,
+                shutdown_timeout: std::time::Duration::try_from_secs_f64(shutdown_timeout)
+                    .context("--shutdown-timeout: give a number of seconds")?,
+                max_connections_per_uid,
+            };
+            serve(&h, opts)
+        }
         Command::Branch(_)
         | Command::Snapshot(_)
         | Command::Fs(_)
@@ -281,16 +331,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             unreachable!("handled above")
         }
         Command::Diff { branch, from, json } => {
-            core_cmds::diff(&open()?, &branch, from.as_deref(), json)
+            cli::store::diff(&open()?, &branch, from.as_deref(), json)
         }
         Command::Demo { base } => demo::run(&h, wait, base),
+        Command::Install(args) => cli::install::install(&h, Cli::command(), args),
+        Command::Completions { .. } | Command::Man(_) => unreachable!("handled above"),
         Command::Plugins(PluginsCmd::List { json }) => plugins_list(&h, json),
         Command::Plugins(PluginsCmd::Info {
             plugin,
             json,
             verbose,
-        }) => plugin_cmds::with_report(plugins_info(&h, &plugin, json), verbose),
-        Command::Plugins(PluginsCmd::New(args)) => plugin_cmds::new(args),
+        }) => cli::plugins::with_report(plugins_info(&h, &plugin, json), verbose),
+        Command::Plugins(PluginsCmd::New(args)) => cli::plugins::new(args),
         Command::Status { json } => status(&h, json),
         Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Show) => {
@@ -408,31 +460,16 @@ fn plugins_info(h: &Host, plugin: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    h: &Host,
-    socket: PathBuf,
-    init: bool,
-    base: Option<PathBuf>,
-    wait: LockWait,
-) -> Result<ExitCode> {
-    let opts = ServeOptions {
-        socket,
-        init: init.then_some(InitOptions {
-            default_base: base,
-            compact_threshold: None,
-        }),
-        wait,
-    };
+fn serve(h: &Host, opts: ServeOptions) -> Result<ExitCode> {
     daemon::serve(h, opts, |path| {
         // The readiness line scripts and tests wait for.
-        println!(
+        output::say(&format!(
             "agentfs serve: ready on {} (pid {})",
             path.display(),
             std::process::id()
-        );
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        ));
     })?;
-    println!("agentfs serve: stopped");
+    output::say("agentfs serve: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -471,6 +508,7 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
                 "capabilities": b.capabilities,
             },
             "watch": st.watch_providers,
+            "read_only_fds": st.read_only_fds,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -497,6 +535,14 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
             st.clients, st.watches, st.open_fds, st.subscriptions
         );
         println!("watch:        {}", caps_or_dash(&st.watch_providers));
+        println!(
+            "read fds:     {}",
+            if st.read_only_fds {
+                "from read-only mounts"
+            } else {
+                "not protected (no read-only mounts here)"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

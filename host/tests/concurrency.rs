@@ -14,7 +14,7 @@ use std::{
 };
 
 use agentfs_proto::{Client, FdOpen, FsOp, FsReply, Hello, OpenFlags, Request, Response};
-use common::daemon::{agentfs_cmd, agentfs_ok, write_config};
+use common::{daemon::agentfs_cmd, hostile::Served};
 
 fn fs_req(branch: &str, op: FsOp) -> Request {
     Request::Fs {
@@ -26,29 +26,20 @@ fn fs_req(branch: &str, op: FsOp) -> Request {
 
 #[test]
 fn a_copy_up_held_in_one_branch_does_not_stop_another() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let base = dir.join("base");
-    fs::create_dir_all(&base).unwrap();
-    fs::write(base.join("big.bin"), vec![7u8; 4 << 20]).unwrap();
-    fs::write(base.join("small.txt"), b"small").unwrap();
     // hostfs on a plain directory: copy-up by copy, through the fault point.
-    let config = write_config(
-        dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
-    let socket = dir.join("run/agentfs.sock");
+    let s = Served::new(|base| {
+        fs::write(base.join("big.bin"), vec![7u8; 4 << 20]).unwrap();
+        fs::write(base.join("small.txt"), b"small").unwrap();
+    });
+    let (base, socket) = (s.base(), s.socket.clone());
     let direct = |args: &[&str]| {
         let mut a = vec!["--direct"];
         a.extend_from_slice(args);
-        agentfs_ok(&config, &socket, &a)
+        s.ok(&a)
     };
-    direct(&["init", "--base", base.to_str().unwrap()]);
     direct(&["branch", "create", "a"]);
-    direct(&["branch", "create", "b"]);
 
-    let mut daemon = agentfs_cmd(&config, &socket)
+    let mut daemon = agentfs_cmd(&s.config, &socket)
         .env("AGENTFS_FAULT", "copyup-after-temp-write")
         .arg("serve")
         .stdin(Stdio::null())
@@ -141,4 +132,77 @@ fn a_copy_up_held_in_one_branch_does_not_stop_another() {
     // The base is untouched.
     assert_eq!(fs::read(base.join("big.bin")).unwrap().len(), 4 << 20);
     assert!(!base.join("renamed.txt").exists());
+}
+
+/// A snapshot never changes after it is taken, whichever process takes it:
+/// while the daemon has handed out an fd for writing in a branch, a direct
+/// (other-process) snapshot that would commit the branch's active layer is
+/// refused as busy; once the fd's record is closed, it is taken, and it
+/// holds what was written.
+#[test]
+fn a_direct_snapshot_is_refused_while_the_daemon_has_a_writer_open() {
+    use std::{io::Write, os::unix::fs::FileExt};
+    let s = Served::new(|base| fs::write(base.join("f.txt"), b"BASE").unwrap());
+    let (base, socket) = (s.base(), s.socket.clone());
+    let run = |args: &[&str]| {
+        let mut a = vec!["--direct"];
+        a.extend_from_slice(args);
+        s.run(&a)
+    };
+    let d = s.serve();
+    let mut c = Client::connect(&socket, Hello::current("writer", Some("b".into()))).unwrap();
+    let (opened, fd) = c
+        .fd_open(FdOpen {
+            branch: None,
+            path: "f.txt".into(),
+            flags: OpenFlags::from_native(libc::O_RDWR),
+            mode: 0,
+        })
+        .unwrap();
+    let mut f = fs::File::from(fd);
+    f.write_all_at(b"BEFORE", 0).unwrap();
+
+    let refused = run(&["snapshot", "create", "--branch", "b", "s1"]);
+    assert!(
+        !refused.status.success(),
+        "a snapshot was taken under a writer"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("busy") && err.contains("open for writing"),
+        "{err}"
+    );
+
+    f.flush().unwrap();
+    drop(f);
+    c.request(Request::FdClose {
+        record: opened.record,
+    })
+    .unwrap();
+    let taken = run(&["snapshot", "create", "--branch", "b", "s1"]);
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    // Later writes in the branch do not reach the snapshot.
+    let (_, fd) = c
+        .fd_open(FdOpen {
+            branch: None,
+            path: "f.txt".into(),
+            flags: OpenFlags::from_native(libc::O_WRONLY | libc::O_APPEND),
+            mode: 0,
+        })
+        .unwrap();
+    fs::File::from(fd).write_all(b"\nAFTER").unwrap();
+    let cat = |at: &[&str]| {
+        let mut a = vec!["fs", "cat"];
+        a.extend_from_slice(at);
+        a.push("f.txt");
+        String::from_utf8(run(&a).stdout).unwrap()
+    };
+    assert_eq!(cat(&["--snapshot", "s1"]), "BEFORE");
+    assert_eq!(cat(&["--branch", "b"]), "BEFORE\nAFTER");
+    assert_eq!(fs::read(base.join("f.txt")).unwrap(), b"BASE");
+    drop(d);
 }

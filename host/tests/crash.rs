@@ -11,7 +11,9 @@ use std::{
     process::Stdio,
 };
 
-use agentfs_core::{LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, WORK_DIR};
+use agentfs_core::{
+    LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, WORK_DIR, WRITER_LOCK_DIR,
+};
 use common::*;
 
 /// The sample base plus a 1 MiB file, an initialised store, branch `b`.
@@ -63,7 +65,16 @@ fn reopen(e: &CliEnv) -> Store {
     let stray: Vec<_> = std::fs::read_dir(&meta)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| ![GRAPH_FILE, "lock", GENERATION_FILE, BRANCH_LOCK_DIR].contains(&n.as_str()))
+        .filter(|n| {
+            ![
+                GRAPH_FILE,
+                "lock",
+                GENERATION_FILE,
+                BRANCH_LOCK_DIR,
+                WRITER_LOCK_DIR,
+            ]
+            .contains(&n.as_str())
+        })
         .collect();
     assert!(stray.is_empty(), "stray metadata files: {stray:?}");
     s

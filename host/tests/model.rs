@@ -1,20 +1,30 @@
 //! Model-based test: random sequences of create, write, write-at,
 //! truncate, chmod, unlink, rename, mkdir, rmdir, snapshot,
-//! branch-from-snapshot, branch deletion and restart run against a plain
-//! in-memory model. After
-//! every step: every branch and every snapshot shows exactly what the model
-//! says (so snapshots are isolated), errors agree, and the base is byte for
-//! byte unchanged. At the end of each case, `diff` agrees with the model.
+//! branch-from-snapshot, branch and snapshot deletion and restart run
+//! against a plain in-memory model. After every step: every branch and every
+//! snapshot shows exactly what the model says (so snapshots are isolated),
+//! errors agree, and the base is byte for byte unchanged. At the end of each
+//! case, `diff` agrees with the model.
+//!
+//! A second model follows the layer graph: which layers exist, the chain
+//! under each branch and snapshot, compaction. Deleting a snapshot that a
+//! branch or another snapshot is built on must be refused (`Busy`, naming
+//! exactly the dependents the model names) and change nothing; deleting a
+//! branch is never refused (its snapshots keep their layers). After every
+//! step the store uses exactly the model's layers and the backstore holds
+//! exactly those: a layer whose last user was deleted is gone from
+//! `list_layers`, its space released.
 //!
 //! Runs over the mock (soft reflink, and copy-only), hostfs on a temporary
 //! directory, hostfs on a loop-mounted btrfs (so copy-up really reflinks),
-//! and the btrfs plugin there (layers are subvolumes, snapshots native). `PROPTEST_CASES` sets the number of cases per backstore
-//! (default 256).
+//! and the btrfs plugin there (layers are subvolumes, snapshots native).
+//! `PROPTEST_CASES` sets the number of cases per backstore (default 200,
+//! which keeps the five runs under 30 s on two cores).
 
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -58,6 +68,7 @@ enum Op {
     Snapshot(usize),
     BranchFrom(usize),
     DeleteBranch(usize),
+    DeleteSnapshot(usize),
     Reopen,
 }
 
@@ -110,7 +121,8 @@ fn op(persistent: bool) -> impl Strategy<Value = Op> {
         2 => (b.clone(), path()).prop_map(|(b, p)| Op::Rmdir(b, p)),
         2 => b.clone().prop_map(Op::Snapshot),
         2 => (0usize..8).prop_map(Op::BranchFrom),
-        1 => b.prop_map(Op::DeleteBranch),
+        2 => b.prop_map(Op::DeleteBranch),
+        2 => (0usize..8).prop_map(Op::DeleteSnapshot),
         1 => Just(if persistent { Op::Reopen } else { Op::Snapshot(0) }),
     ]
 }
@@ -341,6 +353,134 @@ fn model_diff(old: &Tree, new: &Tree) -> Vec<(String, ChangeType)> {
     out
 }
 
+/// The compaction threshold the cases' stores are made with.
+const COMPACT_THRESHOLD: usize = 3;
+
+/// The reference model of the layer graph: every layer the store keeps and
+/// its parent, each branch's active layer and each snapshot's layer. Ids
+/// are handed out in the store's order (`l000001`, ...), so the model
+/// names the very layers the store should have.
+#[derive(Default)]
+struct Layers {
+    next: u64,
+    parent: BTreeMap<String, Option<String>>,
+    branches: BTreeMap<String, String>,
+    snapshots: BTreeMap<String, String>,
+}
+
+impl Layers {
+    fn alloc(&mut self, parent: Option<String>) -> String {
+        self.next += 1;
+        let id = format!("l{:06}", self.next);
+        self.parent.insert(id.clone(), parent);
+        id
+    }
+
+    /// `[top, parent, ...]`.
+    fn chain(&self, top: &str) -> Vec<String> {
+        let mut out = vec![top.to_string()];
+        while let Some(Some(p)) = self.parent.get(out.last().unwrap()) {
+            out.push(p.clone());
+        }
+        out
+    }
+
+    /// A branch: one new layer, over snapshot `from`'s layer or the base.
+    fn create_branch(&mut self, name: &str, from: Option<&str>) {
+        let parent = from.map(|s| self.snapshots[s].clone());
+        let id = self.alloc(parent);
+        self.branches.insert(name.to_string(), id);
+    }
+
+    /// A snapshot of `branch`; returns its layer. A native snapshot is a
+    /// new committed layer beside the active one; otherwise the active
+    /// layer is committed as the snapshot and the branch gets a new active
+    /// layer on it. A branch then deeper than the threshold is compacted
+    /// onto one new layer.
+    fn snapshot(&mut self, branch: &str, name: &str, native: bool) -> String {
+        let active = self.branches[branch].clone();
+        let layer = if native {
+            let p = self.parent[&active].clone();
+            self.alloc(p)
+        } else {
+            let fresh = self.alloc(Some(active.clone()));
+            self.branches.insert(branch.to_string(), fresh);
+            active
+        };
+        self.snapshots.insert(name.to_string(), layer.clone());
+        let active = self.branches[branch].clone();
+        if self.chain(&active).len() - 1 > COMPACT_THRESHOLD {
+            let flat = self.alloc(None);
+            self.parent.insert(active, Some(flat));
+        }
+        self.collect();
+        layer
+    }
+
+    fn delete_branch(&mut self, name: &str) {
+        self.branches.remove(name);
+        self.collect();
+    }
+
+    /// `Err(dependents)` ("branch b1, snapshot s3") when a branch or
+    /// another snapshot is built on the snapshot's layer.
+    fn delete_snapshot(&mut self, name: &str) -> Result<(), String> {
+        let layer = &self.snapshots[name];
+        let on = |top: &String| self.chain(top).contains(layer);
+        let deps: Vec<String> = (self.branches.iter())
+            .filter(|(_, top)| on(top))
+            .map(|(b, _)| format!("branch {b}"))
+            .chain(
+                (self.snapshots.iter())
+                    .filter(|(s, top)| *s != name && on(top))
+                    .map(|(s, _)| format!("snapshot {s}")),
+            )
+            .collect();
+        if !deps.is_empty() {
+            return Err(deps.join(", "));
+        }
+        self.snapshots.remove(name);
+        self.collect();
+        Ok(())
+    }
+
+    /// Forgets the layers no branch or snapshot reaches any more.
+    fn collect(&mut self) {
+        let live: BTreeSet<String> = (self.branches.values())
+            .chain(self.snapshots.values())
+            .flat_map(|top| self.chain(top))
+            .collect();
+        self.parent.retain(|id, _| live.contains(id));
+    }
+
+    /// Every layer, sorted.
+    fn ids(&self) -> Vec<String> {
+        self.parent.keys().cloned().collect()
+    }
+}
+
+/// What a run exercised, summed over its cases.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    reflinked: u64,
+    copied: u64,
+    /// Snapshot deletions refused because others are built on them.
+    refused: u64,
+    /// Deletions that released at least one layer.
+    released: u64,
+}
+
+impl Counts {
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            reflinked: self.reflinked + o.reflinked,
+            copied: self.copied + o.copied,
+            refused: self.refused + o.refused,
+            released: self.released + o.released,
+        }
+    }
+}
+
 /// A backstore factory: called for the first open and for every restart,
 /// with the case's directory.
 type Factory<'a> = &'a dyn Fn(&Path) -> LoadedBackstore;
@@ -349,6 +489,7 @@ struct Case {
     store: Option<Store>,
     model: BTreeMap<String, Tree>,
     snaps: BTreeMap<String, Tree>,
+    layers: Layers,
     next_branch: usize,
     next_snap: usize,
 }
@@ -358,7 +499,7 @@ fn run_case(
     base_t: &Tree,
     ops: &[Op],
     factory: Factory<'_>,
-) -> Result<(u64, u64), TestCaseError> {
+) -> Result<Counts, TestCaseError> {
     let base = dir.join("base");
     write_base(&base, base_t);
     let base_img = image_dir(&base);
@@ -366,20 +507,24 @@ fn run_case(
         factory(dir),
         InitOptions {
             default_base: Some(base.clone()),
-            compact_threshold: Some(3),
+            compact_threshold: Some(COMPACT_THRESHOLD as u32),
         },
         LockWait::Block,
     )
     .unwrap();
     s.create_branch("b0", None, None).unwrap();
+    let mut layers = Layers::default();
+    layers.create_branch("b0", None);
     let mut c = Case {
         store: Some(s),
         model: BTreeMap::from([("b0".to_string(), base_t.clone())]),
         snaps: BTreeMap::new(),
+        layers,
         next_branch: 1,
         next_snap: 0,
     };
-    let mut stats = (0, 0);
+    let mut stats = Counts::default();
+    let mut layers_before = c.layers.ids().len();
     for (i, op) in ops.iter().enumerate() {
         step(&mut c, op, dir, factory, &mut stats)
             .map_err(|e| TestCaseError::fail(format!("step {i} {op:?}: {e}")))?;
@@ -396,6 +541,22 @@ fn run_case(
             i,
             op
         );
+        let in_use = s.layers_in_use().unwrap();
+        prop_assert_eq!(&in_use, &c.layers.ids(), "step {} {:?}: layers", i, op);
+        if matches!(op, Op::DeleteBranch(_) | Op::DeleteSnapshot(_)) && in_use.len() < layers_before
+        {
+            stats.released += 1;
+        }
+        layers_before = in_use.len();
+        let mut present = s.layer_store().list_layers().unwrap();
+        present.sort();
+        prop_assert_eq!(
+            &present,
+            &in_use,
+            "step {} {:?}: the backstore's layers are not the ones in use",
+            i,
+            op
+        );
     }
     let s = c.store.as_ref().unwrap();
     for (b, t) in &c.model {
@@ -409,7 +570,9 @@ fn run_case(
         }
     }
     let (r, cp) = s.copy_stats();
-    Ok((stats.0 + r, stats.1 + cp))
+    stats.reflinked += r;
+    stats.copied += cp;
+    Ok(stats)
 }
 
 fn step(
@@ -417,7 +580,7 @@ fn step(
     op: &Op,
     dir: &Path,
     factory: Factory<'_>,
-    stats: &mut (u64, u64),
+    stats: &mut Counts,
 ) -> Result<(), String> {
     let branches: Vec<String> = c.model.keys().cloned().collect();
     let pick = |i: &usize| branches.get(i % branches.len().max(1)).cloned();
@@ -426,8 +589,8 @@ fn step(
         Op::Reopen => {
             let old = c.store.take().unwrap();
             let (r, cp) = old.copy_stats();
-            stats.0 += r;
-            stats.1 += cp;
+            stats.reflinked += r;
+            stats.copied += cp;
             drop(old);
             c.store = Some(Store::open(factory(dir), LockWait::Block).map_err(|e| e.to_string())?);
             return Ok(());
@@ -436,8 +599,13 @@ fn step(
             let Some(b) = pick(b) else { return Ok(()) };
             let name = format!("s{}", c.next_snap);
             c.next_snap += 1;
-            s.create_snapshot(&b, Some(&name))
+            let info = s
+                .create_snapshot(&b, Some(&name))
                 .map_err(|e| e.to_string())?;
+            let layer = c.layers.snapshot(&b, &name, info.native);
+            if info.layer != layer {
+                return Err(format!("snapshot in layer {}, model: {layer}", info.layer));
+            }
             c.snaps.insert(name, c.model[&b].clone());
             return Ok(());
         }
@@ -450,13 +618,37 @@ fn step(
             c.next_branch += 1;
             s.create_branch(&name, Some(snap), None)
                 .map_err(|e| e.to_string())?;
+            c.layers.create_branch(&name, Some(snap));
             c.model.insert(name, c.snaps[snap].clone());
             return Ok(());
         }
         Op::DeleteBranch(b) => {
             let Some(b) = pick(b) else { return Ok(()) };
             s.delete_branch(&b).map_err(|e| e.to_string())?;
+            c.layers.delete_branch(&b);
             c.model.remove(&b);
+            return Ok(());
+        }
+        Op::DeleteSnapshot(i) => {
+            let snaps: Vec<String> = c.snaps.keys().cloned().collect();
+            let Some(snap) = snaps.get(i % snaps.len().max(1)) else {
+                return Ok(());
+            };
+            match (s.delete_snapshot(snap), c.layers.delete_snapshot(snap)) {
+                (Ok(()), Ok(())) => {
+                    c.snaps.remove(snap);
+                }
+                (Err(CoreError::Busy { why, .. }), Err(deps))
+                    if why == format!("{deps} built on it") =>
+                {
+                    stats.refused += 1;
+                }
+                (got, want) => {
+                    return Err(format!(
+                        "delete snapshot {snap}: core said {got:?}, model said {want:?}"
+                    ))
+                }
+            }
             return Ok(());
         }
         _ => {}
@@ -503,32 +695,44 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+        .unwrap_or(200)
 }
 
 /// Runs the property with `factory`; returns (reflinked, copied) totals.
+/// With enough cases, also requires that some snapshot deletions were
+/// refused and some deletions released layers.
 fn check(label: &str, scratch: &Path, persistent: bool, factory: Factory<'_>) -> (u64, u64) {
     let mut runner = TestRunner::new(Config {
         cases: cases(),
         failure_persistence: None,
         ..Config::default()
     });
-    let totals = std::cell::Cell::new((0u64, 0u64));
+    let totals = std::cell::Cell::new(Counts::default());
     let strategy = (
         base_tree(),
         proptest::collection::vec(op(persistent), 1..28),
     );
     let result = runner.run(&strategy, |(base_t, ops)| {
         let dir = tempfile::tempdir_in(scratch).unwrap();
-        let (r, c) = run_case(dir.path(), &base_t, &ops, factory)?;
-        let (tr, tc) = totals.get();
-        totals.set((tr + r, tc + c));
+        let counts = run_case(dir.path(), &base_t, &ops, factory)?;
+        totals.set(totals.get().add(counts));
         Ok(())
     });
     if let Err(e) = result {
         panic!("{label}: {e}");
     }
-    totals.get()
+    let t = totals.get();
+    if cases() >= 64 {
+        assert!(
+            t.refused > 0,
+            "{label}: no snapshot deletion was refused: {t:?}"
+        );
+        assert!(
+            t.released > 0,
+            "{label}: no deletion released a layer: {t:?}"
+        );
+    }
+    (t.reflinked, t.copied)
 }
 
 #[test]

@@ -210,6 +210,7 @@ impl Client {
                 (f @ (DaemonFrame::Events(_) | DaemonFrame::CoreEvents(_)), _) => {
                     self.pushed.push_back(f)
                 }
+                (DaemonFrame::Refused(e), _) => return Err(ClientError::Refused(e)),
                 (other, _) => {
                     return Err(ClientError::Protocol(format!("unexpected frame {other:?}")))
                 }

@@ -193,6 +193,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the largest body accepted (a daemon raises it after the
+    /// handshake).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
@@ -201,6 +207,24 @@ impl FrameDecoder {
     /// Bytes received but not yet consumed.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The next whole frame's body, undecoded; `Ok(None)` if more bytes
+    /// are needed. After an error (a length over the limit) the stream is
+    /// out of sync and must be closed.
+    pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buf[..HEADER_LEN]);
+        let len = body_len(header, self.max)?;
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let body = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.buf.drain(..HEADER_LEN + len);
+        Ok(Some(body))
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed. After an

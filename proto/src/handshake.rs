@@ -11,6 +11,11 @@ pub const VERSION: u32 = 1;
 /// The oldest protocol version this crate still speaks.
 pub const MIN_VERSION: u32 = 1;
 
+/// Largest frame a daemon takes before the handshake: a [`Hello`] is a few
+/// hundred bytes, so a connection that has not said who it is can make the
+/// daemon hold no more than this.
+pub const MAX_HELLO_LEN: usize = 64 * 1024;
+
 /// The version to use with a client that sent `hello`: the newest one both
 /// sides speak, or a `VersionMismatch` error naming both ranges.
 pub fn negotiate(hello: &Hello) -> Result<u32, WireError> {

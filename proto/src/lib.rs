@@ -34,6 +34,7 @@ mod error;
 pub mod fd_passing;
 mod frame;
 mod handshake;
+mod malformed;
 mod messages;
 
 pub use client::{Client, ClientError};
@@ -42,5 +43,6 @@ pub use frame::{
     decode_body, encode_frame, read_frame, read_frame_async, write_frame, write_frame_async,
     FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN,
 };
-pub use handshake::{negotiate, MAGIC, MIN_VERSION, VERSION};
+pub use handshake::{negotiate, MAGIC, MAX_HELLO_LEN, MIN_VERSION, VERSION};
+pub use malformed::{decode_client_frame, Malformed};
 pub use messages::*;

@@ -90,8 +90,10 @@ impl ClientFrame {
 pub enum DaemonFrame {
     /// Handshake accepted.
     Welcome(Welcome),
-    /// Handshake refused (version mismatch, wrong uid, bad magic); the
-    /// daemon closes the connection after it.
+    /// Handshake refused (version mismatch, wrong uid, bad magic), or a
+    /// frame after it that cannot be answered by a request id (a second
+    /// `Hello`, a request without a usable id, a frame over the size
+    /// limit); the daemon closes the connection after it.
     Refused(WireError),
     /// The answer to request `id`.
     Response {
@@ -526,10 +528,14 @@ pub enum FileOrigin {
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
-    /// Name.
+    /// Name (with U+FFFD for bytes that are not UTF-8: see `name_bytes`).
     pub name: String,
     /// Kind.
     pub kind: FileKind,
+    /// The name's exact bytes, when they are not UTF-8 (absent otherwise;
+    /// peers that do not know the field ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub name_bytes: Option<Vec<u8>>,
 }
 
 /// A branch.
@@ -636,6 +642,11 @@ pub struct DaemonStatus {
     /// The watch providers loaded (plugin names).
     #[serde(default)]
     pub watch_providers: Vec<String>,
+    /// Fds handed out for reading come from read-only mounts (bases and
+    /// snapshots cannot be written through them); false where that is not
+    /// possible (not Linux, or no privilege to clone mounts).
+    #[serde(default)]
+    pub read_only_fds: bool,
 }
 
 /// A native watch registration. `path` is branch-relative (the shim

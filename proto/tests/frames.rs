@@ -300,6 +300,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             config: "/etc/agentfs.toml".into(),
             socket: "/run/user/501/agentfs/agentfs.sock".into(),
             watch_providers: vec!["inotify".into()],
+            read_only_fds: true,
         }))),
         Ok(Response::Branch(BranchInfo {
             name: "a".into(),
@@ -326,10 +327,18 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Ok(Response::Snapshots(vec![])),
         Ok(Response::Fs(FsReply::Done)),
         Ok(Response::Fs(FsReply::Stat(stat))),
-        Ok(Response::Fs(FsReply::Entries(vec![DirEntry {
-            name: "x".into(),
-            kind: FileKind::Dir,
-        }]))),
+        Ok(Response::Fs(FsReply::Entries(vec![
+            DirEntry {
+                name: "x".into(),
+                kind: FileKind::Dir,
+                name_bytes: None,
+            },
+            DirEntry {
+                name: "\u{fffd}".into(),
+                kind: FileKind::File,
+                name_bytes: Some(vec![0xff]),
+            },
+        ]))),
         Ok(Response::Fs(FsReply::Data(vec![1, 2, 3]))),
         Ok(Response::Fs(FsReply::Written(3))),
         Ok(Response::Fs(FsReply::Target("../x".into()))),

@@ -16,10 +16,10 @@ use std::{
 
 use agentfs_plugin_api::watch::WatchApi;
 use agentfs_proto::{
-    encode_frame,
+    decode_client_frame, encode_frame,
     fd_passing::{recv_with_fds, send_with_fd},
-    negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Request,
-    Response, Welcome, WireError, MAX_FRAME_LEN,
+    negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Malformed,
+    Request, Response, Welcome, WireError, MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
 use smol::{channel, Async};
 
@@ -47,18 +47,36 @@ impl FrameReader {
     fn new(stream: Arc<Async<UnixStream>>) -> Self {
         Self {
             stream,
-            decoder: FrameDecoder::new(MAX_FRAME_LEN),
+            // Until the client has said who it is, it can make the daemon
+            // hold a Hello's worth of bytes and no more.
+            decoder: FrameDecoder::new(MAX_HELLO_LEN),
             fds: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
         }
     }
 
     /// The next frame and, if it carries one, its fd; `None` at a clean
-    /// end of stream.
+    /// end of stream. A malformed frame is an error.
     async fn next(&mut self) -> Result<Option<(ClientFrame, Option<OwnedFd>)>, FrameError> {
+        match self.next_checked().await? {
+            None => Ok(None),
+            Some((Ok(f), fd)) => Ok(Some((f, fd))),
+            Some((Err(Malformed::Request { error, .. } | Malformed::Fatal(error)), _)) => {
+                Err(FrameError::Decode(error.message))
+            }
+        }
+    }
+
+    /// The next frame, or why it is malformed (the stream stays in sync
+    /// after a malformed body), and the fd it carries; `None` at a clean
+    /// end of stream.
+    async fn next_checked(
+        &mut self,
+    ) -> Result<Option<(Result<ClientFrame, Malformed>, Option<OwnedFd>)>, FrameError> {
         loop {
-            if let Some(f) = self.decoder.next_frame::<ClientFrame>()? {
-                let fd = if f.carries_fd() {
+            if let Some(body) = self.decoder.next_body()? {
+                let f = decode_client_frame(&body);
+                let fd = if f.as_ref().is_ok_and(ClientFrame::carries_fd) {
                     self.fds.pop_front()
                 } else {
                     if self.decoder.pending() == 0 && !self.fds.is_empty() {
@@ -141,6 +159,23 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
             return;
         }
     };
+    let _slot = match d.limits.admit(peer.uid) {
+        Ok(slot) => slot,
+        Err(open) => {
+            let msg = format!(
+                "uid {} has {open} connections open, the most this daemon allows \
+                 (agentfs serve --max-connections-per-uid)",
+                peer.uid
+            );
+            tracing::warn!(uid = peer.uid, open, "refusing a connection: {msg}");
+            let e = WireError {
+                code: agentfs_vocab::codes::BUSY,
+                errno: libc::EAGAIN,
+                message: msg,
+            };
+            return refuse(&stream, e).await;
+        }
+    };
     if peer.uid != daemon_uid {
         let msg = format!(
             "uid {} may not use this daemon: it serves uid {daemon_uid} only",
@@ -194,6 +229,7 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
         branch: hello.branch,
         session: conn,
     });
+    reader.decoder.set_max(MAX_FRAME_LEN);
     if send_frame(&stream, &welcome, None).await.is_ok() {
         serve_requests(&d, &stream, &mut reader, &session).await;
     }
@@ -235,11 +271,36 @@ async fn serve_requests(
     );
     let deliveries = smol::spawn(delivery_loop(d.clone(), writer.clone(), s.conn, wake_rx));
     loop {
-        let (frame, fd) = match reader.next().await {
+        let (frame, fd) = match reader.next_checked().await {
             Ok(Some(x)) => x,
             Ok(None) => break,
             Err(e) => {
+                // A length over the limit: the stream cannot be
+                // resynchronised. Say so, then close. (An I/O error or a
+                // frame cut short: the client is gone.)
+                if matches!(e, FrameError::TooLarge { .. } | FrameError::Decode(_)) {
+                    refuse_frame(&writer, s, (&e).into()).await;
+                }
                 tracing::debug!(conn = s.conn, error = %e, "closing the connection");
+                break;
+            }
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(Malformed::Request { id, error }) => {
+                tracing::debug!(conn = s.conn, id, error = %error, "a malformed request");
+                let response = DaemonFrame::Response {
+                    id,
+                    result: Err(error),
+                };
+                if let Err(e) = writer.send(&response, None).await {
+                    tracing::debug!(conn = s.conn, error = %e, "write failed");
+                    break;
+                }
+                continue;
+            }
+            Err(Malformed::Fatal(error)) => {
+                refuse_frame(&writer, s, error).await;
                 break;
             }
         };
@@ -264,13 +325,25 @@ async fn serve_requests(
             }
             ClientFrame::Ack(a) => d.watch.ack(s.conn, WatchApi(a.api), a.instance),
             ClientFrame::Hello(_) => {
-                tracing::debug!(conn = s.conn, "a second Hello: closing");
+                let e = WireError::new(
+                    WireError::PROTOCOL,
+                    "a second Hello: this connection's handshake is done",
+                );
+                refuse_frame(&writer, s, e).await;
                 break;
             }
         }
     }
     // The client is gone or broke the protocol: whatever is unsent goes.
     deliveries.cancel().await;
+}
+
+/// Tells the client why its connection is being closed.
+async fn refuse_frame(writer: &FrameWriter, s: &Session, e: WireError) {
+    tracing::info!(conn = s.conn, error = %e, "closing a connection that broke the protocol");
+    if let Err(e) = writer.send(&DaemonFrame::Refused(e), None).await {
+        tracing::debug!(conn = s.conn, error = %e, "could not send the refusal");
+    }
 }
 
 /// Sends what the watch service has ready for the connection whenever it

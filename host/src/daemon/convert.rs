@@ -155,18 +155,32 @@ pub fn stat_from_wire(s: wire::FileStat) -> core::Stat {
     }
 }
 
-/// A directory entry, core to wire (names must be UTF-8 on the wire).
+/// A directory entry, core to wire: a name that is not UTF-8 travels
+/// exactly in `name_bytes`.
 pub fn entry_to_wire(e: core::DirEntry) -> wire::DirEntry {
+    use std::os::unix::ffi::OsStrExt;
+    let (name, name_bytes) = match e.name.into_string() {
+        Ok(s) => (s, None),
+        Err(raw) => (
+            raw.to_string_lossy().into_owned(),
+            Some(raw.as_bytes().to_vec()),
+        ),
+    };
     wire::DirEntry {
-        name: e.name.to_string_lossy().into_owned(),
+        name,
         kind: kind_to_wire(e.kind),
+        name_bytes,
     }
 }
 
-/// A directory entry, wire to core.
+/// A directory entry, wire to core (exact bytes when it has them).
 pub fn entry_from_wire(e: wire::DirEntry) -> core::DirEntry {
+    use std::os::unix::ffi::OsStringExt;
     core::DirEntry {
-        name: OsString::from(e.name),
+        name: match e.name_bytes {
+            Some(b) => OsString::from_vec(b),
+            None => OsString::from(e.name),
+        },
         kind: kind_from_wire(e.kind),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`socket_path`]: where the socket lives; binding it with mode 0600;
 //! - [`peer_cred`]: the peer's uid and pid from the kernel (connections
 //!   from another uid are refused);
+//! - [`limits`]: connections per uid;
 //! - [`server`]: lifecycle, accept loop, SIGTERM/SIGINT shutdown;
 //! - `connection`: one task per client: handshake, requests, deliveries;
 //! - [`state`]: the shared state, and the mutation path that stamps core
@@ -21,18 +22,21 @@ mod chain;
 mod connection;
 pub mod convert;
 pub mod doorbell;
+mod fd_requests;
+pub mod limits;
 pub mod peer_cred;
 pub mod requests;
 pub mod server;
 pub mod socket_path;
 pub mod state;
+mod watch_requests;
 pub mod watch_service;
 
 use std::path::PathBuf;
 
 use agentfs_plugin_api::PluginError;
 
-pub use server::{serve, ServeOptions};
+pub use server::{serve, ServeOptions, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use socket_path::{default_socket_path, SOCKET_ENV};
 pub use state::{Daemon, Session};
 pub use watch_service::{ConnId, WatchService};

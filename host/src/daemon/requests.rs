@@ -1,34 +1,28 @@
-//! What the daemon does for each request: control (branches, snapshots,
-//! status), file operations, watch registration, doorbells, core-event
-//! subscriptions and `fd_open`. Handlers block (they call the core) and
+//! What the daemon does for each request: the dispatch, store requests
+//! (through the one handler, `crate::handler`), status and subscriptions;
+//! watch registration and doorbells are in `watch_requests.rs`, `fd_open`
+//! and `FdClose` in `fd_requests.rs`. Handlers block (they call the core) and
 //! run on smol's blocking pool, one request of a connection at a time.
 
-use std::{os::fd::OwnedFd, sync::atomic::Ordering};
+use std::os::fd::OwnedFd;
 
-use agentfs_plugin_api::{
-    watch::{WatchApi, WatchSpec},
-    ErrorCode, PluginError,
-};
-use agentfs_proto::{
-    BackstoreInfo, DaemonStatus, FdOpen, FdOpened, FsOp, Request, Response, WatchRegistration,
-    WireError,
-};
-use agentfs_vocab::{native::inotify::IN_DONT_FOLLOW, watch_path::normalize};
+use agentfs_plugin_api::{ErrorCode, PluginError};
+use agentfs_proto::{BackstoreInfo, DaemonStatus, FsOp, Request, Response, WireError};
+use agentfs_vocab::watch_path::normalize;
 
 use crate::handler::{self, is_read};
 
 use super::{
-    convert::{self, wire_error},
-    doorbell,
-    state::{Daemon, FdRecord, Session},
+    convert::wire_error,
+    state::{Daemon, Session},
 };
-use agentfs_core::{CoreError, FileKind};
+use agentfs_core::CoreError;
 
-fn plugin_err(e: PluginError) -> WireError {
+pub(super) fn plugin_err(e: PluginError) -> WireError {
     super::abi_wire::wire_error(e)
 }
 
-fn invalid(msg: impl Into<String>) -> WireError {
+pub(super) fn invalid(msg: impl Into<String>) -> WireError {
     WireError {
         code: ErrorCode::INVALID_ARGUMENT.0,
         errno: libc::EINVAL,
@@ -36,7 +30,7 @@ fn invalid(msg: impl Into<String>) -> WireError {
     }
 }
 
-fn core(e: CoreError) -> WireError {
+pub(super) fn core(e: CoreError) -> WireError {
     wire_error(&e)
 }
 
@@ -57,7 +51,11 @@ impl Daemon {
         }
     }
 
-    fn branch_of(&self, s: &Session, branch: Option<String>) -> Result<String, WireError> {
+    pub(super) fn branch_of(
+        &self,
+        s: &Session,
+        branch: Option<String>,
+    ) -> Result<String, WireError> {
         branch.or_else(|| s.branch.clone()).ok_or_else(|| {
             invalid("no branch: name one in the request, or in the connection's Hello")
         })
@@ -180,219 +178,8 @@ impl Daemon {
                 config: self.info.config.clone(),
                 socket: self.info.socket.to_string_lossy().into_owned(),
                 watch_providers: self.watch.apis().into_iter().map(|(_, n)| n).collect(),
+                read_only_fds: st.lower_layers_protected(),
             })
-        })
-    }
-
-    fn watch_register(&self, s: &Session, reg: WatchRegistration) -> Result<Response, WireError> {
-        let api = WatchApi(reg.api());
-        let pid_or = |p: u32| if p == 0 { s.pid } else { p };
-        let spec = match reg {
-            WatchRegistration::FsEvents {
-                pid,
-                stream_id,
-                path_prefixes,
-                flags,
-                latency: _,
-                visible_root,
-                branch,
-            } => {
-                let branch = self.branch_of(s, branch)?;
-                // Prefixes that exist are watched at their canonical path
-                // (where the core reports events); others as given.
-                let prefixes: Vec<String> = self.with_store(|st| {
-                    let t = st.branch(&branch);
-                    t.lstat("").map_err(core)?;
-                    Ok(path_prefixes
-                        .iter()
-                        .map(|p| {
-                            t.canonical(p.as_str(), true)
-                                .map_or_else(|_| p.clone(), |c| c.to_string())
-                        })
-                        .collect())
-                })?;
-                let template = WatchSpec {
-                    watch_id: 0,
-                    pid: pid_or(pid),
-                    instance: stream_id,
-                    handle: stream_id,
-                    branch: branch.as_str().into(),
-                    path: "".into(),
-                    visible_root: visible_root.as_str().into(),
-                    is_dir: true,
-                    flags: u64::from(flags),
-                };
-                self.watch
-                    .register_stream(s.conn, template, &prefixes)
-                    .map_err(plugin_err)?
-            }
-            WatchRegistration::Kqueue {
-                pid,
-                kqueue_id,
-                fd,
-                vnode_flags,
-                path,
-                branch,
-            } => {
-                let branch = self.branch_of(s, branch)?;
-                let (path, is_dir) = self.resolve_watched(&branch, &path, true)?;
-                let spec = WatchSpec {
-                    watch_id: 0,
-                    pid: pid_or(pid),
-                    instance: kqueue_id,
-                    handle: u64::from(fd as u32),
-                    branch: branch.as_str().into(),
-                    path: path.as_str().into(),
-                    visible_root: "".into(),
-                    is_dir,
-                    flags: u64::from(vnode_flags),
-                };
-                self.watch.register(s.conn, api, spec).map_err(plugin_err)?
-            }
-            WatchRegistration::Inotify {
-                pid,
-                instance,
-                wd,
-                path,
-                mask,
-                branch,
-            } => {
-                let branch = self.branch_of(s, branch)?;
-                let follow = mask & IN_DONT_FOLLOW == 0;
-                let (path, is_dir) = self.resolve_watched(&branch, &path, follow)?;
-                let spec = WatchSpec {
-                    watch_id: 0,
-                    pid: pid_or(pid),
-                    instance,
-                    handle: u64::from(wd as u32),
-                    branch: branch.as_str().into(),
-                    path: path.as_str().into(),
-                    visible_root: "".into(),
-                    is_dir,
-                    flags: u64::from(mask),
-                };
-                self.watch.register(s.conn, api, spec).map_err(plugin_err)?
-            }
-        };
-        Ok(Response::WatchRegistered {
-            watch_id: spec.watch_id,
-            handle: spec.handle,
-        })
-    }
-
-    /// The canonical path of an existing entry a watch names, and whether
-    /// it is a directory. A path hidden by a whiteout is `not-found`.
-    fn resolve_watched(
-        &self,
-        branch: &str,
-        path: &str,
-        follow: bool,
-    ) -> Result<(String, bool), WireError> {
-        self.with_store(|st| {
-            let t = st.branch(branch);
-            let canon = t.canonical(path, follow).map_err(core)?;
-            let kind = if follow {
-                t.stat(&canon).map_err(core)?.kind
-            } else {
-                t.lstat(&canon).map_err(core)?.kind
-            };
-            Ok((canon.to_string(), kind == FileKind::Dir))
-        })
-    }
-
-    fn doorbell(
-        &self,
-        s: &Session,
-        d: agentfs_proto::Doorbell,
-        fd: Option<OwnedFd>,
-    ) -> Result<Response, WireError> {
-        let fd = fd.ok_or_else(|| {
-            WireError::new(WireError::PROTOCOL, "a Doorbell request must carry an fd")
-        })?;
-        let target = doorbell::make(&d.kind, fd).map_err(plugin_err)?;
-        self.watch
-            .set_doorbell(s.conn, doorbell::api_of(&d.kind), d.instance, target);
-        Ok(Response::Done)
-    }
-
-    fn fd_open(&self, s: &Session, o: FdOpen) -> Result<(FdOpened, OwnedFd), WireError> {
-        let branch = self.branch_of(s, o.branch)?;
-        let opts = convert::open_options(o.flags, o.mode);
-        let opened = if opts.modifies() {
-            self.mutate(s.pid, |st| {
-                st.branch(&branch)
-                    .open(o.path.as_str(), &opts)
-                    .map_err(core)
-            })?
-        } else {
-            self.with_store(|st| {
-                st.branch(&branch)
-                    .open(o.path.as_str(), &opts)
-                    .map_err(core)
-            })?
-        };
-        let mut out = FdOpened {
-            copied_up: opened.copied_up,
-            reflinked: opened.reflinked,
-            created: opened.created,
-            record: 0,
-        };
-        if opts.modifies() {
-            let md = opened
-                .file
-                .metadata()
-                .map_err(|e| WireError::from_io("fstat", &e))?;
-            use std::os::unix::fs::MetadataExt;
-            let id = self.next_record.fetch_add(1, Ordering::Relaxed);
-            self.records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    id,
-                    FdRecord {
-                        conn: s.conn,
-                        pid: s.pid,
-                        branch,
-                        path: opened.path.to_string(),
-                        size: md.size(),
-                        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                        ino: md.ino(),
-                    },
-                );
-            out.record = id;
-        }
-        Ok((out, opened.file.into()))
-    }
-
-    fn fd_close(&self, s: &Session, record: u64) -> Result<(), WireError> {
-        let r = {
-            let mut recs = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            match recs.get(&record) {
-                Some(r) if r.conn == s.conn => recs.remove(&record),
-                _ => None,
-            }
-        };
-        let r = r.ok_or_else(|| {
-            plugin_err(PluginError::new(
-                ErrorCode::NOT_FOUND,
-                format!("fd record {record}: no such record on this connection"),
-            ))
-        })?;
-        self.close_record(&r)
-    }
-
-    /// Publishes `Modified` if the file of record `r` changed since it was
-    /// opened.
-    pub(super) fn close_record(&self, r: &FdRecord) -> Result<(), WireError> {
-        let now = self.with_store(|st| st.branch(&r.branch).stat(r.path.as_str()).map_err(core))?;
-        let mtime_ns = convert::time_ns(now.mtime);
-        if now.ino == r.ino && now.size == r.size && mtime_ns == r.mtime_ns {
-            return Ok(());
-        }
-        self.mutate(r.pid, |st| {
-            st.branch(&r.branch)
-                .report_modified(r.path.as_str(), Some(r.size))
-                .map_err(core)
         })
     }
 }

@@ -2,11 +2,15 @@
 //! socket, accept connections (one task each) until SIGTERM or SIGINT, then
 //! shut down cleanly: the socket is removed, connection tasks end, and the
 //! store and its backstore are dropped, so the backstore's RAII cleanup
-//! runs (a RAM volume is unmounted and deleted).
+//! runs (a RAM volume is unmounted and deleted). The clean shutdown is
+//! bounded: past [`ServeOptions::shutdown_timeout`], or at a second signal,
+//! the process exits at once (a request stuck in the kernel or in a plugin
+//! cannot keep it alive).
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use futures_lite::future;
@@ -33,7 +37,15 @@ pub struct ServeOptions {
     pub init: Option<InitOptions>,
     /// Wait for, or fail on, another process holding the store lock.
     pub wait: LockWait,
+    /// At most this many connections per uid at once (more are refused).
+    pub max_connections_per_uid: usize,
+    /// How long a clean shutdown may take after SIGTERM or SIGINT before
+    /// the daemon exits anyway (a second signal exits at once).
+    pub shutdown_timeout: Duration,
 }
+
+/// The default of [`ServeOptions::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM or SIGINT. `ready` is called with the
 /// socket path once clients can connect. Must be called before the
@@ -56,27 +68,58 @@ pub fn serve(
         Some(init) if !Store::exists(&backstore)? => Store::init(backstore, init, opts.wait)?,
         _ => Store::open(backstore, opts.wait)?,
     };
+    // Fds handed out for reading must not be reopenable for writing.
+    match store.protect_lower_layers() {
+        Ok(()) => tracing::info!("fds for reading come from read-only mounts"),
+        Err(e) => tracing::warn!(
+            "{e}: an fd handed out for reading could be reopened for writing through \
+             /proc/self/fd (see docs/daemon.md)"
+        ),
+    }
     let watch = WatchService::new(host.watch_providers()?).map_err(DaemonError::Watch)?;
     let (listener, bound) = bind(&opts.socket)?;
     let listener = Async::new(listener).map_err(|e| DaemonError::io("listen", e))?;
-    let daemon = Arc::new(Daemon::new(
-        store,
-        watch,
-        DaemonInfo {
-            config: host.config.source.to_string(),
-            socket: bound.path().to_path_buf(),
-        },
-    ));
+    let daemon = Arc::new(
+        Daemon::new(
+            store,
+            watch,
+            DaemonInfo {
+                config: host.config.source.to_string(),
+                socket: bound.path().to_path_buf(),
+            },
+        )
+        .with_max_connections_per_uid(opts.max_connections_per_uid),
+    );
     for (api, name) in daemon.watch.apis() {
         tracing::info!(api = api.name(), plugin = %name, "watch provider loaded");
     }
 
     let (stop_tx, stop_rx) = channel::bounded::<Signal>(1);
+    let socket_file = bound.detached();
+    let grace = opts.shutdown_timeout;
     std::thread::Builder::new()
         .name("agentfs-signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 let _ = stop_tx.send_blocking(sig);
+                // A request stuck in the kernel (or a plugin) would hold
+                // the clean shutdown up forever: bound it.
+                let timer_file = socket_file.detached();
+                let timer = std::thread::Builder::new()
+                    .name("agentfs-shutdown-timer".into())
+                    .spawn(move || {
+                        std::thread::sleep(grace);
+                        force_exit(
+                            &format!("the shutdown took longer than {grace:?}"),
+                            &timer_file,
+                        );
+                    });
+                if let Err(e) = timer {
+                    tracing::warn!(error = %e, "could not start the shutdown timer");
+                }
+                if let Ok(again) = signals.wait() {
+                    force_exit(&format!("a second {again:?}"), &socket_file);
+                }
             }
         })
         .map_err(|e| DaemonError::io("start the signal thread", e))?;
@@ -143,4 +186,16 @@ fn accept_until_stopped(
             }
         }
     }))
+}
+
+/// Exits the process now, without waiting for what is still running: the
+/// socket file goes, the store's lock goes with the process; a RAM
+/// backstore's volume is left for its next start to reclaim.
+fn force_exit(why: &str, socket: &super::socket_path::BoundSocket) -> ! {
+    tracing::error!("{why}: exiting without waiting for the requests still running");
+    socket.remove_now();
+    // SAFETY: _exit ends the process at once; nothing runs after it, so no
+    // destructor or atexit handler can block (other threads may hold
+    // locks those would need).
+    unsafe { libc::_exit(1) }
 }

@@ -100,10 +100,10 @@ impl BoundSocket {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-impl Drop for BoundSocket {
-    fn drop(&mut self) {
+    /// Removes the socket file now if it is still the one bound (dropping
+    /// does the same); for an exit that skips destructors.
+    pub fn remove_now(&self) {
         match fs::symlink_metadata(&self.path) {
             Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
                 if let Err(e) = fs::remove_file(&self.path) {
@@ -112,6 +112,22 @@ impl Drop for BoundSocket {
             }
             _ => {} // gone, or replaced by someone else's: leave it
         }
+    }
+
+    /// A second handle on the same socket file that never removes it when
+    /// dropped, only through [`BoundSocket::remove_now`].
+    pub(crate) fn detached(&self) -> std::mem::ManuallyDrop<BoundSocket> {
+        std::mem::ManuallyDrop::new(BoundSocket {
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+        })
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        self.remove_now();
     }
 }
 

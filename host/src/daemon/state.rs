@@ -15,13 +15,17 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, MutexGuard, RwLock,
+        Arc, Mutex, MutexGuard, RwLock,
     },
 };
 
 use agentfs_proto::WireError;
 
-use super::{watch_service::WatchService, ConnId};
+use super::{
+    limits::{ConnLimits, DEFAULT_MAX_CONNECTIONS_PER_UID},
+    watch_service::WatchService,
+    ConnId,
+};
 use agentfs_core::{Store, Subscription};
 
 /// What a client's connection is.
@@ -54,6 +58,10 @@ pub struct FdRecord {
     pub mtime_ns: i64,
     /// Inode.
     pub ino: u64,
+    /// The branch's writer registration, held until the record closes (a
+    /// snapshot that would capture the fd's writes is refused meanwhile,
+    /// whichever process asks).
+    pub writer: Option<std::sync::Arc<agentfs_core::WriterLock>>,
 }
 
 /// Facts about this daemon for `status`.
@@ -77,6 +85,8 @@ pub struct Daemon {
     next_conn: AtomicU64,
     /// Facts for `status`.
     pub info: DaemonInfo,
+    /// Connections per uid.
+    pub limits: Arc<ConnLimits>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -105,7 +115,14 @@ impl Daemon {
             clients: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             info,
+            limits: ConnLimits::new(DEFAULT_MAX_CONNECTIONS_PER_UID),
         }
+    }
+
+    /// The same daemon admitting at most `n` connections per uid at once.
+    pub fn with_max_connections_per_uid(mut self, n: usize) -> Self {
+        self.limits = ConnLimits::new(n);
+        self
     }
 
     /// Runs `f` on the store; an error once the daemon is shutting down.

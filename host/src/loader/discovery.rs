@@ -10,16 +10,34 @@ use crate::config::Config;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchPath(pub Vec<PathBuf>);
 
+/// Where plugins live under an installation prefix: `<prefix>/lib/agentfs/plugins`
+/// (the binary being `<prefix>/bin/agentfs`).
+pub const PREFIX_PLUGIN_DIR: &str = "lib/agentfs/plugins";
+
+/// The directories searched next to executable `exe`: its own directory (a
+/// build tree, where cargo puts the plugins beside the binary), then
+/// `<exe dir>/../lib/agentfs/plugins` (an installation prefix).
+pub fn exe_plugin_dirs(exe: &Path) -> Vec<PathBuf> {
+    let Some(dir) = exe.parent() else {
+        return Vec::new();
+    };
+    let mut out = vec![dir.to_path_buf()];
+    if let Some(prefix) = dir.parent() {
+        out.push(prefix.join(PREFIX_PLUGIN_DIR));
+    }
+    out
+}
+
 impl SearchPath {
-    /// The standard order: the `agentfs` executable's directory,
-    /// `AGENTFS_PLUGIN_PATH` (colon-separated), then the config's `plugin_path`.
+    /// The standard order: the `agentfs` executable's directory, then
+    /// `<exe dir>/../lib/agentfs/plugins`, then `AGENTFS_PLUGIN_PATH`
+    /// (colon-separated), then the config's `plugin_path`. The executable
+    /// is the resolved one (`/proc/self/exe`), so a symlink to an installed
+    /// `agentfs` finds the plugins of the installation it points into.
     pub fn standard(config: &Config) -> Self {
         let mut dirs = Vec::new();
-        if let Some(d) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-        {
-            dirs.push(d);
+        if let Ok(exe) = std::env::current_exe() {
+            dirs.extend(exe_plugin_dirs(&exe));
         }
         if let Some(v) = std::env::var_os("AGENTFS_PLUGIN_PATH") {
             dirs.extend(std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()));
@@ -107,6 +125,21 @@ mod tests {
         assert!(n.contains("agentfs_backstore_host_fs"), "{n}");
         assert!(library_file_name(PluginKind::WATCH_PROVIDER, "inotify")
             .contains("agentfs_watch_inotify"));
+    }
+
+    #[test]
+    fn the_install_layout_follows_the_executables_directory() {
+        assert_eq!(
+            exe_plugin_dirs(Path::new("/opt/agentfs/bin/agentfs")),
+            vec![
+                PathBuf::from("/opt/agentfs/bin"),
+                PathBuf::from("/opt/agentfs/lib/agentfs/plugins")
+            ]
+        );
+        assert_eq!(
+            exe_plugin_dirs(Path::new("/agentfs")),
+            vec![PathBuf::from("/")]
+        );
     }
 
     #[test]

@@ -6,12 +6,14 @@ mod load;
 pub mod template;
 mod validate;
 
-pub use discovery::{candidate_files, library_file_name, scan_dirs, SearchPath};
+pub use discovery::{
+    candidate_files, exe_plugin_dirs, library_file_name, scan_dirs, SearchPath, PREFIX_PLUGIN_DIR,
+};
 pub use handles::{
     abi_event, first_plugin_panic, layer_error, LoadedBackstore, LoadedWatchProvider,
 };
 pub use load::{inspect, load_backstore, load_watch_provider, resolve, LoadError, PluginDetails};
-pub use validate::{FileProblem, ALLOW_INSECURE_ENV};
+pub use validate::{check_file, FileProblem, ALLOW_INSECURE_ENV};
 
 /// The plugin ABI this host speaks, for people: `plugin ABI 1
 /// (agentfs-plugin-api 1.0.0)`. A plugin loads when it was built for the

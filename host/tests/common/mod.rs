@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod hostile;
 
 use std::{
     collections::BTreeMap,

@@ -190,7 +190,7 @@ impl BtrfsBackstore {
     }
 }
 
-/// Name prefix of the throwaway subvolumes [`probe_subvolumes`] makes:
+/// Name prefix of the throwaway subvolumes the native-snapshot probe makes:
 /// `<prefix><pid>-<n>` and its snapshot `<prefix><pid>-<n>-ro`.
 pub const PROBE_PREFIX: &str = ".agentfs-subvol-probe-";
 

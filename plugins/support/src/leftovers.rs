@@ -35,8 +35,8 @@ pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
 }
 
 /// Removes every entry of `dir` named `<prefix><pid>-<rest>` whose owner is
-/// dead, with `remove`. Returns one line per entry removed ("removed
-/// <path> (owner pid N is gone)"); what cannot be removed is logged and
+/// dead, with `remove`. Returns one line per entry removed (`removed
+/// <path> (owner pid N is gone)`); what cannot be removed is logged and
 /// left. A missing `dir` is nothing to do.
 pub fn reap_dead_owners(
     dir: &Path,

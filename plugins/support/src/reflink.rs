@@ -88,7 +88,10 @@ pub fn reflink_file(src: &Path, dst: &Path) -> PluginResult<()> {
     let md = check_source(src, dst)?;
     let sf = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Never block in open(2): the source may have been swapped for a
+        // FIFO since `check_source` looked (O_NONBLOCK is a no-op on a
+        // regular file's reads).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(src)
         .map_err(|e| map_clone_errno(e.raw_os_error().unwrap_or(libc::EIO), src, dst))?;
     let df = fs::OpenOptions::new()

@@ -14,7 +14,7 @@ use agentfs_proto::{
 use agentfs_vocab::native::{flag_names, fsevents, inotify, kqueue};
 use anyhow::{bail, Result};
 
-use crate::cli_backend::connect_daemon;
+use super::backend::connect_daemon;
 
 /// A native watch API for `--native`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,11 +67,12 @@ pub fn event_line(e: &WireCoreEvent, json: bool) -> String {
         return v.to_string();
     }
     let dir = if e.is_dir { "/" } else { "" };
+    let q = |s: &str| crate::output::quoted(s.as_bytes()).into_owned();
     let what = match e.kind {
-        WireEventKind::Renamed => format!("{}{dir} -> {}{dir}", e.path, e.to),
+        WireEventKind::Renamed => format!("{}{dir} -> {}{dir}", q(&e.path), q(&e.to)),
         WireEventKind::BranchCreated => e.branch.clone(),
         WireEventKind::SnapshotCreated => format!("{} {}", e.branch, e.to),
-        _ => format!("{}{dir}", e.path),
+        _ => format!("{}{dir}", q(&e.path)),
     };
     format!("{} {} {what} (pid {})", e.seq, kind_name(e.kind), e.pid)
 }
@@ -188,7 +189,7 @@ pub fn run(
                     } else {
                         let mut l = format!("{} {} {}", r.seq, api.name(), names.join("|"));
                         if !r.name.is_empty() {
-                            l.push_str(&format!(" {}", r.name));
+                            l.push_str(&format!(" {}", crate::output::quoted(r.name.as_bytes())));
                         }
                         if r.cookie != 0 {
                             l.push_str(&format!(" cookie={}", r.cookie));

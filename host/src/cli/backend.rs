@@ -30,7 +30,7 @@ pub enum Backend {
 
 /// Which tree a read goes to.
 #[derive(Debug, Clone, Copy)]
-pub enum At<'a> {
+pub enum TreeRef<'a> {
     /// A branch.
     Branch(&'a str),
     /// A snapshot.
@@ -88,10 +88,10 @@ impl Backend {
         }
     }
 
-    fn fs(&mut self, at: At<'_>, op: FsOp) -> Result<FsReply> {
+    fn fs(&mut self, at: TreeRef<'_>, op: FsOp) -> Result<FsReply> {
         let (branch, snapshot) = match at {
-            At::Branch(b) => (Some(b.to_string()), None),
-            At::Snapshot(s) => (None, Some(s.to_string())),
+            TreeRef::Branch(b) => (Some(b.to_string()), None),
+            TreeRef::Snapshot(s) => (None, Some(s.to_string())),
         };
         match self.ask(Request::Fs {
             branch,
@@ -187,14 +187,14 @@ impl Backend {
     }
 
     fn fs_done(&mut self, branch: &str, op: FsOp) -> Result<()> {
-        match self.fs(At::Branch(branch), op)? {
+        match self.fs(TreeRef::Branch(branch), op)? {
             FsReply::Done | FsReply::Written(_) => Ok(()),
             other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
         }
     }
 
     /// A directory listing.
-    pub fn read_dir(&mut self, at: At<'_>, path: &str) -> Result<Vec<DirEntry>> {
+    pub fn read_dir(&mut self, at: TreeRef<'_>, path: &str) -> Result<Vec<DirEntry>> {
         match self.fs(
             at,
             FsOp::ReadDir {
@@ -207,7 +207,7 @@ impl Backend {
     }
 
     /// Metadata of an entry (a final symlink is not followed).
-    pub fn lstat(&mut self, at: At<'_>, path: &str) -> Result<Stat> {
+    pub fn lstat(&mut self, at: TreeRef<'_>, path: &str) -> Result<Stat> {
         match self.fs(
             at,
             FsOp::Stat {
@@ -220,30 +220,37 @@ impl Backend {
         }
     }
 
-    /// A whole file.
-    pub fn read_file(&mut self, at: At<'_>, path: &str) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
+    /// Copies a whole file to `out`, one bounded read at a time (never
+    /// the whole file in memory); returns the bytes copied.
+    pub fn copy_file_to(
+        &mut self,
+        at: TreeRef<'_>,
+        path: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64> {
+        let mut offset = 0u64;
         loop {
             let chunk = match self.fs(
                 at,
                 FsOp::Read {
                     path: path.to_string(),
-                    offset: out.len() as u64,
-                    len: u64::MAX,
+                    offset,
+                    len: handler::MAX_READ,
                 },
             )? {
                 FsReply::Data(d) => d,
                 other => return Err(anyhow!("unexpected reply from the daemon: {other:?}")),
             };
             if chunk.is_empty() {
-                return Ok(out);
+                return Ok(offset);
             }
-            out.extend_from_slice(&chunk);
+            out.write_all(&chunk)?;
+            offset += chunk.len() as u64;
         }
     }
 
     /// A symlink's target.
-    pub fn read_link(&mut self, at: At<'_>, path: &str) -> Result<String> {
+    pub fn read_link(&mut self, at: TreeRef<'_>, path: &str) -> Result<String> {
         match self.fs(
             at,
             FsOp::Readlink {
@@ -271,7 +278,7 @@ impl Backend {
         let path = path.to_string();
         let op = if recursive {
             FsOp::RemoveAll { path }
-        } else if self.lstat(At::Branch(branch), &path)?.kind == FileKind::Dir {
+        } else if self.lstat(TreeRef::Branch(branch), &path)?.kind == FileKind::Dir {
             FsOp::Rmdir { path }
         } else {
             FsOp::Unlink { path }

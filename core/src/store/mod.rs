@@ -1,0 +1,759 @@
+//! The store: the graph of branches, snapshots and layers kept in the
+//! backstore's metadata directory, and the entry point for every core
+//! operation.
+//!
+//! Graph changes take the store lock exclusive; file operations take it
+//! shared plus their branch's lock; reads take none (they check the shared
+//! change counters instead, see `read_cache`). A process reloads the graph
+//! when another one changed it, so several processes (CLI invocations, a
+//! daemon) use one store safely. Changes to the graph are ordered so that a crash
+//! at any point leaves a consistent store: new layers are created first and
+//! only then named in the graph (an unnamed layer is an orphan, deleted at
+//! the next open); layers are deleted only after the graph stops naming
+//! them.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    ffi::{OsStr, OsString},
+    fs::File,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+use super::{
+    beneath, compact,
+    copy_up::{CopyStats, Writer},
+    diff::{self, DiffEntry},
+    error::{CoreError, CoreResult},
+    events::{self, Change, EventBus, EventKind, Subscription, SubscriptionId},
+    fault,
+    generation::GENERATION_FILE,
+    generation::{Generation, Stamp},
+    graph::{
+        now_secs, BranchRecord, Graph, LayerRecord, LayerState, SnapshotRecord,
+        DEFAULT_COMPACT_THRESHOLD,
+    },
+    layer_names::WORK_DIR,
+    metadata::{DirEntry, FileKind, Stat},
+    open_file::{OpenOptions, OpenedFile},
+    path::{validate_name, BranchPath},
+    persist::{self, BranchLock, BranchLocks, LockMode, LockWait, StoreLock},
+    read_cache::{ReadCache, Target},
+    view::{LayerDir, LayerKind, View},
+};
+use crate::layer_store::{LayerCaps, LayerError, LayerErrorKind, LayerStore};
+
+mod graph_ops;
+mod tree;
+
+pub use tree::Tree;
+
+/// Anything that can name a path in a branch.
+pub trait AsBranchPath {
+    /// Parses or clones into a [`BranchPath`].
+    fn to_branch_path(&self) -> CoreResult<BranchPath>;
+}
+
+impl AsBranchPath for BranchPath {
+    fn to_branch_path(&self) -> CoreResult<BranchPath> {
+        Ok(self.clone())
+    }
+}
+impl AsBranchPath for str {
+    fn to_branch_path(&self) -> CoreResult<BranchPath> {
+        BranchPath::parse(self)
+    }
+}
+impl AsBranchPath for String {
+    fn to_branch_path(&self) -> CoreResult<BranchPath> {
+        BranchPath::parse(self)
+    }
+}
+impl AsBranchPath for OsStr {
+    fn to_branch_path(&self) -> CoreResult<BranchPath> {
+        BranchPath::parse(self)
+    }
+}
+impl AsBranchPath for Path {
+    fn to_branch_path(&self) -> CoreResult<BranchPath> {
+        BranchPath::parse(self.as_os_str())
+    }
+}
+
+/// Settings for a new store.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Base of branches created without a snapshot or an explicit base.
+    pub default_base: Option<PathBuf>,
+    /// Committed-layer depth above which a snapshot compacts the branch
+    /// (default [`DEFAULT_COMPACT_THRESHOLD`]).
+    pub compact_threshold: Option<u32>,
+}
+
+/// A branch, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BranchInfo {
+    /// Its name.
+    pub name: String,
+    /// Its active layer.
+    pub layer: String,
+    /// Number of committed layers under it.
+    pub depth: usize,
+    /// The base directory under its chain.
+    pub base: Option<PathBuf>,
+    /// The snapshot it was created from.
+    pub from_snapshot: Option<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// A snapshot, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// Its name.
+    pub name: String,
+    /// The branch it was taken of.
+    pub branch: String,
+    /// Its committed layer.
+    pub layer: String,
+    /// True when the backstore's native snapshot made it.
+    pub native: bool,
+    /// The base directory under its chain.
+    pub base: Option<PathBuf>,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// The store's settings and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreInfo {
+    /// The backstore's metadata directory, holding `store.json` and `lock`.
+    pub meta_dir: PathBuf,
+    /// The default base.
+    pub default_base: Option<PathBuf>,
+    /// The compaction threshold.
+    pub compact_threshold: u32,
+    /// The backstore plugin's name.
+    pub backstore: String,
+    /// Its capabilities.
+    pub capabilities: Vec<&'static str>,
+}
+
+struct State {
+    graph: Graph,
+    /// The graph counter when `graph` was read.
+    graph_gen: u64,
+}
+
+/// Open directories of layers and bases, reused across operations.
+#[derive(Default)]
+struct Fds {
+    layers: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
+    bases: HashMap<PathBuf, Arc<OwnedFd>>,
+    /// Committed layers on read-only mounts (with read-only lower layers).
+    committed: HashMap<String, (PathBuf, Arc<OwnedFd>)>,
+    /// Bases and committed layers are opened on read-only mounts.
+    read_only_lower: bool,
+}
+
+/// The directories one branch reads through ([`Store::branch_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchChain {
+    /// Layer roots, top first, each with `true` for the base (whose names
+    /// are literal: no whiteouts, markers or escaping).
+    pub layers: Vec<(PathBuf, bool)>,
+    /// The store's graph file: its identity changes on every graph edit.
+    pub graph_file: PathBuf,
+    /// The store's shared change counters: 64-bit atomics mapped by every
+    /// process, the graph counter in slot 0.
+    pub generation_file: PathBuf,
+    /// The slot of the branch's namespace counter in that file.
+    pub namespace_slot: usize,
+}
+
+/// An AgentFS store over one backstore.
+pub struct Store {
+    backstore: Box<dyn LayerStore>,
+    meta: PathBuf,
+    lock: StoreLock,
+    state: RwLock<State>,
+    fds: Mutex<Fds>,
+    branch_locks: BranchLocks,
+    gen: Generation,
+    cache: ReadCache,
+    events: EventBus,
+    stats: CopyStats,
+    caps: LayerCaps,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("meta", &self.meta).finish()
+    }
+}
+
+fn bs(context: impl Into<String>) -> impl FnOnce(LayerError) -> CoreError {
+    let c = context.into();
+    move |e| CoreError::backstore(c, e)
+}
+
+fn meta_dir(backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
+    let meta = backstore.metadata_dir().map_err(bs("metadata directory"))?;
+    std::fs::create_dir_all(&meta)
+        .map_err(|e| CoreError::io(format!("create {}", meta.display()), e))?;
+    Ok(meta)
+}
+
+impl Store {
+    /// Creates a store in the backstore (or opens it, when one exists with
+    /// the same settings).
+    pub fn init(
+        backstore: impl LayerStore + 'static,
+        opts: InitOptions,
+        wait: LockWait,
+    ) -> CoreResult<Self> {
+        Self::init_boxed(Box::new(backstore), opts, wait)
+    }
+
+    /// [`Store::init`] over a boxed layer store.
+    pub fn init_boxed(
+        backstore: Box<dyn LayerStore>,
+        opts: InitOptions,
+        wait: LockWait,
+    ) -> CoreResult<Self> {
+        let meta = meta_dir(&*backstore)?;
+        let lock = StoreLock::open(&meta, wait)?;
+        let base = opts
+            .default_base
+            .as_deref()
+            .map(|b| check_base(b, &*backstore))
+            .transpose()?;
+        {
+            let _g = lock.lock(LockMode::Exclusive)?;
+            match persist::load_graph(&meta)? {
+                Some((g, _)) => {
+                    let same_threshold = opts
+                        .compact_threshold
+                        .is_none_or(|t| t == g.compact_threshold);
+                    if g.default_base != base || !same_threshold {
+                        return Err(CoreError::AlreadyExists(format!(
+                            "store in {} (default base {}, compact threshold {})",
+                            meta.display(),
+                            g.default_base
+                                .as_ref()
+                                .map(|b| b.display().to_string())
+                                .unwrap_or_else(|| "none".into()),
+                            g.compact_threshold
+                        )));
+                    }
+                }
+                None => {
+                    let t = opts.compact_threshold.unwrap_or(DEFAULT_COMPACT_THRESHOLD);
+                    if t == 0 {
+                        return Err(CoreError::InvalidArgument(
+                            "the compact threshold must be at least 1".into(),
+                        ));
+                    }
+                    persist::save_graph(&meta, &Graph::new(base, t))?;
+                }
+            }
+        }
+        drop(lock);
+        Self::open_boxed(backstore, wait)
+    }
+
+    /// Opens the store in the backstore, finishing or undoing whatever a
+    /// crashed process left half done.
+    pub fn open(backstore: impl LayerStore + 'static, wait: LockWait) -> CoreResult<Self> {
+        Self::open_boxed(Box::new(backstore), wait)
+    }
+
+    /// [`Store::open`] over a boxed layer store.
+    pub fn open_boxed(backstore: Box<dyn LayerStore>, wait: LockWait) -> CoreResult<Self> {
+        let meta = meta_dir(&*backstore)?;
+        let lock = StoreLock::open(&meta, wait)?;
+        let caps = backstore.capabilities();
+        let gen = Generation::open(&meta).map_err(|e| {
+            CoreError::io(format!("map {}", meta.join(GENERATION_FILE).display()), e)
+        })?;
+        // Finishing what a crashed process left needs the store to itself:
+        // when other processes are at work, the graph is read under the
+        // shared lock and recovery is left to a later, quieter open (their
+        // half-done work is not debris).
+        let state = {
+            let exclusive = lock.try_exclusive()?;
+            let _g = match exclusive {
+                Some(g) => g,
+                None => lock.lock(LockMode::Shared)?,
+            };
+            let alone = _g.is_exclusive();
+            let graph_gen = gen.graph();
+            let (graph, _) =
+                persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
+                    meta_dir: meta.clone(),
+                })?;
+            if alone {
+                recover(&*backstore, &meta, &graph);
+            }
+            State { graph, graph_gen }
+        };
+        Ok(Self {
+            backstore,
+            branch_locks: BranchLocks::new(&meta, wait),
+            meta,
+            lock,
+            state: RwLock::new(state),
+            fds: Mutex::new(Fds::default()),
+            gen,
+            cache: ReadCache::default(),
+            events: EventBus::default(),
+            stats: CopyStats::default(),
+            caps,
+        })
+    }
+
+    /// True when the backstore's metadata directory holds a store.
+    pub fn exists(backstore: &dyn LayerStore) -> CoreResult<bool> {
+        let meta = meta_dir(backstore)?;
+        Ok(persist::graph_version(&meta)?.is_some())
+    }
+
+    /// Removes the store's graph, leaving the backstore as before `init`.
+    /// Refused (`Busy`) while any branch or snapshot exists.
+    pub fn destroy(self) -> CoreResult<Box<dyn LayerStore>> {
+        {
+            let mut st = self.write_state();
+            let _g = self.lock.lock(LockMode::Exclusive)?;
+            self.refresh(&mut st)?;
+            if !st.graph.branches.is_empty() || !st.graph.snapshots.is_empty() {
+                return Err(CoreError::Busy {
+                    what: format!("store {}", self.meta.display()),
+                    why: "it still has branches or snapshots".into(),
+                });
+            }
+            let dead: Vec<String> = st.graph.layers.keys().cloned().collect();
+            self.delete_layers(&dead);
+            let graph = self.meta.join(persist::GRAPH_FILE);
+            std::fs::remove_file(&graph)
+                .map_err(|e| CoreError::io(format!("remove {}", graph.display()), e))?;
+        }
+        Ok(self.backstore)
+    }
+
+    /// The layer store (backstore) under this store.
+    pub fn layer_store(&self) -> &dyn LayerStore {
+        &*self.backstore
+    }
+
+    /// Consumes the store, giving back its layer store.
+    pub fn into_layer_store(self) -> Box<dyn LayerStore> {
+        self.backstore
+    }
+
+    /// Settings and location.
+    pub fn info(&self) -> CoreResult<StoreInfo> {
+        self.with_shared(|st| {
+            Ok(StoreInfo {
+                meta_dir: self.meta.clone(),
+                default_base: st.graph.default_base.clone(),
+                compact_threshold: st.graph.compact_threshold,
+                backstore: self.backstore.name().to_string(),
+                capabilities: self.caps.names(),
+            })
+        })
+    }
+
+    /// Subscribes to change events of every branch.
+    pub fn subscribe(&self) -> Subscription {
+        self.events.subscribe()
+    }
+
+    /// Ends a subscription; true if it existed.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.events.unsubscribe(id)
+    }
+
+    /// Files copied up by reflink and by copy, since this store was opened.
+    pub fn copy_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.reflinked.load(Relaxed),
+            self.stats.copied.load(Relaxed),
+        )
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_fds(&self) -> MutexGuard<'_, Fds> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on an up-to-date graph that nobody changes meanwhile: the
+    /// store lock shared (other processes) and the graph read-locked (this
+    /// one). Many run at once, in any branches.
+    fn with_shared<T>(&self, f: impl FnOnce(&State) -> CoreResult<T>) -> CoreResult<T> {
+        self.shared_then(None, f)
+    }
+
+    /// [`Store::with_shared`], also holding the lock of `branch` (its file
+    /// operations run one at a time, across processes).
+    fn with_branch<T>(
+        &self,
+        branch: &str,
+        f: impl FnOnce(&State) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let lock = self.branch_locks.get(branch)?;
+        self.shared_then(Some(&lock), f)
+    }
+
+    fn shared_then<T>(
+        &self,
+        branch: Option<&BranchLock>,
+        f: impl FnOnce(&State) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        loop {
+            {
+                let st = self.read_state();
+                let _g = self.lock.lock(LockMode::Shared)?;
+                if st.graph_gen == self.gen.graph() {
+                    let _b = branch.map(BranchLock::lock).transpose()?;
+                    return f(&st);
+                }
+            }
+            // Stale: reload under the write lock, then start over (the
+            // store lock is released first: a graph change in this process
+            // holds the write lock while it waits for the store lock).
+            let mut st = self.write_state();
+            let _g = self.lock.lock(LockMode::Shared)?;
+            self.refresh(&mut st)?;
+        }
+    }
+
+    /// Runs graph change `f` alone: the graph write-locked in this process
+    /// and the store lock exclusive across processes.
+    fn with_exclusive<T>(&self, f: impl FnOnce(&mut State) -> CoreResult<T>) -> CoreResult<T> {
+        let mut st = self.write_state();
+        let _g = self.lock.lock(LockMode::Exclusive)?;
+        self.refresh(&mut st)?;
+        f(&mut st)
+    }
+
+    /// Reloads the graph if another process changed it (the shared graph
+    /// counter moved since it was read). Called under the store lock.
+    fn refresh(&self, st: &mut State) -> CoreResult<()> {
+        let now = self.gen.graph();
+        if now != st.graph_gen {
+            let (graph, _) =
+                persist::load_graph(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
+                    meta_dir: self.meta.clone(),
+                })?;
+            let mut fds = self.lock_fds();
+            fds.layers.retain(|id, _| graph.layers.contains_key(id));
+            fds.committed.retain(|id, _| graph.layers.contains_key(id));
+            drop(fds);
+            st.graph = graph;
+            st.graph_gen = now;
+        }
+        Ok(())
+    }
+
+    /// Saves `graph` (under the exclusive lock). The counter moves before
+    /// the save, so lock-free readers stop trusting their views (and wait
+    /// for the lock) even if this process dies half way, and after it, so
+    /// they reload what was saved.
+    fn save(&self, st: &mut State, graph: Graph) -> CoreResult<()> {
+        self.gen.bump_graph();
+        persist::save_graph(&self.meta, &graph)?;
+        self.gen.bump_graph();
+        st.graph_gen = self.gen.graph();
+        self.lock_fds()
+            .layers
+            .retain(|id, _| graph.layers.contains_key(id));
+        st.graph = graph;
+        Ok(())
+    }
+
+    fn layer_dir(&self, id: &str, kind: LayerKind) -> CoreResult<LayerDir> {
+        if kind == LayerKind::Committed && self.lock_fds().read_only_lower {
+            return self.committed_dir(id);
+        }
+        if let Some((path, fd)) = self.lock_fds().layers.get(id) {
+            return Ok(LayerDir {
+                kind,
+                id: id.to_string(),
+                root_path: path.clone(),
+                root: fd.clone(),
+            });
+        }
+        let path = self
+            .backstore
+            .layer_path(id)
+            .map_err(bs(format!("layer {id}")))?;
+        let fd = Arc::new(
+            beneath::open_root(&path)
+                .map_err(|e| CoreError::io(format!("open layer {}", path.display()), e))?,
+        );
+        self.lock_fds()
+            .layers
+            .insert(id.to_string(), (path.clone(), fd.clone()));
+        Ok(LayerDir {
+            kind,
+            id: id.to_string(),
+            root_path: path,
+            root: fd,
+        })
+    }
+
+    /// Committed layer `id` on a read-only mount.
+    fn committed_dir(&self, id: &str) -> CoreResult<LayerDir> {
+        let cached = self.lock_fds().committed.get(id).cloned();
+        let (path, fd) = match cached {
+            Some(x) => x,
+            None => {
+                let path = self
+                    .backstore
+                    .layer_path(id)
+                    .map_err(bs(format!("layer {id}")))?;
+                let fd = Arc::new(beneath::open_root_read_only(&path).map_err(|e| {
+                    CoreError::io(format!("open layer {} read-only", path.display()), e)
+                })?);
+                self.lock_fds()
+                    .committed
+                    .insert(id.to_string(), (path.clone(), fd.clone()));
+                (path, fd)
+            }
+        };
+        Ok(LayerDir {
+            kind: LayerKind::Committed,
+            id: id.to_string(),
+            root_path: path,
+            root: fd,
+        })
+    }
+
+    /// Serves the base and committed layers from private read-only mounts
+    /// from now on (Linux, with the privilege to clone mounts): an fd
+    /// handed out for reading then cannot be reopened for writing through
+    /// `/proc/self/fd`, so nothing AgentFS hands out can change a base or a
+    /// snapshot. Errs, changing nothing, where that is not possible.
+    pub fn protect_lower_layers(&self) -> CoreResult<()> {
+        beneath::open_root_read_only(&self.meta).map_err(|e| {
+            CoreError::Unsupported(format!("read-only mounts for handed-out fds: {e}"))
+        })?;
+        let mut fds = self.lock_fds();
+        fds.read_only_lower = true;
+        fds.bases.clear();
+        drop(fds);
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// True once [`Store::protect_lower_layers`] succeeded.
+    pub fn lower_layers_protected(&self) -> bool {
+        self.lock_fds().read_only_lower
+    }
+
+    fn base_dir(&self, base: &Path) -> CoreResult<LayerDir> {
+        let (cached, read_only) = {
+            let f = self.lock_fds();
+            (f.bases.get(base).cloned(), f.read_only_lower)
+        };
+        let fd = match cached {
+            Some(fd) => fd,
+            None => {
+                let open = if read_only {
+                    beneath::open_root_read_only
+                } else {
+                    beneath::open_root
+                };
+                let fd = Arc::new(
+                    open(base)
+                        .map_err(|e| CoreError::io(format!("open base {}", base.display()), e))?,
+                );
+                self.lock_fds().bases.insert(base.to_path_buf(), fd.clone());
+                fd
+            }
+        };
+        Ok(LayerDir {
+            kind: LayerKind::Base,
+            id: String::new(),
+            root_path: base.to_path_buf(),
+            root: fd,
+        })
+    }
+
+    /// The view of the chain from `top` down, the top layer as `top_kind`.
+    fn chain_view(&self, st: &State, top: &str, top_kind: LayerKind) -> CoreResult<View> {
+        let chain = st.graph.chain(top);
+        let base = st.graph.layers.get(top).and_then(|l| l.base.clone());
+        let mut layers = Vec::with_capacity(chain.len() + 1);
+        for (i, id) in chain.iter().enumerate() {
+            let kind = if i == 0 {
+                top_kind.clone()
+            } else {
+                LayerKind::Committed
+            };
+            layers.push(self.layer_dir(id, kind)?);
+        }
+        if let Some(b) = base {
+            layers.push(self.base_dir(&b)?);
+        }
+        Ok(View { layers })
+    }
+
+    fn target_view(&self, st: &State, target: &Target) -> CoreResult<View> {
+        match target {
+            Target::Branch(name) => {
+                let layer = st
+                    .graph
+                    .branches
+                    .get(name)
+                    .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))?
+                    .layer
+                    .clone();
+                self.chain_view(st, &layer, LayerKind::Active)
+            }
+            Target::Snapshot(name) => {
+                let layer = st
+                    .graph
+                    .snapshots
+                    .get(name)
+                    .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?
+                    .layer
+                    .clone();
+                self.chain_view(st, &layer, LayerKind::Committed)
+            }
+        }
+    }
+
+    /// Creates layer `id`, trying later ids if a stale one is in the way.
+    fn create_layer(&self, graph: &mut Graph) -> CoreResult<(String, PathBuf)> {
+        for _ in 0..100 {
+            let id = graph.alloc_layer_id();
+            match self.backstore.create_layer(&id) {
+                Ok(p) => return Ok((id, p)),
+                Err(e) if e.kind == LayerErrorKind::AlreadyExists => {
+                    tracing::warn!(layer = %id, "a stale layer is in the way; using the next id")
+                }
+                Err(e) => return Err(CoreError::backstore(format!("create layer {id}"), e)),
+            }
+        }
+        Err(CoreError::Corrupt {
+            file: self.meta.join(persist::GRAPH_FILE),
+            why: "100 consecutive layer ids are taken by stale layers".into(),
+        })
+    }
+
+    fn delete_layers(&self, ids: &[String]) {
+        for id in ids {
+            crate::layer_gc::delete_unused(&*self.backstore, id, "deleting an unused layer");
+        }
+    }
+
+    /// Changes the graph under the exclusive lock: `f` edits a copy of it,
+    /// recording in `created` every layer it makes; then layers nothing
+    /// uses any more are dropped from the graph, the graph is saved, and
+    /// only then are those layers deleted. If `f` or the save fails, the
+    /// graph on disk is unchanged and the layers `f` made are deleted.
+    fn edit_graph<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Graph, &mut Vec<String>) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let (v, dead) = self.with_exclusive(|st| {
+            let mut g = st.graph.clone();
+            let mut created = Vec::new();
+            let r = f(st, &mut g, &mut created).and_then(|v| {
+                let dead = g.unreferenced_layers();
+                for id in &dead {
+                    g.layers.remove(id);
+                }
+                self.save(st, g)?;
+                Ok((v, dead))
+            });
+            if r.is_err() {
+                self.delete_layers(&created);
+            }
+            r
+        })?;
+        self.delete_layers(&dead);
+        Ok(v)
+    }
+
+    fn publish(&self, branch: &str, pid: u32, change: Change) {
+        let pid = if pid == 0 { events::acting_pid() } else { pid };
+        self.events.publish(change.into_event(branch, pid));
+    }
+}
+
+/// Checks and canonicalises a base directory.
+fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
+    let canon = std::fs::canonicalize(base)
+        .map_err(|e| CoreError::io(format!("base {}", base.display()), e))?;
+    if !canon.is_dir() {
+        return Err(CoreError::NotDirectory(format!("base {}", canon.display())));
+    }
+    // The store's own directories: its metadata always, its root when the
+    // backstore says where that is. A base inside them would show the
+    // store's layers; a base containing them would show the store to
+    // itself (and every write would change what the branch's base holds).
+    let mut own = Vec::new();
+    if let Ok(st) = backstore.status() {
+        own.push(st.root);
+    }
+    if let Ok(m) = backstore.metadata_dir() {
+        own.push(m);
+    }
+    for dir in own {
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let why = if canon.starts_with(&dir) {
+            "is inside"
+        } else if dir.starts_with(&canon) {
+            "contains"
+        } else {
+            continue;
+        };
+        return Err(CoreError::InvalidArgument(format!(
+            "base {} {why} the store's own directory {}",
+            canon.display(),
+            dir.display()
+        )));
+    }
+    Ok(canon)
+}
+
+/// Finishes what a crashed process left: temporary graph files, work
+/// directories of active layers, and layers the graph does not name.
+fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
+    persist::remove_stale_temps(meta);
+    for b in graph.branches.values() {
+        if let Ok(p) = backstore.layer_path(&b.layer) {
+            let work = p.join(WORK_DIR);
+            if work.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&work) {
+                    tracing::warn!(path = %work.display(), error = %e, "could not clean work directory");
+                }
+            }
+        }
+    }
+    match backstore.list_layers() {
+        Ok(present) => {
+            for id in present {
+                if !graph.layers.contains_key(&id) {
+                    tracing::info!(layer = %id, "deleting a layer no branch or snapshot uses (left by an interrupted operation)");
+                    crate::layer_gc::delete_unused(backstore, &id, "deleting an orphan layer");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list layers"),
+    }
+}

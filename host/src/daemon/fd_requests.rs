@@ -1,0 +1,98 @@
+//! The daemon's `fd_open` and `FdClose`: real fds for branch files, and the
+//! records of files open for writing (their `Modified` event on close).
+
+use std::{os::fd::OwnedFd, sync::atomic::Ordering};
+
+use agentfs_plugin_api::{ErrorCode, PluginError};
+use agentfs_proto::{FdOpen, FdOpened, WireError};
+
+use super::{
+    convert,
+    state::{Daemon, FdRecord, Session},
+};
+
+use super::requests::{core, plugin_err};
+
+impl Daemon {
+    pub(super) fn fd_open(&self, s: &Session, o: FdOpen) -> Result<(FdOpened, OwnedFd), WireError> {
+        let branch = self.branch_of(s, o.branch)?;
+        let opts = convert::open_options(o.flags, o.mode);
+        let opened = if opts.modifies() {
+            self.mutate(s.pid, |st| {
+                st.branch(&branch)
+                    .open(o.path.as_str(), &opts)
+                    .map_err(core)
+            })?
+        } else {
+            self.with_store(|st| {
+                st.branch(&branch)
+                    .open(o.path.as_str(), &opts)
+                    .map_err(core)
+            })?
+        };
+        let mut out = FdOpened {
+            copied_up: opened.copied_up,
+            reflinked: opened.reflinked,
+            created: opened.created,
+            record: 0,
+        };
+        if opts.modifies() {
+            let md = opened
+                .file
+                .metadata()
+                .map_err(|e| WireError::from_io("fstat", &e))?;
+            use std::os::unix::fs::MetadataExt;
+            let id = self.next_record.fetch_add(1, Ordering::Relaxed);
+            self.records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    id,
+                    FdRecord {
+                        conn: s.conn,
+                        pid: s.pid,
+                        branch,
+                        path: opened.path.to_string(),
+                        size: md.size(),
+                        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                        ino: md.ino(),
+                        writer: opened.writer.map(std::sync::Arc::new),
+                    },
+                );
+            out.record = id;
+        }
+        Ok((out, opened.file.into()))
+    }
+
+    pub(super) fn fd_close(&self, s: &Session, record: u64) -> Result<(), WireError> {
+        let r = {
+            let mut recs = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            match recs.get(&record) {
+                Some(r) if r.conn == s.conn => recs.remove(&record),
+                _ => None,
+            }
+        };
+        let r = r.ok_or_else(|| {
+            plugin_err(PluginError::new(
+                ErrorCode::NOT_FOUND,
+                format!("fd record {record}: no such record on this connection"),
+            ))
+        })?;
+        self.close_record(&r)
+    }
+
+    /// Publishes `Modified` if the file of record `r` changed since it was
+    /// opened.
+    pub(super) fn close_record(&self, r: &FdRecord) -> Result<(), WireError> {
+        let now = self.with_store(|st| st.branch(&r.branch).stat(r.path.as_str()).map_err(core))?;
+        let mtime_ns = convert::time_ns(now.mtime);
+        if now.ino == r.ino && now.size == r.size && mtime_ns == r.mtime_ns {
+            return Ok(());
+        }
+        self.mutate(r.pid, |st| {
+            st.branch(&r.branch)
+                .report_modified(r.path.as_str(), Some(r.size))
+                .map_err(core)
+        })
+    }
+}
