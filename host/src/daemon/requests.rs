@@ -64,9 +64,6 @@ impl Daemon {
     fn control(&self, s: &Session, req: Request) -> Result<Response, WireError> {
         match req {
             r if handler::is_store_request(&r) => {
-                if let Request::SnapshotCreate { branch, .. } = &r {
-                    self.check_no_writers(branch)?;
-                }
                 let branch = s.branch.as_deref();
                 if handler::modifies(&r) {
                     self.mutate(s.pid, |st| handler::handle(st, branch, r).map_err(core))
@@ -111,36 +108,6 @@ impl Daemon {
                 handler::request_name(&other)
             ))),
         }
-    }
-
-    /// Without native snapshots, a snapshot commits the branch's active
-    /// layer, where files opened for writing through `fd_open` live: later
-    /// writes through those fds would land in the snapshot. So it is
-    /// refused (`busy`) while any is open.
-    fn check_no_writers(&self, branch: &str) -> Result<(), WireError> {
-        let open = self
-            .records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|r| r.branch == branch)
-            .count();
-        if open == 0 {
-            return Ok(());
-        }
-        let native = self.with_store(|st| Ok(st.layer_store().capabilities().native_snapshots))?;
-        if native {
-            return Ok(());
-        }
-        Err(WireError {
-            code: ErrorCode::BUSY.0,
-            errno: libc::EBUSY,
-            message: format!(
-                "branch {branch}: {open} file(s) open for writing through fd_open; \
-                 without native snapshots a snapshot would capture their later writes: \
-                 close them (FdClose) first"
-            ),
-        })
     }
 
     fn status(&self, s: &Session) -> Result<DaemonStatus, WireError> {
