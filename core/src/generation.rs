@@ -54,6 +54,12 @@ pub struct Stamp {
     pub namespace: u64,
 }
 
+/// The slot of `branch`'s namespace counter (FNV-1a of the name): the
+/// index of its 64-bit counter in the file (slot 0 is the graph counter).
+pub fn namespace_slot(branch: &str) -> usize {
+    slot(branch)
+}
+
 /// The slot of `branch`'s namespace counter (FNV-1a of the name).
 fn slot(branch: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -39,9 +39,12 @@ pub use diff::{ChangeType, DiffEntry};
 pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
 pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
-pub use generation::GENERATION_FILE;
+pub use generation::{namespace_slot, GENERATION_FILE};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
-pub use layer_names::{OPAQUE_MARKER, RESERVED_PREFIX, WORK_DIR};
+pub use layer_names::{
+    decode as decode_name, encode as encode_name, whiteout_name, Decoded, OPAQUE_MARKER,
+    RESERVED_PREFIX, WORK_DIR,
+};
 pub use layer_store::{
     LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore, LayerStoreStatus,
 };
@@ -49,4 +52,6 @@ pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
 pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE, WRITER_LOCK_DIR};
-pub use store::{AsBranchPath, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree};
+pub use store::{
+    AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
+};

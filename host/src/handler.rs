@@ -143,6 +143,7 @@ pub fn request_name(r: &Request) -> &'static str {
         Request::FdOpen(_) => "fd_open",
         Request::FdClose { .. } => "fd_close",
         Request::Doorbell(_) => "doorbell",
+        Request::BranchChain { .. } => "branch chain",
     }
 }
 

@@ -7,6 +7,7 @@
 mod cli;
 mod demo;
 mod output;
+mod run_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -149,6 +150,9 @@ enum Command {
         #[arg(long, value_enum, value_name = "API")]
         native: Option<cli::watch::NativeApi>,
     },
+    /// Run a program inside a branch: the branch appears at the base's own
+    /// path (or --at DIR), reads come from the branch, writes land in it.
+    Run(run_cmd::RunArgs),
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
     Demo {
@@ -243,6 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
+    let globals = run_cmd::global_args(
+        cli.config.as_deref(),
+        &cli.plugin_dirs,
+        cli.backstore.as_deref(),
+        &cli.backstore_options,
+    );
     match cli.command {
         Command::Completions { shell } => return cli::install::completions(Cli::command(), shell),
         Command::Man(args) => return cli::install::man(Cli::command(), args),
@@ -280,6 +290,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             native,
         } => return cli::watch::run(&socket, &branch, &path, json, native),
+        Command::Run(args) => {
+            let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
+            return run_cmd::run(&socket, &globals, exists, args);
+        }
         _ => {}
     }
     let h = make_host()?;
@@ -309,7 +323,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             serve(&h, opts)
         }
-        Command::Branch(_) | Command::Snapshot(_) | Command::Fs(_) | Command::Watch { .. } => {
+        Command::Branch(_)
+        | Command::Snapshot(_)
+        | Command::Fs(_)
+        | Command::Watch { .. }
+        | Command::Run(_) => {
             unreachable!("handled above")
         }
         Command::Diff { branch, from, json } => {

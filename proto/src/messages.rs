@@ -212,6 +212,12 @@ pub enum Request {
         /// [`FdOpened::record`].
         record: u64,
     },
+    /// The directories a branch reads through, for a client that resolves
+    /// reads itself (the shim); answered with [`Response::Chain`].
+    BranchChain {
+        /// The branch; `None` for the connection's.
+        branch: Option<String>,
+    },
 }
 
 /// A file operation; every path is branch-relative.
@@ -411,6 +417,36 @@ pub enum Response {
     FdOpened(FdOpened),
     /// Answer to [`Request::BranchCompact`]: true when layers were merged.
     Compacted(bool),
+    /// Answer to [`Request::BranchChain`].
+    Chain(BranchChain),
+}
+
+/// The directories of a branch's chain, top first. Layer names follow the
+/// store's reserved-name scheme (whiteouts, opaque markers, escaping); the
+/// base's names are literal. A reader keeps the chain while the identity
+/// (`st_dev`, `st_ino`) of `graph_file` stays the same, and asks again
+/// when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BranchChain {
+    /// Absolute paths of the layer roots, top (the active layer) first.
+    pub layers: Vec<String>,
+    /// Absolute path of the base, under every layer, if the branch has one.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The store file whose identity changes on every change of any chain.
+    #[serde(default)]
+    pub graph_file: String,
+    /// The store's shared change counters: native-endian 64-bit atomics,
+    /// graph changes in slot 0 and this branch's namespace changes in slot
+    /// `namespace_slot`. A reader maps the file read-only: while the graph
+    /// counter stays, the chain is current; while the namespace counter
+    /// stays, cached lookups are.
+    #[serde(default)]
+    pub generation_file: String,
+    /// The slot (index of 64-bit words) of the branch's namespace counter
+    /// in `generation_file`; `None` from a daemon without one.
+    #[serde(default)]
+    pub namespace_slot: Option<u32>,
 }
 
 /// The result of an [`FsOp`].

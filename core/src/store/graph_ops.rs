@@ -71,6 +71,29 @@ impl Store {
         self.with_shared(|st| Ok(st.graph.layers.keys().cloned().collect()))
     }
 
+    /// The directories branch `name` reads through, top first: its active
+    /// layer, its committed layers, then its base (if any). With them come
+    /// the store's shared change counters and the branch's slot there: an
+    /// in-process reader (the shim) keeps the chain while the graph counter
+    /// stays, and its cached lookups while the branch's namespace counter
+    /// does. Names in layers are stored as [`crate::encode_name`] says; the
+    /// base's are literal.
+    pub fn branch_chain(&self, name: &str) -> CoreResult<BranchChain> {
+        self.with_shared(|st| {
+            let view = self.target_view(st, &Target::Branch(name.to_string()))?;
+            Ok(BranchChain {
+                layers: view
+                    .layers
+                    .iter()
+                    .map(|l| (l.root_path.clone(), l.kind == LayerKind::Base))
+                    .collect(),
+                graph_file: self.meta.join(persist::GRAPH_FILE),
+                generation_file: self.meta.join(GENERATION_FILE),
+                namespace_slot: crate::generation::namespace_slot(name),
+            })
+        })
+    }
+
     /// Every branch, by name.
     pub fn list_branches(&self) -> CoreResult<Vec<BranchInfo>> {
         self.with_shared(|st| {

@@ -160,6 +160,21 @@ struct Fds {
     read_only_lower: bool,
 }
 
+/// The directories one branch reads through ([`Store::branch_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchChain {
+    /// Layer roots, top first, each with `true` for the base (whose names
+    /// are literal: no whiteouts, markers or escaping).
+    pub layers: Vec<(PathBuf, bool)>,
+    /// The store's graph file: its identity changes on every graph edit.
+    pub graph_file: PathBuf,
+    /// The store's shared change counters: 64-bit atomics mapped by every
+    /// process, the graph counter in slot 0.
+    pub generation_file: PathBuf,
+    /// The slot of the branch's namespace counter in that file.
+    pub namespace_slot: usize,
+}
+
 /// An AgentFS store over one backstore.
 pub struct Store {
     backstore: Box<dyn LayerStore>,

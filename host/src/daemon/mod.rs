@@ -18,6 +18,7 @@
 //! - [`convert`]: core <-> wire types.
 
 pub mod abi_wire;
+mod chain;
 mod connection;
 pub mod convert;
 pub mod doorbell;

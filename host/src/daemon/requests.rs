@@ -101,6 +101,7 @@ impl Daemon {
                 }
             }
             Request::FdClose { record } => self.fd_close(s, record).map(|()| Response::Done),
+            Request::BranchChain { branch } => self.branch_chain(s, branch).map(Response::Chain),
             Request::FdOpen(_) | Request::Doorbell(_) => {
                 Err(invalid("internal: fd requests are handled apart"))
             }

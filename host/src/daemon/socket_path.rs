@@ -57,6 +57,9 @@ fn check_dir(sock: &Path) -> Result<(), DaemonError> {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io_err(dir, e))?;
+        // The umask may be narrower meanwhile (`bind` sets 0o177 while it
+        // binds, and another thread may be binding): say 0700 outright.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
     }
     let md = fs::metadata(dir).map_err(|e| io_err(dir, e))?;
     if !md.is_dir() {

@@ -1,0 +1,410 @@
+//! `agentfs run --branch B [--create] [--at DIR] -- CMD ARGS...`: runs an
+//! unmodified program inside a branch. The shim library is injected with
+//! `LD_PRELOAD` and told (by environment) which daemon to talk to, which
+//! branch, and where the branch is visible (the base's own path by
+//! default). When no daemon serves the store, a private one is started
+//! for the run and stopped after it. Where the kernel allows, the program
+//! runs in a private mount namespace in which the base and the store are
+//! read-only, so a write that bypasses the shim (a static binary, a raw
+//! syscall) fails with EROFS instead of touching them.
+
+use std::{
+    ffi::{CString, OsString},
+    io::{BufRead, BufReader, Read},
+    os::unix::{
+        ffi::OsStrExt,
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+};
+
+use agentfs_proto::{BranchInfo, Client, Hello, Request, Response};
+use anyhow::{bail, Context, Result};
+
+/// The shim library's file name, found next to the `agentfs` executable.
+pub const SHIM_LIB: &str = "libagentfs_shim.so";
+
+/// Arguments of `agentfs run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The branch to run in.
+    #[arg(long)]
+    branch: String,
+    /// Create the branch if it does not exist (over --base, or the current
+    /// directory).
+    #[arg(long)]
+    create: bool,
+    /// With --create: the directory to branch (default: the current one).
+    #[arg(long, value_name = "DIR", requires = "create")]
+    base: Option<PathBuf>,
+    /// Where the program sees the branch (default: the base's own path).
+    #[arg(long, value_name = "DIR")]
+    at: Option<PathBuf>,
+    /// Run without the read-only safety net, and without saying so.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<OsString>,
+}
+
+/// The global options a private daemon needs to serve the same store.
+pub fn global_args(
+    config: Option<&Path>,
+    plugin_dirs: &[PathBuf],
+    backstore: Option<&str>,
+    backstore_options: &[String],
+) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    if let Some(c) = config {
+        v.extend(["--config".into(), c.as_os_str().into()]);
+    }
+    for d in plugin_dirs {
+        v.extend(["--plugin-dir".into(), d.as_os_str().into()]);
+    }
+    if let Some(b) = backstore {
+        v.extend(["--backstore".into(), b.into()]);
+    }
+    for o in backstore_options {
+        v.extend(["--backstore-option".into(), o.into()]);
+    }
+    v
+}
+
+/// A daemon this run started, stopped when dropped.
+struct PrivateDaemon(Child);
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn hello() -> Hello {
+    Hello::current(&format!("agentfs-run {}", env!("CARGO_PKG_VERSION")), None)
+}
+
+/// Starts `agentfs serve` on `socket` and waits for its readiness line.
+fn start_daemon(socket: &Path, global: &[OsString], init: bool) -> Result<PrivateDaemon> {
+    let exe = std::env::current_exe().context("the agentfs executable")?;
+    let mut c = Command::new(exe);
+    c.args(global).arg("--socket").arg(socket).arg("serve");
+    if init {
+        c.arg("--init");
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("LD_PRELOAD")
+        // Its own process group: a ^C for the program does not stop it.
+        .process_group(0);
+    let mut child = c
+        .spawn()
+        .context("start a private daemon (agentfs serve)")?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .context("read the daemon's readiness line")?;
+    if !line.contains("ready on") {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = child.wait();
+        bail!("the private daemon did not start: {}", err.trim());
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    if let Some(mut e) = child.stderr.take() {
+        std::thread::spawn(move || std::io::copy(&mut e, &mut std::io::stderr()));
+    }
+    Ok(PrivateDaemon(child))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn find_shim() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AGENTFS_SHIM_LIB").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("the agentfs executable")?;
+    let p = exe.with_file_name(SHIM_LIB);
+    if !p.is_file() {
+        bail!(
+            "{} is missing (it is built with the workspace: cargo build --workspace)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn find_branch(c: &mut Client, name: &str) -> Result<Option<BranchInfo>> {
+    match c.request(Request::BranchList)? {
+        Response::Branches(list) => Ok(list.into_iter().find(|b| b.name == name)),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// Runs `agentfs run`. `global` holds the global options to start a
+/// private daemon with; `store_exists` says whether the store exists
+/// (asked only when no daemon serves it).
+pub fn run(
+    socket: &Path,
+    global: &[OsString],
+    store_exists: impl FnOnce() -> Result<bool>,
+    args: RunArgs,
+) -> Result<ExitCode> {
+    if !cfg!(target_os = "linux") {
+        bail!("agentfs run injects its shim with LD_PRELOAD: Linux only for now");
+    }
+    let socket = absolute(socket)?;
+    let shim = find_shim()?;
+    let mut private = None;
+    let mut client = match Client::connect(&socket, hello()) {
+        Ok(c) => c,
+        Err(e) if e.is_no_daemon() => {
+            let exists = store_exists()?;
+            if !exists && !args.create {
+                bail!("no store yet: run `agentfs init`, or pass --create");
+            }
+            private = Some(start_daemon(&socket, global, !exists)?);
+            Client::connect(&socket, hello())?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let branch = match find_branch(&mut client, &args.branch)? {
+        Some(b) => b,
+        None if args.create => {
+            let base = match &args.base {
+                Some(b) => absolute(b)?,
+                None => std::env::current_dir()?,
+            };
+            let base = base
+                .canonicalize()
+                .with_context(|| format!("base {}", base.display()))?;
+            match client.request(Request::BranchCreate {
+                name: args.branch.clone(),
+                base: Some(base.to_string_lossy().into_owned()),
+            })? {
+                Response::Branch(b) => b,
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            }
+        }
+        None => bail!(
+            "branch {}: no such branch (pass --create to make it)",
+            args.branch
+        ),
+    };
+    let root = match (&args.at, &branch.base) {
+        (Some(at), _) => absolute(at)?,
+        (None, Some(base)) => PathBuf::from(base),
+        (None, None) => bail!(
+            "branch {} has no base directory: say where to show it with --at DIR",
+            branch.name
+        ),
+    };
+    let store_root = match client.request(Request::Status)? {
+        Response::Status(st) => PathBuf::from(&st.backstore.root),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    };
+    drop(client);
+
+    let mut preload = shim.as_os_str().to_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env("LD_PRELOAD", &preload)
+        .env("AGENTFS_SHIM_SOCKET", &socket)
+        .env("AGENTFS_SHIM_BRANCH", &branch.name)
+        .env("AGENTFS_SHIM_ROOT", &root)
+        .env("AGENTFS_SHIM_STORE", &store_root);
+
+    let mut read_only = Vec::new();
+    if let Some(b) = &branch.base {
+        read_only.push(PathBuf::from(b));
+    }
+    read_only.push(store_root.clone());
+    let child = if args.no_sandbox {
+        cmd.spawn()
+    } else {
+        let net = Sandbox::new(&read_only)?;
+        let mut sandboxed = Command::new(&args.command[0]);
+        sandboxed.args(&args.command[1..]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => sandboxed.env(k, v),
+                None => sandboxed.env_remove(k),
+            };
+        }
+        // SAFETY: the closure only makes raw syscalls on data prepared
+        // before the fork (no allocation, no locks).
+        unsafe { sandboxed.pre_exec(move || net.enter()) };
+        match sandboxed.spawn() {
+            Ok(c) => Ok(c),
+            // The namespace could not be made (or the program could not
+            // be started at all: then it fails the same way without).
+            Err(e) if Sandbox::is_unavailable(&e) => match cmd.spawn() {
+                Ok(c) => {
+                    eprintln!(
+                        "agentfs run: warning: no read-only safety net ({e}): a program that \
+                         bypasses the shim (static binary, raw syscalls) could write the base; \
+                         --no-sandbox accepts this silently"
+                    );
+                    Ok(c)
+                }
+                Err(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    };
+    let mut child =
+        child.with_context(|| format!("run {}", Path::new(&args.command[0]).display()))?;
+    // While the program runs, ^C and ^\ are its business.
+    // SAFETY: setting dispositions of two signals in this process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = child.wait().context("wait for the program")?;
+    drop(private);
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// The read-only safety net, prepared before the fork: a private mount
+/// namespace (and a user namespace when not root) in which each directory
+/// is bind-mounted read-only over itself.
+struct Sandbox {
+    root: bool,
+    paths: Vec<CString>,
+    cwd: Option<CString>,
+    uid_map: CString,
+    gid_map: CString,
+}
+
+impl Sandbox {
+    fn new(paths: &[PathBuf]) -> Result<Self> {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte");
+        // SAFETY: getters without preconditions.
+        let (uid, gid, euid) = unsafe { (libc::getuid(), libc::getgid(), libc::geteuid()) };
+        Ok(Self {
+            root: euid == 0,
+            paths: paths.iter().map(|p| c(p)).collect::<Result<_>>()?,
+            cwd: std::env::current_dir().ok().map(|d| c(&d)).transpose()?,
+            uid_map: CString::new(format!("{uid} {uid} 1"))?,
+            gid_map: CString::new(format!("{gid} {gid} 1"))?,
+        })
+    }
+
+    fn is_unavailable(e: &std::io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EACCES)
+        )
+    }
+
+    /// In the child, before exec (no mount namespaces off Linux).
+    #[cfg(not(target_os = "linux"))]
+    fn enter(&self) -> std::io::Result<()> {
+        let _ = (
+            self.root,
+            &self.paths,
+            &self.cwd,
+            &self.uid_map,
+            &self.gid_map,
+        );
+        Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    /// In the child, before exec.
+    #[cfg(target_os = "linux")]
+    fn enter(&self) -> std::io::Result<()> {
+        let err = || std::io::Error::last_os_error();
+        // SAFETY: raw syscalls on NUL-terminated strings prepared before
+        // the fork.
+        unsafe {
+            if self.root {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(err());
+                }
+            } else {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                    return Err(err());
+                }
+                write_file(c"/proc/self/setgroups", c"deny");
+                if !write_file(c"/proc/self/uid_map", &self.uid_map)
+                    || !write_file(c"/proc/self/gid_map", &self.gid_map)
+                {
+                    return Err(err());
+                }
+            }
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            for p in &self.paths {
+                if libc::mount(
+                    p.as_ptr(),
+                    p.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
+                let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+                if libc::mount(none, p.as_ptr(), none, flags, std::ptr::null()) != 0 {
+                    return Err(err());
+                }
+            }
+            // The working directory still points into the old mounts.
+            if let Some(cwd) = &self.cwd {
+                libc::chdir(cwd.as_ptr());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to `path` with raw syscalls; true on success.
+#[cfg(target_os = "linux")]
+///
+/// # Safety
+/// Async-signal-safe: callable between fork and exec.
+unsafe fn write_file(path: &std::ffi::CStr, data: &std::ffi::CStr) -> bool {
+    // SAFETY: valid C strings; the fd is closed before returning.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let b = data.to_bytes();
+        let ok = libc::write(fd, b.as_ptr().cast(), b.len()) == b.len() as isize;
+        libc::close(fd);
+        ok
+    }
+}

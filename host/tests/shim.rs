@@ -1,0 +1,629 @@
+//! Real, unmodified programs under `agentfs run`: each script runs once
+//! inside a branch of a sample project (through the shim and the daemon)
+//! and once natively in a copy of the project, and the two must print the
+//! same and leave the same tree; the base must be byte-for-byte unchanged
+//! and `agentfs diff` must show the changes in the branch.
+//!
+//! A test whose tool is missing says why on stderr and passes, unless
+//! `AGENTFS_REQUIRE_COW=1` (CI), where it fails. Linux only: the shim is
+//! injected with `LD_PRELOAD`.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::{image_dir, CliEnv, TreeImage};
+
+fn require() -> bool {
+    std::env::var("AGENTFS_REQUIRE_COW").as_deref() == Ok("1")
+}
+
+/// Says why `test` is skipped (or fails, under AGENTFS_REQUIRE_COW=1).
+fn skip(test: &str, why: &str) {
+    let msg = format!("{test}: skipped: {why}");
+    if require() {
+        panic!("{msg} (AGENTFS_REQUIRE_COW=1)");
+    }
+    eprintln!("{msg}");
+}
+
+/// Is `tool` on PATH? If not: skip.
+fn have(tool: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        skip(test, &format!("`{tool}` is not installed"));
+    }
+    found
+}
+
+/// The base's image plus every entry's mtime: "unchanged" means both.
+type Fingerprint = (TreeImage, BTreeMap<String, (i64, i64)>);
+
+fn fingerprint(root: &Path) -> Fingerprint {
+    let img = image_dir(root);
+    let times = img
+        .keys()
+        .map(|k| {
+            let md = fs::symlink_metadata(root.join(k)).unwrap();
+            (k.clone(), (md.mtime(), md.mtime_nsec()))
+        })
+        .collect();
+    (img, times)
+}
+
+struct Env {
+    cli: CliEnv,
+    base: PathBuf,
+    native: PathBuf,
+}
+
+impl Env {
+    /// The sample project (optionally a git checkout), and a native copy.
+    fn new(git: bool) -> Self {
+        // `agentfs run` finds the shim next to itself (built once if a
+        // clean checkout has not built the workspace yet).
+        agentfs_testfs::built("libagentfs_shim.so");
+        let cli = CliEnv::new();
+        let base = cli.base();
+        if git {
+            let g = |args: &[&str]| {
+                let o = Command::new("git")
+                    .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+                    .args(args)
+                    .current_dir(&base)
+                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                    .env("HOME", &cli.dir)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "git {args:?}: {o:?}");
+            };
+            g(&["init", "-q"]);
+            g(&["add", "-A"]);
+            g(&["commit", "-qm", "init"]);
+        }
+        let native = cli.dir.join("native");
+        let o = Command::new("cp")
+            .arg("-a")
+            .arg(&base)
+            .arg(&native)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cp -a: {o:?}");
+        Self { cli, base, native }
+    }
+
+    /// `agentfs run --create --branch b -- args` in the base.
+    fn run(&self, args: &[&str]) -> Output {
+        self.cli
+            .cmd()
+            .current_dir(&self.base)
+            .args(["run", "--create", "--branch", "b", "--"])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &self.cli.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// The same program natively, in the copy.
+    fn native(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(&self.native)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &self.cli.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `script` with `shell` both ways; requires both to succeed and
+    /// print the same (absolute paths of the project shown as `ROOT`).
+    fn same(&self, shell: &[&str], script: &str) -> String {
+        let mut args = shell.to_vec();
+        args.push(script);
+        let b = self.run(&args);
+        let n = self.native(&args);
+        let text = |o: &Output, root: &Path| {
+            String::from_utf8_lossy(&o.stdout).replace(root.to_str().unwrap(), "ROOT")
+        };
+        assert!(
+            n.status.success(),
+            "native run failed: {}",
+            String::from_utf8_lossy(&n.stderr)
+        );
+        assert!(
+            b.status.success(),
+            "run in the branch failed: {}\n(stdout: {})",
+            String::from_utf8_lossy(&b.stderr),
+            String::from_utf8_lossy(&b.stdout)
+        );
+        let (tb, tn) = (text(&b, &self.base), text(&n, &self.native));
+        assert_eq!(tb, tn, "the branch and the native copy printed differently");
+        tb
+    }
+
+    /// The tree as programs in the branch see it, and the native copy's:
+    /// names, kinds, modes, link targets and file hashes.
+    fn assert_same_tree(&self) {
+        let lister = "find . -path ./.git -prune -o -printf '%P %y %m %l\\n' | LC_ALL=C sort; \
+                      find . -path ./.git -prune -o -type f -exec sha256sum {} + | LC_ALL=C sort";
+        self.same(&["sh", "-c"], lister);
+    }
+
+    fn diff(&self) -> String {
+        self.cli.ok(&["diff", "--branch", "b"])
+    }
+
+    fn assert_diff_has(&self, lines: &[&str]) {
+        let d = self.diff();
+        for want in lines {
+            assert!(d.lines().any(|l| l == *want), "{want} missing in:\n{d}");
+        }
+    }
+}
+
+#[test]
+fn done_means_a_git_checkout_prints_what_it_would_natively() {
+    if !have("git", "done_means") {
+        return;
+    }
+    let e = Env::new(true);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["sh", "-c"],
+        "echo hi > new.txt; git status --short; cat new.txt",
+    );
+    assert_eq!(out, "?? new.txt\nhi\n");
+    e.assert_diff_has(&["A new.txt"]);
+    assert_eq!(fingerprint(&e.base), before, "the checkout changed");
+}
+
+#[test]
+fn bash_redirections_appends_heredocs_and_globs() {
+    if !have("bash", "bash") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+echo one > out.txt
+echo two >> out.txt
+echo appended >> README.md
+cat > here.txt <<END
+line $((1 + 2))
+END
+exec 3< here.txt; read -r l <&3; exec 3<&-; echo "read: $l"
+echo src/*.rs *.md
+shopt -s globstar; echo **/*.txt
+[ -f out.txt ] && [ -d src ] && [ -L main-link ] && [ -x run.sh ] && [ -w README.md ] && echo tests-ok
+cat out.txt README.md
+./run.sh
+cd src && pwd && cd nested && /bin/pwd && cd ../.. && echo "back: $(pwd)"
+"#,
+    );
+    assert!(
+        out.contains("tests-ok") && out.contains("read: line 3"),
+        "{out}"
+    );
+    e.assert_same_tree();
+    e.assert_diff_has(&["A out.txt", "A here.txt", "M README.md"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn coreutils_in_a_branch_match_a_native_copy() {
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    e.same(
+        &["sh", "-c"],
+        r#"set -e
+mkdir -p a/b/c
+touch a/b/c/new.txt
+cp -a src copy
+cp README.md copy/readme-copy.md
+mv docs/guide.md guide.md
+rm -rf docs
+ln -s src/lib.rs lib-link
+chmod -R go-rx src
+find . | LC_ALL=C sort
+du -a a | awk '{print $2}' | LC_ALL=C sort
+stat -c '%n %s %F %a' README.md guide.md a/b/c/new.txt src/main.rs lib-link copy/readme-copy.md
+readlink -f lib-link
+realpath main-link src/../guide.md
+readlink main-link
+ls -la | awk 'NR > 1 {print $1, $NF}' | LC_ALL=C sort
+ls -a src copy
+cat lib-link copy/main.rs
+"#,
+    );
+    e.assert_same_tree();
+    e.assert_diff_has(&[
+        "A a/b/c/new.txt",
+        "D docs/",
+        "A guide.md",
+        "A lib-link",
+        "A copy/main.rs",
+    ]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn python_pathlib_tempfile_replace_and_rmtree() {
+    if !have("python3", "python") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["python3", "-c"],
+        r#"
+import os, pathlib, shutil, tempfile
+root = pathlib.Path(".")
+print(sorted(str(p) for p in root.rglob("*")))
+pathlib.Path("gen").mkdir()
+(pathlib.Path("gen") / "a.txt").write_text("a\n")
+with tempfile.NamedTemporaryFile("w", dir="gen", delete=False) as f:
+    f.write("tmp\n")
+os.replace(f.name, "gen/b.txt")
+print(sorted(os.listdir("gen")), open("gen/b.txt").read().strip())
+with tempfile.TemporaryDirectory(dir=".") as d:
+    pathlib.Path(d, "x").write_text("x")
+    print(len(os.listdir(d)))
+shutil.rmtree("src")
+print(os.path.exists("src"), os.path.isdir("gen"), os.path.realpath("main-link"))
+os.chmod("gen/a.txt", 0o600)
+print(oct(os.stat("gen/a.txt").st_mode & 0o777))
+for dirpath, dirnames, filenames in sorted(os.walk(".")):
+    print(dirpath, sorted(dirnames), sorted(filenames))
+"#,
+    );
+    assert!(out.contains("['a.txt', 'b.txt'] tmp"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&["D src/", "A gen/b.txt"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn git_add_and_commit_in_a_branch_leave_the_base_git_untouched() {
+    if !have("git", "git") {
+        return;
+    }
+    let e = Env::new(true);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["sh", "-c"],
+        "set -e; echo change >> README.md; echo new > new.txt; git status --short; \
+         git add -A; git -c user.email=t@example.com -c user.name=t commit -qm second; \
+         git log --format=%s; git status --short; git show --stat --format= HEAD | sort",
+    );
+    assert!(out.contains("second\ninit\n"), "{out}");
+    assert_eq!(
+        fingerprint(&e.base),
+        before,
+        "the base (or its .git) changed"
+    );
+    let d = e.diff();
+    assert!(d.lines().any(|l| l == "A new.txt"), "{d}");
+    assert!(d.lines().any(|l| l.starts_with("M .git/")), "{d}");
+}
+
+#[test]
+fn a_static_binary_gets_erofs_from_the_safety_net() {
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+    else {
+        skip("static binary", "busybox (busybox-static) is not installed");
+        return;
+    };
+    if fs::read(busybox)
+        .unwrap()
+        .windows(8)
+        .any(|w| w == b"ld-linux")
+    {
+        skip(
+            "static binary",
+            "the installed busybox is dynamic (install busybox-static)",
+        );
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let o = e.run(&[busybox, "sh", "-c", "echo bypass > README.md"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("no read-only safety net") {
+        skip("static binary", &format!("no safety net here: {err}"));
+        return;
+    }
+    assert!(!o.status.success(), "the bypassing write succeeded");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn the_exit_status_is_the_programs() {
+    let e = Env::new(false);
+    assert_eq!(e.run(&["sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(
+        e.run(&["sh", "-c", "kill -TERM $$"]).status.code(),
+        Some(128 + 15)
+    );
+    assert_eq!(e.run(&["true"]).status.code(), Some(0));
+}
+
+#[test]
+fn forked_children_of_a_threaded_program_write_through_the_shim() {
+    if !have("python3", "fork") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["python3", "-W", "ignore", "-c"],
+        r#"
+import os, threading
+def busy():
+    for i in range(300):
+        os.stat("README.md")
+        os.listdir("src")
+t = threading.Thread(target=busy); t.start()
+pids = []
+for i in range(4):
+    pid = os.fork()
+    if pid == 0:
+        with open(f"child{i}.txt", "w") as f:
+            f.write(str(i))
+        os._exit(0)
+    pids.append(pid)
+for p in pids:
+    os.waitpid(p, 0)
+t.join()
+print(sorted(n for n in os.listdir(".") if n.startswith("child")))
+"#,
+    );
+    assert!(out.contains("child3.txt"), "{out}");
+    e.assert_diff_has(&["A child0.txt", "A child3.txt"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn without_a_daemon_branch_paths_fail_with_eio_never_the_base() {
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let shim = agentfs_testfs::built("libagentfs_shim.so");
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "cat README.md; echo x > new.txt; echo x >> README.md; \
+             cat /etc/hostname >/dev/null && echo outside-ok",
+        ])
+        .current_dir(&e.base)
+        .env("LD_PRELOAD", &shim)
+        .env("AGENTFS_SHIM_SOCKET", e.cli.dir.join("nobody-listens.sock"))
+        .env("AGENTFS_SHIM_BRANCH", "b")
+        .env("AGENTFS_SHIM_ROOT", &e.base)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("Input/output error").count(), 3, "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "outside-ok\n");
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    if !have("inotifywait", "inotify") {
+        return;
+    }
+    let e = Env::new(false);
+    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
+    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
+    fs::write(&e.cli.config, cfg).unwrap();
+    let before = fingerprint(&e.base);
+    let mut w = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
+        .arg("echo $$ >&2; exec inotifywait -m -e create,modify,delete --format '%e %f' docs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines() {
+                if tx.send(l.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let err = lines(Box::new(w.stderr.take().unwrap()));
+    let out = lines(Box::new(w.stdout.take().unwrap()));
+    let next = |rx: &mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the watcher said nothing for a minute")
+    };
+    let pid: i32 = next(&err).trim().parse().unwrap();
+    loop {
+        if next(&err).contains("Watches established") {
+            break;
+        }
+    }
+    // Another branch first: its change must not reach this watcher.
+    let other = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--create", "--branch", "c", "--", "sh", "-c"])
+        .arg("echo x > docs/other.txt")
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    let mine = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args(["run", "--branch", "b", "--", "sh", "-c"])
+        .arg("echo x > docs/mine.txt; rm docs/mine.txt")
+        .output()
+        .unwrap();
+    assert!(mine.status.success(), "{mine:?}");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("DELETE")) {
+        seen.push(next(&out));
+    }
+    // SAFETY: signalling the watcher we started, by the pid it printed.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = w.wait();
+    assert_eq!(
+        seen,
+        ["CREATE mine.txt", "MODIFY mine.txt", "DELETE mine.txt"],
+        "events of another branch leaked, or some are missing"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+/// Each interposed entry point called directly (through `ctypes`, which
+/// looks symbols up in the global scope, so the preloaded shim's come
+/// first), one row per function with the result the branch must give.
+#[test]
+fn libc_entry_points_one_by_one_through_ctypes() {
+    if !have("python3", "ctypes table") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let o = e.run(&["python3", "-c", CTYPES_TABLE]);
+    let out = String::from_utf8_lossy(&o.stdout).replace(e.base.to_str().unwrap(), "ROOT");
+    assert!(
+        o.status.success(),
+        "{}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let want = "\
+mkstemp: ok
+mkdtemp: dir
+fopen: hello
+freopen: G
+scandir: 10
+opendir: 10
+renameat2 noreplace: EEXIST
+link: EXDEV
+mkfifo: EPERM
+mknod: EPERM
+truncate: 0 1
+utimensat: 2000
+chown same: 0
+chown other: EPERM
+access W_OK: 0
+statfs: 0
+realpath: ROOT/README.md
+chdir+getcwd: ROOT/src
+readlink: src/main.rs
+symlink: x
+unlink: 0 False
+rmdir: 0 False
+creat: 0
+open O_EXCL existing: EEXIST
+stat missing: ENOENT
+";
+    assert_eq!(out, want);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+const CTYPES_TABLE: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def err(r):
+    return errno.errorcode[ctypes.get_errno()] if r == -1 else str(r)
+c = lambda s: s.encode()
+def row(name, value):
+    print(f"{name}: {value}")
+for f in ("mkstemp", "mkdtemp", "fopen", "freopen", "realpath", "getcwd"):
+    getattr(libc, f).restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+for f in ("fputs", "fclose", "fgets"):
+    getattr(libc, f).argtypes = [ctypes.c_char_p, ctypes.c_void_p] if f == "fputs" else None
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.fgets.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+libc.fgets.restype = ctypes.c_char_p
+libc.opendir.restype = ctypes.c_void_p
+libc.opendir.argtypes = [ctypes.c_char_p]
+libc.readdir.restype = ctypes.c_void_p
+libc.readdir.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+libc.realpath.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.getcwd.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+t = ctypes.create_string_buffer(b"tmpXXXXXX")
+fd = libc.mkstemp(t)
+row("mkstemp", "ok" if fd >= 0 and os.path.isfile(t.value.decode()) else err(fd))
+os.close(fd); os.unlink(t.value.decode())
+d = ctypes.create_string_buffer(b"dirXXXXXX")
+libc.mkdtemp(d)
+row("mkdtemp", "dir" if os.path.isdir(d.value.decode()) else "missing")
+os.rmdir(d.value.decode())
+fp = libc.fopen(c("f.txt"), c("w")); libc.fputs(c("hello\n"), fp); libc.fclose(fp)
+fp = libc.fopen(c("f.txt"), c("r")); buf = ctypes.create_string_buffer(64)
+libc.fgets(buf, 64, fp); libc.fclose(fp)
+row("fopen", buf.value.decode().strip())
+fp = libc.fopen(c("f.txt"), c("r")); fp2 = libc.freopen(c("g.txt"), c("w"), fp)
+libc.fputs(c("G"), fp2); libc.fclose(fp2)
+row("freopen", open("g.txt").read())
+names = ctypes.POINTER(ctypes.c_void_p)()
+row("scandir", libc.scandir(c("."), ctypes.byref(names), None, None))
+dp = libc.opendir(c(".")); n = 0
+while libc.readdir(dp):
+    n += 1
+libc.closedir(dp)
+row("opendir", n)
+row("renameat2 noreplace", err(libc.renameat2(-100, c("f.txt"), -100, c("g.txt"), 1)))
+row("link", err(libc.link(c("f.txt"), c("h.txt"))))
+row("mkfifo", err(libc.mkfifo(c("fifo"), 0o600)))
+row("mknod", err(libc.mknod(c("node"), 0o10600, 0)))
+row("truncate", f'{err(libc.truncate(c("f.txt"), ctypes.c_long(1)))} {os.stat("f.txt").st_size}')
+ts = (ctypes.c_long * 4)(1000, 0, 2000, 0)
+libc.utimensat(-100, c("f.txt"), ts, 0)
+row("utimensat", int(os.stat("f.txt").st_mtime))
+row("chown same", err(libc.chown(c("f.txt"), os.getuid(), os.getgid())))
+row("chown other", err(libc.chown(c("f.txt"), 12345, 12345)))
+row("access W_OK", err(libc.access(c("README.md"), 2)))
+sfs = ctypes.create_string_buffer(512)
+row("statfs", err(libc.statfs(c("."), sfs)))
+out = ctypes.create_string_buffer(4096)
+libc.realpath(c("src/../README.md"), out)
+row("realpath", out.value.decode())
+libc.chdir(c("src")); libc.getcwd(out, 4096)
+row("chdir+getcwd", out.value.decode()); libc.chdir(c(".."))
+n = libc.readlink(c("main-link"), out, 4096)
+row("readlink", out.raw[:n].decode())
+libc.symlink(c("x"), c("sl")); n = libc.readlink(c("sl"), out, 4096)
+row("symlink", out.raw[:n].decode())
+row("unlink", f'{err(libc.unlink(c("g.txt")))} {os.path.exists("g.txt")}')
+os.mkdir("empty")
+row("rmdir", f'{err(libc.rmdir(c("empty")))} {os.path.exists("empty")}')
+fd = libc.creat(c("made.txt"), 0o644)
+row("creat", err(libc.close(fd)))
+row("open O_EXCL existing", err(libc.open(c("made.txt"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
+st = ctypes.create_string_buffer(256)
+row("stat missing", err(libc.stat(c("nope"), st)))
+"#;

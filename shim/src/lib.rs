@@ -1,0 +1,28 @@
+//! The AgentFS shim: a shared library injected with `LD_PRELOAD` (by
+//! `agentfs run`) that makes a branch appear at the base's own path (or at
+//! another path) to unmodified programs.
+//!
+//! It interposes libc's file API for paths under the branch's visible
+//! root. Reads (`stat`, `open` for reading, directory listings,
+//! `readlink`, `realpath`, `getcwd`) are resolved in process over the
+//! branch's chain of layer directories ([`resolve`]); everything that
+//! changes the branch (opening for writing, creating, renaming, deleting,
+//! attributes) goes to the daemon, which copies up, publishes events and
+//! hands back real file descriptors. Paths outside the root pass through
+//! untouched. See `docs/shim.md` for the whole contract, what is
+//! interposed and what is not.
+//!
+//! The library reads its configuration from the environment `agentfs run`
+//! sets: `AGENTFS_SHIM_SOCKET` (the daemon), `AGENTFS_SHIM_BRANCH`,
+//! `AGENTFS_SHIM_ROOT` (the visible root) and, optionally,
+//! `AGENTFS_SHIM_STORE` (the store's root, to recognise a working
+//! directory inherited inside a layer). Without them it does nothing.
+//!
+//! The interposition itself is Linux-only (`LD_PRELOAD`, glibc's entry
+//! points); the path logic compiles and is tested everywhere.
+
+pub mod paths;
+pub mod resolve;
+
+#[cfg(all(target_os = "linux", not(test)))]
+mod linux;

@@ -1,0 +1,2190 @@
+//! The interposed libc entry points. Each one passes straight to libc's
+//! own definition when the thread is already inside the shim, when the
+//! path is outside the branch, or when the process was not started by
+//! `agentfs run`; for branch paths, reads are rewritten to the physical
+//! path the resolver finds and writes become daemon requests.
+//!
+//! The C prototypes are spelled out here; the variadic ones (`open`,
+//! `openat`, `fcntl`) take their optional argument as a plain parameter,
+//! which the Linux x86-64 and AArch64 calling conventions pass in the same
+//! register as a variadic one.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::{
+    ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CString},
+    os::fd::IntoRawFd,
+    ptr,
+};
+
+use agentfs_proto::FsOp;
+use libc::{mode_t, size_t, ssize_t};
+use rustix::fs::FileType;
+
+use super::{
+    bytes, chain, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
+    fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, Guard, Target,
+};
+use crate::{
+    paths,
+    resolve::{Errno, Resolved},
+};
+
+type Cp = *const c_char;
+
+fn null_err<T>(e: Errno) -> *mut T {
+    set_errno(e);
+    ptr::null_mut()
+}
+
+fn umask_now() -> u32 {
+    // SAFETY: umask has no preconditions; the second call restores it.
+    unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    }
+}
+
+/// The path a read of branch path `rel` uses.
+fn read_target(rel: &[u8], follow: bool) -> Result<CString, Errno> {
+    match super::resolve_for_read(rel, follow)? {
+        Resolved::Found(e) => Ok(e.phys),
+        Resolved::Absent(_) => Err(libc::ENOENT),
+        Resolved::Outside(p) => CString::new(p).map_err(|_| libc::EINVAL),
+    }
+}
+
+/// Runs `call` on the program's path, or on the physical path of a
+/// branch entry (absolute, so any dirfd beside it is ignored).
+unsafe fn with_read_path<R>(
+    dirfd: c_int,
+    path: Cp,
+    follow: bool,
+    err: impl FnOnce(Errno) -> R,
+    call: impl FnOnce(Cp) -> R,
+) -> R {
+    let Some(_g) = Guard::enter() else {
+        return call(path);
+    };
+    // SAFETY: the program passes a C string or null.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return call(path);
+    };
+    if p.is_empty() {
+        return call(path);
+    }
+    match classify(dirfd, p) {
+        Ok(Target::Native) => call(path),
+        Ok(Target::Branch(rel)) => match read_target(&rel, follow) {
+            Ok(c) => call(c.as_ptr()),
+            Err(e) => err(e),
+        },
+        Err(e) => err(e),
+    }
+}
+
+/// Runs `branch` for a branch path, `native` otherwise.
+unsafe fn with_write_path(
+    dirfd: c_int,
+    path: Cp,
+    native: impl FnOnce(Cp) -> c_int,
+    branch: impl FnOnce(Vec<u8>) -> Result<c_int, Errno>,
+) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        return native(path);
+    };
+    // SAFETY: the program passes a C string or null.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return native(path);
+    };
+    if p.is_empty() {
+        return native(path);
+    }
+    match classify(dirfd, p) {
+        Ok(Target::Native) => native(path),
+        Ok(Target::Branch(rel)) => branch(rel).unwrap_or_else(fail),
+        Err(e) => fail(e),
+    }
+}
+
+macro_rules! path_read {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; dirfd: $dirfd:expr ; path: $path:ident ; follow: $follow:expr ; err: $err:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            let Some(o) = orig!($name: fn($($ty),*) -> $ret) else {
+                return $err(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments, passed on as they came.
+            unsafe { with_read_path($dirfd, $path, $follow, $err, |$path| o($($arg),*)) }
+        }
+    };
+}
+
+const CWD: c_int = libc::AT_FDCWD;
+fn nofollow(flags: c_int) -> bool {
+    flags & libc::AT_SYMLINK_NOFOLLOW != 0
+}
+
+// ------------------------------------------------------------- stat family
+
+path_read!(stat(path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(stat64(path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(lstat(path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
+path_read!(lstat64(path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
+path_read!(__xstat(ver: c_int, path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(__xstat64(ver: c_int, path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(__lxstat(ver: c_int, path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
+path_read!(__lxstat64(ver: c_int, path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
+path_read!(fstatat(dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
+path_read!(fstatat64(dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
+path_read!(__fxstatat(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
+path_read!(__fxstatat64(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
+path_read!(statx(dirfd: c_int, path: Cp, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
+path_read!(statfs(path: Cp, buf: *mut libc::statfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(statfs64(path: Cp, buf: *mut libc::statfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(statvfs(path: Cp, buf: *mut libc::statvfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+path_read!(readlink(path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
+path_read!(readlinkat(dirfd: c_int, path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: dirfd; path: path; follow: false; err: |e| fail(e) as ssize_t);
+path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
+path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
+path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
+path_read!(llistxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
+path_read!(posix_spawn(pid: *mut libc::pid_t, path: Cp, actions: *const c_void, attr: *const c_void, argv: *const Cp, envp: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: |e| e);
+
+/// The path an `exec` of `path` runs: `Ok(None)` for the program's own.
+/// The guard is released before the caller execs: in a `vfork` child the
+/// thread (and its guard flag) is the parent's, and a successful exec never
+/// returns to release it.
+unsafe fn exec_path(path: Cp) -> Result<Option<CString>, Errno> {
+    let Some(_g) = Guard::enter() else {
+        return Ok(None);
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return Ok(None);
+    };
+    if p.is_empty() {
+        return Ok(None);
+    }
+    match classify(CWD, p)? {
+        Target::Native => Ok(None),
+        Target::Branch(rel) => read_target(&rel, true).map(Some),
+    }
+}
+
+macro_rules! exec_fn {
+    ($name:ident ( $p:ident : Cp $(, $arg:ident : $ty:ty)* )) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($p: Cp $(, $arg: $ty)*) -> c_int {
+            let Some(o) = orig!($name: fn(Cp $(, $ty)*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's C string.
+            match unsafe { exec_path($p) } {
+                // SAFETY: passed on, with the branch entry's path.
+                Ok(Some(c)) => unsafe { o(c.as_ptr() $(, $arg)*) },
+                // SAFETY: passed on.
+                Ok(None) => unsafe { o($p $(, $arg)*) },
+                Err(e) => fail(e),
+            }
+        }
+    };
+}
+
+exec_fn!(execve(path: Cp, argv: *const Cp, envp: *const Cp));
+exec_fn!(execv(path: Cp, argv: *const Cp));
+
+/// `execvp`/`execvpe` with a name holding a slash are plain paths.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: Cp, argv: *const Cp) -> c_int {
+    let Some(o) = orig!(execvp: fn(Cp, *const Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's C string.
+    if unsafe { bytes(file) }.is_some_and(|f| f.contains(&b'/')) {
+        // SAFETY: as above.
+        return match unsafe { exec_path(file) } {
+            // SAFETY: passed on, with the branch entry's path.
+            Ok(Some(c)) => unsafe { o(c.as_ptr(), argv) },
+            // SAFETY: passed on.
+            Ok(None) => unsafe { o(file, argv) },
+            Err(e) => fail(e),
+        };
+    }
+    // SAFETY: passed on.
+    unsafe { o(file, argv) }
+}
+
+/// `access` and friends: existence, read and execute checks on the
+/// physical entry; a write check is answered from the mode bits (the
+/// branch is writable even where the layer holding the entry is not).
+unsafe fn access_impl(dirfd: c_int, path: Cp, mode: c_int, flags: c_int) -> c_int {
+    let Some(o) = orig!(faccessat: fn(c_int, Cp, c_int, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_read_path(dirfd, path, !nofollow(flags), fail, |p| {
+            if p == path || mode & libc::W_OK == 0 {
+                return o(dirfd, p, mode, flags);
+            }
+            let r = o(dirfd, p, mode & !libc::W_OK, flags);
+            if r != 0 {
+                return r;
+            }
+            let Ok(st) = rustix::fs::stat(std::ffi::CStr::from_ptr(p)) else {
+                return fail(libc::ENOENT);
+            };
+            let euid = libc::geteuid();
+            let ok = euid == 0
+                || (st.st_uid == euid && st.st_mode & 0o200 != 0)
+                || st.st_mode & 0o022 != 0;
+            if ok {
+                0
+            } else {
+                fail(libc::EACCES)
+            }
+        })
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn access(path: Cp, mode: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { access_impl(CWD, path, mode, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn faccessat(dirfd: c_int, path: Cp, mode: c_int, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { access_impl(dirfd, path, mode, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn euidaccess(path: Cp, mode: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { access_impl(CWD, path, mode, libc::AT_EACCESS) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn eaccess(path: Cp, mode: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { access_impl(CWD, path, mode, libc::AT_EACCESS) }
+}
+
+// -------------------------------------------------------------- open family
+
+type OpenFn = unsafe extern "C" fn(c_int, Cp, c_int, mode_t) -> c_int;
+
+fn orig_openat() -> Option<OpenFn> {
+    orig!(openat: fn(c_int, Cp, c_int, mode_t) -> c_int)
+}
+
+/// Opens branch path `rel`: reads on the physical entry, writes through
+/// the daemon's `fd_open`.
+fn open_branch(rel: &[u8], flags: c_int, mode: mode_t) -> Result<c_int, Errno> {
+    let o = orig_openat().ok_or(libc::ENOSYS)?;
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        shim_log("O_TMPFILE in the branch is not supported");
+        return Err(libc::EOPNOTSUPP);
+    }
+    let writes =
+        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    let r = resolve(rel, follow)?;
+    let canon = match r {
+        Resolved::Outside(p) => {
+            let c = CString::new(p).map_err(|_| libc::EINVAL)?;
+            // SAFETY: a valid C string.
+            return Ok(unsafe { o(CWD, c.as_ptr(), flags, mode) });
+        }
+        Resolved::Found(e) if !writes => {
+            // SAFETY: a valid C string.
+            let fd = unsafe { o(CWD, e.phys.as_ptr(), flags, mode) };
+            if fd >= 0 {
+                fd_insert(fd, e.path, 0);
+            }
+            return Ok(fd);
+        }
+        Resolved::Absent(_) if !writes => return Err(libc::ENOENT),
+        Resolved::Found(e) => {
+            if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+                return Err(libc::EEXIST);
+            }
+            if e.kind == FileType::Directory {
+                return Err(libc::EISDIR);
+            }
+            e.path
+        }
+        Resolved::Absent(p) => {
+            if flags & libc::O_CREAT == 0 {
+                return Err(libc::ENOENT);
+            }
+            p
+        }
+    };
+    let (opened, fd) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
+    let raw = fd.into_raw_fd();
+    // SAFETY: fcntl on the fd we just received.
+    unsafe {
+        if flags & libc::O_CLOEXEC == 0 {
+            libc::fcntl(raw, libc::F_SETFD, 0);
+        }
+        if flags & libc::O_NONBLOCK != 0 {
+            let fl = libc::fcntl(raw, libc::F_GETFL);
+            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+    fd_insert(raw, canon, opened.record);
+    Ok(raw)
+}
+
+unsafe fn open_impl(dirfd: c_int, path: Cp, flags: c_int, mode: mode_t) -> c_int {
+    let Some(o) = orig_openat() else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, flags, mode),
+            |rel| open_branch(&rel, flags, mode),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn open(path: Cp, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(CWD, path, flags, mode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: Cp, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(CWD, path, flags | libc::O_LARGEFILE, mode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: Cp, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(CWD, path, flags, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: Cp, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(CWD, path, flags | libc::O_LARGEFILE, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn openat(dirfd: c_int, path: Cp, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(dirfd, path, flags, mode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn openat64(dirfd: c_int, path: Cp, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(dirfd, path, flags | libc::O_LARGEFILE, mode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: Cp, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(dirfd, path, flags, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: Cp, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe { open_impl(dirfd, path, flags | libc::O_LARGEFILE, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn creat(path: Cp, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe {
+        open_impl(
+            CWD,
+            path,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            mode,
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn creat64(path: Cp, mode: mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe {
+        open_impl(
+            CWD,
+            path,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_LARGEFILE,
+            mode,
+        )
+    }
+}
+
+/// `open(2)` flags for an `fopen` mode string, and the mode without the
+/// glibc-only `x`.
+fn fopen_flags(mode: &[u8]) -> Option<(c_int, CString)> {
+    let mut flags = match mode.first()? {
+        b'r' => libc::O_RDONLY,
+        b'w' => libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        b'a' => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        _ => return None,
+    };
+    let rest = &mode[1..];
+    let rest = rest.split(|&b| b == b',').next().unwrap_or(rest);
+    if rest.contains(&b'+') {
+        flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+    }
+    if rest.contains(&b'x') {
+        flags |= libc::O_EXCL;
+    }
+    if rest.contains(&b'e') {
+        flags |= libc::O_CLOEXEC;
+    }
+    let clean: Vec<u8> = mode.iter().copied().filter(|&b| b != b'x').collect();
+    Some((flags, CString::new(clean).ok()?))
+}
+
+unsafe fn fopen_impl(
+    path: Cp,
+    mode: Cp,
+    native: impl FnOnce() -> *mut libc::FILE,
+) -> *mut libc::FILE {
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's C strings.
+    let (Some(p), Some(m)) = (unsafe { bytes(path) }, unsafe { bytes(mode) }) else {
+        return native();
+    };
+    let rel = match classify(CWD, p) {
+        Ok(Target::Native) => return native(),
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return null_err(e),
+    };
+    let Some((flags, clean)) = fopen_flags(m) else {
+        return null_err(libc::EINVAL);
+    };
+    let fd = match open_branch(&rel, flags, 0o666) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(_) => return ptr::null_mut(),
+        Err(e) => return null_err(e),
+    };
+    let Some(fdopen) = orig!(fdopen: fn(c_int, Cp) -> *mut libc::FILE) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: an fd we own and a valid mode string.
+    let f = unsafe { fdopen(fd, clean.as_ptr()) };
+    if f.is_null() {
+        close_tracked(fd);
+    }
+    f
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fopen(path: Cp, mode: Cp) -> *mut libc::FILE {
+    let Some(o) = orig!(fopen: fn(Cp, Cp) -> *mut libc::FILE) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { fopen_impl(path, mode, || o(path, mode)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(path: Cp, mode: Cp) -> *mut libc::FILE {
+    let Some(o) = orig!(fopen64: fn(Cp, Cp) -> *mut libc::FILE) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { fopen_impl(path, mode, || o(path, mode)) }
+}
+
+unsafe fn freopen_impl(
+    path: Cp,
+    mode: Cp,
+    stream: *mut libc::FILE,
+    reopen: unsafe extern "C" fn(Cp, Cp, *mut libc::FILE) -> *mut libc::FILE,
+) -> *mut libc::FILE {
+    // SAFETY: the program's arguments, passed on.
+    let native = || unsafe { reopen(path, mode, stream) };
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's C strings (path may be null: reopen in place).
+    let (Some(p), Some(m)) = (unsafe { bytes(path) }, unsafe { bytes(mode) }) else {
+        return native();
+    };
+    let rel = match classify(CWD, p) {
+        Ok(Target::Native) => return native(),
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return null_err(e),
+    };
+    let Some((flags, _)) = fopen_flags(m) else {
+        return null_err(libc::EINVAL);
+    };
+    let fd = match open_branch(&rel, flags, 0o666) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(_) => return ptr::null_mut(),
+        Err(e) => return null_err(e),
+    };
+    // SAFETY: `stream` is the program's open FILE; the fds are valid.
+    unsafe {
+        libc::fflush(stream);
+        let target = libc::fileno(stream);
+        if let Some(old) = fd_remove(target) {
+            fd_closed(&old);
+        }
+        if libc::dup3(
+            fd,
+            target,
+            if flags & libc::O_CLOEXEC != 0 {
+                libc::O_CLOEXEC
+            } else {
+                0
+            },
+        ) < 0
+        {
+            close_tracked(fd);
+            return ptr::null_mut();
+        }
+        if let Some(info) = fd_remove(fd) {
+            fd_insert(target, info.path, info.record);
+        }
+        libc::syscall(libc::SYS_close, fd);
+        // The stream's own mode (read/write flags, buffer) is reset by
+        // libc's reopen-in-place of the fd it now has (the file is the
+        // branch's, already opened through the daemon).
+        reopen(ptr::null(), mode, stream)
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn freopen(path: Cp, mode: Cp, stream: *mut libc::FILE) -> *mut libc::FILE {
+    let Some(o) = orig!(freopen: fn(Cp, Cp, *mut libc::FILE) -> *mut libc::FILE) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { freopen_impl(path, mode, stream, o) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn freopen64(path: Cp, mode: Cp, stream: *mut libc::FILE) -> *mut libc::FILE {
+    let Some(o) = orig!(freopen64: fn(Cp, Cp, *mut libc::FILE) -> *mut libc::FILE) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { freopen_impl(path, mode, stream, o) }
+}
+
+// ------------------------------------------------------------- temp files
+
+fn random_byte() -> u8 {
+    let mut b = [0u8; 1];
+    // SAFETY: getrandom into a one-byte buffer we own.
+    if unsafe { libc::syscall(libc::SYS_getrandom, b.as_mut_ptr(), 1, 0) } != 1 {
+        b[0] = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(7)
+            & 0xff) as u8;
+    }
+    b[0]
+}
+
+/// Fills the `XXXXXX` before a suffix of `suffix` bytes with random
+/// letters and digits; false when the template is malformed.
+unsafe fn fill_template(tmpl: *mut c_char, suffix: c_int) -> bool {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    // SAFETY: the program's writable C string.
+    let len = unsafe { libc::strlen(tmpl) };
+    let suffix = suffix.max(0) as usize;
+    if len < 6 + suffix {
+        return false;
+    }
+    let start = len - suffix - 6;
+    // SAFETY: indexes within the string.
+    let x = unsafe { std::slice::from_raw_parts_mut(tmpl.cast::<u8>().add(start), 6) };
+    for c in x.iter_mut() {
+        *c = CHARS[random_byte() as usize % CHARS.len()];
+    }
+    true
+}
+
+unsafe fn template_is_ok(tmpl: *mut c_char, suffix: c_int) -> bool {
+    // SAFETY: the program's C string.
+    let Some(b) = (unsafe { bytes(tmpl) }) else {
+        return false;
+    };
+    let suffix = suffix.max(0) as usize;
+    b.len() >= 6 + suffix && &b[b.len() - suffix - 6..b.len() - suffix] == b"XXXXXX"
+}
+
+unsafe fn mkostemps_impl(
+    tmpl: *mut c_char,
+    suffix: c_int,
+    flags: c_int,
+    native: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(tmpl) }) else {
+        return native();
+    };
+    match classify(CWD, p) {
+        Ok(Target::Native) => return native(),
+        Ok(Target::Branch(_)) => {}
+        Err(e) => return fail(e),
+    }
+    // SAFETY: the program's template.
+    if !unsafe { template_is_ok(tmpl, suffix) } {
+        return fail(libc::EINVAL);
+    }
+    for _ in 0..100 {
+        // SAFETY: checked above.
+        unsafe { fill_template(tmpl, suffix) };
+        // SAFETY: still the program's C string.
+        let p = unsafe { bytes(tmpl) }.unwrap_or_default();
+        let Ok(Target::Branch(rel)) = classify(CWD, p) else {
+            return fail(libc::EIO);
+        };
+        let fl = (flags & !libc::O_ACCMODE) | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        match open_branch(&rel, fl, 0o600) {
+            Err(libc::EEXIST) => continue,
+            Ok(fd) => return fd,
+            Err(e) => return fail(e),
+        }
+    }
+    fail(libc::EEXIST)
+}
+
+macro_rules! mkstemp_fns {
+    ($($name:ident ( $t:ident : $tty:ty $(, $arg:ident : $ty:ty)* ) => ($s:expr, $f:expr);)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($t: $tty $(, $arg: $ty)*) -> c_int {
+            let Some(o) = orig!($name: fn($tty $(, $ty)*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            unsafe { mkostemps_impl($t, $s, $f, || o($t $(, $arg)*)) }
+        }
+    )*};
+}
+
+mkstemp_fns! {
+    mkstemp(tmpl: *mut c_char) => (0, 0);
+    mkstemp64(tmpl: *mut c_char) => (0, 0);
+    mkostemp(tmpl: *mut c_char, flags: c_int) => (0, flags);
+    mkostemp64(tmpl: *mut c_char, flags: c_int) => (0, flags);
+    mkstemps(tmpl: *mut c_char, suffix: c_int) => (suffix, 0);
+    mkstemps64(tmpl: *mut c_char, suffix: c_int) => (suffix, 0);
+    mkostemps(tmpl: *mut c_char, suffix: c_int, flags: c_int) => (suffix, flags);
+    mkostemps64(tmpl: *mut c_char, suffix: c_int, flags: c_int) => (suffix, flags);
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkdtemp(tmpl: *mut c_char) -> *mut c_char {
+    let Some(o) = orig!(mkdtemp: fn(*mut c_char) -> *mut c_char) else {
+        return null_err(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(tmpl) };
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(tmpl) }) else {
+        // SAFETY: passed on.
+        return unsafe { o(tmpl) };
+    };
+    match classify(CWD, p) {
+        // SAFETY: passed on.
+        Ok(Target::Native) => return unsafe { o(tmpl) },
+        Ok(Target::Branch(_)) => {}
+        Err(e) => return null_err(e),
+    }
+    // SAFETY: the program's template.
+    if !unsafe { template_is_ok(tmpl, 0) } {
+        return null_err(libc::EINVAL);
+    }
+    for _ in 0..100 {
+        // SAFETY: checked above.
+        unsafe { fill_template(tmpl, 0) };
+        // SAFETY: still the program's C string.
+        let p = unsafe { bytes(tmpl) }.unwrap_or_default();
+        let Ok(Target::Branch(rel)) = classify(CWD, p) else {
+            return null_err(libc::EIO);
+        };
+        match mkdir_branch(&rel, 0o700) {
+            Err(libc::EEXIST) => continue,
+            Ok(_) => return tmpl,
+            Err(e) => return null_err(e),
+        }
+    }
+    null_err(libc::EEXIST)
+}
+
+// ------------------------------------------------------ fd bookkeeping
+
+/// Closes an fd the shim may track, telling the daemon about a writer.
+fn close_tracked(fd: c_int) -> c_int {
+    let info = fd_remove(fd);
+    // SAFETY: closing the program's fd, as it asked.
+    let r = unsafe { libc::syscall(libc::SYS_close, fd) } as c_int;
+    if let Some(info) = info {
+        let e = std::io::Error::last_os_error();
+        fd_closed(&info);
+        if r < 0 {
+            set_errno(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let Some(o) = orig!(close: fn(c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd) };
+    };
+    super::inotify::closed(fd);
+    match fd_remove(fd) {
+        // SAFETY: passed on.
+        None => unsafe { o(fd) },
+        Some(info) => {
+            // SAFETY: passed on.
+            let r = unsafe { o(fd) };
+            let e = std::io::Error::last_os_error();
+            fd_closed(&info);
+            if r < 0 {
+                set_errno(e.raw_os_error().unwrap_or(libc::EIO));
+            }
+            r
+        }
+    }
+}
+
+/// Forgets the branch fds of a closed range (their daemon records end).
+fn forget_range(first: c_uint, last: c_uint) {
+    let last = last.min(i32::MAX as c_uint) as c_int;
+    let infos = super::fd_remove_range(first.min(i32::MAX as c_uint) as c_int, last);
+    for info in &infos {
+        fd_closed(info);
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let Some(o) = orig!(close_range: fn(c_uint, c_uint, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(first, last, flags) };
+    if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
+        if let Some(_g) = Guard::enter() {
+            forget_range(first, last);
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(first: c_int) {
+    let Some(o) = orig!(closefrom: fn(c_int) -> ()) else {
+        return;
+    };
+    // SAFETY: passed on.
+    unsafe { o(first) };
+    if let Some(_g) = Guard::enter() {
+        forget_range(first.max(0) as c_uint, c_uint::MAX);
+    }
+}
+
+fn copy_fd_entry(from: c_int, to: c_int) {
+    if to < 0 {
+        return;
+    }
+    if let Some(old) = fd_remove(to) {
+        fd_closed(&old);
+    }
+    if let Some(info) = fd_get(from) {
+        // Both hold the daemon's record: the last to close ends it.
+        fd_insert(to, info.path, info.record);
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let Some(o) = orig!(dup: fn(c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(fd) };
+    if let Some(_g) = Guard::enter() {
+        copy_fd_entry(fd, r);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let Some(o) = orig!(dup2: fn(c_int, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(old, new) };
+    if r >= 0 && old != new {
+        if let Some(_g) = Guard::enter() {
+            copy_fd_entry(old, r);
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let Some(o) = orig!(dup3: fn(c_int, c_int, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(old, new, flags) };
+    if r >= 0 {
+        if let Some(_g) = Guard::enter() {
+            copy_fd_entry(old, r);
+        }
+    }
+    r
+}
+
+unsafe fn fcntl_impl(
+    fd: c_int,
+    cmd: c_int,
+    arg: c_ulong,
+    o: unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int,
+) -> c_int {
+    // SAFETY: passed on.
+    let r = unsafe { o(fd, cmd, arg) };
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        if let Some(_g) = Guard::enter() {
+            copy_fd_entry(fd, r);
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let Some(o) = orig!(fcntl: fn(c_int, c_int, c_ulong) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    unsafe { fcntl_impl(fd, cmd, arg, o) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let Some(o) = orig!(fcntl64: fn(c_int, c_int, c_ulong) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    unsafe { fcntl_impl(fd, cmd, arg, o) }
+}
+
+// ---------------------------------------------------------- directories
+
+fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
+    match chain().and_then(|c| c.list(&path)) {
+        Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
+        Err(e) => {
+            close_tracked(fd);
+            null_err(e)
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn opendir(path: Cp) -> *mut libc::DIR {
+    let Some(o) = orig!(opendir: fn(Cp) -> *mut libc::DIR) else {
+        return null_err(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(path) };
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        // SAFETY: passed on.
+        return unsafe { o(path) };
+    };
+    let rel = match classify(CWD, p) {
+        // SAFETY: passed on.
+        Ok(Target::Native) => return unsafe { o(path) },
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return null_err(e),
+    };
+    let fd = match open_branch(
+        &rel,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(_) => return ptr::null_mut(),
+        Err(e) => return null_err(e),
+    };
+    match fd_get(fd) {
+        Some(info) => open_dir_stream(fd, info.path),
+        // Left the branch through a symlink: a native stream.
+        // SAFETY: an fd we own.
+        None => unsafe { libc::fdopendir(fd) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fdopendir(fd: c_int) -> *mut libc::DIR {
+    let Some(o) = orig!(fdopendir: fn(c_int) -> *mut libc::DIR) else {
+        return null_err(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd) };
+    };
+    match fd_get(fd) {
+        Some(info) => open_dir_stream(fd, info.path),
+        // SAFETY: passed on.
+        None => unsafe { o(fd) },
+    }
+}
+
+macro_rules! readdir_fn {
+    ($name:ident, $ret:ty) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(dirp: *mut libc::DIR) -> *mut $ret {
+            let Some(o) = orig!($name: fn(*mut libc::DIR) -> *mut $ret) else {
+                return null_err(libc::ENOSYS);
+            };
+            match dirs::lookup(dirp) {
+                Some(d) => {
+                    // SAFETY: a live registered stream; the program does
+                    // not use one stream from two threads at once (POSIX).
+                    let d = unsafe { &mut *d };
+                    let buf = std::ptr::addr_of_mut!(d.buf);
+                    if d.next_into(buf) {
+                        buf.cast()
+                    } else {
+                        ptr::null_mut()
+                    }
+                }
+                // SAFETY: passed on.
+                None => unsafe { o(dirp) },
+            }
+        }
+    };
+}
+
+readdir_fn!(readdir, libc::dirent);
+readdir_fn!(readdir64, libc::dirent64);
+
+macro_rules! readdir_r_fn {
+    ($name:ident, $ret:ty) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirp: *mut libc::DIR,
+            entry: *mut $ret,
+            result: *mut *mut $ret,
+        ) -> c_int {
+            let Some(o) = orig!($name: fn(*mut libc::DIR, *mut $ret, *mut *mut $ret) -> c_int)
+            else {
+                return libc::ENOSYS;
+            };
+            match dirs::lookup(dirp) {
+                Some(d) => {
+                    // SAFETY: a live registered stream; `entry` and
+                    // `result` are the caller's (dirent and dirent64 share
+                    // their layout on 64-bit Linux).
+                    unsafe {
+                        *result = if (*d).next_into(entry.cast()) {
+                            entry
+                        } else {
+                            ptr::null_mut()
+                        };
+                    }
+                    0
+                }
+                // SAFETY: passed on.
+                None => unsafe { o(dirp, entry, result) },
+            }
+        }
+    };
+}
+
+readdir_r_fn!(readdir_r, libc::dirent);
+readdir_r_fn!(readdir64_r, libc::dirent64);
+
+#[no_mangle]
+pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
+    let Some(o) = orig!(closedir: fn(*mut libc::DIR) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    match dirs::unregister(dirp) {
+        Some(d) => {
+            let _g = Guard::enter();
+            close_tracked(d.fd)
+        }
+        // SAFETY: passed on.
+        None => unsafe { o(dirp) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dirfd(dirp: *mut libc::DIR) -> c_int {
+    let Some(o) = orig!(dirfd: fn(*mut libc::DIR) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).fd },
+        // SAFETY: passed on.
+        None => unsafe { o(dirp) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
+    let Some(o) = orig!(rewinddir: fn(*mut libc::DIR) -> ()) else {
+        return;
+    };
+    match dirs::lookup(dirp) {
+        Some(d) => {
+            let _g = Guard::enter();
+            // SAFETY: a live registered stream.
+            let d = unsafe { &mut *d };
+            if let Ok(entries) = chain().and_then(|c| c.list(&d.path)) {
+                d.entries = entries;
+            }
+            d.pos = 0;
+        }
+        // SAFETY: passed on.
+        None => unsafe { o(dirp) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn telldir(dirp: *mut libc::DIR) -> c_long {
+    let Some(o) = orig!(telldir: fn(*mut libc::DIR) -> c_long) else {
+        return fail(libc::ENOSYS) as c_long;
+    };
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).pos as c_long },
+        // SAFETY: passed on.
+        None => unsafe { o(dirp) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: c_long) {
+    let Some(o) = orig!(seekdir: fn(*mut libc::DIR, c_long) -> ()) else {
+        return;
+    };
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).pos = loc.max(0) as usize },
+        // SAFETY: passed on.
+        None => unsafe { o(dirp, loc) },
+    }
+}
+
+type Filter = Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>;
+type Compar = Option<
+    unsafe extern "C" fn(*const *const libc::dirent64, *const *const libc::dirent64) -> c_int,
+>;
+
+unsafe fn scandir_impl(
+    path: Cp,
+    namelist: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+    native: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return native();
+    };
+    let rel = match classify(CWD, p) {
+        Ok(Target::Native) => return native(),
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return fail(e),
+    };
+    let entries = match chain().and_then(|c| c.list(&rel)) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let mut d = dirs::ShimDir::new(-1, rel, entries);
+    let size = std::mem::size_of::<libc::dirent64>();
+    let mut out: Vec<*mut libc::dirent64> = Vec::new();
+    loop {
+        // SAFETY: malloc of a dirent64; the program frees it with free().
+        let e = unsafe { libc::malloc(size) }.cast::<libc::dirent64>();
+        if e.is_null() {
+            return fail(libc::ENOMEM);
+        }
+        if !d.next_into(e) {
+            // SAFETY: ours, unused.
+            unsafe { libc::free(e.cast()) };
+            break;
+        }
+        // SAFETY: the program's filter on a valid entry.
+        if filter.is_some_and(|f| unsafe { f(e) } == 0) {
+            // SAFETY: ours, rejected.
+            unsafe { libc::free(e.cast()) };
+            continue;
+        }
+        out.push(e);
+    }
+    // SAFETY: malloc of the pointer array the program frees.
+    let arr = unsafe { libc::malloc(out.len().max(1) * std::mem::size_of::<usize>()) }
+        .cast::<*mut libc::dirent64>();
+    if arr.is_null() {
+        return fail(libc::ENOMEM);
+    }
+    // SAFETY: `arr` has room for every pointer.
+    unsafe { ptr::copy_nonoverlapping(out.as_ptr(), arr, out.len()) };
+    if let Some(c) = compar {
+        // SAFETY: qsort over the array with the program's comparison,
+        // which takes pointers to elements, as qsort passes them.
+        unsafe {
+            libc::qsort(
+                arr.cast(),
+                out.len(),
+                std::mem::size_of::<usize>(),
+                Some(std::mem::transmute::<
+                    unsafe extern "C" fn(
+                        *const *const libc::dirent64,
+                        *const *const libc::dirent64,
+                    ) -> c_int,
+                    unsafe extern "C" fn(*const c_void, *const c_void) -> c_int,
+                >(c)),
+            )
+        };
+    }
+    // SAFETY: the program's out-pointer.
+    unsafe { *namelist = arr };
+    out.len() as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn scandir(
+    path: Cp,
+    namelist: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+) -> c_int {
+    let Some(o) = orig!(scandir: fn(Cp, *mut *mut *mut libc::dirent64, Filter, Compar) -> c_int)
+    else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        scandir_impl(path, namelist, filter, compar, || {
+            o(path, namelist, filter, compar)
+        })
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn scandir64(
+    path: Cp,
+    namelist: *mut *mut *mut libc::dirent64,
+    filter: Filter,
+    compar: Compar,
+) -> c_int {
+    let Some(o) = orig!(scandir64: fn(Cp, *mut *mut *mut libc::dirent64, Filter, Compar) -> c_int)
+    else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        scandir_impl(path, namelist, filter, compar, || {
+            o(path, namelist, filter, compar)
+        })
+    }
+}
+
+// --------------------------------------------------- working directory
+
+unsafe fn copy_out(v: &[u8], buf: *mut c_char, size: size_t) -> *mut c_char {
+    if buf.is_null() {
+        let n = if size == 0 { v.len() + 1 } else { size };
+        if n < v.len() + 1 {
+            return null_err(libc::ERANGE);
+        }
+        // SAFETY: malloc; the program frees the result.
+        let p = unsafe { libc::malloc(n) }.cast::<c_char>();
+        if p.is_null() {
+            return null_err(libc::ENOMEM);
+        }
+        // SAFETY: `p` has room for `v` and the NUL.
+        unsafe {
+            ptr::copy_nonoverlapping(v.as_ptr().cast(), p, v.len());
+            *p.add(v.len()) = 0;
+        }
+        return p;
+    }
+    if size < v.len() + 1 {
+        return null_err(libc::ERANGE);
+    }
+    // SAFETY: the caller's buffer of `size` bytes.
+    unsafe {
+        ptr::copy_nonoverlapping(v.as_ptr().cast(), buf, v.len());
+        *buf.add(v.len()) = 0;
+    }
+    buf
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
+    let Some(o) = orig!(getcwd: fn(*mut c_char, size_t) -> *mut c_char) else {
+        return null_err(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(buf, size) };
+    };
+    if super::config().is_none() {
+        // SAFETY: passed on.
+        return unsafe { o(buf, size) };
+    }
+    match cwd() {
+        // SAFETY: the caller's buffer.
+        Ok(v) => unsafe { copy_out(&v, buf, size) },
+        Err(e) => null_err(e),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn get_current_dir_name() -> *mut c_char {
+    // SAFETY: getcwd allocates the result.
+    unsafe { getcwd(ptr::null_mut(), 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn chdir(path: Cp) -> c_int {
+    let Some(o) = orig!(chdir: fn(Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| {
+                let r = o(p);
+                if r == 0 {
+                    set_cwd(None);
+                }
+                r
+            },
+            |rel| match resolve(&rel, true)? {
+                Resolved::Found(e) if e.kind == FileType::Directory => {
+                    let r = o(e.phys.as_ptr());
+                    if r == 0 {
+                        let root = &super::config().ok_or(libc::EIO)?.root;
+                        set_cwd(Some(paths::visible(root, &e.path)));
+                    }
+                    Ok(r)
+                }
+                Resolved::Found(_) => Err(libc::ENOTDIR),
+                Resolved::Absent(_) => Err(libc::ENOENT),
+                Resolved::Outside(p) => {
+                    let c = CString::new(p).map_err(|_| libc::EINVAL)?;
+                    let r = o(c.as_ptr());
+                    if r == 0 {
+                        set_cwd(None);
+                    }
+                    Ok(r)
+                }
+            },
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
+    let Some(o) = orig!(fchdir: fn(c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: passed on.
+    let r = unsafe { o(fd) };
+    if r == 0 {
+        if let Some(_g) = Guard::enter() {
+            match (fd_get(fd), super::config()) {
+                (Some(info), Some(cfg)) => set_cwd(Some(paths::visible(&cfg.root, &info.path))),
+                _ => set_cwd(None),
+            }
+        }
+    }
+    r
+}
+
+unsafe fn realpath_impl(
+    path: Cp,
+    out: *mut c_char,
+    native: impl FnOnce(Cp) -> *mut c_char,
+) -> *mut c_char {
+    let Some(_g) = Guard::enter() else {
+        return native(path);
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        return native(path);
+    };
+    if p.is_empty() {
+        return native(path);
+    }
+    let rel = match classify(CWD, p) {
+        Ok(Target::Native) => return native(path),
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return null_err(e),
+    };
+    let Some(cfg) = super::config() else {
+        return native(path);
+    };
+    match resolve(&rel, true) {
+        Ok(Resolved::Found(e)) => {
+            let v = paths::visible(&cfg.root, &e.path);
+            // SAFETY: `out` is null or the caller's PATH_MAX buffer.
+            unsafe {
+                copy_out(
+                    &v,
+                    out,
+                    if out.is_null() {
+                        0
+                    } else {
+                        libc::PATH_MAX as usize
+                    },
+                )
+            }
+        }
+        Ok(Resolved::Absent(_)) => null_err(libc::ENOENT),
+        Ok(Resolved::Outside(n)) => match CString::new(n) {
+            Ok(c) => native(c.as_ptr()),
+            Err(_) => null_err(libc::EINVAL),
+        },
+        Err(e) => null_err(e),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn realpath(path: Cp, out: *mut c_char) -> *mut c_char {
+    let Some(o) = orig!(realpath: fn(Cp, *mut c_char) -> *mut c_char) else {
+        return null_err(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { realpath_impl(path, out, |p| o(p, out)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __realpath_chk(path: Cp, out: *mut c_char, _len: size_t) -> *mut c_char {
+    // SAFETY: the program's arguments.
+    unsafe { realpath(path, out) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn canonicalize_file_name(path: Cp) -> *mut c_char {
+    // SAFETY: the program's argument.
+    unsafe { realpath(path, ptr::null_mut()) }
+}
+
+// ------------------------------------------------------------ mutations
+
+fn done(r: Result<agentfs_proto::FsReply, Errno>) -> Result<c_int, Errno> {
+    r.map(|_| 0)
+}
+
+fn mkdir_branch(rel: &[u8], mode: mode_t) -> Result<c_int, Errno> {
+    match resolve(rel, false)? {
+        Resolved::Found(_) => Err(libc::EEXIST),
+        Resolved::Outside(_) => Err(libc::EXDEV),
+        Resolved::Absent(c) => done(fs_op(FsOp::Mkdir {
+            path: text(&c)?,
+            mode: mode & 0o7777 & !umask_now(),
+        })),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkdir(path: Cp, mode: mode_t) -> c_int {
+    let Some(o) = orig!(mkdir: fn(Cp, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p, mode), |rel| mkdir_branch(&rel, mode)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkdirat(dirfd: c_int, path: Cp, mode: mode_t) -> c_int {
+    let Some(o) = orig!(mkdirat: fn(c_int, Cp, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, mode),
+            |rel| mkdir_branch(&rel, mode),
+        )
+    }
+}
+
+fn remove_branch(rel: &[u8], dir: bool) -> Result<c_int, Errno> {
+    match resolve(rel, false)? {
+        Resolved::Found(e) if e.path.is_empty() => Err(libc::EBUSY),
+        Resolved::Found(e) if dir => {
+            if e.kind != FileType::Directory {
+                return Err(libc::ENOTDIR);
+            }
+            let r = done(fs_op(FsOp::Rmdir {
+                path: text(&e.path)?,
+            }));
+            chain_changed();
+            r
+        }
+        Resolved::Found(e) => {
+            if e.kind == FileType::Directory {
+                return Err(libc::EISDIR);
+            }
+            done(fs_op(FsOp::Unlink {
+                path: text(&e.path)?,
+            }))
+        }
+        Resolved::Absent(_) => Err(libc::ENOENT),
+        Resolved::Outside(_) => Err(libc::EXDEV),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn unlink(path: Cp) -> c_int {
+    let Some(o) = orig!(unlink: fn(Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p), |rel| remove_branch(&rel, false)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn rmdir(path: Cp) -> c_int {
+    let Some(o) = orig!(rmdir: fn(Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p), |rel| remove_branch(&rel, true)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn unlinkat(dirfd: c_int, path: Cp, flags: c_int) -> c_int {
+    let Some(o) = orig!(unlinkat: fn(c_int, Cp, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, flags),
+            |rel| remove_branch(&rel, flags & libc::AT_REMOVEDIR != 0),
+        )
+    }
+}
+
+/// Classifies a path argument inside the guard.
+unsafe fn target_of(dirfd: c_int, path: Cp) -> Result<Target, Errno> {
+    // SAFETY: the program's C string.
+    match unsafe { bytes(path) } {
+        None => Err(libc::EFAULT),
+        Some([]) => Err(libc::ENOENT),
+        Some(p) => classify(dirfd, p),
+    }
+}
+
+unsafe fn rename_impl(
+    olddir: c_int,
+    old: Cp,
+    newdir: c_int,
+    new: Cp,
+    flags: c_uint,
+    native: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's arguments.
+    let (a, b) = unsafe { (target_of(olddir, old), target_of(newdir, new)) };
+    let (from, to) = match (a, b) {
+        (Ok(Target::Native), Ok(Target::Native)) => return native(),
+        (Ok(Target::Branch(f)), Ok(Target::Branch(t))) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+        _ => return fail(libc::EXDEV),
+    };
+    let r = (|| -> Result<c_int, Errno> {
+        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(libc::EINVAL);
+        }
+        let from = match resolve(&from, false)? {
+            Resolved::Found(e) if e.path.is_empty() => return Err(libc::EBUSY),
+            Resolved::Found(e) => e.path,
+            Resolved::Absent(_) => return Err(libc::ENOENT),
+            Resolved::Outside(_) => return Err(libc::EXDEV),
+        };
+        let to = match resolve(&to, false)? {
+            Resolved::Found(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(libc::EEXIST),
+            Resolved::Found(e) => e.path,
+            Resolved::Absent(c) => c,
+            Resolved::Outside(_) => return Err(libc::EXDEV),
+        };
+        if from == to {
+            return Ok(0);
+        }
+        let r = done(fs_op(FsOp::Rename {
+            from: text(&from)?,
+            to: text(&to)?,
+        }));
+        chain_changed();
+        r
+    })();
+    r.unwrap_or_else(fail)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn rename(old: Cp, new: Cp) -> c_int {
+    let Some(o) = orig!(rename: fn(Cp, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { rename_impl(CWD, old, CWD, new, 0, || o(old, new)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn renameat(od: c_int, old: Cp, nd: c_int, new: Cp) -> c_int {
+    let Some(o) = orig!(renameat: fn(c_int, Cp, c_int, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { rename_impl(od, old, nd, new, 0, || o(od, old, nd, new)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn renameat2(od: c_int, old: Cp, nd: c_int, new: Cp, flags: c_uint) -> c_int {
+    let Some(o) = orig!(renameat2: fn(c_int, Cp, c_int, Cp, c_uint) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { rename_impl(od, old, nd, new, flags, || o(od, old, nd, new, flags)) }
+}
+
+fn symlink_branch(target: Cp, rel: &[u8]) -> Result<c_int, Errno> {
+    // SAFETY: the program's C string.
+    let t = unsafe { bytes(target) }.ok_or(libc::EFAULT)?;
+    match resolve(rel, false)? {
+        Resolved::Found(_) => Err(libc::EEXIST),
+        Resolved::Outside(_) => Err(libc::EXDEV),
+        Resolved::Absent(c) => done(fs_op(FsOp::Symlink {
+            target: text(t)?,
+            path: text(&c)?,
+        })),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn symlink(target: Cp, path: Cp) -> c_int {
+    let Some(o) = orig!(symlink: fn(Cp, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| o(target, p),
+            |rel| symlink_branch(target, &rel),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn symlinkat(target: Cp, dirfd: c_int, path: Cp) -> c_int {
+    let Some(o) = orig!(symlinkat: fn(Cp, c_int, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(target, dirfd, p),
+            |rel| symlink_branch(target, &rel),
+        )
+    }
+}
+
+unsafe fn link_impl(
+    od: c_int,
+    old: Cp,
+    nd: c_int,
+    new: Cp,
+    native: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        return native();
+    };
+    // SAFETY: the program's arguments.
+    match unsafe { (target_of(od, old), target_of(nd, new)) } {
+        (Ok(Target::Native), Ok(Target::Native)) => native(),
+        (Err(e), _) | (_, Err(e)) => fail(e),
+        // Hard links in a branch are not supported: EXDEV makes programs
+        // fall back to copying or renaming, as across filesystems.
+        _ => fail(libc::EXDEV),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn link(old: Cp, new: Cp) -> c_int {
+    let Some(o) = orig!(link: fn(Cp, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { link_impl(CWD, old, CWD, new, || o(old, new)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn linkat(od: c_int, old: Cp, nd: c_int, new: Cp, flags: c_int) -> c_int {
+    let Some(o) = orig!(linkat: fn(c_int, Cp, c_int, Cp, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { link_impl(od, old, nd, new, || o(od, old, nd, new, flags)) }
+}
+
+/// The existing entry at `rel` (following a final symlink with `follow`).
+fn existing(rel: &[u8], follow: bool) -> Result<crate::resolve::Entry, Errno> {
+    match resolve(rel, follow)? {
+        Resolved::Found(e) => Ok(e),
+        Resolved::Absent(_) => Err(libc::ENOENT),
+        Resolved::Outside(_) => Err(libc::EXDEV),
+    }
+}
+
+fn chmod_branch(rel: &[u8], mode: mode_t, follow: bool) -> Result<c_int, Errno> {
+    if !follow {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let e = existing(rel, true)?;
+    done(fs_op(FsOp::Chmod {
+        path: text(&e.path)?,
+        mode: mode & 0o7777,
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn chmod(path: Cp, mode: mode_t) -> c_int {
+    let Some(o) = orig!(chmod: fn(Cp, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| o(p, mode),
+            |rel| chmod_branch(&rel, mode, true),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchmodat(dirfd: c_int, path: Cp, mode: mode_t, flags: c_int) -> c_int {
+    let Some(o) = orig!(fchmodat: fn(c_int, Cp, mode_t, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, mode, flags),
+            |rel| chmod_branch(&rel, mode, !nofollow(flags)),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchmod(fd: c_int, mode: mode_t) -> c_int {
+    let Some(o) = orig!(fchmod: fn(c_int, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, mode) };
+    };
+    match fd_get(fd) {
+        Some(info) => chmod_branch(&info.path, mode, true).unwrap_or_else(fail),
+        // SAFETY: passed on.
+        None => unsafe { o(fd, mode) },
+    }
+}
+
+/// Ownership cannot change in a branch: asking for the owner it already
+/// has succeeds (as `cp -a` and `tar` do), anything else is `EPERM`.
+fn chown_branch(
+    rel: &[u8],
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    follow: bool,
+) -> Result<c_int, Errno> {
+    let e = existing(rel, follow)?;
+    let st = rustix::fs::statat(
+        rustix::fs::CWD,
+        e.phys.as_c_str(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| e.raw_os_error())?;
+    let same = (uid == u32::MAX || uid == st.st_uid) && (gid == u32::MAX || gid == st.st_gid);
+    if same {
+        Ok(0)
+    } else {
+        shim_log("chown in a branch is refused (ownership is the layer's)");
+        Err(libc::EPERM)
+    }
+}
+
+macro_rules! chown_fn {
+    ($name:ident, $follow:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: Cp, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, libc::uid_t, libc::gid_t) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            unsafe {
+                with_write_path(CWD, path, |p| o(p, uid, gid), |rel| {
+                    chown_branch(&rel, uid, gid, $follow)
+                })
+            }
+        }
+    };
+}
+
+chown_fn!(chown, true);
+chown_fn!(lchown, false);
+
+#[no_mangle]
+pub unsafe extern "C" fn fchownat(
+    dirfd: c_int,
+    path: Cp,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: c_int,
+) -> c_int {
+    let Some(o) = orig!(fchownat: fn(c_int, Cp, libc::uid_t, libc::gid_t, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, uid, gid, flags),
+            |rel| chown_branch(&rel, uid, gid, !nofollow(flags)),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    let Some(o) = orig!(fchown: fn(c_int, libc::uid_t, libc::gid_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, uid, gid) };
+    };
+    match fd_get(fd) {
+        Some(info) => chown_branch(&info.path, uid, gid, true).unwrap_or_else(fail),
+        // SAFETY: passed on.
+        None => unsafe { o(fd, uid, gid) },
+    }
+}
+
+fn truncate_branch(rel: &[u8], len: i64) -> Result<c_int, Errno> {
+    let e = existing(rel, true)?;
+    if e.kind == FileType::Directory {
+        return Err(libc::EISDIR);
+    }
+    done(fs_op(FsOp::Truncate {
+        path: text(&e.path)?,
+        size: u64::try_from(len).map_err(|_| libc::EINVAL)?,
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn truncate(path: Cp, len: libc::off_t) -> c_int {
+    let Some(o) = orig!(truncate: fn(Cp, libc::off_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p, len), |rel| truncate_branch(&rel, len)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn truncate64(path: Cp, len: libc::off64_t) -> c_int {
+    let Some(o) = orig!(truncate64: fn(Cp, libc::off64_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p, len), |rel| truncate_branch(&rel, len)) }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// (atime, mtime) in nanoseconds for `utimensat`'s `times` (`None`: leave).
+unsafe fn times_of(times: *const libc::timespec) -> (Option<i64>, Option<i64>) {
+    if times.is_null() {
+        let n = now_ns();
+        return (Some(n), Some(n));
+    }
+    let one = |t: &libc::timespec| match t.tv_nsec {
+        libc::UTIME_OMIT => None,
+        libc::UTIME_NOW => Some(now_ns()),
+        n => Some(t.tv_sec * 1_000_000_000 + n),
+    };
+    // SAFETY: the program's two-element array.
+    unsafe { (one(&*times), one(&*times.add(1))) }
+}
+
+fn set_times_branch(
+    rel: &[u8],
+    follow: bool,
+    t: (Option<i64>, Option<i64>),
+) -> Result<c_int, Errno> {
+    let e = existing(rel, follow)?;
+    if t.0.is_none() && t.1.is_none() {
+        return Ok(0);
+    }
+    done(fs_op(FsOp::SetTimes {
+        path: text(&e.path)?,
+        atime_ns: t.0,
+        mtime_ns: t.1,
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn utimensat(
+    dirfd: c_int,
+    path: Cp,
+    times: *const libc::timespec,
+    flags: c_int,
+) -> c_int {
+    let Some(o) = orig!(utimensat: fn(c_int, Cp, *const libc::timespec, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    if path.is_null() {
+        // SAFETY: futimens's contract is utimensat's with a null path.
+        return unsafe { futimens(dirfd, times) };
+    }
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| o(dirfd, p, times, flags),
+            |rel| set_times_branch(&rel, !nofollow(flags), times_of(times)),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn futimens(fd: c_int, times: *const libc::timespec) -> c_int {
+    let Some(o) = orig!(futimens: fn(c_int, *const libc::timespec) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, times) };
+    };
+    match fd_get(fd) {
+        // SAFETY: the program's array.
+        Some(info) => {
+            set_times_branch(&info.path, true, unsafe { times_of(times) }).unwrap_or_else(fail)
+        }
+        // SAFETY: passed on.
+        None => unsafe { o(fd, times) },
+    }
+}
+
+unsafe fn timeval_times(tv: *const libc::timeval) -> (Option<i64>, Option<i64>) {
+    if tv.is_null() {
+        let n = now_ns();
+        return (Some(n), Some(n));
+    }
+    let one = |t: &libc::timeval| Some(t.tv_sec * 1_000_000_000 + t.tv_usec * 1000);
+    // SAFETY: the program's two-element array.
+    unsafe { (one(&*tv), one(&*tv.add(1))) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn utimes(path: Cp, tv: *const libc::timeval) -> c_int {
+    let Some(o) = orig!(utimes: fn(Cp, *const libc::timeval) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| o(p, tv),
+            |rel| set_times_branch(&rel, true, timeval_times(tv)),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn lutimes(path: Cp, tv: *const libc::timeval) -> c_int {
+    let Some(o) = orig!(lutimes: fn(Cp, *const libc::timeval) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| o(p, tv),
+            |rel| set_times_branch(&rel, false, timeval_times(tv)),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn futimes(fd: c_int, tv: *const libc::timeval) -> c_int {
+    let Some(o) = orig!(futimes: fn(c_int, *const libc::timeval) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, tv) };
+    };
+    match fd_get(fd) {
+        // SAFETY: the program's array.
+        Some(info) => {
+            set_times_branch(&info.path, true, unsafe { timeval_times(tv) }).unwrap_or_else(fail)
+        }
+        // SAFETY: passed on.
+        None => unsafe { o(fd, tv) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn utime(path: Cp, times: *const libc::utimbuf) -> c_int {
+    let Some(o) = orig!(utime: fn(Cp, *const libc::utimbuf) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| o(p, times),
+            |rel| {
+                let t = if times.is_null() {
+                    let n = now_ns();
+                    (Some(n), Some(n))
+                } else {
+                    (
+                        Some((*times).actime * 1_000_000_000),
+                        Some((*times).modtime * 1_000_000_000),
+                    )
+                };
+                set_times_branch(&rel, true, t)
+            },
+        )
+    }
+}
+
+fn xattr_name(name: Cp) -> Result<String, Errno> {
+    // SAFETY: the program's C string.
+    text(unsafe { bytes(name) }.ok_or(libc::EFAULT)?)
+}
+
+fn setxattr_branch(
+    rel: &[u8],
+    follow: bool,
+    name: Cp,
+    value: *const c_void,
+    size: size_t,
+) -> Result<c_int, Errno> {
+    let e = existing(rel, follow)?;
+    let value = if size == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: the program's buffer of `size` bytes.
+        unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()
+    };
+    done(fs_op(FsOp::SetXattr {
+        path: text(&e.path)?,
+        name: xattr_name(name)?,
+        value,
+    }))
+}
+
+fn removexattr_branch(rel: &[u8], follow: bool, name: Cp) -> Result<c_int, Errno> {
+    let e = existing(rel, follow)?;
+    done(fs_op(FsOp::RemoveXattr {
+        path: text(&e.path)?,
+        name: xattr_name(name)?,
+    }))
+}
+
+macro_rules! setxattr_fn {
+    ($name:ident, $follow:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            path: Cp,
+            name: Cp,
+            value: *const c_void,
+            size: size_t,
+            flags: c_int,
+        ) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Cp, *const c_void, size_t, c_int) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            unsafe {
+                with_write_path(CWD, path, |p| o(p, name, value, size, flags), |rel| {
+                    setxattr_branch(&rel, $follow, name, value, size)
+                })
+            }
+        }
+    };
+}
+
+setxattr_fn!(setxattr, true);
+setxattr_fn!(lsetxattr, false);
+
+macro_rules! removexattr_fn {
+    ($name:ident, $follow:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: Cp, name: Cp) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Cp) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            unsafe {
+                with_write_path(CWD, path, |p| o(p, name), |rel| {
+                    removexattr_branch(&rel, $follow, name)
+                })
+            }
+        }
+    };
+}
+
+removexattr_fn!(removexattr, true);
+removexattr_fn!(lremovexattr, false);
+
+#[no_mangle]
+pub unsafe extern "C" fn fsetxattr(
+    fd: c_int,
+    name: Cp,
+    value: *const c_void,
+    size: size_t,
+    flags: c_int,
+) -> c_int {
+    let Some(o) = orig!(fsetxattr: fn(c_int, Cp, *const c_void, size_t, c_int) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, name, value, size, flags) };
+    };
+    match fd_get(fd) {
+        Some(info) => setxattr_branch(&info.path, true, name, value, size).unwrap_or_else(fail),
+        // SAFETY: passed on.
+        None => unsafe { o(fd, name, value, size, flags) },
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fremovexattr(fd: c_int, name: Cp) -> c_int {
+    let Some(o) = orig!(fremovexattr: fn(c_int, Cp) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { o(fd, name) };
+    };
+    match fd_get(fd) {
+        Some(info) => removexattr_branch(&info.path, true, name).unwrap_or_else(fail),
+        // SAFETY: passed on.
+        None => unsafe { o(fd, name) },
+    }
+}
+
+/// Device nodes and fifos cannot be made in a branch.
+fn refuse_node(_rel: Vec<u8>) -> Result<c_int, Errno> {
+    shim_log("mknod/mkfifo in a branch is refused");
+    Err(libc::EPERM)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mknod(path: Cp, mode: mode_t, dev: libc::dev_t) -> c_int {
+    let Some(o) = orig!(mknod: fn(Cp, mode_t, libc::dev_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p, mode, dev), refuse_node) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mknodat(dirfd: c_int, path: Cp, mode: mode_t, dev: libc::dev_t) -> c_int {
+    let Some(o) = orig!(mknodat: fn(c_int, Cp, mode_t, libc::dev_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(dirfd, path, |p| o(dirfd, p, mode, dev), refuse_node) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkfifo(path: Cp, mode: mode_t) -> c_int {
+    let Some(o) = orig!(mkfifo: fn(Cp, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(CWD, path, |p| o(p, mode), refuse_node) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkfifoat(dirfd: c_int, path: Cp, mode: mode_t) -> c_int {
+    let Some(o) = orig!(mkfifoat: fn(c_int, Cp, mode_t) -> c_int) else {
+        return fail(libc::ENOSYS);
+    };
+    // SAFETY: the program's arguments.
+    unsafe { with_write_path(dirfd, path, |p| o(dirfd, p, mode), refuse_node) }
+}

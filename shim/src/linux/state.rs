@@ -1,0 +1,644 @@
+//! Process-wide shim state. Every lock here is taken by the `fork`
+//! handlers around `fork()` so a child never inherits one held by a
+//! thread that does not exist in it.
+
+use std::{
+    collections::HashMap,
+    ffi::{c_int, CString},
+    os::{
+        fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        unix::{ffi::OsStrExt, net::UnixStream},
+    },
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+};
+
+use agentfs_proto::{
+    Client, ClientError, FdOpen, FdOpened, FsOp, FsReply, Hello, OpenFlags, Request, Response,
+};
+
+use crate::{
+    paths,
+    resolve::{Chain, Errno, Layer, Resolved},
+};
+
+use super::orig;
+
+/// What `agentfs run` told this process.
+pub(crate) struct Config {
+    /// Normalised visible root of the branch.
+    pub root: Vec<u8>,
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// The branch.
+    pub branch: String,
+    /// The store's root (working directories inside a layer map back).
+    pub store: Option<Vec<u8>>,
+}
+
+static CONFIG: OnceLock<Option<Config>> = OnceLock::new();
+
+/// The configuration, `None` when the process was not started by
+/// `agentfs run` (everything passes through).
+pub(crate) fn config() -> Option<&'static Config> {
+    CONFIG
+        .get_or_init(|| {
+            let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+            let root = var("AGENTFS_SHIM_ROOT")?;
+            let root = paths::normalize(root.as_bytes());
+            if !root.starts_with(b"/") {
+                return None;
+            }
+            Some(Config {
+                root,
+                socket: PathBuf::from(var("AGENTFS_SHIM_SOCKET")?),
+                branch: var("AGENTFS_SHIM_BRANCH")?.to_string_lossy().into_owned(),
+                store: var("AGENTFS_SHIM_STORE").map(|s| paths::normalize(s.as_bytes())),
+            })
+        })
+        .as_ref()
+}
+
+// ---------------------------------------------------------------- daemon
+
+struct Conn {
+    pid: u32,
+    fd: RawFd,
+    ino: u64,
+    client: Client,
+}
+
+static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+fn fd_ino(fd: RawFd) -> Option<u64> {
+    // SAFETY: fstat on any integer is safe; the buffer is ours.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::syscall(libc::SYS_fstat, fd, &mut st) == 0).then_some(st.st_ino)
+    }
+}
+
+/// The lowest fd number the shim uses for its own descriptors: high, so
+/// programs that expect small numbers (or close a range) rarely meet them.
+fn high_fd() -> RawFd {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    let lim = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1024
+    };
+    (lim - 64).max(64)
+}
+
+/// Moves `fd` to a high number, close-on-exec.
+pub(crate) fn to_high(fd: OwnedFd) -> OwnedFd {
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` is an fd we own; F_DUPFD_CLOEXEC makes a new one.
+    let high = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, high_fd()) };
+    if high < 0 {
+        // SAFETY: we own `raw`.
+        return unsafe { OwnedFd::from_raw_fd(raw) };
+    }
+    // SAFETY: we own `raw` and no longer need it.
+    unsafe { libc::syscall(libc::SYS_close, raw) };
+    // SAFETY: `high` is the new fd, ours.
+    unsafe { OwnedFd::from_raw_fd(high) }
+}
+
+fn connect(cfg: &Config) -> Result<Conn, ClientError> {
+    let sock = UnixStream::connect(&cfg.socket).map_err(|error| ClientError::Connect {
+        path: cfg.socket.clone(),
+        error,
+    })?;
+    let fd = to_high(sock.into());
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let ino = fd_ino(raw).unwrap_or(0);
+    let client = Client::handshake(
+        UnixStream::from(fd),
+        Hello::current(
+            concat!("agentfs-shim ", env!("CARGO_PKG_VERSION")),
+            Some(cfg.branch.clone()),
+        ),
+    )?;
+    Ok(Conn {
+        pid: pid(),
+        fd: raw,
+        ino,
+        client,
+    })
+}
+
+fn errno_of(e: &ClientError) -> Errno {
+    match e {
+        ClientError::Daemon(w) if w.errno != 0 => w.errno,
+        ClientError::Daemon(w) => match agentfs_vocab::codes::to_errno(w.error_code()) {
+            0 => libc::EIO,
+            e => e,
+        },
+        _ => libc::EIO,
+    }
+}
+
+/// Runs `f` on the daemon connection, connecting (or reconnecting: after a
+/// fork, or when the program closed or replaced the shim's socket) first.
+/// A daemon that cannot be reached is `EIO`.
+pub(crate) fn with_daemon<T>(
+    f: impl Fn(&mut Client) -> Result<T, ClientError>,
+) -> Result<T, Errno> {
+    let cfg = config().ok_or(libc::EIO)?;
+    let mut g = lock(&CONN);
+    let me = pid();
+    if let Some(c) = g.as_ref() {
+        let ours = fd_ino(c.fd) == Some(c.ino);
+        if c.pid != me || !ours {
+            let c = g.take().expect("checked");
+            if ours {
+                drop(c); // our copy of the socket (inherited over fork)
+            } else {
+                std::mem::forget(c); // the fd number is the program's now
+            }
+        }
+    }
+    for attempt in 0..2 {
+        if g.is_none() {
+            *g = Some(connect(cfg).map_err(|e| {
+                shim_log(&format!("cannot reach the daemon: {e}"));
+                libc::EIO
+            })?);
+        }
+        let c = g.as_mut().expect("connected");
+        match f(&mut c.client) {
+            Ok(v) => return Ok(v),
+            Err(e @ ClientError::Daemon(_)) => return Err(errno_of(&e)),
+            Err(e) => {
+                // Connection-level failure: the daemon restarted, say.
+                shim_log(&format!("daemon connection lost: {e}"));
+                *g = None;
+                if attempt == 1 {
+                    return Err(libc::EIO);
+                }
+            }
+        }
+    }
+    Err(libc::EIO)
+}
+
+/// One file operation in the branch.
+pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
+    let r = with_daemon(|c| {
+        c.request(Request::Fs {
+            branch: None,
+            snapshot: None,
+            op: op.clone(),
+        })
+    })?;
+    match r {
+        Response::Fs(reply) => Ok(reply),
+        _ => Err(libc::EIO),
+    }
+}
+
+/// `fd_open` in the branch: a real fd (close-on-exec) and what happened.
+pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened, OwnedFd), Errno> {
+    let open = FdOpen {
+        branch: None,
+        path: String::from_utf8(path.to_vec()).map_err(|_| libc::EILSEQ)?,
+        flags: OpenFlags::from_native(flags),
+        mode,
+    };
+    with_daemon(|c| c.fd_open(open.clone()))
+}
+
+/// Path text for a request (the protocol's paths are UTF-8).
+pub(crate) fn text(p: &[u8]) -> Result<String, Errno> {
+    String::from_utf8(p.to_vec()).map_err(|_| libc::EILSEQ)
+}
+
+/// Writes a line on stderr when `AGENTFS_SHIM_LOG` is set (off by
+/// default; raw `write(2)`, no locks).
+pub(crate) fn shim_log(msg: &str) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("AGENTFS_SHIM_LOG").is_some_and(|v| !v.is_empty())) {
+        return;
+    }
+    let line = format!("agentfs-shim[{}]: {msg}\n", pid());
+    // SAFETY: writing a buffer we own to fd 2.
+    unsafe { libc::syscall(libc::SYS_write, 2, line.as_ptr(), line.len()) };
+}
+
+// ----------------------------------------------------------------- chain
+
+struct ChainState {
+    chain: Arc<Chain>,
+    graph_file: CString,
+    graph_id: (u64, u64),
+    checked_tick: i64,
+    /// The store's shared counters, mapped read-only (when the daemon
+    /// named them), and the graph counter the chain was fetched at.
+    counters: Option<Counters>,
+    graph: u64,
+}
+
+/// The store's change counters (graph in slot 0, the branch's namespace in
+/// its own slot), a read-only shared mapping that lives as long as the
+/// process.
+#[derive(Clone, Copy)]
+pub(crate) struct Counters(*const std::sync::atomic::AtomicU64, usize);
+
+// SAFETY: the mapping is never unmapped and only read with atomic loads.
+unsafe impl Send for Counters {}
+
+impl Counters {
+    fn map(path: &str, slot: u32) -> Option<Self> {
+        let slot = slot as usize;
+        if slot == 0 || slot >= 512 {
+            return None;
+        }
+        let c = CString::new(path).ok()?;
+        let fd = rustix::fs::open(
+            c.as_c_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        // SAFETY: a shared read-only mapping of the first page of an open
+        // file (the store makes it a page long); closing the fd after is
+        // fine.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Self(p.cast(), slot))
+    }
+
+    fn load(self, i: usize) -> u64 {
+        // SAFETY: an aligned u64 slot (< 512) of a live 4096-byte mapping.
+        unsafe { (*self.0.add(i)).load(Ordering::Acquire) }
+    }
+
+    /// Graph changes so far.
+    pub(crate) fn graph(self) -> u64 {
+        self.load(0)
+    }
+
+    /// Namespace changes so far.
+    pub(crate) fn namespace(self) -> u64 {
+        self.load(self.1)
+    }
+}
+
+static CHAIN: Mutex<Option<ChainState>> = Mutex::new(None);
+
+fn coarse_tick() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the vDSO clock does not enter the shim.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+fn file_id(p: &CString) -> (u64, u64) {
+    match rustix::fs::stat(p.as_c_str()) {
+        Ok(st) => (st.st_dev, st.st_ino),
+        Err(_) => (0, 0),
+    }
+}
+
+/// The branch's chain: fetched from the daemon on first use and again
+/// whenever the store's graph counter moved (or, from a daemon that names
+/// no counters, when the graph file has been replaced, checked at most once
+/// per tick of the coarse monotonic clock).
+pub(crate) fn chain() -> Result<Arc<Chain>, Errno> {
+    chain_and_counters().map(|(c, _)| c)
+}
+
+fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
+    let cfg = config().ok_or(libc::EIO)?;
+    let mut g = lock(&CHAIN);
+    let tick = coarse_tick();
+    if let Some(s) = g.as_mut() {
+        if let Some(c) = s.counters {
+            if c.graph() == s.graph {
+                return Ok((s.chain.clone(), s.counters));
+            }
+        } else if s.checked_tick == tick {
+            return Ok((s.chain.clone(), None));
+        }
+        s.checked_tick = tick;
+        if s.counters.is_none() && file_id(&s.graph_file) == s.graph_id {
+            return Ok((s.chain.clone(), None));
+        }
+    }
+    let counters = g.as_ref().and_then(|s| s.counters);
+    let r = with_daemon(|c| c.request(Request::BranchChain { branch: None }))?;
+    let Response::Chain(bc) = r else {
+        return Err(libc::EIO);
+    };
+    let counters = counters.or_else(|| match (bc.generation_file.as_str(), bc.namespace_slot) {
+        ("", _) | (_, None) => None,
+        (f, Some(slot)) => Counters::map(f, slot),
+    });
+    // Read before the chain was made: a change after it moves the counter.
+    let graph = counters.map_or(0, Counters::graph);
+    let graph_file = CString::new(bc.graph_file).map_err(|_| libc::EIO)?;
+    let graph_id = file_id(&graph_file);
+    let mut layers: Vec<Layer> = bc
+        .layers
+        .iter()
+        .map(|l| Layer {
+            root: paths::normalize(l.as_bytes()),
+            base: false,
+        })
+        .collect();
+    if let Some(b) = &bc.base {
+        layers.push(Layer {
+            root: paths::normalize(b.as_bytes()),
+            base: true,
+        });
+    }
+    let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    *g = Some(ChainState {
+        chain: chain.clone(),
+        graph_file,
+        graph_id,
+        checked_tick: tick,
+        counters,
+        graph,
+    });
+    Ok((chain, counters))
+}
+
+/// Forget the cached chain check: the next lookup revalidates.
+pub(crate) fn chain_changed() {
+    if let Some(s) = lock(&CHAIN).as_mut() {
+        s.checked_tick = -1;
+    }
+}
+
+// ------------------------------------------------------------------- cwd
+
+static CWD: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+/// The working directory as the program sees it (a visible path when it
+/// is in the branch).
+pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
+    let mut g = lock(&CWD);
+    if let Some(c) = g.as_ref() {
+        return Ok(c.clone());
+    }
+    let mut buf = vec![0u8; 4096];
+    let getcwd =
+        orig!(getcwd: fn(*mut libc::c_char, usize) -> *mut libc::c_char).ok_or(libc::ENOSYS)?;
+    // SAFETY: a buffer of the size given.
+    if unsafe { getcwd(buf.as_mut_ptr().cast(), buf.len()) }.is_null() {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    buf.truncate(n);
+    let mut visible = buf.clone();
+    if let Some(cfg) = config() {
+        let in_store = cfg
+            .store
+            .as_ref()
+            .is_some_and(|s| paths::under(s, &buf).is_some());
+        if in_store && paths::under(&cfg.root, &buf).is_none() {
+            drop(g);
+            let mapped = chain().ok().and_then(|c| c.branch_path_of(&buf));
+            g = lock(&CWD);
+            if let Some(rel) = mapped {
+                visible = paths::visible(&cfg.root, &rel);
+            }
+        }
+    }
+    *g = Some(visible.clone());
+    Ok(visible)
+}
+
+/// Records the working directory after a `chdir` (`None`: ask the kernel
+/// next time).
+pub(crate) fn set_cwd(v: Option<Vec<u8>>) {
+    *lock(&CWD) = v;
+}
+
+// ------------------------------------------------------------------- fds
+
+/// What the shim knows about a descriptor it handed out in the branch.
+#[derive(Debug, Clone)]
+pub(crate) struct FdInfo {
+    /// Canonical branch path.
+    pub path: Vec<u8>,
+    /// The daemon's record for an fd open for writing (0: read-only).
+    pub record: u64,
+    /// The process whose connection owns `record`.
+    pub pid: u32,
+}
+
+static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
+static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Remembers that `fd` is `info` in the branch.
+pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
+    let mut g = lock(&FDS);
+    let m = g.get_or_insert_with(HashMap::new);
+    m.insert(
+        fd,
+        FdInfo {
+            path,
+            record,
+            pid: pid(),
+        },
+    );
+    FD_COUNT.store(m.len(), Ordering::Relaxed);
+}
+
+/// What the shim knows about `fd`.
+pub(crate) fn fd_get(fd: RawFd) -> Option<FdInfo> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    lock(&FDS).as_ref().and_then(|m| m.get(&fd).cloned())
+}
+
+/// Forgets `fd` (it was closed or replaced).
+pub(crate) fn fd_remove(fd: RawFd) -> Option<FdInfo> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let mut g = lock(&FDS);
+    let m = g.as_mut()?;
+    let r = m.remove(&fd);
+    FD_COUNT.store(m.len(), Ordering::Relaxed);
+    r
+}
+
+/// Forgets every fd in `first..=last` (a `close_range`), returning them.
+pub(crate) fn fd_remove_range(first: RawFd, last: RawFd) -> Vec<FdInfo> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return Vec::new();
+    }
+    let mut g = lock(&FDS);
+    let Some(m) = g.as_mut() else {
+        return Vec::new();
+    };
+    let gone: Vec<RawFd> = m
+        .keys()
+        .copied()
+        .filter(|fd| (first..=last).contains(fd))
+        .collect();
+    let out = gone.iter().filter_map(|fd| m.remove(fd)).collect();
+    FD_COUNT.store(m.len(), Ordering::Relaxed);
+    out
+}
+
+/// Tells the daemon a file opened for writing is closed, when `info` was
+/// its last descriptor (only the process whose connection opened it can).
+pub(crate) fn fd_closed(info: &FdInfo) {
+    if info.record == 0 || info.pid != pid() {
+        return;
+    }
+    // Another descriptor (a dup) still holds the file open.
+    let shared = lock(&FDS).as_ref().is_some_and(|m| {
+        m.values()
+            .any(|i| i.record == info.record && i.pid == info.pid)
+    });
+    if !shared {
+        let record = info.record;
+        let _ = with_daemon(|c| c.request(Request::FdClose { record }));
+    }
+}
+
+// ---------------------------------------------------------- classification
+
+/// Where a path argument leads.
+pub(crate) enum Target {
+    /// Not the shim's business.
+    Native,
+    /// A branch path (relative to the root, normalised).
+    Branch(Vec<u8>),
+}
+
+/// Classifies `path` given relative to `dirfd` (`AT_FDCWD` for the cwd).
+pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
+    let Some(cfg) = config() else {
+        return Ok(Target::Native);
+    };
+    let abs = if path.starts_with(b"/") {
+        if paths::clearly_outside(&cfg.root, path) {
+            return Ok(Target::Native);
+        }
+        path.to_vec()
+    } else if dirfd == libc::AT_FDCWD {
+        paths::join(&cwd()?, path)
+    } else {
+        match fd_get(dirfd) {
+            Some(info) => paths::join(&paths::visible(&cfg.root, &info.path), path),
+            None => return Ok(Target::Native),
+        }
+    };
+    let abs = paths::normalize(&abs);
+    Ok(match paths::under(&cfg.root, &abs) {
+        Some(rel) => Target::Branch(rel.to_vec()),
+        None => Target::Native,
+    })
+}
+
+/// Resolves branch path `rel` on the current chain, reusing directory
+/// frames while the store's namespace counter stays.
+pub(crate) fn resolve(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+    resolve_with(rel, follow, false)
+}
+
+/// [`resolve`] for a caller that runs its own `lstat`-like syscall on the
+/// result: a path under a directory only the base has is not checked first
+/// (one syscall instead of two; see [`Chain::resolve_at`]).
+pub(crate) fn resolve_for_read(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+    resolve_with(rel, follow, true)
+}
+
+fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno> {
+    let (chain, counters) = chain_and_counters()?;
+    let Some(c) = counters else {
+        return chain.resolve_at(rel, follow, None, lazy);
+    };
+    let before = c.namespace();
+    let r = chain.resolve_at(rel, follow, Some(before), lazy);
+    if c.namespace() != before {
+        chain.forget();
+    }
+    r
+}
+
+// ------------------------------------------------------------------ fork
+
+type Guards = (
+    MutexGuard<'static, Option<Conn>>,
+    MutexGuard<'static, Option<ChainState>>,
+    MutexGuard<'static, Option<Vec<u8>>>,
+    MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
+    MutexGuard<'static, Option<super::dirs::Registry>>,
+    MutexGuard<'static, Option<HashMap<RawFd, super::inotify::Instance>>>,
+);
+
+static mut FORK_GUARDS: Option<Guards> = None;
+
+extern "C" fn before_fork() {
+    let g = (
+        lock(&CONN),
+        lock(&CHAIN),
+        lock(&CWD),
+        lock(&FDS),
+        super::dirs::lock_registry(),
+        super::inotify::lock_instances(),
+    );
+    // SAFETY: only the forking thread runs between prepare and
+    // parent/child (pthread_atfork's contract serialises them for this
+    // fork); no one else touches FORK_GUARDS.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = Some(g) };
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: as in before_fork; dropping the guards unlocks (futex
+    // mutexes have no owner to check, so the child may unlock too).
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = None };
+}
+
+/// Installs the fork handlers (once, at load).
+pub(crate) fn install_fork_handlers() {
+    // SAFETY: plain function pointers with the C ABI.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = {
+    extern "C" fn init() {
+        install_fork_handlers();
+    }
+    init
+};

@@ -1,0 +1,801 @@
+//! The read path: resolving a branch path over the branch's chain of layer
+//! directories in process, without the daemon.
+//!
+//! Policy, as the core's merged view has it: lookup goes top-down through
+//! the layers that make up the current directory; the first layer holding
+//! the name wins; a whiteout hides the name in every layer below; a
+//! directory merges with the same directory of lower layers until one of
+//! them is opaque, is not a directory, or is whited out. Layer names are
+//! stored in the core's reserved-name scheme; the base's are literal.
+//!
+//! Mechanism: plain `lstat`/`readlink`/`getdents` on physical paths
+//! (layer root + stored names) through rustix's raw syscalls, so this
+//! module never calls back into the interposed libc. When a directory's
+//! merge has narrowed to the base alone, the rest of the path is looked up
+//! with one `lstat` of the remaining path in the base: the kernel then
+//! follows symlinks *inside the base* itself (a relative symlink in an
+//! unchanged base directory that points into a changed part of the branch
+//! is read from the base).
+//!
+//! Symlinks met in the branch are followed here: a target that lands
+//! outside the branch's visible root makes the result [`Resolved::Outside`]
+//! (a native path the caller uses as is).
+//!
+//! This is the boundary to switch to the core's own resolver when it
+//! offers a lock-free, per-process one; the core's store has a lock and
+//! a daemon-wide cache, which the shim cannot take per `stat`.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ffi::{CString, OsStr},
+    os::unix::ffi::OsStrExt,
+};
+
+use agentfs_core::{decode_name, encode_name, whiteout_name, Decoded, OPAQUE_MARKER};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
+
+use crate::paths;
+
+/// An errno value.
+pub type Errno = i32;
+
+/// Most symlinks followed in one resolution (Linux's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+
+/// One directory of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Absolute path of its root, without a trailing slash.
+    pub root: Vec<u8>,
+    /// The base: names literal, never whiteouts or markers.
+    pub base: bool,
+}
+
+/// A branch's layers, top first, and where the branch is visible.
+#[derive(Debug)]
+pub struct Chain {
+    /// Layers, top first; the base (if any) last.
+    pub layers: Vec<Layer>,
+    /// The absolute path at which processes see the branch root.
+    pub visible_root: Vec<u8>,
+    root_frame: Vec<(usize, Vec<u8>)>,
+    dirs: std::sync::Mutex<DirCache>,
+}
+
+/// Frames of directories resolved before, by branch path as asked, valid
+/// for one value of the store's namespace counter.
+#[derive(Debug, Default)]
+struct DirCache {
+    stamp: u64,
+    frames: std::collections::HashMap<Vec<u8>, (Vec<u8>, Frame)>,
+}
+
+type Frame = Vec<(usize, Vec<u8>)>;
+
+/// Most directory frames kept (then the cache starts over).
+const MAX_CACHED_DIRS: usize = 65_536;
+
+/// What a path is in the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// It exists.
+    Found(Entry),
+    /// Nothing is there, but its parent is a directory of the branch: the
+    /// name may be created. Carries the canonical branch path.
+    Absent(Vec<u8>),
+    /// Resolution left the branch through a symlink: this native path.
+    Outside(Vec<u8>),
+}
+
+/// An existing entry of the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Canonical branch path (symlinks in it resolved; `""` for the root).
+    pub path: Vec<u8>,
+    /// Physical path of the entry in the topmost layer that holds it (for
+    /// a directory merged over several layers, the top one: its mode and
+    /// times are the branch's).
+    pub phys: CString,
+    /// Index of that layer.
+    pub layer: usize,
+    /// Its `lstat` (the target's when a final symlink was followed).
+    pub kind: FileType,
+}
+
+/// What [`Chain::lookup`] found.
+enum Lookup {
+    /// (position in the frame, physical path, lstat).
+    Hit((usize, Vec<u8>, Stat)),
+    /// Nothing, or hidden by a whiteout.
+    Missing,
+    /// Only the base, below, may have it.
+    BaseBelow,
+}
+
+/// One entry of a merged listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode in the layer it comes from.
+    pub ino: u64,
+    /// `DT_*` type.
+    pub dtype: u8,
+}
+
+fn cstr(v: &[u8]) -> Result<CString, Errno> {
+    CString::new(v).map_err(|_| libc::EINVAL)
+}
+
+fn lstat(path: &[u8]) -> Result<Option<Stat>, Errno> {
+    let c = cstr(path)?;
+    match rustix::fs::statat(CWD, &c, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) if e == rustix::io::Errno::NOTDIR => Ok(None),
+        Err(e) => Err(e.raw_os_error()),
+    }
+}
+
+fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(dir.len() + name.len() + 1);
+    v.extend_from_slice(dir);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+fn kind_of(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+impl Chain {
+    /// A chain over `layers` (top first), visible at `visible_root`.
+    pub fn new(layers: Vec<Layer>, visible_root: Vec<u8>) -> Result<Self, Errno> {
+        let mut root_frame = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            root_frame.push((i, l.root.clone()));
+            if !l.base && lstat(&child(&l.root, OPAQUE_MARKER.as_bytes()))?.is_some() {
+                break;
+            }
+        }
+        Ok(Self {
+            layers,
+            visible_root,
+            root_frame,
+            dirs: std::sync::Mutex::new(DirCache::default()),
+        })
+    }
+
+    fn stored(&self, idx: usize, name: &[u8]) -> Option<Vec<u8>> {
+        if self.layers[idx].base {
+            Some(name.to_vec())
+        } else {
+            encode_name(OsStr::from_bytes(name))
+                .ok()
+                .map(|s| s.as_bytes().to_vec())
+        }
+    }
+
+    fn has_whiteout(&self, dir: &[u8], name: &[u8]) -> Result<bool, Errno> {
+        let (w, hashed) = whiteout_name(OsStr::from_bytes(name));
+        let p = child(dir, w.as_bytes());
+        match lstat(&p)? {
+            None => Ok(false),
+            Some(_) if !hashed => Ok(true),
+            Some(_) => Ok(std::fs::read(OsStr::from_bytes(&p)).ok().as_deref() == Some(name)),
+        }
+    }
+
+    fn is_opaque(&self, idx: usize, dir: &[u8]) -> Result<bool, Errno> {
+        if self.layers[idx].base {
+            return Ok(false);
+        }
+        Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
+    }
+
+    /// `name` in the merged directory `frame`. With `BaseBelow`, no layer
+    /// above a base that is not the frame's only part holds or hides it
+    /// (the caller looks in the base itself, with the rest of its path).
+    fn lookup(&self, frame: &[(usize, Vec<u8>)], name: &[u8]) -> Result<Lookup, Errno> {
+        for (pos, (idx, dir)) in frame.iter().enumerate() {
+            if pos > 0 && self.layers[*idx].base {
+                return Ok(Lookup::BaseBelow);
+            }
+            if let Some(stored) = self.stored(*idx, name) {
+                let p = child(dir, &stored);
+                if let Some(st) = lstat(&p)? {
+                    return Ok(Lookup::Hit((pos, p, st)));
+                }
+            }
+            if !self.layers[*idx].base && self.has_whiteout(dir, name)? {
+                return Ok(Lookup::Missing);
+            }
+        }
+        Ok(Lookup::Missing)
+    }
+
+    /// The merged directory `name`, found at `pos` of `frame` as `phys`.
+    fn frame_of(
+        &self,
+        frame: &[(usize, Vec<u8>)],
+        pos: usize,
+        phys: Vec<u8>,
+        name: &[u8],
+    ) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+        let top = frame[pos].0;
+        let stop = self.is_opaque(top, &phys)?;
+        let mut parts = vec![(top, phys)];
+        if stop {
+            return Ok(parts);
+        }
+        for (idx, dir) in &frame[pos + 1..] {
+            let Some(stored) = self.stored(*idx, name) else {
+                if self.has_whiteout(dir, name)? {
+                    break;
+                }
+                continue;
+            };
+            let p = child(dir, &stored);
+            match lstat(&p)? {
+                Some(st) if kind_of(&st) == FileType::Directory => {
+                    let opaque = self.is_opaque(*idx, &p)?;
+                    parts.push((*idx, p));
+                    if opaque {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None if !self.layers[*idx].base && self.has_whiteout(dir, name)? => break,
+                None => {}
+            }
+        }
+        Ok(parts)
+    }
+
+    fn dir_entry(&self, path: Vec<u8>, frame: &[(usize, Vec<u8>)]) -> Result<Entry, Errno> {
+        let (layer, phys) = frame.first().cloned().ok_or(libc::ENOENT)?;
+        Ok(Entry {
+            path,
+            phys: cstr(&phys)?,
+            layer,
+            kind: FileType::Directory,
+        })
+    }
+
+    /// Where a symlink's target leads: the branch path to resolve next, or
+    /// the native path it leaves the branch for.
+    fn follow(&self, dir: &[u8], target: &[u8], rest: &[&[u8]]) -> Result<Vec<u8>, Vec<u8>> {
+        let base = paths::visible(&self.visible_root, dir);
+        let mut abs = paths::join(&base, target);
+        for r in rest {
+            abs.push(b'/');
+            abs.extend_from_slice(r);
+        }
+        let abs = paths::normalize(&abs);
+        match paths::under(&self.visible_root, &abs) {
+            Some(rel) => Ok(rel.to_vec()),
+            None => Err(abs),
+        }
+    }
+
+    fn cached(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
+        let stamp = stamp?;
+        let c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if c.stamp != stamp {
+            return None;
+        }
+        c.frames.get(key).cloned()
+    }
+
+    fn remember(&self, stamp: Option<u64>, key: &[u8], canon: &[u8], frame: &Frame) {
+        let Some(stamp) = stamp else {
+            return;
+        };
+        let mut c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
+            c.frames.clear();
+            c.stamp = stamp;
+        }
+        c.frames
+            .insert(key.to_vec(), (canon.to_vec(), frame.clone()));
+    }
+
+    /// Drops every cached directory frame.
+    pub fn forget(&self) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .frames
+            .clear();
+    }
+
+    /// Resolves branch path `rel` without the directory cache.
+    pub fn resolve(&self, rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
+        self.resolve_at(rel, follow, None, false)
+    }
+
+    /// Resolves branch path `rel` (no `.`/`..`, no leading slash); a final
+    /// symlink is followed with `follow`. With `stamp` (the store's
+    /// namespace counter, read before), directory frames found on the way
+    /// are remembered and reused while the counter stays the same: the
+    /// caller must [`Chain::forget`] them when the counter moved during the
+    /// call. With `lazy` (and not `follow`), a path only the base can hold
+    /// is answered with its base path without checking that it exists
+    /// (`kind` is then `Unknown`): for callers that run their own `lstat`
+    /// or `O_NOFOLLOW` open on it, which then fails as the kernel would.
+    pub fn resolve_at(
+        &self,
+        rel: &[u8],
+        follow: bool,
+        stamp: Option<u64>,
+        lazy: bool,
+    ) -> Result<Resolved, Errno> {
+        let mut path = rel.to_vec();
+        let mut links = 0;
+        'restart: loop {
+            let comps: Vec<&[u8]> = path
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty())
+                .collect();
+            let parent_key = comps[..comps.len().saturating_sub(1)].join(&b'/');
+            let (mut frame, mut canon, start, mut key) = match comps.len() {
+                0 | 1 => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
+                n => match self.cached(stamp, &parent_key) {
+                    Some((canon, frame)) => (frame, canon, n - 1, parent_key.clone()),
+                    None => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
+                },
+            };
+            for (i, name) in comps.iter().enumerate().skip(start) {
+                if !key.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(name);
+                if *name == b"." || *name == b".." {
+                    return Err(libc::EINVAL); // callers normalise first
+                }
+                let last = i + 1 == comps.len();
+                let mut here = canon.clone();
+                if !here.is_empty() {
+                    here.push(b'/');
+                }
+                here.extend_from_slice(name);
+                let base_only = frame.len() == 1 && self.layers[frame[0].0].base;
+                let hit = if base_only {
+                    Lookup::BaseBelow
+                } else {
+                    self.lookup(&frame, name)?
+                };
+                if let Lookup::BaseBelow = hit {
+                    // No layer above the base has the name (nor hides it):
+                    // what is under it is the base's alone.
+                    frame.drain(..frame.len() - 1);
+                }
+                if frame.len() == 1 && self.layers[frame[0].0].base {
+                    // Only the base below: one lstat of the rest.
+                    let rest = comps[i..].join(&b'/');
+                    let phys = child(&frame[0].1, &rest);
+                    let mut full = canon.clone();
+                    if !full.is_empty() {
+                        full.push(b'/');
+                    }
+                    full.extend_from_slice(&rest);
+                    if lazy && !follow {
+                        // The caller's own syscall on the base path gives
+                        // the answer (and the error) the kernel would.
+                        if i + 1 < comps.len() || base_only {
+                            if let (Some(pp), Some(cp)) = (
+                                phys.iter().rposition(|&b| b == b'/'),
+                                full.iter().rposition(|&b| b == b'/'),
+                            ) {
+                                let parent = vec![(frame[0].0, phys[..pp].to_vec())];
+                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                            }
+                        }
+                        return Ok(Resolved::Found(Entry {
+                            path: full,
+                            phys: cstr(&phys)?,
+                            layer: frame[0].0,
+                            kind: FileType::Unknown,
+                        }));
+                    }
+                    return match lstat(&phys)? {
+                        Some(st) if kind_of(&st) == FileType::Symlink && follow => {
+                            links += 1;
+                            if links > MAX_SYMLINKS {
+                                return Err(libc::ELOOP);
+                            }
+                            let target = read_link(&phys)?;
+                            let dir = match full.iter().rposition(|&b| b == b'/') {
+                                Some(p) => full[..p].to_vec(),
+                                None => Vec::new(),
+                            };
+                            match self.follow(&dir, &target, &[]) {
+                                Ok(next) => {
+                                    path = next;
+                                    continue 'restart;
+                                }
+                                Err(native) => Ok(Resolved::Outside(native)),
+                            }
+                        }
+                        Some(st) => {
+                            // The parent is the base's alone when it lies
+                            // below the name narrowed to the base, or when
+                            // the directory was already (not when only this
+                            // name was narrowed out of a merged one).
+                            let parent_base_only = base_only || i + 1 < comps.len();
+                            if let (true, Some(pp), Some(cp)) = (
+                                parent_base_only,
+                                phys.iter().rposition(|&b| b == b'/'),
+                                full.iter().rposition(|&b| b == b'/'),
+                            ) {
+                                let parent = vec![(frame[0].0, phys[..pp].to_vec())];
+                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                            }
+                            Ok(Resolved::Found(Entry {
+                                path: full,
+                                phys: cstr(&phys)?,
+                                layer: frame[0].0,
+                                kind: kind_of(&st),
+                            }))
+                        }
+                        None => {
+                            // Free name, or a missing/non-directory parent?
+                            let parent = match phys.iter().rposition(|&b| b == b'/') {
+                                Some(p) => &phys[..p],
+                                None => &phys[..],
+                            };
+                            let parent_dir =
+                                rustix::fs::statat(CWD, cstr(parent)?.as_c_str(), AtFlags::empty())
+                                    .map(|st| kind_of(&st) == FileType::Directory)
+                                    .unwrap_or(false);
+                            if parent_dir {
+                                Ok(Resolved::Absent(full))
+                            } else {
+                                Err(libc::ENOENT)
+                            }
+                        }
+                    };
+                }
+                let hit = match hit {
+                    Lookup::Hit(h) => Some(h),
+                    Lookup::Missing => None,
+                    Lookup::BaseBelow => unreachable!("narrowed to the base above"),
+                };
+                match hit {
+                    None if last => return Ok(Resolved::Absent(here)),
+                    None => return Err(libc::ENOENT),
+                    Some((_, phys, st))
+                        if kind_of(&st) == FileType::Symlink && (!last || follow) =>
+                    {
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(libc::ELOOP);
+                        }
+                        let target = read_link(&phys)?;
+                        match self.follow(&canon, &target, &comps[i + 1..]) {
+                            Ok(next) => {
+                                path = next;
+                                continue 'restart;
+                            }
+                            Err(native) => return Ok(Resolved::Outside(native)),
+                        }
+                    }
+                    Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                        frame = self.frame_of(&frame, pos, phys, name)?;
+                        canon = here;
+                        self.remember(stamp, &key, &canon, &frame);
+                        if last {
+                            return self.dir_entry(canon, &frame).map(Resolved::Found);
+                        }
+                    }
+                    Some((pos, phys, st)) if last => {
+                        return Ok(Resolved::Found(Entry {
+                            path: here,
+                            phys: cstr(&phys)?,
+                            layer: frame[pos].0,
+                            kind: kind_of(&st),
+                        }))
+                    }
+                    Some(_) => return Err(libc::ENOTDIR),
+                }
+            }
+            return self.dir_entry(canon, &frame).map(Resolved::Found);
+        }
+    }
+
+    /// The merged directory frame of canonical directory `canon`.
+    fn frame_at(&self, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+        let mut frame = self.root_frame.clone();
+        for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let hit = match self.lookup(&frame, name)? {
+                Lookup::BaseBelow => {
+                    frame.drain(..frame.len() - 1);
+                    self.lookup(&frame, name)?
+                }
+                other => other,
+            };
+            match hit {
+                Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                    frame = self.frame_of(&frame, pos, phys, name)?;
+                }
+                Lookup::Hit(_) => return Err(libc::ENOTDIR),
+                _ => return Err(libc::ENOENT),
+            }
+        }
+        Ok(frame)
+    }
+
+    /// The merged listing of directory `rel` (symlinks followed), sorted by
+    /// name, with `.` and `..` first; whiteouts and markers hidden.
+    pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
+        let canon = match self.resolve(rel, true)? {
+            Resolved::Found(e) if e.kind == FileType::Directory => e.path,
+            Resolved::Found(_) => return Err(libc::ENOTDIR),
+            Resolved::Absent(_) => return Err(libc::ENOENT),
+            Resolved::Outside(_) => return Err(libc::EXDEV),
+        };
+        let frame = self.frame_at(&canon)?;
+        let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
+        let mut hidden: HashSet<Vec<u8>> = HashSet::new();
+        for (idx, dir) in &frame {
+            let base = self.layers[*idx].base;
+            let fd = rustix::fs::open(
+                cstr(dir)?.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| e.raw_os_error())?;
+            let mut d = rustix::fs::Dir::read_from(&fd).map_err(|e| e.raw_os_error())?;
+            let mut whiteouts = Vec::new();
+            while let Some(ent) = d.read() {
+                let ent = ent.map_err(|e| e.raw_os_error())?;
+                let stored = ent.file_name().to_bytes();
+                if stored == b"." || stored == b".." {
+                    continue;
+                }
+                let name = if base {
+                    stored.to_vec()
+                } else {
+                    match decode_name(OsStr::from_bytes(stored)) {
+                        Decoded::Entry(n) => n.as_bytes().to_vec(),
+                        Decoded::Whiteout(n) => {
+                            whiteouts.push(n.as_bytes().to_vec());
+                            continue;
+                        }
+                        Decoded::HashedWhiteout => {
+                            if let Ok(n) = std::fs::read(OsStr::from_bytes(&child(dir, stored))) {
+                                whiteouts.push(n);
+                            }
+                            continue;
+                        }
+                        Decoded::Opaque | Decoded::Reserved => continue,
+                    }
+                };
+                if seen.contains_key(&name) || hidden.contains(&name) {
+                    continue;
+                }
+                seen.insert(name, (ent.ino(), dtype(ent.file_type())));
+            }
+            hidden.extend(whiteouts);
+        }
+        let mut out = Vec::with_capacity(seen.len() + 2);
+        for dot in [&b"."[..], b".."] {
+            out.push(Listed {
+                name: dot.to_vec(),
+                ino: 0,
+                dtype: libc::DT_DIR,
+            });
+        }
+        out.extend(
+            seen.into_iter()
+                .map(|(name, (ino, dtype))| Listed { name, ino, dtype }),
+        );
+        Ok(out)
+    }
+
+    /// The branch path of physical path `phys` when it lies in a layer of
+    /// this chain (for a working directory inherited across `exec`).
+    pub fn branch_path_of(&self, phys: &[u8]) -> Option<Vec<u8>> {
+        for l in &self.layers {
+            let Some(rest) = paths::under(&l.root, phys) else {
+                continue;
+            };
+            if l.base {
+                return Some(rest.to_vec());
+            }
+            let mut out = Vec::new();
+            for c in rest.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                match decode_name(OsStr::from_bytes(c)) {
+                    Decoded::Entry(n) => {
+                        if !out.is_empty() {
+                            out.push(b'/');
+                        }
+                        out.extend_from_slice(n.as_bytes());
+                    }
+                    _ => return None,
+                }
+            }
+            return Some(out);
+        }
+        None
+    }
+}
+
+fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
+    rustix::fs::readlinkat(CWD, cstr(phys)?.as_c_str(), Vec::new())
+        .map(|c| c.into_bytes())
+        .map_err(|e| e.raw_os_error())
+}
+
+fn dtype(t: FileType) -> u8 {
+    match t {
+        FileType::RegularFile => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::CharacterDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::symlink, path::Path};
+
+    use super::*;
+
+    /// base: a.txt, d/x, d/y, link -> d/x, out -> /etc
+    /// active: a.txt (changed), whiteout of d/x, d/new, opaque o/ over base o/
+    fn chain(t: &Path) -> Chain {
+        let (base, top) = (t.join("base"), t.join("top"));
+        for d in ["d", "o"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+            fs::create_dir_all(top.join(d)).unwrap();
+        }
+        fs::write(base.join("a.txt"), "base").unwrap();
+        fs::write(base.join("d/x"), "x").unwrap();
+        fs::write(base.join("d/y"), "y").unwrap();
+        fs::write(base.join("o/hidden"), "h").unwrap();
+        fs::write(base.join(".agentfs~wh.literal"), "a base file").unwrap();
+        symlink("d/y", base.join("link")).unwrap();
+        symlink("/etc", base.join("out")).unwrap();
+        fs::write(top.join("a.txt"), "top").unwrap();
+        fs::write(top.join("d/new"), "n").unwrap();
+        let (wh, _) = whiteout_name(OsStr::new("x"));
+        fs::write(top.join("d").join(wh), "").unwrap();
+        fs::write(top.join("o").join(OPAQUE_MARKER), "").unwrap();
+        fs::write(top.join("o/mine"), "m").unwrap();
+        let layer = |p: &Path, base| Layer {
+            root: p.as_os_str().as_bytes().to_vec(),
+            base,
+        };
+        Chain::new(
+            vec![layer(&top, false), layer(&base, true)],
+            b"/visible".to_vec(),
+        )
+        .unwrap()
+    }
+
+    fn names(c: &Chain, rel: &str) -> Vec<String> {
+        c.list(rel.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|l| String::from_utf8(l.name).unwrap())
+            .collect()
+    }
+
+    fn found(c: &Chain, rel: &str, follow: bool) -> Entry {
+        match c.resolve(rel.as_bytes(), follow).unwrap() {
+            Resolved::Found(e) => e,
+            other => panic!("{rel}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_top_layer_wins_and_whiteouts_hide() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let a = found(&c, "a.txt", false);
+        assert_eq!(
+            fs::read(OsStr::from_bytes(a.phys.as_bytes())).unwrap(),
+            b"top"
+        );
+        assert_eq!(a.layer, 0);
+        assert_eq!(
+            c.resolve(b"d/x", false).unwrap(),
+            Resolved::Absent(b"d/x".to_vec())
+        );
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+        assert_eq!(c.resolve(b"nope/deeper", false), Err(libc::ENOENT));
+        assert_eq!(c.resolve(b"a.txt/x", false), Err(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn listings_merge_layers_and_hide_whiteouts_and_markers() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        assert_eq!(names(&c, "d"), [".", "..", "new", "y"]);
+        assert_eq!(names(&c, "o"), [".", "..", "mine"], "opaque hides the base");
+        assert_eq!(
+            names(&c, ""),
+            [
+                ".",
+                "..",
+                ".agentfs~wh.literal",
+                "a.txt",
+                "d",
+                "link",
+                "o",
+                "out"
+            ],
+            "base names are literal"
+        );
+        assert_eq!(
+            c.resolve(b"o/hidden", false).unwrap(),
+            Resolved::Absent(b"o/hidden".to_vec())
+        );
+    }
+
+    #[test]
+    fn symlinks_resolve_in_the_branch_or_leave_it() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        assert_eq!(found(&c, "link", false).kind, FileType::Symlink);
+        let e = found(&c, "link", true);
+        assert_eq!(
+            (e.path.as_slice(), e.kind),
+            (&b"d/y"[..], FileType::RegularFile)
+        );
+        assert_eq!(
+            c.resolve(b"out", true).unwrap(),
+            Resolved::Outside(b"/etc".to_vec())
+        );
+        // Below a name only the base has, the kernel follows the base's
+        // own symlinks (documented): the entry reads as the target.
+        let e = found(&c, "out/hostname", true);
+        assert_eq!(e.layer, 1);
+    }
+
+    #[test]
+    fn cached_frames_keep_merged_directories_merged() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        // d/y is the base's: only that name narrows to the base, not d.
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+        let r = c.resolve_at(b"d/y", false, Some(1), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        fs::write(t.path().join("top/d/later"), "l").unwrap();
+        let r = c.resolve_at(b"d/later", false, Some(1), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // Below a base-only directory the frame is cached as the base's.
+        fs::create_dir_all(t.path().join("base/only/deep")).unwrap();
+        fs::write(t.path().join("base/only/deep/f"), "f").unwrap();
+        let r = c.resolve_at(b"only/deep/f", false, Some(2), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        assert!(c.cached(Some(2), b"only/deep").is_some());
+        assert!(
+            c.cached(Some(3), b"only/deep").is_none(),
+            "a new stamp drops it"
+        );
+    }
+
+    #[test]
+    fn a_physical_path_in_a_layer_maps_back_to_the_branch() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let top = t.path().join("top/d");
+        assert_eq!(
+            c.branch_path_of(top.as_os_str().as_bytes()),
+            Some(b"d".to_vec())
+        );
+        let base = t.path().join("base");
+        assert_eq!(
+            c.branch_path_of(base.as_os_str().as_bytes()),
+            Some(Vec::new())
+        );
+        assert_eq!(c.branch_path_of(b"/elsewhere"), None);
+    }
+}
