@@ -7,7 +7,6 @@
 mod cli;
 mod demo;
 mod output;
-mod run_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -152,7 +151,7 @@ enum Command {
     },
     /// Run a program inside a branch: the branch appears at the base's own
     /// path (or --at DIR), reads come from the branch, writes land in it.
-    Run(run_cmd::RunArgs),
+    Run(cli::run::RunArgs),
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
     Demo {
@@ -247,7 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         print!("{EMBEDDED_DEFAULT}");
         return Ok(ExitCode::SUCCESS);
     }
-    let globals = run_cmd::global_args(
+    let globals = cli::run::global_args(
         cli.config.as_deref(),
         &cli.plugin_dirs,
         cli.backstore.as_deref(),
@@ -292,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => return cli::watch::run(&socket, &branch, &path, json, native),
         Command::Run(args) => {
             let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
-            return run_cmd::run(&socket, &globals, exists, args);
+            return cli::run::run(&socket, &globals, exists, args);
         }
         _ => {}
     }

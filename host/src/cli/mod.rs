@@ -8,6 +8,7 @@ pub mod branch;
 pub mod fs;
 pub mod install;
 pub mod plugins;
+pub mod run;
 pub mod snapshot;
 pub mod store;
 pub mod watch;
