@@ -70,6 +70,34 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit and
+/// returns the new soft limit: the daemon holds one fd per connection and
+/// one per file open for writing through `fd_open` (its writer lock), far
+/// past the usual soft limit of 1,024 under a parallel build.
+pub fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit
+        // up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +111,17 @@ mod tests {
         let _other = l.admit(8).unwrap();
         drop(a);
         let _c = l.admit(7).unwrap();
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_one() {
+        let n = raise_fd_limit().unwrap();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((lim.rlim_cur, lim.rlim_cur), (n, lim.rlim_max));
     }
 }

@@ -63,6 +63,10 @@ pub fn serve(
         .thread_block()
         .map_err(|e| DaemonError::io("block SIGTERM and SIGINT", e.into()))?;
 
+    match super::limits::raise_fd_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let backstore = host.backstore()?;
     let store = match opts.init {
         Some(init) if !Store::exists(&backstore)? => Store::init(backstore, init, opts.wait)?,
