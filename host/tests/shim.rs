@@ -21,18 +21,7 @@ use std::{
 
 use common::{image_dir, CliEnv, TreeImage};
 
-fn require() -> bool {
-    std::env::var("AGENTFS_REQUIRE_COW").as_deref() == Ok("1")
-}
-
-/// Says why `test` is skipped (or fails, under AGENTFS_REQUIRE_COW=1).
-fn skip(test: &str, why: &str) {
-    let msg = format!("{test}: skipped: {why}");
-    if require() {
-        panic!("{msg} (AGENTFS_REQUIRE_COW=1)");
-    }
-    eprintln!("{msg}");
-}
+use agentfs_testfs::skip;
 
 /// Is `tool` on PATH? If not: skip.
 fn have(tool: &str, test: &str) -> bool {

@@ -12,10 +12,7 @@ use agentfs_host::{
 use agentfs_plugin_api::{ErrorCode, PluginKind};
 
 /// `target/debug` (the test binary lives in `target/debug/deps`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf()
-}
+use agentfs_testfs::target_dir;
 
 fn plugin_file() -> PathBuf {
     let p = agentfs_testfs::built(&library_file_name(PluginKind::BACKSTORE, "apfs"));
