@@ -9,7 +9,7 @@
 use std::{
     ffi::{OsStr, OsString},
     fmt,
-    os::unix::ffi::OsStrExt,
+    os::unix::ffi::{OsStrExt, OsStringExt},
 };
 
 use super::error::{CoreError, CoreResult};
@@ -106,6 +106,19 @@ impl BranchPath {
     /// True when `self` is `other` or lies beneath it.
     pub fn starts_with(&self, other: &BranchPath) -> bool {
         self.comps.starts_with(&other.comps)
+    }
+
+    /// The path's exact bytes, `/`-separated without a leading slash
+    /// (empty for the root).
+    pub fn to_os_string(&self) -> OsString {
+        let mut out = Vec::new();
+        for (i, c) in self.comps.iter().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(c.as_bytes());
+        }
+        OsString::from_vec(out)
     }
 
     /// The path as `/`-separated text without a leading slash (`""` for the

@@ -290,7 +290,7 @@ fn burst(c: &mut Criterion) {
                     branch: None,
                     snapshot: None,
                     op: FsOp::WriteFile {
-                        path: path.clone(),
+                        path: path.as_str().into(),
                         data: Vec::new(),
                     },
                 })
@@ -471,7 +471,7 @@ fn throughput(c: &mut Criterion) {
                                         branch: Some(branch.clone()),
                                         snapshot: None,
                                         op: FsOp::WriteFile {
-                                            path: format!("f{k}"),
+                                            path: format!("f{k}").into(),
                                             data: b"some bytes of a small file".to_vec(),
                                         },
                                     })

@@ -164,14 +164,14 @@ pub fn is_read(op: &FsOp) -> bool {
 fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
     Ok(match op {
         FsOp::Stat { path, follow } => FsReply::Stat(convert::stat_to_wire(&if follow {
-            t.stat(path.as_str())?
+            t.stat(path.as_os_str())?
         } else {
-            t.lstat(path.as_str())?
+            t.lstat(path.as_os_str())?
         })),
         FsOp::Canonical { path, follow } => {
-            FsReply::Target(t.canonical(path.as_str(), follow)?.to_string())
+            FsReply::Target(t.canonical(path.as_os_str(), follow)?.to_os_string().into())
         }
-        FsOp::GetXattr { path, name } => match t.get_xattr(path.as_str(), OsStr::new(&name))? {
+        FsOp::GetXattr { path, name } => match t.get_xattr(path.as_os_str(), OsStr::new(&name))? {
             Some(v) => FsReply::Data(v),
             None => {
                 return Err(CoreError::NotFound(format!(
@@ -180,19 +180,19 @@ fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             }
         },
         FsOp::ListXattr { path } => FsReply::Names(
-            t.list_xattr(path.as_str())?
+            t.list_xattr(path.as_os_str())?
                 .into_iter()
                 .map(|n| n.to_string_lossy().into_owned())
                 .collect(),
         ),
         FsOp::ReadDir { path } => FsReply::Entries(
-            t.read_dir(path.as_str())?
+            t.read_dir(path.as_os_str())?
                 .into_iter()
                 .map(convert::entry_to_wire)
                 .collect(),
         ),
         FsOp::Read { path, offset, len } => {
-            let f = t.open_read(path.as_str())?;
+            let f = t.open_read(path.as_os_str())?;
             let want = len.min(MAX_READ) as usize;
             let mut buf = vec![0u8; want];
             let mut got = 0;
@@ -207,9 +207,7 @@ fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             buf.truncate(got);
             FsReply::Data(buf)
         }
-        FsOp::Readlink { path } => {
-            FsReply::Target(t.read_link(path.as_str())?.to_string_lossy().into_owned())
-        }
+        FsOp::Readlink { path } => FsReply::Target(t.read_link(path.as_os_str())?.into()),
         _ => unreachable!("only read operations come here"),
     })
 }
@@ -217,11 +215,11 @@ fn read_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
 fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
     Ok(match op {
         FsOp::Write { path, offset, data } => {
-            t.write_at(path.as_str(), offset, &data)?;
+            t.write_at(path.as_os_str(), offset, &data)?;
             FsReply::Written(data.len() as u64)
         }
         FsOp::WriteFile { path, data } => {
-            t.write_file(path.as_str(), &data)?;
+            t.write_file(path.as_os_str(), &data)?;
             FsReply::Written(data.len() as u64)
         }
         FsOp::Create {
@@ -229,10 +227,10 @@ fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             mode,
             exclusive,
         } => {
-            match t.create(path.as_str(), mode) {
+            match t.create(path.as_os_str(), mode) {
                 Err(CoreError::AlreadyExists(_)) if !exclusive => {
-                    if t.stat(path.as_str())?.kind == FileKind::Dir {
-                        return Err(CoreError::IsDirectory(path));
+                    if t.stat(path.as_os_str())?.kind == FileKind::Dir {
+                        return Err(CoreError::IsDirectory(path.to_string()));
                     }
                 }
                 r => r?,
@@ -240,39 +238,39 @@ fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             FsReply::Done
         }
         FsOp::Mkdir { path, mode } => {
-            t.mkdir(path.as_str(), mode)?;
+            t.mkdir(path.as_os_str(), mode)?;
             FsReply::Done
         }
         FsOp::MkdirAll { path } => {
-            t.mkdir_all(path.as_str())?;
+            t.mkdir_all(path.as_os_str())?;
             FsReply::Done
         }
         FsOp::Rmdir { path } => {
-            t.rmdir(path.as_str())?;
+            t.rmdir(path.as_os_str())?;
             FsReply::Done
         }
         FsOp::Unlink { path } => {
-            t.unlink(path.as_str())?;
+            t.unlink(path.as_os_str())?;
             FsReply::Done
         }
         FsOp::RemoveAll { path } => {
-            t.remove_all(path.as_str())?;
+            t.remove_all(path.as_os_str())?;
             FsReply::Done
         }
         FsOp::Rename { from, to } => {
-            t.rename(from.as_str(), to.as_str())?;
+            t.rename(from.as_os_str(), to.as_os_str())?;
             FsReply::Done
         }
         FsOp::Truncate { path, size } => {
-            t.truncate(path.as_str(), size)?;
+            t.truncate(path.as_os_str(), size)?;
             FsReply::Done
         }
         FsOp::Symlink { target, path } => {
-            t.symlink(&target, path.as_str())?;
+            t.symlink(&target, path.as_os_str())?;
             FsReply::Done
         }
         FsOp::Chmod { path, mode } => {
-            t.chmod(path.as_str(), mode)?;
+            t.chmod(path.as_os_str(), mode)?;
             FsReply::Done
         }
         FsOp::SetTimes {
@@ -281,18 +279,18 @@ fn write_op(t: &Tree<'_>, op: FsOp) -> Result<FsReply, CoreError> {
             mtime_ns,
         } => {
             t.set_times(
-                path.as_str(),
+                path.as_os_str(),
                 atime_ns.map(convert::time_from_ns),
                 mtime_ns.map(convert::time_from_ns),
             )?;
             FsReply::Done
         }
         FsOp::SetXattr { path, name, value } => {
-            t.set_xattr(path.as_str(), OsStr::new(&name), &value)?;
+            t.set_xattr(path.as_os_str(), OsStr::new(&name), &value)?;
             FsReply::Done
         }
         FsOp::RemoveXattr { path, name } => {
-            t.remove_xattr(path.as_str(), OsStr::new(&name))?;
+            t.remove_xattr(path.as_os_str(), OsStr::new(&name))?;
             FsReply::Done
         }
         FsOp::Stat { .. }

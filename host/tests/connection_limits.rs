@@ -145,7 +145,7 @@ fn subscriptions_and_write_records_per_connection_are_capped() {
     let subscribe = |c: &mut Client| {
         c.request(Request::Subscribe {
             branch: None,
-            path: String::new(),
+            path: Default::default(),
         })
     };
     let mut first = None;
@@ -173,7 +173,7 @@ fn subscriptions_and_write_records_per_connection_are_capped() {
     let open = |c: &mut Client, i: usize| {
         c.fd_open(FdOpen {
             branch: None,
-            path: format!("f{i}"),
+            path: format!("f{i}").into(),
             flags: OpenFlags::from_native(libc::O_WRONLY | libc::O_CREAT),
             mode: 0o644,
         })

@@ -793,7 +793,12 @@ fn a_client_that_dies_leaves_no_registration_behind() {
     };
     let ev = &b.events[0];
     assert_eq!(
-        (ev.path.as_str(), ev.pid, ev.size_before, ev.size_after),
+        (
+            ev.path.to_str().unwrap(),
+            ev.pid,
+            ev.size_before,
+            ev.size_after
+        ),
         ("d/g.txt", child_pid, 3, 12)
     );
     assert_eq!(

@@ -68,7 +68,6 @@ fn snap(op: FsOp) -> Request {
 /// Every store request kind and every file operation, successes and
 /// refusals, in an order where each depends on the ones before.
 fn script() -> Vec<Request> {
-    let p = |s: &str| s.to_string();
     vec![
         Request::Ping,
         Request::BranchCreate {
@@ -303,4 +302,9 @@ fn daemon_only_requests_are_refused_in_process_with_a_clear_error() {
     let e = handler::handle(&s, None, Request::Unsubscribe { subscription: 1 }).unwrap_err();
     assert_eq!(e.errno(), libc::ENOTSUP);
     assert!(e.to_string().contains("without a daemon"), "{e}");
+}
+
+/// A name or a path, as the field wants it.
+fn p<T: From<String>>(s: &str) -> T {
+    T::from(s.to_string())
 }

@@ -199,19 +199,28 @@ fn malformed_requests_get_an_error_frame_naming_what_was_wrong() {
     let d = srv.serve();
     let mut c = connect(&d.socket);
     ping(&mut c, 1);
-    // An integer path, a path that is not UTF-8, a missing op: answered by id.
+    // An integer path, a branch name that is not UTF-8, a missing op:
+    // answered by id. (A path's bytes need not be UTF-8: paths are bytes.)
     answered_by_id(
         &mut c,
         &fs_request(Mp::UInt(5), stat(Mp::Int(7))),
         5,
         "request 5",
     );
-    answered_by_id(
-        &mut c,
-        &fs_request(Mp::UInt(6), stat(Mp::Str(b"\xff\xfe".to_vec()))),
-        6,
-        "request 6",
-    );
+    let bad_name = map(vec![(
+        "Request",
+        map(vec![
+            ("id", Mp::UInt(6)),
+            (
+                "request",
+                map(vec![(
+                    "BranchDelete",
+                    map(vec![("name", Mp::Str(b"\xff\xfe".to_vec()))]),
+                )]),
+            ),
+        ]),
+    )]);
+    answered_by_id(&mut c, &bad_name, 6, "request 6");
     let no_op = map(vec![(
         "Request",
         map(vec![

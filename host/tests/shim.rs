@@ -210,6 +210,29 @@ cd src && pwd && cd nested && /bin/pwd && cd ../.. && echo "back: $(pwd)"
 }
 
 #[test]
+fn names_that_are_not_utf8_work_under_the_shim() {
+    if !have("bash", "names_that_are_not_utf8") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+export LC_ALL=C
+n=$(printf 'caf\351'); d=$(printf 'd\377')
+echo hi > "$n"; mkdir "$d"; mv "$n" "$d/"; ln -s "$n" "$d/link"
+cat "$d/$n" "$d/link"; readlink "$d/link" | od -An -c; ls -b "$d"
+"#,
+    );
+    assert!(out.starts_with("hi\nhi\n"), "{out}");
+    assert!(out.contains("caf\\351\nlink\n"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&["A \"d\\377/\"", "A \"d\\377/caf\\351\""]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
 fn coreutils_in_a_branch_match_a_native_copy() {
     let e = Env::new(false);
     let before = fingerprint(&e.base);

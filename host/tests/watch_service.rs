@@ -312,7 +312,7 @@ fn events_carry_the_pid_of_the_client_that_caused_them() {
             Outgoing::Events(del) => {
                 flags.extend(del.records.iter().map(|r| (r.name.to_string(), r.flags)))
             }
-            Outgoing::Core(b) => pids.extend(b.events.iter().map(|e| (e.path.clone(), e.pid))),
+            Outgoing::Core(b) => pids.extend(b.events.iter().map(|e| (e.path.to_string(), e.pid))),
         }
     }
     let file = fse::FLAG_ITEM_MODIFIED | fse::FLAG_ITEM_IS_FILE;
@@ -548,7 +548,7 @@ fn a_connection_ending_releases_everything_it_registered() {
     assert_eq!(
         (
             ev[0].kind,
-            ev[0].path.as_str(),
+            ev[0].path.to_str().unwrap(),
             ev[0].pid,
             ev[0].size_before,
             ev[0].size_after
@@ -584,7 +584,7 @@ fn subscriptions_see_their_branch_under_their_prefix() {
     );
     let got: Vec<(WireEventKind, String)> = core_events(&d, &s)
         .into_iter()
-        .map(|e| (e.kind, e.path))
+        .map(|e| (e.kind, e.path.to_string()))
         .collect();
     assert_eq!(
         got,

@@ -36,6 +36,7 @@ mod frame;
 mod handshake;
 mod malformed;
 mod messages;
+mod wire_path;
 
 pub use client::{Client, ClientError};
 pub use error::WireError;
@@ -46,3 +47,4 @@ pub use frame::{
 pub use handshake::{negotiate, MAGIC, MAX_HELLO_LEN, MIN_VERSION, VERSION};
 pub use malformed::{decode_client_frame, Malformed};
 pub use messages::*;
+pub use wire_path::WirePath;

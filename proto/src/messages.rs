@@ -1,10 +1,11 @@
-//! Every message of the protocol. Paths are branch-relative and UTF-8
-//! unless a field says otherwise; `branch: None` means the branch the
+//! Every message of the protocol. Paths are branch-relative; file paths
+//! are [`WirePath`]s (bytes, a string on the wire when UTF-8), names of
+//! branches and snapshots are UTF-8; `branch: None` means the branch the
 //! connection asked for in its [`Hello`].
 
 use serde::{Deserialize, Serialize};
 
-use crate::WireError;
+use crate::{WireError, WirePath};
 
 /// First frame of a connection, client to daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +197,7 @@ pub enum Request {
         /// The branch; `None` for the connection's.
         branch: Option<String>,
         /// Branch-relative prefix (`""` for everything).
-        path: String,
+        path: WirePath,
     },
     /// Ends a subscription.
     Unsubscribe {
@@ -226,7 +227,7 @@ pub enum FsOp {
     /// `lstat`, or `stat` with `follow`.
     Stat {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Follow a final symlink (`stat` rather than `lstat`).
         #[serde(default)]
         follow: bool,
@@ -235,31 +236,31 @@ pub enum FsOp {
     /// the branch; a final one only with `follow`), as a `Target`.
     Canonical {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Resolve a final symlink too.
         follow: bool,
     },
     /// An extended attribute's value, as `Data` (`not-found` when absent).
     GetXattr {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Attribute name.
         name: String,
     },
     /// Extended attribute names, as `Names`.
     ListXattr {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Directory listing.
     ReadDir {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Reads up to `len` bytes at `offset`.
     Read {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Offset.
         offset: u64,
         /// Maximum length.
@@ -268,7 +269,7 @@ pub enum FsOp {
     /// Writes `data` at `offset` (copy-up first).
     Write {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Offset.
         offset: u64,
         /// The bytes.
@@ -278,7 +279,7 @@ pub enum FsOp {
     /// Creates a regular file.
     Create {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Permission bits.
         mode: u32,
         /// Fail if it exists.
@@ -287,50 +288,50 @@ pub enum FsOp {
     /// Creates a directory.
     Mkdir {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Permission bits.
         mode: u32,
     },
     /// Removes an empty directory.
     Rmdir {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Removes a non-directory.
     Unlink {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Renames, replacing the destination.
     Rename {
         /// Source.
-        from: String,
+        from: WirePath,
         /// Destination.
-        to: String,
+        to: WirePath,
     },
     /// Sets the size.
     Truncate {
         /// Path.
-        path: String,
+        path: WirePath,
         /// New size.
         size: u64,
     },
     /// Creates a symlink at `path` pointing to `target` (stored verbatim).
     Symlink {
         /// Link contents.
-        target: String,
+        target: WirePath,
         /// Where the link goes.
-        path: String,
+        path: WirePath,
     },
     /// Reads a symlink.
     Readlink {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Sets permission bits.
     Chmod {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Permission bits.
         mode: u32,
     },
@@ -338,7 +339,7 @@ pub enum FsOp {
     /// it with mode 0644 if missing.
     WriteFile {
         /// Path.
-        path: String,
+        path: WirePath,
         /// The new content.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
@@ -346,7 +347,7 @@ pub enum FsOp {
     /// Sets access and/or modification times (`None` leaves one as is).
     SetTimes {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Access time, nanoseconds since the epoch.
         atime_ns: Option<i64>,
         /// Modification time, nanoseconds since the epoch.
@@ -355,7 +356,7 @@ pub enum FsOp {
     /// Sets an extended attribute.
     SetXattr {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Attribute name.
         name: String,
         /// Its value.
@@ -365,19 +366,19 @@ pub enum FsOp {
     /// Removes an extended attribute.
     RemoveXattr {
         /// Path.
-        path: String,
+        path: WirePath,
         /// Attribute name.
         name: String,
     },
     /// Creates a directory and its missing parents (existing ones are fine).
     MkdirAll {
         /// Path.
-        path: String,
+        path: WirePath,
     },
     /// Removes an entry and, for a directory, everything under it.
     RemoveAll {
         /// Path.
-        path: String,
+        path: WirePath,
     },
 }
 
@@ -463,7 +464,7 @@ pub enum FsReply {
     /// Bytes written.
     Written(u64),
     /// A symlink's contents, or a canonical path.
-    Target(String),
+    Target(WirePath),
     /// Extended attribute names.
     Names(Vec<String>),
 }
@@ -664,7 +665,7 @@ pub enum WatchRegistration {
         /// Requested `NOTE_*` fflags.
         vnode_flags: u32,
         /// What the fd refers to.
-        path: String,
+        path: WirePath,
         /// The branch; `None` for the connection's.
         branch: Option<String>,
     },
@@ -694,7 +695,7 @@ pub enum WatchRegistration {
         /// The wd the process was given.
         wd: i32,
         /// Watched path.
-        path: String,
+        path: WirePath,
         /// `IN_*` mask (with `IN_MASK_ADD`, `IN_ONLYDIR`, ...).
         mask: u32,
         /// The branch; `None` for the connection's.
@@ -818,9 +819,9 @@ pub struct WireCoreEvent {
     /// Branch.
     pub branch: String,
     /// Path (rename source).
-    pub path: String,
+    pub path: WirePath,
     /// Rename destination or snapshot name.
-    pub to: String,
+    pub to: WirePath,
     /// The entry is a directory.
     pub is_dir: bool,
     /// Size before, `u64::MAX` when unknown.
@@ -904,7 +905,7 @@ pub struct FdOpen {
     /// The branch; `None` for the connection's.
     pub branch: Option<String>,
     /// Branch-relative path.
-    pub path: String,
+    pub path: WirePath,
     /// Portable flags.
     pub flags: OpenFlags,
     /// Permission bits for `CREATE`.

@@ -5,11 +5,14 @@
 //! `--json` output names the path used (`"via": "daemon"` or `"store"`),
 //! and `AGENTFS_LOG=debug` logs it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+};
 
 use agentfs_core::{BranchInfo, DirEntry, FileKind, LockWait, SnapshotInfo, Stat, Store};
 use agentfs_host::{daemon::convert, handler, Host};
-use agentfs_proto::{Client, FsOp, FsReply, Hello, Request, Response};
+use agentfs_proto::{Client, FsOp, FsReply, Hello, Request, Response, WirePath};
 use anyhow::{anyhow, Result};
 
 /// A daemon connection, and where it is.
@@ -194,24 +197,19 @@ impl Backend {
     }
 
     /// A directory listing.
-    pub fn read_dir(&mut self, at: TreeRef<'_>, path: &str) -> Result<Vec<DirEntry>> {
-        match self.fs(
-            at,
-            FsOp::ReadDir {
-                path: path.to_string(),
-            },
-        )? {
+    pub fn read_dir(&mut self, at: TreeRef<'_>, path: &OsStr) -> Result<Vec<DirEntry>> {
+        match self.fs(at, FsOp::ReadDir { path: path.into() })? {
             FsReply::Entries(v) => Ok(v.into_iter().map(convert::entry_from_wire).collect()),
             other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
         }
     }
 
     /// Metadata of an entry (a final symlink is not followed).
-    pub fn lstat(&mut self, at: TreeRef<'_>, path: &str) -> Result<Stat> {
+    pub fn lstat(&mut self, at: TreeRef<'_>, path: &OsStr) -> Result<Stat> {
         match self.fs(
             at,
             FsOp::Stat {
-                path: path.to_string(),
+                path: path.into(),
                 follow: false,
             },
         )? {
@@ -225,7 +223,7 @@ impl Backend {
     pub fn copy_file_to(
         &mut self,
         at: TreeRef<'_>,
-        path: &str,
+        path: &OsStr,
         out: &mut impl std::io::Write,
     ) -> Result<u64> {
         let mut offset = 0u64;
@@ -233,7 +231,7 @@ impl Backend {
             let chunk = match self.fs(
                 at,
                 FsOp::Read {
-                    path: path.to_string(),
+                    path: path.into(),
                     offset,
                     len: handler::MAX_READ,
                 },
@@ -250,35 +248,30 @@ impl Backend {
     }
 
     /// A symlink's target.
-    pub fn read_link(&mut self, at: TreeRef<'_>, path: &str) -> Result<String> {
-        match self.fs(
-            at,
-            FsOp::Readlink {
-                path: path.to_string(),
-            },
-        )? {
-            FsReply::Target(t) => Ok(t),
+    pub fn read_link(&mut self, at: TreeRef<'_>, path: &OsStr) -> Result<OsString> {
+        match self.fs(at, FsOp::Readlink { path: path.into() })? {
+            FsReply::Target(t) => Ok(t.into_os_string()),
             other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
         }
     }
 
     /// Replaces (or creates) a file's content.
-    pub fn write_file(&mut self, branch: &str, path: &str, data: Vec<u8>) -> Result<()> {
+    pub fn write_file(&mut self, branch: &str, path: &OsStr, data: Vec<u8>) -> Result<()> {
         self.fs_done(
             branch,
             FsOp::WriteFile {
-                path: path.to_string(),
+                path: path.into(),
                 data,
             },
         )
     }
 
     /// Removes an entry (`recursive`: a whole tree).
-    pub fn remove(&mut self, branch: &str, path: &str, recursive: bool) -> Result<()> {
-        let path = path.to_string();
+    pub fn remove(&mut self, branch: &str, path: &OsStr, recursive: bool) -> Result<()> {
+        let path = WirePath::from(path);
         let op = if recursive {
             FsOp::RemoveAll { path }
-        } else if self.lstat(TreeRef::Branch(branch), &path)?.kind == FileKind::Dir {
+        } else if self.lstat(TreeRef::Branch(branch), path.as_os_str())?.kind == FileKind::Dir {
             FsOp::Rmdir { path }
         } else {
             FsOp::Unlink { path }
@@ -287,19 +280,19 @@ impl Backend {
     }
 
     /// Renames an entry.
-    pub fn rename(&mut self, branch: &str, from: &str, to: &str) -> Result<()> {
+    pub fn rename(&mut self, branch: &str, from: &OsStr, to: &OsStr) -> Result<()> {
         self.fs_done(
             branch,
             FsOp::Rename {
-                from: from.to_string(),
-                to: to.to_string(),
+                from: from.into(),
+                to: to.into(),
             },
         )
     }
 
     /// Creates a directory (`parents`: and missing parents).
-    pub fn mkdir(&mut self, branch: &str, path: &str, parents: bool) -> Result<()> {
-        let path = path.to_string();
+    pub fn mkdir(&mut self, branch: &str, path: &OsStr, parents: bool) -> Result<()> {
+        let path = WirePath::from(path);
         let op = if parents {
             FsOp::MkdirAll { path }
         } else {
@@ -309,22 +302,22 @@ impl Backend {
     }
 
     /// Creates a symlink.
-    pub fn symlink(&mut self, branch: &str, target: &str, path: &str) -> Result<()> {
+    pub fn symlink(&mut self, branch: &str, target: &OsStr, path: &OsStr) -> Result<()> {
         self.fs_done(
             branch,
             FsOp::Symlink {
-                target: target.to_string(),
-                path: path.to_string(),
+                target: target.into(),
+                path: path.into(),
             },
         )
     }
 
     /// Sets permission bits.
-    pub fn chmod(&mut self, branch: &str, path: &str, mode: u32) -> Result<()> {
+    pub fn chmod(&mut self, branch: &str, path: &OsStr, mode: u32) -> Result<()> {
         self.fs_done(
             branch,
             FsOp::Chmod {
-                path: path.to_string(),
+                path: path.into(),
                 mode,
             },
         )

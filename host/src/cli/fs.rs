@@ -1,8 +1,9 @@
 //! `agentfs fs ...`: file operations inside a branch or snapshot.
 
 use std::{
+    ffi::{OsStr, OsString},
     io::{Read, Write},
-    os::unix::ffi::OsStrExt,
+    os::unix::ffi::{OsStrExt, OsStringExt},
     process::ExitCode,
 };
 
@@ -39,7 +40,7 @@ pub enum FsCmd {
         at: TreeArgs,
         /// Directory (default: the root).
         #[arg(default_value = "")]
-        path: String,
+        path: OsString,
         /// Long format: kind, mode, size, origin layer.
         #[arg(short, long)]
         long: bool,
@@ -52,14 +53,14 @@ pub enum FsCmd {
         #[command(flatten)]
         at: TreeArgs,
         /// The file.
-        path: String,
+        path: OsString,
     },
     /// Show an entry's metadata.
     Stat {
         #[command(flatten)]
         at: TreeArgs,
         /// The entry.
-        path: String,
+        path: OsString,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -69,7 +70,7 @@ pub enum FsCmd {
         #[command(flatten)]
         at: TreeArgs,
         /// The symlink.
-        path: String,
+        path: OsString,
     },
     /// Write a file (content from --data, else stdin); creates or replaces.
     Write {
@@ -77,7 +78,7 @@ pub enum FsCmd {
         #[arg(long)]
         branch: String,
         /// The file.
-        path: String,
+        path: OsString,
         /// The content (default: read stdin).
         #[arg(long)]
         data: Option<String>,
@@ -88,7 +89,7 @@ pub enum FsCmd {
         #[arg(long)]
         branch: String,
         /// The entry.
-        path: String,
+        path: OsString,
         /// Remove directories and their content.
         #[arg(short, long)]
         recursive: bool,
@@ -99,9 +100,9 @@ pub enum FsCmd {
         #[arg(long)]
         branch: String,
         /// From.
-        from: String,
+        from: OsString,
         /// To.
-        to: String,
+        to: OsString,
     },
     /// Create a directory.
     Mkdir {
@@ -109,7 +110,7 @@ pub enum FsCmd {
         #[arg(long)]
         branch: String,
         /// The directory.
-        path: String,
+        path: OsString,
         /// Create missing parents; an existing directory is fine.
         #[arg(short, long)]
         parents: bool,
@@ -120,9 +121,9 @@ pub enum FsCmd {
         #[arg(long)]
         branch: String,
         /// What the link points to (stored verbatim).
-        target: String,
+        target: OsString,
         /// The link.
-        path: String,
+        path: OsString,
     },
     /// Change permission bits (octal, e.g. 755).
     Chmod {
@@ -132,7 +133,7 @@ pub enum FsCmd {
         /// Octal mode.
         mode: String,
         /// The entry.
-        path: String,
+        path: OsString,
     },
 }
 
@@ -167,64 +168,60 @@ pub fn run(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
             json,
         } => {
             let t = tree(&at);
-            let entries = s.read_dir(t, path.as_str())?;
-            let join = |n: &std::ffi::OsStr| -> String {
-                let n = n.to_string_lossy();
-                if path.trim_matches('/').is_empty() {
-                    n.into_owned()
-                } else {
-                    format!("{}/{n}", path.trim_end_matches('/'))
+            let entries = s.read_dir(t, &path)?;
+            let dir = path.as_bytes();
+            let dir = &dir[..dir.len() - dir.iter().rev().take_while(|&&b| b == b'/').count()];
+            let join = |n: &OsStr| -> OsString {
+                let mut p = dir.to_vec();
+                if !p.is_empty() {
+                    p.push(b'/');
                 }
+                p.extend_from_slice(n.as_bytes());
+                OsString::from_vec(p)
             };
             if json {
                 let mut out = Vec::new();
                 for e in &entries {
                     let mut v = serde_json::to_value(e)?;
-                    if long && e.name.to_str().is_some() {
-                        v["stat"] = serde_json::to_value(s.lstat(t, join(&e.name).as_str())?)?;
-                    } else if long {
-                        // Requests carry paths as UTF-8: this entry cannot
-                        // be named in one (its exact name is in name_bytes).
-                        v["stat"] = serde_json::Value::Null;
+                    if long {
+                        v["stat"] = serde_json::to_value(s.lstat(t, &join(&e.name))?)?;
                     }
                     out.push(v);
                 }
                 print_json_via(&serde_json::json!({ "entries": out }), via)?;
             } else {
                 for e in &entries {
-                    let name = crate::output::quoted(e.name.as_bytes());
-                    if long && e.name.to_str().is_none() {
-                        // Requests carry paths as UTF-8: this entry cannot
-                        // be named in one, so it is listed without its stat
-                        // (as `ls` lists an entry it cannot stat).
-                        println!("?????????? {:>10}  {:<13}  {name}", "?", "?");
-                    } else if long {
-                        let st = s.lstat(t, join(&e.name).as_str())?;
+                    let mut name = e.name.as_bytes().to_vec();
+                    if e.kind == FileKind::Dir {
+                        name.push(b'/');
+                    }
+                    let name = crate::output::quoted(&name);
+                    if long {
+                        let st = s.lstat(t, &join(&e.name))?;
                         let origin = match &st.origin {
                             agentfs_core::Origin::Active => "branch".to_string(),
                             agentfs_core::Origin::Committed(id) => format!("layer {id}"),
                             agentfs_core::Origin::Base => "base".to_string(),
                         };
                         println!(
-                            "{} {:>10}  {:<13}  {name}{}",
+                            "{} {:>10}  {:<13}  {name}",
                             mode_string(st.kind, st.mode),
                             st.size,
                             origin,
-                            if st.kind == FileKind::Dir { "/" } else { "" }
                         );
                     } else {
-                        println!("{name}{}", if e.kind == FileKind::Dir { "/" } else { "" });
+                        println!("{name}");
                     }
                 }
             }
         }
         FsCmd::Cat { at, path } => {
             let mut out = std::io::stdout().lock();
-            s.copy_file_to(tree(&at), path.as_str(), &mut out)?;
+            s.copy_file_to(tree(&at), &path, &mut out)?;
             out.flush()?;
         }
         FsCmd::Stat { at, path, json } => {
-            let st = s.lstat(tree(&at), path.as_str())?;
+            let st = s.lstat(tree(&at), &path)?;
             if json {
                 print_json_via(&st, via)?;
             } else {
@@ -235,7 +232,10 @@ pub fn run(s: &mut Backend, cmd: FsCmd) -> Result<ExitCode> {
             }
         }
         FsCmd::Readlink { at, path } => {
-            println!("{}", s.read_link(tree(&at), path.as_str())?);
+            // The target's exact bytes, as readlink(1) prints them.
+            let mut target = s.read_link(tree(&at), &path)?.into_vec();
+            target.push(b'\n');
+            std::io::stdout().lock().write_all(&target)?;
         }
         FsCmd::Write { branch, path, data } => {
             let bytes = match data {

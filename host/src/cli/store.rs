@@ -1,7 +1,7 @@
 //! Commands over the whole store: `agentfs init`, `agentfs diff`, and what
 //! every command shares (opening the store, JSON output, exit statuses).
 
-use std::{os::unix::ffi::OsStrExt, path::PathBuf, process::ExitCode};
+use std::{os::unix::ffi::OsStringExt, path::PathBuf, process::ExitCode};
 
 use agentfs_core::{CoreError, FileKind, InitOptions, LockWait, Store};
 use agentfs_host::Host;
@@ -83,10 +83,13 @@ pub fn diff(s: &Store, branch: &str, from: Option<&str>, json: bool) -> Result<E
         }))?;
     } else {
         for c in &changes {
-            let dir = if c.kind == FileKind::Dir { "/" } else { "" };
-            let path = c.path.components().join(std::ffi::OsStr::new("/"));
-            let path = crate::output::quoted(path.as_bytes());
-            println!("{} {path}{dir}", c.change.letter());
+            // A directory's slash goes inside the quotes, as git puts it.
+            let mut path = c.path.to_os_string().into_vec();
+            if c.kind == FileKind::Dir {
+                path.push(b'/');
+            }
+            let path = crate::output::quoted(&path);
+            println!("{} {path}", c.change.letter());
         }
     }
     Ok(ExitCode::SUCCESS)

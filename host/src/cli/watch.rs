@@ -10,6 +10,7 @@ use std::{io::Write, path::Path, process::ExitCode};
 use agentfs_plugin_api::watch::WatchApi;
 use agentfs_proto::{
     ClientError, DaemonFrame, Request, Response, WatchRegistration, WireCoreEvent, WireEventKind,
+    WirePath,
 };
 use agentfs_vocab::native::{flag_names, fsevents, inotify, kqueue};
 use anyhow::{bail, Result};
@@ -56,22 +57,29 @@ pub fn event_line(e: &WireCoreEvent, json: bool) -> String {
             "pid": e.pid,
             "kind": kind_name(e.kind),
             "branch": e.branch,
-            "path": e.path,
+            "path": e.path.to_string_lossy(),
             "is_dir": e.is_dir,
             "size_before": size(e.size_before),
             "size_after": size(e.size_after),
         });
+        // Names that are not UTF-8 keep their exact bytes beside the text.
+        if e.path.to_str().is_none() {
+            v["path_bytes"] = e.path.as_bytes().into();
+        }
         if !e.to.is_empty() {
-            v["to"] = e.to.clone().into();
+            v["to"] = e.to.to_string_lossy().into();
+            if e.to.to_str().is_none() {
+                v["to_bytes"] = e.to.as_bytes().into();
+            }
         }
         return v.to_string();
     }
     let dir = if e.is_dir { "/" } else { "" };
-    let q = |s: &str| crate::output::quoted(s.as_bytes()).into_owned();
+    let q = |p: &WirePath| crate::output::quoted(p.as_bytes()).into_owned();
     let what = match e.kind {
         WireEventKind::Renamed => format!("{}{dir} -> {}{dir}", q(&e.path), q(&e.to)),
         WireEventKind::BranchCreated => e.branch.clone(),
-        WireEventKind::SnapshotCreated => format!("{} {}", e.branch, e.to),
+        WireEventKind::SnapshotCreated => format!("{} {}", e.branch, q(&e.to)),
         _ => format!("{}{dir}", q(&e.path)),
     };
     format!("{} {} {what} (pid {})", e.seq, kind_name(e.kind), e.pid)
@@ -86,7 +94,7 @@ fn registration(api: NativeApi, branch: &str, path: &str) -> WatchRegistration {
             kqueue_id: 1,
             fd: 0,
             vnode_flags: kqueue::NOTE_ALL_VNODE,
-            path: path.to_string(),
+            path: path.into(),
             branch,
         },
         NativeApi::Fsevents => WatchRegistration::FsEvents {
@@ -102,7 +110,7 @@ fn registration(api: NativeApi, branch: &str, path: &str) -> WatchRegistration {
             pid,
             instance: 1,
             wd: 1,
-            path: path.to_string(),
+            path: path.into(),
             mask: inotify::IN_ALL_EVENTS,
             branch,
         },
@@ -126,7 +134,7 @@ pub fn run(
     let what = match native {
         None => match d.client.request(Request::Subscribe {
             branch: Some(branch.to_string()),
-            path: path.to_string(),
+            path: path.into(),
         })? {
             Response::Subscribed { .. } => "core events".to_string(),
             other => bail!("unexpected answer from the daemon: {other:?}"),

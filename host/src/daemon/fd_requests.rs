@@ -42,13 +42,13 @@ impl Daemon {
         let opened = if opts.modifies() {
             self.mutate(s.pid, |st| {
                 st.branch(&branch)
-                    .open(o.path.as_str(), &opts)
+                    .open(o.path.as_os_str(), &opts)
                     .map_err(core)
             })?
         } else {
             self.with_store(|st| {
                 st.branch(&branch)
-                    .open(o.path.as_str(), &opts)
+                    .open(o.path.as_os_str(), &opts)
                     .map_err(core)
             })?
         };

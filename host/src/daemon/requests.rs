@@ -80,7 +80,10 @@ impl Daemon {
                 .map_err(plugin_err),
             Request::Subscribe { branch, path } => {
                 let branch = self.branch_of(s, branch)?;
-                let prefix = normalize(&path).map_err(|e| invalid(e.to_string()))?;
+                let path = path.to_str().ok_or_else(|| {
+                    invalid(format!("{path}: a subscription prefix must be UTF-8"))
+                })?;
+                let prefix = normalize(path).map_err(|e| invalid(e.to_string()))?;
                 self.with_store(|st| st.branch(&branch).lstat("").map_err(core))?;
                 let subscription = self
                     .watch

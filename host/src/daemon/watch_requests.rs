@@ -1,11 +1,11 @@
 //! The daemon's watch requests: native watch registration and removal,
 //! and doorbells (how a registered process is woken).
 
-use std::os::fd::OwnedFd;
+use std::{ffi::OsStr, os::fd::OwnedFd};
 
 use agentfs_plugin_api::watch::{WatchApi, WatchSpec};
 use agentfs_proto::{Response, WatchRegistration, WireError};
-use agentfs_vocab::native::inotify::IN_DONT_FOLLOW;
+use agentfs_vocab::{codes, native::inotify::IN_DONT_FOLLOW};
 
 use super::{
     doorbell,
@@ -71,7 +71,7 @@ impl Daemon {
                 branch,
             } => {
                 let branch = self.branch_of(s, branch)?;
-                let (path, is_dir) = self.resolve_watched(&branch, &path, true)?;
+                let (path, is_dir) = self.resolve_watched(&branch, path.as_os_str(), true)?;
                 let spec = WatchSpec {
                     watch_id: 0,
                     pid: pid_or(pid),
@@ -95,7 +95,7 @@ impl Daemon {
             } => {
                 let branch = self.branch_of(s, branch)?;
                 let follow = mask & IN_DONT_FOLLOW == 0;
-                let (path, is_dir) = self.resolve_watched(&branch, &path, follow)?;
+                let (path, is_dir) = self.resolve_watched(&branch, path.as_os_str(), follow)?;
                 let spec = WatchSpec {
                     watch_id: 0,
                     pid: pid_or(pid),
@@ -121,12 +121,18 @@ impl Daemon {
     fn resolve_watched(
         &self,
         branch: &str,
-        path: &str,
+        path: &OsStr,
         follow: bool,
     ) -> Result<(String, bool), WireError> {
         self.with_store(|st| {
             let t = st.branch(branch);
             let canon = t.canonical(path, follow).map_err(core)?;
+            if canon.to_os_string().to_str().is_none() {
+                return Err(WireError::new(
+                    codes::UNSUPPORTED,
+                    format!("{canon}: a watched path must be UTF-8 (watch providers name paths as text)"),
+                ));
+            }
             let kind = if follow {
                 t.stat(&canon).map_err(core)?.kind
             } else {

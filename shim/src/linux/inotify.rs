@@ -23,7 +23,7 @@ use std::{
 use agentfs_proto::{Doorbell, DoorbellKind, Request, Response, WatchRegistration};
 use agentfs_vocab::native::inotify as ino;
 
-use super::{bytes, classify, fail, orig, resolve, text, to_high, with_daemon, Guard, Target};
+use super::{bytes, classify, fail, orig, resolve, to_high, wire, with_daemon, Guard, Target};
 use crate::resolve::{Errno, Resolved};
 
 /// Watch descriptors of branch watches start here (the kernel's are small).
@@ -265,7 +265,7 @@ fn add_watch(fd: c_int, path: &[u8], mask: u32) -> Result<c_int, Errno> {
         .map(|(wd, _)| *wd)
         .unwrap_or(inst.next_wd);
     let id = inst.id;
-    let path_text = text(&canon)?;
+    let path_text = wire(&canon);
     let r = with_daemon(|c| {
         c.request(Request::WatchRegister(WatchRegistration::Inotify {
             pid: pid(),

@@ -23,7 +23,7 @@ use rustix::fs::FileType;
 
 use super::{
     bytes, chain, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
-    fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, Guard, Target,
+    fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -1421,7 +1421,7 @@ fn mkdir_branch(rel: &[u8], mode: mode_t) -> Result<c_int, Errno> {
         Resolved::Found(_) => Err(libc::EEXIST),
         Resolved::Outside(_) => Err(libc::EXDEV),
         Resolved::Absent(c) => done(fs_op(FsOp::Mkdir {
-            path: text(&c)?,
+            path: wire(&c),
             mode: mode & 0o7777 & !umask_now(),
         })),
     }
@@ -1460,7 +1460,7 @@ fn remove_branch(rel: &[u8], dir: bool) -> Result<c_int, Errno> {
                 return Err(libc::ENOTDIR);
             }
             let r = done(fs_op(FsOp::Rmdir {
-                path: text(&e.path)?,
+                path: wire(&e.path),
             }));
             chain_changed();
             r
@@ -1470,7 +1470,7 @@ fn remove_branch(rel: &[u8], dir: bool) -> Result<c_int, Errno> {
                 return Err(libc::EISDIR);
             }
             done(fs_op(FsOp::Unlink {
-                path: text(&e.path)?,
+                path: wire(&e.path),
             }))
         }
         Resolved::Absent(_) => Err(libc::ENOENT),
@@ -1561,8 +1561,8 @@ unsafe fn rename_impl(
             return Ok(0);
         }
         let r = done(fs_op(FsOp::Rename {
-            from: text(&from)?,
-            to: text(&to)?,
+            from: wire(&from),
+            to: wire(&to),
         }));
         chain_changed();
         r
@@ -1604,8 +1604,8 @@ fn symlink_branch(target: Cp, rel: &[u8]) -> Result<c_int, Errno> {
         Resolved::Found(_) => Err(libc::EEXIST),
         Resolved::Outside(_) => Err(libc::EXDEV),
         Resolved::Absent(c) => done(fs_op(FsOp::Symlink {
-            target: text(t)?,
-            path: text(&c)?,
+            target: wire(t),
+            path: wire(&c),
         })),
     }
 }
@@ -1695,7 +1695,7 @@ fn chmod_branch(rel: &[u8], mode: mode_t, follow: bool) -> Result<c_int, Errno> 
     }
     let e = existing(rel, true)?;
     done(fs_op(FsOp::Chmod {
-        path: text(&e.path)?,
+        path: wire(&e.path),
         mode: mode & 0o7777,
     }))
 }
@@ -1836,7 +1836,7 @@ fn truncate_branch(rel: &[u8], len: i64) -> Result<c_int, Errno> {
         return Err(libc::EISDIR);
     }
     done(fs_op(FsOp::Truncate {
-        path: text(&e.path)?,
+        path: wire(&e.path),
         size: u64::try_from(len).map_err(|_| libc::EINVAL)?,
     }))
 }
@@ -1891,7 +1891,7 @@ fn set_times_branch(
         return Ok(0);
     }
     done(fs_op(FsOp::SetTimes {
-        path: text(&e.path)?,
+        path: wire(&e.path),
         atime_ns: t.0,
         mtime_ns: t.1,
     }))
@@ -2049,7 +2049,7 @@ fn setxattr_branch(
         unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()
     };
     done(fs_op(FsOp::SetXattr {
-        path: text(&e.path)?,
+        path: wire(&e.path),
         name: xattr_name(name)?,
         value,
     }))
@@ -2058,7 +2058,7 @@ fn setxattr_branch(
 fn removexattr_branch(rel: &[u8], follow: bool, name: Cp) -> Result<c_int, Errno> {
     let e = existing(rel, follow)?;
     done(fs_op(FsOp::RemoveXattr {
-        path: text(&e.path)?,
+        path: wire(&e.path),
         name: xattr_name(name)?,
     }))
 }

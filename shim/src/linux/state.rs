@@ -18,6 +18,7 @@ use std::{
 
 use agentfs_proto::{
     Client, ClientError, FdOpen, FdOpened, FsOp, FsReply, Hello, OpenFlags, Request, Response,
+    WirePath,
 };
 
 use crate::{
@@ -218,14 +219,19 @@ pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
 pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened, OwnedFd), Errno> {
     let open = FdOpen {
         branch: None,
-        path: String::from_utf8(path.to_vec()).map_err(|_| libc::EILSEQ)?,
+        path: wire(path),
         flags: OpenFlags::from_native(flags),
         mode,
     };
     with_daemon(|c| c.fd_open(open.clone()))
 }
 
-/// Path text for a request (the protocol's paths are UTF-8).
+/// A path for a request: its exact bytes, whatever they are.
+pub(crate) fn wire(p: &[u8]) -> WirePath {
+    WirePath::from(p)
+}
+
+/// Text for a request field that must be UTF-8 (an xattr name).
 pub(crate) fn text(p: &[u8]) -> Result<String, Errno> {
     String::from_utf8(p.to_vec()).map_err(|_| libc::EILSEQ)
 }
