@@ -332,6 +332,106 @@ fn git_add_and_commit_in_a_branch_leave_the_base_git_untouched() {
 /// True when an ELF64 file asks for a program interpreter (a `PT_INTERP`
 /// program header): it is dynamically linked. (A static busybox still
 /// holds the string "ld-linux" for its own applets.)
+#[test]
+fn make_and_cc_build_a_c_project_in_the_branch() {
+    if !have("make", "make_and_cc") || !have("cc", "make_and_cc") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["sh", "-c"],
+        r#"set -e
+mkdir -p csrc
+cat > csrc/greet.h <<'END'
+const char *greet(void);
+END
+cat > csrc/greet.c <<'END'
+#include "greet.h"
+const char *greet(void) { return "hello from the branch"; }
+END
+cat > csrc/main.c <<'END'
+#include <stdio.h>
+#include "greet.h"
+int main(void) { puts(greet()); return 0; }
+END
+cat > csrc/Makefile <<'END'
+app: main.o greet.o
+	$(CC) -o $@ main.o greet.o
+%.o: %.c greet.h
+	$(CC) -c -o $@ $<
+clean:
+	rm -f app *.o
+END
+make -s -C csrc
+./csrc/app
+make -s -C csrc | wc -l
+touch csrc/greet.h
+make -C csrc | grep -c '^cc' || true
+make -s -C csrc clean
+ls csrc | LC_ALL=C sort
+"#,
+    );
+    assert!(out.starts_with("hello from the branch\n0\n3\n"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&["A csrc/", "A csrc/Makefile", "A csrc/main.c"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn tar_extracts_and_creates_archives_in_the_branch() {
+    if !have("tar", "tar") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // The archive is made outside both trees, from a copy of `src`; the
+    // one made inside is removed at the end (it records mtimes, which
+    // differ between the two runs).
+    let archive = e.cli.dir.join("src.tar");
+    let o = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&e.native)
+        .arg("src")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar -c: {o:?}");
+    let script = format!(
+        "set -e; mkdir unpacked; tar -xf {a} -C unpacked; tar -xf {a} --overwrite; \
+         tar -cf mine.tar src unpacked; tar -tf mine.tar | LC_ALL=C sort; \
+         rm -rf unpacked; tar -xf mine.tar unpacked; ls -R unpacked | LC_ALL=C sort; \
+         tar -cf - src | tar -tvf - | wc -l; rm mine.tar",
+        a = archive.display()
+    );
+    let out = e.same(&["sh", "-c"], &script);
+    assert!(out.contains("unpacked/src/main.rs"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&["A unpacked/", "A unpacked/src/nested/deep.txt"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn sqlite3_writes_a_database_in_the_branch() {
+    if !have("sqlite3", "sqlite3") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(
+        &["sh", "-c"],
+        "set -e; sqlite3 app.db 'create table t(a integer, b text);' \
+         'begin;' 'insert into t values (1, \"one\");' 'insert into t values (2, \"two\");' 'commit;'; \
+         sqlite3 app.db 'pragma journal_mode=wal;' 'insert into t values (3, \"three\");'; \
+         sqlite3 app.db 'pragma integrity_check;' 'select a, b from t order by a;'; \
+         ls app.db*",
+    );
+    assert_eq!(out, "wal\nok\n1|one\n2|two\n3|three\napp.db\n", "{out}");
+    e.assert_diff_has(&["A app.db"]);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
