@@ -131,6 +131,10 @@ enum Command {
         /// with an error frame and a log line.
         #[arg(long, value_name = "N", default_value_t = daemon::limits::DEFAULT_MAX_CONNECTIONS_PER_UID)]
         max_connections_per_uid: usize,
+        /// Stop when the last client disconnects (how `agentfs run` starts
+        /// a private daemon: it lives as long as some process uses it).
+        #[arg(long)]
+        exit_when_idle: bool,
     },
     /// Print a branch's file events as they happen, through the daemon.
     Watch {
@@ -308,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             base,
             shutdown_timeout,
             max_connections_per_uid,
+            exit_when_idle,
         } => {
             let opts = ServeOptions {
                 socket,
@@ -319,6 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shutdown_timeout: std::time::Duration::try_from_secs_f64(shutdown_timeout)
                     .context("--shutdown-timeout: give a number of seconds")?,
                 max_connections_per_uid,
+                exit_when_idle,
             };
             serve(&h, opts)
         }

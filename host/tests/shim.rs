@@ -432,6 +432,72 @@ fn sqlite3_writes_a_database_in_the_branch() {
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
 
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Blocks until process `pid` (not our child) has exited, or `limit`.
+fn wait_for_exit(pid: i32, limit: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return true; // already gone
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd; then closing our pidfd.
+    let n = unsafe { libc::poll(&mut p, 1, limit.as_millis() as i32) };
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+#[test]
+fn a_private_daemon_serves_background_processes_then_stops_when_the_last_leaves() {
+    if !have("sh", "private_daemon_lifetime") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let (go, done) = (e.cli.dir.join("go.fifo"), e.cli.dir.join("done.fifo"));
+    mkfifo(&go);
+    mkfifo(&done);
+    // The program leaves a background process that has not touched the
+    // branch yet, and exits.
+    let script = format!(
+        "(read x < {go}; echo late > late.txt; echo ok > {done}) </dev/null >/dev/null 2>&1 &",
+        go = go.display(),
+        done = done.display()
+    );
+    let o = e.run(&["sh", "-c", &script]);
+    assert!(o.status.success(), "{o:?}");
+    // Its daemon still serves (the background process is its client).
+    let st: serde_json::Value = serde_json::from_str(&e.cli.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["via"], "daemon", "{st}");
+    let pid = st["daemon"]["pid"].as_i64().unwrap() as i32;
+    // Let it go on: it writes in the branch, then says so and exits.
+    fs::write(&go, "go\n").unwrap();
+    assert_eq!(fs::read_to_string(&done).unwrap(), "ok\n");
+    assert!(
+        wait_for_exit(pid, std::time::Duration::from_secs(60)),
+        "the private daemon did not stop after its last client"
+    );
+    assert!(
+        !e.cli.dir.join("no-daemon.sock").exists(),
+        "its socket is left"
+    );
+    assert_eq!(
+        e.cli.ok(&["fs", "cat", "--branch", "b", "late.txt"]),
+        "late\n"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;

@@ -50,6 +50,10 @@ pub enum ClientError {
     Closed,
 }
 
+/// How many times [`Client::connect`] retries a daemon that closed the
+/// connection before its welcome.
+const CONNECT_ATTEMPTS: u32 = 5;
+
 impl From<io::Error> for ClientError {
     fn from(e: io::Error) -> Self {
         Self::Frame(FrameError::Io(e))
@@ -70,6 +74,21 @@ impl ClientError {
             Self::Connect { error, .. } => matches!(
                 error.raw_os_error(),
                 Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ),
+            _ => false,
+        }
+    }
+
+    /// True when the daemon closed the connection before answering the
+    /// hello (it is stopping).
+    fn is_closed_before_welcome(&self) -> bool {
+        match self {
+            Self::Closed => true,
+            Self::Frame(FrameError::Io(e)) => matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
             ),
             _ => false,
         }
@@ -102,12 +121,27 @@ pub struct Client {
 
 impl Client {
     /// Connects to the socket at `path` and handshakes with `hello`.
+    ///
+    /// A daemon that closes the connection before answering the hello is
+    /// on its way out (it stops when idle, or was signalled): the connect
+    /// is tried again, a few times, so the caller meets either a daemon
+    /// that answers or none at all ([`ClientError::is_no_daemon`]).
     pub fn connect(path: &Path, hello: Hello) -> Result<Self, ClientError> {
-        let sock = UnixStream::connect(path).map_err(|error| ClientError::Connect {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Self::handshake(sock, hello)
+        let mut attempts = 0;
+        loop {
+            let sock = UnixStream::connect(path).map_err(|error| ClientError::Connect {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            match Self::handshake(sock, hello.clone()) {
+                Err(e) if e.is_closed_before_welcome() && attempts < CONNECT_ATTEMPTS => {
+                    attempts += 1;
+                    // Give its socket file time to go (10 ms, 20 ms, ...).
+                    std::thread::sleep(Duration::from_millis(5 << attempts));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Handshakes over an already connected socket.
@@ -151,6 +185,12 @@ impl Client {
     /// What the daemon answered to the handshake.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The connection's socket, taken out of the client (the connection
+    /// stays open, handshaken, while the socket lives).
+    pub fn into_socket(self) -> UnixStream {
+        self.sock
     }
 
     /// The socket (to poll it, or to set timeouts).

@@ -3,7 +3,8 @@
 //! `LD_PRELOAD` and told (by environment) which daemon to talk to, which
 //! branch, and where the branch is visible (the base's own path by
 //! default). When no daemon serves the store, a private one is started
-//! for the run and stopped after it. Where the kernel allows, the program
+//! (`serve --exit-when-idle`): it stops when the last process using it has
+//! gone, so background processes the program leaves keep their branch. Where the kernel allows, the program
 //! runs in a private mount namespace in which the base and the store are
 //! read-only, so a write that bypasses the shim (a static binary, a raw
 //! syscall) fails with EROFS instead of touching them.
@@ -11,9 +12,12 @@
 use std::{
     ffi::{CString, OsString},
     io::{BufRead, BufReader, Read},
-    os::unix::{
-        ffi::OsStrExt,
-        process::{CommandExt, ExitStatusExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt,
+            process::{CommandExt, ExitStatusExt},
+        },
     },
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
@@ -72,14 +76,27 @@ pub fn global_args(
     v
 }
 
-/// A daemon this run started, stopped when dropped.
-struct PrivateDaemon(Child);
+/// A daemon this run started (with `--exit-when-idle`): stopped when
+/// dropped before [`PrivateDaemon::serving`] (no client ever came, so it
+/// would never be idle); after it, it stops by itself when the last
+/// process using it has gone, which may be after this run.
+struct PrivateDaemon(Option<Child>);
+
+impl PrivateDaemon {
+    /// A client is connected: from now on the daemon's own idle rule
+    /// decides when it stops.
+    fn serving(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for PrivateDaemon {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.0.wait();
+        if let Some(child) = &mut self.0 {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
     }
 }
 
@@ -91,7 +108,10 @@ fn hello() -> Hello {
 fn start_daemon(socket: &Path, global: &[OsString], init: bool) -> Result<PrivateDaemon> {
     let exe = std::env::current_exe().context("the agentfs executable")?;
     let mut c = Command::new(exe);
-    c.args(global).arg("--socket").arg(socket).arg("serve");
+    c.args(global)
+        .arg("--socket")
+        .arg(socket)
+        .args(["serve", "--exit-when-idle"]);
     if init {
         c.arg("--init");
     }
@@ -121,7 +141,7 @@ fn start_daemon(socket: &Path, global: &[OsString], init: bool) -> Result<Privat
     if let Some(mut e) = child.stderr.take() {
         std::thread::spawn(move || std::io::copy(&mut e, &mut std::io::stderr()));
     }
-    Ok(PrivateDaemon(child))
+    Ok(PrivateDaemon(Some(child)))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -168,7 +188,8 @@ pub fn run(
     }
     let socket = absolute(socket)?;
     let shim = find_shim()?;
-    let mut private = None;
+    // This connection stays open until the program has exited: a private
+    // daemon lives while some client is connected.
     let mut client = match Client::connect(&socket, hello()) {
         Ok(c) => c,
         Err(e) if e.is_no_daemon() => {
@@ -176,8 +197,10 @@ pub fn run(
             if !exists && !args.create {
                 bail!("no store yet: run `agentfs init`, or pass --create");
             }
-            private = Some(start_daemon(&socket, global, !exists)?);
-            Client::connect(&socket, hello())?
+            let private = start_daemon(&socket, global, !exists)?;
+            let c = Client::connect(&socket, hello())?;
+            private.serving();
+            c
         }
         Err(e) => return Err(e.into()),
     };
@@ -216,13 +239,17 @@ pub fn run(
         Response::Status(st) => PathBuf::from(&st.backstore.root),
         other => bail!("unexpected answer from the daemon: {other:?}"),
     };
-    drop(client);
 
     let mut preload = shim.as_os_str().to_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
         preload.push(old);
     }
+    // A connection every process of the run inherits (not close-on-exec),
+    // so the daemon counts the run as a client while any of its processes
+    // lives, background ones included, whether or not they have used the
+    // branch yet. Dropped (in this process) when the function returns.
+    let _keepalive = inheritable_connection(&socket)?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", &preload)
@@ -278,13 +305,28 @@ pub fn run(
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
     let status = child.wait().context("wait for the program")?;
-    drop(private);
+    drop(client);
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// A handshaken connection to the daemon on a high fd number without
+/// close-on-exec, for the run's processes to inherit.
+fn inheritable_connection(socket: &Path) -> Result<OwnedFd> {
+    let c = Client::connect(socket, hello())?;
+    let sock: OwnedFd = c.into_socket().into();
+    // SAFETY: F_DUPFD on an fd we own gives a new one we own (without
+    // FD_CLOEXEC); the original is closed when `sock` drops.
+    let high = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD, 900) };
+    if high < 0 {
+        return Err(std::io::Error::last_os_error()).context("keep a daemon connection");
+    }
+    // SAFETY: `high` is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
 /// The read-only safety net, prepared before the fork: a private mount

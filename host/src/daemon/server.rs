@@ -5,11 +5,15 @@
 //! runs (a RAM volume is unmounted and deleted). The clean shutdown is
 //! bounded: past [`ServeOptions::shutdown_timeout`], or at a second signal,
 //! the process exits at once (a request stuck in the kernel or in a plugin
-//! cannot keep it alive).
+//! cannot keep it alive). With [`ServeOptions::exit_when_idle`] the same
+//! clean shutdown also starts when the last connection ends.
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -42,6 +46,44 @@ pub struct ServeOptions {
     /// How long a clean shutdown may take after SIGTERM or SIGINT before
     /// the daemon exits anyway (a second signal exits at once).
     pub shutdown_timeout: Duration,
+    /// Stop (cleanly, as on SIGTERM) when the last connection ends.
+    pub exit_when_idle: bool,
+}
+
+/// Connections from accept until their task ends; says when the count
+/// drops to zero.
+struct Live {
+    count: AtomicUsize,
+    idle_tx: channel::Sender<()>,
+    idle_rx: channel::Receiver<()>,
+}
+
+impl Live {
+    fn new() -> Arc<Self> {
+        let (idle_tx, idle_rx) = channel::bounded(1);
+        Arc::new(Self {
+            count: AtomicUsize::new(0),
+            idle_tx,
+            idle_rx,
+        })
+    }
+
+    /// Counts a connection until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(self.clone())
+    }
+}
+
+/// One counted connection.
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.0.idle_tx.try_send(());
+        }
+    }
 }
 
 /// The default of [`ServeOptions::shutdown_timeout`].
@@ -148,11 +190,15 @@ pub fn serve(
             }
         }
         ready(bound.path());
-        let sig = accept_until_stopped(&ex, &listener, &stop_rx, &daemon, uid);
+        let idle = opts.exit_when_idle.then(Live::new);
+        let sig = accept_until_stopped(&ex, &listener, &stop_rx, &daemon, uid, idle);
         drop(run_tx); // the other executor threads return
         sig
     });
-    tracing::info!(signal = ?sig, "stopping");
+    match sig {
+        Some(sig) => tracing::info!(signal = ?sig, "stopping"),
+        None => tracing::info!("stopping: the last client has gone"),
+    }
     // No new clients: the socket file goes. Connection tasks end with the
     // executor. Requests still running finish; then the store and its
     // backstore are dropped (RAII cleanup).
@@ -163,30 +209,62 @@ pub fn serve(
     Ok(())
 }
 
-/// Accepts connections, one task each, until a signal comes.
+/// What ends the accept loop.
+enum Stop {
+    Signal(Option<Signal>),
+    Idle,
+}
+
+/// Accepts connections, one task each, until a signal comes (`Some`), or,
+/// with `idle`, until the last connection has ended (`None`).
 fn accept_until_stopped(
     ex: &Executor<'_>,
     listener: &Async<std::os::unix::net::UnixListener>,
     stop_rx: &channel::Receiver<Signal>,
     daemon: &Arc<Daemon>,
     uid: u32,
+    idle: Option<Arc<Live>>,
 ) -> Option<Signal> {
     smol::block_on(ex.run(async {
         loop {
+            let stopped = future::or(async { Stop::Signal(stop_rx.recv().await.ok()) }, async {
+                match &idle {
+                    Some(l) => {
+                        let _ = l.idle_rx.recv().await;
+                        Stop::Idle
+                    }
+                    None => future::pending().await,
+                }
+            });
             let next = future::or(async { Ok(listener.accept().await) }, async {
-                Err(stop_rx.recv().await)
+                Err(stopped.await)
             })
             .await;
             match next {
                 Ok(Ok((stream, _))) => {
-                    ex.spawn(connection::run(daemon.clone(), stream, uid))
-                        .detach();
+                    // Counted from here, before its task first runs, so
+                    // a connection being set up is never taken for idle.
+                    let live = idle.as_ref().map(|l| l.enter());
+                    let d = daemon.clone();
+                    ex.spawn(async move {
+                        connection::run(d, stream, uid).await;
+                        drop(live);
+                    })
+                    .detach();
                 }
                 Ok(Err(e)) => {
                     // EMFILE and the like: keep serving those connected.
                     tracing::warn!(error = %e, "accept failed");
                 }
-                Err(sig) => break sig.ok(),
+                Err(Stop::Signal(sig)) => break sig,
+                Err(Stop::Idle) => {
+                    if idle
+                        .as_ref()
+                        .is_some_and(|l| l.count.load(Ordering::SeqCst) == 0)
+                    {
+                        break None;
+                    }
+                }
             }
         }
     }))
