@@ -694,6 +694,113 @@ fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
 
+/// `agentfs serve --init` for the environment's socket, ready when this
+/// returns; stopped (SIGTERM, waited for) by [`stop_daemon`].
+fn start_daemon(e: &Env) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut d = e
+        .cli
+        .cmd()
+        .args(["serve", "--init"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(d.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready on"), "{line}");
+    d
+}
+
+fn stop_daemon(mut d: std::process::Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+}
+
+#[test]
+fn inotifywait_survives_a_daemon_restart() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    if !have("inotifywait", "inotify restart") {
+        return;
+    }
+    let e = Env::new(false);
+    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
+    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
+    fs::write(&e.cli.config, cfg).unwrap();
+    let before = fingerprint(&e.base);
+    let daemon = start_daemon(&e);
+    let mut w = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .env("AGENTFS_SHIM_LOG", "1")
+        .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
+        .arg("echo $$ >&2; exec inotifywait -m -e create --format '%e %f' docs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines() {
+                if tx.send(l.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let err = lines(Box::new(w.stderr.take().unwrap()));
+    let out = lines(Box::new(w.stdout.take().unwrap()));
+    let next = |rx: &mpsc::Receiver<String>, what: &str| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the watcher said nothing for a minute ({what})"))
+    };
+    let wait_for = |rx: &mpsc::Receiver<String>, what: &str| loop {
+        if next(rx, what).contains(what) {
+            break;
+        }
+    };
+    let pid: i32 = loop {
+        if let Ok(p) = next(&err, "pid").trim().parse() {
+            break p;
+        }
+    };
+    wait_for(&err, "Watches established");
+    let write = |name: &str| {
+        let o = e
+            .cli
+            .cmd()
+            .current_dir(&e.base)
+            .args(["run", "--branch", "b", "--", "sh", "-c"])
+            .arg(format!("echo x > docs/{name}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    write("before.txt");
+    assert_eq!(next(&out, "first event"), "CREATE before.txt");
+    // The daemon goes away and a new one serves the same socket: the
+    // watcher's shim registers its watch again, unprompted.
+    stop_daemon(daemon);
+    let daemon = start_daemon(&e);
+    wait_for(&err, "watches registered again");
+    write("after.txt");
+    assert_eq!(next(&out, "event after the restart"), "CREATE after.txt");
+    // SAFETY: signalling the watcher we started, by the pid it printed.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = w.wait();
+    stop_daemon(daemon);
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
 /// Each interposed entry point called directly (through `ctypes`, which
 /// looks symbols up in the global scope, so the preloaded shim's come
 /// first), one row per function with the result the branch must give.

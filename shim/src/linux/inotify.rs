@@ -15,7 +15,7 @@ use std::{
     ffi::{c_char, c_int},
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Mutex, MutexGuard,
     },
 };
@@ -40,9 +40,19 @@ pub(crate) struct Instance {
     /// The kernel inotify fd for paths outside the branch, and the write
     /// end of the pipe that stops its forwarding thread.
     kernel: Option<(RawFd, OwnedFd)>,
-    /// Branch wd -> (daemon watch id, canonical path).
-    watches: HashMap<i32, (u64, Vec<u8>)>,
+    /// Branch wd -> its registration.
+    watches: HashMap<i32, BranchWatch>,
     next_wd: i32,
+}
+
+/// A watch on a branch path, as registered with the daemon.
+struct BranchWatch {
+    /// The daemon's id for it.
+    id: u64,
+    /// Branch-relative canonical path.
+    path: Vec<u8>,
+    /// The mask in effect (`IN_MASK_ADD` applied).
+    mask: u32,
 }
 
 static INSTANCES: Mutex<Option<HashMap<RawFd, Instance>>> = Mutex::new(None);
@@ -258,12 +268,12 @@ fn add_watch(fd: c_int, path: &[u8], mask: u32) -> Result<c_int, Errno> {
         Resolved::Absent(_) => return Err(libc::ENOENT),
         Resolved::Outside(_) => return Err(libc::EXDEV),
     };
-    let wd = inst
-        .watches
-        .iter()
-        .find(|(_, (_, p))| *p == canon)
-        .map(|(wd, _)| *wd)
-        .unwrap_or(inst.next_wd);
+    let existing = inst.watches.iter().find(|(_, w)| w.path == canon);
+    let wd = existing.map(|(wd, _)| *wd).unwrap_or(inst.next_wd);
+    let effective = match existing {
+        Some((_, w)) if mask & ino::IN_MASK_ADD != 0 => w.mask | (mask & !ino::IN_MASK_ADD),
+        _ => mask & !ino::IN_MASK_ADD,
+    };
     let id = inst.id;
     let path_text = wire(&canon);
     let r = with_daemon(|c| {
@@ -283,7 +293,15 @@ fn add_watch(fd: c_int, path: &[u8], mask: u32) -> Result<c_int, Errno> {
     if wd >= inst.next_wd {
         inst.next_wd = wd + 1;
     }
-    inst.watches.insert(wd, (watch_id, canon));
+    inst.watches.insert(
+        wd,
+        BranchWatch {
+            id: watch_id,
+            path: canon,
+            mask: effective,
+        },
+    );
+    ensure_reconnector();
     Ok(wd)
 }
 
@@ -348,7 +366,7 @@ pub unsafe extern "C" fn inotify_rm_watch(fd: c_int, wd: c_int) -> c_int {
             None => fail(libc::EINVAL),
         };
     }
-    let Some((watch_id, _)) = inst.watches.remove(&wd) else {
+    let Some(BranchWatch { id: watch_id, .. }) = inst.watches.remove(&wd) else {
         return fail(libc::EINVAL);
     };
     let rec = ignored(wd);
@@ -364,6 +382,106 @@ pub unsafe extern "C" fn inotify_rm_watch(fd: c_int, wd: c_int) -> c_int {
     drop(g);
     let _ = with_daemon(|c| c.request(Request::WatchUnregister { watch_id }));
     0
+}
+
+/// The process whose reconnect thread runs (0: none; a forked child has
+/// none until it makes a branch watch of its own).
+static RECONNECTOR: AtomicU32 = AtomicU32::new(0);
+
+/// Starts this process's reconnect thread, once: it holds a connection of
+/// its own to notice the daemon going away, and when a daemon serves the
+/// socket again, hands it every instance's doorbell and watch again (the
+/// program's fds and watch descriptors stay the same).
+fn ensure_reconnector() {
+    let me = pid();
+    if RECONNECTOR.swap(me, Ordering::AcqRel) == me {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("agentfs-reconnect".into())
+        .spawn(reconnect_loop);
+    if spawned.is_err() {
+        RECONNECTOR.store(0, Ordering::Release);
+    }
+}
+
+fn reconnect_loop() {
+    // Everything this thread does is the shim's own work: the sockets it
+    // opens and closes must pass through the interposers untouched.
+    let Some(_inside) = Guard::enter() else {
+        RECONNECTOR.store(0, Ordering::Release);
+        return;
+    };
+    let mut lost = false;
+    let mut backoff_ms = 10u64;
+    while COUNT.load(Ordering::Relaxed) > 0 {
+        let Ok(conn) = super::open_connection() else {
+            // No daemon yet: try again, less often the longer it takes.
+            lost = true;
+            std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms * 2).min(1000);
+            continue;
+        };
+        backoff_ms = 10;
+        if lost {
+            let n = reregister_all();
+            super::shim_log(&format!("daemon back: {n} watches registered again"));
+        }
+        // The daemon sends nothing on this connection: a read returns when
+        // it goes away.
+        let mut b = [0u8; 1];
+        // SAFETY: a one-byte read into our buffer on our socket.
+        let _ = unsafe { libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 1, 0) };
+        lost = true;
+    }
+    RECONNECTOR.store(0, Ordering::Release);
+}
+
+/// Registers every instance's doorbell and watches with the daemon again;
+/// returns how many watches were registered.
+fn reregister_all() -> usize {
+    let mut n = 0;
+    let mut g = lock_instances();
+    let Some(m) = g.as_mut() else {
+        return 0;
+    };
+    for inst in m.values_mut() {
+        let id = inst.id;
+        let bell = with_daemon(|c| {
+            c.request_with_fd(
+                Request::Doorbell(Doorbell {
+                    pid: pid(),
+                    instance: id,
+                    kind: DoorbellKind::InotifySocket,
+                }),
+                std::os::fd::AsFd::as_fd(&inst.writer),
+            )
+        });
+        if bell != Ok(Response::Done) {
+            super::shim_log("the daemon refused an inotify doorbell again");
+            continue;
+        }
+        for (wd, w) in inst.watches.iter_mut() {
+            let r = with_daemon(|c| {
+                c.request(Request::WatchRegister(WatchRegistration::Inotify {
+                    pid: pid(),
+                    instance: id,
+                    wd: *wd,
+                    path: wire(&w.path),
+                    mask: w.mask,
+                    branch: None,
+                }))
+            });
+            match r {
+                Ok(Response::WatchRegistered { watch_id, .. }) => {
+                    w.id = watch_id;
+                    n += 1;
+                }
+                other => super::shim_log(&format!("watch {wd} not registered again: {other:?}")),
+            }
+        }
+    }
+    n
 }
 
 /// After the program read from fd `fd`: acknowledge the daemon's delivery
@@ -409,8 +527,8 @@ pub(crate) fn closed(fd: c_int) {
             libc::syscall(libc::SYS_close, k);
         }
     }
-    for (watch_id, _) in inst.watches.into_values() {
-        let _ = with_daemon(|c| c.request(Request::WatchUnregister { watch_id }));
+    for w in inst.watches.into_values() {
+        let _ = with_daemon(|c| c.request(Request::WatchUnregister { watch_id: w.id }));
     }
 }
 

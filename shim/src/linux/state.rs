@@ -145,6 +145,13 @@ fn connect(cfg: &Config) -> Result<Conn, ClientError> {
     })
 }
 
+/// A new connection of its own to the daemon (handshaken), as a socket.
+pub(crate) fn open_connection() -> Result<OwnedFd, ClientError> {
+    let cfg = config().ok_or(ClientError::Closed)?;
+    let c = connect(cfg)?;
+    Ok(c.client.into_socket().into())
+}
+
 fn errno_of(e: &ClientError) -> Errno {
     match e {
         ClientError::Daemon(w) if w.errno != 0 => w.errno,
