@@ -29,6 +29,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     ffi::{CString, OsStr},
     os::unix::ffi::OsStrExt,
+    sync::Arc,
 };
 
 use agentfs_core::{decode_name, encode_name, whiteout_name, Decoded, OPAQUE_MARKER};
@@ -59,7 +60,7 @@ pub struct Chain {
     /// The absolute path at which processes see the branch root.
     pub visible_root: Vec<u8>,
     root_frame: Vec<(usize, Vec<u8>)>,
-    dirs: std::sync::Mutex<DirCache>,
+    dirs: std::sync::RwLock<DirCache>,
 }
 
 /// Frames of directories resolved before, by branch path as asked, valid
@@ -68,7 +69,17 @@ pub struct Chain {
 struct DirCache {
     stamp: u64,
     frames: std::collections::HashMap<Vec<u8>, (Vec<u8>, Frame)>,
+    /// Stored names (entries, whiteouts, markers) of layer directories
+    /// above the base, by physical path; `None` for one too big to keep.
+    names: std::collections::HashMap<Vec<u8>, Option<Names>>,
 }
+
+/// The stored names of one layer directory.
+type Names = Arc<HashSet<Vec<u8>>>;
+
+/// Layer directories with more names than this are not listed into the
+/// cache (lookups in them cost syscalls instead).
+const MAX_CACHED_NAMES: usize = 4096;
 
 type Frame = Vec<(usize, Vec<u8>)>;
 
@@ -163,8 +174,20 @@ impl Chain {
             layers,
             visible_root,
             root_frame,
-            dirs: std::sync::Mutex::new(DirCache::default()),
+            dirs: std::sync::RwLock::new(DirCache::default()),
         })
+    }
+
+    /// The same chain with an empty cache, made without a syscall (for a
+    /// forked child: a thread of the parent may have held the cache's lock
+    /// at the fork, and that thread does not exist in the child).
+    pub fn fresh_copy(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            visible_root: self.visible_root.clone(),
+            root_frame: self.root_frame.clone(),
+            dirs: std::sync::RwLock::new(DirCache::default()),
+        }
     }
 
     fn stored(&self, idx: usize, name: &[u8]) -> Option<Vec<u8>> {
@@ -177,8 +200,13 @@ impl Chain {
         }
     }
 
-    fn has_whiteout(&self, dir: &[u8], name: &[u8]) -> Result<bool, Errno> {
+    fn has_whiteout(&self, stamp: Option<u64>, dir: &[u8], name: &[u8]) -> Result<bool, Errno> {
         let (w, hashed) = whiteout_name(OsStr::from_bytes(name));
+        if let Some(names) = self.layer_names(stamp, dir) {
+            if !names.contains(w.as_bytes()) {
+                return Ok(false);
+            }
+        }
         let p = child(dir, w.as_bytes());
         match lstat(&p)? {
             None => Ok(false),
@@ -187,28 +215,72 @@ impl Chain {
         }
     }
 
-    fn is_opaque(&self, idx: usize, dir: &[u8]) -> Result<bool, Errno> {
+    fn is_opaque(&self, stamp: Option<u64>, idx: usize, dir: &[u8]) -> Result<bool, Errno> {
         if self.layers[idx].base {
             return Ok(false);
         }
+        if let Some(names) = self.layer_names(stamp, dir) {
+            return Ok(names.contains(OPAQUE_MARKER.as_bytes()));
+        }
         Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
+    }
+
+    /// May layer directory `dir` (above the base) hold stored name
+    /// `stored`? From its cached listing while the namespace counter stays
+    /// `stamp` (one `getdents` per directory instead of an `lstat` per
+    /// name looked up in it); true when nothing is cached.
+    fn may_hold(&self, stamp: Option<u64>, dir: &[u8], stored: &[u8]) -> bool {
+        self.layer_names(stamp, dir)
+            .is_none_or(|names| names.contains(stored))
+    }
+
+    /// The stored names of layer directory `dir`, listed once per value of
+    /// the namespace counter; `None` without a counter, or for a directory
+    /// too big to keep or that cannot be read.
+    fn layer_names(&self, stamp: Option<u64>, dir: &[u8]) -> Option<Names> {
+        let stamp = stamp?;
+        {
+            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            if c.stamp == stamp {
+                if let Some(known) = c.names.get(dir) {
+                    return known.clone();
+                }
+            }
+        }
+        let listed = list_names(dir).map(Arc::new);
+        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
+            c.frames.clear();
+            c.names.clear();
+            c.stamp = stamp;
+        }
+        c.names.insert(dir.to_vec(), listed.clone());
+        listed
     }
 
     /// `name` in the merged directory `frame`. With `BaseBelow`, no layer
     /// above a base that is not the frame's only part holds or hides it
     /// (the caller looks in the base itself, with the rest of its path).
-    fn lookup(&self, frame: &[(usize, Vec<u8>)], name: &[u8]) -> Result<Lookup, Errno> {
+    fn lookup(
+        &self,
+        stamp: Option<u64>,
+        frame: &[(usize, Vec<u8>)],
+        name: &[u8],
+    ) -> Result<Lookup, Errno> {
         for (pos, (idx, dir)) in frame.iter().enumerate() {
-            if pos > 0 && self.layers[*idx].base {
+            let base = self.layers[*idx].base;
+            if pos > 0 && base {
                 return Ok(Lookup::BaseBelow);
             }
             if let Some(stored) = self.stored(*idx, name) {
-                let p = child(dir, &stored);
-                if let Some(st) = lstat(&p)? {
-                    return Ok(Lookup::Hit((pos, p, st)));
+                if base || self.may_hold(stamp, dir, &stored) {
+                    let p = child(dir, &stored);
+                    if let Some(st) = lstat(&p)? {
+                        return Ok(Lookup::Hit((pos, p, st)));
+                    }
                 }
             }
-            if !self.layers[*idx].base && self.has_whiteout(dir, name)? {
+            if !base && self.has_whiteout(stamp, dir, name)? {
                 return Ok(Lookup::Missing);
             }
         }
@@ -218,35 +290,37 @@ impl Chain {
     /// The merged directory `name`, found at `pos` of `frame` as `phys`.
     fn frame_of(
         &self,
+        stamp: Option<u64>,
         frame: &[(usize, Vec<u8>)],
         pos: usize,
         phys: Vec<u8>,
         name: &[u8],
     ) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
         let top = frame[pos].0;
-        let stop = self.is_opaque(top, &phys)?;
+        let stop = self.is_opaque(stamp, top, &phys)?;
         let mut parts = vec![(top, phys)];
         if stop {
             return Ok(parts);
         }
         for (idx, dir) in &frame[pos + 1..] {
             let Some(stored) = self.stored(*idx, name) else {
-                if self.has_whiteout(dir, name)? {
+                if self.has_whiteout(stamp, dir, name)? {
                     break;
                 }
                 continue;
             };
             let p = child(dir, &stored);
-            match lstat(&p)? {
+            let held = self.layers[*idx].base || self.may_hold(stamp, dir, &stored);
+            match if held { lstat(&p)? } else { None } {
                 Some(st) if kind_of(&st) == FileType::Directory => {
-                    let opaque = self.is_opaque(*idx, &p)?;
+                    let opaque = self.is_opaque(stamp, *idx, &p)?;
                     parts.push((*idx, p));
                     if opaque {
                         break;
                     }
                 }
                 Some(_) => break,
-                None if !self.layers[*idx].base && self.has_whiteout(dir, name)? => break,
+                None if !self.layers[*idx].base && self.has_whiteout(stamp, dir, name)? => break,
                 None => {}
             }
         }
@@ -281,7 +355,7 @@ impl Chain {
 
     fn cached(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
         let stamp = stamp?;
-        let c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
         if c.stamp != stamp {
             return None;
         }
@@ -292,9 +366,17 @@ impl Chain {
         let Some(stamp) = stamp else {
             return;
         };
-        let mut c = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            // Most calls find it there already: no write lock for them.
+            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            if c.stamp == stamp && c.frames.contains_key(key) {
+                return;
+            }
+        }
+        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
         if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
+            c.names.clear();
             c.stamp = stamp;
         }
         c.frames
@@ -303,11 +385,9 @@ impl Chain {
 
     /// Drops every cached directory frame.
     pub fn forget(&self) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .frames
-            .clear();
+        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        c.frames.clear();
+        c.names.clear();
     }
 
     /// Resolves branch path `rel` without the directory cache.
@@ -364,7 +444,7 @@ impl Chain {
                 let hit = if base_only {
                     Lookup::BaseBelow
                 } else {
-                    self.lookup(&frame, name)?
+                    self.lookup(stamp, &frame, name)?
                 };
                 if let Lookup::BaseBelow = hit {
                     // No layer above the base has the name (nor hides it):
@@ -482,7 +562,7 @@ impl Chain {
                         }
                     }
                     Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
-                        frame = self.frame_of(&frame, pos, phys, name)?;
+                        frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                         canon = here;
                         self.remember(stamp, &key, &canon, &frame);
                         if last {
@@ -508,16 +588,16 @@ impl Chain {
     fn frame_at(&self, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
         let mut frame = self.root_frame.clone();
         for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            let hit = match self.lookup(&frame, name)? {
+            let hit = match self.lookup(None, &frame, name)? {
                 Lookup::BaseBelow => {
                     frame.drain(..frame.len() - 1);
-                    self.lookup(&frame, name)?
+                    self.lookup(None, &frame, name)?
                 }
                 other => other,
             };
             match hit {
                 Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
-                    frame = self.frame_of(&frame, pos, phys, name)?;
+                    frame = self.frame_of(None, &frame, pos, phys, name)?;
                 }
                 Lookup::Hit(_) => return Err(libc::ENOTDIR),
                 _ => return Err(libc::ENOENT),
@@ -620,6 +700,29 @@ impl Chain {
         }
         None
     }
+}
+
+/// Every stored name of directory `dir` (raw syscalls); `None` when it has
+/// more than [`MAX_CACHED_NAMES`] or cannot be read.
+fn list_names(dir: &[u8]) -> Option<HashSet<Vec<u8>>> {
+    let fd = rustix::fs::open(
+        cstr(dir).ok()?.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut d = rustix::fs::Dir::read_from(&fd).ok()?;
+    let mut names = HashSet::new();
+    while let Some(ent) = d.read() {
+        let name = ent.ok()?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.insert(name);
+        }
+        if names.len() > MAX_CACHED_NAMES {
+            return None;
+        }
+    }
+    Some(names)
 }
 
 fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
@@ -760,14 +863,38 @@ mod tests {
     }
 
     #[test]
+    fn layer_listings_are_kept_while_the_counter_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let r = c.resolve_at(b"d/fresh", false, Some(1), false).unwrap();
+        assert_eq!(r, Resolved::Absent(b"d/fresh".to_vec()));
+        // Every change goes through the daemon, which moves the counter; a
+        // name that appears without it is not looked for.
+        fs::write(t.path().join("top/d/fresh"), "n").unwrap();
+        let r = c.resolve_at(b"d/fresh", false, Some(1), false).unwrap();
+        assert_eq!(r, Resolved::Absent(b"d/fresh".to_vec()));
+        let r = c.resolve_at(b"d/fresh", false, Some(2), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // A whiteout listed under the counter hides the base's name.
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+        let (w, _) = whiteout_name(OsStr::new("y"));
+        fs::write(t.path().join("top/d").join(&w), "").unwrap();
+        let r = c.resolve_at(b"d/y", false, Some(3), false).unwrap();
+        assert_eq!(r, Resolved::Absent(b"d/y".to_vec()));
+        // Without a counter nothing is cached: every lookup asks the disk.
+        fs::remove_file(t.path().join("top/d").join(&w)).unwrap();
+        assert_eq!(found(&c, "d/y", false).layer, 1);
+    }
+
+    #[test]
     fn cached_frames_keep_merged_directories_merged() {
         let t = tempfile::tempdir().unwrap();
         let c = chain(t.path());
+        fs::write(t.path().join("top/d/later"), "l").unwrap();
         // d/y is the base's: only that name narrows to the base, not d.
         assert_eq!(found(&c, "d/y", false).layer, 1);
         let r = c.resolve_at(b"d/y", false, Some(1), false).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
-        fs::write(t.path().join("top/d/later"), "l").unwrap();
         let r = c.resolve_at(b"d/later", false, Some(1), false).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
         // Below a base-only directory the frame is cached as the base's.

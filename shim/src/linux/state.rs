@@ -641,10 +641,25 @@ extern "C" fn after_fork() {
     unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = None };
 }
 
+extern "C" fn after_fork_in_child() {
+    after_fork();
+    // The chain's cache has a lock of its own, which a thread of the parent
+    // may have held at the fork: the child gets a copy with a fresh one.
+    if let Some(st) = lock(&CHAIN).as_mut() {
+        st.chain = Arc::new(st.chain.fresh_copy());
+    }
+}
+
 /// Installs the fork handlers (once, at load).
 pub(crate) fn install_fork_handlers() {
     // SAFETY: plain function pointers with the C ABI.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork),
+            Some(after_fork_in_child),
+        )
+    };
 }
 
 #[used]
