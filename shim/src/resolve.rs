@@ -72,10 +72,15 @@ struct DirCache {
     /// Stored names (entries, whiteouts, markers) of layer directories
     /// above the base, by physical path; `None` for one too big to keep.
     names: std::collections::HashMap<Vec<u8>, Option<Names>>,
+    /// Merged listings, by canonical branch path.
+    listings: std::collections::HashMap<Vec<u8>, Arc<Vec<Listed>>>,
 }
 
 /// The stored names of one layer directory.
 type Names = Arc<HashSet<Vec<u8>>>;
+
+/// Most merged listings kept (then the cache starts over).
+const MAX_CACHED_LISTINGS: usize = 4096;
 
 /// Layer directories with more names than this are not listed into the
 /// cache (lookups in them cost syscalls instead).
@@ -252,6 +257,7 @@ impl Chain {
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
+            c.listings.clear();
             c.stamp = stamp;
         }
         c.names.insert(dir.to_vec(), listed.clone());
@@ -377,6 +383,7 @@ impl Chain {
         if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
+            c.listings.clear();
             c.stamp = stamp;
         }
         c.frames
@@ -388,6 +395,7 @@ impl Chain {
         let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
         c.frames.clear();
         c.names.clear();
+        c.listings.clear();
     }
 
     /// Resolves branch path `rel` without the directory cache.
@@ -585,19 +593,22 @@ impl Chain {
     }
 
     /// The merged directory frame of canonical directory `canon`.
-    fn frame_at(&self, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+    fn frame_at(&self, stamp: Option<u64>, canon: &[u8]) -> Result<Vec<(usize, Vec<u8>)>, Errno> {
+        if let Some((_, frame)) = self.cached(stamp, canon) {
+            return Ok(frame);
+        }
         let mut frame = self.root_frame.clone();
         for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            let hit = match self.lookup(None, &frame, name)? {
+            let hit = match self.lookup(stamp, &frame, name)? {
                 Lookup::BaseBelow => {
                     frame.drain(..frame.len() - 1);
-                    self.lookup(None, &frame, name)?
+                    self.lookup(stamp, &frame, name)?
                 }
                 other => other,
             };
             match hit {
                 Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
-                    frame = self.frame_of(None, &frame, pos, phys, name)?;
+                    frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                 }
                 Lookup::Hit(_) => return Err(libc::ENOTDIR),
                 _ => return Err(libc::ENOENT),
@@ -609,13 +620,43 @@ impl Chain {
     /// The merged listing of directory `rel` (symlinks followed), sorted by
     /// name, with `.` and `..` first; whiteouts and markers hidden.
     pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
-        let canon = match self.resolve(rel, true)? {
+        self.list_at(rel, None)
+    }
+
+    /// [`Chain::list`], with the listing kept (and reused) while the
+    /// namespace counter stays `stamp`, under the same contract as
+    /// [`Chain::resolve_at`].
+    pub fn list_at(&self, rel: &[u8], stamp: Option<u64>) -> Result<Vec<Listed>, Errno> {
+        let canon = match self.resolve_at(rel, true, stamp, false)? {
             Resolved::Found(e) if e.kind == FileType::Directory => e.path,
             Resolved::Found(_) => return Err(libc::ENOTDIR),
             Resolved::Absent(_) => return Err(libc::ENOENT),
             Resolved::Outside(_) => return Err(libc::EXDEV),
         };
-        let frame = self.frame_at(&canon)?;
+        if let Some(stamp) = stamp {
+            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            if c.stamp == stamp {
+                if let Some(l) = c.listings.get(&canon) {
+                    return Ok(l.as_ref().clone());
+                }
+            }
+        }
+        let listed = self.merged_listing(stamp, &canon)?;
+        if let (Some(stamp), true) = (stamp, listed.len() <= MAX_CACHED_NAMES * 16) {
+            let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+            if c.stamp != stamp || c.listings.len() >= MAX_CACHED_LISTINGS {
+                c.frames.clear();
+                c.names.clear();
+                c.listings.clear();
+                c.stamp = stamp;
+            }
+            c.listings.insert(canon, Arc::new(listed.clone()));
+        }
+        Ok(listed)
+    }
+
+    fn merged_listing(&self, stamp: Option<u64>, canon: &[u8]) -> Result<Vec<Listed>, Errno> {
+        let frame = self.frame_at(stamp, canon)?;
         let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         for (idx, dir) in &frame {
@@ -884,6 +925,28 @@ mod tests {
         // Without a counter nothing is cached: every lookup asks the disk.
         fs::remove_file(t.path().join("top/d").join(&w)).unwrap();
         assert_eq!(found(&c, "d/y", false).layer, 1);
+    }
+
+    #[test]
+    fn merged_listings_are_kept_while_the_counter_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let names = |l: Vec<Listed>| -> Vec<String> {
+            l.into_iter()
+                .map(|e| String::from_utf8(e.name).unwrap())
+                .collect()
+        };
+        let first = names(c.list_at(b"d", Some(1)).unwrap());
+        assert_eq!(first, [".", "..", "new", "y"]);
+        fs::write(t.path().join("top/d/later"), "l").unwrap();
+        assert_eq!(names(c.list_at(b"d", Some(1)).unwrap()), first);
+        assert_eq!(
+            names(c.list_at(b"d", Some(2)).unwrap()),
+            [".", "..", "later", "new", "y"]
+        );
+        // Without a counter the listing is always read afresh.
+        fs::remove_file(t.path().join("top/d/later")).unwrap();
+        assert_eq!(names(c.list(b"d").unwrap()), first);
     }
 
     #[test]

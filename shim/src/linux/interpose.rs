@@ -22,7 +22,7 @@ use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
 use super::{
-    bytes, chain, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
+    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
     fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
 };
 use crate::{
@@ -905,7 +905,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
-    match chain().and_then(|c| c.list(&path)) {
+    match super::list(&path) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
             close_tracked(fd);
@@ -1070,7 +1070,7 @@ pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
-            if let Ok(entries) = chain().and_then(|c| c.list(&d.path)) {
+            if let Ok(entries) = super::list(&d.path) {
                 d.entries = entries;
             }
             d.pos = 0;
@@ -1130,7 +1130,7 @@ unsafe fn scandir_impl(
         Ok(Target::Branch(rel)) => rel,
         Err(e) => return fail(e),
     };
-    let entries = match chain().and_then(|c| c.list(&rel)) {
+    let entries = match super::list(&rel) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };

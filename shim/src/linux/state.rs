@@ -607,6 +607,21 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
     r
 }
 
+/// The merged listing of branch directory `rel`, reused while the store's
+/// namespace counter stays.
+pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
+    let (chain, counters) = chain_and_counters()?;
+    let Some(c) = counters else {
+        return chain.list_at(rel, None);
+    };
+    let before = c.namespace();
+    let r = chain.list_at(rel, Some(before));
+    if c.namespace() != before {
+        chain.forget();
+    }
+    r
+}
+
 // ------------------------------------------------------------------ fork
 
 type Guards = (
