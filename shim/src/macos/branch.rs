@@ -187,3 +187,28 @@ pub(super) fn truncate(rel: &[u8], len: i64) -> Result<c_int, Errno> {
         size: u64::try_from(len).map_err(|_| libc::EINVAL)?,
     }))
 }
+
+/// Sets times in the branch (`None`: leave that one).
+pub(super) fn set_times(
+    rel: &[u8],
+    follow: bool,
+    atime: Option<i64>,
+    mtime: Option<i64>,
+) -> Result<c_int, Errno> {
+    let e = existing(rel, follow)?;
+    if atime.is_none() && mtime.is_none() {
+        return Ok(0);
+    }
+    done(fs_op(FsOp::SetTimes {
+        path: text(&e.path)?,
+        atime_ns: atime,
+        mtime_ns: mtime,
+    }))
+}
+
+/// Now, in nanoseconds since the epoch.
+pub(super) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

@@ -559,6 +559,157 @@ unsafe extern "C" fn truncate(path: Cp, len: libc::off_t) -> c_int {
     }
 }
 
+unsafe extern "C" fn mkdirat(dirfd: c_int, path: Cp, mode: libc::mode_t) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| libc::mkdirat(dirfd, p, mode),
+            |rel| branch::mkdir(&rel, u32::from(mode)),
+        )
+    }
+}
+
+unsafe extern "C" fn unlinkat(dirfd: c_int, path: Cp, flags: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| libc::unlinkat(dirfd, p, flags),
+            |rel| branch::remove(&rel, flags & libc::AT_REMOVEDIR != 0),
+        )
+    }
+}
+
+unsafe extern "C" fn symlinkat(target: Cp, dirfd: c_int, path: Cp) -> c_int {
+    // SAFETY: the program's C string.
+    let Some(t) = (unsafe { bytes(target) }) else {
+        return fail(libc::EFAULT);
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| libc::symlinkat(target, dirfd, p),
+            |rel| branch::symlink(t, &rel),
+        )
+    }
+}
+
+unsafe extern "C" fn renameat(od: c_int, old: Cp, nd: c_int, new: Cp) -> c_int {
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { libc::renameat(od, old, nd, new) };
+    };
+    // SAFETY: the program's C strings.
+    let (a, b) = unsafe { (bytes(old), bytes(new)) };
+    let (Some(a), Some(b)) = (a, b) else {
+        return fail(libc::EFAULT);
+    };
+    match (classify(od, a), classify(nd, b)) {
+        // SAFETY: passed on.
+        (Ok(Target::Native), Ok(Target::Native)) => unsafe { libc::renameat(od, old, nd, new) },
+        (Ok(Target::Branch(f)), Ok(Target::Branch(t))) => {
+            branch::rename(&f, &t).unwrap_or_else(fail)
+        }
+        (Err(e), _) | (_, Err(e)) => fail(e),
+        _ => fail(libc::EXDEV),
+    }
+}
+
+/// `fchmod` on an fd the shim opened in the branch changes the branch
+/// entry (an fd opened for reading may point into the base).
+unsafe extern "C" fn fchmod(fd: c_int, mode: libc::mode_t) -> c_int {
+    if let Some(_g) = Guard::enter() {
+        if let Some(info) = fd_get(fd) {
+            return branch::chmod(&info.path, u32::from(mode)).unwrap_or_else(fail);
+        }
+    }
+    // SAFETY: passed on.
+    unsafe { libc::fchmod(fd, mode) }
+}
+
+unsafe extern "C" fn utimes(path: Cp, times: *const libc::timeval) -> c_int {
+    let t = if times.is_null() {
+        let n = branch::now_ns();
+        (Some(n), Some(n))
+    } else {
+        let ns = |t: &libc::timeval| t.tv_sec * 1_000_000_000 + i64::from(t.tv_usec) * 1000;
+        // SAFETY: the program's two-element array.
+        unsafe { (Some(ns(&*times)), Some(ns(&*times.add(1)))) }
+    };
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            CWD,
+            path,
+            |p| libc::utimes(p, times),
+            |rel| branch::set_times(&rel, true, t.0, t.1),
+        )
+    }
+}
+
+unsafe extern "C" fn utimensat(
+    dirfd: c_int,
+    path: Cp,
+    times: *const libc::timespec,
+    flags: c_int,
+) -> c_int {
+    let t = if times.is_null() {
+        let n = branch::now_ns();
+        (Some(n), Some(n))
+    } else {
+        let one = |t: &libc::timespec| match t.tv_nsec {
+            libc::UTIME_OMIT => None,
+            libc::UTIME_NOW => Some(branch::now_ns()),
+            n => Some(t.tv_sec * 1_000_000_000 + n),
+        };
+        // SAFETY: the program's two-element array.
+        unsafe { (one(&*times), one(&*times.add(1))) }
+    };
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_write_path(
+            dirfd,
+            path,
+            |p| libc::utimensat(dirfd, p, times, flags),
+            |rel| branch::set_times(&rel, follow, t.0, t.1),
+        )
+    }
+}
+
+/// Changes the branch cannot make are refused with `errno` instead of
+/// reaching the base (there is no read-only safety net on macOS).
+macro_rules! refused {
+    ($name:ident ( $p:ident : Cp $(, $arg:ident : $ty:ty)* ) => $errno:expr, $orig:path) => {
+        unsafe extern "C" fn $name($p: Cp $(, $arg: $ty)*) -> c_int {
+            // SAFETY: the program's arguments.
+            unsafe { with_write_path(CWD, $p, |p| $orig(p $(, $arg)*), |_| Err($errno)) }
+        }
+    };
+}
+
+refused!(chown(path: Cp, uid: libc::uid_t, gid: libc::gid_t) => libc::EPERM, libc::chown);
+refused!(lchown(path: Cp, uid: libc::uid_t, gid: libc::gid_t) => libc::EPERM, libc::lchown);
+refused!(mkfifo(path: Cp, mode: libc::mode_t) => libc::EPERM, libc::mkfifo);
+refused!(mknod(path: Cp, mode: libc::mode_t, dev: libc::dev_t) => libc::EPERM, libc::mknod);
+refused!(setxattr(path: Cp, name: Cp, value: *const c_void, size: usize, pos: u32, options: c_int) => libc::ENOTSUP, libc::setxattr);
+refused!(removexattr(path: Cp, name: Cp, options: c_int) => libc::ENOTSUP, libc::removexattr);
+
+/// `link` in the branch is `EXDEV` (programs fall back to copying); a
+/// link between the branch and elsewhere too.
+unsafe extern "C" fn link(old: Cp, new: Cp) -> c_int {
+    if in_branch(CWD, old) || in_branch(CWD, new) {
+        return fail(libc::EXDEV);
+    }
+    // SAFETY: passed on.
+    unsafe { libc::link(old, new) }
+}
+
 /// `clonefile` into the branch is refused with `ENOTSUP` (a clone would
 /// bypass the daemon): `copyfile(COPYFILE_CLONE)`, `cp -c` and Finder fall
 /// back to copying, which goes through the interposed `open`. A branch
@@ -689,6 +840,20 @@ interpose_tuples! {
     I_UNLINK: unlink => libc::unlink,
     I_RMDIR: rmdir => libc::rmdir,
     I_RENAME: rename => libc::rename,
+    I_MKDIRAT: mkdirat => libc::mkdirat,
+    I_UNLINKAT: unlinkat => libc::unlinkat,
+    I_SYMLINKAT: symlinkat => libc::symlinkat,
+    I_RENAMEAT: renameat => libc::renameat,
+    I_FCHMOD: fchmod => libc::fchmod,
+    I_UTIMES: utimes => libc::utimes,
+    I_UTIMENSAT: utimensat => libc::utimensat,
+    I_CHOWN: chown => libc::chown,
+    I_LCHOWN: lchown => libc::lchown,
+    I_MKFIFO: mkfifo => libc::mkfifo,
+    I_MKNOD: mknod => libc::mknod,
+    I_SETXATTR: setxattr => libc::setxattr,
+    I_REMOVEXATTR: removexattr => libc::removexattr,
+    I_LINK: link => libc::link,
     I_SYMLINK: symlink => libc::symlink,
     I_CHMOD: chmod => libc::chmod,
     I_TRUNCATE: truncate => libc::truncate,

@@ -92,10 +92,13 @@ pub(crate) unsafe fn real_getcwd(buf: *mut c_char, len: usize) -> *mut c_char {
 
 // ------------------------------------------------------------------ fork
 
-static mut FORK_GUARDS: Option<(StateLocks, kevent::Locked, fsevents::Locked)> = None;
+static mut FORK_GUARDS: Option<(kevent::Locked, fsevents::Locked, StateLocks)> = None;
 
 extern "C" fn before_fork() {
-    let g = (lock_all(), kevent::lock(), fsevents::lock());
+    // The order every other path takes them in: the kqueue or stream
+    // table first, then the state's locks (the daemon connection, the fd
+    // table).
+    let g = (kevent::lock(), fsevents::lock(), lock_all());
     // SAFETY: only the forking thread runs between prepare and
     // parent/child (pthread_atfork's contract serialises them for this
     // fork); no one else touches FORK_GUARDS.
@@ -111,14 +114,12 @@ extern "C" fn after_fork_child() {
     // A child inherits no kqueue (the kernel does not copy them) and no
     // FSEvents stream: forget their state while the locks are held.
     // SAFETY: as in before_fork.
-    if let Some((_, kq, fse)) = unsafe { (*std::ptr::addr_of_mut!(FORK_GUARDS)).as_mut() } {
+    if let Some((kq, fse, _)) = unsafe { (*std::ptr::addr_of_mut!(FORK_GUARDS)).as_mut() } {
         kevent::forget_all(kq);
         fsevents::forget_all(fse);
     }
-    // SAFETY: as in before_fork; the child's only thread unlocks what the
-    // forking thread locked (os_unfair_lock is not used by std's Mutex on
-    // macOS: pthread mutexes may be unlocked after fork by the thread that
-    // is the copy of their owner).
+    // SAFETY: as in before_fork; the child's only thread is the copy of
+    // the one that took the locks in before_fork, so it may release them.
     unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = None };
 }
 
