@@ -181,3 +181,62 @@ fn agentfs_run_refuses_programs_sip_would_strip_the_shim_from() {
     assert!(err.contains("System Integrity Protection"), "{err}");
     assert!(err.contains("/bin/sh"), "{err}");
 }
+
+/// A real program through the file API: python3 (not SIP-protected on the
+/// runner: Homebrew's or the toolcache's) creates, renames, lists, reads,
+/// resolves and removes in the branch, and sees its own changes; the base
+/// stays unchanged.
+#[test]
+fn python_works_in_the_branch() {
+    let cli = env();
+    let path = std::env::var_os("PATH");
+    let found = path.as_ref().and_then(|p| {
+        std::env::split_paths(p)
+            .map(|d| d.join("python3"))
+            .find(|p| p.is_file())
+    });
+    let Some(py) = found.map(|p| std::fs::canonicalize(&p).unwrap_or(p)) else {
+        agentfs_testfs::skip("python in a branch", "no python3 on PATH");
+        return;
+    };
+    if ["/usr/", "/bin/", "/sbin/", "/System/"]
+        .iter()
+        .any(|d| py.starts_with(d) && !py.starts_with("/usr/local"))
+    {
+        agentfs_testfs::skip(
+            "python in a branch",
+            &format!("{} is SIP-protected", py.display()),
+        );
+        return;
+    }
+    let before = image_dir(&cli.base());
+    let o = cli
+        .cmd()
+        .current_dir(cli.base())
+        .args(["run", "--create", "--branch", "b", "--"])
+        .arg(&py)
+        .args(["-c", "import os\n\
+             open('src/new.py', 'w').write('x = 1\\n')\n\
+             os.mkdir('d')\n\
+             os.rename('src/new.py', 'd/moved.py')\n\
+             print(sorted(os.listdir('src')))\n\
+             print(sorted(os.listdir('d')), open('d/moved.py').read().strip())\n\
+             print(os.path.realpath('d') == os.path.join(os.getcwd(), 'd'))\n\
+             os.remove('README.md')\n\
+             print(os.path.exists('README.md'), 'README.md' in os.listdir('.'), 'd' in os.listdir('.'))\n"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out,
+        "['lib.rs', 'main.rs', 'nested']\n['moved.py'] x = 1\nTrue\nFalse False True\n"
+    );
+    // The store is a RAM disk that went with the private daemon: the base
+    // is what remains to check.
+    unchanged(&before, &cli);
+}

@@ -32,6 +32,8 @@ pub mod paths;
 pub mod resolve;
 
 #[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
+mod dirs;
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
 mod state;
 
 #[cfg(all(target_os = "linux", not(test)))]

@@ -4,7 +4,7 @@
 //! keeps calling into libc safe (lazily resolved originals, a per-thread
 //! reentrancy guard, fork handlers).
 
-mod dirs;
+use crate::dirs;
 mod inotify;
 mod interpose;
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    branch, bytes, classify, config, cwd, fail, fd_closed, fd_get, fd_insert, fd_remove,
+    branch, bytes, classify, config, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
     interpose_tuples, kevent, resolve, set_cwd, set_errno, Guard, Target,
 };
 use crate::{
@@ -772,6 +772,156 @@ unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     r
 }
 
+// ----------------------------------------------------------- directories
+
+fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
+    match super::chain().and_then(|c| c.list(&path)) {
+        Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
+        Err(e) => {
+            // SAFETY: the fd the shim just opened.
+            unsafe { close(fd) };
+            null_err(e)
+        }
+    }
+}
+
+unsafe extern "C" fn opendir(path: Cp) -> *mut libc::DIR {
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { libc::opendir(path) };
+    };
+    // SAFETY: the program's C string.
+    let Some(p) = (unsafe { bytes(path) }) else {
+        // SAFETY: passed on.
+        return unsafe { libc::opendir(path) };
+    };
+    let rel = match classify(CWD, p) {
+        // SAFETY: passed on.
+        Ok(Target::Native) => return unsafe { libc::opendir(path) },
+        Ok(Target::Branch(rel)) => rel,
+        Err(e) => return null_err(e),
+    };
+    let fd = match branch::open(
+        &rel,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) {
+        Ok(fd) if fd >= 0 => fd,
+        Ok(_) => return ptr::null_mut(),
+        Err(e) => return null_err(e),
+    };
+    match fd_get(fd) {
+        Some(info) => open_dir_stream(fd, info.path),
+        // Left the branch through a symlink: a native stream.
+        // SAFETY: an fd we own.
+        None => unsafe { libc::fdopendir(fd) },
+    }
+}
+
+unsafe extern "C" fn fdopendir(fd: c_int) -> *mut libc::DIR {
+    let Some(_g) = Guard::enter() else {
+        // SAFETY: passed on.
+        return unsafe { libc::fdopendir(fd) };
+    };
+    match fd_get(fd) {
+        Some(info) => open_dir_stream(fd, info.path),
+        // SAFETY: passed on.
+        None => unsafe { libc::fdopendir(fd) },
+    }
+}
+
+unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
+    match dirs::lookup(dirp) {
+        Some(d) => {
+            // SAFETY: a live registered stream; the program does not use
+            // one stream from two threads at once (POSIX).
+            let d = unsafe { &mut *d };
+            let buf = std::ptr::addr_of_mut!(d.buf);
+            if d.next_into(buf) {
+                buf
+            } else {
+                ptr::null_mut()
+            }
+        }
+        // SAFETY: passed on.
+        None => unsafe { libc::readdir(dirp) },
+    }
+}
+
+unsafe extern "C" fn readdir_r(
+    dirp: *mut libc::DIR,
+    entry: *mut libc::dirent,
+    result: *mut *mut libc::dirent,
+) -> c_int {
+    match dirs::lookup(dirp) {
+        Some(d) => {
+            // SAFETY: a live registered stream; the caller's buffers.
+            unsafe {
+                *result = if (*d).next_into(entry) {
+                    entry
+                } else {
+                    ptr::null_mut()
+                };
+            }
+            0
+        }
+        // SAFETY: passed on.
+        None => unsafe { libc::readdir_r(dirp, entry, result) },
+    }
+}
+
+unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
+    match dirs::unregister(dirp) {
+        // SAFETY: the stream's own fd.
+        Some(d) => unsafe { close(d.fd) },
+        // SAFETY: passed on.
+        None => unsafe { libc::closedir(dirp) },
+    }
+}
+
+unsafe extern "C" fn dirfd(dirp: *mut libc::DIR) -> c_int {
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).fd },
+        // SAFETY: passed on.
+        None => unsafe { libc::dirfd(dirp) },
+    }
+}
+
+unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
+    match dirs::lookup(dirp) {
+        Some(d) => {
+            let _g = Guard::enter();
+            // SAFETY: a live registered stream.
+            let d = unsafe { &mut *d };
+            if let Ok(entries) = super::chain().and_then(|c| c.list(&d.path)) {
+                d.entries = entries;
+            }
+            d.pos = 0;
+        }
+        // SAFETY: passed on.
+        None => unsafe { libc::rewinddir(dirp) },
+    }
+}
+
+unsafe extern "C" fn telldir(dirp: *mut libc::DIR) -> libc::c_long {
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).pos as libc::c_long },
+        // SAFETY: passed on.
+        None => unsafe { libc::telldir(dirp) },
+    }
+}
+
+unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: libc::c_long) {
+    match dirs::lookup(dirp) {
+        // SAFETY: a live registered stream.
+        Some(d) => unsafe { (*d).pos = loc.max(0) as usize },
+        // SAFETY: passed on.
+        None => unsafe { libc::seekdir(dirp, loc) },
+    }
+}
+
 // ------------------------------------------------------------------ exec
 
 /// The path an exec of `path` runs (`None`: the program's own).
@@ -859,6 +1009,15 @@ interpose_tuples! {
     I_TRUNCATE: truncate => libc::truncate,
     I_CLONEFILE: clonefile => libc::clonefile,
     I_CLOSE: close => libc::close,
+    I_OPENDIR: opendir => libc::opendir,
+    I_FDOPENDIR: fdopendir => libc::fdopendir,
+    I_READDIR: readdir => libc::readdir,
+    I_READDIR_R: readdir_r => libc::readdir_r,
+    I_CLOSEDIR: closedir => libc::closedir,
+    I_DIRFD: dirfd => libc::dirfd,
+    I_REWINDDIR: rewinddir => libc::rewinddir,
+    I_TELLDIR: telldir => libc::telldir,
+    I_SEEKDIR: seekdir => libc::seekdir,
     I_DUP: dup => libc::dup,
     I_DUP2: dup2 => libc::dup2,
     I_EXECVE: execve => libc::execve,

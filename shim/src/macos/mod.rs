@@ -21,7 +21,7 @@ mod kevent;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub(crate) use crate::state::*;
+pub(crate) use crate::{dirs, state::*};
 
 /// One `__DATA,__interpose` tuple.
 #[repr(C)]
@@ -92,13 +92,19 @@ pub(crate) unsafe fn real_getcwd(buf: *mut c_char, len: usize) -> *mut c_char {
 
 // ------------------------------------------------------------------ fork
 
-static mut FORK_GUARDS: Option<(kevent::Locked, fsevents::Locked, StateLocks)> = None;
+type Registry = std::sync::MutexGuard<'static, Option<dirs::Registry>>;
+static mut FORK_GUARDS: Option<(kevent::Locked, fsevents::Locked, StateLocks, Registry)> = None;
 
 extern "C" fn before_fork() {
     // The order every other path takes them in: the kqueue or stream
     // table first, then the state's locks (the daemon connection, the fd
     // table).
-    let g = (kevent::lock(), fsevents::lock(), lock_all());
+    let g = (
+        kevent::lock(),
+        fsevents::lock(),
+        lock_all(),
+        dirs::lock_registry(),
+    );
     // SAFETY: only the forking thread runs between prepare and
     // parent/child (pthread_atfork's contract serialises them for this
     // fork); no one else touches FORK_GUARDS.
@@ -114,7 +120,7 @@ extern "C" fn after_fork_child() {
     // A child inherits no kqueue (the kernel does not copy them) and no
     // FSEvents stream: forget their state while the locks are held.
     // SAFETY: as in before_fork.
-    if let Some((kq, fse, _)) = unsafe { (*std::ptr::addr_of_mut!(FORK_GUARDS)).as_mut() } {
+    if let Some((kq, fse, _, _)) = unsafe { (*std::ptr::addr_of_mut!(FORK_GUARDS)).as_mut() } {
         kevent::forget_all(kq);
         fsevents::forget_all(fse);
     }
