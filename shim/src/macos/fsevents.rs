@@ -97,6 +97,8 @@ struct Stream {
     info: *mut c_void,
     form: PathForm,
     watches: Vec<u64>,
+    /// The registration (sent again after a daemon restart).
+    reg: WatchRegistration,
     bell: Option<OwnedFd>,
     decoder: Decoder,
     latency: Latency,
@@ -287,6 +289,7 @@ unsafe extern "C" fn create(
             info,
             form: fse::path_form(flags),
             watches: vec![watch],
+            reg,
             bell: Some(bell),
             decoder: Decoder::default(),
             latency: Latency::new(latency, flags),
@@ -303,8 +306,10 @@ unsafe extern "C" fn create(
 }
 
 /// Reads the doorbell into the stream's latency queue; returns when the
-/// held events are due.
-fn read_bell(s: &mut Stream) -> Option<u64> {
+/// held events are due. When the daemon closed it (a restart), makes a new
+/// doorbell on a new connection and registers the stream again (without
+/// one, the source would fire forever at end-of-file).
+fn read_bell(stream: fs::FSEventStreamRef, s: &mut Stream) -> Option<u64> {
     let fd: RawFd = s.bell.as_ref()?.as_raw_fd();
     let mut buf = [0u8; 8192];
     let mut events: Vec<Event> = Vec::new();
@@ -312,7 +317,11 @@ fn read_bell(s: &mut Stream) -> Option<u64> {
     loop {
         // SAFETY: our own socket, a buffer of that size.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+        if n == 0 {
+            rearm(stream, s);
+            break;
+        }
+        if n < 0 {
             break;
         }
         got = true;
@@ -326,6 +335,39 @@ fn read_bell(s: &mut Stream) -> Option<u64> {
         let _ = with_daemon(|c| c.ack(FSEVENTS_API, id));
     }
     s.latency.push(now_ns(), events)
+}
+
+/// A new doorbell and registration after the daemon went away.
+fn rearm(stream: fs::FSEventStreamRef, s: &mut Stream) {
+    shim_log(&format!(
+        "FSEvents stream {}: the daemon closed the doorbell; reconnecting",
+        s.id
+    ));
+    disarm_source(s);
+    s.bell = None;
+    s.watches.clear();
+    let bell = match doorbell(s.id) {
+        Ok(b) => b,
+        Err(e) => {
+            shim_log(&format!(
+                "FSEvents stream {}: no doorbell (errno {e})",
+                s.id
+            ));
+            return;
+        }
+    };
+    let reg = s.reg.clone();
+    match with_daemon(|c| c.request(Request::WatchRegister(reg.clone()))) {
+        Ok(Response::WatchRegistered { watch_id, .. }) => s.watches.push(watch_id),
+        _ => {
+            shim_log(&format!("FSEvents stream {}: cannot register again", s.id));
+            return;
+        }
+    }
+    s.bell = Some(bell);
+    if s.started {
+        arm_source(stream, s);
+    }
 }
 
 /// Calls the program's callback with `events` (not under the lock).
@@ -427,7 +469,7 @@ fn on_readable(stream: fs::FSEventStreamRef) {
         let Some(s) = g.0.as_mut().and_then(|m| m.get_mut(&(stream as usize))) else {
             return;
         };
-        let due = read_bell(s);
+        let due = read_bell(stream, s);
         if let (Sched::RunLoop(..), false) = (s.sched, s.source.is_null()) {
             // CFFileDescriptor callbacks are one-shot.
             // SAFETY: our live CFFileDescriptor.
@@ -754,7 +796,7 @@ unsafe extern "C" fn flush_sync(stream: fs::FSEventStreamRef) {
         let Some(s) = g.0.as_mut().and_then(|m| m.get_mut(&(stream as usize))) else {
             return;
         };
-        read_bell(s);
+        read_bell(stream, s);
         s.latency.flush(now_ns())
     };
     deliver(stream, events);
@@ -770,7 +812,7 @@ unsafe extern "C" fn flush_async(stream: fs::FSEventStreamRef) -> fs::FSEventStr
     let Some(s) = g.0.as_mut().and_then(|m| m.get_mut(&(stream as usize))) else {
         return id;
     };
-    read_bell(s);
+    read_bell(stream, s);
     let latest = s.latest;
     let sched = s.sched;
     // Everything held is due now: delivered from the run loop or queue.
