@@ -8,7 +8,7 @@
 pub mod kqueue {
     /// Vnode filter.
     pub const EVFILT_VNODE: i16 = -4;
-    /// User filter (the daemon's doorbell).
+    /// User filter (the program's own events; never the shim's doorbell).
     pub const EVFILT_USER: i16 = -10;
     /// kevent flag: add the event.
     pub const EV_ADD: u16 = 0x0001;
