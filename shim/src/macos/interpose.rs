@@ -178,9 +178,9 @@ unsafe fn copy_out(v: &[u8], buf: *mut c_char, size: usize) -> *mut c_char {
 fn visible_of(kernel: &[u8]) -> Option<Vec<u8>> {
     let cfg = config()?;
     let store = cfg.store.as_ref()?;
-    paths::under(store, kernel)?;
-    let rel = super::chain().ok()?.branch_path_of(kernel)?;
-    Some(paths::visible(&cfg.root, &rel))
+    paths::shown_for_kernel_path(store, &cfg.root, kernel, |p| {
+        super::chain().ok()?.branch_path_of(p)
+    })
 }
 
 /// `fcntl` with its optional argument as a fixed one: `F_GETPATH` shows the
