@@ -109,7 +109,7 @@ fn start_daemon(socket: &Path, global: &[OsString], init: bool) -> Result<Privat
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_remove("LD_PRELOAD")
+        .env_remove(PRELOAD_VAR)
         // Its own process group: a ^C for the program does not stop it.
         .process_group(0);
     let mut child = c
