@@ -1330,53 +1330,27 @@ fn backstore_from_flags_and_environment() {
         .contains("--backstore-option: \"nonsense\": expected KEY=VALUE"));
 }
 
-/// On macOS, the daemon rings the app's own kqueue
-/// (received in `SCM_RIGHTS`), waking it in `kevent()` with exactly one
-/// `EVFILT_USER` event on the reserved ident; the app's own user event
-/// (ident 123) is never fired.
-#[cfg(target_os = "macos")]
+/// A kqueue doorbell is a socket: the daemon writes 32-byte
+/// `struct kevent` records (macOS layout, `EVFILT_VNODE`, ident = the
+/// watched fd) into it, which is what wakes the app's `kevent()` where the
+/// shim registered its end as `EVFILT_READ`. No `Events` frame is sent.
 #[test]
-fn a_kqueue_doorbell_wakes_the_app_in_kevent() {
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+fn a_kqueue_doorbell_socket_gets_kevent_records() {
     let e = Env::hostfs();
     let d = e.serve();
     let mut a = client_on(&d.socket, "b");
-    // SAFETY: kqueue() has no preconditions; the fd is ours.
-    let kq = unsafe { OwnedFd::from_raw_fd(libc::kqueue()) };
-    let ident: u64 = 0xAFFE_0000_0001;
-    let add = |ident: u64| {
-        let kev = libc::kevent {
-            ident: ident as libc::uintptr_t,
-            filter: libc::EVFILT_USER,
-            flags: libc::EV_ADD | libc::EV_CLEAR,
-            fflags: 0,
-            data: 0,
-            udata: std::ptr::null_mut(),
-        };
-        // SAFETY: a valid kqueue, one valid change, no event list.
-        unsafe {
-            libc::kevent(
-                kq.as_raw_fd(),
-                &kev,
-                1,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null(),
-            )
-        }
-    };
-    assert_eq!(add(ident), 0);
-    assert_eq!(add(123), 0);
+    let (app_end, daemon_end) = std::os::unix::net::UnixStream::pair().unwrap();
     let pid = std::process::id();
     a.request_with_fd(
         Request::Doorbell(Doorbell {
             pid,
             instance: 7,
-            kind: DoorbellKind::KqueueUser { ident },
+            kind: DoorbellKind::KqueueSocket,
         }),
-        kq.as_fd(),
+        std::os::fd::AsFd::as_fd(&daemon_end),
     )
     .unwrap();
+    drop(daemon_end);
     a.request(Request::WatchRegister(WatchRegistration::Kqueue {
         pid,
         kqueue_id: 7,
@@ -1387,31 +1361,50 @@ fn a_kqueue_doorbell_wakes_the_app_in_kevent() {
     }))
     .unwrap();
     e.cli(&["fs", "write", "--branch", "b", "d/new.txt", "--data", "x"]);
-    // SAFETY: kevent is plain data; an all-zero value is valid.
-    let mut out: [libc::kevent; 4] = unsafe { std::mem::zeroed() };
-    let timeout = libc::timespec {
-        tv_sec: 60,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid kqueue and an event list of 4 entries.
-    let n = unsafe {
-        libc::kevent(
-            kq.as_raw_fd(),
-            std::ptr::null(),
-            0,
-            out.as_mut_ptr(),
-            4,
-            &timeout,
-        )
-    };
-    assert_eq!(n, 1, "one wake-up, no polling");
+    let mut app = app_end;
+    app.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rec = [0u8; 32];
+    app.read_exact(&mut rec).unwrap();
     assert_eq!(
-        (out[0].ident as u64, out[0].filter),
-        (ident, libc::EVFILT_USER)
+        u64::from_ne_bytes(rec[0..8].try_into().unwrap()),
+        10,
+        "ident"
     );
-    let DaemonFrame::Events(del) = a.next_push().unwrap() else {
-        panic!("records come on the connection")
-    };
-    assert_eq!((del.api, del.instance), (WatchApi::KQUEUE.0, 7));
-    assert_eq!(del.records[0].flags, u64::from(kq::NOTE_WRITE));
+    assert_eq!(
+        i16::from_ne_bytes([rec[8], rec[9]]),
+        kq::EVFILT_VNODE,
+        "filter"
+    );
+    assert_eq!(
+        u32::from_ne_bytes(rec[12..16].try_into().unwrap()),
+        kq::NOTE_WRITE,
+        "fflags"
+    );
+    a.ack(WatchApi::KQUEUE.0, 7).unwrap();
+    assert!(
+        a.try_next_push().is_none(),
+        "records went to the socket, not the connection"
+    );
+}
+
+/// A doorbell must be a socket: a kqueue (or any other fd) is refused with
+/// a clear error, and the connection keeps working.
+#[test]
+fn a_doorbell_that_is_not_a_socket_is_refused() {
+    let e = Env::hostfs();
+    let d = e.serve();
+    let mut a = client_on(&d.socket, "b");
+    let f = tempfile::tempfile().unwrap();
+    let err = a
+        .request_with_fd(
+            Request::Doorbell(Doorbell {
+                pid: std::process::id(),
+                instance: 1,
+                kind: DoorbellKind::KqueueSocket,
+            }),
+            std::os::fd::AsFd::as_fd(&f),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("must be a socket"), "{err}");
+    assert_eq!(status(&mut a).doorbells, 0);
 }

@@ -725,17 +725,23 @@ pub struct Doorbell {
     pub kind: DoorbellKind,
 }
 
-/// Doorbell mechanisms.
+/// Doorbell mechanisms. Each fd is one end of a socket pair whose other
+/// end the shim keeps; the daemon writes each delivery's encoded records
+/// into it (instead of sending an `Events` frame), in order, and the shim
+/// acknowledges (`Ack`) once it has read them. (A kqueue fd cannot be
+/// sent in `SCM_RIGHTS`: XNU refuses it with `EINVAL`, so the kqueue stays
+/// in the process and the shim registers its end of the socket in it.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DoorbellKind {
-    /// macOS: the fd is the app's kqueue; the daemon posts `EVFILT_USER`
-    /// `NOTE_TRIGGER` on `ident` (reserved range `0xAFFE_0000_0000 | n`).
-    KqueueUser {
-        /// The reserved `EVFILT_USER` ident.
-        ident: u64,
-    },
-    /// Linux: the fd is the socket standing in for the app's inotify fd; the
-    /// daemon writes encoded `struct inotify_event` records into it.
+    /// macOS: the shim registered its end in the app's kqueue as
+    /// `EVFILT_READ`; the daemon writes 32-byte `struct kevent` records
+    /// (`EVFILT_VNODE`, ident = the watched fd), which wake `kevent()`.
+    KqueueSocket,
+    /// macOS: the shim reads the encoded FSEvents events on the stream's
+    /// run loop or dispatch queue.
+    FsEventsSocket,
+    /// Linux: the shim gave its end to the app as its inotify fd; the
+    /// daemon writes `struct inotify_event` records in the kernel's layout.
     InotifySocket,
 }
 

@@ -223,9 +223,12 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         Request::Doorbell(Doorbell {
             pid: 1,
             instance: 2,
-            kind: DoorbellKind::KqueueUser {
-                ident: 0xAFFE_0000_0001,
-            },
+            kind: DoorbellKind::KqueueSocket,
+        }),
+        Request::Doorbell(Doorbell {
+            pid: 1,
+            instance: 3,
+            kind: DoorbellKind::FsEventsSocket,
         }),
         Request::Doorbell(Doorbell {
             pid: 1,
@@ -439,7 +442,7 @@ fn every_message_round_trips_through_a_byte_stream() {
 fn frames_carrying_fds_are_marked() {
     let (client, daemon) = samples();
     let fd_client: Vec<_> = client.iter().filter(|f| f.carries_fd()).collect();
-    assert_eq!(fd_client.len(), 2);
+    assert_eq!(fd_client.len(), 3);
     assert!(fd_client.iter().all(|f| matches!(
         f,
         ClientFrame::Request {

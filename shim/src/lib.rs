@@ -18,11 +18,30 @@
 //! `AGENTFS_SHIM_STORE` (the store's root, to recognise a working
 //! directory inherited inside a layer). Without them it does nothing.
 //!
-//! The interposition itself is Linux-only (`LD_PRELOAD`, glibc's entry
-//! points); the path logic compiles and is tested everywhere.
+//! The interposition is per platform: on Linux `LD_PRELOAD` and glibc's
+//! entry points (`linux`), on macOS `DYLD_INSERT_LIBRARIES` and
+//! `__DATA,__interpose` tuples (`macos`). Both share the resolver
+//! ([`resolve`]), the path logic ([`paths`]) and the process state
+//! (`state`). The event bookkeeping of the macOS hooks ([`kq`] for
+//! `kevent`, [`fse`] for FSEvents) is plain logic that compiles and is
+//! tested everywhere.
 
+pub mod fse;
+pub mod kq;
 pub mod paths;
 pub mod resolve;
 
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
+mod dirs;
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
+mod state;
+
 #[cfg(all(target_os = "linux", not(test)))]
 mod linux;
+#[cfg(all(target_os = "linux", not(test)))]
+use linux as platform;
+
+#[cfg(all(target_os = "macos", not(test)))]
+mod macos;
+#[cfg(all(target_os = "macos", not(test)))]
+use macos as platform;

@@ -72,9 +72,68 @@ pub fn visible(root: &[u8], rel: &[u8]) -> Vec<u8> {
     join(root, rel)
 }
 
+/// The path the program sees for a path the kernel reported (`realpath`,
+/// `F_GETPATH`): one inside the store (`store`, normalised) is a layer
+/// path, which `branch_path_of` maps to its branch path, shown under
+/// `root`; `None` means "show the kernel's path" (not in the store, or in
+/// the store but no layer of the branch: another branch's layer is not
+/// the program's to see either way, and hiding it would lie).
+pub fn shown_for_kernel_path(
+    store: &[u8],
+    root: &[u8],
+    kernel: &[u8],
+    branch_path_of: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let kernel = normalize(kernel);
+    if under(root, &kernel).is_some() {
+        return None; // already a visible path
+    }
+    under(store, &kernel)?;
+    let rel = branch_path_of(&kernel)?;
+    Some(visible(root, &rel))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_paths_from_the_kernel_show_as_branch_paths() {
+        let map = |p: &[u8]| {
+            p.strip_prefix(b"/store/layers/7".as_slice())
+                .map(|r| r.strip_prefix(b"/").unwrap_or(r).to_vec())
+        };
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/store/layers/7/src/a.rs", map),
+            Some(b"/w/base/src/a.rs".to_vec())
+        );
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/store/layers/7", map),
+            Some(b"/w/base".to_vec())
+        );
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/store//layers/7/./x", map),
+            Some(b"/w/base/x".to_vec()),
+            "normalised first"
+        );
+        // Outside the store, a visible path, or a layer not in the chain.
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/etc/hosts", map),
+            None
+        );
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/w/base/x", map),
+            None
+        );
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/store/layers/9/x", map),
+            None
+        );
+        assert_eq!(
+            shown_for_kernel_path(b"/store", b"/w/base", b"/storex/layers/7/x", map),
+            None
+        );
+    }
 
     #[test]
     fn normalize_collapses_dots_and_slashes() {

@@ -8,7 +8,7 @@
 pub mod kqueue {
     /// Vnode filter.
     pub const EVFILT_VNODE: i16 = -4;
-    /// User filter (the daemon's doorbell).
+    /// User filter (the program's own events; never the shim's doorbell).
     pub const EVFILT_USER: i16 = -10;
     /// kevent flag: add the event.
     pub const EV_ADD: u16 = 0x0001;
@@ -42,7 +42,7 @@ pub mod kqueue {
         | NOTE_LINK
         | NOTE_RENAME
         | NOTE_REVOKE;
-    /// EVFILT_USER: trigger the event (doorbell).
+    /// EVFILT_USER: trigger the event.
     pub const NOTE_TRIGGER: u32 = 0x0100_0000;
     /// Size of `struct kevent` on 64-bit macOS (x86_64 and arm64).
     pub const KEVENT_SIZE: usize = 32;

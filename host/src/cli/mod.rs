@@ -9,6 +9,7 @@ pub mod fs;
 pub mod install;
 pub mod plugins;
 pub mod run;
+pub mod sip;
 pub mod snapshot;
 pub mod store;
 pub mod watch;

@@ -1,6 +1,7 @@
 //! `agentfs run --branch B [--create] [--at DIR] -- CMD ARGS...`: runs an
 //! unmodified program inside a branch. The shim library is injected with
-//! `LD_PRELOAD` and told (by environment) which daemon to talk to, which
+//! `LD_PRELOAD` (`DYLD_INSERT_LIBRARIES` on macOS, where a program that
+//! System Integrity Protection would strip it from is refused) and told (by environment) which daemon to talk to, which
 //! branch, and where the branch is visible (the base's own path by
 //! default). When no daemon serves the store, a private one is started
 //! (`serve --exit-when-idle`): it stops when the last process using it has
@@ -27,7 +28,17 @@ use agentfs_proto::{BranchInfo, Client, Hello, Request, Response};
 use anyhow::{bail, Context, Result};
 
 /// The shim library's file name, found next to the `agentfs` executable.
+#[cfg(not(target_os = "macos"))]
 pub const SHIM_LIB: &str = "libagentfs_shim.so";
+/// The shim library's file name, found next to the `agentfs` executable.
+#[cfg(target_os = "macos")]
+pub const SHIM_LIB: &str = "libagentfs_shim.dylib";
+/// The loader variable that injects the shim.
+#[cfg(not(target_os = "macos"))]
+const PRELOAD_VAR: &str = "LD_PRELOAD";
+/// The loader variable that injects the shim.
+#[cfg(target_os = "macos")]
+const PRELOAD_VAR: &str = "DYLD_INSERT_LIBRARIES";
 
 /// Arguments of `agentfs run`.
 #[derive(Debug, clap::Args)]
@@ -118,7 +129,7 @@ fn start_daemon(socket: &Path, global: &[OsString], init: bool) -> Result<Privat
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_remove("LD_PRELOAD")
+        .env_remove(PRELOAD_VAR)
         // Its own process group: a ^C for the program does not stop it.
         .process_group(0);
     let mut child = c
@@ -183,8 +194,15 @@ pub fn run(
     store_exists: impl FnOnce() -> Result<bool>,
     args: RunArgs,
 ) -> Result<ExitCode> {
-    if !cfg!(target_os = "linux") {
-        bail!("agentfs run injects its shim with LD_PRELOAD: Linux only for now");
+    if !cfg!(any(target_os = "linux", target_os = "macos")) {
+        bail!("agentfs run injects its shim with LD_PRELOAD or DYLD_INSERT_LIBRARIES: Linux and macOS only");
+    }
+    if cfg!(target_os = "macos") {
+        let cwd = std::env::current_dir().context("the current directory")?;
+        let path = std::env::var_os("PATH");
+        if let Some(why) = super::sip::check(&args.command[0], path.as_deref(), &cwd) {
+            bail!("{why}");
+        }
     }
     let socket = absolute(socket)?;
     let shim = find_shim()?;
@@ -241,7 +259,7 @@ pub fn run(
     };
 
     let mut preload = shim.as_os_str().to_os_string();
-    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+    if let Some(old) = std::env::var_os(PRELOAD_VAR).filter(|v| !v.is_empty()) {
         preload.push(":");
         preload.push(old);
     }
@@ -252,7 +270,7 @@ pub fn run(
     let _keepalive = inheritable_connection(&socket)?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", &preload)
+        .env(PRELOAD_VAR, &preload)
         .env("AGENTFS_SHIM_SOCKET", &socket)
         .env("AGENTFS_SHIM_BRANCH", &branch.name)
         .env("AGENTFS_SHIM_ROOT", &root)

@@ -25,7 +25,7 @@ use smol::{channel, Async};
 
 use super::{
     convert::wire_error,
-    doorbell::{trigger_kqueue, DoorbellTarget},
+    doorbell::DoorbellTarget,
     peer_cred::peer_of,
     requests::is_quick_read,
     state::{Daemon, Session},
@@ -368,7 +368,7 @@ async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
     match o {
         Outgoing::Core(batch) => writer.send(&DaemonFrame::CoreEvents(batch), None).await,
         Outgoing::Events(del) => {
-            if let Some(DoorbellTarget::InotifySocket(sock)) = &del.doorbell {
+            if let Some(DoorbellTarget::Socket(sock)) = &del.doorbell {
                 sock.push(del.encoded);
                 return Ok(());
             }
@@ -382,13 +382,7 @@ async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
                     .collect(),
                 encoded: del.encoded,
             });
-            writer.send(&frame, None).await?;
-            if let Some(DoorbellTarget::KqueueUser { kqueue, ident }) = &del.doorbell {
-                if let Err(e) = trigger_kqueue(kqueue, *ident) {
-                    tracing::debug!(ident, error = %e, "could not ring the kqueue doorbell");
-                }
-            }
-            Ok(())
+            writer.send(&frame, None).await
         }
     }
 }

@@ -584,9 +584,7 @@ impl WatchService {
                     tracing::warn!(provider = %provider.plugin.details().name, error = %e, "watch provider failed to encode records");
                     Vec::new()
                 });
-                if encoded.is_empty()
-                    && matches!(q.doorbell, Some(DoorbellTarget::InotifySocket(_)))
-                {
+                if encoded.is_empty() && matches!(q.doorbell, Some(DoorbellTarget::Socket(_))) {
                     // Nothing for the app to read, so nothing to acknowledge.
                     continue;
                 }

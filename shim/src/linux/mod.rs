@@ -4,45 +4,13 @@
 //! keeps calling into libc safe (lazily resolved originals, a per-thread
 //! reentrancy guard, fork handlers).
 
-mod dirs;
+use crate::dirs;
 mod inotify;
 mod interpose;
-mod state;
 
-use std::{
-    cell::Cell,
-    ffi::{c_char, c_int, CStr},
-};
+use std::ffi::{c_char, c_int, CStr};
 
-pub(crate) use state::*;
-
-thread_local! {
-    static BUSY: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as inside the shim: libc calls the shim makes
-/// itself (std's file I/O, `dlsym`) go straight to the originals.
-pub(crate) struct Guard(());
-
-impl Guard {
-    /// `None` when the thread is already inside the shim.
-    pub(crate) fn enter() -> Option<Self> {
-        BUSY.with(|b| {
-            if b.get() {
-                None
-            } else {
-                b.set(true);
-                Some(Guard(()))
-            }
-        })
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        BUSY.with(|b| b.set(false));
-    }
-}
+pub(crate) use crate::state::*;
 
 /// Resolves the next definition of a libc symbol once (`dlsym(RTLD_NEXT)`),
 /// as a function pointer of the given type; `None` when libc lacks it.
@@ -98,3 +66,75 @@ pub(crate) unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
         Some(unsafe { CStr::from_ptr(p) }.to_bytes())
     }
 }
+
+/// The real `getcwd` (for the shared state).
+///
+/// # Safety
+/// `buf` is valid for `len` bytes.
+pub(crate) unsafe fn real_getcwd(buf: *mut c_char, len: usize) -> *mut c_char {
+    match orig!(getcwd: fn(*mut c_char, usize) -> *mut c_char) {
+        // SAFETY: the caller's contract.
+        Some(f) => unsafe { f(buf, len) },
+        None => {
+            set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+// ------------------------------------------------------------------ fork
+
+type Guards = (
+    crate::state::StateLocks,
+    std::sync::MutexGuard<'static, Option<dirs::Registry>>,
+    std::sync::MutexGuard<
+        'static,
+        Option<std::collections::HashMap<std::os::fd::RawFd, inotify::Instance>>,
+    >,
+);
+
+static mut FORK_GUARDS: Option<Guards> = None;
+
+extern "C" fn before_fork() {
+    let g = (
+        crate::state::lock_all(),
+        dirs::lock_registry(),
+        inotify::lock_instances(),
+    );
+    // SAFETY: only the forking thread runs between prepare and
+    // parent/child (pthread_atfork's contract serialises them for this
+    // fork); no one else touches FORK_GUARDS.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = Some(g) };
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: as in before_fork; dropping the guards unlocks (futex
+    // mutexes have no owner to check, so the child may unlock too).
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = None };
+}
+
+extern "C" fn after_fork_in_child() {
+    after_fork();
+    crate::state::renew_chain_after_fork();
+}
+
+/// Installs the fork handlers (once, at load).
+pub(crate) fn install_fork_handlers() {
+    // SAFETY: plain function pointers with the C ABI.
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork),
+            Some(after_fork_in_child),
+        )
+    };
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = {
+    extern "C" fn init() {
+        install_fork_handlers();
+    }
+    init
+};

@@ -1,6 +1,8 @@
-//! Process-wide shim state. Every lock here is taken by the `fork`
-//! handlers around `fork()` so a child never inherits one held by a
-//! thread that does not exist in it.
+//! Process-wide shim state, shared by the Linux and macOS interposers:
+//! configuration, the daemon connection, the chain, the working directory
+//! and the shim's view of file descriptors. Every lock here is taken by
+//! the `fork` handlers around `fork()` ([`lock_all`]) so a child never
+//! inherits one held by a thread that does not exist in it.
 
 use std::{
     collections::HashMap,
@@ -26,7 +28,37 @@ use crate::{
     resolve::{Chain, Errno, Layer, Resolved},
 };
 
-use super::orig;
+use crate::platform;
+
+// ----------------------------------------------------------- reentrancy
+
+std::thread_local! {
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as inside the shim: libc calls the shim makes
+/// itself (std's file I/O, `dlsym`) go straight to the originals.
+pub(crate) struct Guard(());
+
+impl Guard {
+    /// `None` when the thread is already inside the shim.
+    pub(crate) fn enter() -> Option<Self> {
+        BUSY.with(|b| {
+            if b.get() {
+                None
+            } else {
+                b.set(true);
+                Some(Guard(()))
+            }
+        })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
+}
 
 /// What `agentfs run` told this process.
 pub(crate) struct Config {
@@ -84,11 +116,11 @@ fn pid() -> u32 {
 }
 
 fn fd_ino(fd: RawFd) -> Option<u64> {
-    // SAFETY: fstat on any integer is safe; the buffer is ours.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        (libc::syscall(libc::SYS_fstat, fd, &mut st) == 0).then_some(st.st_ino)
-    }
+    // SAFETY: fstat does not keep the fd; a closed or foreign number only
+    // makes it fail (or describe that fd, which the caller checks).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    #[allow(clippy::unnecessary_cast)] // ino_t is u64 on Linux
+    rustix::fs::fstat(fd).ok().map(|st| st.st_ino as u64)
 }
 
 /// The lowest fd number the shim uses for its own descriptors: high, so
@@ -117,7 +149,7 @@ pub(crate) fn to_high(fd: OwnedFd) -> OwnedFd {
         return unsafe { OwnedFd::from_raw_fd(raw) };
     }
     // SAFETY: we own `raw` and no longer need it.
-    unsafe { libc::syscall(libc::SYS_close, raw) };
+    unsafe { rustix::io::close(raw) };
     // SAFETY: `high` is the new fd, ours.
     unsafe { OwnedFd::from_raw_fd(high) }
 }
@@ -146,6 +178,7 @@ fn connect(cfg: &Config) -> Result<Conn, ClientError> {
 }
 
 /// A new connection of its own to the daemon (handshaken), as a socket.
+#[cfg(target_os = "linux")]
 pub(crate) fn open_connection() -> Result<OwnedFd, ClientError> {
     let cfg = config().ok_or(ClientError::Closed)?;
     let c = connect(cfg)?;
@@ -239,6 +272,7 @@ pub(crate) fn wire(p: &[u8]) -> WirePath {
 }
 
 /// Text for a request field that must be UTF-8 (an xattr name).
+#[cfg(target_os = "linux")]
 pub(crate) fn text(p: &[u8]) -> Result<String, Errno> {
     String::from_utf8(p.to_vec()).map_err(|_| libc::EILSEQ)
 }
@@ -251,8 +285,9 @@ pub(crate) fn shim_log(msg: &str) {
         return;
     }
     let line = format!("agentfs-shim[{}]: {msg}\n", pid());
-    // SAFETY: writing a buffer we own to fd 2.
-    unsafe { libc::syscall(libc::SYS_write, 2, line.as_ptr(), line.len()) };
+    // SAFETY: fd 2 is only borrowed for the write.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let _ = rustix::io::write(stderr, line.as_bytes());
 }
 
 // ----------------------------------------------------------------- chain
@@ -329,14 +364,19 @@ fn coarse_tick() -> i64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: a valid out-pointer; the vDSO clock does not enter the shim.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    #[cfg(target_os = "linux")]
+    let clock = libc::CLOCK_MONOTONIC_COARSE;
+    #[cfg(not(target_os = "linux"))]
+    let clock = libc::CLOCK_MONOTONIC;
+    // SAFETY: a valid out-pointer; the clock does not enter the shim.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 fn file_id(p: &CString) -> (u64, u64) {
+    #[allow(clippy::unnecessary_cast)] // dev_t is i32 on macOS
     match rustix::fs::stat(p.as_c_str()) {
-        Ok(st) => (st.st_dev, st.st_ino),
+        Ok(st) => (st.st_dev as u64, st.st_ino),
         Err(_) => (0, 0),
     }
 }
@@ -424,10 +464,8 @@ pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
         return Ok(c.clone());
     }
     let mut buf = vec![0u8; 4096];
-    let getcwd =
-        orig!(getcwd: fn(*mut libc::c_char, usize) -> *mut libc::c_char).ok_or(libc::ENOSYS)?;
     // SAFETY: a buffer of the size given.
-    if unsafe { getcwd(buf.as_mut_ptr().cast(), buf.len()) }.is_null() {
+    if unsafe { platform::real_getcwd(buf.as_mut_ptr().cast(), buf.len()) }.is_null() {
         return Err(std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO));
@@ -511,6 +549,7 @@ pub(crate) fn fd_remove(fd: RawFd) -> Option<FdInfo> {
 }
 
 /// Forgets every fd in `first..=last` (a `close_range`), returning them.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // close_range is Linux's
 pub(crate) fn fd_remove_range(first: RawFd, last: RawFd) -> Vec<FdInfo> {
     if FD_COUNT.load(Ordering::Relaxed) == 0 {
         return Vec::new();
@@ -624,64 +663,29 @@ pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
 
 // ------------------------------------------------------------------ fork
 
-type Guards = (
-    MutexGuard<'static, Option<Conn>>,
-    MutexGuard<'static, Option<ChainState>>,
-    MutexGuard<'static, Option<Vec<u8>>>,
-    MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
-    MutexGuard<'static, Option<super::dirs::Registry>>,
-    MutexGuard<'static, Option<HashMap<RawFd, super::inotify::Instance>>>,
-);
-
-static mut FORK_GUARDS: Option<Guards> = None;
-
-extern "C" fn before_fork() {
-    let g = (
-        lock(&CONN),
-        lock(&CHAIN),
-        lock(&CWD),
-        lock(&FDS),
-        super::dirs::lock_registry(),
-        super::inotify::lock_instances(),
-    );
-    // SAFETY: only the forking thread runs between prepare and
-    // parent/child (pthread_atfork's contract serialises them for this
-    // fork); no one else touches FORK_GUARDS.
-    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = Some(g) };
+/// Every lock of this module, held (for the `fork` handlers).
+pub(crate) struct StateLocks {
+    _conn: MutexGuard<'static, Option<Conn>>,
+    _chain: MutexGuard<'static, Option<ChainState>>,
+    _cwd: MutexGuard<'static, Option<Vec<u8>>>,
+    _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
 }
 
-extern "C" fn after_fork() {
-    // SAFETY: as in before_fork; dropping the guards unlocks (futex
-    // mutexes have no owner to check, so the child may unlock too).
-    unsafe { *std::ptr::addr_of_mut!(FORK_GUARDS) = None };
-}
-
-extern "C" fn after_fork_in_child() {
-    after_fork();
-    // The chain's cache has a lock of its own, which a thread of the parent
-    // may have held at the fork: the child gets a copy with a fresh one.
+/// In a forked child, once the fork handlers released the locks: the
+/// chain's cache has a lock of its own, which a thread of the parent may
+/// have held at the fork; the child gets a copy with a fresh one.
+pub(crate) fn renew_chain_after_fork() {
     if let Some(st) = lock(&CHAIN).as_mut() {
         st.chain = Arc::new(st.chain.fresh_copy());
     }
 }
 
-/// Installs the fork handlers (once, at load).
-pub(crate) fn install_fork_handlers() {
-    // SAFETY: plain function pointers with the C ABI.
-    unsafe {
-        libc::pthread_atfork(
-            Some(before_fork),
-            Some(after_fork),
-            Some(after_fork_in_child),
-        )
-    };
-}
-
-#[used]
-#[link_section = ".init_array"]
-static INIT: extern "C" fn() = {
-    extern "C" fn init() {
-        install_fork_handlers();
+/// Takes every lock of this module, in a fixed order.
+pub(crate) fn lock_all() -> StateLocks {
+    StateLocks {
+        _conn: lock(&CONN),
+        _chain: lock(&CHAIN),
+        _cwd: lock(&CWD),
+        _fds: lock(&FDS),
     }
-    init
-};
+}

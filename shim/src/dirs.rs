@@ -1,6 +1,7 @@
-//! Directory streams over merged listings. A `DIR *` the shim returns
-//! points to a [`ShimDir`]; the registry tells them apart from libc's own,
-//! which every directory function passes through untouched.
+//! Directory streams over merged listings, shared by the Linux and macOS
+//! interposers. A `DIR *` the shim returns points to a [`ShimDir`]; the
+//! registry tells them apart from libc's own, which every directory
+//! function passes through untouched.
 
 use std::{
     collections::HashSet,
@@ -9,6 +10,14 @@ use std::{
 };
 
 use crate::resolve::Listed;
+
+/// The record `readdir` returns: `dirent64` on Linux (`dirent` shares its
+/// layout on 64-bit Linux), `dirent` (64-bit inodes) on macOS.
+#[cfg(target_os = "linux")]
+pub(crate) type Dirent = libc::dirent64;
+/// The record `readdir` returns: `dirent` (64-bit inodes) on macOS.
+#[cfg(not(target_os = "linux"))]
+pub(crate) type Dirent = libc::dirent;
 
 /// The set of live shim directory streams (addresses).
 pub(crate) type Registry = HashSet<usize>;
@@ -31,7 +40,7 @@ pub(crate) struct ShimDir {
     /// Next entry.
     pub pos: usize,
     /// The record `readdir` returns.
-    pub buf: libc::dirent64,
+    pub buf: Dirent,
 }
 
 impl ShimDir {
@@ -42,28 +51,39 @@ impl ShimDir {
             path,
             entries,
             pos: 0,
-            // SAFETY: dirent64 is plain data; all zeroes is valid.
+            // SAFETY: a dirent is plain data; all zeroes is valid.
             buf: unsafe { std::mem::zeroed() },
         })
     }
 
     /// Fills `out` with entry `pos` and advances; false at the end.
-    pub(crate) fn next_into(&mut self, out: *mut libc::dirent64) -> bool {
+    pub(crate) fn next_into(&mut self, out: *mut Dirent) -> bool {
         let Some(e) = self.entries.get(self.pos) else {
             return false;
         };
         self.pos += 1;
-        // SAFETY: `out` points to a dirent64 (ours or the caller's).
+        // SAFETY: `out` points to a dirent (ours or the caller's).
         let d = unsafe { &mut *out };
         d.d_ino = if e.ino == 0 { 1 } else { e.ino };
-        d.d_off = self.pos as i64;
+        #[cfg(target_os = "linux")]
+        {
+            d.d_off = self.pos as i64;
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            d.d_seekoff = self.pos as u64;
+        }
         d.d_type = e.dtype;
         let n = e.name.len().min(d.d_name.len() - 1);
         for (dst, src) in d.d_name.iter_mut().zip(&e.name[..n]) {
             *dst = *src as libc::c_char;
         }
         d.d_name[n] = 0;
-        d.d_reclen = std::mem::size_of::<libc::dirent64>() as u16;
+        #[cfg(not(target_os = "linux"))]
+        {
+            d.d_namlen = n as u16;
+        }
+        d.d_reclen = std::mem::size_of::<Dirent>() as u16;
         true
     }
 }
