@@ -680,11 +680,16 @@ pub(crate) fn renew_chain_after_fork() {
     }
 }
 
-/// Takes every lock of this module, in a fixed order.
+/// Takes every lock of this module, in the order other paths nest them:
+/// the chain before the daemon connection (a chain refresh asks the daemon
+/// while it holds the chain's lock); the working directory and the fd
+/// table are never held around another.
 pub(crate) fn lock_all() -> StateLocks {
+    let chain = lock(&CHAIN);
+    let conn = lock(&CONN);
     StateLocks {
-        _conn: lock(&CONN),
-        _chain: lock(&CHAIN),
+        _conn: conn,
+        _chain: chain,
         _cwd: lock(&CWD),
         _fds: lock(&FDS),
     }

@@ -85,21 +85,24 @@ pub(crate) unsafe fn real_getcwd(buf: *mut c_char, len: usize) -> *mut c_char {
 // ------------------------------------------------------------------ fork
 
 type Guards = (
-    crate::state::StateLocks,
-    std::sync::MutexGuard<'static, Option<dirs::Registry>>,
     std::sync::MutexGuard<
         'static,
         Option<std::collections::HashMap<std::os::fd::RawFd, inotify::Instance>>,
     >,
+    crate::state::StateLocks,
+    std::sync::MutexGuard<'static, Option<dirs::Registry>>,
 );
 
 static mut FORK_GUARDS: Option<Guards> = None;
 
 extern "C" fn before_fork() {
+    // The order every other path takes them in: the inotify table first
+    // (a watch is registered with the daemon while it is held), then the
+    // state's locks, then the directory-stream registry (a leaf).
     let g = (
+        inotify::lock_instances(),
         crate::state::lock_all(),
         dirs::lock_registry(),
-        inotify::lock_instances(),
     );
     // SAFETY: only the forking thread runs between prepare and
     // parent/child (pthread_atfork's contract serialises them for this
