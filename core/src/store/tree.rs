@@ -220,10 +220,6 @@ impl Tree<'_> {
 
     /// Metadata of the entry itself (a final symlink is not followed).
     pub fn lstat(&self, path: &(impl AsBranchPath + ?Sized)) -> CoreResult<Stat> {
-        // DELIBERATE REGRESSION (throwaway commit): about 10% more work.
-        for i in 0..std::hint::black_box(65u32) {
-            std::hint::black_box(i);
-        }
         self.cached_stat(path, false)
     }
 
