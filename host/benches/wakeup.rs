@@ -108,7 +108,8 @@ fn now_ns() -> u64 {
 fn woke(sh: &Shared) {
     let t = now_ns();
     let stamp = sh.slot(STAMP).load(Ordering::Acquire);
-    sh.slot(LATENCY).store(t.saturating_sub(stamp), Ordering::Relaxed);
+    sh.slot(LATENCY)
+        .store(t.saturating_sub(stamp), Ordering::Relaxed);
 }
 
 fn blocking_read(fd: i32, buf: &mut [u8]) -> isize {

@@ -57,6 +57,11 @@ pub const BENCHES: &[Bench] = &[
         setup: core_copy_up_decision,
     },
     Bench {
+        name: "core/write_1_byte_in_branch",
+        what: "a 1-byte write at offset 0 of a file already in the active layer (the daemon's Fs Write)",
+        setup: core_write,
+    },
+    Bench {
         name: "abi/backstore_capabilities",
         what: "one call into the loaded mock backstore plugin (capabilities: pure crossing)",
         setup: abi_capabilities,
@@ -201,6 +206,17 @@ fn core_copy_up_decision() -> anyhow::Result<Body> {
             .expect("open for writing");
         assert!(!f.copied_up, "top.txt is in the active layer");
         drop(black_box(f));
+    }))
+}
+
+fn core_write() -> anyhow::Result<Body> {
+    let w = world()?;
+    Ok(Box::new(move || {
+        let w = &w; // the whole world, temporary directory included
+        w.store
+            .branch("b")
+            .write_at("top.txt", 0, b"x")
+            .expect("write");
     }))
 }
 

@@ -58,6 +58,14 @@ enum Command {
         /// The benchmark's name (see `list`).
         name: String,
     },
+    /// Times one benchmark's body natively (wall clock, for exploring; not gated).
+    Time {
+        /// The benchmark's name (see `list`).
+        name: String,
+        /// Iterations.
+        #[arg(long, default_value_t = 10_000)]
+        iterations: u64,
+    },
     /// Measures every benchmark under callgrind and compares with the baselines.
     Gate {
         /// The baselines file.
@@ -104,6 +112,22 @@ fn run(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn time(name: &str, iterations: u64) -> anyhow::Result<()> {
+    let bench = benches::find(name)
+        .ok_or_else(|| anyhow::anyhow!("no benchmark named {name:?} (see `agentfs-perf list`)"))?;
+    anyhow::ensure!(iterations > 0, "--iterations must be at least 1");
+    let mut body = (bench.setup)()?;
+    body();
+    let start = std::time::Instant::now();
+    agentfs_icount_measured(&mut *body, iterations);
+    let per = start.elapsed().as_secs_f64() / iterations as f64;
+    println!(
+        "{name}: {:.2} us per iteration ({iterations} iterations)",
+        per * 1e6
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -118,6 +142,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Run { name } => run(&name).map(|()| true),
+        Command::Time { name, iterations } => time(&name, iterations).map(|()| true),
         Command::Gate {
             baselines,
             update,
