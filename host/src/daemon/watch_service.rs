@@ -41,7 +41,7 @@ use agentfs_plugin_api::{
 use agentfs_proto::{CoreEventBatch, WireCoreEvent};
 use agentfs_vocab::watch_path::{is_under, retarget};
 
-use super::doorbell::DoorbellTarget;
+use super::doorbell::{DoorbellSocket, DoorbellTarget};
 use crate::loader::LoadedWatchProvider;
 
 /// Most native watches one connection may hold per API (inotify's own
@@ -476,6 +476,7 @@ impl WatchService {
     /// subscriptions, and wakes the connections that have something new.
     pub fn dispatch(&self, ev: &CoreEvent) {
         let mut wake: HashSet<ConnId> = HashSet::new();
+        let mut direct = Vec::new();
         let wakers: Vec<Waker> = {
             let mut st = self.lock();
             st.last_seq = st.last_seq.max(ev.seq);
@@ -494,13 +495,88 @@ impl WatchService {
                 }
                 wake.insert(s.conn);
             }
+            // Watchers with a socket doorbell get their records from this
+            // thread, now: no hop through the connection's delivery task.
+            for &c in &wake {
+                direct.extend(self.take_doorbell_deliveries(&mut st, c));
+            }
             wake.iter()
+                .filter(|c| self.has_ready(&st, **c))
                 .filter_map(|c| st.wakers.get(c).cloned())
                 .collect()
         };
+        // Outside the registry's lock; dispatches are serialized by the
+        // caller, and a watcher has one delivery outstanding at a time, so
+        // its records still arrive in order.
+        for (sock, bytes) in direct {
+            sock.push(bytes);
+        }
         for w in wakers {
             w();
         }
+    }
+
+    /// Takes the ready deliveries of `conn`'s watchers that have a socket
+    /// doorbell (marked outstanding like [`WatchService::take_ready`]'s).
+    fn take_doorbell_deliveries(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+    ) -> Vec<(Arc<DoorbellSocket>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(queues) = st.queues.get_mut(&conn) else {
+            return out;
+        };
+        for (&(api, instance), q) in queues.iter_mut() {
+            let Some(DoorbellTarget::Socket(sock)) = &q.doorbell else {
+                continue;
+            };
+            let sock = sock.clone();
+            if let Some(d) = self.take_queue(WatchApi(api), instance, q) {
+                out.push((sock, d.encoded));
+            }
+        }
+        out
+    }
+
+    /// True when `conn` has a delivery or a core-event batch to send.
+    fn has_ready(&self, st: &State, conn: ConnId) -> bool {
+        st.queues
+            .get(&conn)
+            .is_some_and(|qs| qs.values().any(Queue::ready))
+            || st
+                .subs
+                .values()
+                .any(|s| s.conn == conn && (!s.pending.is_empty() || s.dropped > 0))
+    }
+
+    /// One coalesced delivery of a ready watcher queue, marking it
+    /// outstanding; `None` when there is nothing to send.
+    fn take_queue(&self, api: WatchApi, instance: u64, q: &mut Queue) -> Option<Delivery> {
+        if !q.ready() {
+            return None;
+        }
+        let Some(provider) = self.providers.iter().find(|p| p.api == api) else {
+            q.records.clear();
+            return None;
+        };
+        let records = coalesce(&provider.plugin, std::mem::take(&mut q.records));
+        let encoded = provider.plugin.encode(&records).unwrap_or_else(|e| {
+            tracing::warn!(provider = %provider.plugin.details().name, error = %e, "watch provider failed to encode records");
+            Vec::new()
+        });
+        if encoded.is_empty() && matches!(q.doorbell, Some(DoorbellTarget::Socket(_))) {
+            // Nothing for the app to read, so nothing to acknowledge.
+            return None;
+        }
+        q.in_flight = true;
+        Some(Delivery {
+            api,
+            instance,
+            records,
+            encoded,
+            doorbell: q.doorbell.clone(),
+        })
     }
 
     fn dispatch_to(
@@ -573,29 +649,10 @@ impl WatchService {
         let mut st = self.lock();
         let mut out = Vec::new();
         if let Some(queues) = st.queues.get_mut(&conn) {
-            for (&(api, instance), q) in queues.iter_mut().filter(|(_, q)| q.ready()) {
-                let api = WatchApi(api);
-                let Some(provider) = self.providers.iter().find(|p| p.api == api) else {
-                    q.records.clear();
-                    continue;
-                };
-                let records = coalesce(&provider.plugin, std::mem::take(&mut q.records));
-                let encoded = provider.plugin.encode(&records).unwrap_or_else(|e| {
-                    tracing::warn!(provider = %provider.plugin.details().name, error = %e, "watch provider failed to encode records");
-                    Vec::new()
-                });
-                if encoded.is_empty() && matches!(q.doorbell, Some(DoorbellTarget::Socket(_))) {
-                    // Nothing for the app to read, so nothing to acknowledge.
-                    continue;
+            for (&(api, instance), q) in queues.iter_mut() {
+                if let Some(d) = self.take_queue(WatchApi(api), instance, q) {
+                    out.push(Outgoing::Events(d));
                 }
-                q.in_flight = true;
-                out.push(Outgoing::Events(Delivery {
-                    api,
-                    instance,
-                    records,
-                    encoded,
-                    doorbell: q.doorbell.clone(),
-                }));
             }
         }
         for (&id, s) in st.subs.iter_mut().filter(|(_, s)| s.conn == conn) {
@@ -626,6 +683,14 @@ impl WatchService {
             };
             q.in_flight = false;
             if !q.ready() {
+                return;
+            }
+            if let Some(DoorbellTarget::Socket(sock)) = &q.doorbell {
+                // Straight into the doorbell, from the thread that read the Ack.
+                let sock = sock.clone();
+                if let Some(d) = self.take_queue(api, instance, q) {
+                    sock.push(d.encoded);
+                }
                 return;
             }
             st.wakers.get(&conn).cloned()
