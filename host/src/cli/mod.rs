@@ -7,6 +7,7 @@ pub mod backend;
 pub mod branch;
 pub mod fs;
 pub mod install;
+pub mod mount;
 pub mod plugins;
 pub mod run;
 pub mod snapshot;
