@@ -115,10 +115,11 @@ impl Mount {
             fuser::MountOption::NoSuid,
         ];
         config.n_threads = Some(opts.threads.max(1));
-        let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| MountError::Io {
-            what: format!("mount {}", mountpoint.display()),
-            source: e,
-        })?;
+        let session =
+            fuser::Session::new(fs, &mountpoint, &config).map_err(|e| MountError::Io {
+                what: format!("mount {}", mountpoint.display()),
+                source: e,
+            })?;
         Ok(Self {
             session,
             mountpoint,
@@ -223,7 +224,8 @@ pub fn is_stale(path: &Path) -> bool {
     let Ok(p) = std::path::absolute(path) else {
         return false;
     };
-    is_agentfs_mount(&p) && matches!(std::fs::metadata(&p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    is_agentfs_mount(&p)
+        && matches!(std::fs::metadata(&p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
 /// Removes a stale AgentFS mount at `path` (see [`is_stale`]); true when

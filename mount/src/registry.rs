@@ -45,7 +45,10 @@ pub fn add(dir: &Path, r: &Record) -> std::io::Result<()> {
         .create(dir)?;
     let f = file_of(dir, &r.mountpoint);
     let tmp = f.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
+    )?;
     fs::rename(tmp, f)
 }
 
