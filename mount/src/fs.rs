@@ -41,6 +41,16 @@ struct Handle {
     _writer: Option<WriterLock>,
 }
 
+/// What a `setattr` asks to change.
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 /// One open directory: its listing when opened (stable offsets).
 type DirListing = Vec<(u64, FileType, OsString)>;
 
@@ -253,14 +263,17 @@ impl BranchFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        s: SetAttr,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = s;
         let tree = self.tree(req);
         let path = self.path(ino)?;
         let st = tree.lstat(&path).map_err(|e| errno(&e))?;
@@ -340,7 +353,15 @@ impl Filesystem for BranchFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.setattr_inner(req, ino, mode, uid, gid, size, atime, mtime, fh) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        match self.setattr_inner(req, ino, s, fh) {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(e),
         }

@@ -134,7 +134,7 @@ pub fn mount(
     let err = err
         .lines()
         .filter_map(|l| l.strip_prefix("agentfs: error: "))
-        .last()
+        .next_back()
         .unwrap_or(err.trim())
         .to_string();
     bail!("{err}")
