@@ -293,6 +293,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             native,
         } => return cli::watch::run(&socket, &branch, &path, json, native),
+        Command::Run(args) if args.frontend == cli::run_fuse::Frontend::Fuse => {
+            return cli::run_fuse::run(make_host, wait, args)
+        }
         Command::Run(args) => {
             let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
             return cli::run::run(&socket, &globals, exists, args);

@@ -591,3 +591,45 @@ fn bad_input_gets_clear_errors() {
     assert!(err.contains("not a directory"), "{err}");
     e.finish();
 }
+
+#[test]
+fn run_with_the_fuse_frontend_shows_the_branch_at_the_base_path() {
+    let t = "run_with_the_fuse_frontend_shows_the_branch_at_the_base_path";
+    if !fuse_available(t) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(t, "a private mount namespace needs root");
+        return;
+    }
+    let cli = CliEnv::new();
+    let base = cli.base();
+    let before = fingerprint(&base);
+    let o = cli
+        .cmd()
+        .current_dir(base.join("src"))
+        .args(["run", "--frontend", "fuse", "--create", "--branch", "r"])
+        .args(["--base", base.to_str().unwrap(), "--"])
+        .args([
+            "bash",
+            "-c",
+            "cat main.rs; echo changed > main.rs; cat main.rs; pwd; awk -v d=\"$(dirname \"$PWD\")\" '$5 == d' /proc/self/mountinfo | grep -c ' agentfs:r '; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "fn main() {{}}\nchanged\n{}\n1\n",
+            base.join("src").display()
+        )
+    );
+    assert!(fingerprint(&base) == before, "the base changed");
+    let d = cli.ok(&["diff", "--branch", "r"]);
+    assert!(d.lines().any(|l| l == "M src/main.rs"), "{d}");
+    // Nothing is left mounted, here or on the private mountpoint.
+    let left = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!left.contains(" agentfs:r "), "{left}");
+}

@@ -10,6 +10,7 @@ pub mod install;
 pub mod mount;
 pub mod plugins;
 pub mod run;
+pub mod run_fuse;
 pub mod snapshot;
 pub mod store;
 pub mod watch;
