@@ -633,3 +633,36 @@ fn run_with_the_fuse_frontend_shows_the_branch_at_the_base_path() {
     let left = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!left.contains(" agentfs:r "), "{left}");
 }
+
+#[test]
+fn a_change_through_another_path_shows_in_the_mount() {
+    let t = "a_change_through_another_path_shows_in_the_mount";
+    let Some(e) = Env::new(t, false) else { return };
+    let mp = e.mp.to_str().unwrap();
+    e.cli.ok(&["unmount", mp]);
+    let out = e
+        .cli
+        .ok(&["mount", "--branch", "b", "--cache-ttl", "0", mp]);
+    assert!(out.starts_with("mounted"), "{out}");
+    let readme = e.mp.join("README.md");
+    // Two opens of an unchanged file: the second may keep the page cache.
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "README.md",
+        "--data",
+        "# changed elsewhere\n",
+    ]);
+    assert_eq!(fs::read(&readme).unwrap(), b"# changed elsewhere\n");
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "new.txt", "--data", "n"]);
+    assert_eq!(fs::read(e.mp.join("new.txt")).unwrap(), b"n");
+    // And a write through the mount is read back at once.
+    fs::write(&readme, b"# through the mount\n").unwrap();
+    assert_eq!(fs::read(&readme).unwrap(), b"# through the mount\n");
+    e.finish();
+}

@@ -64,6 +64,19 @@ pub struct BranchFs {
     dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_fh: AtomicU64,
     meta_dir: std::path::PathBuf,
+    /// Per inode: the identity (device, inode, size, mtime) of the file its
+    /// last open got. An open that finds the same one keeps the kernel's
+    /// page cache (the content cannot have changed); any other drops it.
+    opened: Mutex<HashMap<u64, FileId>>,
+}
+
+/// Device, inode, size and mtime of a layer file.
+type FileId = (u64, u64, u64, SystemTime);
+
+fn file_id(f: &File) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
 fn errno(e: &CoreError) -> Errno {
@@ -157,6 +170,7 @@ impl BranchFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             meta_dir,
+            opened: Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,22 +223,40 @@ impl BranchFs {
         fh
     }
 
+    /// Opens `path`; returns the handle and whether the kernel may keep
+    /// the inode's cached pages.
     fn open_handle(
         &self,
         tree: &Tree<'_>,
         ino: u64,
         path: &BranchPath,
         opts: &OpenOptions,
-    ) -> Result<u64, Errno> {
+    ) -> Result<(u64, FopenFlags), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
         let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
-        Ok(self.add_handle(Handle {
+        let id = file_id(&o.file);
+        let keep = {
+            let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+            let same = id.is_some() && opened.get(&ino) == id.as_ref();
+            match id {
+                Some(id) => opened.insert(ino, id),
+                None => opened.remove(&ino),
+            };
+            same
+        };
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.add_handle(Handle {
             ino,
             file: o.file,
             writable: opts.write,
             seen: Mutex::new(seen),
             _writer: o.writer,
-        }))
+        });
+        Ok((fh, flags))
     }
 
     /// Publishes `Modified` when the file's size or mtime changed since the
@@ -529,7 +561,7 @@ impl Filesystem for BranchFs {
             .path(ino)
             .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts))
         {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }
@@ -559,9 +591,9 @@ impl Filesystem for BranchFs {
                 mode: mode & !umask & 0o7777,
             };
             let ino = self.inodes().ino(&path);
-            let fh = self.open_handle(&tree, ino, &path, &opts)?;
+            let (fh, flags) = self.open_handle(&tree, ino, &path, &opts)?;
             match self.entry(&tree, &path) {
-                Ok(a) => Ok((a, fh)),
+                Ok(a) => Ok((a, fh, flags)),
                 Err(e) => {
                     self.files
                         .lock()
@@ -572,13 +604,9 @@ impl Filesystem for BranchFs {
             }
         })();
         match r {
-            Ok((a, fh)) => reply.created(
-                &self.ttl,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, fh, flags)) => {
+                reply.created(&self.ttl, &a, Generation(0), FileHandle(fh), flags)
+            }
             Err(e) => reply.error(e),
         }
     }
