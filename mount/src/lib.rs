@@ -8,6 +8,8 @@
 
 #[cfg(target_os = "linux")]
 mod fs;
+#[cfg(target_os = "linux")]
+mod fusermount;
 pub mod inodes;
 pub mod registry;
 
@@ -78,6 +80,30 @@ pub const IO_MODE: &str = "fuse";
 pub struct Mount {
     session: fuser::Session<BranchFs>,
     mountpoint: PathBuf,
+    /// Mounted through fusermount3 (the session cannot unmount itself).
+    via_fusermount: bool,
+}
+
+/// Unmounts a [`Mount`] from another thread (a signal handler's, say).
+#[cfg(target_os = "linux")]
+pub struct Unmounter {
+    session: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+    via_fusermount: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl Unmounter {
+    /// Unmounts; the serving [`Mount::run`] then returns.
+    pub fn unmount(&mut self) -> Result<(), MountError> {
+        if self.via_fusermount {
+            return unmount(&self.mountpoint, false);
+        }
+        self.session.unmount().map_err(|source| MountError::Io {
+            what: format!("unmount {}", self.mountpoint.display()),
+            source,
+        })
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -115,14 +141,37 @@ impl Mount {
             fuser::MountOption::NoSuid,
         ];
         config.n_threads = Some(opts.threads.max(1));
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok()
+            && nix::unistd::geteuid().is_root();
+        let io = |source| MountError::Io {
+            what: format!("mount {}", mountpoint.display()),
+            source,
+        };
+        if direct {
+            let session = fuser::Session::new(fs, &mountpoint, &config).map_err(io)?;
+            return Ok(Self {
+                session,
+                mountpoint,
+                via_fusermount: false,
+            });
+        }
+        // An ordinary user: through the setuid helper.
+        let opts =
+            format!("fsname=agentfs:{branch},subtype={SUBTYPE},default_permissions,nodev,nosuid");
+        let fd = fusermount::mount(&mountpoint, &opts).map_err(io)?;
         let session =
-            fuser::Session::new(fs, &mountpoint, &config).map_err(|e| MountError::Io {
-                what: format!("mount {}", mountpoint.display()),
-                source: e,
+            fuser::Session::from_fd(fs, fd, fuser::SessionACL::Owner, config).map_err(|e| {
+                let _ = unmount(&mountpoint, true);
+                io(e)
             })?;
         Ok(Self {
             session,
             mountpoint,
+            via_fusermount: true,
         })
     }
 
@@ -132,8 +181,12 @@ impl Mount {
     }
 
     /// A handle that unmounts (from a signal-handling thread, say).
-    pub fn unmounter(&mut self) -> fuser::SessionUnmounter {
-        self.session.unmount_callable()
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+            via_fusermount: self.via_fusermount,
+        }
     }
 
     /// Serves requests until the file system is unmounted.
