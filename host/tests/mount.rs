@@ -666,3 +666,25 @@ fn a_change_through_another_path_shows_in_the_mount() {
     assert_eq!(fs::read(&readme).unwrap(), b"# through the mount\n");
     e.finish();
 }
+
+#[test]
+fn sigterm_unmounts_and_ends_the_server() {
+    let t = "sigterm_unmounts_and_ends_the_server";
+    let Some(e) = Env::new(t, false) else { return };
+    fs::write(e.mp.join("kept.txt"), b"kept").unwrap();
+    let pid = e.server_pid();
+    // SAFETY: signalling the server this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    // `tail --pid` returns when the process has exited.
+    let o = Command::new("tail")
+        .args(["--pid", &pid.to_string(), "-f", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!mounted(&e.mp), "the server exited but left its mount");
+    let v: serde_json::Value = serde_json::from_str(&e.cli.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["mounts"], serde_json::json!([]));
+    e.assert_diff_has(&["A kept.txt"]);
+    // The base is unchanged; nothing is left to unmount.
+    assert!(fingerprint(&e.base) == e.before, "the base changed");
+}

@@ -22,7 +22,8 @@ pub struct MountArgs {
     /// The branch to mount.
     #[arg(long)]
     pub branch: String,
-    /// An existing empty directory to mount it on.
+    /// An existing directory to mount it on (what it holds is hidden while
+    /// mounted).
     pub mountpoint: PathBuf,
     /// Serve in this process until unmounted or SIGTERM/SIGINT (default:
     /// detach once mounted).
