@@ -295,20 +295,27 @@ pub fn clean_stale(path: &Path) -> Result<bool, MountError> {
 /// Unmounts `path`: with umount2(2) when privileged, else with
 /// `fusermount3 -u` (`lazy`: detach even if busy).
 pub fn unmount(path: &Path, lazy: bool) -> Result<(), MountError> {
-    let flags = if lazy {
-        nix::mount::MntFlags::MNT_DETACH
-    } else {
-        nix::mount::MntFlags::empty()
-    };
-    match nix::mount::umount2(path, flags) {
-        Ok(()) => return Ok(()),
-        Err(nix::errno::Errno::EPERM) => {}
-        Err(e) => {
-            return Err(MountError::Io {
-                what: format!("unmount {}", path.display()),
-                source: e.into(),
-            })
+    #[cfg(target_os = "linux")]
+    {
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        match nix::mount::umount2(path, flags) {
+            Ok(()) => return Ok(()),
+            // An ordinary user: through fusermount3 below.
+            Err(nix::errno::Errno::EPERM) => {}
+            Err(e) => {
+                return Err(MountError::Io {
+                    what: format!("unmount {}", path.display()),
+                    source: e.into(),
+                })
+            }
         }
+    }
+    if !cfg!(target_os = "linux") {
+        return Err(MountError::Unsupported);
     }
     let mut c = Command::new("fusermount3");
     c.arg("-u");

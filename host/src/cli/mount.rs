@@ -141,6 +141,17 @@ pub fn mount(
     bail!("{err}")
 }
 
+#[cfg(not(target_os = "linux"))]
+fn foreground(
+    _socket: &Path,
+    _host: impl FnOnce() -> Result<Host>,
+    _wait: LockWait,
+    _args: &MountArgs,
+) -> Result<ExitCode> {
+    bail!("agentfs mount: FUSE mounts are Linux only for now")
+}
+
+#[cfg(target_os = "linux")]
 fn foreground(
     socket: &Path,
     host: impl FnOnce() -> Result<Host>,
@@ -231,7 +242,13 @@ pub fn unmount(socket: &Path, args: UnmountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits (up to 10 s) for process `pid` to exit (elsewhere than Linux:
+/// does not wait).
+#[cfg(not(target_os = "linux"))]
+fn wait_exit(_pid: u32) {}
+
 /// Waits (up to 10 s) for process `pid` to exit, through a pidfd.
+#[cfg(target_os = "linux")]
 fn wait_exit(pid: u32) {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

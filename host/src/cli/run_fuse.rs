@@ -7,6 +7,9 @@
 //! the path, so nothing outside the run sees the change. Needs the right to
 //! create a mount namespace (root, or CAP_SYS_ADMIN).
 
+// Elsewhere only the stub below is built.
+#![cfg_attr(not(target_os = "linux"), allow(unused_imports))]
+
 use std::{
     ffi::CString,
     os::unix::{
@@ -33,11 +36,19 @@ pub enum Frontend {
     Fuse,
 }
 
+/// Runs `args.command` in the branch through a FUSE mount (Linux only).
+#[cfg(not(target_os = "linux"))]
+pub fn run(
+    _host: impl FnOnce() -> Result<Host>,
+    _wait: LockWait,
+    _args: RunArgs,
+) -> Result<ExitCode> {
+    bail!("--frontend fuse: Linux only")
+}
+
 /// Runs `args.command` in the branch through a FUSE mount.
+#[cfg(target_os = "linux")]
 pub fn run(host: impl FnOnce() -> Result<Host>, wait: LockWait, args: RunArgs) -> Result<ExitCode> {
-    if !cfg!(target_os = "linux") {
-        bail!("--frontend fuse: Linux only");
-    }
     let h = host()?;
     let store = if Store::exists(&h.backstore()?)? {
         Store::open(h.backstore()?, wait)?
@@ -113,6 +124,7 @@ pub fn run(host: impl FnOnce() -> Result<Host>, wait: LockWait, args: RunArgs) -
     })
 }
 
+#[cfg(target_os = "linux")]
 /// Starts the program in a new mount namespace with `mp` bind-mounted over
 /// `target`, and waits for it.
 fn spawn_inside(
