@@ -156,6 +156,10 @@ enum Command {
     /// Run a program inside a branch: the branch appears at the base's own
     /// path (or --at DIR), reads come from the branch, writes land in it.
     Run(cli::run::RunArgs),
+    /// Mount a branch as a real filesystem (FUSE, Linux) until `agentfs unmount`.
+    Mount(cli::mount::MountArgs),
+    /// Unmount a branch mounted with `agentfs mount`.
+    Unmount(cli::mount::UnmountArgs),
     /// Run the main job step by step on the configured backstore: a branch
     /// over a directory, a change, a snapshot, a diff, the base untouched.
     Demo {
@@ -293,10 +297,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             native,
         } => return cli::watch::run(&socket, &branch, &path, json, native),
+        Command::Run(args) if args.frontend == cli::run_fuse::Frontend::Fuse => {
+            return cli::run_fuse::run(make_host, wait, args)
+        }
         Command::Run(args) => {
             let exists = || Ok(agentfs_core::Store::exists(&make_host()?.backstore()?)?);
             return cli::run::run(&socket, &globals, exists, args);
         }
+        Command::Mount(args) => return cli::mount::mount(&socket, &globals, make_host, wait, args),
+        Command::Unmount(args) => return cli::mount::unmount(&socket, args),
         _ => {}
     }
     let h = make_host()?;
@@ -332,7 +341,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Snapshot(_)
         | Command::Fs(_)
         | Command::Watch { .. }
-        | Command::Run(_) => {
+        | Command::Run(_)
+        | Command::Mount(_)
+        | Command::Unmount(_) => {
             unreachable!("handled above")
         }
         Command::Diff { branch, from, json } => {
@@ -348,7 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             verbose,
         }) => cli::plugins::with_report(plugins_info(&h, &plugin, json), verbose),
         Command::Plugins(PluginsCmd::New(args)) => cli::plugins::new(args),
-        Command::Status { json } => status(&h, json),
+        Command::Status { json } => status(&h, json, &socket),
         Command::Config(ConfigCmd::Default) => unreachable!("handled above"),
         Command::Config(ConfigCmd::Show) => {
             println!("config: {}", h.config.source);
@@ -514,6 +525,7 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
             },
             "watch": st.watch_providers,
             "read_only_fds": st.read_only_fds,
+            "mounts": cli::mount::status_json(&d.socket),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -548,11 +560,12 @@ fn status_daemon(mut d: DaemonClient, json: bool) -> Result<ExitCode> {
                 "not protected (no read-only mounts here)"
             }
         );
+        cli::mount::print_status(&d.socket);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(h: &Host, json: bool) -> Result<ExitCode> {
+fn status(h: &Host, json: bool, socket: &std::path::Path) -> Result<ExitCode> {
     let b = h.backstore()?;
     let watch = h.watch_providers()?;
     let watch_names: Vec<String> = watch.iter().map(|w| w.details().name.clone()).collect();
@@ -580,6 +593,7 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
                 "reclaimed": reclaimed,
             },
             "watch": watch_names,
+            "mounts": cli::mount::status_json(socket),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -606,6 +620,7 @@ fn status(h: &Host, json: bool) -> Result<ExitCode> {
         for line in &reclaimed {
             println!("reclaimed:    {line}");
         }
+        cli::mount::print_status(socket);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,23 +45,27 @@ const PRELOAD_VAR: &str = "DYLD_INSERT_LIBRARIES";
 pub struct RunArgs {
     /// The branch to run in.
     #[arg(long)]
-    branch: String,
+    pub(crate) branch: String,
     /// Create the branch if it does not exist (over --base, or the current
     /// directory).
     #[arg(long)]
-    create: bool,
+    pub(crate) create: bool,
     /// With --create: the directory to branch (default: the current one).
     #[arg(long, value_name = "DIR", requires = "create")]
-    base: Option<PathBuf>,
+    pub(crate) base: Option<PathBuf>,
     /// Where the program sees the branch (default: the base's own path).
     #[arg(long, value_name = "DIR")]
-    at: Option<PathBuf>,
+    pub(crate) at: Option<PathBuf>,
     /// Run without the read-only safety net, and without saying so.
     #[arg(long)]
     no_sandbox: bool,
+    /// How the program sees the branch: `shim` (LD_PRELOAD, any user) or
+    /// `fuse` (a FUSE mount in a private mount namespace; root, Linux).
+    #[arg(long, value_enum, default_value_t = super::run_fuse::Frontend::Shim)]
+    pub(crate) frontend: super::run_fuse::Frontend,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// The global options a private daemon needs to serve the same store.

@@ -1,0 +1,268 @@
+//! `agentfs mount --branch B MOUNTPOINT` and `agentfs unmount MOUNTPOINT`:
+//! a branch as a real FUSE filesystem (Linux), served by an `agentfs`
+//! process (detached, or in the foreground with `--foreground`) until it
+//! is unmounted or gets SIGTERM/SIGINT. Active mounts are recorded next to
+//! the daemon's socket (`mounts/`) for `agentfs status`.
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use agentfs_core::LockWait;
+use agentfs_host::Host;
+use agentfs_mount::registry;
+use anyhow::{bail, Context, Result};
+
+/// Arguments of `agentfs mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The branch to mount.
+    #[arg(long)]
+    pub branch: String,
+    /// An existing directory to mount it on (what it holds is hidden while
+    /// mounted).
+    pub mountpoint: PathBuf,
+    /// Serve in this process until unmounted or SIGTERM/SIGINT (default:
+    /// detach once mounted).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Seconds the kernel may cache names and attributes (0: ask every
+    /// time; changes made through other paths show after at most this).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub cache_ttl: f64,
+}
+
+/// Arguments of `agentfs unmount`.
+#[derive(Debug, clap::Args)]
+pub struct UnmountArgs {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+    /// Detach even if files are open there (they keep working until closed).
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+/// Where active mounts are recorded: `mounts/` next to the daemon socket.
+pub fn registry_dir(socket: &Path) -> PathBuf {
+    socket
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("mounts")
+}
+
+/// The active mounts, as JSON for `agentfs status --json`.
+pub fn status_json(socket: &Path) -> serde_json::Value {
+    serde_json::to_value(registry::list(&registry_dir(socket))).unwrap_or_default()
+}
+
+/// Prints the active mounts for `agentfs status`.
+pub fn print_status(socket: &Path) {
+    let v = registry::list(&registry_dir(socket));
+    if v.is_empty() {
+        println!("mounts:       -");
+    }
+    for r in v {
+        println!(
+            "mount:        {} on {} (pid {}, io: {})",
+            r.branch,
+            r.mountpoint.display(),
+            r.pid,
+            r.io_mode
+        );
+    }
+}
+
+/// `agentfs mount`: in the foreground, or by starting a detached
+/// `agentfs mount --foreground` and waiting for its readiness line.
+pub fn mount(
+    socket: &Path,
+    global: &[OsString],
+    host: impl FnOnce() -> Result<Host>,
+    wait: LockWait,
+    args: MountArgs,
+) -> Result<ExitCode> {
+    if !(args.cache_ttl.is_finite() && args.cache_ttl >= 0.0) {
+        bail!("--cache-ttl: give a number of seconds, 0 or more");
+    }
+    if args.foreground {
+        return foreground(socket, host, wait, &args);
+    }
+    let dir = registry_dir(socket);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let log_path = dir.join(format!("mount-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("the agentfs executable")?;
+    let mut c = Command::new(exe);
+    c.args(global)
+        .arg("--socket")
+        .arg(socket)
+        .arg("mount")
+        .arg("--foreground")
+        .arg("--branch")
+        .arg(&args.branch)
+        .arg("--cache-ttl")
+        .arg(args.cache_ttl.to_string())
+        .arg("--")
+        .arg(&args.mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child leaves our session so
+    // a hangup or ^C of this terminal does not reach the server.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let mut child = c.spawn().context("start the mount server")?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    if line.starts_with("mounted") {
+        print!("{line}");
+        // The server's log stays for its life only when it has something.
+        let _ = std::fs::remove_file(&log_path);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    let err = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("agentfs: error: "))
+        .next_back()
+        .unwrap_or(err.trim())
+        .to_string();
+    bail!("{err}")
+}
+
+#[cfg(not(target_os = "linux"))]
+fn foreground(
+    _socket: &Path,
+    _host: impl FnOnce() -> Result<Host>,
+    _wait: LockWait,
+    _args: &MountArgs,
+) -> Result<ExitCode> {
+    bail!("agentfs mount: FUSE mounts are Linux only for now")
+}
+
+#[cfg(target_os = "linux")]
+fn foreground(
+    socket: &Path,
+    host: impl FnOnce() -> Result<Host>,
+    wait: LockWait,
+    args: &MountArgs,
+) -> Result<ExitCode> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Signals go to the thread below only (every thread started from here
+    // on inherits the mask).
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set.thread_block().context("block signals")?;
+    let h = host()?;
+    let store = std::sync::Arc::new(super::store::open_store(&h, wait)?);
+    let opts = agentfs_mount::MountOptions {
+        ttl: std::time::Duration::from_secs_f64(args.cache_ttl),
+        ..Default::default()
+    };
+    let mut m = agentfs_mount::Mount::new(store, &args.branch, &args.mountpoint, &opts)?;
+    let mp = m.mountpoint().to_path_buf();
+    let dir = registry_dir(socket);
+    let rec = registry::Record {
+        pid: std::process::id(),
+        branch: args.branch.clone(),
+        mountpoint: mp.clone(),
+        io_mode: agentfs_mount::IO_MODE.into(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    if let Err(e) = registry::add(&dir, &rec) {
+        tracing::warn!(error = %e, dir = %dir.display(), "could not record the mount for `agentfs status`");
+    }
+    let mut unmounter = m.unmounter();
+    let mp2 = mp.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            tracing::info!(?sig, "unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed: detaching");
+                let _ = agentfs_mount::unmount(&mp2, true);
+            }
+        }
+    });
+    println!(
+        "mounted branch {} at {} (io: {})",
+        args.branch,
+        mp.display(),
+        agentfs_mount::IO_MODE
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let r = m.run();
+    registry::remove(&dir, &mp);
+    r?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agentfs unmount`: unmounts, then waits for the server to exit.
+pub fn unmount(socket: &Path, args: UnmountArgs) -> Result<ExitCode> {
+    let mp = std::path::absolute(&args.mountpoint)
+        .with_context(|| format!("{}", args.mountpoint.display()))?;
+    let rec = registry::find(&registry_dir(socket), &mp);
+    if !agentfs_mount::is_mounted(&mp) {
+        bail!("{}: not mounted", mp.display());
+    }
+    if !agentfs_mount::is_agentfs_mount(&mp) {
+        bail!("{}: not an AgentFS mount", mp.display());
+    }
+    agentfs_mount::unmount(&mp, args.lazy).map_err(|e| match e {
+        agentfs_mount::MountError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::EBUSY) =>
+        {
+            anyhow::anyhow!(
+                "{}: busy (files open or a process inside): close them, or use --lazy",
+                mp.display()
+            )
+        }
+        e => e.into(),
+    })?;
+    if let Some(r) = rec {
+        wait_exit(r.pid);
+    }
+    println!("unmounted {}", mp.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits (up to 10 s) for process `pid` to exit (elsewhere than Linux:
+/// does not wait).
+#[cfg(not(target_os = "linux"))]
+fn wait_exit(_pid: u32) {}
+
+/// Waits (up to 10 s) for process `pid` to exit, through a pidfd.
+#[cfg(target_os = "linux")]
+fn wait_exit(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return;
+    }
+    let mut p = libc::pollfd {
+        fd: fd as i32,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the fd is ours and closed right after.
+    unsafe {
+        libc::poll(&mut p, 1, 10_000);
+        libc::close(fd as i32);
+    }
+}

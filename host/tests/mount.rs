@@ -1,0 +1,690 @@
+//! Real, unmodified programs in a branch mounted with `agentfs mount`
+//! (FUSE): each script runs once in the mount and once natively in a copy
+//! of the sample project, and the two must print the same and leave the
+//! same tree; the base must stay byte-for-byte unchanged, `agentfs diff`
+//! must show the changes, and `agentfs unmount` must leave nothing mounted.
+//!
+//! Needs /dev/fuse (and fusermount3 when not root): without them a test
+//! says why on stderr and passes, unless `AGENTFS_REQUIRE_COW=1` (CI),
+//! where it fails.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use common::{image_dir, CliEnv, TreeImage};
+
+use agentfs_testfs::skip;
+
+/// Is `tool` on PATH? If not: skip.
+fn have(tool: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        skip(test, &format!("`{tool}` is not installed"));
+    }
+    found
+}
+
+/// Can this user mount with FUSE here? If not: skip.
+fn fuse_available(test: &str) -> bool {
+    if let Err(e) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        skip(test, &format!("/dev/fuse: {e}"));
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && !have("fusermount3", test) {
+        return false;
+    }
+    true
+}
+
+/// The base's image plus every entry's mtime: "unchanged" means both.
+type Fingerprint = (TreeImage, BTreeMap<String, (i64, i64)>);
+
+fn fingerprint(root: &Path) -> Fingerprint {
+    let img = image_dir(root);
+    let times = img
+        .keys()
+        .map(|k| {
+            let md = fs::symlink_metadata(root.join(k)).unwrap();
+            (k.clone(), (md.mtime(), md.mtime_nsec()))
+        })
+        .collect();
+    (img, times)
+}
+
+/// True when something is mounted at `p`.
+fn mounted(p: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+/// The shared harness: a store over the sample project (optionally a git
+/// checkout), branch `b` mounted at `m`, and a native copy of the project.
+struct Env {
+    cli: CliEnv,
+    base: PathBuf,
+    native: PathBuf,
+    mp: PathBuf,
+    before: Fingerprint,
+}
+
+impl Env {
+    fn new(test: &str, git: bool) -> Option<Self> {
+        if !fuse_available(test) {
+            return None;
+        }
+        let cli = CliEnv::new();
+        let base = cli.base();
+        if git {
+            let g = |args: &[&str]| {
+                let o = Command::new("git")
+                    .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+                    .args(args)
+                    .current_dir(&base)
+                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                    .env("HOME", &cli.dir)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "git {args:?}: {o:?}");
+            };
+            g(&["init", "-q"]);
+            g(&["add", "-A"]);
+            g(&["commit", "-qm", "init"]);
+        }
+        let native = cli.dir.join("native");
+        let o = Command::new("cp")
+            .arg("-a")
+            .arg(&base)
+            .arg(&native)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cp -a: {o:?}");
+        cli.ok(&["init", "--base", base.to_str().unwrap()]);
+        cli.ok(&["branch", "create", "b"]);
+        let mp = cli.dir.join("m");
+        fs::create_dir(&mp).unwrap();
+        let before = fingerprint(&base);
+        let e = Self {
+            cli,
+            base,
+            native,
+            mp,
+            before,
+        };
+        e.mount();
+        Some(e)
+    }
+
+    fn mount(&self) {
+        let out = self
+            .cli
+            .ok(&["mount", "--branch", "b", self.mp.to_str().unwrap()]);
+        assert!(out.starts_with("mounted branch b at"), "{out}");
+        assert!(mounted(&self.mp), "mounted says the mount table");
+    }
+
+    /// The pid serving the mount, from `agentfs status --json`.
+    fn server_pid(&self) -> u32 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.cli.ok(&["status", "--json"])).unwrap();
+        let m = &v["mounts"][0];
+        assert_eq!(m["branch"], "b");
+        assert_eq!(m["mountpoint"], self.mp.to_str().unwrap());
+        assert_eq!(m["io_mode"], "fuse");
+        m["pid"].as_u64().unwrap() as u32
+    }
+
+    fn shell(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &self.cli.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `script` with `shell` in the mount and natively; requires
+    /// both to succeed and print the same (the roots shown as `ROOT`).
+    fn same(&self, shell: &[&str], script: &str) -> String {
+        let mut args = shell.to_vec();
+        args.push(script);
+        let m = self.shell(&self.mp, &args);
+        let n = self.shell(&self.native, &args);
+        let text = |o: &Output, root: &Path| {
+            String::from_utf8_lossy(&o.stdout).replace(root.to_str().unwrap(), "ROOT")
+        };
+        assert!(
+            n.status.success(),
+            "native run failed: {}",
+            String::from_utf8_lossy(&n.stderr)
+        );
+        assert!(
+            m.status.success(),
+            "run in the mount failed: {}\n(stdout: {})",
+            String::from_utf8_lossy(&m.stderr),
+            String::from_utf8_lossy(&m.stdout)
+        );
+        let (tm, tn) = (text(&m, &self.mp), text(&n, &self.native));
+        assert_eq!(tm, tn, "the mount and the native copy printed differently");
+        tm
+    }
+
+    /// The mount and the native copy hold the same tree (git's own
+    /// database aside, whose packing differs run to run).
+    fn assert_same_tree(&self) {
+        let strip = |img: TreeImage| -> TreeImage {
+            img.into_iter()
+                .filter(|(k, _)| !k.starts_with(".git/") && k != ".git")
+                .collect()
+        };
+        assert_eq!(strip(image_dir(&self.mp)), strip(image_dir(&self.native)));
+    }
+
+    fn diff(&self) -> String {
+        self.cli.ok(&["diff", "--branch", "b"])
+    }
+
+    fn assert_diff_has(&self, lines: &[&str]) {
+        let d = self.diff();
+        for l in lines {
+            assert!(d.lines().any(|x| x == *l), "diff lacks {l:?}:\n{d}");
+        }
+    }
+
+    /// Unmounts; nothing is left mounted and the base is unchanged.
+    fn finish(self) {
+        let out = self.cli.ok(&["unmount", self.mp.to_str().unwrap()]);
+        assert!(out.starts_with("unmounted"), "{out}");
+        assert!(!mounted(&self.mp), "unmount left the mount behind");
+        let v: serde_json::Value =
+            serde_json::from_str(&self.cli.ok(&["status", "--json"])).unwrap();
+        assert_eq!(v["mounts"], serde_json::json!([]));
+        assert!(
+            fingerprint(&self.base) == self.before,
+            "the base changed under the mount"
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // A failed test must not leave a mount behind.
+        if mounted(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mp)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn bash_and_coreutils_in_the_mount_match_a_native_copy() {
+    let t = "bash_and_coreutils_in_the_mount_match_a_native_copy";
+    let Some(e) = Env::new(t, false) else { return };
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+cat README.md
+echo added >> README.md
+printf 'x\n' > new.txt
+cat <<EOF > here.txt
+line $((1 + 2))
+EOF
+cp -a src copied
+mv docs/guide.md docs/moved.md
+rm src/lib.rs
+rm -r src/nested
+mkdir -p a/b/c && touch a/b/c/f
+ln -s new.txt link
+chmod 600 new.txt
+truncate -s 3 here.txt
+echo *.txt
+ls -la --time-style=+ copied | awk 'NR > 1 {print $1, $NF}'
+stat -c '%a %s %F' new.txt here.txt link a/b/c
+readlink link
+find . -path ./.git -prune -o -print | sort
+cat ./run.sh | head -1
+./run.sh
+"#,
+    );
+    assert!(out.contains("line 3") || out.contains("new.txt"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&[
+        "M README.md",
+        "A new.txt",
+        "D src/lib.rs",
+        "D docs/guide.md",
+        "A docs/moved.md",
+    ]);
+    e.finish();
+}
+
+#[test]
+fn git_in_the_mount_leaves_the_base_checkout_untouched() {
+    let t = "git_in_the_mount_leaves_the_base_checkout_untouched";
+    if !have("git", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, true) else { return };
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+git status --short
+echo change >> src/main.rs
+echo new > added.txt
+git status --short
+git add -A
+git -c user.email=t@example.com -c user.name=t commit -qm work
+git log --format=%s
+git status --short
+git diff HEAD~1 --stat | tail -1
+"#,
+    );
+    assert!(out.contains("work\ninit\n"), "{out}");
+    assert!(out.contains(" M src/main.rs"), "{out}");
+    e.assert_same_tree();
+    e.assert_diff_has(&["M src/main.rs", "A added.txt"]);
+    e.finish();
+}
+
+#[test]
+fn make_and_cc_build_in_the_mount() {
+    let t = "make_and_cc_build_in_the_mount";
+    if !have("make", t) || !have("cc", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+cat > hello.c <<'EOF'
+#include <stdio.h>
+int main(void) { printf("built %d\n", 6 * 7); return 0; }
+EOF
+printf 'hello: hello.c\n\tcc -o hello hello.c\n' > Makefile
+make -s
+./hello
+make -s
+echo again
+"#,
+    );
+    assert_eq!(out, "built 42\nagain\n");
+    e.assert_diff_has(&["A hello", "A hello.c", "A Makefile"]);
+    e.finish();
+}
+
+#[test]
+fn python_tar_and_sqlite_in_the_mount() {
+    let t = "python_tar_and_sqlite_in_the_mount";
+    if !have("python3", t) || !have("tar", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let out = e.same(
+        &["python3", "-c"],
+        r#"
+import os, pathlib, shutil, tempfile, subprocess
+p = pathlib.Path("py"); p.mkdir()
+(p / "x").write_text("one")
+os.replace(p / "x", p / "y")
+with tempfile.NamedTemporaryFile(dir=p, delete=False) as f:
+    f.write(b"tmp")
+os.replace(f.name, p / "z")
+print(sorted(os.listdir(p)), (p / "z").read_bytes())
+os.setxattr(p / "y", "user.k", b"v")
+print(os.getxattr(p / "y", "user.k"), "user.k" in os.listxattr(p / "y"))
+os.removexattr(p / "y", "user.k")
+print(os.listxattr(p / "y"))
+shutil.copytree("src", "src2", symlinks=True)
+shutil.rmtree("src")
+subprocess.run(["tar", "cf", "a.tar", "src2", "docs"], check=True)
+os.mkdir("un")
+subprocess.run(["tar", "xf", "a.tar", "-C", "un"], check=True)
+print(sorted(str(q) for q in pathlib.Path("un").rglob("*")))
+st = [os.stat(x) for x in (".", "README.md", "un/docs")]
+print(len({s.st_dev for s in st}))
+fd = os.open("big", os.O_CREAT | os.O_RDWR, 0o644)
+os.pwrite(fd, b"end", 1 << 20)
+os.fsync(fd)
+os.close(fd)
+print(os.path.getsize("big"), open("big", "rb").read()[-3:])
+"#,
+    );
+    assert!(out.contains("['y', 'z'] b'tmp'"), "{out}");
+    assert!(out.contains("b'v' True\n[]\n"), "{out}");
+    assert!(out.contains("\n1\n1048579 b'end'\n"), "one st_dev: {out}");
+    if have("sqlite3", t) {
+        let o = e.shell(
+            &e.mp,
+            &[
+                "sqlite3",
+                "db.sqlite",
+                "create table t(x); insert into t values (1),(2),(3); select sum(x) from t;",
+            ],
+        );
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "6\n");
+        e.assert_diff_has(&["A db.sqlite"]);
+    }
+    e.assert_diff_has(&["A big", "D src/main.rs", "A src2/main.rs"]);
+    e.finish();
+}
+
+/// Does this ELF file name a program interpreter (is it dynamic)?
+fn has_interpreter(elf: &[u8]) -> bool {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
+        return true;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        o + 4 <= elf.len() && u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+    })
+}
+
+#[test]
+fn a_static_binary_writes_through_the_mount() {
+    let t = "a_static_binary_writes_through_the_mount";
+    let Some(bb) = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| fs::read(p).is_ok_and(|b| !has_interpreter(&b)))
+    else {
+        skip(t, "no static busybox (Debian package busybox-static)");
+        return;
+    };
+    let Some(e) = Env::new(t, false) else { return };
+    fs::copy(bb, e.mp.join("busybox")).unwrap();
+    let o = agentfs_testfs::output_retrying_etxtbsy(
+        Command::new("./busybox")
+            .args([
+                "sh",
+                "-c",
+                "echo static > st.txt && cat st.txt README.md && rm docs/guide.md",
+            ])
+            .current_dir(&e.mp),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "static\n# project\n");
+    e.assert_diff_has(&["A st.txt", "A busybox", "D docs/guide.md"]);
+    e.finish();
+}
+
+#[test]
+fn inotifywait_on_the_mountpoint_sees_writes_through_it() {
+    let t = "inotifywait_on_the_mountpoint_sees_writes_through_it";
+    if !have("inotifywait", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let mut w = Command::new("inotifywait")
+        .args(["-m", "-e", "close_write,create", "--format", "%e %f"])
+        .arg(&e.mp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watching once it says so on stderr.
+    let mut err = BufReader::new(w.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Watches established") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "inotifywait quit");
+    }
+    fs::write(e.mp.join("seen.txt"), b"x").unwrap();
+    let mut out = BufReader::new(w.stdout.take().unwrap());
+    let mut got = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "inotifywait quit");
+        got.push(l.trim().to_string());
+        if l.trim() == "CLOSE_WRITE,CLOSE seen.txt" {
+            break;
+        }
+    }
+    assert_eq!(got[0], "CREATE seen.txt", "{got:?}");
+    let _ = w.kill();
+    let _ = w.wait();
+    e.assert_diff_has(&["A seen.txt"]);
+    e.finish();
+}
+
+#[test]
+fn inode_numbers_are_stable_and_renames_honour_their_flags() {
+    let t = "inode_numbers_are_stable_and_renames_honour_their_flags";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let out = e.shell(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def renameat2(a, b, flags):
+    r = libc.renameat2(-100, a.encode(), -100, b.encode(), flags)
+    return 0 if r == 0 else ctypes.get_errno()
+i = os.stat("README.md").st_ino
+os.rename("README.md", "R2")
+print(os.stat("R2").st_ino == i)
+print(os.stat("R2").st_ino == os.stat("R2").st_ino)
+print(errno.errorcode[renameat2("R2", "run.sh", 1)])
+print(errno.errorcode[renameat2("R2", "run.sh", 2)])
+print(renameat2("R2", "R3", 1))
+try:
+    os.link("R3", "hard")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "True\nTrue\nEEXIST\nEINVAL\n0\nENOTSUP\n"
+    );
+    e.assert_diff_has(&["D README.md", "A R3"]);
+    e.finish();
+}
+
+#[test]
+fn a_snapshot_is_isolated_from_later_writes_through_the_mount() {
+    let t = "a_snapshot_is_isolated_from_later_writes_through_the_mount";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    fs::write(e.mp.join("f.txt"), b"one\n").unwrap();
+    // While a file is open for writing through the mount, a snapshot
+    // would capture later writes: it is refused as busy.
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; f = open('f.txt', 'a'); f.write('two\\n'); f.flush(); print('open', flush=True); sys.stdin.read()",
+        ])
+        .current_dir(&e.mp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut l = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut l)
+        .unwrap();
+    assert_eq!(l, "open\n");
+    let err = e.cli.fails(&["snapshot", "create", "--branch", "b", "s1"]);
+    assert!(err.contains("busy"), "{err}");
+    holder.stdin.take().unwrap().write_all(b"").unwrap();
+    assert!(holder.wait().unwrap().success());
+    e.cli.ok(&["snapshot", "create", "--branch", "b", "s1"]);
+    fs::write(e.mp.join("f.txt"), b"three\n").unwrap();
+    assert_eq!(fs::read(e.mp.join("f.txt")).unwrap(), b"three\n");
+    assert_eq!(
+        e.cli.ok(&["fs", "cat", "--snapshot", "s1", "f.txt"]),
+        "one\ntwo\n"
+    );
+    e.finish();
+}
+
+#[test]
+fn a_killed_server_leaves_no_hung_mount_after_the_next_start() {
+    let t = "a_killed_server_leaves_no_hung_mount_after_the_next_start";
+    let Some(e) = Env::new(t, false) else { return };
+    fs::write(e.mp.join("kept.txt"), b"kept").unwrap();
+    let pid = e.server_pid();
+    // SAFETY: signalling the server this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // Until the next start the mount answers ENOTCONN.
+    let _ = fs::metadata(&e.mp);
+    e.mount();
+    assert_eq!(fs::read(e.mp.join("kept.txt")).unwrap(), b"kept");
+    assert_ne!(e.server_pid(), pid);
+    e.finish();
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let t = "bad_input_gets_clear_errors";
+    let Some(e) = Env::new(t, false) else { return };
+    let other = e.cli.dir.join("other");
+    fs::create_dir(&other).unwrap();
+    let err = e
+        .cli
+        .fails(&["mount", "--branch", "nope", other.to_str().unwrap()]);
+    assert!(err.contains("nope"), "{err}");
+    assert!(!mounted(&other));
+    let err = e
+        .cli
+        .fails(&["mount", "--branch", "b", e.mp.to_str().unwrap()]);
+    assert!(err.contains("already mounted"), "{err}");
+    let err = e.cli.fails(&["unmount", other.to_str().unwrap()]);
+    assert!(err.contains("not mounted"), "{err}");
+    let file = e.cli.dir.join("file");
+    fs::write(&file, b"").unwrap();
+    let err = e
+        .cli
+        .fails(&["mount", "--branch", "b", file.to_str().unwrap()]);
+    assert!(err.contains("not a directory"), "{err}");
+    e.finish();
+}
+
+#[test]
+fn run_with_the_fuse_frontend_shows_the_branch_at_the_base_path() {
+    let t = "run_with_the_fuse_frontend_shows_the_branch_at_the_base_path";
+    if !fuse_available(t) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(t, "a private mount namespace needs root");
+        return;
+    }
+    let cli = CliEnv::new();
+    let base = cli.base();
+    let before = fingerprint(&base);
+    let o = cli
+        .cmd()
+        .current_dir(base.join("src"))
+        .args(["run", "--frontend", "fuse", "--create", "--branch", "r"])
+        .args(["--base", base.to_str().unwrap(), "--"])
+        .args([
+            "bash",
+            "-c",
+            "cat main.rs; echo changed > main.rs; cat main.rs; pwd; awk -v d=\"$(dirname \"$PWD\")\" '$5 == d' /proc/self/mountinfo | grep -c ' agentfs:r '; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "fn main() {{}}\nchanged\n{}\n1\n",
+            base.join("src").display()
+        )
+    );
+    assert!(fingerprint(&base) == before, "the base changed");
+    let d = cli.ok(&["diff", "--branch", "r"]);
+    assert!(d.lines().any(|l| l == "M src/main.rs"), "{d}");
+    // Nothing is left mounted, here or on the private mountpoint.
+    let left = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!left.contains(" agentfs:r "), "{left}");
+}
+
+#[test]
+fn a_change_through_another_path_shows_in_the_mount() {
+    let t = "a_change_through_another_path_shows_in_the_mount";
+    let Some(e) = Env::new(t, false) else { return };
+    let mp = e.mp.to_str().unwrap();
+    e.cli.ok(&["unmount", mp]);
+    let out = e
+        .cli
+        .ok(&["mount", "--branch", "b", "--cache-ttl", "0", mp]);
+    assert!(out.starts_with("mounted"), "{out}");
+    let readme = e.mp.join("README.md");
+    // Two opens of an unchanged file: the second may keep the page cache.
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "README.md",
+        "--data",
+        "# changed elsewhere\n",
+    ]);
+    assert_eq!(fs::read(&readme).unwrap(), b"# changed elsewhere\n");
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "new.txt", "--data", "n"]);
+    assert_eq!(fs::read(e.mp.join("new.txt")).unwrap(), b"n");
+    // And a write through the mount is read back at once.
+    fs::write(&readme, b"# through the mount\n").unwrap();
+    assert_eq!(fs::read(&readme).unwrap(), b"# through the mount\n");
+    e.finish();
+}
+
+#[test]
+fn sigterm_unmounts_and_ends_the_server() {
+    let t = "sigterm_unmounts_and_ends_the_server";
+    let Some(e) = Env::new(t, false) else { return };
+    fs::write(e.mp.join("kept.txt"), b"kept").unwrap();
+    let pid = e.server_pid();
+    // SAFETY: signalling the server this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    // `tail --pid` returns when the process has exited.
+    let o = Command::new("tail")
+        .args(["--pid", &pid.to_string(), "-f", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!mounted(&e.mp), "the server exited but left its mount");
+    let v: serde_json::Value = serde_json::from_str(&e.cli.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["mounts"], serde_json::json!([]));
+    e.assert_diff_has(&["A kept.txt"]);
+    // The base is unchanged; nothing is left to unmount.
+    assert!(fingerprint(&e.base) == e.before, "the base changed");
+}

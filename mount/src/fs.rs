@@ -1,0 +1,921 @@
+//! The FUSE filesystem: every request maps to one call on the branch's
+//! [`Tree`](agentfs_core::Tree), so copy-up, whiteouts, path safety and
+//! events are the core's. Opened files are real fds from the core (a
+//! layer's file, or the active layer's copy for a writable open); reads and
+//! writes go straight to them.
+
+use std::{
+    collections::HashMap,
+    ffi::{OsStr, OsString},
+    fs::File,
+    os::unix::{ffi::OsStrExt, fs::FileExt},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, SystemTime},
+};
+
+use agentfs_core::{BranchPath, CoreError, FileKind, OpenOptions, Stat, Store, Tree, WriterLock};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::inodes::{Inodes, ROOT_INO};
+
+/// One open file.
+struct Handle {
+    ino: u64,
+    file: File,
+    writable: bool,
+    /// Size and mtime when the branch last heard about this file's content:
+    /// a flush that finds them changed publishes `Modified`.
+    seen: Mutex<(u64, SystemTime)>,
+    /// The branch's writer registration, held while the file may be
+    /// written (a snapshot meanwhile is refused as busy, so it never
+    /// captures later writes).
+    _writer: Option<WriterLock>,
+}
+
+/// What a `setattr` asks to change.
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
+/// One open directory: its listing when opened (stable offsets).
+type DirListing = Vec<(u64, FileType, OsString)>;
+
+/// A branch of a store as a FUSE filesystem.
+pub struct BranchFs {
+    store: Arc<Store>,
+    branch: String,
+    ttl: Duration,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    next_fh: AtomicU64,
+    meta_dir: std::path::PathBuf,
+    /// Per inode: the identity (device, inode, size, mtime) of the file its
+    /// last open got. An open that finds the same one keeps the kernel's
+    /// page cache (the content cannot have changed); any other drops it.
+    opened: Mutex<HashMap<u64, FileId>>,
+}
+
+/// Device, inode, size and mtime of a layer file.
+type FileId = (u64, u64, u64, SystemTime);
+
+fn file_id(f: &File) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}
+
+fn errno(e: &CoreError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File | FileKind::Other => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn attr(ino: u64, st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.size,
+        blocks: st.size.div_ceil(512),
+        atime: st.atime,
+        mtime: st.mtime,
+        ctime: st.mtime,
+        crtime: st.mtime,
+        kind: kind(st.kind),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: if st.kind == FileKind::Dir {
+            2
+        } else {
+            st.nlink.clamp(1, u64::from(u32::MAX)) as u32
+        },
+        uid: st.uid,
+        gid: st.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// The attributes of an open file from its fd (after it was unlinked).
+fn fd_attr(ino: u64, f: &File) -> std::io::Result<FileAttr> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok(FileAttr {
+        ino: INodeNo(ino),
+        size: m.len(),
+        blocks: m.blocks(),
+        atime: m.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
+        mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        ctime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        crtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        kind: FileType::RegularFile,
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink().max(1) as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    })
+}
+
+fn size_mtime(f: &File) -> Option<(u64, SystemTime)> {
+    let m = f.metadata().ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+impl BranchFs {
+    /// Serves branch `branch` of `store`; the kernel may cache entries and
+    /// attributes for `ttl`.
+    pub fn new(store: Arc<Store>, branch: &str, ttl: Duration) -> Result<Self, CoreError> {
+        let meta_dir = store.info()?.meta_dir;
+        // The branch must exist (and be a branch: snapshots are read-only).
+        store.branch(branch).lstat("")?;
+        Ok(Self {
+            store,
+            branch: branch.to_string(),
+            ttl,
+            inodes: Mutex::new(Inodes::default()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            meta_dir,
+            opened: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn tree(&self, req: &Request) -> Tree<'_> {
+        self.store.branch(&self.branch).on_behalf_of(req.pid())
+    }
+
+    fn inodes(&self) -> MutexGuard<'_, Inodes> {
+        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<BranchPath, Errno> {
+        self.inodes().path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    /// `parent`'s path joined with `name` (a single plain component).
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<BranchPath, Errno> {
+        let b = name.as_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+            return Err(Errno::EINVAL);
+        }
+        if b.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        Ok(self.path(parent)?.join(name))
+    }
+
+    /// The entry at `path` with its (possibly new) inode number.
+    fn entry(&self, tree: &Tree<'_>, path: &BranchPath) -> Result<FileAttr, Errno> {
+        let st = tree.lstat(path).map_err(|e| errno(&e))?;
+        let ino = self.inodes().ino(path);
+        Ok(attr(ino, &st))
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Opens `path`; returns the handle and whether the kernel may keep
+    /// the inode's cached pages.
+    fn open_handle(
+        &self,
+        tree: &Tree<'_>,
+        ino: u64,
+        path: &BranchPath,
+        opts: &OpenOptions,
+    ) -> Result<(u64, FopenFlags), Errno> {
+        let o = tree.open(path, opts).map_err(|e| errno(&e))?;
+        let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
+        let id = file_id(&o.file);
+        let keep = {
+            let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+            let same = id.is_some() && opened.get(&ino) == id.as_ref();
+            match id {
+                Some(id) => opened.insert(ino, id),
+                None => opened.remove(&ino),
+            };
+            same
+        };
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.add_handle(Handle {
+            ino,
+            file: o.file,
+            writable: opts.write,
+            seen: Mutex::new(seen),
+            _writer: o.writer,
+        });
+        Ok((fh, flags))
+    }
+
+    /// Publishes `Modified` when the file's size or mtime changed since the
+    /// branch last heard about it.
+    fn report(&self, req: &Request, h: &Handle) {
+        if !h.writable {
+            return;
+        }
+        let Some(now) = size_mtime(&h.file) else {
+            return;
+        };
+        let mut seen = h.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return;
+        }
+        let before = seen.0;
+        *seen = now;
+        drop(seen);
+        let Some(path) = self.inodes().path(h.ino) else {
+            // Unlinked while open: nothing in the branch to report.
+            return;
+        };
+        if let Err(e) = self.tree(req).report_modified(&path, Some(before)) {
+            tracing::debug!(%path, error = %e, "could not publish a modification");
+        }
+    }
+
+    fn reply_entry(&self, r: Result<FileAttr, Errno>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr_inner(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        s: SetAttr,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr, Errno> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = s;
+        let tree = self.tree(req);
+        let path = self.path(ino)?;
+        let st = tree.lstat(&path).map_err(|e| errno(&e))?;
+        // Ownership cannot change (the branch keeps its files' owners); a
+        // chown to the current owner, as `cp -a` does, succeeds.
+        if uid.is_some_and(|u| u != st.uid) || gid.is_some_and(|g| g != st.gid) {
+            return Err(Errno::EPERM);
+        }
+        if let Some(len) = size {
+            let h = fh.and_then(|fh| self.handle(fh).ok());
+            match h {
+                Some(h) if h.writable => {
+                    h.file.set_len(len).map_err(|e| io_errno(&e))?;
+                    self.report(req, &h);
+                }
+                _ => tree.truncate(&path, len).map_err(|e| errno(&e))?,
+            }
+        }
+        if let Some(m) = mode {
+            tree.chmod(&path, m & 0o7777).map_err(|e| errno(&e))?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            tree.set_times(&path, atime.map(time), mtime.map(time))
+                .map_err(|e| errno(&e))?;
+        }
+        self.entry(&tree, &path)
+    }
+}
+
+impl Filesystem for BranchFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Larger writes mean fewer round trips; refused values keep the default.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self
+            .child(parent, name)
+            .and_then(|p| self.entry(&self.tree(req), &p));
+        self.reply_entry(r, reply);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = self
+            .path(ino)
+            .and_then(|p| self.entry(&self.tree(req), &p))
+            .or_else(|e| {
+                // An unlinked file that is still open answers from its fd.
+                match fh.and_then(|fh| self.handle(fh).ok()) {
+                    Some(h) => fd_attr(ino.0, &h.file).map_err(|e| io_errno(&e)),
+                    None => Err(e),
+                }
+            });
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        match self.setattr_inner(req, ino, s, fh) {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .path(ino)
+            .and_then(|p| self.tree(req).read_link(&p).map_err(|e| errno(&e)))
+        {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if FileKind::from_mode(mode) != FileKind::File {
+            // FIFOs, sockets and devices have no place in a branch.
+            reply.error(Errno::ENOTSUP);
+            return;
+        }
+        let tree = self.tree(req);
+        let r = self.child(parent, name).and_then(|p| {
+            tree.create(&p, mode & !umask & 0o7777)
+                .map_err(|e| errno(&e))?;
+            self.entry(&tree, &p)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let tree = self.tree(req);
+        let r = self.child(parent, name).and_then(|p| {
+            tree.mkdir(&p, mode & !umask & 0o7777)
+                .map_err(|e| errno(&e))?;
+            self.entry(&tree, &p)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|p| {
+            self.tree(req).unlink(&p).map_err(|e| errno(&e))?;
+            self.inodes().remove(&p);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|p| {
+            self.tree(req).rmdir(&p).map_err(|e| errno(&e))?;
+            self.inodes().remove(&p);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let tree = self.tree(req);
+        let r = self.child(parent, link_name).and_then(|p| {
+            tree.symlink(target.as_os_str(), &p)
+                .map_err(|e| errno(&e))?;
+            self.entry(&tree, &p)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let from = self.child(parent, name)?;
+            let to = self.child(newparent, newname)?;
+            let tree = self.tree(req);
+            if flags.contains(RenameFlags::RENAME_EXCHANGE)
+                || flags.contains(RenameFlags::RENAME_WHITEOUT)
+            {
+                // The core has no atomic exchange: say so rather than fake one.
+                return Err(Errno::EINVAL);
+            }
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                match tree.lstat(&to) {
+                    Ok(_) => return Err(Errno::EEXIST),
+                    Err(CoreError::NotFound(_)) => {}
+                    Err(e) => return Err(errno(&e)),
+                }
+            }
+            tree.rename(&from, &to).map_err(|e| errno(&e))?;
+            self.inodes().rename(&from, &to);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let tree = self.tree(req);
+        let r = (|| {
+            let from = self.path(ino)?;
+            let to = self.child(newparent, newname)?;
+            tree.link(&from, &to).map_err(|e| errno(&e))?;
+            self.entry(&tree, &to)
+        })();
+        self.reply_entry(r, reply);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.acc_mode();
+        let opts = OpenOptions {
+            read: acc != OpenAccMode::O_WRONLY,
+            write: acc != OpenAccMode::O_RDONLY,
+            truncate: flags.0 & libc::O_TRUNC != 0 && acc != OpenAccMode::O_RDONLY,
+            append: flags.0 & libc::O_APPEND != 0,
+            ..OpenOptions::default()
+        };
+        let tree = self.tree(req);
+        match self
+            .path(ino)
+            .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts))
+        {
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let tree = self.tree(req);
+        let r = (|| {
+            let path = self.child(parent, name)?;
+            let acc = OpenFlags(flags).acc_mode();
+            let opts = OpenOptions {
+                read: acc != OpenAccMode::O_WRONLY,
+                write: true,
+                create: true,
+                exclusive: flags & libc::O_EXCL != 0,
+                truncate: flags & libc::O_TRUNC != 0,
+                append: flags & libc::O_APPEND != 0,
+                nofollow: false,
+                mode: mode & !umask & 0o7777,
+            };
+            let ino = self.inodes().ino(&path);
+            let (fh, flags) = self.open_handle(&tree, ino, &path, &opts)?;
+            match self.entry(&tree, &path) {
+                Ok(a) => Ok((a, fh, flags)),
+                Err(e) => {
+                    self.files
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&fh);
+                    Err(e)
+                }
+            }
+        })();
+        match r {
+            Ok((a, fh, flags)) => {
+                reply.created(&self.ttl, &a, Generation(0), FileHandle(fh), flags)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match h.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(io_errno(&e)),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) if h.writable => h,
+            Ok(_) => return reply.error(Errno::EBADF),
+            Err(e) => return reply.error(e),
+        };
+        match h.file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.handle(fh) {
+            Ok(h) => {
+                self.report(req, &h);
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        if let Some(h) = h {
+            self.report(req, &h);
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let r = if datasync {
+            h.file.sync_data()
+        } else {
+            h.file.sync_all()
+        };
+        self.report(req, &h);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            let path = self.path(ino)?;
+            let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
+            let parent = path.parent().unwrap_or_else(BranchPath::root);
+            let mut inodes = self.inodes();
+            let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
+            list.push((ino.0, FileType::Directory, ".".into()));
+            let pino = if ino.0 == ROOT_INO {
+                ROOT_INO
+            } else {
+                inodes.ino(&parent)
+            };
+            list.push((pino, FileType::Directory, "..".into()));
+            for e in entries {
+                let i = inodes.ino(&path.join(&e.name));
+                list.push((i, kind(e.kind), e.name));
+            }
+            Ok(list)
+        })();
+        match r {
+            Ok(list) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(list));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(list) = list else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, k, name)) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *k, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every change is on disk in the layer when the call returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(&self.meta_dir) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if name.as_bytes().starts_with(b"system.posix_acl_") {
+            // No POSIX ACLs: programs fall back to chmod (which the kernel's
+            // attribute cache sees; an ACL set beneath it would not be).
+            return reply.error(Errno::ENOTSUP);
+        }
+        let tree = self.tree(req);
+        let r = (|| {
+            let path = self.path(ino)?;
+            if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+                let has = tree
+                    .get_xattr(&path, name)
+                    .map_err(|e| errno(&e))?
+                    .is_some();
+                if flags & libc::XATTR_CREATE != 0 && has {
+                    return Err(Errno::EEXIST);
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !has {
+                    return Err(Errno::NO_XATTR);
+                }
+            }
+            tree.set_xattr(&path, name, value).map_err(|e| errno(&e))
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.path(ino).and_then(|p| {
+            self.tree(req)
+                .get_xattr(&p, name)
+                .map_err(|e| errno(&e))?
+                .ok_or(Errno::NO_XATTR)
+        });
+        match r {
+            Ok(v) => sized(v, size, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self
+            .path(ino)
+            .and_then(|p| self.tree(req).list_xattr(&p).map_err(|e| errno(&e)));
+        match r {
+            Ok(names) => {
+                let mut v = Vec::new();
+                for n in names {
+                    v.extend_from_slice(n.as_bytes());
+                    v.push(0);
+                }
+                sized(v, size, reply)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let tree = self.tree(req);
+        let r = self.path(ino).and_then(|p| {
+            if tree.get_xattr(&p, name).map_err(|e| errno(&e))?.is_none() {
+                return Err(Errno::NO_XATTR);
+            }
+            tree.remove_xattr(&p, name).map_err(|e| errno(&e))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// Answers an xattr read: its size when `size` is 0, the bytes when they
+/// fit, else ERANGE.
+fn sized(v: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() <= size as usize {
+        reply.data(&v);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}

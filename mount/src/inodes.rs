@@ -1,0 +1,122 @@
+//! Inode numbers for branch paths: assigned on first sight, never reused
+//! while the mount lives, and carried along by renames (so a renamed file
+//! keeps its number, as on a native filesystem).
+
+use std::collections::HashMap;
+
+use agentfs_core::BranchPath;
+
+/// The root directory's inode number (FUSE's fixed one).
+pub const ROOT_INO: u64 = 1;
+
+/// The two-way map between inode numbers and branch paths.
+#[derive(Debug)]
+pub struct Inodes {
+    by_ino: HashMap<u64, BranchPath>,
+    by_path: HashMap<BranchPath, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut s = Self {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
+        s.by_ino.insert(ROOT_INO, BranchPath::root());
+        s.by_path.insert(BranchPath::root(), ROOT_INO);
+        s
+    }
+}
+
+impl Inodes {
+    /// The path of inode `ino`, if it is known.
+    pub fn path(&self, ino: u64) -> Option<BranchPath> {
+        self.by_ino.get(&ino).cloned()
+    }
+
+    /// The inode number of `path`, assigning a new one on first sight.
+    pub fn ino(&mut self, path: &BranchPath) -> u64 {
+        if let Some(&i) = self.by_path.get(path) {
+            return i;
+        }
+        let i = self.next;
+        self.next += 1;
+        self.by_ino.insert(i, path.clone());
+        self.by_path.insert(path.clone(), i);
+        i
+    }
+
+    /// Forgets `path` and everything beneath it (it was removed or
+    /// replaced): a later entry of the same name gets a new number.
+    pub fn remove(&mut self, path: &BranchPath) {
+        if path.is_root() {
+            return;
+        }
+        let gone: Vec<BranchPath> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(i) = self.by_path.remove(&p) {
+                self.by_ino.remove(&i);
+            }
+        }
+    }
+
+    /// Moves `from` and everything beneath it to `to` (whatever `to` was
+    /// is forgotten first).
+    pub fn rename(&mut self, from: &BranchPath, to: &BranchPath) {
+        if from == to {
+            return;
+        }
+        self.remove(to);
+        let moved: Vec<BranchPath> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        let n = from.components().len();
+        for p in moved {
+            let Some(i) = self.by_path.remove(&p) else {
+                continue;
+            };
+            let mut q = to.clone();
+            for c in &p.components()[n..] {
+                q = q.join(c);
+            }
+            self.by_ino.insert(i, q.clone());
+            self.by_path.insert(q, i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> BranchPath {
+        BranchPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_stable_and_follow_renames() {
+        let mut t = Inodes::default();
+        let a = t.ino(&p("d/a"));
+        let d = t.ino(&p("d"));
+        assert_eq!(t.ino(&p("d/a")), a);
+        assert_ne!(a, d);
+        t.rename(&p("d"), &p("e"));
+        assert_eq!(t.ino(&p("e/a")), a);
+        assert_eq!(t.ino(&p("e")), d);
+        assert_eq!(t.path(a), Some(p("e/a")));
+        t.remove(&p("e"));
+        assert_eq!(t.path(a), None);
+        assert_ne!(t.ino(&p("e/a")), a, "numbers are not reused");
+        assert_eq!(t.ino(&BranchPath::root()), ROOT_INO);
+    }
+}
