@@ -12,7 +12,8 @@ use std::{
 };
 
 use agentfs_core::{
-    LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, WORK_DIR, WRITER_LOCK_DIR,
+    LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, SESSION_DIR, WORK_DIR,
+    WRITER_LOCK_DIR,
 };
 use common::*;
 
@@ -68,6 +69,9 @@ fn reopen(e: &CliEnv) -> Store {
         .filter(|n| {
             ![
                 GRAPH_FILE,
+                &format!("{GRAPH_FILE}-wal"),
+                &format!("{GRAPH_FILE}-shm"),
+                SESSION_DIR,
                 "lock",
                 GENERATION_FILE,
                 BRANCH_LOCK_DIR,
@@ -139,10 +143,10 @@ fn killed_during_snapshot() {
     assert!(s.list_snapshots().unwrap().is_empty());
     assert_eq!(image_tree(&s.branch("b")), before);
     drop(s);
-    // Killed while the new graph is written to its temporary file.
+    // Killed with the change written to the graph, not yet committed.
     crash_at(
         &e,
-        "graph-after-temp-write",
+        "graph-before-commit",
         &["snapshot", "create", "--branch", "b", "s1"],
     );
     let s = reopen(&e);
@@ -159,7 +163,7 @@ fn killed_during_snapshot() {
 #[test]
 fn killed_during_branch_creation() {
     let e = env();
-    crash_at(&e, "graph-after-temp-write", &["branch", "create", "x"]);
+    crash_at(&e, "graph-before-commit", &["branch", "create", "x"]);
     let s = reopen(&e);
     assert_eq!(branch_names(&s), ["b"]);
     drop(s);
