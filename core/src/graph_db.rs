@@ -330,6 +330,19 @@ pub fn remove_legacy(meta: &Path) {
     }
 }
 
+/// A branch as listed: its record, its base and its committed depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchRow {
+    /// Its name.
+    pub name: String,
+    /// Its record.
+    pub record: BranchRecord,
+    /// The base under its chain.
+    pub base: Option<PathBuf>,
+    /// Number of committed layers under its active layer.
+    pub depth: usize,
+}
+
 /// The graph as one transaction (or one read) sees it.
 pub struct GraphTx<'c> {
     c: &'c Connection,
@@ -594,14 +607,81 @@ impl GraphTx<'_> {
         Ok(dead)
     }
 
-    /// Every branch name, sorted.
-    pub fn branch_names(&self) -> CoreResult<Vec<String>> {
-        self.strings("SELECT name FROM branches ORDER BY name")
+    /// Every branch, sorted by name, with its active layer's base and the
+    /// number of committed layers under it: one pass over the branches,
+    /// plus one lookup per distinct committed layer they sit on.
+    pub fn branch_rows(&self) -> CoreResult<Vec<BranchRow>> {
+        let mut s = self
+            .c
+            .prepare_cached(
+                "SELECT b.name, b.layer, b.created, b.from_snapshot, l.base, l.parent
+                 FROM branches b JOIN layers l ON l.id = b.layer ORDER BY b.name",
+            )
+            .map_err(self.e())?;
+        let rows = s
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    BranchRecord {
+                        layer: r.get(1)?,
+                        created: r.get::<_, i64>(2)? as u64,
+                        from_snapshot: r.get(3)?,
+                    },
+                    path_of(r.get(4)?),
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(self.e())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.e())?;
+        let mut depths: std::collections::HashMap<String, usize> = Default::default();
+        rows.into_iter()
+            .map(|(name, record, base, parent)| {
+                let depth = match parent {
+                    None => 0,
+                    Some(p) => match depths.get(&p) {
+                        Some(d) => *d,
+                        None => {
+                            let d = self.chain(&p)?.len();
+                            depths.insert(p, d);
+                            d
+                        }
+                    },
+                };
+                Ok(BranchRow {
+                    name,
+                    record,
+                    base,
+                    depth,
+                })
+            })
+            .collect()
     }
 
-    /// Every snapshot name, sorted.
-    pub fn snapshot_names(&self) -> CoreResult<Vec<String>> {
-        self.strings("SELECT name FROM snapshots ORDER BY name")
+    /// Every snapshot, sorted by name, with its layer's base.
+    pub fn snapshot_rows(&self) -> CoreResult<Vec<(String, SnapshotRecord, Option<PathBuf>)>> {
+        let mut s = self
+            .c
+            .prepare_cached(
+                "SELECT s.name, s.layer, s.branch, s.created, s.native, l.base
+                 FROM snapshots s JOIN layers l ON l.id = s.layer ORDER BY s.name",
+            )
+            .map_err(self.e())?;
+        let rows = s
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    SnapshotRecord {
+                        layer: r.get(1)?,
+                        branch: r.get(2)?,
+                        created: r.get::<_, i64>(3)? as u64,
+                        native: r.get(4)?,
+                    },
+                    path_of(r.get(5)?),
+                ))
+            })
+            .map_err(self.e())?;
+        rows.collect::<Result<_, _>>().map_err(self.e())
     }
 
     /// Every layer id the graph names, sorted.
@@ -699,6 +779,15 @@ mod tests {
                 ["branch a", "branch b", "snapshot s"]
             );
             assert_eq!(g.alloc_layer_id_peek(), "l000002");
+            let rows = g.branch_rows()?;
+            assert_eq!(rows.len(), 2);
+            assert_eq!((rows[0].name.as_str(), rows[0].depth), ("a", 1));
+            assert_eq!(rows[1].base, rec(None, LayerState::Active).base);
+            let snaps = g.snapshot_rows()?;
+            assert_eq!(
+                (snaps[0].0.as_str(), snaps[0].1.branch.as_str()),
+                ("s", "a")
+            );
             Ok(())
         })
         .unwrap();

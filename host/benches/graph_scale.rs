@@ -6,7 +6,9 @@
 //! layout as its plain-directory layer store), then served.
 //!
 //! Requests: `Fs Stat` and `Fs WriteFile` in a branch, `BranchChain`,
-//! `BranchCreate` + `BranchDelete`, `SnapshotCreate` + `SnapshotDelete`,
+//! `BranchCreate` + `BranchDelete`, and `BranchCreate` + `SnapshotCreate` +
+//! `BranchDelete` + `SnapshotDelete` (a commit snapshot makes its branch
+//! depend on it),
 //! and the listings `BranchList`, `SnapshotList` (which grow with what they
 //! list; reported, not held to the target).
 //!
@@ -129,20 +131,28 @@ fn scale(c: &mut Criterion) {
                 );
             })
         });
-        ok(
-            &mut cl,
-            Request::BranchCreate {
-                name: "snapper".into(),
-                base: None,
-            },
-        );
-        g.bench_function(id("snapshot_create_delete"), |b| {
+        // A commit snapshot makes its branch depend on it: the cycle is
+        // branch create, snapshot, branch delete, snapshot delete.
+        g.bench_function(id("snapshot_cycle"), |b| {
             b.iter(|| {
+                ok(
+                    &mut cl,
+                    Request::BranchCreate {
+                        name: "snapper".into(),
+                        base: None,
+                    },
+                );
                 ok(
                     &mut cl,
                     Request::SnapshotCreate {
                         branch: "snapper".into(),
                         name: Some("bench".into()),
+                    },
+                );
+                ok(
+                    &mut cl,
+                    Request::BranchDelete {
+                        name: "snapper".into(),
                     },
                 );
                 ok(

@@ -100,12 +100,18 @@ impl Store {
     /// Every branch, by name.
     pub fn list_branches(&self) -> CoreResult<Vec<BranchInfo>> {
         self.with_shared(|_| {
-            self.db.read(|g| {
-                g.branch_names()?
-                    .iter()
-                    .map(|n| branch_info(g, n))
-                    .collect()
-            })
+            let rows = self.db.read(|g| g.branch_rows())?;
+            Ok(rows
+                .into_iter()
+                .map(|r| BranchInfo {
+                    name: r.name,
+                    layer: r.record.layer,
+                    depth: r.depth,
+                    base: r.base,
+                    from_snapshot: r.record.from_snapshot,
+                    created: r.record.created,
+                })
+                .collect())
         })
     }
 
@@ -274,12 +280,18 @@ impl Store {
     /// Every snapshot, by name.
     pub fn list_snapshots(&self) -> CoreResult<Vec<SnapshotInfo>> {
         self.with_shared(|_| {
-            self.db.read(|g| {
-                g.snapshot_names()?
-                    .iter()
-                    .map(|n| snapshot_info(g, n))
-                    .collect()
-            })
+            let rows = self.db.read(|g| g.snapshot_rows())?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, s, base)| SnapshotInfo {
+                    name,
+                    branch: s.branch,
+                    layer: s.layer,
+                    native: s.native,
+                    base,
+                    created: s.created,
+                })
+                .collect())
         })
     }
 
