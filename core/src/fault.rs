@@ -10,6 +10,9 @@
 //! but not yet renamed into place), `snapshot-after-layer-create` (the new
 //! layer exists, the graph does not mention it yet), `graph-before-commit`
 //! (a graph change is written to the database, not yet committed),
+//! `graph-db-before-rename` (a new or migrated graph database is complete
+//! under its temporary name), `migrate-before-legacy-removal` (a migrated
+//! database is in place, `store.json` not yet removed),
 //! `rename-after-place` (a renamed lower entry is at its new name, the old
 //! name is not yet whited out).
 

@@ -275,6 +275,7 @@ fn build(meta: &Path, g: &Graph) -> CoreResult<()> {
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| CoreError::io(format!("sync {}", tmp.display()), e))?;
+        crate::fault::point("graph-db-before-rename");
         fs::rename(&tmp, meta.join(GRAPH_FILE))
             .map_err(|e| CoreError::io(format!("rename {}", tmp.display()), e))?;
         fs::File::open(meta)
@@ -310,6 +311,7 @@ pub fn migrate(meta: &Path) -> CoreResult<bool> {
         g.layers.remove(&id);
     }
     build(meta, &g)?;
+    crate::fault::point("migrate-before-legacy-removal");
     remove_legacy(meta);
     tracing::info!(meta = %meta.display(), branches = g.branches.len(), "migrated store.json to graph.db");
     Ok(true)

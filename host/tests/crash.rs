@@ -191,3 +191,61 @@ fn killed_during_rename_of_a_lower_entry() {
     b.remove_all("src").unwrap();
     assert_eq!(b.read_dir("code").unwrap().len(), 3);
 }
+
+/// A store of the earlier format (`store.json`, written by the previous
+/// engine: see `core/tests/migration.rs`) unpacked into `e`, replacing the
+/// sample base and store.
+fn unpack_v1_store(e: &CliEnv) {
+    std::fs::remove_dir_all(e.base()).unwrap();
+    let tar = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/fixtures/store-v1.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&e.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = e.store_root().join("meta/store.json");
+    let text = std::fs::read_to_string(&json).unwrap();
+    std::fs::write(
+        &json,
+        text.replace("/tmp/AGENTFS_FIXTURE", e.dir.to_str().unwrap()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn killed_during_migration() {
+    for point in ["graph-db-before-rename", "migrate-before-legacy-removal"] {
+        let e = CliEnv::new();
+        unpack_v1_store(&e);
+        let base = image_dir(&e.base());
+        crash_at(&e, point, &["branch", "list"]);
+        // The next agentfs finds the store whole, in the new format.
+        let listed = e.ok(&["branch", "list"]);
+        for b in ["empty", "feature", "main"] {
+            assert!(listed.contains(b), "{point}: {listed}");
+        }
+        assert_eq!(
+            e.ok(&["fs", "cat", "--branch", "main", "a.txt"]),
+            "two\n",
+            "{point}"
+        );
+        let s = reopen(&e);
+        assert_eq!(s.snapshot("s1").read_file("a.txt").unwrap(), b"one\n");
+        assert!(!e.store_root().join("meta/store.json").exists(), "{point}");
+        drop(s);
+        e.ok(&["branch", "create", "--from", "s2", "after"]);
+        assert_eq!(
+            e.ok(&["fs", "cat", "--branch", "after", "f.txt"]),
+            "feature\n"
+        );
+        assert_eq!(image_dir(&e.base()), base, "{point}: the base changed");
+    }
+}
