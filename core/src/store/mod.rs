@@ -131,7 +131,7 @@ pub struct SnapshotInfo {
 /// The store's settings and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreInfo {
-    /// The backstore's metadata directory, holding `store.json` and `lock`.
+    /// The backstore's metadata directory, holding `graph.db` and `lock`.
     pub meta_dir: PathBuf,
     /// The default base.
     pub default_base: Option<PathBuf>,
