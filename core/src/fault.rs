@@ -8,8 +8,11 @@
 //!
 //! Points: `copyup-after-temp-write` (a copy-up's temporary file is complete
 //! but not yet renamed into place), `snapshot-after-layer-create` (the new
-//! layer exists, the graph does not mention it yet), `graph-after-temp-write`
-//! (the new `store.json` is written to its temporary name, not renamed),
+//! layer exists, the graph does not mention it yet), `graph-before-commit`
+//! (a graph change is written to the database, not yet committed),
+//! `graph-db-before-rename` (a new or migrated graph database is complete
+//! under its temporary name), `migrate-before-legacy-removal` (a migrated
+//! database is in place, `store.json` not yet removed),
 //! `rename-after-place` (a renamed lower entry is at its new name, the old
 //! name is not yet whited out).
 

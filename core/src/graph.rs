@@ -1,6 +1,8 @@
-//! The branch and snapshot graph, as persisted in `store.json`: layers and
-//! their parents, branches (each owning one active layer) and snapshots
-//! (each naming one committed layer). Pure data and rules; no I/O.
+//! The branch and snapshot graph's records: layers and their parents,
+//! branches (each owning one active layer) and snapshots (each naming one
+//! committed layer); and the whole graph as the earlier format kept it in
+//! `store.json`, read once to migrate it (see `graph_db`). Pure data and
+//! rules; no I/O.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -65,7 +67,7 @@ pub struct SnapshotRecord {
     pub native: bool,
 }
 
-/// The whole graph.
+/// The whole graph, as `store.json` held it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Graph {
@@ -99,13 +101,6 @@ impl Graph {
         }
     }
 
-    /// Hands out a fresh layer id (`l000001`, ...).
-    pub fn alloc_layer_id(&mut self) -> String {
-        let id = format!("l{:06}", self.next_layer);
-        self.next_layer += 1;
-        id
-    }
-
     /// The chain from `layer` down to the base: `[layer, parent, ...]`.
     pub fn chain(&self, layer: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -116,28 +111,6 @@ impl Graph {
             }
             cur = self.layers.get(&id).and_then(|l| l.parent.clone());
             out.push(id);
-        }
-        out
-    }
-
-    /// Number of committed layers under branch layer `layer`.
-    pub fn committed_depth(&self, layer: &str) -> usize {
-        self.chain(layer).len().saturating_sub(1)
-    }
-
-    /// Every branch and snapshot (other than snapshot `except`) whose chain
-    /// contains `layer`, as "branch X" / "snapshot Y".
-    pub fn dependents(&self, layer: &str, except: Option<&str>) -> Vec<String> {
-        let mut out = Vec::new();
-        for (name, b) in &self.branches {
-            if self.chain(&b.layer).iter().any(|l| l == layer) {
-                out.push(format!("branch {name}"));
-            }
-        }
-        for (name, s) in &self.snapshots {
-            if Some(name.as_str()) != except && self.chain(&s.layer).iter().any(|l| l == layer) {
-                out.push(format!("snapshot {name}"));
-            }
         }
         out
     }
@@ -294,11 +267,6 @@ mod tests {
         let g = sample();
         g.check().unwrap();
         assert_eq!(g.chain("l2"), vec!["l2", "l1"]);
-        assert_eq!(g.committed_depth("l2"), 1);
-        assert_eq!(
-            g.dependents("l1", Some("s1")),
-            vec!["branch b2", "branch main"]
-        );
         assert!(g.unreferenced_layers().is_empty());
     }
 
@@ -336,12 +304,5 @@ mod tests {
         let mut g = sample();
         g.snapshots.get_mut("s1").unwrap().layer = "zz".into();
         assert!(g.check().unwrap_err().contains("missing"));
-    }
-
-    #[test]
-    fn ids_are_sequential() {
-        let mut g = Graph::new(None, 8);
-        assert_eq!(g.alloc_layer_id(), "l000001");
-        assert_eq!(g.alloc_layer_id(), "l000002");
     }
 }

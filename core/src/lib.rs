@@ -22,6 +22,7 @@ mod events;
 pub mod fault;
 mod generation;
 mod graph;
+mod graph_db;
 mod layer_gc;
 mod layer_names;
 mod layer_store;
@@ -41,6 +42,7 @@ pub use error::{CoreError, CoreResult};
 pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
 pub use generation::{namespace_slot, GENERATION_FILE};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
+pub use graph_db::{GRAPH_FILE, LEGACY_GRAPH_FILE};
 pub use layer_names::{
     decode as decode_name, encode as encode_name, whiteout_name, Decoded, OPAQUE_MARKER,
     RESERVED_PREFIX, WORK_DIR,
@@ -51,7 +53,7 @@ pub use layer_store::{
 pub use metadata::{DirEntry, FileKind, Origin, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
-pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, GRAPH_FILE, LOCK_FILE, WRITER_LOCK_DIR};
+pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, LOCK_FILE, SESSION_DIR, WRITER_LOCK_DIR};
 pub use store::{
     AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
 };

@@ -1,12 +1,13 @@
-//! The store's files in the backstore's metadata directory: the graph
-//! (`store.json`, replaced atomically: temp file, fsync, rename, fsync of
-//! the directory) and the lock file (`lock`, held with `flock` for the
-//! length of each operation: shared for reads, exclusive for changes).
+//! The store's files in the backstore's metadata directory besides the
+//! graph database (see `graph_db`): the lock file (`lock`, held with
+//! `flock` for the length of each operation: shared for reads, exclusive
+//! for changes), the per-branch locks, the sessions of the processes that
+//! have the store open, and the reader of the earlier graph format.
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
-    os::{fd::AsFd, unix::fs::MetadataExt},
+    io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -18,62 +19,34 @@ use super::{
     graph::Graph,
 };
 
-/// File name of the graph.
-pub const GRAPH_FILE: &str = "store.json";
 /// File name of the lock.
 pub const LOCK_FILE: &str = "lock";
-const TEMP_PREFIX: &str = ".store.json.tmp-";
+/// Prefix of the temporary files the earlier format wrote `store.json`
+/// through (a crash could leave one).
+const LEGACY_TEMP_PREFIX: &str = ".store.json.tmp-";
 
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `dir/name` atomically and durably: a reader sees the
-/// old content or the new, never a mix, even after a crash.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        super::fault::point("graph-after-temp-write");
-        fs::rename(&tmp, dir.join(name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Removes temp files a crash left behind in `dir`.
+/// Removes temporary files of the earlier format a crash left in `dir`.
 pub fn remove_stale_temps(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(LEGACY_TEMP_PREFIX)
+        {
             let _ = fs::remove_file(e.path());
         }
     }
 }
 
-/// Identity of the graph file's current version: it changes with every
-/// write, since every write renames a new file into place.
-pub type Version = (u64, u64);
-
-/// Reads the graph; `None` when the store is not initialised.
-pub fn load_graph(meta: &Path) -> CoreResult<Option<(Graph, Version)>> {
-    let path = meta.join(GRAPH_FILE);
+/// Reads a graph of the earlier format (`store.json`); `None` when there
+/// is none.
+pub fn load_legacy_graph(meta: &Path) -> CoreResult<Option<Graph>> {
+    let path = meta.join(crate::graph_db::LEGACY_GRAPH_FILE);
     let f = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CoreError::io(format!("read {}", path.display()), e)),
     };
-    let md = f
-        .metadata()
-        .map_err(|e| CoreError::io(format!("stat {}", path.display()), e))?;
     let g: Graph =
         serde_json::from_reader(io::BufReader::new(f)).map_err(|e| CoreError::Corrupt {
             file: path.clone(),
@@ -83,29 +56,59 @@ pub fn load_graph(meta: &Path) -> CoreResult<Option<(Graph, Version)>> {
         file: path.clone(),
         why,
     })?;
-    Ok(Some((g, (md.dev(), md.ino()))))
+    Ok(Some(g))
 }
 
-/// The graph file's current version, or `None` when it does not exist.
-pub fn graph_version(meta: &Path) -> CoreResult<Option<Version>> {
-    let path = meta.join(GRAPH_FILE);
-    match fs::metadata(&path) {
-        Ok(md) => Ok(Some((md.dev(), md.ino()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CoreError::io(format!("stat {}", path.display()), e)),
+/// Directory of the session files in the metadata directory.
+pub const SESSION_DIR: &str = "sessions";
+
+static SESSION_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// This process's mark that it has the store open: a file in `sessions/`
+/// it holds an exclusive `flock` on, removed when the store is dropped. A
+/// file nobody holds was left by a process that died with the store open
+/// (killed, crashed): only then can debris exist (half-made layers, work
+/// directories), so only then does opening the store look for it, which
+/// costs a walk over every layer.
+#[derive(Debug)]
+pub struct Session {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Session {
+    /// Registers a session in the store whose metadata directory is `meta`.
+    pub fn start(meta: &Path) -> CoreResult<Self> {
+        let path = meta.join(SESSION_DIR).join(format!(
+            "{}-{}",
+            std::process::id(),
+            SESSION_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = open_lock_file(&path)?;
+        flock_file(&file, &path, LockMode::Exclusive, LockWait::Fail)?;
+        Ok(Self { path, _file: file })
+    }
+
+    /// The session files of dead processes in `meta` (none held).
+    pub fn dead(meta: &Path) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(meta.join(SESSION_DIR)) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                File::open(p).is_ok_and(|f| {
+                    rustix::fs::flock(f.as_fd(), FlockOperation::NonBlockingLockExclusive).is_ok()
+                })
+            })
+            .collect()
     }
 }
 
-/// Writes the graph atomically and returns its new version.
-pub fn save_graph(meta: &Path, g: &Graph) -> CoreResult<Version> {
-    let mut bytes = serde_json::to_vec_pretty(g).expect("the graph always serialises");
-    bytes.push(b'\n');
-    write_atomic(meta, GRAPH_FILE, &bytes)
-        .map_err(|e| CoreError::io(format!("write {}", meta.join(GRAPH_FILE).display()), e))?;
-    graph_version(meta)?.ok_or_else(|| CoreError::Corrupt {
-        file: meta.join(GRAPH_FILE),
-        why: "vanished right after being written".into(),
-    })
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Whether to wait for a lock another process holds.
@@ -393,36 +396,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
+    fn corrupt_legacy_graphs_are_named() {
         let t = tempfile::tempdir().unwrap();
-        write_atomic(t.path(), "f", b"one").unwrap();
-        write_atomic(t.path(), "f", b"two").unwrap();
-        assert_eq!(fs::read(t.path().join("f")).unwrap(), b"two");
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
-        fs::write(t.path().join(format!("{TEMP_PREFIX}1-1")), b"x").unwrap();
-        remove_stale_temps(t.path());
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn graph_versions_change_on_every_save() {
-        let t = tempfile::tempdir().unwrap();
-        assert!(load_graph(t.path()).unwrap().is_none());
-        let g = Graph::new(None, 8);
-        let v1 = save_graph(t.path(), &g).unwrap();
-        let v2 = save_graph(t.path(), &g).unwrap();
-        assert_ne!(v1, v2);
-        let (back, v) = load_graph(t.path()).unwrap().unwrap();
-        assert_eq!((back, v), (g, v2));
-    }
-
-    #[test]
-    fn corrupt_graphs_are_named() {
-        let t = tempfile::tempdir().unwrap();
-        fs::write(t.path().join(GRAPH_FILE), b"{not json").unwrap();
-        let e = load_graph(t.path()).unwrap_err();
+        assert!(load_legacy_graph(t.path()).unwrap().is_none());
+        fs::write(t.path().join("store.json"), b"{not json").unwrap();
+        let e = load_legacy_graph(t.path()).unwrap_err();
         assert!(matches!(e, CoreError::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("store.json"));
+    }
+
+    #[test]
+    fn sessions_of_live_holders_are_not_dead() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Session::start(t.path()).unwrap();
+        assert!(Session::dead(t.path()).is_empty());
+        // A file nobody holds: what a killed process leaves.
+        fs::write(t.path().join(SESSION_DIR).join("1-0"), b"").unwrap();
+        assert_eq!(
+            Session::dead(t.path()),
+            [t.path().join(SESSION_DIR).join("1-0")]
+        );
+        drop(a);
+        assert_eq!(fs::read_dir(t.path().join(SESSION_DIR)).unwrap().count(), 1);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::{
 };
 
 use agentfs_core::{
-    LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, WORK_DIR, WRITER_LOCK_DIR,
+    LockWait, Store, BRANCH_LOCK_DIR, GENERATION_FILE, GRAPH_FILE, SESSION_DIR, WORK_DIR,
+    WRITER_LOCK_DIR,
 };
 use common::*;
 
@@ -56,7 +57,9 @@ fn reopen(e: &CliEnv) -> Store {
     for b in s.list_branches().unwrap() {
         image_tree(&s.branch(&b.name));
         let p = s.layer_store().layer_path(&b.layer).unwrap();
-        assert!(!p.join(WORK_DIR).exists(), "work dir not cleaned");
+        // An empty work directory is no debris (every copy-up leaves one).
+        let debris = std::fs::read_dir(p.join(WORK_DIR)).map_or(0, |d| d.count());
+        assert_eq!(debris, 0, "work dir not cleaned");
     }
     for sn in s.list_snapshots().unwrap() {
         image_tree(&s.snapshot(&sn.name));
@@ -68,6 +71,9 @@ fn reopen(e: &CliEnv) -> Store {
         .filter(|n| {
             ![
                 GRAPH_FILE,
+                &format!("{GRAPH_FILE}-wal"),
+                &format!("{GRAPH_FILE}-shm"),
+                SESSION_DIR,
                 "lock",
                 GENERATION_FILE,
                 BRANCH_LOCK_DIR,
@@ -139,10 +145,10 @@ fn killed_during_snapshot() {
     assert!(s.list_snapshots().unwrap().is_empty());
     assert_eq!(image_tree(&s.branch("b")), before);
     drop(s);
-    // Killed while the new graph is written to its temporary file.
+    // Killed with the change written to the graph, not yet committed.
     crash_at(
         &e,
-        "graph-after-temp-write",
+        "graph-before-commit",
         &["snapshot", "create", "--branch", "b", "s1"],
     );
     let s = reopen(&e);
@@ -159,7 +165,7 @@ fn killed_during_snapshot() {
 #[test]
 fn killed_during_branch_creation() {
     let e = env();
-    crash_at(&e, "graph-after-temp-write", &["branch", "create", "x"]);
+    crash_at(&e, "graph-before-commit", &["branch", "create", "x"]);
     let s = reopen(&e);
     assert_eq!(branch_names(&s), ["b"]);
     drop(s);
@@ -184,4 +190,62 @@ fn killed_during_rename_of_a_lower_entry() {
     // Finishing by hand gives the intended result.
     b.remove_all("src").unwrap();
     assert_eq!(b.read_dir("code").unwrap().len(), 3);
+}
+
+/// A store of the earlier format (`store.json`, written by the previous
+/// engine: see `core/tests/migration.rs`) unpacked into `e`, replacing the
+/// sample base and store.
+fn unpack_v1_store(e: &CliEnv) {
+    std::fs::remove_dir_all(e.base()).unwrap();
+    let tar = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/fixtures/store-v1.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&e.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = e.store_root().join("meta/store.json");
+    let text = std::fs::read_to_string(&json).unwrap();
+    std::fs::write(
+        &json,
+        text.replace("/tmp/AGENTFS_FIXTURE", e.dir.to_str().unwrap()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn killed_during_migration() {
+    for point in ["graph-db-before-rename", "migrate-before-legacy-removal"] {
+        let e = CliEnv::new();
+        unpack_v1_store(&e);
+        let base = image_dir(&e.base());
+        crash_at(&e, point, &["branch", "list"]);
+        // The next agentfs finds the store whole, in the new format.
+        let listed = e.ok(&["branch", "list"]);
+        for b in ["empty", "feature", "main"] {
+            assert!(listed.contains(b), "{point}: {listed}");
+        }
+        assert_eq!(
+            e.ok(&["fs", "cat", "--branch", "main", "a.txt"]),
+            "two\n",
+            "{point}"
+        );
+        let s = reopen(&e);
+        assert_eq!(s.snapshot("s1").read_file("a.txt").unwrap(), b"one\n");
+        assert!(!e.store_root().join("meta/store.json").exists(), "{point}");
+        drop(s);
+        e.ok(&["branch", "create", "--from", "s2", "after"]);
+        assert_eq!(
+            e.ok(&["fs", "cat", "--branch", "after", "f.txt"]),
+            "feature\n"
+        );
+        assert_eq!(image_dir(&e.base()), base, "{point}: the base changed");
+    }
 }

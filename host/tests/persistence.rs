@@ -119,6 +119,11 @@ fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
         std::fs::write(p.join(WORK_DIR).join("t1-1"), b"half").unwrap();
         layer
     };
+    // What a process killed with the store open leaves: its session file,
+    // which nobody holds. (Without one the next open trusts the store and
+    // does not walk every layer.)
+    let sessions = root.join("meta").join(agentfs_core::SESSION_DIR);
+    std::fs::write(sessions.join("1-0"), b"").unwrap();
     let s = Store::open(hostfs(&root), LockWait::Block).unwrap();
     assert_no_orphan_layers(&s);
     let layers = s.layer_store().list_layers().unwrap();

@@ -246,14 +246,15 @@ fn version_and_plugins_list_print_the_plugin_abi() {
 
 #[test]
 fn a_method_that_panics_fails_the_command_even_when_it_could_carry_on() {
-    // `init` lists layers to clean what a crash left; a panic there used to
-    // be a WARN and exit 0.
+    // Opening a store after a process died with it open lists layers to
+    // clean what the crash left; a panic there used to be a WARN and exit 0.
     let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("store");
     let cfg = d.path().join("agentfs.toml");
     fs::write(
         &cfg,
         format!(
-            "[backstore]\npath = {:?}\noptions = {{ fail = \"list-layers-panic\" }}\n",
+            "[backstore]\npath = {:?}\noptions = {{ fail = \"list-layers-panic\", root = {:?} }}\n",
             target_dir()
                 .join(format!(
                     "{}fixture_faulty{}",
@@ -261,12 +262,32 @@ fn a_method_that_panics_fails_the_command_even_when_it_could_carry_on() {
                     std::env::consts::DLL_SUFFIX
                 ))
                 .display()
-                .to_string()
+                .to_string(),
+            root.display().to_string()
         ),
     )
     .unwrap();
     let out = run_bounded(
         &["--direct", "--config", cfg.to_str().unwrap(), "init"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // What a process killed with the store open leaves: its session file.
+    fs::write(
+        root.join("meta")
+            .join(agentfs_core::SESSION_DIR)
+            .join("1-0"),
+        b"",
+    )
+    .unwrap();
+    let out = run_bounded(
+        &[
+            "--direct",
+            "--config",
+            cfg.to_str().unwrap(),
+            "branch",
+            "list",
+        ],
         None,
     );
     let e = stderr(&out);

@@ -21,41 +21,44 @@ impl Store {
             ));
         }
         let base = base.map(|b| check_base(b, &*self.backstore)).transpose()?;
-        let info = self.edit_graph(|_, g, created| {
-            if g.branches.contains_key(name) {
+        let info = self.edit_graph(|g, created| {
+            if g.branch(name)?.is_some() {
                 return Err(CoreError::AlreadyExists(format!("branch {name}")));
             }
             let (parent, base) = match from {
                 Some(s) => {
                     let snap = g
-                        .snapshots
-                        .get(s)
+                        .snapshot(s)?
                         .ok_or_else(|| CoreError::NotFound(format!("snapshot {s}")))?;
-                    (Some(snap.layer.clone()), g.layers[&snap.layer].base.clone())
+                    let base = g.need_layer(&snap.layer)?.base;
+                    (Some(snap.layer), base)
                 }
-                None => (None, base.or_else(|| g.default_base.clone())),
+                None => match base {
+                    Some(b) => (None, Some(b)),
+                    None => (None, g.settings()?.default_base),
+                },
             };
             let (id, _) = self.create_layer(g)?;
             created.push(id.clone());
             let now = now_secs();
-            g.layers.insert(
-                id.clone(),
-                LayerRecord {
+            g.put_layer(
+                &id,
+                &LayerRecord {
                     parent,
                     base,
                     state: LayerState::Active,
                     created: now,
                 },
-            );
-            g.branches.insert(
-                name.to_string(),
-                BranchRecord {
+            )?;
+            g.put_branch(
+                name,
+                &BranchRecord {
                     layer: id,
                     created: now,
                     from_snapshot: from.map(str::to_string),
                 },
-            );
-            Ok(branch_info(g, name))
+            )?;
+            branch_info(g, name)
         })?;
         self.publish(
             name,
@@ -68,7 +71,7 @@ impl Store {
     /// Every layer the graph names (all others in the backstore are
     /// orphans, deleted at the next open).
     pub fn layers_in_use(&self) -> CoreResult<Vec<String>> {
-        self.with_shared(|st| Ok(st.graph.layers.keys().cloned().collect()))
+        self.with_shared(|_| self.db.read(|g| g.layer_ids()))
     }
 
     /// The directories branch `name` reads through, top first: its active
@@ -79,15 +82,15 @@ impl Store {
     /// does. Names in layers are stored as [`crate::encode_name`] says; the
     /// base's are literal.
     pub fn branch_chain(&self, name: &str) -> CoreResult<BranchChain> {
-        self.with_shared(|st| {
-            let view = self.target_view(st, &Target::Branch(name.to_string()))?;
+        self.with_shared(|_| {
+            let view = self.target_view(&Target::Branch(name.to_string()))?;
             Ok(BranchChain {
                 layers: view
                     .layers
                     .iter()
                     .map(|l| (l.root_path.clone(), l.kind == LayerKind::Base))
                     .collect(),
-                graph_file: self.meta.join(persist::GRAPH_FILE),
+                graph_file: self.db.path().to_path_buf(),
                 generation_file: self.meta.join(GENERATION_FILE),
                 namespace_slot: crate::generation::namespace_slot(name),
             })
@@ -96,19 +99,30 @@ impl Store {
 
     /// Every branch, by name.
     pub fn list_branches(&self) -> CoreResult<Vec<BranchInfo>> {
-        self.with_shared(|st| {
-            let g = &st.graph;
-            Ok(g.branches.keys().map(|n| branch_info(g, n)).collect())
+        self.with_shared(|_| {
+            let rows = self.db.read(|g| g.branch_rows())?;
+            Ok(rows
+                .into_iter()
+                .map(|r| BranchInfo {
+                    name: r.name,
+                    layer: r.record.layer,
+                    depth: r.depth,
+                    base: r.base,
+                    from_snapshot: r.record.from_snapshot,
+                    created: r.record.created,
+                })
+                .collect())
         })
     }
 
     /// Deletes branch `name` and every layer only it used.
     pub fn delete_branch(&self, name: &str) -> CoreResult<()> {
-        self.edit_graph(|_, g, _| {
-            g.branches
-                .remove(name)
-                .map(drop)
-                .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))
+        self.edit_graph(|g, _| {
+            if g.remove_branch(name)? {
+                Ok(())
+            } else {
+                Err(CoreError::NotFound(format!("branch {name}")))
+            }
         })
     }
 
@@ -120,26 +134,30 @@ impl Store {
     /// and the branch gets a fresh active layer on top. When the branch's
     /// chain then exceeds the compaction threshold, it is compacted.
     pub fn create_snapshot(&self, branch: &str, name: Option<&str>) -> CoreResult<SnapshotInfo> {
-        let info = self.edit_graph(|_, g, created| {
+        let info = self.edit_graph(|g, created| {
             let b = g
-                .branches
-                .get(branch)
-                .ok_or_else(|| CoreError::NotFound(format!("branch {branch}")))?
-                .clone();
+                .branch(branch)?
+                .ok_or_else(|| CoreError::NotFound(format!("branch {branch}")))?;
             let name = match name {
                 Some(n) => {
                     validate_name("snapshot", n)?;
-                    if g.snapshots.contains_key(n) {
+                    if g.snapshot(n)?.is_some() {
                         return Err(CoreError::AlreadyExists(format!("snapshot {n}")));
                     }
                     n.to_string()
                 }
-                None => (1..)
-                    .map(|i| format!("{branch}.{i}"))
-                    .find(|n| !g.snapshots.contains_key(n))
-                    .expect("an unused name exists"),
+                None => {
+                    let mut i = 1u64;
+                    loop {
+                        let n = format!("{branch}.{i}");
+                        if g.snapshot(&n)?.is_none() {
+                            break n;
+                        }
+                        i += 1;
+                    }
+                }
             };
-            let active = g.layers[&b.layer].clone();
+            let active = g.need_layer(&b.layer)?;
             // The layer is about to be frozen: no temporaries go with it.
             let work = self
                 .layer_dir(&b.layer, LayerKind::Active)?
@@ -152,29 +170,29 @@ impl Store {
             }
             let now = now_secs();
             let native = self.caps.native_snapshots && {
-                let id = g.alloc_layer_id();
+                let id = g.alloc_layer_id()?;
                 match self.backstore.snapshot_layer(&b.layer, &id, true) {
                     Ok(_) => {
                         created.push(id.clone());
                         fault::point("snapshot-after-layer-create");
-                        g.layers.insert(
-                            id.clone(),
-                            LayerRecord {
+                        g.put_layer(
+                            &id,
+                            &LayerRecord {
                                 parent: active.parent.clone(),
                                 base: active.base.clone(),
                                 state: LayerState::Committed,
                                 created: now,
                             },
-                        );
-                        g.snapshots.insert(
-                            name.clone(),
-                            SnapshotRecord {
+                        )?;
+                        g.put_snapshot(
+                            &name,
+                            &SnapshotRecord {
                                 layer: id,
                                 branch: branch.to_string(),
                                 created: now,
                                 native: true,
                             },
-                        );
+                        )?;
                         true
                     }
                     Err(e) if e.kind == LayerErrorKind::Unsupported => {
@@ -204,34 +222,46 @@ impl Store {
                 let (id, _) = self.create_layer(g)?;
                 created.push(id.clone());
                 fault::point("snapshot-after-layer-create");
-                g.layers.get_mut(&b.layer).expect("active layer").state = LayerState::Committed;
-                g.layers.insert(
-                    id.clone(),
-                    LayerRecord {
+                g.put_layer(
+                    &b.layer,
+                    &LayerRecord {
+                        state: LayerState::Committed,
+                        ..active.clone()
+                    },
+                )?;
+                g.put_layer(
+                    &id,
+                    &LayerRecord {
                         parent: Some(b.layer.clone()),
                         base: active.base.clone(),
                         state: LayerState::Active,
                         created: now,
                     },
-                );
-                g.branches.get_mut(branch).expect("branch").layer = id;
-                g.snapshots.insert(
-                    name.clone(),
-                    SnapshotRecord {
+                )?;
+                g.put_branch(
+                    branch,
+                    &BranchRecord {
+                        layer: id.clone(),
+                        ..b.clone()
+                    },
+                )?;
+                g.put_snapshot(
+                    &name,
+                    &SnapshotRecord {
                         layer: b.layer.clone(),
                         branch: branch.to_string(),
                         created: now,
                         native: false,
                     },
-                );
+                )?;
             }
-            let active_now = g.branches[branch].layer.clone();
-            if g.committed_depth(&active_now) > g.compact_threshold as usize {
+            let active_now = g.branch(branch)?.expect("the branch exists").layer;
+            if g.committed_depth(&active_now)? > g.settings()?.compact_threshold as usize {
                 if let Some(id) = self.compact_in(g, branch)? {
                     created.push(id);
                 }
             }
-            Ok(snapshot_info(g, &name))
+            snapshot_info(g, &name)
         })?;
         self.publish(
             branch,
@@ -249,28 +279,37 @@ impl Store {
 
     /// Every snapshot, by name.
     pub fn list_snapshots(&self) -> CoreResult<Vec<SnapshotInfo>> {
-        self.with_shared(|st| {
-            let g = &st.graph;
-            Ok(g.snapshots.keys().map(|n| snapshot_info(g, n)).collect())
+        self.with_shared(|_| {
+            let rows = self.db.read(|g| g.snapshot_rows())?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, s, base)| SnapshotInfo {
+                    name,
+                    branch: s.branch,
+                    layer: s.layer,
+                    native: s.native,
+                    base,
+                    created: s.created,
+                })
+                .collect())
         })
     }
 
     /// Deletes snapshot `name`; `Busy` (changing nothing) while a branch or
     /// another snapshot is built on it.
     pub fn delete_snapshot(&self, name: &str) -> CoreResult<()> {
-        self.edit_graph(|_, g, _| {
+        self.edit_graph(|g, _| {
             let snap = g
-                .snapshots
-                .get(name)
+                .snapshot(name)?
                 .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?;
-            let deps = g.dependents(&snap.layer, Some(name));
+            let deps = g.dependents(&snap.layer, Some(name))?;
             if !deps.is_empty() {
                 return Err(CoreError::Busy {
                     what: format!("snapshot {name}"),
                     why: format!("{} built on it", deps.join(", ")),
                 });
             }
-            g.snapshots.remove(name);
+            g.remove_snapshot(name)?;
             Ok(())
         })
     }
@@ -278,8 +317,8 @@ impl Store {
     /// Compacts the committed layers under branch `name` into one; returns
     /// false when there was nothing to compact (at most one layer).
     pub fn compact_branch(&self, name: &str) -> CoreResult<bool> {
-        self.edit_graph(|_, g, created| {
-            if !g.branches.contains_key(name) {
+        self.edit_graph(|g, created| {
+            if g.branch(name)?.is_none() {
                 return Err(CoreError::NotFound(format!("branch {name}")));
             }
             let id = self.compact_in(g, name)?;
@@ -291,13 +330,14 @@ impl Store {
 
     /// Builds the compacted layer for `branch` and re-parents its active
     /// layer on it, in `g` (not saved). Returns the new layer's id.
-    fn compact_in(&self, g: &mut Graph, branch: &str) -> CoreResult<Option<String>> {
-        let active = g.branches[branch].layer.clone();
-        let chain = g.chain(&active);
+    fn compact_in(&self, g: &mut GraphTx<'_>, branch: &str) -> CoreResult<Option<String>> {
+        let active = g.branch(branch)?.expect("the branch exists").layer;
+        let chain = g.chain(&active)?;
         if chain.len() <= 2 {
             return Ok(None);
         }
-        let base = g.layers[&active].base.clone();
+        let active_rec = g.need_layer(&active)?;
+        let base = active_rec.base.clone();
         let (id, path) = self.create_layer(g)?;
         let built = (|| {
             let mut layers = vec![LayerDir {
@@ -323,16 +363,22 @@ impl Store {
             self.delete_layers(&[id]);
             return Err(e);
         }
-        g.layers.insert(
-            id.clone(),
-            LayerRecord {
+        g.put_layer(
+            &id,
+            &LayerRecord {
                 parent: None,
                 base,
                 state: LayerState::Committed,
                 created: now_secs(),
             },
-        );
-        g.layers.get_mut(&active).expect("active").parent = Some(id.clone());
+        )?;
+        g.put_layer(
+            &active,
+            &LayerRecord {
+                parent: Some(id.clone()),
+                ..active_rec
+            },
+        )?;
         Ok(Some(id))
     }
 
@@ -341,26 +387,30 @@ impl Store {
     }
 }
 
-pub(super) fn branch_info(g: &Graph, name: &str) -> BranchInfo {
-    let b = &g.branches[name];
-    BranchInfo {
+pub(super) fn branch_info(g: &GraphTx<'_>, name: &str) -> CoreResult<BranchInfo> {
+    let b = g
+        .branch(name)?
+        .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))?;
+    Ok(BranchInfo {
         name: name.to_string(),
-        layer: b.layer.clone(),
-        depth: g.committed_depth(&b.layer),
-        base: g.layers[&b.layer].base.clone(),
-        from_snapshot: b.from_snapshot.clone(),
+        depth: g.committed_depth(&b.layer)?,
+        base: g.need_layer(&b.layer)?.base,
+        layer: b.layer,
+        from_snapshot: b.from_snapshot,
         created: b.created,
-    }
+    })
 }
 
-pub(super) fn snapshot_info(g: &Graph, name: &str) -> SnapshotInfo {
-    let s = &g.snapshots[name];
-    SnapshotInfo {
+pub(super) fn snapshot_info(g: &GraphTx<'_>, name: &str) -> CoreResult<SnapshotInfo> {
+    let s = g
+        .snapshot(name)?
+        .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?;
+    Ok(SnapshotInfo {
         name: name.to_string(),
-        branch: s.branch.clone(),
-        layer: s.layer.clone(),
+        base: g.need_layer(&s.layer)?.base,
+        branch: s.branch,
+        layer: s.layer,
         native: s.native,
-        base: g.layers[&s.layer].base.clone(),
         created: s.created,
-    }
+    })
 }

@@ -34,14 +34,14 @@ use super::{
     generation::GENERATION_FILE,
     generation::{Generation, Stamp},
     graph::{
-        now_secs, BranchRecord, Graph, LayerRecord, LayerState, SnapshotRecord,
-        DEFAULT_COMPACT_THRESHOLD,
+        now_secs, BranchRecord, LayerRecord, LayerState, SnapshotRecord, DEFAULT_COMPACT_THRESHOLD,
     },
+    graph_db::{self, GraphDb, GraphTx, Settings},
     layer_names::WORK_DIR,
     metadata::{DirEntry, FileKind, Stat},
     open_file::{OpenOptions, OpenedFile},
     path::{validate_name, BranchPath},
-    persist::{self, BranchLock, BranchLocks, LockMode, LockWait, StoreLock},
+    persist::{self, BranchLock, BranchLocks, LockMode, LockWait, Session, StoreLock},
     read_cache::{ReadCache, Target},
     view::{LayerDir, LayerKind, View},
 };
@@ -131,7 +131,7 @@ pub struct SnapshotInfo {
 /// The store's settings and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreInfo {
-    /// The backstore's metadata directory, holding `store.json` and `lock`.
+    /// The backstore's metadata directory, holding `graph.db` and `lock`.
     pub meta_dir: PathBuf,
     /// The default base.
     pub default_base: Option<PathBuf>,
@@ -144,8 +144,8 @@ pub struct StoreInfo {
 }
 
 struct State {
-    graph: Graph,
-    /// The graph counter when `graph` was read.
+    /// The graph counter when this process last saw the graph (its caches
+    /// of layer directories are valid for that graph).
     graph_gen: u64,
 }
 
@@ -166,7 +166,8 @@ pub struct BranchChain {
     /// Layer roots, top first, each with `true` for the base (whose names
     /// are literal: no whiteouts, markers or escaping).
     pub layers: Vec<(PathBuf, bool)>,
-    /// The store's graph file: its identity changes on every graph edit.
+    /// The store's graph database (readers follow the change counters,
+    /// not this file's identity).
     pub graph_file: PathBuf,
     /// The store's shared change counters: 64-bit atomics mapped by every
     /// process, the graph counter in slot 0.
@@ -180,6 +181,7 @@ pub struct Store {
     backstore: Box<dyn LayerStore>,
     meta: PathBuf,
     lock: StoreLock,
+    db: GraphDb,
     state: RwLock<State>,
     fds: Mutex<Fds>,
     branch_locks: BranchLocks,
@@ -188,6 +190,7 @@ pub struct Store {
     events: EventBus,
     stats: CopyStats,
     caps: LayerCaps,
+    _session: Session,
 }
 
 impl std::fmt::Debug for Store {
@@ -234,8 +237,10 @@ impl Store {
             .transpose()?;
         {
             let _g = lock.lock(LockMode::Exclusive)?;
-            match persist::load_graph(&meta)? {
-                Some((g, _)) => {
+            graph_db::migrate(&meta)?;
+            match GraphDb::open(&meta)? {
+                Some(db) => {
+                    let g = db.read(|g| g.settings())?;
                     let same_threshold = opts
                         .compact_threshold
                         .is_none_or(|t| t == g.compact_threshold);
@@ -258,7 +263,13 @@ impl Store {
                             "the compact threshold must be at least 1".into(),
                         ));
                     }
-                    persist::save_graph(&meta, &Graph::new(base, t))?;
+                    GraphDb::create(
+                        &meta,
+                        &Settings {
+                            default_base: base,
+                            compact_threshold: t,
+                        },
+                    )?;
                 }
             }
         }
@@ -280,11 +291,22 @@ impl Store {
         let gen = Generation::open(&meta).map_err(|e| {
             CoreError::io(format!("map {}", meta.join(GENERATION_FILE).display()), e)
         })?;
+        // A store of the earlier format becomes a database first (once).
+        if !meta.join(graph_db::GRAPH_FILE).exists()
+            && meta.join(graph_db::LEGACY_GRAPH_FILE).exists()
+        {
+            let _g = lock.lock(LockMode::Exclusive)?;
+            if graph_db::migrate(&meta)? {
+                gen.bump_graph();
+            }
+        }
+        let session = Session::start(&meta)?;
         // Finishing what a crashed process left needs the store to itself:
-        // when other processes are at work, the graph is read under the
-        // shared lock and recovery is left to a later, quieter open (their
-        // half-done work is not debris).
-        let state = {
+        // when other processes are at work, recovery is left to a later,
+        // quieter open (their half-done work is not debris). And it is
+        // needed only when a process died with the store open: it left its
+        // session behind.
+        let (db, graph_gen) = {
             let exclusive = lock.try_exclusive()?;
             let _g = match exclusive {
                 Some(g) => g,
@@ -292,34 +314,42 @@ impl Store {
             };
             let alone = _g.is_exclusive();
             let graph_gen = gen.graph();
-            let (graph, _) =
-                persist::load_graph(&meta)?.ok_or_else(|| CoreError::NotInitialized {
-                    meta_dir: meta.clone(),
-                })?;
+            let db = GraphDb::open(&meta)?.ok_or_else(|| CoreError::NotInitialized {
+                meta_dir: meta.clone(),
+            })?;
             if alone {
-                recover(&*backstore, &meta, &graph);
+                graph_db::remove_legacy(&meta);
+                let dead = Session::dead(&meta);
+                if !dead.is_empty() {
+                    recover(&*backstore, &meta, &db)?;
+                    for d in dead {
+                        let _ = std::fs::remove_file(d);
+                    }
+                }
             }
-            State { graph, graph_gen }
+            (db, graph_gen)
         };
         Ok(Self {
             backstore,
             branch_locks: BranchLocks::new(&meta, wait),
             meta,
             lock,
-            state: RwLock::new(state),
+            db,
+            state: RwLock::new(State { graph_gen }),
             fds: Mutex::new(Fds::default()),
             gen,
             cache: ReadCache::default(),
             events: EventBus::default(),
             stats: CopyStats::default(),
             caps,
+            _session: session,
         })
     }
 
     /// True when the backstore's metadata directory holds a store.
     pub fn exists(backstore: &dyn LayerStore) -> CoreResult<bool> {
         let meta = meta_dir(backstore)?;
-        Ok(persist::graph_version(&meta)?.is_some())
+        Ok(graph_db::exists(&meta))
     }
 
     /// Removes the store's graph, leaving the backstore as before `init`.
@@ -328,18 +358,25 @@ impl Store {
         {
             let mut st = self.write_state();
             let _g = self.lock.lock(LockMode::Exclusive)?;
-            self.refresh(&mut st)?;
-            if !st.graph.branches.is_empty() || !st.graph.snapshots.is_empty() {
-                return Err(CoreError::Busy {
-                    what: format!("store {}", self.meta.display()),
-                    why: "it still has branches or snapshots".into(),
-                });
-            }
-            let dead: Vec<String> = st.graph.layers.keys().cloned().collect();
+            self.refresh(&mut st);
+            let dead = self.db.read(|g| {
+                if !g.is_empty()? {
+                    return Err(CoreError::Busy {
+                        what: format!("store {}", self.meta.display()),
+                        why: "it still has branches or snapshots".into(),
+                    });
+                }
+                g.layer_ids()
+            })?;
             self.delete_layers(&dead);
-            let graph = self.meta.join(persist::GRAPH_FILE);
+            let graph = self.db.path().to_path_buf();
             std::fs::remove_file(&graph)
                 .map_err(|e| CoreError::io(format!("remove {}", graph.display()), e))?;
+            for suffix in ["-wal", "-shm"] {
+                let mut f = graph.clone().into_os_string();
+                f.push(suffix);
+                let _ = std::fs::remove_file(f);
+            }
         }
         Ok(self.backstore)
     }
@@ -356,11 +393,12 @@ impl Store {
 
     /// Settings and location.
     pub fn info(&self) -> CoreResult<StoreInfo> {
-        self.with_shared(|st| {
+        self.with_shared(|_| {
+            let settings = self.db.read(|g| g.settings())?;
             Ok(StoreInfo {
                 meta_dir: self.meta.clone(),
-                default_base: st.graph.default_base.clone(),
-                compact_threshold: st.graph.compact_threshold,
+                default_base: settings.default_base,
+                compact_threshold: settings.compact_threshold,
                 backstore: self.backstore.name().to_string(),
                 capabilities: self.caps.names(),
             })
@@ -435,7 +473,7 @@ impl Store {
             // holds the write lock while it waits for the store lock).
             let mut st = self.write_state();
             let _g = self.lock.lock(LockMode::Shared)?;
-            self.refresh(&mut st)?;
+            self.refresh(&mut st);
         }
     }
 
@@ -444,43 +482,23 @@ impl Store {
     fn with_exclusive<T>(&self, f: impl FnOnce(&mut State) -> CoreResult<T>) -> CoreResult<T> {
         let mut st = self.write_state();
         let _g = self.lock.lock(LockMode::Exclusive)?;
-        self.refresh(&mut st)?;
+        self.refresh(&mut st);
         f(&mut st)
     }
 
-    /// Reloads the graph if another process changed it (the shared graph
-    /// counter moved since it was read). Called under the store lock.
-    fn refresh(&self, st: &mut State) -> CoreResult<()> {
+    /// Notes a graph change by another process (the shared graph counter
+    /// moved since this one last looked): layer directories it holds open
+    /// may have been deleted, so they are let go. Called under the store
+    /// lock.
+    fn refresh(&self, st: &mut State) {
         let now = self.gen.graph();
         if now != st.graph_gen {
-            let (graph, _) =
-                persist::load_graph(&self.meta)?.ok_or_else(|| CoreError::NotInitialized {
-                    meta_dir: self.meta.clone(),
-                })?;
             let mut fds = self.lock_fds();
-            fds.layers.retain(|id, _| graph.layers.contains_key(id));
-            fds.committed.retain(|id, _| graph.layers.contains_key(id));
+            fds.layers.clear();
+            fds.committed.clear();
             drop(fds);
-            st.graph = graph;
             st.graph_gen = now;
         }
-        Ok(())
-    }
-
-    /// Saves `graph` (under the exclusive lock). The counter moves before
-    /// the save, so lock-free readers stop trusting their views (and wait
-    /// for the lock) even if this process dies half way, and after it, so
-    /// they reload what was saved.
-    fn save(&self, st: &mut State, graph: Graph) -> CoreResult<()> {
-        self.gen.bump_graph();
-        persist::save_graph(&self.meta, &graph)?;
-        self.gen.bump_graph();
-        st.graph_gen = self.gen.graph();
-        self.lock_fds()
-            .layers
-            .retain(|id, _| graph.layers.contains_key(id));
-        st.graph = graph;
-        Ok(())
     }
 
     fn layer_dir(&self, id: &str, kind: LayerKind) -> CoreResult<LayerDir> {
@@ -593,9 +611,20 @@ impl Store {
     }
 
     /// The view of the chain from `top` down, the top layer as `top_kind`.
-    fn chain_view(&self, st: &State, top: &str, top_kind: LayerKind) -> CoreResult<View> {
-        let chain = st.graph.chain(top);
-        let base = st.graph.layers.get(top).and_then(|l| l.base.clone());
+    fn chain_view(&self, top: &str, top_kind: LayerKind) -> CoreResult<View> {
+        let (chain, base) = self
+            .db
+            .read(|g| Ok((g.chain(top)?, g.need_layer(top)?.base)))?;
+        self.view_of(&chain, base, top_kind)
+    }
+
+    /// The view of layers `chain` (top first) over `base`.
+    fn view_of(
+        &self,
+        chain: &[String],
+        base: Option<PathBuf>,
+        top_kind: LayerKind,
+    ) -> CoreResult<View> {
         let mut layers = Vec::with_capacity(chain.len() + 1);
         for (i, id) in chain.iter().enumerate() {
             let kind = if i == 0 {
@@ -611,35 +640,33 @@ impl Store {
         Ok(View { layers })
     }
 
-    fn target_view(&self, st: &State, target: &Target) -> CoreResult<View> {
-        match target {
-            Target::Branch(name) => {
-                let layer = st
-                    .graph
-                    .branches
-                    .get(name)
+    /// The top layer of `target` and its kind.
+    fn target_layer(&self, target: &Target) -> CoreResult<(String, LayerKind)> {
+        self.db.read(|g| match target {
+            Target::Branch(name) => Ok((
+                g.branch(name)?
                     .ok_or_else(|| CoreError::NotFound(format!("branch {name}")))?
-                    .layer
-                    .clone();
-                self.chain_view(st, &layer, LayerKind::Active)
-            }
-            Target::Snapshot(name) => {
-                let layer = st
-                    .graph
-                    .snapshots
-                    .get(name)
+                    .layer,
+                LayerKind::Active,
+            )),
+            Target::Snapshot(name) => Ok((
+                g.snapshot(name)?
                     .ok_or_else(|| CoreError::NotFound(format!("snapshot {name}")))?
-                    .layer
-                    .clone();
-                self.chain_view(st, &layer, LayerKind::Committed)
-            }
-        }
+                    .layer,
+                LayerKind::Committed,
+            )),
+        })
+    }
+
+    fn target_view(&self, target: &Target) -> CoreResult<View> {
+        let (layer, kind) = self.target_layer(target)?;
+        self.chain_view(&layer, kind)
     }
 
     /// Creates layer `id`, trying later ids if a stale one is in the way.
-    fn create_layer(&self, graph: &mut Graph) -> CoreResult<(String, PathBuf)> {
+    fn create_layer(&self, graph: &mut GraphTx<'_>) -> CoreResult<(String, PathBuf)> {
         for _ in 0..100 {
-            let id = graph.alloc_layer_id();
+            let id = graph.alloc_layer_id()?;
             match self.backstore.create_layer(&id) {
                 Ok(p) => return Ok((id, p)),
                 Err(e) if e.kind == LayerErrorKind::AlreadyExists => {
@@ -649,7 +676,7 @@ impl Store {
             }
         }
         Err(CoreError::Corrupt {
-            file: self.meta.join(persist::GRAPH_FILE),
+            file: self.db.path().to_path_buf(),
             why: "100 consecutive layer ids are taken by stale layers".into(),
         })
     }
@@ -660,31 +687,40 @@ impl Store {
         }
     }
 
-    /// Changes the graph under the exclusive lock: `f` edits a copy of it,
-    /// recording in `created` every layer it makes; then layers nothing
-    /// uses any more are dropped from the graph, the graph is saved, and
-    /// only then are those layers deleted. If `f` or the save fails, the
-    /// graph on disk is unchanged and the layers `f` made are deleted.
+    /// Changes the graph under the exclusive lock, in one transaction:
+    /// `f` edits it, recording in `created` every layer it makes; then
+    /// layers nothing uses any more are dropped from the graph, the change
+    /// is committed, and only then are those layers deleted. If `f` or the
+    /// commit fails, the graph on disk is unchanged and the layers `f` made
+    /// are deleted.
+    ///
+    /// The graph counter moves just before the commit, so lock-free readers
+    /// stop trusting their views (and wait for the lock) even if this
+    /// process dies half way, and after it, so they reload what was saved.
     fn edit_graph<T>(
         &self,
-        f: impl FnOnce(&mut State, &mut Graph, &mut Vec<String>) -> CoreResult<T>,
+        f: impl FnOnce(&mut GraphTx<'_>, &mut Vec<String>) -> CoreResult<T>,
     ) -> CoreResult<T> {
         let (v, dead) = self.with_exclusive(|st| {
-            let mut g = st.graph.clone();
             let mut created = Vec::new();
-            let r = f(st, &mut g, &mut created).and_then(|v| {
-                let dead = g.unreferenced_layers();
-                for id in &dead {
-                    g.layers.remove(id);
+            let r = self
+                .db
+                .edit(|g| f(g, &mut created), || self.gen.bump_graph());
+            match &r {
+                Ok(_) => {
+                    self.gen.bump_graph();
+                    st.graph_gen = self.gen.graph();
                 }
-                self.save(st, g)?;
-                Ok((v, dead))
-            });
-            if r.is_err() {
-                self.delete_layers(&created);
+                Err(_) => self.delete_layers(&created),
             }
             r
         })?;
+        let mut fds = self.lock_fds();
+        for id in &dead {
+            fds.layers.remove(id);
+            fds.committed.remove(id);
+        }
+        drop(fds);
         self.delete_layers(&dead);
         Ok(v)
     }
@@ -731,12 +767,15 @@ fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     Ok(canon)
 }
 
-/// Finishes what a crashed process left: temporary graph files, work
-/// directories of active layers, and layers the graph does not name.
-fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
+/// Finishes what a process that died with the store open left: temporary
+/// files, work directories of active layers, and layers the graph does not
+/// name (made by an interrupted change, or dropped from the graph by a
+/// change that died before deleting them).
+fn recover(backstore: &dyn LayerStore, meta: &Path, db: &GraphDb) -> CoreResult<()> {
     persist::remove_stale_temps(meta);
-    for b in graph.branches.values() {
-        if let Ok(p) = backstore.layer_path(&b.layer) {
+    let (active, named) = db.read(|g| Ok((g.active_layers()?, g.layer_ids()?)))?;
+    for layer in active {
+        if let Ok(p) = backstore.layer_path(&layer) {
             let work = p.join(WORK_DIR);
             if work.exists() {
                 if let Err(e) = std::fs::remove_dir_all(&work) {
@@ -745,10 +784,11 @@ fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
             }
         }
     }
+    let named: BTreeSet<String> = named.into_iter().collect();
     match backstore.list_layers() {
         Ok(present) => {
             for id in present {
-                if !graph.layers.contains_key(&id) {
+                if !named.contains(&id) {
                     tracing::info!(layer = %id, "deleting a layer no branch or snapshot uses (left by an interrupted operation)");
                     crate::layer_gc::delete_unused(backstore, &id, "deleting an orphan layer");
                 }
@@ -756,4 +796,5 @@ fn recover(backstore: &dyn LayerStore, meta: &Path, graph: &Graph) {
         }
         Err(e) => tracing::warn!(error = %e, "could not list layers"),
     }
+    Ok(())
 }

@@ -27,15 +27,15 @@ impl Store {
 
     /// What changed in `branch` since snapshot `from` (or since its base).
     pub fn diff(&self, branch: &str, from: Option<&str>) -> CoreResult<Vec<DiffEntry>> {
-        self.with_shared(|st| {
-            let new = self.target_view(st, &Target::Branch(branch.to_string()))?;
-            let new_layer = st.graph.branches[branch].layer.clone();
-            let new_base = st.graph.layers[&new_layer].base.clone();
+        self.with_shared(|_| {
+            let new = self.target_view(&Target::Branch(branch.to_string()))?;
+            let (new_layer, _) = self.target_layer(&Target::Branch(branch.to_string()))?;
+            let new_base = self.db.read(|g| Ok(g.need_layer(&new_layer)?.base))?;
             let old = match from {
                 Some(s) => {
-                    let old = self.target_view(st, &Target::Snapshot(s.to_string()))?;
-                    let old_layer = &st.graph.snapshots[s].layer;
-                    if st.graph.layers[old_layer].base != new_base {
+                    let old = self.target_view(&Target::Snapshot(s.to_string()))?;
+                    let (old_layer, _) = self.target_layer(&Target::Snapshot(s.to_string()))?;
+                    if self.db.read(|g| Ok(g.need_layer(&old_layer)?.base))? != new_base {
                         return Err(CoreError::InvalidArgument(format!(
                             "snapshot {s} and branch {branch} have different bases"
                         )));
@@ -122,7 +122,7 @@ impl Tree<'_> {
             None => self.store.with_shared(g),
         };
         locked(&|st: &State| {
-            let view = Arc::new(self.store.target_view(st, &self.target)?);
+            let view = Arc::new(self.store.target_view(&self.target)?);
             self.store
                 .cache
                 .put_view(&self.target, st.graph_gen, view.clone());
@@ -188,8 +188,8 @@ impl Tree<'_> {
         let Target::Branch(branch) = &self.target else {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
-        self.store.with_branch(branch, |st| {
-            let view = self.store.target_view(st, &self.target)?;
+        self.store.with_branch(branch, |_| {
+            let view = self.store.target_view(&self.target)?;
             // Lock-free readers stop trusting cached resolutions before the
             // first name changes (even if this process dies half way) and
             // again once all have.

@@ -78,7 +78,7 @@ fn capabilities_follow_the_filesystem_under_the_root() {
         let stray: Vec<_> = fs::read_dir(b.root())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "layers" && n != "meta")
+            .filter(|n| !["layers", "meta", "trash"].contains(&n.as_str()))
             .collect();
         assert!(stray.is_empty(), "{kind}: probe leftovers {stray:?}");
         assert_eq!(fs::read_dir(b.metadata_dir().unwrap()).unwrap().count(), 0);

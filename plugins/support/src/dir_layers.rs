@@ -1,5 +1,6 @@
 //! A layer store that keeps each layer as a directory under `<root>/layers`,
-//! with `<root>/meta` reserved for the host's metadata.
+//! with `<root>/meta` reserved for the host's metadata and `<root>/trash`
+//! holding layers whose deletion is under way.
 
 use std::{
     fs, io,
@@ -63,15 +64,21 @@ pub struct DirLayerStore {
     root: PathBuf,
     layers: PathBuf,
     meta: PathBuf,
+    trash: PathBuf,
     trash_seq: AtomicU64,
 }
 
 impl DirLayerStore {
     /// Opens (creating if needed) a store at `root`, and removes leftovers of
-    /// deletions a crash interrupted.
+    /// deletions a crash interrupted. Costs the same however many layers
+    /// exist: only the trash directory is read.
     pub fn open(root: &Path) -> PluginResult<Self> {
         let layers = root.join("layers");
         let meta = root.join("meta");
+        let trash = root.join("trash");
+        // Earlier versions kept the trash among the layers: a store opened
+        // for the first time by this one is searched for it once.
+        let legacy_trash = !trash.exists();
         for d in [root, &layers, &meta] {
             fs::create_dir_all(d)
                 .map_err(|e| PluginError::from_io(format!("create {}", d.display()), &e))?;
@@ -80,9 +87,15 @@ impl DirLayerStore {
             root: root.to_path_buf(),
             layers,
             meta,
+            trash,
             trash_seq: AtomicU64::new(0),
         };
-        store.purge_trash();
+        if legacy_trash {
+            purge(&store.layers, ".trash-");
+        }
+        fs::create_dir_all(&store.trash)
+            .map_err(|e| PluginError::from_io(format!("create {}", store.trash.display()), &e))?;
+        purge(&store.trash, "");
         Ok(store)
     }
 
@@ -161,8 +174,8 @@ impl DirLayerStore {
     /// removed at the next [`DirLayerStore::open`].
     pub fn move_to_trash(&self, id: &str) -> PluginResult<PathBuf> {
         let p = self.existing(id)?;
-        let trash = self.layers.join(format!(
-            ".trash-{id}-{}-{}",
+        let trash = self.trash.join(format!(
+            "{id}-{}-{}",
             std::process::id(),
             self.trash_seq.fetch_add(1, Ordering::Relaxed)
         ));
@@ -187,16 +200,17 @@ impl DirLayerStore {
         out.sort();
         Ok(out)
     }
+}
 
-    fn purge_trash(&self) {
-        let Ok(rd) = fs::read_dir(&self.layers) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            if ent.file_name().to_string_lossy().starts_with(".trash-") {
-                if let Err(e) = remove_tree(&ent.path()) {
-                    tracing::warn!(path = %ent.path().display(), error = %e, "could not purge deleted layer");
-                }
+/// Removes every entry of `dir` whose name starts with `prefix`.
+fn purge(dir: &Path, prefix: &str) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        if ent.file_name().to_string_lossy().starts_with(prefix) {
+            if let Err(e) = remove_tree(&ent.path()) {
+                tracing::warn!(path = %ent.path().display(), error = %e, "could not purge deleted layer");
             }
         }
     }
@@ -341,10 +355,20 @@ mod tests {
         assert_eq!(s.list().unwrap(), vec!["b"]);
         assert_eq!(s.delete("a").unwrap_err().code, ErrorCode::NOT_FOUND);
         // A deletion interrupted after its rename is finished at the next open.
-        fs::create_dir(s.layers_dir().join(".trash-x-1-0")).unwrap();
+        fs::create_dir(t.path().join("trash/x-1-0")).unwrap();
+        fs::write(t.path().join("trash/x-1-0/f"), b"x").unwrap();
         drop(s);
         let s = DirLayerStore::open(t.path()).unwrap();
-        assert!(!s.layers_dir().join(".trash-x-1-0").exists());
+        assert!(!t.path().join("trash/x-1-0").exists());
+        assert_eq!(s.list().unwrap(), vec!["b"]);
+        // So is one an earlier version left among the layers, at the first
+        // open by this version (the one without a trash directory).
+        fs::create_dir(s.layers_dir().join(".trash-y-1-0")).unwrap();
+        fs::remove_dir(t.path().join("trash")).unwrap();
+        drop(s);
+        let s = DirLayerStore::open(t.path()).unwrap();
+        assert!(!s.layers_dir().join(".trash-y-1-0").exists());
+        assert!(t.path().join("trash").is_dir());
         assert_eq!(s.list().unwrap(), vec!["b"]);
     }
 }
