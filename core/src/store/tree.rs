@@ -188,8 +188,19 @@ impl Tree<'_> {
         let Target::Branch(branch) = &self.target else {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
-        self.store.with_branch(branch, |_| {
-            let view = self.store.target_view(&self.target)?;
+        self.store.with_branch(branch, |st| {
+            // The graph is the one `st` was loaded for (checked under the
+            // lock): the view cached for it is current, no database read.
+            let view = match self.store.cache.view(&self.target, st.graph_gen) {
+                Some(v) => v,
+                None => {
+                    let v = Arc::new(self.store.target_view(&self.target)?);
+                    self.store
+                        .cache
+                        .put_view(&self.target, st.graph_gen, v.clone());
+                    v
+                }
+            };
             // Lock-free readers stop trusting cached resolutions before the
             // first name changes (even if this process dies half way) and
             // again once all have.
