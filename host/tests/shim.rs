@@ -613,79 +613,126 @@ fn without_a_daemon_branch_paths_fail_with_eio_never_the_base() {
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
 
-#[test]
-fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::sync::mpsc;
-    use std::time::Duration;
-    if !have("inotifywait", "inotify") {
-        return;
+/// A watcher program started under `agentfs run` in the branch `b` of
+/// `e`, its stdout and stderr read line by line on threads.
+struct Watcher {
+    child: std::process::Child,
+    pid: i32,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    /// Runs `sh -c 'echo $$ >&2; exec <script>'` in the branch, with `env`,
+    /// and waits for inotifywait's "Watches established".
+    fn start(e: &Env, script: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = e
+            .cli
+            .cmd()
+            .current_dir(&e.base)
+            .envs(env.iter().copied())
+            .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
+            .arg(format!("echo $$ >&2; exec {script}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = |r: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines() {
+                    if tx.send(l.unwrap()).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let err = lines(Box::new(child.stderr.take().unwrap()));
+        let out = lines(Box::new(child.stdout.take().unwrap()));
+        let mut w = Self {
+            child,
+            pid: 0,
+            out,
+            err,
+        };
+        w.pid = loop {
+            if let Ok(p) = Self::next(&w.err, "its pid").trim().parse() {
+                break p;
+            }
+        };
+        w.wait_for("Watches established");
+        w
     }
+
+    fn next(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the watcher said nothing for a minute ({what})"))
+    }
+
+    /// The next line on its stdout.
+    fn event(&self, what: &str) -> String {
+        Self::next(&self.out, what)
+    }
+
+    /// Reads its stderr up to a line containing `what`.
+    fn wait_for(&self, what: &str) {
+        while !Self::next(&self.err, what).contains(what) {}
+    }
+
+    /// Stops it (SIGTERM to the program, by the pid it printed).
+    fn stop(mut self) {
+        // SAFETY: signalling the process we started, by the pid it printed.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `script` in branch `branch` (created if need be) and requires success.
+fn run_in(e: &Env, branch: &str, script: &str) {
+    let o = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args([
+            "run", "--create", "--branch", branch, "--", "sh", "-c", script,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// The environment with the inotify watch provider configured.
+fn env_with_inotify() -> Env {
     let e = Env::new(false);
     let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
     cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
     fs::write(&e.cli.config, cfg).unwrap();
-    let before = fingerprint(&e.base);
-    let mut w = e
-        .cli
-        .cmd()
-        .current_dir(&e.base)
-        .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
-        .arg("echo $$ >&2; exec inotifywait -m -e create,modify,delete --format '%e %f' docs")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = |r: Box<dyn std::io::Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(r).lines() {
-                if tx.send(l.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    };
-    let err = lines(Box::new(w.stderr.take().unwrap()));
-    let out = lines(Box::new(w.stdout.take().unwrap()));
-    let next = |rx: &mpsc::Receiver<String>| {
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("the watcher said nothing for a minute")
-    };
-    let pid: i32 = next(&err).trim().parse().unwrap();
-    loop {
-        if next(&err).contains("Watches established") {
-            break;
-        }
+    e
+}
+
+#[test]
+fn inotifywait_in_a_branch_sees_other_processes_writes_there_only() {
+    if !have("inotifywait", "inotify") {
+        return;
     }
+    let e = env_with_inotify();
+    let before = fingerprint(&e.base);
+    let w = Watcher::start(
+        &e,
+        "inotifywait -m -e create,modify,delete --format '%e %f' docs",
+        &[],
+    );
     // Another branch first: its change must not reach this watcher.
-    let other = e
-        .cli
-        .cmd()
-        .current_dir(&e.base)
-        .args(["run", "--create", "--branch", "c", "--", "sh", "-c"])
-        .arg("echo x > docs/other.txt")
-        .output()
-        .unwrap();
-    assert!(other.status.success(), "{other:?}");
-    let mine = e
-        .cli
-        .cmd()
-        .current_dir(&e.base)
-        .args(["run", "--branch", "b", "--", "sh", "-c"])
-        .arg("echo x > docs/mine.txt; rm docs/mine.txt")
-        .output()
-        .unwrap();
-    assert!(mine.status.success(), "{mine:?}");
+    run_in(&e, "c", "echo x > docs/other.txt");
+    run_in(&e, "b", "echo x > docs/mine.txt; rm docs/mine.txt");
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.starts_with("DELETE")) {
-        seen.push(next(&out));
+        seen.push(w.event("events"));
     }
-    // SAFETY: signalling the watcher we started, by the pid it printed.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let _ = w.wait();
+    w.stop();
     assert_eq!(
         seen,
         ["CREATE mine.txt", "MODIFY mine.txt", "DELETE mine.txt"],
@@ -722,81 +769,27 @@ fn stop_daemon(mut d: std::process::Child) {
 
 #[test]
 fn inotifywait_survives_a_daemon_restart() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::sync::mpsc;
-    use std::time::Duration;
     if !have("inotifywait", "inotify restart") {
         return;
     }
-    let e = Env::new(false);
-    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
-    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
-    fs::write(&e.cli.config, cfg).unwrap();
+    let e = env_with_inotify();
     let before = fingerprint(&e.base);
     let daemon = start_daemon(&e);
-    let mut w = e
-        .cli
-        .cmd()
-        .current_dir(&e.base)
-        .env("AGENTFS_SHIM_LOG", "1")
-        .args(["run", "--create", "--branch", "b", "--", "sh", "-c"])
-        .arg("echo $$ >&2; exec inotifywait -m -e create --format '%e %f' docs")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = |r: Box<dyn std::io::Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(r).lines() {
-                if tx.send(l.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    };
-    let err = lines(Box::new(w.stderr.take().unwrap()));
-    let out = lines(Box::new(w.stdout.take().unwrap()));
-    let next = |rx: &mpsc::Receiver<String>, what: &str| {
-        rx.recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the watcher said nothing for a minute ({what})"))
-    };
-    let wait_for = |rx: &mpsc::Receiver<String>, what: &str| loop {
-        if next(rx, what).contains(what) {
-            break;
-        }
-    };
-    let pid: i32 = loop {
-        if let Ok(p) = next(&err, "pid").trim().parse() {
-            break p;
-        }
-    };
-    wait_for(&err, "Watches established");
-    let write = |name: &str| {
-        let o = e
-            .cli
-            .cmd()
-            .current_dir(&e.base)
-            .args(["run", "--branch", "b", "--", "sh", "-c"])
-            .arg(format!("echo x > docs/{name}"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-    };
-    write("before.txt");
-    assert_eq!(next(&out, "first event"), "CREATE before.txt");
+    let w = Watcher::start(
+        &e,
+        "inotifywait -m -e create --format '%e %f' docs",
+        &[("AGENTFS_SHIM_LOG", "1")],
+    );
+    run_in(&e, "b", "echo x > docs/before.txt");
+    assert_eq!(w.event("first event"), "CREATE before.txt");
     // The daemon goes away and a new one serves the same socket: the
     // watcher's shim registers its watch again, unprompted.
     stop_daemon(daemon);
     let daemon = start_daemon(&e);
-    wait_for(&err, "watches registered again");
-    write("after.txt");
-    assert_eq!(next(&out, "event after the restart"), "CREATE after.txt");
-    // SAFETY: signalling the watcher we started, by the pid it printed.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let _ = w.wait();
+    w.wait_for("watches registered again");
+    run_in(&e, "b", "echo x > docs/after.txt");
+    assert_eq!(w.event("event after the restart"), "CREATE after.txt");
+    w.stop();
     stop_daemon(daemon);
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
