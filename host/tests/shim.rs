@@ -151,6 +151,14 @@ impl Env {
         self.cli.ok(&["diff", "--branch", "b"])
     }
 
+    /// The tree is the native copy's, the diff has `lines`, and the base
+    /// is what `before` recorded.
+    fn assert_outcome(&self, lines: &[&str], before: &Fingerprint) {
+        self.assert_same_tree();
+        self.assert_diff_has(lines);
+        assert_eq!(&fingerprint(&self.base), before, "the base changed");
+    }
+
     fn assert_diff_has(&self, lines: &[&str]) {
         let d = self.diff();
         for want in lines {
@@ -204,9 +212,7 @@ cd src && pwd && cd nested && /bin/pwd && cd ../.. && echo "back: $(pwd)"
         out.contains("tests-ok") && out.contains("read: line 3"),
         "{out}"
     );
-    e.assert_same_tree();
-    e.assert_diff_has(&["A out.txt", "A here.txt", "M README.md"]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(&["A out.txt", "A here.txt", "M README.md"], &before);
 }
 
 #[test]
@@ -227,9 +233,7 @@ cat "$d/$n" "$d/link"; readlink "$d/link" | od -An -c; ls -b "$d"
     );
     assert!(out.starts_with("hi\nhi\n"), "{out}");
     assert!(out.contains("caf\\351\nlink\n"), "{out}");
-    e.assert_same_tree();
-    e.assert_diff_has(&["A \"d\\377/\"", "A \"d\\377/caf\\351\""]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(&["A \"d\\377/\"", "A \"d\\377/caf\\351\""], &before);
 }
 
 #[test]
@@ -258,15 +262,16 @@ ls -a src copy
 cat lib-link copy/main.rs
 "#,
     );
-    e.assert_same_tree();
-    e.assert_diff_has(&[
-        "A a/b/c/new.txt",
-        "D docs/",
-        "A guide.md",
-        "A lib-link",
-        "A copy/main.rs",
-    ]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(
+        &[
+            "A a/b/c/new.txt",
+            "D docs/",
+            "A guide.md",
+            "A lib-link",
+            "A copy/main.rs",
+        ],
+        &before,
+    );
 }
 
 #[test]
@@ -300,9 +305,7 @@ for dirpath, dirnames, filenames in sorted(os.walk(".")):
 "#,
     );
     assert!(out.contains("['a.txt', 'b.txt'] tmp"), "{out}");
-    e.assert_same_tree();
-    e.assert_diff_has(&["D src/", "A gen/b.txt"]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(&["D src/", "A gen/b.txt"], &before);
 }
 
 #[test]
@@ -373,9 +376,7 @@ ls csrc | LC_ALL=C sort
 "#,
     );
     assert!(out.starts_with("hello from the branch\n0\n3\n"), "{out}");
-    e.assert_same_tree();
-    e.assert_diff_has(&["A csrc/", "A csrc/Makefile", "A csrc/main.c"]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(&["A csrc/", "A csrc/Makefile", "A csrc/main.c"], &before);
 }
 
 #[test]
@@ -407,9 +408,7 @@ fn tar_extracts_and_creates_archives_in_the_branch() {
     );
     let out = e.same(&["sh", "-c"], &script);
     assert!(out.contains("unpacked/src/main.rs"), "{out}");
-    e.assert_same_tree();
-    e.assert_diff_has(&["A unpacked/", "A unpacked/src/nested/deep.txt"]);
-    assert_eq!(fingerprint(&e.base), before, "the base changed");
+    e.assert_outcome(&["A unpacked/", "A unpacked/src/nested/deep.txt"], &before);
 }
 
 #[test]
