@@ -343,7 +343,12 @@ fn inheritable_connection(socket: &Path) -> Result<OwnedFd> {
     let sock: OwnedFd = c.into_socket().into();
     // SAFETY: F_DUPFD on an fd we own gives a new one we own (without
     // FD_CLOEXEC); the original is closed when `sock` drops.
-    let high = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD, 900) };
+    let mut high = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD, 900) };
+    if high < 0 {
+        // A descriptor limit below 900: the lowest free number will do.
+        // SAFETY: as above.
+        high = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD, 3) };
+    }
     if high < 0 {
         return Err(std::io::Error::last_os_error()).context("keep a daemon connection");
     }
