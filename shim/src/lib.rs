@@ -34,6 +34,8 @@ pub mod resolve;
 #[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
 mod dirs;
 #[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
+mod dispatch;
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(test)))]
 mod state;
 
 #[cfg(all(target_os = "linux", not(test)))]

@@ -21,6 +21,8 @@ use agentfs_proto::FsOp;
 use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
+use crate::dispatch::{read_target, with_read_path, with_write_path};
+
 use super::{
     bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
     fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
@@ -43,68 +45,6 @@ fn umask_now() -> u32 {
         let m = libc::umask(0o022);
         libc::umask(m);
         m
-    }
-}
-
-/// The path a read of branch path `rel` uses.
-fn read_target(rel: &[u8], follow: bool) -> Result<CString, Errno> {
-    match super::resolve_for_read(rel, follow)? {
-        Resolved::Found(e) => Ok(e.phys),
-        Resolved::Absent(_) => Err(libc::ENOENT),
-        Resolved::Outside(p) => CString::new(p).map_err(|_| libc::EINVAL),
-    }
-}
-
-/// Runs `call` on the program's path, or on the physical path of a
-/// branch entry (absolute, so any dirfd beside it is ignored).
-unsafe fn with_read_path<R>(
-    dirfd: c_int,
-    path: Cp,
-    follow: bool,
-    err: impl FnOnce(Errno) -> R,
-    call: impl FnOnce(Cp) -> R,
-) -> R {
-    let Some(_g) = Guard::enter() else {
-        return call(path);
-    };
-    // SAFETY: the program passes a C string or null.
-    let Some(p) = (unsafe { bytes(path) }) else {
-        return call(path);
-    };
-    if p.is_empty() {
-        return call(path);
-    }
-    match classify(dirfd, p) {
-        Ok(Target::Native) => call(path),
-        Ok(Target::Branch(rel)) => match read_target(&rel, follow) {
-            Ok(c) => call(c.as_ptr()),
-            Err(e) => err(e),
-        },
-        Err(e) => err(e),
-    }
-}
-
-/// Runs `branch` for a branch path, `native` otherwise.
-unsafe fn with_write_path(
-    dirfd: c_int,
-    path: Cp,
-    native: impl FnOnce(Cp) -> c_int,
-    branch: impl FnOnce(Vec<u8>) -> Result<c_int, Errno>,
-) -> c_int {
-    let Some(_g) = Guard::enter() else {
-        return native(path);
-    };
-    // SAFETY: the program passes a C string or null.
-    let Some(p) = (unsafe { bytes(path) }) else {
-        return native(path);
-    };
-    if p.is_empty() {
-        return native(path);
-    }
-    match classify(dirfd, p) {
-        Ok(Target::Native) => native(path),
-        Ok(Target::Branch(rel)) => branch(rel).unwrap_or_else(fail),
-        Err(e) => fail(e),
     }
 }
 

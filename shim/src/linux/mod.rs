@@ -8,7 +8,7 @@ use crate::dirs;
 mod inotify;
 mod interpose;
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 pub(crate) use crate::state::*;
 
@@ -54,18 +54,7 @@ pub(crate) fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// The bytes of a C string, `None` for a null pointer.
-///
-/// # Safety
-/// `p` is null or points to a NUL-terminated string.
-pub(crate) unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
-    if p.is_null() {
-        None
-    } else {
-        // SAFETY: the caller's contract.
-        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
-    }
-}
+pub(crate) use crate::dispatch::bytes;
 
 /// The real `getcwd` (for the shared state).
 ///

@@ -10,7 +10,7 @@ use std::{
 use agentfs_proto::FsOp;
 use rustix::fs::FileType;
 
-use super::{chain_changed, fd_insert, fd_open, fs_op, resolve, resolve_for_read, wire};
+use super::{chain_changed, fd_insert, fd_open, fs_op, resolve, wire};
 use crate::resolve::{Entry, Errno, Resolved};
 
 /// The process's umask (read without changing it for long).
@@ -25,15 +25,6 @@ fn umask_now() -> u32 {
 
 fn done(r: Result<agentfs_proto::FsReply, Errno>) -> Result<c_int, Errno> {
     r.map(|_| 0)
-}
-
-/// The path a read of branch path `rel` uses.
-pub(super) fn read_target(rel: &[u8], follow: bool) -> Result<CString, Errno> {
-    match resolve_for_read(rel, follow)? {
-        Resolved::Found(e) => Ok(e.phys),
-        Resolved::Absent(_) => Err(libc::ENOENT),
-        Resolved::Outside(p) => CString::new(p).map_err(|_| libc::EINVAL),
-    }
 }
 
 /// The existing entry at `rel`.

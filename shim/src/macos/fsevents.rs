@@ -451,7 +451,7 @@ fn deliver(stream: fs::FSEventStreamRef, events: Vec<Event>) {
 fn inode_of(visible: &str) -> Option<u64> {
     let cfg = config()?;
     let rel = paths::under(&cfg.root, visible.as_bytes())?;
-    let phys = super::branch::read_target(rel, false).ok()?;
+    let phys = crate::dispatch::read_target(rel, false).ok()?;
     // SAFETY: a valid C string and an out-buffer.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();

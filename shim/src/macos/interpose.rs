@@ -12,6 +12,7 @@ use super::{
     branch, bytes, classify, config, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
     interpose_tuples, kevent, resolve, set_cwd, set_errno, Guard, Target,
 };
+use crate::dispatch::{read_target, with_read_path, with_write_path};
 use crate::{
     paths,
     resolve::{Errno, Resolved},
@@ -25,59 +26,6 @@ const CLONE_NOFOLLOW: u32 = 0x0001;
 fn null_err<T>(e: Errno) -> *mut T {
     set_errno(e);
     ptr::null_mut()
-}
-
-/// Runs `call` on the program's path, or on the physical path of a
-/// branch entry (absolute, so any dirfd beside it is ignored).
-unsafe fn with_read_path<R>(
-    dirfd: c_int,
-    path: Cp,
-    follow: bool,
-    err: impl FnOnce(Errno) -> R,
-    call: impl FnOnce(Cp) -> R,
-) -> R {
-    let Some(_g) = Guard::enter() else {
-        return call(path);
-    };
-    // SAFETY: the program passes a C string or null.
-    let Some(p) = (unsafe { bytes(path) }) else {
-        return call(path);
-    };
-    if p.is_empty() {
-        return call(path);
-    }
-    match classify(dirfd, p) {
-        Ok(Target::Native) => call(path),
-        Ok(Target::Branch(rel)) => match branch::read_target(&rel, follow) {
-            Ok(c) => call(c.as_ptr()),
-            Err(e) => err(e),
-        },
-        Err(e) => err(e),
-    }
-}
-
-/// Runs `branch` for a branch path, `native` otherwise.
-unsafe fn with_write_path(
-    dirfd: c_int,
-    path: Cp,
-    native: impl FnOnce(Cp) -> c_int,
-    branch: impl FnOnce(Vec<u8>) -> Result<c_int, Errno>,
-) -> c_int {
-    let Some(_g) = Guard::enter() else {
-        return native(path);
-    };
-    // SAFETY: the program passes a C string or null.
-    let Some(p) = (unsafe { bytes(path) }) else {
-        return native(path);
-    };
-    if p.is_empty() {
-        return native(path);
-    }
-    match classify(dirfd, p) {
-        Ok(Target::Native) => native(path),
-        Ok(Target::Branch(rel)) => branch(rel).unwrap_or_else(fail),
-        Err(e) => fail(e),
-    }
 }
 
 // ------------------------------------------------------ variadic entries
@@ -938,7 +886,7 @@ unsafe fn exec_path(path: Cp) -> Result<Option<CString>, Errno> {
     }
     match classify(CWD, p)? {
         Target::Native => Ok(None),
-        Target::Branch(rel) => branch::read_target(&rel, true).map(Some),
+        Target::Branch(rel) => read_target(&rel, true).map(Some),
     }
 }
 

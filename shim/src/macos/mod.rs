@@ -19,7 +19,7 @@ mod fsevents;
 mod interpose;
 mod kevent;
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 
 pub(crate) use crate::{dirs, state::*};
 
@@ -68,18 +68,7 @@ pub(crate) fn errno() -> i32 {
     unsafe { *libc::__error() }
 }
 
-/// The bytes of a C string, `None` for a null pointer.
-///
-/// # Safety
-/// `p` is null or points to a NUL-terminated string.
-pub(crate) unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
-    if p.is_null() {
-        None
-    } else {
-        // SAFETY: the caller's contract.
-        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
-    }
-}
+pub(crate) use crate::dispatch::bytes;
 
 /// The real `getcwd` (for the shared state).
 ///
