@@ -12,27 +12,16 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Write},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
+use common::programs::{fingerprint, has_interpreter, have, Fingerprint, Sample};
 use common::{image_dir, CliEnv, TreeImage};
 
 use agentfs_testfs::skip;
-
-/// Is `tool` on PATH? If not: skip.
-fn have(tool: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        skip(test, &format!("`{tool}` is not installed"));
-    }
-    found
-}
 
 /// Can this user mount with FUSE here? If not: skip.
 fn fuse_available(test: &str) -> bool {
@@ -51,21 +40,6 @@ fn fuse_available(test: &str) -> bool {
     true
 }
 
-/// The base's image plus every entry's mtime: "unchanged" means both.
-type Fingerprint = (TreeImage, BTreeMap<String, (i64, i64)>);
-
-fn fingerprint(root: &Path) -> Fingerprint {
-    let img = image_dir(root);
-    let times = img
-        .keys()
-        .map(|k| {
-            let md = fs::symlink_metadata(root.join(k)).unwrap();
-            (k.clone(), (md.mtime(), md.mtime_nsec()))
-        })
-        .collect();
-    (img, times)
-}
-
 /// True when something is mounted at `p`.
 fn mounted(p: &Path) -> bool {
     fs::read_to_string("/proc/self/mountinfo")
@@ -77,11 +51,16 @@ fn mounted(p: &Path) -> bool {
 /// The shared harness: a store over the sample project (optionally a git
 /// checkout), branch `b` mounted at `m`, and a native copy of the project.
 struct Env {
-    cli: CliEnv,
-    base: PathBuf,
-    native: PathBuf,
+    sample: Sample,
     mp: PathBuf,
     before: Fingerprint,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Sample;
+    fn deref(&self) -> &Sample {
+        &self.sample
+    }
 }
 
 impl Env {
@@ -89,44 +68,14 @@ impl Env {
         if !fuse_available(test) {
             return None;
         }
-        let cli = CliEnv::new();
-        let base = cli.base();
-        if git {
-            let g = |args: &[&str]| {
-                let o = Command::new("git")
-                    .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-                    .args(args)
-                    .current_dir(&base)
-                    .env("GIT_CONFIG_NOSYSTEM", "1")
-                    .env("HOME", &cli.dir)
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "git {args:?}: {o:?}");
-            };
-            g(&["init", "-q"]);
-            g(&["add", "-A"]);
-            g(&["commit", "-qm", "init"]);
-        }
-        let native = cli.dir.join("native");
-        let o = Command::new("cp")
-            .arg("-a")
-            .arg(&base)
-            .arg(&native)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "cp -a: {o:?}");
+        let sample = Sample::new(git);
+        let (cli, base) = (&sample.cli, &sample.base);
         cli.ok(&["init", "--base", base.to_str().unwrap()]);
         cli.ok(&["branch", "create", "b"]);
         let mp = cli.dir.join("m");
         fs::create_dir(&mp).unwrap();
-        let before = fingerprint(&base);
-        let e = Self {
-            cli,
-            base,
-            native,
-            mp,
-            before,
-        };
+        let before = fingerprint(base);
+        let e = Self { sample, mp, before };
         e.mount();
         Some(e)
     }
@@ -150,40 +99,14 @@ impl Env {
         m["pid"].as_u64().unwrap() as u32
     }
 
-    fn shell(&self, dir: &Path, args: &[&str]) -> Output {
-        Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", &self.cli.dir)
-            .output()
-            .unwrap()
-    }
-
     /// Runs `script` with `shell` in the mount and natively; requires
     /// both to succeed and print the same (the roots shown as `ROOT`).
     fn same(&self, shell: &[&str], script: &str) -> String {
         let mut args = shell.to_vec();
         args.push(script);
-        let m = self.shell(&self.mp, &args);
-        let n = self.shell(&self.native, &args);
-        let text = |o: &Output, root: &Path| {
-            String::from_utf8_lossy(&o.stdout).replace(root.to_str().unwrap(), "ROOT")
-        };
-        assert!(
-            n.status.success(),
-            "native run failed: {}",
-            String::from_utf8_lossy(&n.stderr)
-        );
-        assert!(
-            m.status.success(),
-            "run in the mount failed: {}\n(stdout: {})",
-            String::from_utf8_lossy(&m.stderr),
-            String::from_utf8_lossy(&m.stdout)
-        );
-        let (tm, tn) = (text(&m, &self.mp), text(&n, &self.native));
-        assert_eq!(tm, tn, "the mount and the native copy printed differently");
-        tm
+        let m = self.output_in(&self.mp, &args);
+        let n = self.output_in(&self.native, &args);
+        self.same_output((&m, &self.mp), &n, "in the mount")
     }
 
     /// The mount and the native copy hold the same tree (git's own
@@ -195,17 +118,6 @@ impl Env {
                 .collect()
         };
         assert_eq!(strip(image_dir(&self.mp)), strip(image_dir(&self.native)));
-    }
-
-    fn diff(&self) -> String {
-        self.cli.ok(&["diff", "--branch", "b"])
-    }
-
-    fn assert_diff_has(&self, lines: &[&str]) {
-        let d = self.diff();
-        for l in lines {
-            assert!(d.lines().any(|x| x == *l), "diff lacks {l:?}:\n{d}");
-        }
     }
 
     /// Unmounts; nothing is left mounted and the base is unchanged.
@@ -373,7 +285,7 @@ print(os.path.getsize("big"), open("big", "rb").read()[-3:])
     assert!(out.contains("b'v' True\n[]\n"), "{out}");
     assert!(out.contains("\n1\n1048579 b'end'\n"), "one st_dev: {out}");
     if have("sqlite3", t) {
-        let o = e.shell(
+        let o = e.output_in(
             &e.mp,
             &[
                 "sqlite3",
@@ -387,20 +299,6 @@ print(os.path.getsize("big"), open("big", "rb").read()[-3:])
     }
     e.assert_diff_has(&["A big", "D src/main.rs", "A src2/main.rs"]);
     e.finish();
-}
-
-/// Does this ELF file name a program interpreter (is it dynamic)?
-fn has_interpreter(elf: &[u8]) -> bool {
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
-        return true;
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
-    let (phentsize, phnum) = (u16_at(54), u16_at(56));
-    (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        o + 4 <= elf.len() && u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
-    })
 }
 
 #[test]
@@ -477,7 +375,7 @@ fn inode_numbers_are_stable_and_renames_honour_their_flags() {
         return;
     }
     let Some(e) = Env::new(t, false) else { return };
-    let out = e.shell(
+    let out = e.output_in(
         &e.mp,
         &[
             "python3",

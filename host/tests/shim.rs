@@ -12,46 +12,22 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     fs,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
-use common::{image_dir, CliEnv, TreeImage};
-
 use agentfs_testfs::skip;
+use common::programs::{fingerprint, has_interpreter, have, Fingerprint, Sample};
 
-/// Is `tool` on PATH? If not: skip.
-fn have(tool: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        skip(test, &format!("`{tool}` is not installed"));
+/// The shared sample project and native copy, run through the shim.
+struct Env(Sample);
+
+impl std::ops::Deref for Env {
+    type Target = Sample;
+    fn deref(&self) -> &Sample {
+        &self.0
     }
-    found
-}
-
-/// The base's image plus every entry's mtime: "unchanged" means both.
-type Fingerprint = (TreeImage, BTreeMap<String, (i64, i64)>);
-
-fn fingerprint(root: &Path) -> Fingerprint {
-    let img = image_dir(root);
-    let times = img
-        .keys()
-        .map(|k| {
-            let md = fs::symlink_metadata(root.join(k)).unwrap();
-            (k.clone(), (md.mtime(), md.mtime_nsec()))
-        })
-        .collect();
-    (img, times)
-}
-
-struct Env {
-    cli: CliEnv,
-    base: PathBuf,
-    native: PathBuf,
 }
 
 impl Env {
@@ -60,33 +36,7 @@ impl Env {
         // `agentfs run` finds the shim next to itself (built once if a
         // clean checkout has not built the workspace yet).
         agentfs_testfs::built("libagentfs_shim.so");
-        let cli = CliEnv::new();
-        let base = cli.base();
-        if git {
-            let g = |args: &[&str]| {
-                let o = Command::new("git")
-                    .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-                    .args(args)
-                    .current_dir(&base)
-                    .env("GIT_CONFIG_NOSYSTEM", "1")
-                    .env("HOME", &cli.dir)
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "git {args:?}: {o:?}");
-            };
-            g(&["init", "-q"]);
-            g(&["add", "-A"]);
-            g(&["commit", "-qm", "init"]);
-        }
-        let native = cli.dir.join("native");
-        let o = Command::new("cp")
-            .arg("-a")
-            .arg(&base)
-            .arg(&native)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "cp -a: {o:?}");
-        Self { cli, base, native }
+        Self(Sample::new(git))
     }
 
     /// `agentfs run --create --branch b -- args` in the base.
@@ -102,41 +52,14 @@ impl Env {
             .unwrap()
     }
 
-    /// The same program natively, in the copy.
-    fn native(&self, args: &[&str]) -> Output {
-        Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(&self.native)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", &self.cli.dir)
-            .output()
-            .unwrap()
-    }
-
     /// Runs `script` with `shell` both ways; requires both to succeed and
     /// print the same (absolute paths of the project shown as `ROOT`).
     fn same(&self, shell: &[&str], script: &str) -> String {
         let mut args = shell.to_vec();
         args.push(script);
         let b = self.run(&args);
-        let n = self.native(&args);
-        let text = |o: &Output, root: &Path| {
-            String::from_utf8_lossy(&o.stdout).replace(root.to_str().unwrap(), "ROOT")
-        };
-        assert!(
-            n.status.success(),
-            "native run failed: {}",
-            String::from_utf8_lossy(&n.stderr)
-        );
-        assert!(
-            b.status.success(),
-            "run in the branch failed: {}\n(stdout: {})",
-            String::from_utf8_lossy(&b.stderr),
-            String::from_utf8_lossy(&b.stdout)
-        );
-        let (tb, tn) = (text(&b, &self.base), text(&n, &self.native));
-        assert_eq!(tb, tn, "the branch and the native copy printed differently");
-        tb
+        let n = self.output_in(&self.native, &args);
+        self.same_output((&b, &self.base), &n, "in the branch")
     }
 
     /// The tree as programs in the branch see it, and the native copy's:
@@ -147,23 +70,12 @@ impl Env {
         self.same(&["sh", "-c"], lister);
     }
 
-    fn diff(&self) -> String {
-        self.cli.ok(&["diff", "--branch", "b"])
-    }
-
     /// The tree is the native copy's, the diff has `lines`, and the base
     /// is what `before` recorded.
     fn assert_outcome(&self, lines: &[&str], before: &Fingerprint) {
         self.assert_same_tree();
         self.assert_diff_has(lines);
         assert_eq!(&fingerprint(&self.base), before, "the base changed");
-    }
-
-    fn assert_diff_has(&self, lines: &[&str]) {
-        let d = self.diff();
-        for want in lines {
-            assert!(d.lines().any(|l| l == *want), "{want} missing in:\n{d}");
-        }
     }
 }
 
@@ -327,14 +239,11 @@ fn git_add_and_commit_in_a_branch_leave_the_base_git_untouched() {
         before,
         "the base (or its .git) changed"
     );
-    let d = e.diff();
+    let d = e.cli.ok(&["diff", "--branch", "b"]);
     assert!(d.lines().any(|l| l == "A new.txt"), "{d}");
     assert!(d.lines().any(|l| l.starts_with("M .git/")), "{d}");
 }
 
-/// True when an ELF64 file asks for a program interpreter (a `PT_INTERP`
-/// program header): it is dynamically linked. (A static busybox still
-/// holds the string "ld-linux" for its own applets.)
 #[test]
 fn make_and_cc_build_a_c_project_in_the_branch() {
     if !have("make", "make_and_cc") || !have("cc", "make_and_cc") {
@@ -495,20 +404,6 @@ fn a_private_daemon_serves_background_processes_then_stops_when_the_last_leaves(
         "late\n"
     );
     assert_eq!(fingerprint(&e.base), before, "the base changed");
-}
-
-fn has_interpreter(elf: &[u8]) -> bool {
-    const PT_INTERP: u32 = 3;
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
-        return true; // not an ELF64 we can read: do not count it as static
-    }
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        o + 4 <= elf.len() && u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == PT_INTERP
-    })
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod hostile;
+pub mod programs;
 
 use std::{
     collections::BTreeMap,
