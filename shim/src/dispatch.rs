@@ -4,11 +4,16 @@
 //! unchanged; a branch path is read through its physical entry or handled
 //! in the branch.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::{
+    ffi::{c_char, c_int, CStr, CString},
+    os::fd::IntoRawFd,
+};
+
+use rustix::fs::FileType;
 
 use crate::platform::fail;
 use crate::resolve::{Errno, Resolved};
-use crate::state::{classify, resolve_for_read, Guard, Target};
+use crate::state::{classify, fd_insert, fd_open, resolve, resolve_for_read, Guard, Target};
 
 /// The bytes of a C string, `None` for a null pointer.
 ///
@@ -87,4 +92,72 @@ pub(crate) unsafe fn with_write_path(
         None => native(path),
         Some((_g, rel)) => rel.and_then(branch).unwrap_or_else(fail),
     }
+}
+
+/// The process's umask (read by setting and restoring it).
+pub(crate) fn umask_now() -> u32 {
+    // SAFETY: umask has no preconditions; the second call restores it.
+    unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        #[allow(clippy::useless_conversion)] // mode_t is u16 on macOS
+        u32::from(m)
+    }
+}
+
+/// Opens branch path `rel`: reads on the physical entry (with the
+/// platform's real `open`, `real_open(path, flags, mode)`), writes through
+/// the daemon's `fd_open`; the fd is recorded in the shim's table.
+pub(crate) fn open_in_branch(
+    rel: &[u8],
+    flags: c_int,
+    mode: u32,
+    real_open: impl Fn(&CStr, c_int, u32) -> c_int,
+) -> Result<c_int, Errno> {
+    let writes =
+        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    let canon = match resolve(rel, follow)? {
+        Resolved::Outside(p) => {
+            let c = CString::new(p).map_err(|_| libc::EINVAL)?;
+            return Ok(real_open(&c, flags, mode));
+        }
+        Resolved::Found(e) if !writes => {
+            let fd = real_open(&e.phys, flags, mode);
+            if fd >= 0 {
+                fd_insert(fd, e.path, 0);
+            }
+            return Ok(fd);
+        }
+        Resolved::Absent(_) if !writes => return Err(libc::ENOENT),
+        Resolved::Found(e) => {
+            if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+                return Err(libc::EEXIST);
+            }
+            if e.kind == FileType::Directory {
+                return Err(libc::EISDIR);
+            }
+            e.path
+        }
+        Resolved::Absent(p) => {
+            if flags & libc::O_CREAT == 0 {
+                return Err(libc::ENOENT);
+            }
+            p
+        }
+    };
+    let (opened, fd) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
+    let raw = fd.into_raw_fd();
+    // SAFETY: fcntl on the fd we just received.
+    unsafe {
+        if flags & libc::O_CLOEXEC == 0 {
+            libc::fcntl(raw, libc::F_SETFD, 0);
+        }
+        if flags & libc::O_NONBLOCK != 0 {
+            let fl = libc::fcntl(raw, libc::F_GETFL);
+            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+    fd_insert(raw, canon, opened.record);
+    Ok(raw)
 }

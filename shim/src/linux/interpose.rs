@@ -13,7 +13,6 @@
 
 use std::{
     ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CString},
-    os::fd::IntoRawFd,
     ptr,
 };
 
@@ -21,11 +20,11 @@ use agentfs_proto::FsOp;
 use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
-use crate::dispatch::{read_target, with_read_path, with_write_path};
+use crate::dispatch::{open_in_branch, read_target, umask_now, with_read_path, with_write_path};
 
 use super::{
-    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_open,
-    fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
+    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
+    fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -37,15 +36,6 @@ type Cp = *const c_char;
 fn null_err<T>(e: Errno) -> *mut T {
     set_errno(e);
     ptr::null_mut()
-}
-
-fn umask_now() -> u32 {
-    // SAFETY: umask has no preconditions; the second call restores it.
-    unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m
-    }
 }
 
 macro_rules! path_read {
@@ -230,55 +220,10 @@ fn open_branch(rel: &[u8], flags: c_int, mode: mode_t) -> Result<c_int, Errno> {
         shim_log("O_TMPFILE in the branch is not supported");
         return Err(libc::EOPNOTSUPP);
     }
-    let writes =
-        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
-    let follow = flags & libc::O_NOFOLLOW == 0;
-    let r = resolve(rel, follow)?;
-    let canon = match r {
-        Resolved::Outside(p) => {
-            let c = CString::new(p).map_err(|_| libc::EINVAL)?;
-            // SAFETY: a valid C string.
-            return Ok(unsafe { o(CWD, c.as_ptr(), flags, mode) });
-        }
-        Resolved::Found(e) if !writes => {
-            // SAFETY: a valid C string.
-            let fd = unsafe { o(CWD, e.phys.as_ptr(), flags, mode) };
-            if fd >= 0 {
-                fd_insert(fd, e.path, 0);
-            }
-            return Ok(fd);
-        }
-        Resolved::Absent(_) if !writes => return Err(libc::ENOENT),
-        Resolved::Found(e) => {
-            if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-                return Err(libc::EEXIST);
-            }
-            if e.kind == FileType::Directory {
-                return Err(libc::EISDIR);
-            }
-            e.path
-        }
-        Resolved::Absent(p) => {
-            if flags & libc::O_CREAT == 0 {
-                return Err(libc::ENOENT);
-            }
-            p
-        }
-    };
-    let (opened, fd) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
-    let raw = fd.into_raw_fd();
-    // SAFETY: fcntl on the fd we just received.
-    unsafe {
-        if flags & libc::O_CLOEXEC == 0 {
-            libc::fcntl(raw, libc::F_SETFD, 0);
-        }
-        if flags & libc::O_NONBLOCK != 0 {
-            let fl = libc::fcntl(raw, libc::F_GETFL);
-            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
-    fd_insert(raw, canon, opened.record);
-    Ok(raw)
+    // SAFETY: a valid C string and the program's flags and mode.
+    open_in_branch(rel, flags, mode, |p, f, m| unsafe {
+        o(CWD, p.as_ptr(), f, m)
+    })
 }
 
 unsafe fn open_impl(dirfd: c_int, path: Cp, flags: c_int, mode: mode_t) -> c_int {

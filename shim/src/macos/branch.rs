@@ -2,26 +2,14 @@
 //! entry the resolver finds, changes through the daemon (the same rules
 //! as on Linux; see `docs/shim.md`).
 
-use std::{
-    ffi::{c_int, CString},
-    os::fd::IntoRawFd,
-};
+use std::ffi::c_int;
 
 use agentfs_proto::FsOp;
 use rustix::fs::FileType;
 
-use super::{chain_changed, fd_insert, fd_open, fs_op, resolve, wire};
+use super::{chain_changed, fs_op, resolve, wire};
+use crate::dispatch::{open_in_branch, umask_now};
 use crate::resolve::{Entry, Errno, Resolved};
-
-/// The process's umask (read without changing it for long).
-fn umask_now() -> u32 {
-    // SAFETY: umask has no preconditions; the second call restores it.
-    unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        u32::from(m)
-    }
-}
 
 fn done(r: Result<agentfs_proto::FsReply, Errno>) -> Result<c_int, Errno> {
     r.map(|_| 0)
@@ -39,54 +27,10 @@ pub(super) fn existing(rel: &[u8], follow: bool) -> Result<Entry, Errno> {
 /// Opens branch path `rel`: reads on the physical entry, writes through
 /// the daemon's `fd_open`.
 pub(super) fn open(rel: &[u8], flags: c_int, mode: u32) -> Result<c_int, Errno> {
-    let writes =
-        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
-    let follow = flags & libc::O_NOFOLLOW == 0;
-    let canon = match resolve(rel, follow)? {
-        Resolved::Outside(p) => {
-            let c = CString::new(p).map_err(|_| libc::EINVAL)?;
-            // SAFETY: a valid C string; the shim's call is not interposed.
-            return Ok(unsafe { libc::open(c.as_ptr(), flags, mode as c_int) });
-        }
-        Resolved::Found(e) if !writes => {
-            // SAFETY: a valid C string.
-            let fd = unsafe { libc::open(e.phys.as_ptr(), flags, mode as c_int) };
-            if fd >= 0 {
-                fd_insert(fd, e.path, 0);
-            }
-            return Ok(fd);
-        }
-        Resolved::Absent(_) if !writes => return Err(libc::ENOENT),
-        Resolved::Found(e) => {
-            if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-                return Err(libc::EEXIST);
-            }
-            if e.kind == FileType::Directory {
-                return Err(libc::EISDIR);
-            }
-            e.path
-        }
-        Resolved::Absent(p) => {
-            if flags & libc::O_CREAT == 0 {
-                return Err(libc::ENOENT);
-            }
-            p
-        }
-    };
-    let (opened, fd) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
-    let raw = fd.into_raw_fd();
-    // SAFETY: fcntl on the fd we just received.
-    unsafe {
-        if flags & libc::O_CLOEXEC == 0 {
-            libc::fcntl(raw, libc::F_SETFD, 0);
-        }
-        if flags & libc::O_NONBLOCK != 0 {
-            let fl = libc::fcntl(raw, libc::F_GETFL);
-            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
-    fd_insert(raw, canon, opened.record);
-    Ok(raw)
+    // SAFETY: a valid C string; the shim's own call is not interposed.
+    open_in_branch(rel, flags, mode, |p, f, m| unsafe {
+        libc::open(p.as_ptr(), f, m as c_int)
+    })
 }
 
 /// `mkdir` in the branch.
