@@ -11,7 +11,7 @@ mod common;
 
 use std::{
     os::unix::{ffi::OsStrExt, process::CommandExt},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
@@ -49,15 +49,35 @@ fn sample_for_nobody(test: &str) -> Option<Sample> {
             return None;
         }
     }
-    agentfs_testfs::built("libagentfs_shim.so");
     let s = Sample::new(false);
-    chown_tree(&s.cli.dir);
+    // The build may live where `nobody` cannot reach (a clone under
+    // /root): the executable, the shim and the backstore are linked (or
+    // copied) into the test's own directory.
+    let bin = s.cli.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for (file, built) in [
+        ("agentfs", PathBuf::from(env!("CARGO_BIN_EXE_agentfs"))),
+        (
+            "libagentfs_shim.so",
+            agentfs_testfs::built("libagentfs_shim.so"),
+        ),
+        (
+            "libagentfs_backstore_hostfs.so",
+            common::plugin_lib("hostfs"),
+        ),
+    ] {
+        if std::fs::hard_link(&built, bin.join(file)).is_err() {
+            std::fs::copy(&built, bin.join(file)).unwrap();
+        }
+    }
+    // Not `bin`: a hard link shares its owner with the build's file.
+    chown_tree(&s.cli.dir, &bin);
     Some(s)
 }
 
-/// Gives `root` and everything under it to `nobody`.
-fn chown_tree(root: &Path) {
-    for entry in walk(root) {
+/// Gives `root` and everything under it but `except` to `nobody`.
+fn chown_tree(root: &Path, except: &Path) {
+    for entry in walk(root).into_iter().filter(|p| !p.starts_with(except)) {
         let c = std::ffi::CString::new(entry.as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid C string; lchown does not follow a symlink.
         let rc = unsafe { libc::lchown(c.as_ptr(), NOBODY, NOBODY) };
@@ -83,7 +103,7 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
 /// `agentfs run --create --branch b -- args` in the base, as `nobody`.
 fn run_as_nobody(s: &Sample, args: &[&str]) -> Output {
     s.cli
-        .cmd()
+        .cmd_of(&s.cli.dir.join("bin/agentfs"))
         .current_dir(&s.base)
         .args(["run", "--create", "--branch", "b", "--"])
         .args(args)

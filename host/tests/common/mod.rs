@@ -259,7 +259,12 @@ impl CliEnv {
     /// An `agentfs` command in this environment.
     pub fn cmd(&self) -> std::process::Command {
         target_dir();
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentfs"));
+        self.cmd_of(Path::new(env!("CARGO_BIN_EXE_agentfs")))
+    }
+
+    /// The same with the `agentfs` executable at `exe` (a copy).
+    pub fn cmd_of(&self, exe: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(exe);
         c.env("AGENTFS_CONFIG", &self.config)
             // Never a daemon the developer may be running: the store directly.
             .env("AGENTFS_SOCKET", self.dir.join("no-daemon.sock"))
