@@ -2,15 +2,16 @@
 //! (through the one handler, `crate::handler`), status and subscriptions;
 //! watch registration and doorbells are in `watch_requests.rs`, `fd_open`
 //! and `FdClose` in `fd_requests.rs`. Handlers block (they call the core) and
-//! run on smol's blocking pool, one request of a connection at a time.
+//! run on the connection's own thread, one request of a connection at a
+//! time.
 
 use std::os::fd::OwnedFd;
 
 use agentfs_plugin_api::{ErrorCode, PluginError};
-use agentfs_proto::{BackstoreInfo, DaemonStatus, FsOp, Request, Response, WireError};
+use agentfs_proto::{BackstoreInfo, DaemonStatus, Request, Response, WireError};
 use agentfs_vocab::watch_path::normalize;
 
-use crate::handler::{self, is_read};
+use crate::handler;
 
 use super::{
     convert::wire_error,
@@ -153,16 +154,5 @@ impl Daemon {
                 read_only_fds: st.lower_layers_protected(),
             })
         })
-    }
-}
-
-/// True for requests that only read metadata or open a file read-only
-/// (no copy-up, no data read): quick enough to answer without leaving the
-/// executor.
-pub fn is_quick_read(r: &Request) -> bool {
-    match r {
-        Request::Fs { op, .. } => is_read(op) && !matches!(op, FsOp::Read { .. }),
-        Request::FdOpen(o) => !crate::daemon::convert::open_options(o.flags, o.mode).modifies(),
-        _ => false,
     }
 }
