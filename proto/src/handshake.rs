@@ -5,8 +5,10 @@ use crate::{Hello, WireError};
 /// Magic string a [`Hello`] must carry.
 pub const MAGIC: &str = "agentfs";
 
-/// The newest protocol version this crate speaks.
-pub const VERSION: u32 = 1;
+/// The newest protocol version this crate speaks. 2 added
+/// [`Request::FdOpenWithWriter`](crate::Request::FdOpenWithWriter) and
+/// [`ClientFrame::FdClosed`](crate::ClientFrame::FdClosed).
+pub const VERSION: u32 = 2;
 
 /// The oldest protocol version this crate still speaks.
 pub const MIN_VERSION: u32 = 1;

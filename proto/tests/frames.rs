@@ -356,6 +356,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             reflinked: true,
             created: false,
             record: 7,
+            writer: false,
         })),
         Err(WireError::new(4, "snapshot s has dependents")),
     ];

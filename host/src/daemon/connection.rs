@@ -21,7 +21,7 @@ use std::{
 use agentfs_plugin_api::watch::WatchApi;
 use agentfs_proto::{
     decode_client_frame, encode_frame,
-    fd_passing::{recv_with_fds, send_with_fd},
+    fd_passing::{recv_with_fds, send_with_fds},
     negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Malformed,
     Request, Response, Welcome, WireError, MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
@@ -163,11 +163,11 @@ fn wait_readable(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Sends one frame, with `fd` attached to its first byte.
+/// Sends one frame, with `fds` attached to its first byte.
 async fn send_frame(
     stream: &Async<UnixStream>,
     frame: &DaemonFrame,
-    fd: Option<OwnedFd>,
+    fds: Vec<OwnedFd>,
 ) -> io::Result<()> {
     let bytes = match encode_frame(frame, MAX_FRAME_LEN) {
         Ok(b) => b,
@@ -185,12 +185,26 @@ async fn send_frame(
         },
     };
     let mut sent = 0;
-    let mut fd = fd;
+    let mut fds = fds;
+    // A handed-over writer registration (a `flock` on the open file
+    // description) lasts while any copy of its fd is open, the daemon's
+    // too: the daemon's copies are closed after the first byte and before
+    // the rest of the frame goes, so the client cannot have read the
+    // frame (and closed the file, and told another process) while the
+    // daemon still holds the registration.
+    let split = frame.fds_carried() > 1;
     while sent < bytes.len() {
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let chunk = if split && sent == 0 {
+            &bytes[..1]
+        } else {
+            &bytes[sent..]
+        };
         let n = stream
-            .write_with(|s| send_with_fd(s.as_fd(), &bytes[sent..], fd.as_ref().map(|f| f.as_fd())))
+            .write_with(|s| send_with_fds(s.as_fd(), chunk, &borrowed))
             .await?;
-        fd = None; // it went with the first chunk
+        drop(borrowed);
+        fds.clear(); // they went with the first chunk
         sent += n;
     }
     Ok(())
@@ -198,7 +212,7 @@ async fn send_frame(
 
 async fn refuse(stream: &Async<UnixStream>, e: WireError) {
     tracing::info!(error = %e, "refusing a connection");
-    if let Err(e) = send_frame(stream, &DaemonFrame::Refused(e), None).await {
+    if let Err(e) = send_frame(stream, &DaemonFrame::Refused(e), Vec::new()).await {
         tracing::debug!(error = %e, "could not send the refusal");
     }
 }
@@ -284,7 +298,7 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
         session: conn,
     });
     reader.decoder.set_max(MAX_FRAME_LEN);
-    if send_frame(&stream, &welcome, None).await.is_err() {
+    if send_frame(&stream, &welcome, Vec::new()).await.is_err() {
         let d2 = d.clone();
         smol::unblock(move || d2.end_session(&session)).await;
         return;
@@ -327,9 +341,9 @@ struct FrameWriter {
 }
 
 impl FrameWriter {
-    async fn send(&self, frame: &DaemonFrame, fd: Option<OwnedFd>) -> io::Result<()> {
+    async fn send(&self, frame: &DaemonFrame, fds: Vec<OwnedFd>) -> io::Result<()> {
         let _g = self.lock.lock().await;
-        send_frame(&self.stream, frame, fd).await
+        send_frame(&self.stream, frame, fds).await
     }
 }
 
@@ -355,7 +369,7 @@ fn serve_requests(
         }),
     );
     let deliveries = smol::spawn(delivery_loop(d.clone(), writer.clone(), s.conn, wake_rx));
-    let send = |frame: &DaemonFrame, fd: Option<OwnedFd>| smol::block_on(writer.send(frame, fd));
+    let send = |frame: &DaemonFrame, fds: Vec<OwnedFd>| smol::block_on(writer.send(frame, fds));
     let refuse = |e: WireError| smol::block_on(refuse_frame(&writer, s, e));
     loop {
         let (frame, fd) = match reader.next_checked_blocking() {
@@ -380,7 +394,7 @@ fn serve_requests(
                     id,
                     result: Err(error),
                 };
-                if let Err(e) = send(&response, None) {
+                if let Err(e) = send(&response, Vec::new()) {
                     tracing::debug!(conn = s.conn, error = %e, "write failed");
                     break;
                 }
@@ -393,18 +407,25 @@ fn serve_requests(
         };
         match frame {
             ClientFrame::Request { id, request } => {
-                let (result, fd) = if request == Request::Ping {
-                    (Ok(Response::Pong), None)
+                let (result, fds) = if request == Request::Ping {
+                    (Ok(Response::Pong), Vec::new())
                 } else {
                     d.handle(s, request, fd)
                 };
                 let response = DaemonFrame::Response { id, result };
-                if let Err(e) = send(&response, fd) {
+                if let Err(e) = send(&response, fds) {
                     tracing::debug!(conn = s.conn, error = %e, "write failed");
                     break;
                 }
             }
             ClientFrame::Ack(a) => d.watch.ack(s.conn, WatchApi(a.api), a.instance),
+            ClientFrame::FdClosed { record } => {
+                // No response: the client released the writer registration
+                // itself when it closed the fd; what is left is the event.
+                if let Err(e) = d.fd_close(s, record) {
+                    tracing::debug!(conn = s.conn, record, error = %e, "FdClosed");
+                }
+            }
             ClientFrame::Hello(_) => {
                 let e = WireError::new(
                     WireError::PROTOCOL,
@@ -422,7 +443,7 @@ fn serve_requests(
 /// Tells the client why its connection is being closed.
 async fn refuse_frame(writer: &FrameWriter, s: &Session, e: WireError) {
     tracing::info!(conn = s.conn, error = %e, "closing a connection that broke the protocol");
-    if let Err(e) = writer.send(&DaemonFrame::Refused(e), None).await {
+    if let Err(e) = writer.send(&DaemonFrame::Refused(e), Vec::new()).await {
         tracing::debug!(conn = s.conn, error = %e, "could not send the refusal");
     }
 }
@@ -447,7 +468,11 @@ async fn delivery_loop(
 
 async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
     match o {
-        Outgoing::Core(batch) => writer.send(&DaemonFrame::CoreEvents(batch), None).await,
+        Outgoing::Core(batch) => {
+            writer
+                .send(&DaemonFrame::CoreEvents(batch), Vec::new())
+                .await
+        }
         Outgoing::Events(del) => {
             if let Some(DoorbellTarget::Socket(sock)) = &del.doorbell {
                 sock.push(del.encoded);
@@ -463,7 +488,7 @@ async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
                     .collect(),
                 encoded: del.encoded,
             });
-            writer.send(&frame, None).await
+            writer.send(&frame, Vec::new()).await
         }
     }
 }
