@@ -86,12 +86,21 @@ mod tests {
         let e = negotiate(&h).unwrap_err();
         assert_eq!(e.code, WireError::VERSION_MISMATCH);
         assert!(
-            e.message.contains("shim 9.0") && e.message.contains("1..=1"),
+            e.message.contains("shim 9.0")
+                && e.message.contains(&format!("{MIN_VERSION}..={VERSION}")),
             "{e}"
         );
         h.min_version = 0;
         h.max_version = 0;
         assert_eq!(negotiate(&h).unwrap_err().code, WireError::VERSION_MISMATCH);
+    }
+
+    #[test]
+    fn a_protocol_1_peer_gets_protocol_1() {
+        let mut h = Hello::current("old shim", None);
+        h.max_version = 1;
+        assert_eq!(negotiate(&h).unwrap(), 1);
+        assert_eq!(negotiate(&Hello::current("new", None)).unwrap(), VERSION);
     }
 
     #[test]

@@ -455,6 +455,31 @@ fn frames_carrying_fds_are_marked() {
 }
 
 #[test]
+fn an_fd_opened_with_the_writer_carries_two_fds_and_old_peers_still_decode_it() {
+    let opened = |writer| DaemonFrame::Response {
+        id: 9,
+        result: Ok(Response::FdOpened(FdOpened {
+            record: 3,
+            writer,
+            ..FdOpened::default()
+        })),
+    };
+    assert_eq!(opened(false).fds_carried(), 1);
+    assert_eq!(opened(true).fds_carried(), 2);
+    // `writer: false` is not sent at all: the frame is the one protocol 1
+    // peers sent and expect.
+    let bytes = encode_frame(&opened(false), MAX_FRAME_LEN).unwrap();
+    assert!(!bytes.windows(6).any(|w| w == b"writer"));
+    let bytes = encode_frame(&opened(true), MAX_FRAME_LEN).unwrap();
+    let back: DaemonFrame = decode_body(&bytes[HEADER_LEN..]).unwrap();
+    assert_eq!(back, opened(true));
+    let closed = ClientFrame::FdClosed { record: 3 };
+    assert!(!closed.carries_fd());
+    let bytes = encode_frame(&closed, MAX_FRAME_LEN).unwrap();
+    assert_eq!(decode_client_frame(&bytes[HEADER_LEN..]).unwrap(), closed);
+}
+
+#[test]
 fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let bytes = encode_frame(&ClientFrame::Hello(hello()), MAX_FRAME_LEN).unwrap();
     let body = &bytes[HEADER_LEN..];
