@@ -507,7 +507,7 @@ fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let v2 = Frame::Hello(HelloV2 {
         magic: MAGIC,
         min_version: 1,
-        max_version: 2,
+        max_version: VERSION + 1,
         client: "shim 2",
         pid: 1,
         ppid: 1,
@@ -521,7 +521,7 @@ fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let ClientFrame::Hello(h) = got else {
         panic!("{got:?}")
     };
-    assert_eq!(negotiate(&h), Ok(1));
+    assert_eq!(negotiate(&h), Ok(VERSION));
 }
 
 #[test]
@@ -650,7 +650,11 @@ fn handshake_over_a_real_socket_accepts_and_refuses() {
         };
         write_frame(&mut s, &answer, MAX_FRAME_LEN).unwrap();
     }
-    for (min, max, ok) in [(1, 1, true), (1, 5, true), (2, 3, false)] {
+    for (min, max, ok, agreed) in [
+        (1, 1, true, 1),
+        (1, VERSION + 3, true, VERSION),
+        (VERSION + 1, VERSION + 2, false, 0),
+    ] {
         let (mut c, d) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || serve(d));
         let mut h = hello();
@@ -661,12 +665,12 @@ fn handshake_over_a_real_socket_accepts_and_refuses() {
         t.join().unwrap();
         match (got, ok) {
             (DaemonFrame::Welcome(w), true) => {
-                assert_eq!(w.version, 1);
+                assert_eq!(w.version, agreed);
                 assert_eq!(w.branch.as_deref(), Some("feature-x"));
             }
             (DaemonFrame::Refused(e), false) => {
                 assert_eq!(e.code, WireError::VERSION_MISMATCH);
-                assert!(e.message.contains("2..=3"), "{e}");
+                assert!(e.message.contains(&format!("{min}..={max}")), "{e}");
             }
             (other, _) => panic!("{min}..={max}: {other:?}"),
         }
