@@ -245,6 +245,10 @@ fn a_protocol_1_client_keeps_the_registration_in_the_daemon_until_fd_close() {
     assert!(writer.is_none() && !o.writer && o.record != 0, "{o:?}");
     drop(fd);
     assert_eq!(snapshot(&mut s, "open"), Err(libc::EBUSY));
+    assert!(
+        w.fd_closed(o.record).is_err(),
+        "no FdClosed to a protocol 1 peer"
+    );
     let r = w.request(Request::FdClose { record: o.record }).unwrap();
     assert_eq!(r, Response::Done);
     assert_eq!(snapshot(&mut s, "closed"), Ok(()));

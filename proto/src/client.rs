@@ -347,6 +347,14 @@ impl Client {
     /// closed) is closed. No response: the daemon publishes `Modified` if
     /// the file changed through it.
     pub fn fd_closed(&mut self, record: u64) -> Result<(), ClientError> {
+        if self.welcome.version < 2 {
+            // A protocol 1 daemon could not decode the frame (and never
+            // handed a registration over): the close is an `FdClose`.
+            return Err(ClientError::Protocol(format!(
+                "FdClosed needs protocol 2; this daemon speaks {}: send FdClose",
+                self.welcome.version
+            )));
+        }
         self.send_frame(&ClientFrame::FdClosed { record }, None)?;
         Ok(())
     }
