@@ -148,10 +148,7 @@ fn a_snapshot_right_after_a_close_is_never_refused_as_busy() {
                 modified += b
                     .events
                     .iter()
-                    .filter(|ev| {
-                        ev.kind == WireEventKind::Modified
-                            && ev.path == agentfs_proto::WirePath::from("d/f.txt")
-                    })
+                    .filter(|ev| ev.kind == WireEventKind::Modified && ev.path == "d/f.txt")
                     .count()
             }
             other => panic!("{other:?}"),
