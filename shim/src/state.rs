@@ -734,6 +734,7 @@ pub(crate) struct StateLocks {
     _chain: MutexGuard<'static, Option<ChainState>>,
     _cwd: MutexGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
+    _writers: MutexGuard<'static, Option<HashMap<u64, HeldWriter>>>,
 }
 
 /// In a forked child, once the fork handlers released the locks: the
@@ -747,8 +748,8 @@ pub(crate) fn renew_chain_after_fork() {
 
 /// Takes every lock of this module, in the order other paths nest them:
 /// the chain before the daemon connection (a chain refresh asks the daemon
-/// while it holds the chain's lock); the working directory and the fd
-/// table are never held around another.
+/// while it holds the chain's lock); the working directory, the fd table
+/// and the writer registrations are never held around another.
 pub(crate) fn lock_all() -> StateLocks {
     let chain = lock(&CHAIN);
     let conn = lock(&CONN);
@@ -757,5 +758,6 @@ pub(crate) fn lock_all() -> StateLocks {
         _chain: chain,
         _cwd: lock(&CWD),
         _fds: lock(&FDS),
+        _writers: lock(&WRITERS),
     }
 }
