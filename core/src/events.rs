@@ -165,13 +165,27 @@ pub struct Subscription {
     pub events: mpsc::Receiver<Event>,
 }
 
+/// A function every event is given to as it is published (see
+/// [`Store::set_event_hook`](crate::Store::set_event_hook)).
+pub type EventHook = Box<dyn Fn(&Event) + Send + Sync>;
+
 /// Fans events out to subscribers. A subscriber whose receiver is gone is
 /// dropped at the next publication.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EventBus {
     seq: AtomicU64,
     next_id: AtomicU64,
     subscribers: Mutex<Vec<(SubscriptionId, mpsc::Sender<Event>)>>,
+    hook: std::sync::OnceLock<EventHook>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("seq", &self.seq)
+            .field("hook", &self.hook.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventBus {
@@ -194,10 +208,20 @@ impl EventBus {
         subs.len() != before
     }
 
-    /// Publishes one event, assigning its sequence number.
+    /// Sets the hook (once; false if one is set already).
+    pub fn set_hook(&self, hook: EventHook) -> bool {
+        self.hook.set(hook).is_ok()
+    }
+
+    /// Publishes one event, assigning its sequence number: to the hook
+    /// first, then to the subscribers. Publications are serialised, so
+    /// the hook sees events in sequence order.
     pub fn publish(&self, mut event: Event) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         event.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(h) = self.hook.get() {
+            h(&event);
+        }
         subs.retain(|(_, tx)| tx.send(event.clone()).is_ok());
     }
 }

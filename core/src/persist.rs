@@ -319,6 +319,17 @@ pub struct WriterLock {
     _file: File,
 }
 
+impl WriterLock {
+    /// The registration as an fd, to hand to another process: `flock`
+    /// belongs to the open file description, so the registration holds
+    /// while any copy of the fd (in any process) is open, and the kernel
+    /// releases it when the last one is closed, even if the holder is
+    /// killed.
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        self._file.into()
+    }
+}
+
 impl BranchLocks {
     fn writer_file(&self, name: &str) -> CoreResult<(File, PathBuf)> {
         let path = self.dir.with_file_name(WRITER_LOCK_DIR).join(name);

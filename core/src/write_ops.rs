@@ -193,7 +193,10 @@ impl Writer<'_> {
         let r = self.view.existing(path, true)?;
         let before = regular_file(&r)?.st.size;
         let (dir, stored) = self.copy_up(&r)?;
-        let f = beneath::open_file_at(dir.as_fd(), &stored, OFlags::WRONLY, 0)
+        // The fd never leaves this function and is a regular file (checked
+        // by the open), where O_NONBLOCK changes nothing: left set, it
+        // saves the two fcntl calls that would clear it.
+        let f = beneath::open_file_at(dir.as_fd(), &stored, OFlags::WRONLY | OFlags::NONBLOCK, 0)
             .map_err(self.io(&r.path, "open"))?;
         f.write_all_at(data, offset)
             .map_err(self.io(&r.path, "write"))?;
@@ -218,7 +221,8 @@ impl Writer<'_> {
                 .map(|c| c.sizes(Some(before), Some(0)));
         }
         let (dir, stored) = self.copy_up(&r)?;
-        let f = beneath::open_file_at(dir.as_fd(), &stored, OFlags::WRONLY, 0)
+        // As in `write_at`: a regular file's fd used here only.
+        let f = beneath::open_file_at(dir.as_fd(), &stored, OFlags::WRONLY | OFlags::NONBLOCK, 0)
             .map_err(self.io(&r.path, "open"))?;
         f.set_len(len).map_err(self.io(&r.path, "truncate"))?;
         Ok(Change::new(EventKind::Modified, r.path, false).sizes(Some(before), Some(len)))

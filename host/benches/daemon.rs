@@ -182,6 +182,17 @@ fn latency(c: &mut Criterion) {
             cl.request(Request::FdClose { record: o.record }).unwrap()
         })
     });
+    // The registration handed over: one round trip, then the close is a
+    // frame with no reply (the `Ping` after the loop waits for the last).
+    g.bench_function("fd_open_with_writer_in_branch_and_close", |b| {
+        b.iter(|| {
+            let (o, fd, writer) = cl.fd_open_with_writer(open(rw)).unwrap();
+            drop(fd);
+            drop(writer);
+            cl.fd_closed(o.record).unwrap()
+        })
+    });
+    cl.request(Request::Ping).unwrap();
     g.finish();
 }
 

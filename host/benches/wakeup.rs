@@ -18,6 +18,10 @@
 //!   inotify watch registered with the daemon, a socket pair whose one end
 //!   is the doorbell the daemon writes records into, a blocking `read` on
 //!   the other end, and an `Ack` after each read.
+//! - relay floor: what any design with a process between the two costs at
+//!   least: the mutator writes a byte into a socket, a relay thread of
+//!   another process blocked in `read` on it writes it into the socket the
+//!   watcher blocks on (two idle-to-wake hops, no work).
 //!
 //! Run: `cargo build --release -p agentfs-host -p agentfs-backstore-mock
 //! -p agentfs-watch-inotify && cargo bench -p agentfs-host --bench wakeup`.

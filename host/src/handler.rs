@@ -140,7 +140,7 @@ pub fn request_name(r: &Request) -> &'static str {
         Request::WatchUnregister { .. } => "watch unregister",
         Request::Subscribe { .. } => "subscribe",
         Request::Unsubscribe { .. } => "unsubscribe",
-        Request::FdOpen(_) => "fd_open",
+        Request::FdOpen(_) | Request::FdOpenWithWriter(_) => "fd_open",
         Request::FdClose { .. } => "fd_close",
         Request::Doorbell(_) => "doorbell",
         Request::BranchChain { .. } => "branch chain",

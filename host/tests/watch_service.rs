@@ -535,7 +535,7 @@ fn a_connection_ending_releases_everything_it_registered() {
     assert_eq!((c.watches, c.subscriptions, c.doorbells), (1, 2, 1));
     assert_eq!(d.open_fds(), 1);
     // The process writes through its fd, then dies without closing.
-    let f = std::fs::File::from(fd.unwrap());
+    let f = std::fs::File::from(fd.into_iter().next().unwrap());
     std::os::unix::fs::FileExt::write_all_at(&f, b" and more", 5).unwrap();
     drop(f);
     assert_eq!(core_events(&d, &watcher), []);

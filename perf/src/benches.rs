@@ -362,6 +362,7 @@ fn proto_response_fd_opened() -> anyhow::Result<Body> {
             reflinked: true,
             created: false,
             record: 7,
+            writer: false,
         })),
     })
 }

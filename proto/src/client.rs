@@ -103,9 +103,9 @@ impl ClientError {
     }
 }
 
-/// One answered request: the response (or the daemon's error) and the fd
+/// One answered request: the response (or the daemon's error) and the fds
 /// that came with it.
-type Answer = (Result<Response, WireError>, Option<OwnedFd>);
+type Answer = (Result<Response, WireError>, Vec<OwnedFd>);
 
 /// A handshaken connection to the daemon.
 #[derive(Debug)]
@@ -211,19 +211,20 @@ impl Client {
         send_all_with_fd(self.sock.as_fd(), &bytes, fd)
     }
 
-    /// The next frame and its fd (if it carries one).
-    fn read_frame(&mut self) -> Result<(DaemonFrame, Option<OwnedFd>), ClientError> {
+    /// The next frame and the fds it carries.
+    fn read_frame(&mut self) -> Result<(DaemonFrame, Vec<OwnedFd>), ClientError> {
         let mut buf = [0u8; 64 * 1024];
         loop {
             if let Some(f) = self.decoder.next_frame::<DaemonFrame>()? {
-                let fd = if f.carries_fd() {
-                    Some(self.fds.pop_front().ok_or_else(|| {
-                        ClientError::Protocol("a frame that carries an fd came without one".into())
-                    })?)
-                } else {
-                    None
-                };
-                return Ok((f, fd));
+                let n = f.fds_carried();
+                if self.fds.len() < n {
+                    return Err(ClientError::Protocol(format!(
+                        "a frame that carries {n} fds came with {}",
+                        self.fds.len()
+                    )));
+                }
+                let fds = self.fds.drain(..n).collect();
+                return Ok((f, fds));
             }
             let n = recv_with_fds(self.sock.as_fd(), &mut buf, &mut self.fds)?;
             if n == 0 {
@@ -279,8 +280,10 @@ impl Client {
 
     /// Waits for the answer to request `id`, and the fd that came with it.
     pub fn wait(&mut self, id: u64) -> Result<(Response, Option<OwnedFd>), ClientError> {
-        let (result, fd) = self.answer(id)?;
-        result.map(|r| (r, fd)).map_err(ClientError::Daemon)
+        let (result, fds) = self.answer(id)?;
+        result
+            .map(|r| (r, fds.into_iter().next()))
+            .map_err(ClientError::Daemon)
     }
 
     /// Sends a request and waits for its response.
@@ -308,6 +311,52 @@ impl Client {
                 "expected FdOpened with an fd, got {other:?}"
             ))),
         }
+    }
+
+    /// `fd_open` that, for an open for writing, also receives the branch's
+    /// writer registration (protocol 2, [`Request::FdOpenWithWriter`]):
+    /// the file's fd, and the registration's fd when
+    /// [`FdOpened::writer`] is set. Close the registration's fd when the
+    /// file is closed (after every copy of the file's fd), then call
+    /// [`Client::fd_closed`]: no round trip, and a snapshot asked for
+    /// after the close (by any process) does not find the branch busy.
+    /// A daemon speaking protocol 1 gets a plain [`Request::FdOpen`] (no
+    /// registration fd; close with [`Request::FdClose`]).
+    pub fn fd_open_with_writer(
+        &mut self,
+        open: FdOpen,
+    ) -> Result<(FdOpened, OwnedFd, Option<OwnedFd>), ClientError> {
+        if self.welcome.version < 2 {
+            return self.fd_open(open).map(|(o, fd)| (o, fd, None));
+        }
+        let id = self.send(Request::FdOpenWithWriter(open))?;
+        let (result, fds) = self.answer(id)?;
+        let mut fds = fds.into_iter();
+        match (result.map_err(ClientError::Daemon)?, fds.next(), fds.next()) {
+            (Response::FdOpened(o), Some(fd), writer) if o.writer == writer.is_some() => {
+                Ok((o, fd, writer))
+            }
+            (other, ..) => Err(ClientError::Protocol(format!(
+                "expected FdOpened with its fds, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Tells the daemon that the file of `record` (opened with
+    /// [`Client::fd_open_with_writer`], its registration fd already
+    /// closed) is closed. No response: the daemon publishes `Modified` if
+    /// the file changed through it.
+    pub fn fd_closed(&mut self, record: u64) -> Result<(), ClientError> {
+        if self.welcome.version < 2 {
+            // A protocol 1 daemon could not decode the frame (and never
+            // handed a registration over): the close is an `FdClose`.
+            return Err(ClientError::Protocol(format!(
+                "FdClosed needs protocol 2; this daemon speaks {}: send FdClose",
+                self.welcome.version
+            )));
+        }
+        self.send_frame(&ClientFrame::FdClosed { record }, None)?;
+        Ok(())
     }
 
     /// The next frame the daemon pushed (`Events` or `CoreEvents`),

@@ -56,9 +56,19 @@ pub fn send_with_fd(
     bytes: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<usize> {
+    send_with_fds(sock, bytes, fd.as_slice())
+}
+
+/// [`send_with_fd`] with any number of fds (at most
+/// [`MAX_FDS_PER_CHUNK`]), in order, attached to the first byte.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     let iov = [IoSlice::new(bytes)];
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let rights = raw.as_ref().map(|r| ControlMessage::ScmRights(r));
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = (!raw.is_empty()).then(|| ControlMessage::ScmRights(&raw));
     let cmsgs: &[ControlMessage<'_>] = match &rights {
         Some(c) => std::slice::from_ref(c),
         None => &[],

@@ -5,8 +5,10 @@ use crate::{Hello, WireError};
 /// Magic string a [`Hello`] must carry.
 pub const MAGIC: &str = "agentfs";
 
-/// The newest protocol version this crate speaks.
-pub const VERSION: u32 = 1;
+/// The newest protocol version this crate speaks. 2 added
+/// [`Request::FdOpenWithWriter`](crate::Request::FdOpenWithWriter) and
+/// [`ClientFrame::FdClosed`](crate::ClientFrame::FdClosed).
+pub const VERSION: u32 = 2;
 
 /// The oldest protocol version this crate still speaks.
 pub const MIN_VERSION: u32 = 1;
@@ -84,12 +86,21 @@ mod tests {
         let e = negotiate(&h).unwrap_err();
         assert_eq!(e.code, WireError::VERSION_MISMATCH);
         assert!(
-            e.message.contains("shim 9.0") && e.message.contains("1..=1"),
+            e.message.contains("shim 9.0")
+                && e.message.contains(&format!("{MIN_VERSION}..={VERSION}")),
             "{e}"
         );
         h.min_version = 0;
         h.max_version = 0;
         assert_eq!(negotiate(&h).unwrap_err().code, WireError::VERSION_MISMATCH);
+    }
+
+    #[test]
+    fn a_protocol_1_peer_gets_protocol_1() {
+        let mut h = Hello::current("old shim", None);
+        h.max_version = 1;
+        assert_eq!(negotiate(&h).unwrap(), 1);
+        assert_eq!(negotiate(&Hello::current("new", None)).unwrap(), VERSION);
     }
 
     #[test]

@@ -62,6 +62,14 @@ pub enum ClientFrame {
     /// coalesces what arrives meanwhile, as a kernel queue merges events
     /// the app has not read yet.
     Ack(Ack),
+    /// The client closed a file it opened with
+    /// [`Request::FdOpenWithWriter`] (and the writer registration that
+    /// came with it): the daemon drops the record and publishes `Modified`
+    /// if the file changed through it. No response (protocol 2).
+    FdClosed {
+        /// [`FdOpened::record`].
+        record: u64,
+    },
 }
 
 /// Acknowledges one watcher's outstanding delivery.
@@ -110,15 +118,22 @@ pub enum DaemonFrame {
 }
 
 impl DaemonFrame {
-    /// True when this frame travels with one fd in `SCM_RIGHTS`.
+    /// True when this frame travels with fds in `SCM_RIGHTS`.
     pub fn carries_fd(&self) -> bool {
-        matches!(
-            self,
+        self.fds_carried() > 0
+    }
+
+    /// How many fds travel with this frame: the file's for `FdOpened`, and
+    /// after it the writer registration's when [`FdOpened::writer`] says
+    /// so.
+    pub fn fds_carried(&self) -> usize {
+        match self {
             DaemonFrame::Response {
-                result: Ok(Response::FdOpened(_)),
+                result: Ok(Response::FdOpened(o)),
                 ..
-            }
-        )
+            } => 1 + usize::from(o.writer),
+            _ => 0,
+        }
     }
 }
 
@@ -207,6 +222,13 @@ pub enum Request {
     /// Opens a branch file and passes back a real fd (copy-up first when
     /// writing).
     FdOpen(FdOpen),
+    /// [`Request::FdOpen`], and for an open for writing the branch's
+    /// writer registration handed over as a second fd (protocol 2): it is
+    /// a shared `flock` that the kernel releases when the last copy of
+    /// that fd is closed, so the client's own `close` ends the
+    /// registration, and the close needs no round trip
+    /// ([`ClientFrame::FdClosed`] tells the daemon, without a response).
+    FdOpenWithWriter(FdOpen),
     /// The client closed an fd opened for writing: the daemon drops the
     /// record and publishes `Modified` if the file changed through it.
     FdClose {
@@ -932,4 +954,10 @@ pub struct FdOpened {
     /// A connection's records are closed when it ends.
     #[serde(default)]
     pub record: u64,
+    /// A second fd came with the file's: the branch's writer registration
+    /// (only for [`Request::FdOpenWithWriter`] opens for writing). Close
+    /// it when the file is closed (after the last copy of the file's fd),
+    /// then send [`ClientFrame::FdClosed`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writer: bool,
 }

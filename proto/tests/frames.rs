@@ -356,6 +356,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             reflinked: true,
             created: false,
             record: 7,
+            writer: false,
         })),
         Err(WireError::new(4, "snapshot s has dependents")),
     ];
@@ -454,6 +455,31 @@ fn frames_carrying_fds_are_marked() {
 }
 
 #[test]
+fn an_fd_opened_with_the_writer_carries_two_fds_and_old_peers_still_decode_it() {
+    let opened = |writer| DaemonFrame::Response {
+        id: 9,
+        result: Ok(Response::FdOpened(FdOpened {
+            record: 3,
+            writer,
+            ..FdOpened::default()
+        })),
+    };
+    assert_eq!(opened(false).fds_carried(), 1);
+    assert_eq!(opened(true).fds_carried(), 2);
+    // `writer: false` is not sent at all: the frame is the one protocol 1
+    // peers sent and expect.
+    let bytes = encode_frame(&opened(false), MAX_FRAME_LEN).unwrap();
+    assert!(!bytes.windows(6).any(|w| w == b"writer"));
+    let bytes = encode_frame(&opened(true), MAX_FRAME_LEN).unwrap();
+    let back: DaemonFrame = decode_body(&bytes[HEADER_LEN..]).unwrap();
+    assert_eq!(back, opened(true));
+    let closed = ClientFrame::FdClosed { record: 3 };
+    assert!(!closed.carries_fd());
+    let bytes = encode_frame(&closed, MAX_FRAME_LEN).unwrap();
+    assert_eq!(decode_client_frame(&bytes[HEADER_LEN..]).unwrap(), closed);
+}
+
+#[test]
 fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let bytes = encode_frame(&ClientFrame::Hello(hello()), MAX_FRAME_LEN).unwrap();
     let body = &bytes[HEADER_LEN..];
@@ -481,7 +507,7 @@ fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let v2 = Frame::Hello(HelloV2 {
         magic: MAGIC,
         min_version: 1,
-        max_version: 2,
+        max_version: VERSION + 1,
         client: "shim 2",
         pid: 1,
         ppid: 1,
@@ -495,7 +521,7 @@ fn enums_travel_by_name_and_unknown_fields_are_ignored() {
     let ClientFrame::Hello(h) = got else {
         panic!("{got:?}")
     };
-    assert_eq!(negotiate(&h), Ok(1));
+    assert_eq!(negotiate(&h), Ok(VERSION));
 }
 
 #[test]
@@ -624,7 +650,11 @@ fn handshake_over_a_real_socket_accepts_and_refuses() {
         };
         write_frame(&mut s, &answer, MAX_FRAME_LEN).unwrap();
     }
-    for (min, max, ok) in [(1, 1, true), (1, 5, true), (2, 3, false)] {
+    for (min, max, ok, agreed) in [
+        (1, 1, true, 1),
+        (1, VERSION + 3, true, VERSION),
+        (VERSION + 1, VERSION + 2, false, 0),
+    ] {
         let (mut c, d) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || serve(d));
         let mut h = hello();
@@ -635,12 +665,12 @@ fn handshake_over_a_real_socket_accepts_and_refuses() {
         t.join().unwrap();
         match (got, ok) {
             (DaemonFrame::Welcome(w), true) => {
-                assert_eq!(w.version, 1);
+                assert_eq!(w.version, agreed);
                 assert_eq!(w.branch.as_deref(), Some("feature-x"));
             }
             (DaemonFrame::Refused(e), false) => {
                 assert_eq!(e.code, WireError::VERSION_MISMATCH);
-                assert!(e.message.contains("2..=3"), "{e}");
+                assert!(e.message.contains(&format!("{min}..={max}")), "{e}");
             }
             (other, _) => panic!("{min}..={max}: {other:?}"),
         }

@@ -256,6 +256,9 @@ pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
 }
 
 /// `fd_open` in the branch: a real fd (close-on-exec) and what happened.
+/// For an open for writing, the branch's writer registration comes with
+/// it as a second fd (protocol 2), kept (at a high number) until the
+/// file's last descriptor is closed: see [`fd_closed`].
 pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened, OwnedFd), Errno> {
     let open = FdOpen {
         branch: None,
@@ -263,7 +266,55 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
         flags: OpenFlags::from_native(flags),
         mode,
     };
-    with_daemon(|c| c.fd_open(open.clone()))
+    let (opened, fd, writer) = with_daemon(|c| c.fd_open_with_writer(open.clone()))?;
+    if let Some(w) = writer {
+        let w = to_high(w);
+        if flags & libc::O_CLOEXEC == 0 {
+            // The file's fd survives an exec: so does its registration
+            // (held until that program exits, as nothing closes it then).
+            // SAFETY: fcntl on the fd we own.
+            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETFD, 0) };
+        }
+        writer_insert(opened.record, w);
+    }
+    Ok((opened, fd))
+}
+
+/// A writer registration the shim holds for a file open for writing: its
+/// fd, and the inode that fd had (to tell it from a number the program
+/// reused after closing ours).
+struct HeldWriter {
+    fd: RawFd,
+    ino: u64,
+}
+
+/// Writer registrations by the daemon's record of their file.
+static WRITERS: Mutex<Option<HashMap<u64, HeldWriter>>> = Mutex::new(None);
+
+fn writer_insert(record: u64, fd: OwnedFd) {
+    let fd = fd.into_raw_fd();
+    let Some(ino) = fd_ino(fd) else {
+        // SAFETY: we own `fd`.
+        unsafe { rustix::io::close(fd) };
+        return;
+    };
+    lock(&WRITERS)
+        .get_or_insert_with(HashMap::new)
+        .insert(record, HeldWriter { fd, ino });
+}
+
+/// Closes the writer registration of `record`, if this process holds
+/// one; true if it did (the registration then ends with the last copy of
+/// the fd, in the kernel).
+fn writer_close(record: u64) -> bool {
+    let Some(w) = lock(&WRITERS).as_mut().and_then(|m| m.remove(&record)) else {
+        return false;
+    };
+    if fd_ino(w.fd) == Some(w.ino) {
+        // SAFETY: the fd is still the one we were given (same inode).
+        unsafe { rustix::io::close(w.fd) };
+    }
+    true
 }
 
 /// A path for a request: its exact bytes, whatever they are.
@@ -568,10 +619,15 @@ pub(crate) fn fd_remove_range(first: RawFd, last: RawFd) -> Vec<FdInfo> {
     out
 }
 
-/// Tells the daemon a file opened for writing is closed, when `info` was
-/// its last descriptor (only the process whose connection opened it can).
+/// When `info` was the last descriptor of a file opened for writing:
+/// closes the writer registration that came with it (a forked child
+/// closes its inherited copy), then tells the daemon (only the process
+/// whose connection opened it can): with a registration held here, by a
+/// frame that needs no reply (the registration already ended in the
+/// kernel, so a snapshot asked for next finds the branch free), else by
+/// an `FdClose` request.
 pub(crate) fn fd_closed(info: &FdInfo) {
-    if info.record == 0 || info.pid != pid() {
+    if info.record == 0 {
         return;
     }
     // Another descriptor (a dup) still holds the file open.
@@ -579,10 +635,19 @@ pub(crate) fn fd_closed(info: &FdInfo) {
         m.values()
             .any(|i| i.record == info.record && i.pid == info.pid)
     });
-    if !shared {
-        let record = info.record;
-        let _ = with_daemon(|c| c.request(Request::FdClose { record }));
+    if shared {
+        return;
     }
+    let held = writer_close(info.record);
+    if info.pid != pid() {
+        return;
+    }
+    let record = info.record;
+    let _ = if held {
+        with_daemon(|c| c.fd_closed(record))
+    } else {
+        with_daemon(|c| c.request(Request::FdClose { record }).map(|_| ()))
+    };
 }
 
 // ---------------------------------------------------------- classification
@@ -669,6 +734,7 @@ pub(crate) struct StateLocks {
     _chain: MutexGuard<'static, Option<ChainState>>,
     _cwd: MutexGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
+    _writers: MutexGuard<'static, Option<HashMap<u64, HeldWriter>>>,
 }
 
 /// In a forked child, once the fork handlers released the locks: the
@@ -682,8 +748,8 @@ pub(crate) fn renew_chain_after_fork() {
 
 /// Takes every lock of this module, in the order other paths nest them:
 /// the chain before the daemon connection (a chain refresh asks the daemon
-/// while it holds the chain's lock); the working directory and the fd
-/// table are never held around another.
+/// while it holds the chain's lock); the working directory, the fd table
+/// and the writer registrations are never held around another.
 pub(crate) fn lock_all() -> StateLocks {
     let chain = lock(&CHAIN);
     let conn = lock(&CONN);
@@ -692,5 +758,6 @@ pub(crate) fn lock_all() -> StateLocks {
         _chain: chain,
         _cwd: lock(&CWD),
         _fds: lock(&FDS),
+        _writers: lock(&WRITERS),
     }
 }

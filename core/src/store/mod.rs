@@ -405,6 +405,15 @@ impl Store {
         })
     }
 
+    /// Gives every event to `hook` the moment it is published: inside the
+    /// operation that made it, after its last change to the files and
+    /// before the operation lets go of its locks (a daemon uses it to wake
+    /// watchers as early as possible). The hook must be quick and must not
+    /// call into the store. Set once; false if a hook is set already.
+    pub fn set_event_hook(&self, hook: impl Fn(&events::Event) + Send + Sync + 'static) -> bool {
+        self.events.set_hook(Box::new(hook))
+    }
+
     /// Subscribes to change events of every branch.
     pub fn subscribe(&self) -> Subscription {
         self.events.subscribe()

@@ -205,14 +205,18 @@ impl Tree<'_> {
             // first name changes (even if this process dies half way) and
             // again once all have.
             self.store.gen.bump_namespace(branch);
-            let _after = BumpOnDrop(&self.store.gen, branch);
+            let after = BumpOnDrop(&self.store.gen, branch);
             let w = Writer::new(
                 &view,
                 &*self.store.backstore,
                 self.store.reflink(),
                 &self.store.stats,
             )?;
-            let (v, change) = f(&w)?;
+            let done = f(&w);
+            // Names are settled before anyone hears of the change (the
+            // event may wake a reader at once, see `Store::set_event_hook`).
+            drop(after);
+            let (v, change) = done?;
             if let Some(c) = change {
                 self.store.publish(branch, self.pid, c);
             }

@@ -167,6 +167,51 @@ fn daemon_watcher(sh: &Shared, socket: &str) {
     }
 }
 
+/// The floor of any design with a daemon process between the two: a relay
+/// thread blocked in `read` on the socket the mutator writes to forwards
+/// the byte to the socket the watcher thread blocks on (two idle-to-wake
+/// hops, nothing else). Fds 3 (from the mutator) and 4, 5 (a pair) were
+/// set up by the parent.
+fn relay_watcher(sh: &Shared) {
+    // SAFETY: fds 3 and 4 were placed by the parent for this process.
+    let (from_mutator, relay_out) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4)) };
+    // SAFETY: as above.
+    let watch_in = unsafe { OwnedFd::from_raw_fd(5) };
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        loop {
+            let n = blocking_read(from_mutator.as_raw_fd(), &mut b);
+            if n <= 0 {
+                break;
+            }
+            // SAFETY: writing the bytes just read from a valid buffer.
+            unsafe { libc::write(relay_out.as_raw_fd(), b.as_ptr().cast(), n as usize) };
+        }
+    });
+    sh.slot(READY).store(1, Ordering::Release);
+    let mut buf = [0u8; 64];
+    while blocking_read(watch_in.as_raw_fd(), &mut buf) > 0 {
+        woke(sh);
+        sh.slot(DONE).fetch_add(1, Ordering::Release);
+    }
+}
+
+fn socket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0i32; 2];
+    // SAFETY: a two-element out array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both fds are new and ours.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
 fn wait_for(sh: &Shared, slot: usize, value: u64, what: &str) {
     let start = Instant::now();
     while sh.slot(slot).load(Ordering::Acquire) < value {
@@ -178,13 +223,27 @@ fn wait_for(sh: &Shared, slot: usize, value: u64, what: &str) {
     }
 }
 
-fn spawn_watcher(role: &str, shm: &Path, target: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .env(ROLE_ENV, role)
+fn spawn_watcher(role: &str, shm: &Path, target: &str, fds: &[i32]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE_ENV, role)
         .env(SHM_ENV, shm)
-        .env(TARGET_ENV, target)
-        .spawn()
-        .unwrap()
+        .env(TARGET_ENV, target);
+    let fds = fds.to_vec();
+    // SAFETY: only dup2 (async-signal-safe) between fork and exec; the
+    // sources are above the targets (fds 3.. are free in a new process
+    // only after the dup2s, so the sources must not be 3..3+n).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Runs `samples` (+ warm-up) one-way measurements; `mutate` is the write.
@@ -192,11 +251,12 @@ fn measure(
     role: &str,
     shm: &Path,
     target: &str,
+    fds: &[i32],
     samples: usize,
     mut mutate: impl FnMut(),
 ) -> Vec<u64> {
     let sh = Shared::map(shm);
-    let mut child = spawn_watcher(role, shm, target);
+    let mut child = spawn_watcher(role, shm, target, fds);
     wait_for(&sh, READY, 1, "get ready");
     let warmup = samples / 10;
     let mut out = Vec::with_capacity(samples);
@@ -229,6 +289,7 @@ pub fn main() {
         let target = std::env::var(TARGET_ENV).unwrap();
         match role.as_str() {
             "kernel" => kernel_watcher(&sh, &target),
+            "relay" => relay_watcher(&sh),
             _ => daemon_watcher(&sh, &target),
         }
         return;
@@ -271,13 +332,51 @@ pub fn main() {
         "kernel",
         &t.path().join("shm-kernel"),
         kfile.to_str().unwrap(),
+        &[],
         samples,
         || f.write_all_at(b"x", 0).unwrap(),
     );
+    // Kept at high numbers so that the child's dup2 to 3, 4, 5 cannot
+    // overwrite a source before it is copied.
+    let high = |fd: OwnedFd| {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new fd from one we own.
+        let h = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        assert!(h >= 100);
+        // SAFETY: `h` is new and ours.
+        unsafe { OwnedFd::from_raw_fd(h) }
+    };
+    let (to_relay, relay_in) = socket_pair();
+    let (relay_out, watch_in) = socket_pair();
+    let (to_relay, relay_in, relay_out, watch_in) = (
+        high(to_relay),
+        high(relay_in),
+        high(relay_out),
+        high(watch_in),
+    );
+    let relay = measure(
+        "relay",
+        &t.path().join("shm-relay"),
+        "",
+        &[
+            relay_in.as_raw_fd(),
+            relay_out.as_raw_fd(),
+            watch_in.as_raw_fd(),
+        ],
+        samples,
+        || {
+            // SAFETY: one byte from a valid buffer.
+            assert_eq!(
+                unsafe { libc::write(to_relay.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+                1
+            );
+        },
+    );
+    drop((relay_in, relay_out, watch_in));
     let via_daemon = measure(
         "daemon",
         &t.path().join("shm-daemon"),
         socket.to_str().unwrap(),
+        &[],
         samples,
         || {
             let r = m
@@ -295,18 +394,24 @@ pub fn main() {
         },
     );
     println!("one-way wake-up, {samples} samples each (microseconds)");
-    println!("{:<34} {:>8} {:>8}", "path", "p50", "p99");
+    println!("{:<40} {:>8} {:>8}", "path", "p50", "p99");
     for (name, v) in [
         ("kernel inotify (pwrite -> read)", &kernel),
+        ("relay floor (write -> relay -> read)", &relay),
         ("daemon (Fs Write -> doorbell read)", &via_daemon),
     ] {
-        println!("{name:<34} {:>8.1} {:>8.1}", pct(v, 0.5), pct(v, 0.99));
+        println!("{name:<40} {:>8.1} {:>8.1}", pct(v, 0.5), pct(v, 0.99));
     }
     println!(
         "p50 ratio daemon/kernel: {:.2}x (target <= 3x); p99 ratio {:.2}x",
         pct(&via_daemon, 0.5) / pct(&kernel, 0.5),
         pct(&via_daemon, 0.99) / pct(&kernel, 0.99)
     );
+    println!(
+        "relay floor / kernel p50: {:.2}x (two idle-to-wake hops, no work)",
+        pct(&relay, 0.5) / pct(&kernel, 0.5)
+    );
+    drop(to_relay);
     drop(m);
     drop(daemon);
 }

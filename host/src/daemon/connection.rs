@@ -1,8 +1,12 @@
-//! One client connection, one task: the peer check, the handshake, then
-//! requests in order (mutations on smol's blocking pool, as they may copy
-//! large files; quick reads on the executor), while a delivery task sends
-//! whatever the watch service has ready for the connection. When the client goes away (closes, dies, or breaks the
-//! protocol) everything it registered is released.
+//! One client connection: the peer check and the handshake on the
+//! executor, then the connection's own thread, blocked in `poll` on the
+//! socket between requests, answers them in order, while a delivery task
+//! sends whatever the watch service has ready for the connection. The
+//! kernel wakes that thread itself when a request arrives: no reactor
+//! thread, executor thread or blocking-pool thread stands between the
+//! client's frame and the store (each such hop is an idle-to-wake of
+//! several microseconds). When the client goes away (closes, dies, or
+//! breaks the protocol) everything it registered is released.
 
 use std::{
     collections::VecDeque,
@@ -17,7 +21,7 @@ use std::{
 use agentfs_plugin_api::watch::WatchApi;
 use agentfs_proto::{
     decode_client_frame, encode_frame,
-    fd_passing::{recv_with_fds, send_with_fd},
+    fd_passing::{recv_with_fds, send_with_fds},
     negotiate, ClientFrame, DaemonFrame, EventDelivery, FrameDecoder, FrameError, Malformed,
     Request, Response, Welcome, WireError, MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
@@ -27,7 +31,6 @@ use super::{
     convert::wire_error,
     doorbell::DoorbellTarget,
     peer_cred::peer_of,
-    requests::is_quick_read,
     state::{Daemon, Session},
     watch_service::Outgoing,
 };
@@ -70,50 +73,101 @@ impl FrameReader {
     /// The next frame, or why it is malformed (the stream stays in sync
     /// after a malformed body), and the fd it carries; `None` at a clean
     /// end of stream.
-    async fn next_checked(
-        &mut self,
-    ) -> Result<Option<(Result<ClientFrame, Malformed>, Option<OwnedFd>)>, FrameError> {
+    async fn next_checked(&mut self) -> Result<Option<Checked>, FrameError> {
         loop {
-            if let Some(body) = self.decoder.next_body()? {
-                let f = decode_client_frame(&body);
-                let fd = if f.as_ref().is_ok_and(ClientFrame::carries_fd) {
-                    self.fds.pop_front()
-                } else {
-                    if self.decoder.pending() == 0 && !self.fds.is_empty() {
-                        tracing::debug!(n = self.fds.len(), "closing fds no frame claimed");
-                        self.fds.clear();
-                    }
-                    None
-                };
-                return Ok(Some((f, fd)));
+            if let Some(f) = self.decoded()? {
+                return Ok(Some(f));
             }
             let (buf, fds) = (&mut self.buf, &mut self.fds);
             let n = self
                 .stream
                 .read_with(|s| recv_with_fds(s.as_fd(), buf, fds))
                 .await?;
-            if n == 0 {
-                return match self.decoder.pending() {
-                    0 => Ok(None),
-                    got => Err(FrameError::Truncated { needed: 0, got }),
-                };
+            if !self.received(n)? {
+                return Ok(None);
             }
-            if self.fds.len() > MAX_PENDING_FDS {
-                return Err(FrameError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "too many file descriptors without frames to claim them",
-                )));
-            }
-            self.decoder.push(&self.buf[..n]);
         }
+    }
+
+    /// [`FrameReader::next_checked`] for the connection's own thread: it
+    /// blocks in `poll` on the socket, so the kernel wakes this thread
+    /// itself when the client writes.
+    fn next_checked_blocking(&mut self) -> Result<Option<Checked>, FrameError> {
+        loop {
+            if let Some(f) = self.decoded()? {
+                return Ok(Some(f));
+            }
+            let n = loop {
+                let sock = self.stream.get_ref().as_fd();
+                match recv_with_fds(sock, &mut self.buf, &mut self.fds) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(sock)?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r?,
+                }
+            };
+            if !self.received(n)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A whole frame already received, if there is one.
+    fn decoded(&mut self) -> Result<Option<Checked>, FrameError> {
+        let Some(body) = self.decoder.next_body()? else {
+            return Ok(None);
+        };
+        let f = decode_client_frame(&body);
+        let fd = if f.as_ref().is_ok_and(ClientFrame::carries_fd) {
+            self.fds.pop_front()
+        } else {
+            if self.decoder.pending() == 0 && !self.fds.is_empty() {
+                tracing::debug!(n = self.fds.len(), "closing fds no frame claimed");
+                self.fds.clear();
+            }
+            None
+        };
+        Ok(Some((f, fd)))
+    }
+
+    /// Takes `n` bytes just read into `buf`; false at a clean end of
+    /// stream (an error if it ends inside a frame).
+    fn received(&mut self, n: usize) -> Result<bool, FrameError> {
+        if n == 0 {
+            return match self.decoder.pending() {
+                0 => Ok(false),
+                got => Err(FrameError::Truncated { needed: 0, got }),
+            };
+        }
+        if self.fds.len() > MAX_PENDING_FDS {
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many file descriptors without frames to claim them",
+            )));
+        }
+        self.decoder.push(&self.buf[..n]);
+        Ok(true)
     }
 }
 
-/// Sends one frame, with `fd` attached to its first byte.
+/// A frame as read: decoded or why not, and the fd it carries.
+type Checked = (Result<ClientFrame, Malformed>, Option<OwnedFd>);
+
+/// Blocks until `sock` is readable (or hung up, or in error: the next
+/// read says which).
+fn wait_readable(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::NONE) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends one frame, with `fds` attached to its first byte.
 async fn send_frame(
     stream: &Async<UnixStream>,
     frame: &DaemonFrame,
-    fd: Option<OwnedFd>,
+    fds: Vec<OwnedFd>,
 ) -> io::Result<()> {
     let bytes = match encode_frame(frame, MAX_FRAME_LEN) {
         Ok(b) => b,
@@ -131,12 +185,26 @@ async fn send_frame(
         },
     };
     let mut sent = 0;
-    let mut fd = fd;
+    let mut fds = fds;
+    // A handed-over writer registration (a `flock` on the open file
+    // description) lasts while any copy of its fd is open, the daemon's
+    // too: the daemon's copies are closed after the first byte and before
+    // the rest of the frame goes, so the client cannot have read the
+    // frame (and closed the file, and told another process) while the
+    // daemon still holds the registration.
+    let split = frame.fds_carried() > 1;
     while sent < bytes.len() {
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let chunk = if split && sent == 0 {
+            &bytes[..1]
+        } else {
+            &bytes[sent..]
+        };
         let n = stream
-            .write_with(|s| send_with_fd(s.as_fd(), &bytes[sent..], fd.as_ref().map(|f| f.as_fd())))
+            .write_with(|s| send_with_fds(s.as_fd(), chunk, &borrowed))
             .await?;
-        fd = None; // it went with the first chunk
+        drop(borrowed);
+        fds.clear(); // they went with the first chunk
         sent += n;
     }
     Ok(())
@@ -144,7 +212,7 @@ async fn send_frame(
 
 async fn refuse(stream: &Async<UnixStream>, e: WireError) {
     tracing::info!(error = %e, "refusing a connection");
-    if let Err(e) = send_frame(stream, &DaemonFrame::Refused(e), None).await {
+    if let Err(e) = send_frame(stream, &DaemonFrame::Refused(e), Vec::new()).await {
         tracing::debug!(error = %e, "could not send the refusal");
     }
 }
@@ -230,12 +298,39 @@ pub(super) async fn run(d: Arc<Daemon>, stream: Async<UnixStream>, daemon_uid: u
         session: conn,
     });
     reader.decoder.set_max(MAX_FRAME_LEN);
-    if send_frame(&stream, &welcome, None).await.is_ok() {
-        serve_requests(&d, &stream, &mut reader, &session).await;
+    if send_frame(&stream, &welcome, Vec::new()).await.is_err() {
+        let d2 = d.clone();
+        smol::unblock(move || d2.end_session(&session)).await;
+        return;
     }
+    // The connection's own thread from here; this task waits for it (a
+    // connection counts as live until it is done).
+    let (done_tx, done_rx) = channel::bounded::<()>(1);
     let d2 = d.clone();
-    smol::unblock(move || d2.end_session(&session)).await;
-    tracing::debug!(conn, "client gone; its registrations are released");
+    let spawned = std::thread::Builder::new()
+        .name(format!("agentfs-conn-{conn}"))
+        .spawn(move || {
+            serve_requests(&d2, &stream, &mut reader, &session);
+            d2.end_session(&session);
+            tracing::debug!(conn, "client gone; its registrations are released");
+            drop(done_tx);
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = done_rx.recv().await;
+        }
+        Err(e) => {
+            // The closure (and the session in it) is gone with the error:
+            // the session must still end.
+            tracing::warn!(conn, error = %e, "could not start a connection thread; closing");
+            d.end_session(&Session {
+                conn,
+                pid: 0,
+                branch: None,
+                version,
+            });
+        }
+    }
 }
 
 /// The write side of a connection: whole frames, one at a time, from the
@@ -246,13 +341,17 @@ struct FrameWriter {
 }
 
 impl FrameWriter {
-    async fn send(&self, frame: &DaemonFrame, fd: Option<OwnedFd>) -> io::Result<()> {
+    async fn send(&self, frame: &DaemonFrame, fds: Vec<OwnedFd>) -> io::Result<()> {
         let _g = self.lock.lock().await;
-        send_frame(&self.stream, frame, fd).await
+        send_frame(&self.stream, frame, fds).await
     }
 }
 
-async fn serve_requests(
+/// The request loop of a connection, on its own thread: each request is
+/// answered where it was read (reads and mutations alike: the thread is
+/// this connection's, so a mutation that copies a large file holds up only
+/// the connection that asked for it).
+fn serve_requests(
     d: &Arc<Daemon>,
     stream: &Arc<Async<UnixStream>>,
     reader: &mut FrameReader,
@@ -270,8 +369,10 @@ async fn serve_requests(
         }),
     );
     let deliveries = smol::spawn(delivery_loop(d.clone(), writer.clone(), s.conn, wake_rx));
+    let send = |frame: &DaemonFrame, fds: Vec<OwnedFd>| smol::block_on(writer.send(frame, fds));
+    let refuse = |e: WireError| smol::block_on(refuse_frame(&writer, s, e));
     loop {
-        let (frame, fd) = match reader.next_checked().await {
+        let (frame, fd) = match reader.next_checked_blocking() {
             Ok(Some(x)) => x,
             Ok(None) => break,
             Err(e) => {
@@ -279,7 +380,7 @@ async fn serve_requests(
                 // resynchronised. Say so, then close. (An I/O error or a
                 // frame cut short: the client is gone.)
                 if matches!(e, FrameError::TooLarge { .. } | FrameError::Decode(_)) {
-                    refuse_frame(&writer, s, (&e).into()).await;
+                    refuse((&e).into());
                 }
                 tracing::debug!(conn = s.conn, error = %e, "closing the connection");
                 break;
@@ -293,55 +394,56 @@ async fn serve_requests(
                     id,
                     result: Err(error),
                 };
-                if let Err(e) = writer.send(&response, None).await {
+                if let Err(e) = send(&response, Vec::new()) {
                     tracing::debug!(conn = s.conn, error = %e, "write failed");
                     break;
                 }
                 continue;
             }
             Err(Malformed::Fatal(error)) => {
-                refuse_frame(&writer, s, error).await;
+                refuse(error);
                 break;
             }
         };
         match frame {
             ClientFrame::Request { id, request } => {
-                let (result, fd) = if request == Request::Ping {
-                    (Ok(Response::Pong), None)
-                } else if is_quick_read(&request) {
-                    // Reads take microseconds: answered on this executor
-                    // thread (the hop to the blocking pool would cost more
-                    // than the work; the executor has several threads).
-                    d.handle(s, request, fd)
+                let (result, fds) = if request == Request::Ping {
+                    (Ok(Response::Pong), Vec::new())
                 } else {
-                    let (d2, s2) = (d.clone(), s.clone());
-                    smol::unblock(move || d2.handle(&s2, request, fd)).await
+                    d.handle(s, request, fd)
                 };
                 let response = DaemonFrame::Response { id, result };
-                if let Err(e) = writer.send(&response, fd).await {
+                if let Err(e) = send(&response, fds) {
                     tracing::debug!(conn = s.conn, error = %e, "write failed");
                     break;
                 }
             }
             ClientFrame::Ack(a) => d.watch.ack(s.conn, WatchApi(a.api), a.instance),
+            ClientFrame::FdClosed { record } => {
+                // No response: the client released the writer registration
+                // itself when it closed the fd; what is left is the event.
+                if let Err(e) = d.fd_close(s, record) {
+                    tracing::debug!(conn = s.conn, record, error = %e, "FdClosed");
+                }
+            }
             ClientFrame::Hello(_) => {
                 let e = WireError::new(
                     WireError::PROTOCOL,
                     "a second Hello: this connection's handshake is done",
                 );
-                refuse_frame(&writer, s, e).await;
+                refuse(e);
                 break;
             }
         }
     }
     // The client is gone or broke the protocol: whatever is unsent goes.
-    deliveries.cancel().await;
+    smol::block_on(deliveries.cancel());
 }
 
 /// Tells the client why its connection is being closed.
 async fn refuse_frame(writer: &FrameWriter, s: &Session, e: WireError) {
     tracing::info!(conn = s.conn, error = %e, "closing a connection that broke the protocol");
-    if let Err(e) = writer.send(&DaemonFrame::Refused(e), None).await {
+    if let Err(e) = writer.send(&DaemonFrame::Refused(e), Vec::new()).await {
         tracing::debug!(conn = s.conn, error = %e, "could not send the refusal");
     }
 }
@@ -366,7 +468,11 @@ async fn delivery_loop(
 
 async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
     match o {
-        Outgoing::Core(batch) => writer.send(&DaemonFrame::CoreEvents(batch), None).await,
+        Outgoing::Core(batch) => {
+            writer
+                .send(&DaemonFrame::CoreEvents(batch), Vec::new())
+                .await
+        }
         Outgoing::Events(del) => {
             if let Some(DoorbellTarget::Socket(sock)) = &del.doorbell {
                 sock.push(del.encoded);
@@ -382,7 +488,7 @@ async fn deliver(writer: &FrameWriter, o: Outgoing) -> io::Result<()> {
                     .collect(),
                 encoded: del.encoded,
             });
-            writer.send(&frame, None).await
+            writer.send(&frame, Vec::new()).await
         }
     }
 }

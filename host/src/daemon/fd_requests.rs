@@ -4,21 +4,44 @@
 use std::{os::fd::OwnedFd, sync::atomic::Ordering};
 
 use agentfs_plugin_api::{ErrorCode, PluginError};
-use agentfs_proto::{FdOpen, FdOpened, WireError};
+use agentfs_proto::{FdOpen, FdOpened, Response, WireError};
 
 use super::{
     convert,
     state::{Daemon, FdRecord, Session},
 };
 
-use super::requests::{core, plugin_err};
+use super::requests::{core, plugin_err, Handled};
 
 /// Most files one connection may have open for writing through `fd_open`
 /// (records awaiting their `FdClose`).
 pub const MAX_RECORDS_PER_CONNECTION: usize = 4096;
 
 impl Daemon {
-    pub(super) fn fd_open(&self, s: &Session, o: FdOpen) -> Result<(FdOpened, OwnedFd), WireError> {
+    /// `fd_open` as a request's answer: the response and its fds (the
+    /// file's, then, with `hand_over`, the writer registration's).
+    pub(super) fn fd_open_answer(&self, s: &Session, o: FdOpen, hand_over: bool) -> Handled {
+        match self.fd_open(s, o, hand_over) {
+            Ok((opened, fd, writer)) => {
+                let mut fds = vec![fd];
+                fds.extend(writer);
+                (Ok(Response::FdOpened(opened)), fds)
+            }
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Opens a branch file for session `s`. For writing, the daemon keeps
+    /// a record (for the `Modified` at close) and the branch's writer
+    /// registration: held in the record until `FdClose`, or with
+    /// `hand_over` returned as an fd for the client to hold (the client's
+    /// own close releases it, in the kernel, with no request).
+    pub(super) fn fd_open(
+        &self,
+        s: &Session,
+        o: FdOpen,
+        hand_over: bool,
+    ) -> Result<(FdOpened, OwnedFd, Option<OwnedFd>), WireError> {
         let branch = self.branch_of(s, o.branch)?;
         let opts = convert::open_options(o.flags, o.mode);
         if opts.modifies() {
@@ -57,7 +80,14 @@ impl Daemon {
             reflinked: opened.reflinked,
             created: opened.created,
             record: 0,
+            writer: false,
         };
+        let mut writer = opened.writer;
+        let mut handed = None;
+        if hand_over {
+            handed = writer.take().map(agentfs_core::WriterLock::into_fd);
+            out.writer = handed.is_some();
+        }
         if opts.modifies() {
             let md = opened
                 .file
@@ -78,12 +108,12 @@ impl Daemon {
                         size: md.size(),
                         mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                         ino: md.ino(),
-                        writer: opened.writer.map(std::sync::Arc::new),
+                        writer: writer.map(std::sync::Arc::new),
                     },
                 );
             out.record = id;
         }
-        Ok((out, opened.file.into()))
+        Ok((out, opened.file.into(), handed))
     }
 
     pub(super) fn fd_close(&self, s: &Session, record: u64) -> Result<(), WireError> {

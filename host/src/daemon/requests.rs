@@ -2,15 +2,16 @@
 //! (through the one handler, `crate::handler`), status and subscriptions;
 //! watch registration and doorbells are in `watch_requests.rs`, `fd_open`
 //! and `FdClose` in `fd_requests.rs`. Handlers block (they call the core) and
-//! run on smol's blocking pool, one request of a connection at a time.
+//! run on the connection's own thread, one request of a connection at a
+//! time.
 
 use std::os::fd::OwnedFd;
 
 use agentfs_plugin_api::{ErrorCode, PluginError};
-use agentfs_proto::{BackstoreInfo, DaemonStatus, FsOp, Request, Response, WireError};
+use agentfs_proto::{BackstoreInfo, DaemonStatus, Request, Response, WireError};
 use agentfs_vocab::watch_path::normalize;
 
-use crate::handler::{self, is_read};
+use crate::handler;
 
 use super::{
     convert::wire_error,
@@ -34,20 +35,20 @@ pub(super) fn core(e: CoreError) -> WireError {
     wire_error(&e)
 }
 
-/// The result of a request and the fd to send with it.
-pub type Handled = (Result<Response, WireError>, Option<OwnedFd>);
+/// The result of a request and the fds to send with it.
+pub type Handled = (Result<Response, WireError>, Vec<OwnedFd>);
 
 impl Daemon {
     /// Handles one request of session `s`; `fd` is the one that came with
     /// it (a doorbell's).
     pub fn handle(&self, s: &Session, req: Request, fd: Option<OwnedFd>) -> Handled {
         match req {
-            Request::FdOpen(o) => match self.fd_open(s, o) {
-                Ok((opened, fd)) => (Ok(Response::FdOpened(opened)), Some(fd)),
-                Err(e) => (Err(e), None),
-            },
-            Request::Doorbell(d) => (self.doorbell(s, d, fd), None),
-            other => (self.control(s, other), None),
+            Request::FdOpen(o) => self.fd_open_answer(s, o, false),
+            // A client that did not negotiate protocol 2 could not know
+            // what to do with the second fd.
+            Request::FdOpenWithWriter(o) => self.fd_open_answer(s, o, s.version >= 2),
+            Request::Doorbell(d) => (self.doorbell(s, d, fd), Vec::new()),
+            other => (self.control(s, other), Vec::new()),
         }
     }
 
@@ -105,7 +106,7 @@ impl Daemon {
             }
             Request::FdClose { record } => self.fd_close(s, record).map(|()| Response::Done),
             Request::BranchChain { branch } => self.branch_chain(s, branch).map(Response::Chain),
-            Request::FdOpen(_) | Request::Doorbell(_) => {
+            Request::FdOpen(_) | Request::FdOpenWithWriter(_) | Request::Doorbell(_) => {
                 Err(invalid("internal: fd requests are handled apart"))
             }
             other => Err(invalid(format!(
@@ -153,16 +154,5 @@ impl Daemon {
                 read_only_fds: st.lower_layers_protected(),
             })
         })
-    }
-}
-
-/// True for requests that only read metadata or open a file read-only
-/// (no copy-up, no data read): quick enough to answer without leaving the
-/// executor.
-pub fn is_quick_read(r: &Request) -> bool {
-    match r {
-        Request::Fs { op, .. } => is_read(op) && !matches!(op, FsOp::Read { .. }),
-        Request::FdOpen(o) => !crate::daemon::convert::open_options(o.flags, o.mode).modifies(),
-        _ => false,
     }
 }

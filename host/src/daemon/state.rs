@@ -4,11 +4,12 @@
 //! Every mutation goes through [`Daemon::mutate`], which runs the store
 //! operation acting for the client (`agentfs_core::acting_for`: every event
 //! it publishes, branch and snapshot events included, carries the client's
-//! pid) and then drains the core's event subscription and fans the events
-//! out in publication order. Mutations of different clients run at once
-//! (the core serialises only what must be: one branch's file operations,
-//! and graph changes); draining happens under a short lock so that no
-//! event overtakes an earlier one.
+//! pid). The store hands each event to the watch service the moment it is
+//! published (`Store::set_event_hook`), inside the operation, before its
+//! locks are let go: a watcher is woken as soon as the data is in the
+//! file. Mutations of different clients run at once (the core serialises
+//! only what must be: one branch's file operations, and graph changes);
+//! publications are serialised, so no event overtakes an earlier one.
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use super::{
     watch_service::WatchService,
     ConnId,
 };
-use agentfs_core::{Store, Subscription};
+use agentfs_core::Store;
 
 /// What a client's connection is.
 #[derive(Debug, Clone)]
@@ -76,9 +77,8 @@ pub struct DaemonInfo {
 /// The daemon's shared state.
 pub struct Daemon {
     store: RwLock<Option<Store>>,
-    events: Mutex<Subscription>,
     /// The watch registry and fan-out.
-    pub watch: WatchService,
+    pub watch: Arc<WatchService>,
     pub(super) records: Mutex<HashMap<u64, FdRecord>>,
     pub(super) next_record: AtomicU64,
     clients: AtomicU64,
@@ -105,10 +105,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Daemon {
     /// The daemon over an open store and a watch service.
     pub fn new(store: Store, watch: WatchService, info: DaemonInfo) -> Self {
-        let events = store.subscribe();
+        let watch = Arc::new(watch);
+        let fan_out = watch.clone();
+        store.set_event_hook(move |e| fan_out.dispatch(&crate::loader::abi_event(e)));
         Self {
             store: RwLock::new(Some(store)),
-            events: Mutex::new(events),
             watch,
             records: Mutex::new(HashMap::new()),
             next_record: AtomicU64::new(1),
@@ -140,21 +141,15 @@ impl Daemon {
         }
     }
 
-    /// Runs mutation `f` for the client with `pid`, then fans the events it
-    /// published out, stamped with that pid.
+    /// Runs mutation `f` for the client with `pid`; the events it publishes
+    /// (stamped with that pid) reach the watch service as they are
+    /// published.
     pub fn mutate<T>(
         &self,
         pid: u32,
         f: impl FnOnce(&Store) -> Result<T, WireError>,
     ) -> Result<T, WireError> {
-        self.with_store(|store| {
-            let r = agentfs_core::acting_for(pid, || f(store));
-            let sub = lock(&self.events);
-            for e in sub.events.try_iter() {
-                self.watch.dispatch(&crate::loader::abi_event(&e));
-            }
-            r
-        })
+        self.with_store(|store| agentfs_core::acting_for(pid, || f(store)))
     }
 
     /// A new connection id, counted as a client until [`Daemon::end_session`].
