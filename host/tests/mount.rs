@@ -40,6 +40,23 @@ fn fuse_available(test: &str) -> bool {
     true
 }
 
+/// The io mode a mount should report here: passthrough as root on Linux
+/// 6.9 or later (registering backing files takes CAP_SYS_ADMIN), else
+/// every read and write through the server.
+fn expected_io_mode() -> &'static str {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|x| x.parse::<u32>().ok());
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && (major, minor) >= (6, 9) {
+        "passthrough"
+    } else {
+        "fuse"
+    }
+}
+
 /// True when something is mounted at `p`.
 fn mounted(p: &Path) -> bool {
     fs::read_to_string("/proc/self/mountinfo")
@@ -95,7 +112,7 @@ impl Env {
         let m = &v["mounts"][0];
         assert_eq!(m["branch"], "b");
         assert_eq!(m["mountpoint"], self.mp.to_str().unwrap());
-        assert_eq!(m["io_mode"], "fuse");
+        assert_eq!(m["io_mode"], expected_io_mode());
         m["pid"].as_u64().unwrap() as u32
     }
 
@@ -585,4 +602,82 @@ fn sigterm_unmounts_and_ends_the_server() {
     e.assert_diff_has(&["A kept.txt"]);
     // The base is unchanged; nothing is left to unmount.
     assert!(fingerprint(&e.base) == e.before, "the base changed");
+}
+
+/// Bytes the process `pid` has read (`rchar` in /proc/PID/io): what the
+/// mount server read from /dev/fuse, write payloads included.
+fn rchar(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn passthrough_writes_bypass_the_server_and_mixed_opens_stay_correct() {
+    let t = "passthrough_writes_bypass_the_server_and_mixed_opens_stay_correct";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    let passthrough = expected_io_mode() == "passthrough";
+    // 32 MiB written through the mount: with passthrough the kernel writes
+    // the layer file itself and the server never reads the data.
+    let before = rchar(pid);
+    let chunk = vec![0x5au8; 1 << 20];
+    let big = e.mp.join("big.bin");
+    {
+        let mut f = fs::File::create(&big).unwrap();
+        for _ in 0..32 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let read = rchar(pid) - before;
+    if passthrough {
+        assert!(
+            read < 8 << 20,
+            "the server read {read} bytes of a 32 MiB write"
+        );
+    } else {
+        assert!(read >= 32 << 20, "the server read only {read} bytes");
+    }
+    assert_eq!(fs::metadata(&big).unwrap().len(), 32 << 20);
+    assert!(fs::read(&big).unwrap().iter().all(|b| *b == 0x5a));
+    // A base file open for reading while another open writes it (a
+    // copy-up under an open reader), and opens of the copy while both are
+    // open: all work, every later open sees the write, and the base is
+    // untouched.
+    let o = e.output_in(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r##"
+r = open("README.md")
+w = open("README.md", "r+")
+w.write("#!")
+w.close()
+print(repr(open("README.md").read()))
+r.close()
+w = open("README.md", "r+")
+print(repr(open("README.md").read()))
+w.close()
+with open("README.md", "a") as a:
+    a.write("more\n")
+print(repr(open("README.md").read()))
+"##,
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "'#!project\\n'\n'#!project\\n'\n'#!project\\nmore\\n'\n"
+    );
+    e.assert_diff_has(&["A big.bin", "M README.md"]);
+    e.finish();
 }

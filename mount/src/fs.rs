@@ -1,8 +1,10 @@
 //! The FUSE filesystem: every request maps to one call on the branch's
 //! [`Tree`](agentfs_core::Tree), so copy-up, whiteouts, path safety and
 //! events are the core's. Opened files are real fds from the core (a
-//! layer's file, or the active layer's copy for a writable open); reads and
-//! writes go straight to them.
+//! layer's file, or the active layer's copy for a writable open). With FUSE
+//! passthrough the kernel reads and writes them itself (the server sees
+//! only open, flush and release); otherwise reads and writes come here and
+//! go straight to them.
 
 use std::{
     collections::HashMap,
@@ -11,7 +13,7 @@ use std::{
     os::unix::{ffi::OsStrExt, fs::FileExt},
     path::Path,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Duration, SystemTime},
@@ -19,11 +21,12 @@ use std::{
 
 use agentfs_core::{BranchPath, CoreError, FileKind, OpenOptions, Stat, Store, Tree, WriterLock};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::os::fd::BorrowedFd;
 
 use crate::inodes::{Inodes, ROOT_INO};
 
@@ -31,6 +34,8 @@ use crate::inodes::{Inodes, ROOT_INO};
 struct Handle {
     ino: u64,
     file: File,
+    /// How the kernel serves it.
+    io: OpenIo,
     writable: bool,
     /// Size and mtime when the branch last heard about this file's content:
     /// a flush that finds them changed publishes `Modified`.
@@ -39,6 +44,65 @@ struct Handle {
     /// written (a snapshot meanwhile is refused as busy, so it never
     /// captures later writes).
     _writer: Option<WriterLock>,
+}
+
+/// How the open files of one inode are served now. The kernel wants every
+/// open of an inode that is open with passthrough to use the same backing
+/// file, and refuses to mix passthrough and cached opens of one inode.
+enum InodeIo {
+    /// The kernel reads and writes `file` (device, inode) itself.
+    Passthrough {
+        backing: Arc<BackingId>,
+        file: (u64, u64),
+        opens: usize,
+    },
+    /// Reads and writes come to this process (page cache in the kernel).
+    Cached { opens: usize },
+}
+
+/// How one open is served.
+enum OpenIo {
+    Passthrough(Arc<BackingId>),
+    Cached,
+    /// The inode is open with passthrough on another file (the file was
+    /// copied up or replaced since): served by this process, uncached.
+    Conflict,
+}
+
+/// Whether opens may use FUSE passthrough, shared with the [`Mount`](crate::Mount).
+#[derive(Debug, Default)]
+pub struct IoState {
+    /// The kernel agreed to passthrough at init (and we are privileged).
+    pub(crate) offered: AtomicBool,
+    /// Opens use passthrough (offered, and the probe worked).
+    pub(crate) passthrough: AtomicBool,
+    /// A fallback was logged already.
+    said: AtomicBool,
+}
+
+impl IoState {
+    /// `"passthrough"` or `"fuse"`.
+    pub fn mode(&self) -> &'static str {
+        if self.passthrough.load(Ordering::Relaxed) {
+            crate::IO_PASSTHROUGH
+        } else {
+            crate::IO_MODE
+        }
+    }
+
+    /// Turns passthrough off, saying why once (a warning when it was
+    /// expected to work).
+    pub(crate) fn fall_back(&self, why: &str, unexpected: bool) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if self.said.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if unexpected {
+            tracing::warn!("FUSE passthrough unavailable ({why}): reads and writes go through the mount server");
+        } else {
+            tracing::info!("FUSE passthrough unavailable ({why}): reads and writes go through the mount server");
+        }
+    }
 }
 
 /// What a `setattr` asks to change.
@@ -68,6 +132,10 @@ pub struct BranchFs {
     /// last open got. An open that finds the same one keeps the kernel's
     /// page cache (the content cannot have changed); any other drops it.
     opened: Mutex<HashMap<u64, FileId>>,
+    /// Per inode with open files: how they are served.
+    ios: Mutex<HashMap<u64, InodeIo>>,
+    /// Passthrough on or off.
+    io: Arc<IoState>,
 }
 
 /// Device, inode, size and mtime of a layer file.
@@ -77,6 +145,24 @@ fn file_id(f: &File) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = f.metadata().ok()?;
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, u32)`.
+const BACKING_CLOSE: libc::c_ulong = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+
+/// Registers `file` as a passthrough backing file on the session's
+/// `/dev/fuse` and closes the registration again: proves that opens can
+/// use passthrough.
+pub(crate) fn probe_backing(dev: &impl std::os::fd::AsFd, file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let id = BackingId::create_raw(dev.as_fd(), file)?;
+    // SAFETY: the ioctl reads one u32 (the id just registered) from a
+    // valid pointer to a live local; the fd is the session's /dev/fuse.
+    let r = unsafe { libc::ioctl(dev.as_fd().as_raw_fd(), BACKING_CLOSE, &id as *const u32) };
+    if r < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "closing the probe's backing id");
+    }
+    Ok(())
 }
 
 fn errno(e: &CoreError) -> Errno {
@@ -171,7 +257,99 @@ impl BranchFs {
             next_fh: AtomicU64::new(1),
             meta_dir,
             opened: Mutex::new(HashMap::new()),
+            ios: Mutex::new(HashMap::new()),
+            io: Arc::new(IoState::default()),
         })
+    }
+
+    /// The passthrough switch, for the [`Mount`](crate::Mount) to probe and report.
+    pub(crate) fn io_state(&self) -> Arc<IoState> {
+        self.io.clone()
+    }
+
+    /// A regular file on the store's filesystem (the layers'), to probe
+    /// passthrough with.
+    pub(crate) fn probe_file(&self) -> std::io::Result<File> {
+        File::open(self.meta_dir.join(agentfs_core::GENERATION_FILE))
+    }
+
+    /// Decides how an open of `ino` that got `file` is served: passthrough
+    /// when `may_pass` and the kernel allows it (through `backing`,
+    /// registering the file with the kernel), else through this process.
+    fn open_io(
+        &self,
+        ino: u64,
+        file: &File,
+        may_pass: bool,
+        backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> OpenIo {
+        use std::os::{fd::AsFd, unix::fs::MetadataExt};
+        let Ok(m) = file.metadata() else {
+            return OpenIo::Conflict;
+        };
+        let id = (m.dev(), m.ino());
+        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        match ios.get_mut(&ino) {
+            Some(InodeIo::Passthrough {
+                backing,
+                file,
+                opens,
+            }) => {
+                if *file == id {
+                    *opens += 1;
+                    OpenIo::Passthrough(backing.clone())
+                } else {
+                    OpenIo::Conflict
+                }
+            }
+            Some(InodeIo::Cached { opens }) => {
+                *opens += 1;
+                OpenIo::Cached
+            }
+            None => {
+                if may_pass && self.io.passthrough.load(Ordering::Relaxed) {
+                    match backing(file.as_fd()) {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            ios.insert(
+                                ino,
+                                InodeIo::Passthrough {
+                                    backing: b.clone(),
+                                    file: id,
+                                    opens: 1,
+                                },
+                            );
+                            return OpenIo::Passthrough(b);
+                        }
+                        // This file cannot (a filesystem stacked too deep):
+                        // served here.
+                        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+                        Err(e) => self.io.fall_back(&e.to_string(), true),
+                    }
+                }
+                ios.insert(ino, InodeIo::Cached { opens: 1 });
+                OpenIo::Cached
+            }
+        }
+    }
+
+    /// An open of `ino` served as `io` was closed.
+    fn close_io(&self, ino: u64, io: &OpenIo) {
+        if matches!(io, OpenIo::Conflict) {
+            return;
+        }
+        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        let last = match ios.get_mut(&ino) {
+            Some(InodeIo::Passthrough { opens, .. } | InodeIo::Cached { opens }) => {
+                *opens = opens.saturating_sub(1);
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the last backing id closes it in the kernel.
+            ios.remove(&ino);
+        }
     }
 
     fn tree(&self, req: &Request) -> Tree<'_> {
@@ -223,40 +401,82 @@ impl BranchFs {
         fh
     }
 
-    /// Opens `path`; returns the handle and whether the kernel may keep
-    /// the inode's cached pages.
+    /// Opens `path`; returns the handle, the open's flags and, for
+    /// passthrough, the backing file's id to answer with. `backing`
+    /// registers a file with the kernel for passthrough.
     fn open_handle(
         &self,
         tree: &Tree<'_>,
         ino: u64,
         path: &BranchPath,
         opts: &OpenOptions,
-    ) -> Result<(u64, FopenFlags), Errno> {
+        backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
         let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
-        let id = file_id(&o.file);
-        let keep = {
-            let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-            let same = id.is_some() && opened.get(&ino) == id.as_ref();
-            match id {
-                Some(id) => opened.insert(ino, id),
-                None => opened.remove(&ino),
-            };
-            same
+        // Passthrough only on the branch's own copy: a read-only open of a
+        // lower file through it would pin that file as the inode's backing,
+        // and the kernel would then refuse a writer's open of the copy-up.
+        let may_pass = opts.write
+            || tree
+                .lstat(&o.path)
+                .is_ok_and(|st| st.origin == agentfs_core::Origin::Active);
+        let io = self.open_io(ino, &o.file, may_pass, backing);
+        if matches!(io, OpenIo::Conflict) {
+            // The inode is open with passthrough on another file (replaced
+            // through another path meanwhile): the kernel would refuse
+            // any answer but that file.
+            return Err(Errno::from_i32(libc::ETXTBSY));
+        }
+        let (flags, pass) = match &io {
+            OpenIo::Passthrough(b) => (FopenFlags::empty(), Some(b.clone())),
+            // Refused below.
+            OpenIo::Conflict => (FopenFlags::empty(), None),
+            OpenIo::Cached => {
+                let id = file_id(&o.file);
+                let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+                let same = id.is_some() && opened.get(&ino) == id.as_ref();
+                match id {
+                    Some(id) => opened.insert(ino, id),
+                    None => opened.remove(&ino),
+                };
+                let flags = if same {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                (flags, None)
+            }
         };
-        let flags = if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        if pass.is_some() {
+            // The page cache of the next cached open must not trust pages
+            // from before writes it did not see.
+            self.opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
+        }
         let fh = self.add_handle(Handle {
             ino,
             file: o.file,
+            io,
             writable: opts.write,
             seen: Mutex::new(seen),
             _writer: o.writer,
         });
-        Ok((fh, flags))
+        Ok((fh, flags, pass))
+    }
+
+    /// Forgets an open that could not be answered.
+    fn drop_handle(&self, fh: u64) {
+        let h = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        if let Some(h) = h {
+            self.close_io(h.ino, &h.io);
+        }
     }
 
     /// Publishes `Modified` when the file's size or mtime changed since the
@@ -340,6 +560,23 @@ impl Filesystem for BranchFs {
         // Larger writes mean fewer round trips; refused values keep the default.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough: registering a backing file takes CAP_SYS_ADMIN, and a
+        // stacking depth of 1 (layers on a plain filesystem) keeps the mount
+        // usable below an overlayfs.
+        if !nix::unistd::geteuid().is_root() {
+            self.io
+                .fall_back("registering backing files needs root", false);
+        } else if config
+            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+            .is_err()
+        {
+            self.io.fall_back(
+                "the kernel does not offer it (Linux 6.9 or later has it)",
+                false,
+            );
+        } else if config.set_max_stack_depth(1).is_ok() {
+            self.io.offered.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -557,11 +794,13 @@ impl Filesystem for BranchFs {
             ..OpenOptions::default()
         };
         let tree = self.tree(req);
+        let backing = |fd: BorrowedFd<'_>| reply.open_backing(fd);
         match self
             .path(ino)
-            .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts))
+            .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts, &backing))
         {
-            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            Ok((fh, flags, Some(b))) => reply.opened_passthrough(FileHandle(fh), flags, &b),
+            Ok((fh, flags, None)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }
@@ -591,20 +830,21 @@ impl Filesystem for BranchFs {
                 mode: mode & !umask & 0o7777,
             };
             let ino = self.inodes().ino(&path);
-            let (fh, flags) = self.open_handle(&tree, ino, &path, &opts)?;
+            let backing = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+            let (fh, flags, pass) = self.open_handle(&tree, ino, &path, &opts, &backing)?;
             match self.entry(&tree, &path) {
-                Ok(a) => Ok((a, fh, flags)),
+                Ok(a) => Ok((a, fh, flags, pass)),
                 Err(e) => {
-                    self.files
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&fh);
+                    self.drop_handle(fh);
                     Err(e)
                 }
             }
         })();
         match r {
-            Ok((a, fh, flags)) => {
+            Ok((a, fh, flags, Some(b))) => {
+                reply.created_passthrough(&self.ttl, &a, Generation(0), FileHandle(fh), flags, &b)
+            }
+            Ok((a, fh, flags, None)) => {
                 reply.created(&self.ttl, &a, Generation(0), FileHandle(fh), flags)
             }
             Err(e) => reply.error(e),
@@ -696,6 +936,7 @@ impl Filesystem for BranchFs {
             .remove(&fh.0);
         if let Some(h) = h {
             self.report(req, &h);
+            self.close_io(h.ino, &h.io);
         }
         reply.ok();
     }

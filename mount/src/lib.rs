@@ -71,15 +71,20 @@ impl Default for MountOptions {
 /// The file system type shown in `/proc/self/mountinfo` (`fuse.agentfs`).
 pub const SUBTYPE: &str = "agentfs";
 
-/// How opened files are served: `"fuse"` (every read and write through
-/// this process).
+/// How opened files are served without passthrough: `"fuse"` (every read
+/// and write through this process).
 pub const IO_MODE: &str = "fuse";
+
+/// How opened files are served with FUSE passthrough: `"passthrough"` (the
+/// kernel reads and writes the layer files itself).
+pub const IO_PASSTHROUGH: &str = "passthrough";
 
 /// A mounted branch, not yet serving.
 #[cfg(target_os = "linux")]
 pub struct Mount {
     session: fuser::Session<BranchFs>,
     mountpoint: PathBuf,
+    io: std::sync::Arc<fs::IoState>,
     /// Mounted through fusermount3 (the session cannot unmount itself).
     via_fusermount: bool,
 }
@@ -132,6 +137,8 @@ impl Mount {
             return Err(bad("something is already mounted there"));
         }
         let fs = BranchFs::new(store, branch, opts.ttl)?;
+        let io_state = fs.io_state();
+        let probe = fs.probe_file();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("agentfs:{branch}")),
@@ -151,28 +158,43 @@ impl Mount {
             what: format!("mount {}", mountpoint.display()),
             source,
         };
-        if direct {
+        let (session, via_fusermount) = if direct {
             let session = fuser::Session::new(fs, &mountpoint, &config).map_err(io)?;
-            return Ok(Self {
-                session,
-                mountpoint,
-                via_fusermount: false,
-            });
+            (session, false)
+        } else {
+            // An ordinary user: through the setuid helper.
+            let opts = format!(
+                "fsname=agentfs:{branch},subtype={SUBTYPE},default_permissions,nodev,nosuid"
+            );
+            let fd = fusermount::mount(&mountpoint, &opts).map_err(io)?;
+            let session = fuser::Session::from_fd(fs, fd, fuser::SessionACL::Owner, config)
+                .map_err(|e| {
+                    let _ = unmount(&mountpoint, true);
+                    io(e)
+                })?;
+            (session, true)
+        };
+        // The kernel agreed to passthrough at init: check that it lets us
+        // register a layer file before promising it.
+        if io_state.offered.load(std::sync::atomic::Ordering::Relaxed) {
+            match probe.and_then(|f| fs::probe_backing(&session, &f)) {
+                Ok(()) => io_state
+                    .passthrough
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => io_state.fall_back(&e.to_string(), true),
+            }
         }
-        // An ordinary user: through the setuid helper.
-        let opts =
-            format!("fsname=agentfs:{branch},subtype={SUBTYPE},default_permissions,nodev,nosuid");
-        let fd = fusermount::mount(&mountpoint, &opts).map_err(io)?;
-        let session =
-            fuser::Session::from_fd(fs, fd, fuser::SessionACL::Owner, config).map_err(|e| {
-                let _ = unmount(&mountpoint, true);
-                io(e)
-            })?;
         Ok(Self {
             session,
             mountpoint,
-            via_fusermount: true,
+            io: io_state,
+            via_fusermount,
         })
+    }
+
+    /// How opened files are served: [`IO_PASSTHROUGH`] or [`IO_MODE`].
+    pub fn io_mode(&self) -> &'static str {
+        self.io.mode()
     }
 
     /// The absolute mountpoint.

@@ -179,7 +179,7 @@ fn foreground(
         pid: std::process::id(),
         branch: args.branch.clone(),
         mountpoint: mp.clone(),
-        io_mode: agentfs_mount::IO_MODE.into(),
+        io_mode: m.io_mode().into(),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -203,7 +203,7 @@ fn foreground(
         "mounted branch {} at {} (io: {})",
         args.branch,
         mp.display(),
-        agentfs_mount::IO_MODE
+        m.io_mode()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
