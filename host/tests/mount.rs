@@ -681,3 +681,72 @@ print(repr(open("README.md").read()))
     e.assert_diff_has(&["A big.bin", "M README.md"]);
     e.finish();
 }
+
+#[test]
+fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
+    let t = "changes_through_another_path_show_at_once_under_long_kernel_caches";
+    // The default mount: names and attributes cached for a minute.
+    let Some(e) = Env::new(t, false) else { return };
+    let readme = e.mp.join("README.md");
+    let guide = e.mp.join("docs/guide.md");
+    // Everything below is in the kernel's caches now.
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    assert_eq!(fs::metadata(&readme).unwrap().len(), 10);
+    assert!(fs::metadata(&guide).is_ok());
+    let lib = e.mp.join("src/lib.rs");
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&lib), 0o644);
+    let ls = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|x| x.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let docs_before = ls(&e.mp.join("docs"));
+    assert!(docs_before.contains(&"guide.md".to_string()));
+    // Each change through the CLI (another process) is seen by the very
+    // next access through the mount: no waiting.
+    let data = "# changed elsewhere, and longer\n";
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "README.md", "--data", data]);
+    assert_eq!(fs::read_to_string(&readme).unwrap(), data);
+    assert_eq!(fs::metadata(&readme).unwrap().len(), data.len() as u64);
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "new.txt", "--data", "n"]);
+    assert_eq!(fs::read(e.mp.join("new.txt")).unwrap(), b"n");
+    assert!(ls(&e.mp).contains(&"new.txt".to_string()));
+    e.cli.ok(&["fs", "rm", "--branch", "b", "docs/guide.md"]);
+    assert_eq!(
+        fs::read(&guide).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert!(!ls(&e.mp.join("docs")).contains(&"guide.md".to_string()));
+    // An attribute changed elsewhere, asked with nothing but a stat (which
+    // the kernel answers from its cache without asking the server): the
+    // mount's invalidation thread drops the cached attributes as soon as
+    // it sees the change counter move. With the caches kept for a minute,
+    // this fails without that invalidation.
+    e.cli
+        .ok(&["fs", "chmod", "--branch", "b", "600", "src/lib.rs"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while mode(&lib) != 0o600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a chmod made elsewhere never reached the kernel's attribute cache"
+        );
+        std::thread::yield_now();
+    }
+    // A file rewritten elsewhere while the mount has it open with
+    // passthrough: a new open reads the new content once it is closed.
+    fs::write(e.mp.join("own.txt"), b"mine").unwrap();
+    e.cli.ok(&[
+        "fs", "write", "--branch", "b", "own.txt", "--data", "theirs!",
+    ]);
+    assert_eq!(fs::read(e.mp.join("own.txt")).unwrap(), b"theirs!");
+    e.finish();
+}

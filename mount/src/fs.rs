@@ -69,9 +69,15 @@ enum OpenIo {
     Conflict,
 }
 
-/// Whether opens may use FUSE passthrough, shared with the [`Mount`](crate::Mount).
-#[derive(Debug, Default)]
+/// What the serving threads share with the [`Mount`](crate::Mount): whether
+/// opens may use FUSE passthrough, and the kernel's caches to invalidate.
+#[derive(Default)]
 pub struct IoState {
+    /// Sends invalidations to the kernel (set once mounted).
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// [`Store::outside_changes`] when the kernel's caches were last
+    /// invalidated for them.
+    pub(crate) swept: AtomicU64,
     /// The kernel agreed to passthrough at init (and we are privileged).
     pub(crate) offered: AtomicBool,
     /// Opens use passthrough (offered, and the probe worked).
@@ -123,7 +129,7 @@ pub struct BranchFs {
     store: Arc<Store>,
     branch: String,
     ttl: Duration,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_fh: AtomicU64,
@@ -247,19 +253,33 @@ impl BranchFs {
         let meta_dir = store.info()?.meta_dir;
         // The branch must exist (and be a branch: snapshots are read-only).
         store.branch(branch).lstat("")?;
+        let store_outside = store.outside_changes(branch);
         Ok(Self {
             store,
             branch: branch.to_string(),
             ttl,
-            inodes: Mutex::new(Inodes::default()),
+            inodes: Arc::new(Mutex::new(Inodes::default())),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             meta_dir,
             opened: Mutex::new(HashMap::new()),
             ios: Mutex::new(HashMap::new()),
-            io: Arc::new(IoState::default()),
+            io: Arc::new(IoState {
+                swept: AtomicU64::new(store_outside),
+                ..IoState::default()
+            }),
         })
+    }
+
+    /// The inode table, for the invalidating thread.
+    pub(crate) fn inode_table(&self) -> Arc<Mutex<Inodes>> {
+        self.inodes.clone()
+    }
+
+    /// The store and branch served.
+    pub(crate) fn target(&self) -> (Arc<Store>, String) {
+        (self.store.clone(), self.branch.clone())
     }
 
     /// The passthrough switch, for the [`Mount`](crate::Mount) to probe and report.
@@ -414,6 +434,13 @@ impl BranchFs {
     ) -> Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
         let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
+        if self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire) {
+            // Changed through another path and not yet swept: the kernel's
+            // size for this inode may be old (reads stop at it).
+            if let Some(n) = self.io.notifier.get() {
+                let _ = n.inval_inode(INodeNo(ino), -1, 0);
+            }
+        }
         // Passthrough only on the branch's own copy: a read-only open of a
         // lower file through it would pin that file as the inode's backing,
         // and the kernel would then refuse a writer's open of the copy-up.

@@ -11,6 +11,8 @@ mod fs;
 #[cfg(target_os = "linux")]
 mod fusermount;
 pub mod inodes;
+#[cfg(target_os = "linux")]
+mod invalidate;
 pub mod registry;
 
 use std::{
@@ -62,11 +64,16 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(DEFAULT_TTL_SECS),
             threads: 4,
         }
     }
 }
+
+/// How long the kernel may cache names and attributes by default: changes
+/// through other paths invalidate them at once (see `invalidate`), so this
+/// only bounds a missed invalidation.
+pub const DEFAULT_TTL_SECS: u64 = 60;
 
 /// The file system type shown in `/proc/self/mountinfo` (`fuse.agentfs`).
 pub const SUBTYPE: &str = "agentfs";
@@ -85,6 +92,8 @@ pub struct Mount {
     session: fuser::Session<BranchFs>,
     mountpoint: PathBuf,
     io: std::sync::Arc<fs::IoState>,
+    /// Invalidates the kernel's caches when the branch changes elsewhere.
+    sweeper: invalidate::Sweeper,
     /// Mounted through fusermount3 (the session cannot unmount itself).
     via_fusermount: bool,
 }
@@ -139,6 +148,8 @@ impl Mount {
         let fs = BranchFs::new(store, branch, opts.ttl)?;
         let io_state = fs.io_state();
         let probe = fs.probe_file();
+        let (store, branch_name) = fs.target();
+        let inodes = fs.inode_table();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("agentfs:{branch}")),
@@ -184,10 +195,17 @@ impl Mount {
                 Err(e) => io_state.fall_back(&e.to_string(), true),
             }
         }
+        let _ = io_state.notifier.set(session.notifier());
+        let sweeper = invalidate::Sweeper::start(store, branch_name, inodes, io_state.clone())
+            .map_err(|source| MountError::Io {
+                what: "start the cache invalidation thread".into(),
+                source,
+            })?;
         Ok(Self {
             session,
             mountpoint,
             io: io_state,
+            sweeper,
             via_fusermount,
         })
     }
@@ -214,9 +232,12 @@ impl Mount {
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> Result<(), MountError> {
         let what = format!("serve {}", self.mountpoint.display());
-        self.session
-            .run()
-            .map_err(|source| MountError::Io { what, source })
+        let Self {
+            session, sweeper, ..
+        } = self;
+        let r = session.run();
+        drop(sweeper);
+        r.map_err(|source| MountError::Io { what, source })
     }
 }
 

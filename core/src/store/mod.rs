@@ -391,6 +391,15 @@ impl Store {
         self.backstore
     }
 
+    /// A counter of the name changes other processes made in `branch`
+    /// (through the shared change counters): it moves exactly when a
+    /// change did not come through this `Store`, so a process that caches
+    /// what it served (a FUSE mount's kernel caches) knows when to drop it.
+    /// Branches sharing a counter slot move it too (a spurious change).
+    pub fn outside_changes(&self, branch: &str) -> u64 {
+        self.gen.others(branch)
+    }
+
     /// Settings and location.
     pub fn info(&self) -> CoreResult<StoreInfo> {
         self.with_shared(|_| {

@@ -30,8 +30,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub foreground: bool,
     /// Seconds the kernel may cache names and attributes (0: ask every
-    /// time; changes made through other paths show after at most this).
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    /// time). Changes made through other paths (the daemon, the CLI,
+    /// another mount) invalidate the caches as they happen; this only
+    /// bounds how long a missed invalidation could last.
+    #[arg(long, value_name = "SECS", default_value_t = agentfs_mount::DEFAULT_TTL_SECS as f64)]
     pub cache_ttl: f64,
 }
 
