@@ -750,3 +750,110 @@ fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
     assert_eq!(fs::read(e.mp.join("own.txt")).unwrap(), b"theirs!");
     e.finish();
 }
+
+/// A child killed (and reaped) when dropped, so a failing test leaves no
+/// watcher behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child (`agentfs run` passes it on).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's pipe, read on a thread.
+fn pipe_lines(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines from `rx` until one satisfies `want`; fails (with what
+/// came) if the writer ends first, or prints nothing more for a minute
+/// (a hang, not a timing threshold).
+fn until(rx: &std::sync::mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) {
+    let mut got = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) if want(&l) => return,
+            Ok(l) => got.push(l),
+            Err(e) => panic!("{what}: {e}; it printed {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn events_of_the_mount_reach_the_daemons_watchers() {
+    let t = "events_of_the_mount_reach_the_daemons_watchers";
+    let Some(e) = Env::new(t, false) else { return };
+    // A daemon serving the same store (with the inotify provider, for the
+    // shim's inotify), started after the mount: the mount finds it when it
+    // has events to forward.
+    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
+    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
+    fs::write(&e.cli.config, cfg).unwrap();
+    let _d = common::daemon::DaemonProc::start(
+        &e.cli.config,
+        &e.cli.dir.join("no-daemon.sock"),
+        &[],
+        &[],
+    );
+    let mut watch = Reaped(
+        e.cli
+            .cmd()
+            .args(["watch", "--branch", "b"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let watch_out = pipe_lines(watch.0.stdout.take().unwrap());
+    let watch_err = pipe_lines(watch.0.stderr.take().unwrap());
+    until(&watch_err, "agentfs watch", |l| {
+        l.starts_with("agentfs watch:")
+    });
+    // inotifywait under `agentfs run` (the shim) in the same branch.
+    let mut inw = None;
+    if have("inotifywait", t) {
+        let mut c = Reaped(
+            e.cli
+                .cmd()
+                .current_dir(&e.base)
+                .args(["run", "--branch", "b", "--", "inotifywait", "-m"])
+                .args(["-e", "create,close_write", "--format", "%e %f", "."])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = pipe_lines(c.0.stdout.take().unwrap());
+        let err = pipe_lines(c.0.stderr.take().unwrap());
+        until(&err, "inotifywait", |l| l.contains("Watches established"));
+        inw = Some((c, out));
+    }
+    fs::write(e.mp.join("seen.txt"), b"through the mount").unwrap();
+    until(&watch_out, "agentfs watch", |l| {
+        l.contains(" created seen.txt ")
+    });
+    until(&watch_out, "agentfs watch", |l| {
+        l.contains(" modified seen.txt ")
+    });
+    drop(watch);
+    if let Some((c, out)) = inw {
+        until(&out, "inotifywait under agentfs run", |l| {
+            l == "CREATE seen.txt"
+        });
+        drop(c);
+    }
+    e.assert_diff_has(&["A seen.txt"]);
+    e.finish();
+}
