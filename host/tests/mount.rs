@@ -857,3 +857,69 @@ fn events_of_the_mount_reach_the_daemons_watchers() {
     e.assert_diff_has(&["A seen.txt"]);
     e.finish();
 }
+
+/// Bytes the process `pid` has written (`wchar` in /proc/PID/io).
+fn wchar(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn copy_file_range_copies_between_layer_files_in_the_server() {
+    let t = "copy_file_range_copies_between_layer_files_in_the_server";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    let chunk = vec![0x3cu8; 1 << 20];
+    {
+        let mut f = fs::File::create(e.mp.join("src.bin")).unwrap();
+        for _ in 0..16 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let before = wchar(pid);
+    let o = e.output_in(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r#"
+import os
+s = os.open("src.bin", os.O_RDONLY)
+d = os.open("dst.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+n = 0
+while True:
+    k = os.copy_file_range(s, d, 1 << 24)
+    if k == 0:
+        break
+    n += k
+print(n)
+b = os.open("README.md", os.O_RDONLY)
+c = os.open("readme.copy", os.O_WRONLY | os.O_CREAT, 0o644)
+print(os.copy_file_range(b, c, 100))
+"#,
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "16777216\n10\n");
+    if expected_io_mode() == "passthrough" {
+        // The copy ran in the server, between the layer files (the
+        // kernel's fallback would have copied through the client).
+        let wrote = wchar(pid) - before;
+        assert!(wrote >= 16 << 20, "the server copied {wrote} bytes");
+    }
+    assert_eq!(
+        fs::read(e.mp.join("dst.bin")).unwrap(),
+        vec![0x3cu8; 16 << 20]
+    );
+    assert_eq!(fs::read(e.mp.join("readme.copy")).unwrap(), b"# project\n");
+    e.assert_diff_has(&["A dst.bin", "A readme.copy"]);
+    e.finish();
+}

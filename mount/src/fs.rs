@@ -272,6 +272,12 @@ impl BranchFs {
         })
     }
 
+    /// True when the branch changed through another path since the
+    /// kernel's caches were last invalidated.
+    fn outside_unswept(&self) -> bool {
+        self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire)
+    }
+
     /// The inode table, for the invalidating thread.
     pub(crate) fn inode_table(&self) -> Arc<Mutex<Inodes>> {
         self.inodes.clone()
@@ -434,7 +440,7 @@ impl BranchFs {
     ) -> Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
         let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
-        if self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire) {
+        if self.outside_unswept() {
             // Changed through another path and not yet swept: the kernel's
             // size for this inode may be old (reads stop at it).
             if let Some(n) = self.io.notifier.get() {
@@ -992,6 +998,52 @@ impl Filesystem for BranchFs {
         }
     }
 
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        use std::os::fd::AsRawFd;
+        let (src, dst) = match (self.handle(fh_in), self.handle(fh_out)) {
+            (Ok(s), Ok(d)) if d.writable => (s, d),
+            (Ok(_), Ok(_)) => return reply.error(Errno::EBADF),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (Ok(mut off_in), Ok(mut off_out)) =
+            (i64::try_from(offset_in), i64::try_from(offset_out))
+        else {
+            return reply.error(Errno::EINVAL);
+        };
+        // Between the layer files themselves: a reflink where the
+        // filesystem shares extents (btrfs, XFS), an in-kernel copy
+        // elsewhere; the content change is reported at flush.
+        let len = len.min(u64::from(u32::MAX) & !0xfff) as usize;
+        // SAFETY: both fds are open files this process owns (kept alive by
+        // the handles), and the offsets are valid pointers to locals.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.file.as_raw_fd(),
+                &mut off_in,
+                dst.file.as_raw_fd(),
+                &mut off_out,
+                len,
+                0,
+            )
+        };
+        if n < 0 {
+            return reply.error(io_errno(&std::io::Error::last_os_error()));
+        }
+        reply.written(n as u32);
+    }
+
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
             let path = self.path(ino)?;
@@ -1019,7 +1071,15 @@ impl Filesystem for BranchFs {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(fh, Arc::new(list));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may keep the listing across opens: changes
+                // through the mount reset it, changes elsewhere are swept
+                // (see `invalidate`); until the sweep, an open drops it.
+                let keep = if self.outside_unswept() {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                };
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep);
             }
             Err(e) => reply.error(e),
         }

@@ -56,12 +56,13 @@ impl Sweeper {
                 while !s.load(Ordering::Relaxed) {
                     let now = store.outside_changes(&branch);
                     if now != io.swept.load(Ordering::Acquire) {
-                        // Recorded first: a change during the sweep moves
-                        // the counter again and gets its own.
-                        io.swept.store(now, Ordering::Release);
                         if !sweep(&inodes, &io) {
                             return;
                         }
+                        // Recorded once done (until then, opens do not
+                        // trust the caches); a change during the sweep
+                        // moved the counter past `now` and gets its own.
+                        io.swept.store(now, Ordering::Release);
                     }
                     std::thread::sleep(TICK);
                 }
@@ -91,7 +92,9 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
             Some(libc::ENOTCONN) | Some(libc::ENODEV) | Some(libc::EBADF)
         )
     };
-    if let Err(e) = n.inval_inode(INodeNo(ROOT_INO), -1, 0) {
+    // Attributes, and the cached data: a directory's listing (kept across
+    // opens), a file's pages.
+    if let Err(e) = n.inval_inode(INodeNo(ROOT_INO), 0, 0) {
         if gone(&e) {
             return false;
         }
@@ -103,7 +106,7 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
                 return false;
             }
         }
-        if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+        if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
             if gone(&e) {
                 return false;
             }
