@@ -121,7 +121,8 @@ struct SetAttr {
     mtime: Option<TimeOrNow>,
 }
 
-/// One open directory: its listing when opened (stable offsets).
+/// One open directory's listing, made at its first readdir (stable
+/// offsets).
 type DirListing = Vec<(u64, FileType, OsString)>;
 
 /// A branch of a store as a FUSE filesystem.
@@ -131,7 +132,7 @@ pub struct BranchFs {
     ttl: Duration,
     inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    dirs: Mutex<HashMap<u64, Option<Arc<DirListing>>>>,
     next_fh: AtomicU64,
     meta_dir: std::path::PathBuf,
     /// Per inode: the identity (device, inode, size, mtime) of the file its
@@ -276,6 +277,27 @@ impl BranchFs {
     /// kernel's caches were last invalidated.
     fn outside_unswept(&self) -> bool {
         self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire)
+    }
+
+    /// The listing of directory `ino`: `.`, `..` and its merged entries.
+    fn listing(&self, req: &Request, ino: INodeNo) -> Result<DirListing, Errno> {
+        let path = self.path(ino)?;
+        let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
+        let parent = path.parent().unwrap_or_else(BranchPath::root);
+        let mut inodes = self.inodes();
+        let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
+        list.push((ino.0, FileType::Directory, ".".into()));
+        let pino = if ino.0 == ROOT_INO {
+            ROOT_INO
+        } else {
+            inodes.ino(&parent)
+        };
+        list.push((pino, FileType::Directory, "..".into()));
+        for e in entries {
+            let i = inodes.ino(&path.join(&e.name));
+            list.push((i, kind(e.kind), e.name));
+        }
+        Ok(list)
     }
 
     /// The inode table, for the invalidating thread.
@@ -1044,63 +1066,57 @@ impl Filesystem for BranchFs {
         reply.written(n as u32);
     }
 
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let r = (|| {
-            let path = self.path(ino)?;
-            let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
-            let parent = path.parent().unwrap_or_else(BranchPath::root);
-            let mut inodes = self.inodes();
-            let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
-            list.push((ino.0, FileType::Directory, ".".into()));
-            let pino = if ino.0 == ROOT_INO {
-                ROOT_INO
-            } else {
-                inodes.ino(&parent)
-            };
-            list.push((pino, FileType::Directory, "..".into()));
-            for e in entries {
-                let i = inodes.ino(&path.join(&e.name));
-                list.push((i, kind(e.kind), e.name));
-            }
-            Ok(list)
-        })();
-        match r {
-            Ok(list) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(list));
-                // The kernel may keep the listing across opens: changes
-                // through the mount reset it, changes elsewhere are swept
-                // (see `invalidate`); until the sweep, an open drops it.
-                let keep = if self.outside_unswept() {
-                    FopenFlags::empty()
-                } else {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                };
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep);
-            }
-            Err(e) => reply.error(e),
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The listing is made at the first readdir: with the kernel
+        // keeping listings across opens, most opens read none.
+        if let Err(e) = self.path(ino) {
+            return reply.error(e);
         }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, None);
+        // The kernel may keep the listing across opens: changes through
+        // the mount reset it, changes elsewhere are swept (see
+        // `invalidate`); until the sweep, an open drops it.
+        let keep = if self.outside_unswept() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep);
     }
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = self
+        let made = self
             .dirs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
             .cloned();
-        let Some(list) = list else {
-            return reply.error(Errno::EBADF);
+        let list = match made {
+            None => return reply.error(Errno::EBADF),
+            Some(Some(list)) if offset > 0 => list,
+            // A first read (or a rewind): the directory as it is now.
+            Some(_) => match self.listing(req, ino) {
+                Ok(list) => {
+                    let list = Arc::new(list);
+                    self.dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fh.0, Some(list.clone()));
+                    list
+                }
+                Err(e) => return reply.error(e),
+            },
         };
         for (i, (ino, k, name)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *k, name) {
