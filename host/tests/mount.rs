@@ -923,3 +923,108 @@ print(os.copy_file_range(b, c, 100))
     e.assert_diff_has(&["A dst.bin", "A readme.copy"]);
     e.finish();
 }
+
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    let t = "an_ordinary_user_mounts_through_fusermount3";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // The other tests already run as this ordinary user.
+        skip(
+            t,
+            "run as root: it sets up the user `nobody`'s view of /dev/fuse",
+        );
+        return;
+    }
+    if !fuse_available(t) || !have("fusermount3", t) || !have("unshare", t) || !have("setpriv", t) {
+        return;
+    }
+    // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once.
+    let pw = unsafe { libc::getpwnam(c"nobody".as_ptr()) };
+    if pw.is_null() {
+        skip(t, "no user `nobody`");
+        return;
+    }
+    // SAFETY: a non-null entry from getpwnam, read before any other call.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    let d = tempfile::Builder::new()
+        .prefix("agentfs-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = d.path();
+    for sub in ["base", "m"] {
+        fs::create_dir(dir.join(sub)).unwrap();
+    }
+    fs::write(dir.join("base/a.txt"), b"from the base\n").unwrap();
+    fs::write(
+        dir.join("agentfs.toml"),
+        format!(
+            "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    // The user's device node: 0666, as /dev/fuse usually is (fusermount3
+    // opens it with the user's rights). Bound over /dev/fuse only in the
+    // script's own mount namespace.
+    let dev = dir.join("fuse");
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a NUL-terminated path; 10:229 is /dev/fuse.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    // SAFETY: chmod with a NUL-terminated path (the umask cut the mode).
+    assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o666) }, 0);
+    let o = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let mut perm = fs::metadata(dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(dir, perm).unwrap();
+    let agentfs = env!("CARGO_BIN_EXE_agentfs");
+    let script = format!(
+        r#"set -e
+mount --bind {dev} /dev/fuse
+as() {{ setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={dir} AGENTFS_CONFIG={dir}/agentfs.toml AGENTFS_SOCKET={dir}/sock "$@"; }}
+as {agentfs} init --base {dir}/base >/dev/null
+as {agentfs} branch create b >/dev/null
+as {agentfs} mount --branch b {dir}/m
+as sh -c 'cat {dir}/m/a.txt; echo mine > {dir}/m/n.txt; id -u; stat -c %u {dir}/m/n.txt'
+as {agentfs} status --json | grep -o '"io_mode": *"[a-z]*"'
+as {agentfs} diff --branch b
+as {agentfs} unmount {dir}/m
+grep -c " {dir}/m " /proc/self/mountinfo || true
+"#,
+        dev = dev.display(),
+        dir = dir.display(),
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("mounted branch b at {}/m (io: fuse)", dir.display()).as_str(),
+            "from the base",
+            &uid.to_string(),
+            &uid.to_string(),
+            "\"io_mode\": \"fuse\"",
+            "A n.txt",
+            &format!("unmounted {}/m", dir.display()),
+            "0",
+        ],
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        fs::read(dir.join("base/a.txt")).unwrap(),
+        b"from the base\n"
+    );
+    assert!(!dir.join("base/n.txt").exists(), "the base changed");
+}
