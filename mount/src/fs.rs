@@ -10,7 +10,10 @@ use std::{
     collections::HashMap,
     ffi::{OsStr, OsString},
     fs::File,
-    os::unix::{ffi::OsStrExt, fs::FileExt},
+    os::{
+        fd::BorrowedFd,
+        unix::{ffi::OsStrExt, fs::FileExt},
+    },
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,7 +29,6 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::os::fd::BorrowedFd;
 
 use crate::inodes::{Inodes, ROOT_INO};
 
@@ -64,8 +66,9 @@ enum InodeIo {
 enum OpenIo {
     Passthrough(Arc<BackingId>),
     Cached,
-    /// The inode is open with passthrough on another file (the file was
-    /// copied up or replaced since): served by this process, uncached.
+    /// The inode is open with passthrough on another file (replaced
+    /// through another path since): the kernel would refuse any answer but
+    /// that file, so the open fails with `ETXTBSY`.
     Conflict,
 }
 
@@ -477,16 +480,9 @@ impl BranchFs {
                 .lstat(&o.path)
                 .is_ok_and(|st| st.origin == agentfs_core::Origin::Active);
         let io = self.open_io(ino, &o.file, may_pass, backing);
-        if matches!(io, OpenIo::Conflict) {
-            // The inode is open with passthrough on another file (replaced
-            // through another path meanwhile): the kernel would refuse
-            // any answer but that file.
-            return Err(Errno::from_i32(libc::ETXTBSY));
-        }
         let (flags, pass) = match &io {
             OpenIo::Passthrough(b) => (FopenFlags::empty(), Some(b.clone())),
-            // Refused below.
-            OpenIo::Conflict => (FopenFlags::empty(), None),
+            OpenIo::Conflict => return Err(Errno::from_i32(libc::ETXTBSY)),
             OpenIo::Cached => {
                 let id = file_id(&o.file);
                 let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
