@@ -44,7 +44,10 @@ fn make_base(base: &Path, big: u64) {
     }
     let git = |args: &[&str]| {
         let o = Command::new("git")
+            // No background `gc --auto`: it would pack the objects while
+            // the base is being copied.
             .args(["-c", "user.email=b@example.com", "-c", "user.name=b"])
+            .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
             .args(args)
             .current_dir(base)
             .env("GIT_CONFIG_NOSYSTEM", "1")
