@@ -45,7 +45,7 @@ fn make_base(base: &Path, big: u64) {
     let git = |args: &[&str]| {
         let o = Command::new("git")
             // No background `gc --auto`: it would pack the objects while
-            // the base is being copied.
+            // the base is being copied (the `gc` below packs them first).
             .args(["-c", "user.email=b@example.com", "-c", "user.name=b"])
             .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
             .args(args)
@@ -58,6 +58,8 @@ fn make_base(base: &Path, big: u64) {
     git(&["init", "-q"]);
     git(&["add", "src"]);
     git(&["commit", "-qm", "base"]);
+    // Packed, as a clone is (and done before the base is copied).
+    git(&["gc", "-q"]);
 }
 
 fn have(tool: &str) -> bool {
