@@ -848,6 +848,24 @@ fn events_of_the_mount_reach_the_daemons_watchers() {
         l.contains(" modified seen.txt ")
     });
     drop(watch);
+    // And the other way: a change through the daemon (the CLI uses it
+    // now) is seen through the mount right after the command returns.
+    let v: serde_json::Value =
+        serde_json::from_str(&e.cli.ok(&["branch", "list", "--json"])).unwrap();
+    assert_eq!(v["via"], "daemon", "the CLI goes through the daemon");
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "seen.txt",
+        "--data",
+        "through the daemon",
+    ]);
+    assert_eq!(
+        fs::read(e.mp.join("seen.txt")).unwrap(),
+        b"through the daemon"
+    );
     if let Some((c, out)) = inw {
         until(&out, "inotifywait under agentfs run", |l| {
             l == "CREATE seen.txt"
