@@ -32,6 +32,9 @@ const LEN: usize = 4096;
 #[derive(Debug)]
 pub struct Generation {
     base: NonNull<AtomicU64>,
+    /// Per slot, the namespace bumps this process made (so it can tell
+    /// other processes' changes from its own).
+    own: Box<[AtomicU64]>,
 }
 
 // SAFETY: the mapping is only accessed through atomics, which are safe to
@@ -103,7 +106,8 @@ impl Generation {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mmap"))?;
-        Ok(Self { base })
+        let own = (0..2 + SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Ok(Self { base, own })
     }
 
     fn counter(&self, i: usize) -> &AtomicU64 {
@@ -135,7 +139,21 @@ impl Generation {
 
     /// Records a change of names in `branch`.
     pub fn bump_namespace(&self, branch: &str) {
-        self.counter(slot(branch)).fetch_add(1, Ordering::AcqRel);
+        let i = slot(branch);
+        // Shared first: a reader between the two sees one change too many
+        // from elsewhere (a spurious invalidation), never one too few.
+        self.counter(i).fetch_add(1, Ordering::AcqRel);
+        self.own[i].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Namespace changes in `branch`'s slot made by other processes (and
+    /// branches sharing the slot) since this mapping was made, plus those
+    /// before it: the shared counter less this process's own bumps. It
+    /// moves exactly when someone else changed names.
+    pub fn others(&self, branch: &str) -> u64 {
+        let i = slot(branch);
+        let own = self.own[i].load(Ordering::Acquire);
+        self.counter(i).load(Ordering::Acquire).wrapping_sub(own)
     }
 }
 
@@ -170,6 +188,21 @@ mod tests {
         // The counters live in the file, not in a mapping.
         let c = Generation::open(t.path()).unwrap();
         assert_eq!(c.stamp(Some("x")), s2);
+    }
+
+    #[test]
+    fn others_moves_only_with_changes_made_elsewhere() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Generation::open(t.path()).unwrap();
+        let b = Generation::open(t.path()).unwrap();
+        let (a0, b0) = (a.others("x"), b.others("x"));
+        a.bump_namespace("x");
+        a.bump_namespace("x");
+        assert_eq!(a.others("x"), a0, "a's own bumps");
+        assert_eq!(b.others("x"), b0 + 2, "a's bumps, seen by b");
+        b.bump_namespace("x");
+        assert_eq!(b.others("x"), b0 + 2);
+        assert_eq!(a.others("x"), a0 + 1);
     }
 
     #[test]

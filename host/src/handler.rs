@@ -144,6 +144,7 @@ pub fn request_name(r: &Request) -> &'static str {
         Request::FdClose { .. } => "fd_close",
         Request::Doorbell(_) => "doorbell",
         Request::BranchChain { .. } => "branch chain",
+        Request::PublishEvents { .. } => "publish events",
     }
 }
 

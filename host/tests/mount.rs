@@ -40,6 +40,23 @@ fn fuse_available(test: &str) -> bool {
     true
 }
 
+/// The io mode a mount should report here: passthrough as root on Linux
+/// 6.9 or later (registering backing files takes CAP_SYS_ADMIN), else
+/// every read and write through the server.
+fn expected_io_mode() -> &'static str {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|x| x.parse::<u32>().ok());
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && (major, minor) >= (6, 9) {
+        "passthrough"
+    } else {
+        "fuse"
+    }
+}
+
 /// True when something is mounted at `p`.
 fn mounted(p: &Path) -> bool {
     fs::read_to_string("/proc/self/mountinfo")
@@ -95,7 +112,7 @@ impl Env {
         let m = &v["mounts"][0];
         assert_eq!(m["branch"], "b");
         assert_eq!(m["mountpoint"], self.mp.to_str().unwrap());
-        assert_eq!(m["io_mode"], "fuse");
+        assert_eq!(m["io_mode"], expected_io_mode());
         m["pid"].as_u64().unwrap() as u32
     }
 
@@ -585,4 +602,447 @@ fn sigterm_unmounts_and_ends_the_server() {
     e.assert_diff_has(&["A kept.txt"]);
     // The base is unchanged; nothing is left to unmount.
     assert!(fingerprint(&e.base) == e.before, "the base changed");
+}
+
+/// Bytes the process `pid` has read (`rchar` in /proc/PID/io): what the
+/// mount server read from /dev/fuse, write payloads included.
+fn rchar(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn passthrough_writes_bypass_the_server_and_mixed_opens_stay_correct() {
+    let t = "passthrough_writes_bypass_the_server_and_mixed_opens_stay_correct";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    let passthrough = expected_io_mode() == "passthrough";
+    // 32 MiB written through the mount: with passthrough the kernel writes
+    // the layer file itself and the server never reads the data.
+    let before = rchar(pid);
+    let chunk = vec![0x5au8; 1 << 20];
+    let big = e.mp.join("big.bin");
+    {
+        let mut f = fs::File::create(&big).unwrap();
+        for _ in 0..32 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let read = rchar(pid) - before;
+    if passthrough {
+        assert!(
+            read < 8 << 20,
+            "the server read {read} bytes of a 32 MiB write"
+        );
+    } else {
+        assert!(read >= 32 << 20, "the server read only {read} bytes");
+    }
+    assert_eq!(fs::metadata(&big).unwrap().len(), 32 << 20);
+    assert!(fs::read(&big).unwrap().iter().all(|b| *b == 0x5a));
+    // A base file open for reading while another open writes it (a
+    // copy-up under an open reader), and opens of the copy while both are
+    // open: all work, every later open sees the write, and the base is
+    // untouched.
+    let o = e.output_in(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r##"
+r = open("README.md")
+w = open("README.md", "r+")
+w.write("#!")
+w.close()
+print(repr(open("README.md").read()))
+r.close()
+w = open("README.md", "r+")
+print(repr(open("README.md").read()))
+w.close()
+with open("README.md", "a") as a:
+    a.write("more\n")
+print(repr(open("README.md").read()))
+"##,
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "'#!project\\n'\n'#!project\\n'\n'#!project\\nmore\\n'\n"
+    );
+    e.assert_diff_has(&["A big.bin", "M README.md"]);
+    e.finish();
+}
+
+#[test]
+fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
+    let t = "changes_through_another_path_show_at_once_under_long_kernel_caches";
+    // The default mount: names and attributes cached for a minute.
+    let Some(e) = Env::new(t, false) else { return };
+    let readme = e.mp.join("README.md");
+    let guide = e.mp.join("docs/guide.md");
+    // Everything below is in the kernel's caches now.
+    assert_eq!(fs::read(&readme).unwrap(), b"# project\n");
+    assert_eq!(fs::metadata(&readme).unwrap().len(), 10);
+    assert!(fs::metadata(&guide).is_ok());
+    let lib = e.mp.join("src/lib.rs");
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&lib), 0o644);
+    let ls = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|x| x.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let docs_before = ls(&e.mp.join("docs"));
+    assert!(docs_before.contains(&"guide.md".to_string()));
+    // Each change through the CLI (another process) is seen by the very
+    // next access through the mount: no waiting.
+    let data = "# changed elsewhere, and longer\n";
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "README.md", "--data", data]);
+    assert_eq!(fs::read_to_string(&readme).unwrap(), data);
+    assert_eq!(fs::metadata(&readme).unwrap().len(), data.len() as u64);
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "new.txt", "--data", "n"]);
+    assert_eq!(fs::read(e.mp.join("new.txt")).unwrap(), b"n");
+    assert!(ls(&e.mp).contains(&"new.txt".to_string()));
+    e.cli.ok(&["fs", "rm", "--branch", "b", "docs/guide.md"]);
+    assert_eq!(
+        fs::read(&guide).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert!(!ls(&e.mp.join("docs")).contains(&"guide.md".to_string()));
+    // An attribute changed elsewhere, asked with nothing but a stat (which
+    // the kernel answers from its cache without asking the server): the
+    // mount's invalidation thread drops the cached attributes as soon as
+    // it sees the change counter move. With the caches kept for a minute,
+    // this fails without that invalidation.
+    e.cli
+        .ok(&["fs", "chmod", "--branch", "b", "600", "src/lib.rs"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while mode(&lib) != 0o600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a chmod made elsewhere never reached the kernel's attribute cache"
+        );
+        std::thread::yield_now();
+    }
+    // A file rewritten elsewhere while the mount has it open with
+    // passthrough: a new open reads the new content once it is closed.
+    fs::write(e.mp.join("own.txt"), b"mine").unwrap();
+    e.cli.ok(&[
+        "fs", "write", "--branch", "b", "own.txt", "--data", "theirs!",
+    ]);
+    assert_eq!(fs::read(e.mp.join("own.txt")).unwrap(), b"theirs!");
+    e.finish();
+}
+
+/// A child killed (and reaped) when dropped, so a failing test leaves no
+/// watcher behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child (`agentfs run` passes it on).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's pipe, read on a thread.
+fn pipe_lines(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines from `rx` until one satisfies `want`; fails (with what
+/// came) if the writer ends first, or prints nothing more for a minute
+/// (a hang, not a timing threshold).
+fn until(rx: &std::sync::mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) {
+    let mut got = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) if want(&l) => return,
+            Ok(l) => got.push(l),
+            Err(e) => panic!("{what}: {e}; it printed {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn events_of_the_mount_reach_the_daemons_watchers() {
+    let t = "events_of_the_mount_reach_the_daemons_watchers";
+    let Some(e) = Env::new(t, false) else { return };
+    // A daemon serving the same store (with the inotify provider, for the
+    // shim's inotify), started after the mount: the mount finds it when it
+    // has events to forward.
+    let mut cfg = fs::read_to_string(&e.cli.config).unwrap();
+    cfg.push_str("\n[[watch]]\nplugin = \"inotify\"\n");
+    fs::write(&e.cli.config, cfg).unwrap();
+    let _d = common::daemon::DaemonProc::start(
+        &e.cli.config,
+        &e.cli.dir.join("no-daemon.sock"),
+        &[],
+        &[],
+    );
+    let mut watch = Reaped(
+        e.cli
+            .cmd()
+            .args(["watch", "--branch", "b"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let watch_out = pipe_lines(watch.0.stdout.take().unwrap());
+    let watch_err = pipe_lines(watch.0.stderr.take().unwrap());
+    until(&watch_err, "agentfs watch", |l| {
+        l.starts_with("agentfs watch:")
+    });
+    // inotifywait under `agentfs run` (the shim) in the same branch.
+    let mut inw = None;
+    if have("inotifywait", t) {
+        let mut c = Reaped(
+            e.cli
+                .cmd()
+                .current_dir(&e.base)
+                .args(["run", "--branch", "b", "--", "inotifywait", "-m"])
+                .args(["-e", "create,close_write", "--format", "%e %f", "."])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = pipe_lines(c.0.stdout.take().unwrap());
+        let err = pipe_lines(c.0.stderr.take().unwrap());
+        until(&err, "inotifywait", |l| l.contains("Watches established"));
+        inw = Some((c, out));
+    }
+    fs::write(e.mp.join("seen.txt"), b"through the mount").unwrap();
+    until(&watch_out, "agentfs watch", |l| {
+        l.contains(" created seen.txt ")
+    });
+    until(&watch_out, "agentfs watch", |l| {
+        l.contains(" modified seen.txt ")
+    });
+    drop(watch);
+    // And the other way: a change through the daemon (the CLI uses it
+    // now) is seen through the mount right after the command returns.
+    let v: serde_json::Value =
+        serde_json::from_str(&e.cli.ok(&["branch", "list", "--json"])).unwrap();
+    assert_eq!(v["via"], "daemon", "the CLI goes through the daemon");
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "seen.txt",
+        "--data",
+        "through the daemon",
+    ]);
+    assert_eq!(
+        fs::read(e.mp.join("seen.txt")).unwrap(),
+        b"through the daemon"
+    );
+    if let Some((c, out)) = inw {
+        until(&out, "inotifywait under agentfs run", |l| {
+            l == "CREATE seen.txt"
+        });
+        drop(c);
+    }
+    e.assert_diff_has(&["A seen.txt"]);
+    e.finish();
+}
+
+/// Bytes the process `pid` has written (`wchar` in /proc/PID/io).
+fn wchar(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn copy_file_range_copies_between_layer_files_in_the_server() {
+    let t = "copy_file_range_copies_between_layer_files_in_the_server";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    let chunk = vec![0x3cu8; 1 << 20];
+    {
+        let mut f = fs::File::create(e.mp.join("src.bin")).unwrap();
+        for _ in 0..16 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let before = wchar(pid);
+    let o = e.output_in(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r#"
+import os
+s = os.open("src.bin", os.O_RDONLY)
+d = os.open("dst.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+n = 0
+while True:
+    k = os.copy_file_range(s, d, 1 << 24)
+    if k == 0:
+        break
+    n += k
+print(n)
+b = os.open("README.md", os.O_RDONLY)
+c = os.open("readme.copy", os.O_WRONLY | os.O_CREAT, 0o644)
+print(os.copy_file_range(b, c, 100))
+"#,
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "16777216\n10\n");
+    if expected_io_mode() == "passthrough" {
+        // The copy ran in the server, between the layer files (the
+        // kernel's fallback would have copied through the client).
+        let wrote = wchar(pid) - before;
+        assert!(wrote >= 16 << 20, "the server copied {wrote} bytes");
+    }
+    assert_eq!(
+        fs::read(e.mp.join("dst.bin")).unwrap(),
+        vec![0x3cu8; 16 << 20]
+    );
+    assert_eq!(fs::read(e.mp.join("readme.copy")).unwrap(), b"# project\n");
+    e.assert_diff_has(&["A dst.bin", "A readme.copy"]);
+    e.finish();
+}
+
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    let t = "an_ordinary_user_mounts_through_fusermount3";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // The other tests already run as this ordinary user.
+        skip(
+            t,
+            "run as root: it sets up the user `nobody`'s view of /dev/fuse",
+        );
+        return;
+    }
+    if !fuse_available(t) || !have("fusermount3", t) || !have("unshare", t) || !have("setpriv", t) {
+        return;
+    }
+    // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once.
+    let pw = unsafe { libc::getpwnam(c"nobody".as_ptr()) };
+    if pw.is_null() {
+        skip(t, "no user `nobody`");
+        return;
+    }
+    // SAFETY: a non-null entry from getpwnam, read before any other call.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    let d = tempfile::Builder::new()
+        .prefix("agentfs-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = d.path();
+    for sub in ["base", "m"] {
+        fs::create_dir(dir.join(sub)).unwrap();
+    }
+    fs::write(dir.join("base/a.txt"), b"from the base\n").unwrap();
+    fs::write(
+        dir.join("agentfs.toml"),
+        format!(
+            "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    // The user's device node: 0666, as /dev/fuse usually is (fusermount3
+    // opens it with the user's rights). Bound over /dev/fuse only in the
+    // script's own mount namespace.
+    let dev = dir.join("fuse");
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a NUL-terminated path; 10:229 is /dev/fuse.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    // SAFETY: chmod with a NUL-terminated path (the umask cut the mode).
+    assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o666) }, 0);
+    let o = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let mut perm = fs::metadata(dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(dir, perm).unwrap();
+    let agentfs = env!("CARGO_BIN_EXE_agentfs");
+    let script = format!(
+        r#"set -e
+mount --bind {dev} /dev/fuse
+as() {{ setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={dir} AGENTFS_CONFIG={dir}/agentfs.toml AGENTFS_SOCKET={dir}/sock "$@"; }}
+as {agentfs} init --base {dir}/base >/dev/null
+as {agentfs} branch create b >/dev/null
+as {agentfs} mount --branch b {dir}/m
+as sh -c 'cat {dir}/m/a.txt; echo mine > {dir}/m/n.txt; id -u; stat -c %u {dir}/m/n.txt'
+as {agentfs} status --json | grep -o '"io_mode": *"[a-z]*"'
+as {agentfs} diff --branch b
+as {agentfs} unmount {dir}/m
+grep -c " {dir}/m " /proc/self/mountinfo || true
+"#,
+        dev = dev.display(),
+        dir = dir.display(),
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("mounted branch b at {}/m (io: fuse)", dir.display()).as_str(),
+            "from the base",
+            &uid.to_string(),
+            &uid.to_string(),
+            "\"io_mode\": \"fuse\"",
+            "A n.txt",
+            &format!("unmounted {}/m", dir.display()),
+            "0",
+        ],
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        fs::read(dir.join("base/a.txt")).unwrap(),
+        b"from the base\n"
+    );
+    assert!(!dir.join("base/n.txt").exists(), "the base changed");
 }

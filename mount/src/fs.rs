@@ -1,17 +1,22 @@
 //! The FUSE filesystem: every request maps to one call on the branch's
 //! [`Tree`](agentfs_core::Tree), so copy-up, whiteouts, path safety and
 //! events are the core's. Opened files are real fds from the core (a
-//! layer's file, or the active layer's copy for a writable open); reads and
-//! writes go straight to them.
+//! layer's file, or the active layer's copy for a writable open). With FUSE
+//! passthrough the kernel reads and writes them itself (the server sees
+//! only open, flush and release); otherwise reads and writes come here and
+//! go straight to them.
 
 use std::{
     collections::HashMap,
     ffi::{OsStr, OsString},
     fs::File,
-    os::unix::{ffi::OsStrExt, fs::FileExt},
+    os::{
+        fd::BorrowedFd,
+        unix::{ffi::OsStrExt, fs::FileExt},
+    },
     path::Path,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Duration, SystemTime},
@@ -19,10 +24,10 @@ use std::{
 
 use agentfs_core::{BranchPath, CoreError, FileKind, OpenOptions, Stat, Store, Tree, WriterLock};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::inodes::{Inodes, ROOT_INO};
@@ -31,6 +36,8 @@ use crate::inodes::{Inodes, ROOT_INO};
 struct Handle {
     ino: u64,
     file: File,
+    /// How the kernel serves it.
+    io: OpenIo,
     writable: bool,
     /// Size and mtime when the branch last heard about this file's content:
     /// a flush that finds them changed publishes `Modified`.
@@ -39,6 +46,72 @@ struct Handle {
     /// written (a snapshot meanwhile is refused as busy, so it never
     /// captures later writes).
     _writer: Option<WriterLock>,
+}
+
+/// How the open files of one inode are served now. The kernel wants every
+/// open of an inode that is open with passthrough to use the same backing
+/// file, and refuses to mix passthrough and cached opens of one inode.
+enum InodeIo {
+    /// The kernel reads and writes `file` (device, inode) itself.
+    Passthrough {
+        backing: Arc<BackingId>,
+        file: (u64, u64),
+        opens: usize,
+    },
+    /// Reads and writes come to this process (page cache in the kernel).
+    Cached { opens: usize },
+}
+
+/// How one open is served.
+enum OpenIo {
+    Passthrough(Arc<BackingId>),
+    Cached,
+    /// The inode is open with passthrough on another file (replaced
+    /// through another path since): the kernel would refuse any answer but
+    /// that file, so the open fails with `ETXTBSY`.
+    Conflict,
+}
+
+/// What the serving threads share with the [`Mount`](crate::Mount): whether
+/// opens may use FUSE passthrough, and the kernel's caches to invalidate.
+#[derive(Default)]
+pub struct IoState {
+    /// Sends invalidations to the kernel (set once mounted).
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// [`Store::outside_changes`] when the kernel's caches were last
+    /// invalidated for them.
+    pub(crate) swept: AtomicU64,
+    /// The kernel agreed to passthrough at init (and we are privileged).
+    pub(crate) offered: AtomicBool,
+    /// Opens use passthrough (offered, and the probe worked).
+    pub(crate) passthrough: AtomicBool,
+    /// A fallback was logged already.
+    said: AtomicBool,
+}
+
+impl IoState {
+    /// `"passthrough"` or `"fuse"`.
+    pub fn mode(&self) -> &'static str {
+        if self.passthrough.load(Ordering::Relaxed) {
+            crate::IO_PASSTHROUGH
+        } else {
+            crate::IO_MODE
+        }
+    }
+
+    /// Turns passthrough off, saying why once (a warning when it was
+    /// expected to work).
+    pub(crate) fn fall_back(&self, why: &str, unexpected: bool) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        if self.said.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if unexpected {
+            tracing::warn!("FUSE passthrough unavailable ({why}): reads and writes go through the mount server");
+        } else {
+            tracing::info!("FUSE passthrough unavailable ({why}): reads and writes go through the mount server");
+        }
+    }
 }
 
 /// What a `setattr` asks to change.
@@ -51,7 +124,8 @@ struct SetAttr {
     mtime: Option<TimeOrNow>,
 }
 
-/// One open directory: its listing when opened (stable offsets).
+/// One open directory's listing, made at its first readdir (stable
+/// offsets).
 type DirListing = Vec<(u64, FileType, OsString)>;
 
 /// A branch of a store as a FUSE filesystem.
@@ -59,15 +133,19 @@ pub struct BranchFs {
     store: Arc<Store>,
     branch: String,
     ttl: Duration,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    dirs: Mutex<HashMap<u64, Option<Arc<DirListing>>>>,
     next_fh: AtomicU64,
     meta_dir: std::path::PathBuf,
     /// Per inode: the identity (device, inode, size, mtime) of the file its
     /// last open got. An open that finds the same one keeps the kernel's
     /// page cache (the content cannot have changed); any other drops it.
     opened: Mutex<HashMap<u64, FileId>>,
+    /// Per inode with open files: how they are served.
+    ios: Mutex<HashMap<u64, InodeIo>>,
+    /// Passthrough on or off.
+    io: Arc<IoState>,
 }
 
 /// Device, inode, size and mtime of a layer file.
@@ -77,6 +155,24 @@ fn file_id(f: &File) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = f.metadata().ok()?;
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, u32)`.
+const BACKING_CLOSE: libc::c_ulong = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+
+/// Registers `file` as a passthrough backing file on the session's
+/// `/dev/fuse` and closes the registration again: proves that opens can
+/// use passthrough.
+pub(crate) fn probe_backing(dev: &impl std::os::fd::AsFd, file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let id = BackingId::create_raw(dev.as_fd(), file)?;
+    // SAFETY: the ioctl reads one u32 (the id just registered) from a
+    // valid pointer to a live local; the fd is the session's /dev/fuse.
+    let r = unsafe { libc::ioctl(dev.as_fd().as_raw_fd(), BACKING_CLOSE, &id as *const u32) };
+    if r < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "closing the probe's backing id");
+    }
+    Ok(())
 }
 
 fn errno(e: &CoreError) -> Errno {
@@ -161,17 +257,179 @@ impl BranchFs {
         let meta_dir = store.info()?.meta_dir;
         // The branch must exist (and be a branch: snapshots are read-only).
         store.branch(branch).lstat("")?;
+        let store_outside = store.outside_changes(branch);
         Ok(Self {
             store,
             branch: branch.to_string(),
             ttl,
-            inodes: Mutex::new(Inodes::default()),
+            inodes: Arc::new(Mutex::new(Inodes::default())),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             meta_dir,
             opened: Mutex::new(HashMap::new()),
+            ios: Mutex::new(HashMap::new()),
+            io: Arc::new(IoState {
+                swept: AtomicU64::new(store_outside),
+                ..IoState::default()
+            }),
         })
+    }
+
+    /// True when the branch changed through another path since the
+    /// kernel's caches were last invalidated.
+    fn outside_unswept(&self) -> bool {
+        self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire)
+    }
+
+    /// The listing of open directory `fh` for a read at `offset`: made
+    /// now at offset 0 (a first read, or a rewind), else the one made then.
+    fn open_listing(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<Arc<DirListing>, Errno> {
+        let made = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
+        match made {
+            None => Err(Errno::EBADF),
+            Some(Some(list)) if offset > 0 => Ok(list),
+            Some(_) => {
+                let list = Arc::new(self.listing(req, ino)?);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh.0, Some(list.clone()));
+                Ok(list)
+            }
+        }
+    }
+
+    /// The listing of directory `ino`: `.`, `..` and its merged entries.
+    fn listing(&self, req: &Request, ino: INodeNo) -> Result<DirListing, Errno> {
+        let path = self.path(ino)?;
+        let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
+        let parent = path.parent().unwrap_or_else(BranchPath::root);
+        let mut inodes = self.inodes();
+        let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
+        list.push((ino.0, FileType::Directory, ".".into()));
+        let pino = if ino.0 == ROOT_INO {
+            ROOT_INO
+        } else {
+            inodes.ino(&parent)
+        };
+        list.push((pino, FileType::Directory, "..".into()));
+        for e in entries {
+            let i = inodes.ino(&path.join(&e.name));
+            list.push((i, kind(e.kind), e.name));
+        }
+        Ok(list)
+    }
+
+    /// The inode table, for the invalidating thread.
+    pub(crate) fn inode_table(&self) -> Arc<Mutex<Inodes>> {
+        self.inodes.clone()
+    }
+
+    /// The store and branch served.
+    pub(crate) fn target(&self) -> (Arc<Store>, String) {
+        (self.store.clone(), self.branch.clone())
+    }
+
+    /// The passthrough switch, for the [`Mount`](crate::Mount) to probe and report.
+    pub(crate) fn io_state(&self) -> Arc<IoState> {
+        self.io.clone()
+    }
+
+    /// A regular file on the store's filesystem (the layers'), to probe
+    /// passthrough with.
+    pub(crate) fn probe_file(&self) -> std::io::Result<File> {
+        File::open(self.meta_dir.join(agentfs_core::GENERATION_FILE))
+    }
+
+    /// Decides how an open of `ino` that got `file` is served: passthrough
+    /// when `may_pass` and the kernel allows it (through `backing`,
+    /// registering the file with the kernel), else through this process.
+    fn open_io(
+        &self,
+        ino: u64,
+        file: &File,
+        may_pass: bool,
+        backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> OpenIo {
+        use std::os::{fd::AsFd, unix::fs::MetadataExt};
+        let Ok(m) = file.metadata() else {
+            return OpenIo::Conflict;
+        };
+        let id = (m.dev(), m.ino());
+        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        match ios.get_mut(&ino) {
+            Some(InodeIo::Passthrough {
+                backing,
+                file,
+                opens,
+            }) => {
+                if *file == id {
+                    *opens += 1;
+                    OpenIo::Passthrough(backing.clone())
+                } else {
+                    OpenIo::Conflict
+                }
+            }
+            Some(InodeIo::Cached { opens }) => {
+                *opens += 1;
+                OpenIo::Cached
+            }
+            None => {
+                if may_pass && self.io.passthrough.load(Ordering::Relaxed) {
+                    match backing(file.as_fd()) {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            ios.insert(
+                                ino,
+                                InodeIo::Passthrough {
+                                    backing: b.clone(),
+                                    file: id,
+                                    opens: 1,
+                                },
+                            );
+                            return OpenIo::Passthrough(b);
+                        }
+                        // This file cannot (a filesystem stacked too deep):
+                        // served here.
+                        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+                        Err(e) => self.io.fall_back(&e.to_string(), true),
+                    }
+                }
+                ios.insert(ino, InodeIo::Cached { opens: 1 });
+                OpenIo::Cached
+            }
+        }
+    }
+
+    /// An open of `ino` served as `io` was closed.
+    fn close_io(&self, ino: u64, io: &OpenIo) {
+        if matches!(io, OpenIo::Conflict) {
+            return;
+        }
+        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        let last = match ios.get_mut(&ino) {
+            Some(InodeIo::Passthrough { opens, .. } | InodeIo::Cached { opens }) => {
+                *opens = opens.saturating_sub(1);
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the last backing id closes it in the kernel.
+            ios.remove(&ino);
+        }
     }
 
     fn tree(&self, req: &Request) -> Tree<'_> {
@@ -223,40 +481,82 @@ impl BranchFs {
         fh
     }
 
-    /// Opens `path`; returns the handle and whether the kernel may keep
-    /// the inode's cached pages.
+    /// Opens `path`; returns the handle, the open's flags and, for
+    /// passthrough, the backing file's id to answer with. `backing`
+    /// registers a file with the kernel for passthrough.
     fn open_handle(
         &self,
         tree: &Tree<'_>,
         ino: u64,
         path: &BranchPath,
         opts: &OpenOptions,
-    ) -> Result<(u64, FopenFlags), Errno> {
+        backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
         let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
-        let id = file_id(&o.file);
-        let keep = {
-            let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-            let same = id.is_some() && opened.get(&ino) == id.as_ref();
-            match id {
-                Some(id) => opened.insert(ino, id),
-                None => opened.remove(&ino),
-            };
-            same
+        if self.outside_unswept() {
+            // Changed through another path and not yet swept: the kernel's
+            // size for this inode may be old (reads stop at it).
+            if let Some(n) = self.io.notifier.get() {
+                let _ = n.inval_inode(INodeNo(ino), -1, 0);
+            }
+        }
+        // Passthrough only on the branch's own copy: a read-only open of a
+        // lower file through it would pin that file as the inode's backing,
+        // and the kernel would then refuse a writer's open of the copy-up.
+        let may_pass = opts.write
+            || tree
+                .lstat(&o.path)
+                .is_ok_and(|st| st.origin == agentfs_core::Origin::Active);
+        let io = self.open_io(ino, &o.file, may_pass, backing);
+        let (flags, pass) = match &io {
+            OpenIo::Passthrough(b) => (FopenFlags::empty(), Some(b.clone())),
+            OpenIo::Conflict => return Err(Errno::from_i32(libc::ETXTBSY)),
+            OpenIo::Cached => {
+                let id = file_id(&o.file);
+                let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+                let same = id.is_some() && opened.get(&ino) == id.as_ref();
+                match id {
+                    Some(id) => opened.insert(ino, id),
+                    None => opened.remove(&ino),
+                };
+                let flags = if same {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                (flags, None)
+            }
         };
-        let flags = if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        if pass.is_some() {
+            // The page cache of the next cached open must not trust pages
+            // from before writes it did not see.
+            self.opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
+        }
         let fh = self.add_handle(Handle {
             ino,
             file: o.file,
+            io,
             writable: opts.write,
             seen: Mutex::new(seen),
             _writer: o.writer,
         });
-        Ok((fh, flags))
+        Ok((fh, flags, pass))
+    }
+
+    /// Forgets an open that could not be answered.
+    fn drop_handle(&self, fh: u64) {
+        let h = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        if let Some(h) = h {
+            self.close_io(h.ino, &h.io);
+        }
     }
 
     /// Publishes `Modified` when the file's size or mtime changed since the
@@ -340,6 +640,28 @@ impl Filesystem for BranchFs {
         // Larger writes mean fewer round trips; refused values keep the default.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Listings with attributes, always (a cold `find` or `git status`
+        // then asks one question per directory, not one per name: 20
+        // requests instead of 1,811 for 2,000 files; the kernel's adaptive
+        // mode did not use them with listings cached across opens).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // Passthrough: registering a backing file takes CAP_SYS_ADMIN, and a
+        // stacking depth of 1 (layers on a plain filesystem) keeps the mount
+        // usable below an overlayfs.
+        if !nix::unistd::geteuid().is_root() {
+            self.io
+                .fall_back("registering backing files needs root", false);
+        } else if config
+            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+            .is_err()
+        {
+            self.io.fall_back(
+                "the kernel does not offer it (Linux 6.9 or later has it)",
+                false,
+            );
+        } else if config.set_max_stack_depth(1).is_ok() {
+            self.io.offered.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -557,11 +879,13 @@ impl Filesystem for BranchFs {
             ..OpenOptions::default()
         };
         let tree = self.tree(req);
+        let backing = |fd: BorrowedFd<'_>| reply.open_backing(fd);
         match self
             .path(ino)
-            .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts))
+            .and_then(|p| self.open_handle(&tree, ino.0, &p, &opts, &backing))
         {
-            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            Ok((fh, flags, Some(b))) => reply.opened_passthrough(FileHandle(fh), flags, &b),
+            Ok((fh, flags, None)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
     }
@@ -591,20 +915,21 @@ impl Filesystem for BranchFs {
                 mode: mode & !umask & 0o7777,
             };
             let ino = self.inodes().ino(&path);
-            let (fh, flags) = self.open_handle(&tree, ino, &path, &opts)?;
+            let backing = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+            let (fh, flags, pass) = self.open_handle(&tree, ino, &path, &opts, &backing)?;
             match self.entry(&tree, &path) {
-                Ok(a) => Ok((a, fh, flags)),
+                Ok(a) => Ok((a, fh, flags, pass)),
                 Err(e) => {
-                    self.files
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&fh);
+                    self.drop_handle(fh);
                     Err(e)
                 }
             }
         })();
         match r {
-            Ok((a, fh, flags)) => {
+            Ok((a, fh, flags, Some(b))) => {
+                reply.created_passthrough(&self.ttl, &a, Generation(0), FileHandle(fh), flags, &b)
+            }
+            Ok((a, fh, flags, None)) => {
                 reply.created(&self.ttl, &a, Generation(0), FileHandle(fh), flags)
             }
             Err(e) => reply.error(e),
@@ -696,6 +1021,7 @@ impl Filesystem for BranchFs {
             .remove(&fh.0);
         if let Some(h) = h {
             self.report(req, &h);
+            self.close_io(h.ino, &h.io);
         }
         reply.ok();
     }
@@ -724,58 +1050,130 @@ impl Filesystem for BranchFs {
         }
     }
 
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let r = (|| {
-            let path = self.path(ino)?;
-            let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
-            let parent = path.parent().unwrap_or_else(BranchPath::root);
-            let mut inodes = self.inodes();
-            let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
-            list.push((ino.0, FileType::Directory, ".".into()));
-            let pino = if ino.0 == ROOT_INO {
-                ROOT_INO
-            } else {
-                inodes.ino(&parent)
-            };
-            list.push((pino, FileType::Directory, "..".into()));
-            for e in entries {
-                let i = inodes.ino(&path.join(&e.name));
-                list.push((i, kind(e.kind), e.name));
-            }
-            Ok(list)
-        })();
-        match r {
-            Ok(list) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(list));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(e),
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        use std::os::fd::AsRawFd;
+        let (src, dst) = match (self.handle(fh_in), self.handle(fh_out)) {
+            (Ok(s), Ok(d)) if d.writable => (s, d),
+            (Ok(_), Ok(_)) => return reply.error(Errno::EBADF),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (Ok(mut off_in), Ok(mut off_out)) =
+            (i64::try_from(offset_in), i64::try_from(offset_out))
+        else {
+            return reply.error(Errno::EINVAL);
+        };
+        // Between the layer files themselves: a reflink where the
+        // filesystem shares extents (btrfs, XFS), an in-kernel copy
+        // elsewhere; the content change is reported at flush.
+        let len = len.min(u64::from(u32::MAX) & !0xfff) as usize;
+        // SAFETY: both fds are open files this process owns (kept alive by
+        // the handles), and the offsets are valid pointers to locals.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.file.as_raw_fd(),
+                &mut off_in,
+                dst.file.as_raw_fd(),
+                &mut off_out,
+                len,
+                0,
+            )
+        };
+        if n < 0 {
+            return reply.error(io_errno(&std::io::Error::last_os_error()));
         }
+        reply.written(n as u32);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The listing is made at the first readdir: with the kernel
+        // keeping listings across opens, most opens read none.
+        if let Err(e) = self.path(ino) {
+            return reply.error(e);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, None);
+        // The kernel may keep the listing across opens: changes through
+        // the mount reset it, changes elsewhere are swept (see
+        // `invalidate`); until the sweep, an open drops it.
+        let keep = if self.outside_unswept() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep);
     }
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(list) = list else {
-            return reply.error(Errno::EBADF);
+        let list = match self.open_listing(req, ino, fh, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         for (i, (ino, k, name)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *k, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.open_listing(req, ino, fh, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let Ok(dir) = self.path(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let tree = self.tree(req);
+        for (i, (child, _, name)) in list.iter().enumerate().skip(offset as usize) {
+            // Each entry comes with its attributes: one reply instead of a
+            // lookup per name (`.` and `..` are not looked up by the kernel;
+            // they get the directory's own).
+            let path = match name.as_bytes() {
+                b"." | b".." => dir.clone(),
+                _ => dir.join(name),
+            };
+            let Ok(st) = tree.lstat(&path) else {
+                // Gone since the listing was made.
+                continue;
+            };
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 1,
+                name,
+                &self.ttl,
+                &attr(*child, &st),
+                Generation(0),
+            ) {
                 break;
             }
         }

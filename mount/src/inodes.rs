@@ -48,6 +48,18 @@ impl Inodes {
         i
     }
 
+    /// Every known entry but the root: (parent's number, name, number), the
+    /// names the kernel may have cached.
+    pub fn entries(&self) -> Vec<(u64, std::ffi::OsString, u64)> {
+        self.by_path
+            .iter()
+            .filter_map(|(p, &i)| {
+                let parent = self.by_path.get(&p.parent()?)?;
+                Some((*parent, p.file_name()?.to_os_string(), i))
+            })
+            .collect()
+    }
+
     /// Forgets `path` and everything beneath it (it was removed or
     /// replaced): a later entry of the same name gets a new number.
     pub fn remove(&mut self, path: &BranchPath) {

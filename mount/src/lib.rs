@@ -11,6 +11,8 @@ mod fs;
 #[cfg(target_os = "linux")]
 mod fusermount;
 pub mod inodes;
+#[cfg(target_os = "linux")]
+mod invalidate;
 pub mod registry;
 
 use std::{
@@ -62,24 +64,36 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(DEFAULT_TTL_SECS),
             threads: 4,
         }
     }
 }
 
+/// How long the kernel may cache names and attributes by default: changes
+/// through other paths invalidate them at once (see `invalidate`), so this
+/// only bounds a missed invalidation.
+pub const DEFAULT_TTL_SECS: u64 = 60;
+
 /// The file system type shown in `/proc/self/mountinfo` (`fuse.agentfs`).
 pub const SUBTYPE: &str = "agentfs";
 
-/// How opened files are served: `"fuse"` (every read and write through
-/// this process).
+/// How opened files are served without passthrough: `"fuse"` (every read
+/// and write through this process).
 pub const IO_MODE: &str = "fuse";
+
+/// How opened files are served with FUSE passthrough: `"passthrough"` (the
+/// kernel reads and writes the layer files itself).
+pub const IO_PASSTHROUGH: &str = "passthrough";
 
 /// A mounted branch, not yet serving.
 #[cfg(target_os = "linux")]
 pub struct Mount {
     session: fuser::Session<BranchFs>,
     mountpoint: PathBuf,
+    io: std::sync::Arc<fs::IoState>,
+    /// Invalidates the kernel's caches when the branch changes elsewhere.
+    sweeper: invalidate::Sweeper,
     /// Mounted through fusermount3 (the session cannot unmount itself).
     via_fusermount: bool,
 }
@@ -132,6 +146,10 @@ impl Mount {
             return Err(bad("something is already mounted there"));
         }
         let fs = BranchFs::new(store, branch, opts.ttl)?;
+        let io_state = fs.io_state();
+        let probe = fs.probe_file();
+        let (store, branch_name) = fs.target();
+        let inodes = fs.inode_table();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("agentfs:{branch}")),
@@ -151,28 +169,50 @@ impl Mount {
             what: format!("mount {}", mountpoint.display()),
             source,
         };
-        if direct {
+        let (session, via_fusermount) = if direct {
             let session = fuser::Session::new(fs, &mountpoint, &config).map_err(io)?;
-            return Ok(Self {
-                session,
-                mountpoint,
-                via_fusermount: false,
-            });
+            (session, false)
+        } else {
+            // An ordinary user: through the setuid helper.
+            let opts = format!(
+                "fsname=agentfs:{branch},subtype={SUBTYPE},default_permissions,nodev,nosuid"
+            );
+            let fd = fusermount::mount(&mountpoint, &opts).map_err(io)?;
+            let session = fuser::Session::from_fd(fs, fd, fuser::SessionACL::Owner, config)
+                .map_err(|e| {
+                    let _ = unmount(&mountpoint, true);
+                    io(e)
+                })?;
+            (session, true)
+        };
+        // The kernel agreed to passthrough at init: check that it lets us
+        // register a layer file before promising it.
+        if io_state.offered.load(std::sync::atomic::Ordering::Relaxed) {
+            match probe.and_then(|f| fs::probe_backing(&session, &f)) {
+                Ok(()) => io_state
+                    .passthrough
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => io_state.fall_back(&e.to_string(), true),
+            }
         }
-        // An ordinary user: through the setuid helper.
-        let opts =
-            format!("fsname=agentfs:{branch},subtype={SUBTYPE},default_permissions,nodev,nosuid");
-        let fd = fusermount::mount(&mountpoint, &opts).map_err(io)?;
-        let session =
-            fuser::Session::from_fd(fs, fd, fuser::SessionACL::Owner, config).map_err(|e| {
-                let _ = unmount(&mountpoint, true);
-                io(e)
+        let _ = io_state.notifier.set(session.notifier());
+        let sweeper = invalidate::Sweeper::start(store, branch_name, inodes, io_state.clone())
+            .map_err(|source| MountError::Io {
+                what: "start the cache invalidation thread".into(),
+                source,
             })?;
         Ok(Self {
             session,
             mountpoint,
-            via_fusermount: true,
+            io: io_state,
+            sweeper,
+            via_fusermount,
         })
+    }
+
+    /// How opened files are served: [`IO_PASSTHROUGH`] or [`IO_MODE`].
+    pub fn io_mode(&self) -> &'static str {
+        self.io.mode()
     }
 
     /// The absolute mountpoint.
@@ -192,9 +232,12 @@ impl Mount {
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> Result<(), MountError> {
         let what = format!("serve {}", self.mountpoint.display());
-        self.session
-            .run()
-            .map_err(|source| MountError::Io { what, source })
+        let Self {
+            session, sweeper, ..
+        } = self;
+        let r = session.run();
+        drop(sweeper);
+        r.map_err(|source| MountError::Io { what, source })
     }
 }
 

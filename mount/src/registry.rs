@@ -20,7 +20,8 @@ pub struct Record {
     pub branch: String,
     /// The absolute mountpoint.
     pub mountpoint: PathBuf,
-    /// How opened files are served (`fuse`: through this process).
+    /// How opened files are served (`passthrough`: by the kernel from the
+    /// layer files; `fuse`: through this process).
     pub io_mode: String,
     /// When it was mounted, seconds since the epoch.
     pub started: u64,

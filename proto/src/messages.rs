@@ -241,6 +241,15 @@ pub enum Request {
         /// The branch; `None` for the connection's.
         branch: Option<String>,
     },
+    /// Core events another process made in the daemon's store (a FUSE
+    /// mount server's): the daemon hands them to its watchers and
+    /// subscribers as if it had made the changes; answered with
+    /// [`Response::Done`].
+    PublishEvents {
+        /// The events, in the order they happened (their `seq` is
+        /// replaced by the daemon's).
+        events: Vec<WireCoreEvent>,
+    },
 }
 
 /// A file operation; every path is branch-relative.

@@ -29,7 +29,7 @@ use super::{
     copy_up::{CopyStats, Writer},
     diff::{self, DiffEntry},
     error::{CoreError, CoreResult},
-    events::{self, Change, EventBus, EventKind, Subscription, SubscriptionId},
+    events::{self, Change, Event, EventBus, EventKind, Subscription, SubscriptionId},
     fault,
     generation::GENERATION_FILE,
     generation::{Generation, Stamp},
@@ -389,6 +389,23 @@ impl Store {
     /// Consumes the store, giving back its layer store.
     pub fn into_layer_store(self) -> Box<dyn LayerStore> {
         self.backstore
+    }
+
+    /// Publishes to this store's subscribers an event another process
+    /// made to the same store (a FUSE mount server's, forwarded through
+    /// the daemon): its content and pid stay, the sequence number is this
+    /// bus's next.
+    pub fn publish_foreign(&self, event: Event) {
+        self.events.publish(event);
+    }
+
+    /// A counter of the name changes other processes made in `branch`
+    /// (through the shared change counters): it moves exactly when a
+    /// change did not come through this `Store`, so a process that caches
+    /// what it served (a FUSE mount's kernel caches) knows when to drop it.
+    /// Branches sharing a counter slot move it too (a spurious change).
+    pub fn outside_changes(&self, branch: &str) -> u64 {
+        self.gen.others(branch)
     }
 
     /// Settings and location.

@@ -30,8 +30,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub foreground: bool,
     /// Seconds the kernel may cache names and attributes (0: ask every
-    /// time; changes made through other paths show after at most this).
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    /// time). Changes made through other paths (the daemon, the CLI,
+    /// another mount) invalidate the caches as they happen; this only
+    /// bounds how long a missed invalidation could last.
+    #[arg(long, value_name = "SECS", default_value_t = agentfs_mount::DEFAULT_TTL_SECS as f64)]
     pub cache_ttl: f64,
 }
 
@@ -172,6 +174,7 @@ fn foreground(
         ttl: std::time::Duration::from_secs_f64(args.cache_ttl),
         ..Default::default()
     };
+    forward_events(socket, &store);
     let mut m = agentfs_mount::Mount::new(store, &args.branch, &args.mountpoint, &opts)?;
     let mp = m.mountpoint().to_path_buf();
     let dir = registry_dir(socket);
@@ -179,7 +182,7 @@ fn foreground(
         pid: std::process::id(),
         branch: args.branch.clone(),
         mountpoint: mp.clone(),
-        io_mode: agentfs_mount::IO_MODE.into(),
+        io_mode: m.io_mode().into(),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -203,7 +206,7 @@ fn foreground(
         "mounted branch {} at {} (io: {})",
         args.branch,
         mp.display(),
-        agentfs_mount::IO_MODE
+        m.io_mode()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -211,6 +214,66 @@ fn foreground(
     registry::remove(&dir, &mp);
     r?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Forwards the core events of changes made through the mount to a daemon
+/// serving the same store on `socket` (when one does), so `agentfs watch`
+/// and shim-injected watchers of the branch see them: each batch is one
+/// `PublishEvents` request, sent from a thread of its own so no FUSE
+/// request waits for it. A daemon that starts later is found at the next
+/// batch; without one the events only reach this process's subscribers.
+#[cfg(target_os = "linux")]
+fn forward_events(socket: &Path, store: &agentfs_core::Store) {
+    use agentfs_host::{daemon::abi_wire, loader::abi_event};
+    use agentfs_proto::{Request, Response};
+    let sub = store.subscribe();
+    let root = store.layer_store().status().ok().map(|s| s.root);
+    let socket = socket.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("agentfs-events".into())
+        .spawn(move || {
+            let mut daemon: Option<super::backend::DaemonClient> = None;
+            // Ends when the store (and its event bus) is dropped.
+            while let Ok(first) = sub.events.recv() {
+                let mut batch = vec![first];
+                batch.extend(sub.events.try_iter());
+                if daemon.is_none() {
+                    daemon = same_store_daemon(&socket, root.as_deref());
+                }
+                let Some(d) = daemon.as_mut() else {
+                    continue;
+                };
+                let events = batch
+                    .iter()
+                    .map(|e| abi_wire::wire_event(&abi_event(e)))
+                    .collect();
+                match d.client.request(Request::PublishEvents { events }) {
+                    Ok(Response::Done) => {}
+                    other => {
+                        tracing::debug!(answer = ?other, "forwarding events to the daemon failed");
+                        daemon = None;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "events of the mount will not reach the daemon's watchers");
+    }
+}
+
+/// A connection to the daemon on `socket` if it serves the store whose
+/// layers live under `root`.
+#[cfg(target_os = "linux")]
+fn same_store_daemon(socket: &Path, root: Option<&Path>) -> Option<super::backend::DaemonClient> {
+    use agentfs_proto::{Request, Response};
+    let mut d = super::backend::connect_daemon(socket).ok()??;
+    match d.client.request(Request::Status) {
+        Ok(Response::Status(st)) if Some(Path::new(&st.backstore.root)) == root => Some(d),
+        _ => {
+            tracing::debug!(socket = %socket.display(), "the daemon there serves another store: not forwarding events");
+            None
+        }
+    }
 }
 
 /// `agentfs unmount`: unmounts, then waits for the server to exit.

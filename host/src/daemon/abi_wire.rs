@@ -93,6 +93,40 @@ pub fn wire_event(e: &CoreEvent) -> WireCoreEvent {
     }
 }
 
+/// A wire core event as the core's (a forwarded one: see
+/// [`Request::PublishEvents`](agentfs_proto::Request::PublishEvents)).
+pub fn core_event(e: WireCoreEvent) -> Result<agentfs_core::Event, agentfs_core::CoreError> {
+    use agentfs_core::{BranchPath, CoreError, EventKind as K};
+    let to = || BranchPath::parse(e.to.as_os_str());
+    let kind = match e.kind {
+        WireEventKind::Created => K::Created,
+        WireEventKind::Removed => K::Removed,
+        WireEventKind::Modified => K::Modified,
+        WireEventKind::Renamed => K::Renamed { to: to()? },
+        WireEventKind::AttributesChanged => K::AttributesChanged,
+        WireEventKind::BranchCreated => K::BranchCreated,
+        WireEventKind::SnapshotCreated => K::SnapshotCreated {
+            snapshot: e.to.to_string_lossy().into_owned(),
+        },
+        WireEventKind::Other(n) => {
+            return Err(CoreError::InvalidArgument(format!(
+                "event kind {n}: not one this daemon knows"
+            )))
+        }
+    };
+    let known = |v: u64| (v != u64::MAX).then_some(v);
+    Ok(agentfs_core::Event {
+        seq: 0,
+        pid: e.pid,
+        branch: e.branch,
+        kind,
+        path: BranchPath::parse(e.path.as_os_str())?,
+        is_dir: e.is_dir,
+        size_before: known(e.size_before),
+        size_after: known(e.size_after),
+    })
+}
+
 /// A wire core event as the ABI's.
 pub fn abi_event(e: &WireCoreEvent) -> CoreEvent {
     CoreEvent {

@@ -106,6 +106,18 @@ impl Daemon {
             }
             Request::FdClose { record } => self.fd_close(s, record).map(|()| Response::Done),
             Request::BranchChain { branch } => self.branch_chain(s, branch).map(Response::Chain),
+            Request::PublishEvents { events } => {
+                let events = events
+                    .into_iter()
+                    .map(|e| crate::daemon::abi_wire::core_event(e).map_err(core))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.mutate(s.pid, |st| {
+                    for e in events {
+                        st.publish_foreign(e);
+                    }
+                    Ok(Response::Done)
+                })
+            }
             Request::FdOpen(_) | Request::FdOpenWithWriter(_) | Request::Doorbell(_) => {
                 Err(invalid("internal: fd requests are handled apart"))
             }
