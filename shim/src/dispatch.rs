@@ -13,7 +13,9 @@ use rustix::fs::FileType;
 
 use crate::platform::fail;
 use crate::resolve::{Errno, Resolved};
-use crate::state::{classify, fd_insert, fd_open, resolve, resolve_for_read, Guard, Target};
+use crate::state::{
+    classify, fd_insert, fd_open, kernel_cwd_offset, resolve, resolve_for_read, Guard, Target,
+};
 
 /// The bytes of a C string, `None` for a null pointer.
 ///
@@ -71,7 +73,18 @@ pub(crate) unsafe fn with_read_path<R>(
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),
         Some((_g, rel)) => match rel.and_then(|rel: Vec<u8>| read_target(&rel, follow)) {
-            Ok(c) => call(c.as_ptr()),
+            Ok(c) => {
+                // A relative path of the program's, whose entry lies under
+                // the kernel's working directory, stays relative: the
+                // kernel walks only that part (as it does natively).
+                // SAFETY: `path` is a non-empty C string (branch_of).
+                let relative = dirfd == libc::AT_FDCWD && unsafe { *path } != b'/' as c_char;
+                match relative.then(|| kernel_cwd_offset(c.as_bytes())).flatten() {
+                    // SAFETY: `off` is inside `c`, before its NUL.
+                    Some(off) => call(unsafe { c.as_ptr().add(off) }),
+                    None => call(c.as_ptr()),
+                }
+            }
             Err(e) => err(e),
         },
     }

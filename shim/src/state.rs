@@ -13,8 +13,8 @@ use std::{
     },
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard,
     },
 };
 
@@ -389,13 +389,63 @@ pub(crate) fn chain() -> Result<Arc<Chain>, Errno> {
     chain_and_counters().map(|(c, _)| c)
 }
 
+/// Moves whenever the process-wide chain is replaced (and in a forked
+/// child): a thread's own copy of it is current while this and the graph
+/// counter stay.
+static CHAIN_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's copy of the chain, checked without a lock.
+struct LocalChain {
+    chain: Arc<Chain>,
+    counters: Counters,
+    graph: u64,
+    epoch: u64,
+}
+
+std::thread_local! {
+    static LOCAL_CHAIN: std::cell::RefCell<Option<LocalChain>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn local_chain() -> Option<(Arc<Chain>, Counters)> {
+    LOCAL_CHAIN
+        .try_with(|l| {
+            let l = l.try_borrow().ok()?;
+            let l = l.as_ref()?;
+            (l.epoch == CHAIN_EPOCH.load(Ordering::Acquire) && l.counters.graph() == l.graph)
+                .then(|| (l.chain.clone(), l.counters))
+        })
+        .ok()
+        .flatten()
+}
+
+fn keep_local_chain(chain: &Arc<Chain>, counters: Counters, graph: u64, epoch: u64) {
+    let _ = LOCAL_CHAIN.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some(LocalChain {
+                chain: chain.clone(),
+                counters,
+                graph,
+                epoch,
+            });
+        }
+    });
+}
+
 fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
+    // The common case, from every thread at once (git's preload threads
+    // stat in parallel): no lock.
+    if let Some((chain, c)) = local_chain() {
+        return Ok((chain, Some(c)));
+    }
     let cfg = config().ok_or(libc::EIO)?;
     let mut g = lock(&CHAIN);
     let tick = coarse_tick();
     if let Some(s) = g.as_mut() {
         if let Some(c) = s.counters {
             if c.graph() == s.graph {
+                let epoch = CHAIN_EPOCH.load(Ordering::Acquire);
+                keep_local_chain(&s.chain, c, s.graph, epoch);
                 return Ok((s.chain.clone(), s.counters));
             }
         } else if s.checked_tick == tick {
@@ -434,6 +484,10 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         });
     }
     let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    let epoch = CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(c) = counters {
+        keep_local_chain(&chain, c, graph, epoch);
+    }
     *g = Some(ChainState {
         chain: chain.clone(),
         graph_file,
@@ -454,12 +508,49 @@ pub(crate) fn chain_changed() {
 
 // ------------------------------------------------------------------- cwd
 
-static CWD: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+static CWD: RwLock<Option<Vec<u8>>> = RwLock::new(None);
+
+/// The kernel's own working directory (a physical path), when the shim
+/// knows it: relative paths of the program's reads are handed to the
+/// kernel relative to it (a shorter walk than the absolute path).
+static KERNEL_CWD: RwLock<Option<Vec<u8>>> = RwLock::new(None);
+
+fn kernel_cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
+    KERNEL_CWD.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where in physical path `phys` the part relative to the kernel's
+/// working directory starts, when `phys` lies under it.
+pub(crate) fn kernel_cwd_offset(phys: &[u8]) -> Option<usize> {
+    let g = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
+    let k = g.as_ref()?;
+    if k.as_slice() == b"/" {
+        return (phys.len() > 1).then_some(1);
+    }
+    (phys.len() > k.len() + 1 && phys.starts_with(k) && phys[k.len()] == b'/')
+        .then_some(k.len() + 1)
+}
+
+fn cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
+    CWD.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `path` joined to the working directory as the program sees it (read
+/// without copying it, by any number of threads at once).
+fn join_cwd(path: &[u8]) -> Result<Vec<u8>, Errno> {
+    if let Some(c) = CWD.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Ok(paths::join(c, path));
+    }
+    Ok(paths::join(&cwd()?, path))
+}
 
 /// The working directory as the program sees it (a visible path when it
 /// is in the branch).
 pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
-    let mut g = lock(&CWD);
+    if let Some(c) = CWD.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Ok(c.clone());
+    }
+    let mut g = cwd_write();
     if let Some(c) = g.as_ref() {
         return Ok(c.clone());
     }
@@ -481,20 +572,56 @@ pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
         if in_store && paths::under(&cfg.root, &buf).is_none() {
             drop(g);
             let mapped = chain().ok().and_then(|c| c.branch_path_of(&buf));
-            g = lock(&CWD);
+            g = cwd_write();
             if let Some(rel) = mapped {
                 visible = paths::visible(&cfg.root, &rel);
             }
         }
     }
+    *kernel_cwd_write() = Some(buf);
     *g = Some(visible.clone());
     Ok(visible)
+}
+
+/// The physical directory a `chdir` to branch directory `e` makes the
+/// kernel's working directory: when the branch is visible at its base's
+/// path, the base's own directory of that path if there is one (so
+/// `/proc/self/cwd`, and children that run without the shim, see the
+/// branch's path), else the entry's topmost copy.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn cwd_target(e: &crate::resolve::Entry) -> CString {
+    let base = chain().ok().and_then(|c| {
+        // Only where the branch is visible at the base's own path: a
+        // base path elsewhere would not map back to the branch.
+        let b = c
+            .layers
+            .last()
+            .filter(|l| l.base && l.root == c.visible_root)?;
+        CString::new(paths::visible(&b.root, &e.path)).ok()
+    });
+    match base {
+        Some(b)
+            if rustix::fs::stat(b.as_c_str())
+                .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()) =>
+        {
+            b
+        }
+        _ => e.phys.clone(),
+    }
 }
 
 /// Records the working directory after a `chdir` (`None`: ask the kernel
 /// next time).
 pub(crate) fn set_cwd(v: Option<Vec<u8>>) {
-    *lock(&CWD) = v;
+    set_cwd_phys(v, None);
+}
+
+/// [`set_cwd`], with the physical directory the kernel's working
+/// directory now is, when known.
+pub(crate) fn set_cwd_phys(v: Option<Vec<u8>>, phys: Option<Vec<u8>>) {
+    let mut g = cwd_write();
+    *kernel_cwd_write() = phys;
+    *g = v;
 }
 
 // ------------------------------------------------------------------- fds
@@ -606,16 +733,21 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
         }
         path.to_vec()
     } else if dirfd == libc::AT_FDCWD {
-        paths::join(&cwd()?, path)
+        join_cwd(path)?
     } else {
         match fd_get(dirfd) {
             Some(info) => paths::join(&paths::visible(&cfg.root, &info.path), path),
             None => return Ok(Target::Native),
         }
     };
-    let abs = paths::normalize(&abs);
-    Ok(match paths::under(&cfg.root, &abs) {
-        Some(rel) => Target::Branch(rel.to_vec()),
+    let mut abs = paths::normalize(&abs);
+    Ok(match paths::under(&cfg.root, &abs).map(<[u8]>::len) {
+        Some(n) => {
+            // The branch path is the tail: keep the allocation.
+            let cut = abs.len() - n;
+            abs.drain(..cut);
+            Target::Branch(abs)
+        }
         None => Target::Native,
     })
 }
@@ -634,6 +766,24 @@ pub(crate) fn resolve_for_read(rel: &[u8], follow: bool) -> Result<Resolved, Err
 }
 
 fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno> {
+    // The thread's own copy, borrowed: no reference count to move on a
+    // cache line every thread shares.
+    let local = LOCAL_CHAIN.try_with(|l| {
+        let l = l.try_borrow().ok()?;
+        let l = l.as_ref()?;
+        if l.epoch != CHAIN_EPOCH.load(Ordering::Acquire) || l.counters.graph() != l.graph {
+            return None;
+        }
+        let before = l.counters.namespace();
+        let r = l.chain.resolve_at(rel, follow, Some(before), lazy);
+        if l.counters.namespace() != before {
+            l.chain.forget();
+        }
+        Some(r)
+    });
+    if let Ok(Some(r)) = local {
+        return r;
+    }
     let (chain, counters) = chain_and_counters()?;
     let Some(c) = counters else {
         return chain.resolve_at(rel, follow, None, lazy);
@@ -647,14 +797,17 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
 }
 
 /// The merged listing of branch directory `rel`, reused while the store's
-/// namespace counter stays.
-pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
+/// namespace counter stays; `top` is an fd the shim opened on it (read
+/// instead of opening its top part again).
+pub(crate) fn list(rel: &[u8], top: Option<RawFd>) -> Result<Vec<crate::resolve::Listed>, Errno> {
     let (chain, counters) = chain_and_counters()?;
+    // SAFETY: the caller's fd, open for the duration of the call.
+    let top = top.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
     let Some(c) = counters else {
-        return chain.list_at(rel, None);
+        return chain.list_at(rel, None, top);
     };
     let before = c.namespace();
-    let r = chain.list_at(rel, Some(before));
+    let r = chain.list_at(rel, Some(before), top);
     if c.namespace() != before {
         chain.forget();
     }
@@ -667,7 +820,8 @@ pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
 pub(crate) struct StateLocks {
     _conn: MutexGuard<'static, Option<Conn>>,
     _chain: MutexGuard<'static, Option<ChainState>>,
-    _cwd: MutexGuard<'static, Option<Vec<u8>>>,
+    _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
+    _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
 }
 
@@ -678,6 +832,9 @@ pub(crate) fn renew_chain_after_fork() {
     if let Some(st) = lock(&CHAIN).as_mut() {
         st.chain = Arc::new(st.chain.fresh_copy());
     }
+    // Every thread's copy (the forking thread's is the only one left) is
+    // the parent's chain, whose cache lock another thread may have held.
+    CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Takes every lock of this module, in the order other paths nest them:
@@ -690,7 +847,8 @@ pub(crate) fn lock_all() -> StateLocks {
     StateLocks {
         _conn: conn,
         _chain: chain,
-        _cwd: lock(&CWD),
+        _cwd: cwd_write(),
+        _kernel_cwd: kernel_cwd_write(),
         _fds: lock(&FDS),
     }
 }

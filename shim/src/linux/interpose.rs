@@ -790,7 +790,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
-    match super::list(&path) {
+    match super::list(&path, Some(fd)) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
             close_tracked(fd);
@@ -955,7 +955,7 @@ pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
-            if let Ok(entries) = super::list(&d.path) {
+            if let Ok(entries) = super::list(&d.path, None) {
                 d.entries = entries;
             }
             d.pos = 0;
@@ -1015,7 +1015,7 @@ unsafe fn scandir_impl(
         Ok(Target::Branch(rel)) => rel,
         Err(e) => return fail(e),
     };
-    let entries = match super::list(&rel) {
+    let entries = match super::list(&rel, None) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -1186,10 +1186,14 @@ pub unsafe extern "C" fn chdir(path: Cp) -> c_int {
             },
             |rel| match resolve(&rel, true)? {
                 Resolved::Found(e) if e.kind == FileType::Directory => {
-                    let r = o(e.phys.as_ptr());
+                    let phys = super::cwd_target(&e);
+                    let r = o(phys.as_ptr());
                     if r == 0 {
                         let root = &super::config().ok_or(libc::EIO)?.root;
-                        set_cwd(Some(paths::visible(root, &e.path)));
+                        super::set_cwd_phys(
+                            Some(paths::visible(root, &e.path)),
+                            Some(phys.into_bytes()),
+                        );
                     }
                     Ok(r)
                 }
