@@ -187,6 +187,38 @@ cat lib-link copy/main.rs
 }
 
 #[test]
+fn proc_links_and_the_device_show_the_branch_not_a_layer() {
+    if !have("bash", "proc_links") || !have("python3", "proc_links") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // README.md and fresh/ live in the branch's layer: the kernel's own
+    // links name the store; the program must see branch paths.
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+echo changed >> README.md
+mkdir -p fresh/deeper
+readlink /proc/self/fd/3 3<README.md
+readlink /proc/self/fd/3 3<src/lib.rs
+exec 4<README.md; readlink /proc/$$/fd/4; exec 4<&-
+cd fresh/deeper && readlink /proc/self/cwd && pwd && cd ../..
+python3 -c 'import os; f = os.open("README.md", os.O_RDONLY); print(os.readlink(f"/proc/self/fd/{f}")); os.chdir("fresh"); print(os.readlink("/proc/self/cwd"))'
+find . -xdev -type f | LC_ALL=C sort
+du -x -a . | awk '{print $2}' | LC_ALL=C sort
+"#,
+    );
+    assert!(out.contains("ROOT/README.md\nROOT/src/lib.rs\n"), "{out}");
+    assert!(
+        out.contains("ROOT/fresh/deeper\nROOT/fresh/deeper\n"),
+        "{out}"
+    );
+    assert!(!out.contains("layers"), "a layer path leaked: {out}");
+    e.assert_outcome(&["M README.md", "A fresh/"], &before);
+}
+
+#[test]
 fn python_pathlib_tempfile_replace_and_rmtree() {
     if !have("python3", "python") {
         return;

@@ -75,13 +75,118 @@ path_read!(statfs(path: Cp, buf: *mut libc::statfs) -> c_int; dirfd: CWD; path: 
 path_read!(statfs64(path: Cp, buf: *mut libc::statfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
 path_read!(statvfs(path: Cp, buf: *mut libc::statvfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
 path_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(readlink(path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
-path_read!(readlinkat(dirfd: c_int, path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: dirfd; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(llistxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(posix_spawn(pid: *mut libc::pid_t, path: Cp, actions: *const c_void, attr: *const c_void, argv: *const Cp, envp: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: |e| e);
+
+// ------------------------------------------------------------ readlink
+
+/// What a link of the process's own `/proc` entry (`/proc/self/fd/N`,
+/// `/proc/<own pid>/fd/N`, `/proc/self/cwd`, and `thread-self`) shows in
+/// the branch: the branch path of an fd the shim opened there, or of the
+/// working directory; `None` for anything else.
+fn proc_link(path: &[u8]) -> Option<Vec<u8>> {
+    let cfg = super::config()?;
+    let rest = path.strip_prefix(b"/proc/")?;
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let (who, what) = (&rest[..slash], &rest[slash + 1..]);
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() }.to_string();
+    if who != b"self" && who != b"thread-self" && who != me.as_bytes() {
+        return None;
+    }
+    if what == b"cwd" {
+        let c = cwd().ok()?;
+        return paths::under(&cfg.root, &c).is_some().then_some(c);
+    }
+    let n: c_int = std::str::from_utf8(what.strip_prefix(b"fd/")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    fd_get(n).map(|info| paths::visible(&cfg.root, &info.path))
+}
+
+/// A path the kernel's `/proc` link showed, as the program should see it:
+/// a layer path maps back to its branch path.
+fn visible_of_kernel(kernel: &[u8]) -> Option<Vec<u8>> {
+    let cfg = super::config()?;
+    let store = cfg.store.as_ref()?;
+    paths::shown_for_kernel_path(store, &cfg.root, kernel, |p| {
+        super::chain().ok()?.branch_path_of(p)
+    })
+}
+
+/// Copies link text `v` into the caller's buffer as `readlink` does
+/// (truncated, no NUL).
+unsafe fn link_out(v: &[u8], buf: *mut c_char, size: size_t) -> ssize_t {
+    let n = v.len().min(size);
+    // SAFETY: the caller's buffer of `size` bytes.
+    unsafe { ptr::copy_nonoverlapping(v.as_ptr().cast(), buf, n) };
+    n as ssize_t
+}
+
+unsafe fn readlink_impl(
+    dirfd: c_int,
+    path: Cp,
+    buf: *mut c_char,
+    size: size_t,
+    o: unsafe extern "C" fn(c_int, Cp, *mut c_char, size_t) -> ssize_t,
+) -> ssize_t {
+    // SAFETY: the program's C string.
+    let proc_path = unsafe { bytes(path) }.filter(|p| p.starts_with(b"/proc/"));
+    if let (Some(p), Some(_g)) = (proc_path, Guard::enter()) {
+        if let Some(v) = proc_link(p) {
+            // SAFETY: the caller's buffer.
+            return unsafe { link_out(&v, buf, size) };
+        }
+        // SAFETY: passed on.
+        let n = unsafe { o(dirfd, path, buf, size) };
+        if n > 0 {
+            // SAFETY: the kernel wrote `n` bytes there.
+            let got = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n as usize) };
+            if let Some(v) = visible_of_kernel(got) {
+                // SAFETY: the caller's buffer.
+                return unsafe { link_out(&v, buf, size) };
+            }
+        }
+        return n;
+    }
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_read_path(
+            dirfd,
+            path,
+            false,
+            |e| fail(e) as ssize_t,
+            |p| o(dirfd, p, buf, size),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readlink(path: Cp, buf: *mut c_char, size: size_t) -> ssize_t {
+    let Some(o) = orig!(readlinkat: fn(c_int, Cp, *mut c_char, size_t) -> ssize_t) else {
+        return fail(libc::ENOSYS) as ssize_t;
+    };
+    // SAFETY: the program's arguments.
+    unsafe { readlink_impl(CWD, path, buf, size, o) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readlinkat(
+    dirfd: c_int,
+    path: Cp,
+    buf: *mut c_char,
+    size: size_t,
+) -> ssize_t {
+    let Some(o) = orig!(readlinkat: fn(c_int, Cp, *mut c_char, size_t) -> ssize_t) else {
+        return fail(libc::ENOSYS) as ssize_t;
+    };
+    // SAFETY: the program's arguments.
+    unsafe { readlink_impl(dirfd, path, buf, size, o) }
+}
 
 /// The path an `exec` of `path` runs: `Ok(None)` for the program's own.
 /// The guard is released before the caller execs: in a `vfork` child the
