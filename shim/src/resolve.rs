@@ -27,6 +27,7 @@
 
 use std::{
     borrow::Cow,
+    cell::{Cell, UnsafeCell},
     collections::{BTreeMap, HashMap, HashSet},
     ffi::{CString, OsStr},
     hash::{BuildHasherDefault, Hasher},
@@ -34,7 +35,10 @@ use std::{
         fd::BorrowedFd,
         unix::ffi::{OsStrExt, OsStringExt},
     },
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
 };
 
 use agentfs_core::{
@@ -67,7 +71,7 @@ pub struct Chain {
     /// The absolute path at which processes see the branch root.
     pub visible_root: Vec<u8>,
     root_frame: Vec<(usize, Vec<u8>)>,
-    dirs: std::sync::RwLock<DirCache>,
+    dirs: ShardedLock<DirCache>,
 }
 
 /// FNV-1a: the cache's keys are short paths hashed on every lookup, where
@@ -131,7 +135,113 @@ type Frame = Vec<(usize, Vec<u8>)>;
 /// Most directory frames kept (then the cache starts over).
 const MAX_CACHED_DIRS: usize = 65_536;
 
-/// What a path is in the branch.
+/// Shards of a [`ShardedLock`]: more than the cores a shim process
+/// usually runs on at once.
+const SHARDS: usize = 8;
+
+/// One shard's lock, alone on its cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(RwLock<()>);
+
+/// A reader-writer lock for a cache that every thread reads on every
+/// call: a reader takes the read lock of its own thread's shard only, so
+/// readers on different cores do not bounce one lock word between them
+/// (git's preload threads stat in parallel); a writer takes every shard.
+struct ShardedLock<T> {
+    shards: [Shard; SHARDS],
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: `data` is only reached through the guards below: shared
+// references while a shard's read lock is held, the one mutable reference
+// while every shard's write lock is held, which excludes all readers.
+unsafe impl<T: Send + Sync> Sync for ShardedLock<T> {}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    static MY_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn my_shard() -> usize {
+    MY_SHARD
+        .try_with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            s.get()
+        })
+        .unwrap_or(0)
+}
+
+impl<T> ShardedLock<T> {
+    fn new(data: T) -> Self {
+        Self {
+            shards: Default::default(),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    fn read(&self) -> ReadGuard<'_, T> {
+        let g = self.shards[my_shard()]
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        // SAFETY: a shard's read lock is held for the guard's life: no
+        // writer (which needs every shard) can run.
+        let data = unsafe { &*self.data.get() };
+        ReadGuard { _g: g, data }
+    }
+
+    fn write(&self) -> WriteGuard<'_, T> {
+        // Always in shard order: writers do not deadlock one another.
+        let gs =
+            std::array::from_fn(|i| self.shards[i].0.write().unwrap_or_else(|p| p.into_inner()));
+        // SAFETY: every shard's write lock is held for the guard's life:
+        // no reader and no other writer can run.
+        let data = unsafe { &mut *self.data.get() };
+        WriteGuard { _gs: gs, data }
+    }
+}
+
+struct ReadGuard<'a, T> {
+    _g: RwLockReadGuard<'a, ()>,
+    data: &'a T,
+}
+
+impl<T> std::ops::Deref for ReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.data
+    }
+}
+
+struct WriteGuard<'a, T> {
+    _gs: [RwLockWriteGuard<'a, ()>; SHARDS],
+    data: &'a mut T,
+}
+
+impl<T> std::ops::Deref for WriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.data
+    }
+}
+
+impl<T> std::ops::DerefMut for WriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.data
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.read().fmt(f)
+    }
+}
+
+/// What a path is in the branch./// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// It exists.
@@ -224,7 +334,7 @@ impl Chain {
             layers,
             visible_root,
             root_frame,
-            dirs: std::sync::RwLock::new(DirCache::default()),
+            dirs: ShardedLock::new(DirCache::default()),
         })
     }
 
@@ -236,7 +346,7 @@ impl Chain {
             layers: self.layers.clone(),
             visible_root: self.visible_root.clone(),
             root_frame: self.root_frame.clone(),
-            dirs: std::sync::RwLock::new(DirCache::default()),
+            dirs: ShardedLock::new(DirCache::default()),
         }
     }
 
@@ -292,7 +402,7 @@ impl Chain {
     fn layer_names(&self, stamp: Option<u64>, dir: &[u8]) -> Option<Names> {
         let stamp = stamp?;
         {
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(known) = c.names.get(dir) {
                     return known.clone();
@@ -300,7 +410,7 @@ impl Chain {
             }
         }
         let listed = list_names(dir).map(Arc::new);
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
@@ -408,7 +518,7 @@ impl Chain {
 
     fn cached(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
         let stamp = stamp?;
-        let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+        let c = self.dirs.read();
         if c.stamp != stamp {
             return None;
         }
@@ -417,58 +527,51 @@ impl Chain {
             .map(|(canon, frame, _)| (canon.clone(), frame.clone()))
     }
 
-    /// `name` in directory `key` when its cached frame is the base's
-    /// alone: its base path, unchecked (what the lazy resolution of
-    /// [`Chain::resolve_at`] answers, without copying the frame).
-    fn in_base_dir(
+    /// What the cache alone answers for a path: the directory `full` when
+    /// its own name was resolved to it before; with `in_base`, name `name`
+    /// in directory `parent` when that directory's cached frame is the
+    /// base's alone (its base path, unchecked: what the lazy resolution
+    /// answers, without copying the frame).
+    fn answer_cached(
         &self,
         stamp: Option<u64>,
-        key: &[u8],
+        full: &[u8],
+        parent: &[u8],
         name: &[u8],
+        in_base: bool,
     ) -> Option<Result<Resolved, Errno>> {
-        if name == b"." || name == b".." {
-            return None;
-        }
         let stamp = stamp?;
-        let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+        let c = self.dirs.read();
         if c.stamp != stamp {
             return None;
         }
-        let (canon, frame, _) = c.frames.get(key)?;
+        if let Some((canon, frame, true)) = c.frames.get(full) {
+            return Some(self.dir_entry(canon.clone(), frame).map(Resolved::Found));
+        }
+        if !in_base || name == b"." || name == b".." {
+            return None;
+        }
+        let (canon, frame, _) = c.frames.get(parent)?;
         let [(idx, dir)] = frame.as_slice() else {
             return None;
         };
         if !self.layers[*idx].base {
             return None;
         }
-        let mut full = Vec::with_capacity(canon.len() + name.len() + 1);
-        full.extend_from_slice(canon);
-        if !full.is_empty() {
-            full.push(b'/');
+        let mut path = Vec::with_capacity(canon.len() + name.len() + 1);
+        path.extend_from_slice(canon);
+        if !path.is_empty() {
+            path.push(b'/');
         }
-        full.extend_from_slice(name);
+        path.extend_from_slice(name);
         Some(cstr_of(child(dir, name)).map(|phys| {
             Resolved::Found(Entry {
-                path: full,
+                path,
                 phys,
                 layer: *idx,
                 kind: FileType::Unknown,
             })
         }))
-    }
-
-    /// [`Chain::cached`], only for a path whose last name is itself the
-    /// directory.
-    fn cached_dir(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
-        let stamp = stamp?;
-        let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
-        if c.stamp != stamp {
-            return None;
-        }
-        match c.frames.get(key) {
-            Some((canon, frame, true)) => Some((canon.clone(), frame.clone())),
-            _ => None,
-        }
     }
 
     fn remember(&self, stamp: Option<u64>, key: &[u8], canon: &[u8], frame: &Frame, exact: bool) {
@@ -477,12 +580,12 @@ impl Chain {
         };
         {
             // Most calls find it there already: no write lock for them.
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            let c = self.dirs.read();
             if c.stamp == stamp && c.frames.get(key).is_some_and(|e| e.2 || !exact) {
                 return;
             }
         }
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
@@ -495,7 +598,7 @@ impl Chain {
 
     /// Drops every cached directory frame.
     pub fn forget(&self) {
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         c.frames.clear();
         c.names.clear();
         c.listings.clear();
@@ -531,17 +634,6 @@ impl Chain {
                 .collect();
             // Normalised already (as callers pass it): keys are parts of it.
             let clean = comps.len() == path.split(|&b| b == b'/').count();
-            // A directory resolved before: no syscall.
-            if !comps.is_empty() {
-                let full = if clean {
-                    Cow::Borrowed(&path[..])
-                } else {
-                    Cow::Owned(comps.join(&b'/'))
-                };
-                if let Some((canon, frame)) = self.cached_dir(stamp, &full) {
-                    return self.dir_entry(canon, &frame).map(Resolved::Found);
-                }
-            }
             let parent_key = match comps.len() {
                 0 | 1 => Cow::Borrowed(&b""[..]),
                 n if clean => {
@@ -550,10 +642,17 @@ impl Chain {
                 }
                 n => Cow::Owned(comps[..n - 1].join(&b'/')),
             };
-            if lazy && !follow && comps.len() >= 2 {
-                // The common case of a program's lstat: a name in a
-                // directory only the base has, resolved before.
-                if let Some(r) = self.in_base_dir(stamp, &parent_key, comps[comps.len() - 1]) {
+            if let Some(last) = comps.last() {
+                let full = if clean {
+                    Cow::Borrowed(&path[..])
+                } else {
+                    Cow::Owned(comps.join(&b'/'))
+                };
+                // A directory resolved before, or (for a program's lstat)
+                // a name in a directory only the base has: no syscall, one
+                // look at the cache.
+                let in_base = lazy && !follow && comps.len() >= 2;
+                if let Some(r) = self.answer_cached(stamp, &full, &parent_key, last, in_base) {
                     return r;
                 }
             }
@@ -778,7 +877,7 @@ impl Chain {
             Resolved::Outside(_) => return Err(libc::EXDEV),
         };
         if let Some(stamp) = stamp {
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(l) = c.listings.get(&canon) {
                     return Ok(l.as_ref().clone());
@@ -787,7 +886,7 @@ impl Chain {
         }
         let listed = self.merged_listing(stamp, &canon, top)?;
         if let (Some(stamp), true) = (stamp, listed.len() <= MAX_CACHED_NAMES * 16) {
-            let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+            let mut c = self.dirs.write();
             if c.stamp != stamp || c.listings.len() >= MAX_CACHED_LISTINGS {
                 c.frames.clear();
                 c.names.clear();

@@ -519,27 +519,64 @@ fn kernel_cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
     KERNEL_CWD.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Moves (under the working directory's write lock) whenever the shim's
+/// record of it changes: a thread's own copy is current while it stays.
+static CWD_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's copy of the working directory records: (generation, as
+/// the program sees it, the kernel's).
+type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+std::thread_local! {
+    static LOCAL_CWD: std::cell::RefCell<Option<LocalCwd>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on the working directory records without touching a lock
+/// (no write to a cache line the program's threads share: git's preload
+/// threads resolve relative paths in parallel); `None` when the thread's
+/// copy cannot be used.
+fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Option<R> {
+    let now = CWD_GEN.load(Ordering::Acquire);
+    LOCAL_CWD
+        .try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            if l.as_ref().is_none_or(|c| c.0 != now) {
+                let v = CWD.read().unwrap_or_else(|p| p.into_inner());
+                let k = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
+                // Read under the lock its writers hold.
+                let generation = CWD_GEN.load(Ordering::Acquire);
+                *l = Some((generation, v.clone(), k.clone()));
+            }
+            let c = l.as_ref()?;
+            Some(f(c.1.as_deref(), c.2.as_deref()))
+        })
+        .ok()
+        .flatten()
+}
+
 /// Where in physical path `phys` the part relative to the kernel's
 /// working directory starts, when `phys` lies under it.
 pub(crate) fn kernel_cwd_offset(phys: &[u8]) -> Option<usize> {
-    let g = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
-    let k = g.as_ref()?;
-    if k.as_slice() == b"/" {
-        return (phys.len() > 1).then_some(1);
-    }
-    (phys.len() > k.len() + 1 && phys.starts_with(k) && phys[k.len()] == b'/')
-        .then_some(k.len() + 1)
+    with_local_cwd(|_, k| {
+        let k = k?;
+        if k == b"/" {
+            return (phys.len() > 1).then_some(1);
+        }
+        (phys.len() > k.len() + 1 && phys.starts_with(k) && phys[k.len()] == b'/')
+            .then_some(k.len() + 1)
+    })
+    .flatten()
 }
 
 fn cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
     CWD.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `path` joined to the working directory as the program sees it (read
-/// without copying it, by any number of threads at once).
+/// `path` joined to the working directory as the program sees it.
 fn join_cwd(path: &[u8]) -> Result<Vec<u8>, Errno> {
-    if let Some(c) = CWD.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        return Ok(paths::join(c, path));
+    if let Some(Some(v)) = with_local_cwd(|c, _| c.map(|c| paths::join(c, path))) {
+        return Ok(v);
     }
     Ok(paths::join(&cwd()?, path))
 }
@@ -580,6 +617,7 @@ pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
     }
     *kernel_cwd_write() = Some(buf);
     *g = Some(visible.clone());
+    CWD_GEN.fetch_add(1, Ordering::AcqRel);
     Ok(visible)
 }
 
@@ -622,6 +660,7 @@ pub(crate) fn set_cwd_phys(v: Option<Vec<u8>>, phys: Option<Vec<u8>>) {
     let mut g = cwd_write();
     *kernel_cwd_write() = phys;
     *g = v;
+    CWD_GEN.fetch_add(1, Ordering::AcqRel);
 }
 
 // ------------------------------------------------------------------- fds
