@@ -674,6 +674,10 @@ pub(crate) struct FdInfo {
     pub record: u64,
     /// The process whose connection owns `record`.
     pub pid: u32,
+    /// The physical path the shim opened it on, when it opened it itself
+    /// (reads): a `*at()` call's entry under it is handed to the kernel
+    /// relative to the fd, as the program asked.
+    pub phys: Option<Vec<u8>>,
 }
 
 static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
@@ -681,6 +685,11 @@ static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Remembers that `fd` is `info` in the branch.
 pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
+    fd_insert_phys(fd, path, record, None);
+}
+
+/// [`fd_insert`], with the physical path the shim opened `fd` on.
+pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, record: u64, phys: Option<Vec<u8>>) {
     let mut g = lock(&FDS);
     let m = g.get_or_insert_with(HashMap::new);
     m.insert(
@@ -689,9 +698,22 @@ pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
             path,
             record,
             pid: pid(),
+            phys,
         },
     );
     FD_COUNT.store(m.len(), Ordering::Relaxed);
+}
+
+/// Where in physical path `phys` the part relative to directory fd `fd`
+/// starts, when the shim opened `fd` on a directory `phys` lies under.
+pub(crate) fn fd_relative_offset(fd: RawFd, phys: &[u8]) -> Option<usize> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let g = lock(&FDS);
+    let d = g.as_ref()?.get(&fd)?.phys.as_ref()?;
+    (phys.len() > d.len() + 1 && phys.starts_with(d) && phys[d.len()] == b'/')
+        .then_some(d.len() + 1)
 }
 
 /// What the shim knows about `fd`.

@@ -23,8 +23,8 @@ use rustix::fs::FileType;
 use crate::dispatch::{open_in_branch, read_target, umask_now, with_read_path, with_write_path};
 
 use super::{
-    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
-    fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
+    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_remove, fs_op, orig,
+    resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -547,7 +547,7 @@ unsafe fn freopen_impl(
             return ptr::null_mut();
         }
         if let Some(info) = fd_remove(fd) {
-            fd_insert(target, info.path, info.record);
+            super::fd_insert_phys(target, info.path, info.record, info.phys);
         }
         libc::syscall(libc::SYS_close, fd);
         // The stream's own mode (read/write flags, buffer) is reset by
@@ -811,7 +811,7 @@ fn copy_fd_entry(from: c_int, to: c_int) {
     }
     if let Some(info) = fd_get(from) {
         // Both hold the daemon's record: the last to close ends it.
-        fd_insert(to, info.path, info.record);
+        super::fd_insert_phys(to, info.path, info.record, info.phys);
     }
 }
 
