@@ -763,6 +763,9 @@ rmdir: 0 False
 creat: 0
 open O_EXCL existing: EEXIST
 stat missing: ENOENT
+glob new: gl/a.txt gl/b.txt
+glob absolute: ROOT/gl/a.txt
+glob removed: no match (3)
 ";
     assert_eq!(out, want);
     assert_eq!(fingerprint(&e.base), before, "the base changed");
@@ -845,4 +848,19 @@ row("creat", err(libc.close(fd)))
 row("open O_EXCL existing", err(libc.open(c("made.txt"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
 st = ctypes.create_string_buffer(256)
 row("stat missing", err(libc.stat(c("nope"), st)))
+class Glob(ctypes.Structure):
+    _fields_ = [("pathc", ctypes.c_size_t), ("pathv", ctypes.POINTER(ctypes.c_char_p)),
+                ("offs", ctypes.c_size_t), ("flags", ctypes.c_int)] + [
+                (f"alt{i}", ctypes.c_void_p) for i in range(5)]
+def glob(pattern):
+    g = Glob()
+    r = libc.glob(c(pattern), 0, None, ctypes.byref(g))
+    got = " ".join(g.pathv[i].decode() for i in range(g.pathc)) if r == 0 else f"no match ({r})"
+    libc.globfree(ctypes.byref(g))
+    return got
+os.mkdir("gl"); open("gl/b.txt", "w").close(); open("gl/a.txt", "w").close()
+row("glob new", glob("gl/*.txt"))
+row("glob absolute", glob(os.getcwd() + "/g?/a.*"))
+os.unlink("src/lib.rs")
+row("glob removed", glob("src/l*.rs"))
 "#;

@@ -1096,6 +1096,82 @@ pub unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: c_long) {
     }
 }
 
+// ------------------------------------------------------------------ glob
+
+/// glibc's `glob_t` (and `glob64_t`, the same layout on 64-bit Linux),
+/// with the directory callbacks `GLOB_ALTDIRFUNC` uses (the `libc` crate
+/// keeps them private).
+#[repr(C)]
+pub struct GlobT {
+    gl_pathc: size_t,
+    gl_pathv: *mut *mut c_char,
+    gl_offs: size_t,
+    gl_flags: c_int,
+    gl_closedir: *const c_void,
+    gl_readdir: *const c_void,
+    gl_opendir: *const c_void,
+    gl_lstat: *const c_void,
+    gl_stat: *const c_void,
+}
+
+/// glibc's `GLOB_ALTDIRFUNC`.
+const GLOB_ALTDIRFUNC: c_int = 1 << 9;
+
+/// Is `pattern` (the program's) a pattern in the branch?
+///
+/// # Safety
+/// `pattern` is null or a C string.
+unsafe fn glob_in_branch(pattern: Cp) -> bool {
+    let Some(_g) = Guard::enter() else {
+        return false;
+    };
+    // SAFETY: the caller's contract.
+    unsafe { bytes(pattern) }
+        .filter(|p| !p.is_empty())
+        .is_some_and(|p| matches!(classify(CWD, p), Ok(Target::Branch(_))))
+}
+
+/// `glob` and `glob64`: glibc reads directories with its internal
+/// `__opendir`/`__readdir`/`__lstat`, which no preload sees; for a
+/// pattern in the branch the real `glob` runs with `GLOB_ALTDIRFUNC` and
+/// the shim's own directory and stat functions as its callbacks (which
+/// pass anything outside the branch to libc).
+macro_rules! glob_fn {
+    ($name:ident, $readdir:ident, $lstat:ident, $stat:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            pattern: Cp,
+            flags: c_int,
+            errfunc: *const c_void,
+            pglob: *mut GlobT,
+        ) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, c_int, *const c_void, *mut GlobT) -> c_int) else {
+                return libc::GLOB_ABORTED;
+            };
+            // SAFETY: the program's pattern.
+            if flags & GLOB_ALTDIRFUNC != 0 || pglob.is_null() || !unsafe { glob_in_branch(pattern) } {
+                // SAFETY: passed on.
+                return unsafe { o(pattern, flags, errfunc, pglob) };
+            }
+            // SAFETY: the program's glob_t; the callbacks have the C types
+            // glibc calls them with.
+            unsafe {
+                (*pglob).gl_closedir = closedir as *const () as *const c_void;
+                (*pglob).gl_readdir = $readdir as *const () as *const c_void;
+                (*pglob).gl_opendir = opendir as *const () as *const c_void;
+                (*pglob).gl_lstat = $lstat as *const () as *const c_void;
+                (*pglob).gl_stat = $stat as *const () as *const c_void;
+                let r = o(pattern, flags | GLOB_ALTDIRFUNC, errfunc, pglob);
+                (*pglob).gl_flags &= !GLOB_ALTDIRFUNC;
+                r
+            }
+        }
+    };
+}
+
+glob_fn!(glob, readdir, lstat, stat);
+glob_fn!(glob64, readdir64, lstat64, stat64);
+
 type Filter = Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>;
 type Compar = Option<
     unsafe extern "C" fn(*const *const libc::dirent64, *const *const libc::dirent64) -> c_int,
