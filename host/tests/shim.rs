@@ -218,6 +218,93 @@ du -x -a . | awk '{print $2}' | LC_ALL=C sort
     e.assert_outcome(&["M README.md", "A fresh/"], &before);
 }
 
+/// A walker over glibc's `nftw` (flags from `argv[2]`; `-1`: `ftw`),
+/// printing each visit: type flag, level, name, path, the working
+/// directory under `FTW_CHDIR`, and a file's size.
+const NFTW_HARNESS: &str = r#"
+#define _GNU_SOURCE
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int g_flags;
+static int cb(const char *p, const struct stat *sb, int flag, struct FTW *f) {
+    char cwd[4096] = "";
+    if ((g_flags & FTW_CHDIR) && !getcwd(cwd, sizeof cwd)) strcpy(cwd, "?");
+    printf("%d %d %s %s %s %lld\n", flag, f->level, p + f->base, p, cwd,
+           flag == FTW_F ? (long long)sb->st_size : -1LL);
+    if ((g_flags & FTW_ACTIONRETVAL) && strcmp(p + f->base, "skipme") == 0)
+        return FTW_SKIP_SUBTREE;
+    return 0;
+}
+static int cb_ftw(const char *p, const struct stat *sb, int flag) {
+    printf("ftw %d %s\n", flag, p);
+    return 0;
+}
+int main(int argc, char **argv) {
+    g_flags = atoi(argv[2]);
+    int r = g_flags < 0 ? ftw(argv[1], cb_ftw, 4) : nftw(argv[1], cb, 4, g_flags);
+    printf("r=%d\n", r);
+    return 0;
+}
+"#;
+
+#[test]
+fn nftw_and_ftw_walk_the_branch_as_glibc_walks_a_native_copy() {
+    if !have("cc", "nftw") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let tools = tempfile::tempdir().unwrap();
+    let src = tools.path().join("walk.c");
+    let bin = tools.path().join("walk");
+    std::fs::write(&src, NFTW_HARNESS).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
+    // Flags: 0, PHYS, DEPTH, PHYS|DEPTH, ACTIONRETVAL, CHDIR,
+    // PHYS|CHDIR, PHYS|CHDIR|DEPTH; entries sorted (glibc walks in the
+    // disk's order, the shim in the merged listing's).
+    let out = e.same(
+        &["sh", "-c"],
+        &format!(
+            r#"set -e
+mkdir -p zz/tree/a/b zz/skipme/x
+echo 1 > zz/tree/a/f; echo 22 > zz/skipme/x/y
+ln -s nowhere zz/tree/dangling; ln -s ../README.md zz/tree/flink
+cp README.md zz/; rm src/lib.rs
+for f in 0 1 8 9 16 4 5 13; do echo "== $f"; {w} zz $f | LC_ALL=C sort; done
+echo "== ftw"; {w} zz -1 | LC_ALL=C sort
+echo "== src"; {w} src 0 | LC_ALL=C sort
+rm -r zz
+"#,
+            w = bin.display()
+        ),
+    );
+    assert!(
+        out.contains("\n6 2 dangling zz/tree/dangling  -1\n"),
+        "{out}"
+    );
+    assert!(out.contains("\n4 2 flink zz/tree/flink  -1\n"), "{out}");
+    assert!(out.contains("\n5 0 zz zz ROOT/zz -1\n"), "{out}");
+    assert!(
+        !out.contains("lib.rs"),
+        "a removed base file was walked: {out}"
+    );
+    let retval = &out[out.find("== 16\n").unwrap()..out.find("== 4\n").unwrap()];
+    assert!(
+        retval.contains(" skipme ") && !retval.contains("skipme/x"),
+        "FTW_SKIP_SUBTREE: {retval}"
+    );
+    e.assert_outcome(&["D src/lib.rs"], &before);
+}
+
 #[test]
 fn python_pathlib_tempfile_replace_and_rmtree() {
     if !have("python3", "python") {

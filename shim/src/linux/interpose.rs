@@ -1172,6 +1172,358 @@ macro_rules! glob_fn {
 glob_fn!(glob, readdir, lstat, stat);
 glob_fn!(glob64, readdir64, lstat64, stat64);
 
+// ------------------------------------------------------------ nftw, ftw
+
+/// glibc's `struct FTW`.
+#[repr(C)]
+pub struct FtwInfo {
+    base: c_int,
+    level: c_int,
+}
+
+type NftwFn = unsafe extern "C" fn(Cp, *const libc::stat, c_int, *mut FtwInfo) -> c_int;
+type FtwFn = unsafe extern "C" fn(Cp, *const libc::stat, c_int) -> c_int;
+
+const FTW_F: c_int = 0;
+const FTW_D: c_int = 1;
+const FTW_DNR: c_int = 2;
+const FTW_NS: c_int = 3;
+const FTW_SL: c_int = 4;
+const FTW_DP: c_int = 5;
+const FTW_SLN: c_int = 6;
+const FTW_PHYS: c_int = 1;
+const FTW_MOUNT: c_int = 2;
+const FTW_CHDIR: c_int = 4;
+const FTW_DEPTH: c_int = 8;
+const FTW_ACTIONRETVAL: c_int = 16;
+const FTW_STOP: c_int = 1;
+const FTW_SKIP_SUBTREE: c_int = 2;
+const FTW_SKIP_SIBLINGS: c_int = 3;
+
+/// A walk of a tree in the branch, as glibc's `nftw`/`ftw` make it, over
+/// the shim's own `stat`/`lstat`/`opendir`/`readdir64`/`chdir` (glibc's
+/// call its internal functions, which no preload sees). Each directory's
+/// names are read whole before its entries are visited, so one directory
+/// is open at a time (within any `nopenfd`). Entries come in the merged
+/// listing's order (by name), not the disk's.
+struct Walk {
+    nftw: Option<NftwFn>,
+    ftw: Option<FtwFn>,
+    flags: c_int,
+    dev: u64,
+    /// Directories visited (device, inode): without `FTW_PHYS` a directory
+    /// reached again (through a symlink) is skipped, as glibc does.
+    seen: std::cell::RefCell<std::collections::HashSet<(u64, u64)>>,
+}
+
+/// What a visit tells its directory: go on, or stop with this value.
+enum Next {
+    Go,
+    SkipSiblings,
+    Stop(c_int),
+}
+
+impl Walk {
+    fn call(
+        &self,
+        path: &CString,
+        st: &libc::stat,
+        flag: c_int,
+        base: usize,
+        level: usize,
+    ) -> c_int {
+        let mut info = FtwInfo {
+            base: base as c_int,
+            level: level as c_int,
+        };
+        // SAFETY: the program's callback, with the arguments its type
+        // promises (valid for the call).
+        unsafe {
+            match (self.nftw, self.ftw) {
+                (Some(f), _) => f(path.as_ptr(), st, flag, &mut info),
+                (None, Some(f)) => f(
+                    path.as_ptr(),
+                    st,
+                    if flag == FTW_SLN { FTW_NS } else { flag },
+                ),
+                (None, None) => 0,
+            }
+        }
+    }
+
+    /// The callback's value as a step of the walk.
+    fn next(&self, r: c_int, dir: bool) -> (Next, bool) {
+        if self.flags & FTW_ACTIONRETVAL == 0 {
+            return (if r == 0 { Next::Go } else { Next::Stop(r) }, false);
+        }
+        match r {
+            FTW_STOP => (Next::Stop(FTW_STOP), false),
+            FTW_SKIP_SUBTREE => (Next::Go, dir),
+            FTW_SKIP_SIBLINGS => (Next::SkipSiblings, dir),
+            _ => (Next::Go, false),
+        }
+    }
+
+    /// Visits `path` (its name starts at `base`); `in_parent`: the working
+    /// directory is its parent (`FTW_CHDIR`), so it is looked at by name.
+    fn visit(&self, path: &mut Vec<u8>, base: usize, level: usize, in_parent: bool) -> Next {
+        let Ok(c) = CString::new(path.clone()) else {
+            return Next::Go;
+        };
+        let by_name = if in_parent {
+            CString::new(&path[base..]).ok()
+        } else {
+            None
+        };
+        let look = by_name.as_ref().unwrap_or(&c);
+        // SAFETY: a stat buffer is plain data.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let phys = self.flags & FTW_PHYS != 0;
+        // SAFETY: a C string and a stat buffer (the shim's own entry points).
+        let r = unsafe {
+            if phys {
+                lstat(look.as_ptr(), &mut st)
+            } else {
+                stat(look.as_ptr(), &mut st)
+            }
+        };
+        let kind = st.st_mode & libc::S_IFMT;
+        let flag = if r < 0 {
+            // SAFETY: as above.
+            let dangling = !phys
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
+                && unsafe { lstat(look.as_ptr(), &mut st) } == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            if dangling {
+                FTW_SLN
+            } else {
+                FTW_NS
+            }
+        } else if kind == libc::S_IFDIR {
+            FTW_D
+        } else if kind == libc::S_IFLNK {
+            FTW_SL
+        } else {
+            FTW_F
+        };
+        #[allow(clippy::unnecessary_cast)] // dev_t is u64 on Linux
+        if r == 0 && level > 0 && self.flags & FTW_MOUNT != 0 && st.st_dev as u64 != self.dev {
+            return Next::Go;
+        }
+        if flag != FTW_D {
+            return self.next(self.call(&c, &st, flag, base, level), false).0;
+        }
+        #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are u64 on Linux
+        if !phys
+            && !self
+                .seen
+                .borrow_mut()
+                .insert((st.st_dev as u64, st.st_ino as u64))
+        {
+            return Next::Go;
+        }
+        // SAFETY: a C string (the shim's own opendir).
+        let dirp = unsafe { opendir(look.as_ptr()) };
+        if dirp.is_null() {
+            return self.next(self.call(&c, &st, FTW_DNR, base, level), false).0;
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: a stream opendir gave.
+            let e = unsafe { readdir64(dirp) };
+            if e.is_null() {
+                break;
+            }
+            // SAFETY: readdir64 returned a dirent whose name is a C string.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        // SAFETY: the stream, closed once.
+        unsafe { closedir(dirp) };
+        if self.flags & FTW_DEPTH == 0 {
+            match self.next(self.call(&c, &st, FTW_D, base, level), true) {
+                (Next::Stop(v), _) => return Next::Stop(v),
+                (Next::SkipSiblings, _) => return Next::SkipSiblings,
+                (Next::Go, true) => return Next::Go,
+                (Next::Go, false) => {}
+            }
+        }
+        // FTW_CHDIR: into the directory for its entries, and back to the
+        // parent (by an fd of it, as glibc does) after them.
+        let back = if self.flags & FTW_CHDIR != 0 {
+            // SAFETY: C strings; the shim's own open, chdir and close.
+            unsafe {
+                let fd = open(
+                    c".".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    0,
+                );
+                if fd >= 0 && chdir(look.as_ptr()) != 0 {
+                    close(fd);
+                    -1
+                } else {
+                    fd
+                }
+            }
+        } else {
+            -1
+        };
+        let len = path.len();
+        for name in names {
+            if !path.ends_with(b"/") {
+                path.push(b'/');
+            }
+            let child_base = path.len();
+            path.extend_from_slice(&name);
+            let n = self.visit(path, child_base, level + 1, back >= 0);
+            path.truncate(len);
+            match n {
+                Next::Stop(v) => {
+                    if back >= 0 {
+                        // SAFETY: as below.
+                        unsafe {
+                            fchdir(back);
+                            close(back);
+                        }
+                    }
+                    return Next::Stop(v);
+                }
+                Next::SkipSiblings => break,
+                Next::Go => {}
+            }
+        }
+        // glibc reports FTW_DP from inside the directory (FTW_CHDIR).
+        let done = if self.flags & FTW_DEPTH != 0 {
+            self.next(self.call(&c, &st, FTW_DP, base, level), false).0
+        } else {
+            Next::Go
+        };
+        if back >= 0 {
+            // SAFETY: the fd opened above, used and closed once.
+            unsafe {
+                fchdir(back);
+                close(back);
+            }
+        }
+        done
+    }
+}
+
+/// Runs a walk from `dir` when it is in the branch; `None` otherwise (the
+/// caller runs glibc's).
+///
+/// # Safety
+/// `dir` is null or a C string.
+unsafe fn walk(dir: Cp, nftw: Option<NftwFn>, ftw: Option<FtwFn>, flags: c_int) -> Option<c_int> {
+    {
+        let _g = Guard::enter()?;
+        // SAFETY: the caller's contract.
+        let p = unsafe { bytes(dir) }.filter(|p| !p.is_empty())?;
+        if !matches!(classify(CWD, p), Ok(Target::Branch(_))) {
+            return None;
+        }
+    }
+    // SAFETY: the caller's contract (checked non-null above).
+    let mut path = unsafe { bytes(dir) }?.to_vec();
+    while path.len() > 1 && path.ends_with(b"/") {
+        path.pop();
+    }
+    let base = path.iter().rposition(|&b| b == b'/').map_or(0, |p| p + 1);
+    let base = if path == b"/" { 0 } else { base };
+    let mut walk = Walk {
+        nftw,
+        ftw,
+        flags,
+        dev: 0,
+        seen: Default::default(),
+    };
+    let c = CString::new(path.clone()).ok()?;
+    // SAFETY: a stat buffer is plain data; the shim's own stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe {
+        if flags & FTW_PHYS != 0 {
+            lstat(c.as_ptr(), &mut st)
+        } else {
+            stat(c.as_ptr(), &mut st)
+        }
+    };
+    if r < 0 {
+        // glibc fails the call when the start cannot be looked at.
+        return Some(-1);
+    }
+    #[allow(clippy::unnecessary_cast)] // dev_t is u64 on Linux
+    {
+        walk.dev = st.st_dev as u64;
+    }
+    // The working directory to come back to (FTW_CHDIR).
+    // SAFETY: "." is a C string; the shim's own open.
+    let saved = if flags & FTW_CHDIR != 0 {
+        unsafe {
+            open(
+                c".".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+        }
+    } else {
+        -1
+    };
+    let r = match walk.visit(&mut path, base, 0, false) {
+        Next::Stop(v) => v,
+        Next::Go | Next::SkipSiblings => 0,
+    };
+    if saved >= 0 {
+        // SAFETY: the fd opened above, used and closed once.
+        unsafe {
+            fchdir(saved);
+            close(saved);
+        }
+    }
+    Some(r)
+}
+
+macro_rules! nftw_fn {
+    ($name:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(dir: Cp, f: Option<NftwFn>, nopenfd: c_int, flags: c_int) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Option<NftwFn>, c_int, c_int) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            match f.and_then(|f| unsafe { walk(dir, Some(f), None, flags) }) {
+                Some(r) => r,
+                // SAFETY: passed on.
+                None => unsafe { o(dir, f, nopenfd, flags) },
+            }
+        }
+    };
+}
+
+macro_rules! ftw_fn {
+    ($name:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(dir: Cp, f: Option<FtwFn>, nopenfd: c_int) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Option<FtwFn>, c_int) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            match f.and_then(|f| unsafe { walk(dir, None, Some(f), 0) }) {
+                Some(r) => r,
+                // SAFETY: passed on.
+                None => unsafe { o(dir, f, nopenfd) },
+            }
+        }
+    };
+}
+
+nftw_fn!(nftw);
+nftw_fn!(nftw64);
+ftw_fn!(ftw);
+ftw_fn!(ftw64);
+
 type Filter = Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>;
 type Compar = Option<
     unsafe extern "C" fn(*const *const libc::dirent64, *const *const libc::dirent64) -> c_int,
