@@ -967,6 +967,17 @@ impl Chain {
         Ok(out)
     }
 
+    /// The base's own directory for canonical branch directory `canon`,
+    /// when the merged directory includes it (not hidden by an opaque
+    /// layer or a whiteout, not a symlink in the base).
+    pub fn base_dir_of(&self, canon: &[u8]) -> Option<Vec<u8>> {
+        let frame = self.frame_at(None, canon).ok()?;
+        frame
+            .into_iter()
+            .find(|(idx, _)| self.layers[*idx].base)
+            .map(|(_, dir)| dir)
+    }
+
     /// The branch path of physical path `phys` when it lies in a layer of
     /// this chain (for a working directory inherited across `exec`).
     pub fn branch_path_of(&self, phys: &[u8]) -> Option<Vec<u8>> {
@@ -1264,6 +1275,19 @@ mod tests {
             c.cached(Some(3), b"only/deep").is_none(),
             "a new stamp drops it"
         );
+    }
+
+    #[test]
+    fn the_base_part_of_a_directory_only_where_it_is_merged_in() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let base = t.path().join("base");
+        let b = |p: &Path| Some(p.as_os_str().as_bytes().to_vec());
+        assert_eq!(c.base_dir_of(b"d"), b(&base.join("d")));
+        assert_eq!(c.base_dir_of(b""), b(&base));
+        assert_eq!(c.base_dir_of(b"o"), None, "an opaque layer hides it");
+        fs::create_dir_all(t.path().join("top/mine")).unwrap();
+        assert_eq!(c.base_dir_of(b"mine"), None, "the layer's alone");
     }
 
     #[test]

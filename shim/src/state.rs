@@ -631,21 +631,12 @@ pub(crate) fn cwd_target(e: &crate::resolve::Entry) -> CString {
     let base = chain().ok().and_then(|c| {
         // Only where the branch is visible at the base's own path: a
         // base path elsewhere would not map back to the branch.
-        let b = c
-            .layers
+        c.layers
             .last()
             .filter(|l| l.base && l.root == c.visible_root)?;
-        CString::new(paths::visible(&b.root, &e.path)).ok()
+        CString::new(c.base_dir_of(&e.path)?).ok()
     });
-    match base {
-        Some(b)
-            if rustix::fs::stat(b.as_c_str())
-                .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()) =>
-        {
-            b
-        }
-        _ => e.phys.clone(),
-    }
+    base.unwrap_or_else(|| e.phys.clone())
 }
 
 /// Records the working directory after a `chdir` (`None`: ask the kernel
