@@ -305,6 +305,71 @@ rm -r zz
     e.assert_outcome(&["D src/lib.rs"], &before);
 }
 
+/// Loads each argument with `dlopen` and calls its `answer()`.
+const DLOPEN_HARNESS: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        void *h = dlopen(argv[i], RTLD_NOW);
+        int (*f)(void) = h ? (int (*)(void))dlsym(h, "answer") : 0;
+        if (f) printf("%s: %d\n", argv[i], f());
+        else printf("%s: fails\n", argv[i]);
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn dlopen_loads_libraries_built_in_the_branch_and_keeps_the_callers_runpath() {
+    if !have("cc", "dlopen") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // The harness, outside the tree, finds libbare.so only through its
+    // own RUNPATH ($ORIGIN/libdir): a dlopen that lost the caller would
+    // search the shim's instead.
+    let tools = tempfile::tempdir().unwrap();
+    let t = tools.path();
+    std::fs::create_dir(t.join("libdir")).unwrap();
+    std::fs::write(t.join("dl.c"), DLOPEN_HARNESS).unwrap();
+    std::fs::write(t.join("bare.c"), "int answer(void) { return 7; }\n").unwrap();
+    let cc = |args: &[&str]| {
+        let o = Command::new("cc")
+            .current_dir(t)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    cc(&["-shared", "-fPIC", "-o", "libdir/libbare.so", "bare.c"]);
+    cc(&[
+        "-o",
+        "dl",
+        "dl.c",
+        "-Wl,-rpath,$ORIGIN/libdir",
+        "-Wl,--enable-new-dtags",
+    ]);
+    let out = e.same(
+        &["sh", "-c"],
+        &format!(
+            r#"set -e
+printf 'int answer(void) {{ return 42; }}\n' > mine.c
+cc -shared -fPIC -o libmine.so mine.c
+mkdir sub && cp libmine.so sub/
+{dl} ./libmine.so sub/libmine.so "$PWD/libmine.so" libbare.so ./nope.so
+"#,
+            dl = t.join("dl").display()
+        ),
+    );
+    assert_eq!(
+        out,
+        "./libmine.so: 42\nsub/libmine.so: 42\nROOT/libmine.so: 42\nlibbare.so: 7\n./nope.so: fails\n"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
 #[test]
 fn python_pathlib_tempfile_replace_and_rmtree() {
     if !have("python3", "python") {

@@ -188,6 +188,101 @@ pub unsafe extern "C" fn readlinkat(
     unsafe { readlink_impl(dirfd, path, buf, size, o) }
 }
 
+// ---------------------------------------------------------------- dlopen
+
+/// Where the `dlopen` entry goes on: the file name to pass (the program's,
+/// or the physical path of a branch entry) and the function to jump to.
+#[repr(C)]
+struct DlopenRoute {
+    file: Cp,
+    real: usize,
+}
+
+/// `dlopen` when libc has none to go on to, or when a branch path cannot
+/// be loaded: fails (as a missing file does).
+unsafe extern "C" fn dlopen_fails(_file: Cp, _mode: c_int) -> *mut c_void {
+    set_errno(libc::ENOENT);
+    ptr::null_mut()
+}
+
+/// Decides where a `dlopen(file, ...)` goes. Only a name with a `/` (and
+/// no `$`, which glibc expands against the caller) in the branch is
+/// translated: a bare name is searched by glibc with the caller's
+/// `RUNPATH`, which stays the caller's because the entry jumps to the real
+/// `dlopen` with the caller's return address.
+extern "C" fn dlopen_route(file: Cp) -> DlopenRoute {
+    let real = orig!(dlopen: fn(Cp, c_int) -> *mut c_void)
+        .map_or(dlopen_fails as *const () as usize, |f| f as usize);
+    let pass = DlopenRoute { file, real };
+    let Some(_g) = Guard::enter() else {
+        return pass;
+    };
+    // SAFETY: the program's C string (or null: the main program).
+    let Some(p) = (unsafe { bytes(file) }) else {
+        return pass;
+    };
+    if !p.contains(&b'/') || p.contains(&b'$') {
+        return pass;
+    }
+    match classify(CWD, p) {
+        Ok(Target::Native) => pass,
+        Ok(Target::Branch(rel)) => match read_target(&rel, true) {
+            // Kept for the process's life: glibc copies the name, but a
+            // library loaded by path is rare enough not to track it.
+            Ok(c) => DlopenRoute {
+                file: Box::leak(c.into_boxed_c_str()).as_ptr(),
+                real,
+            },
+            Err(_) => DlopenRoute {
+                file,
+                real: dlopen_fails as *const () as usize,
+            },
+        },
+        Err(_) => DlopenRoute {
+            file,
+            real: dlopen_fails as *const () as usize,
+        },
+    }
+}
+
+/// `dlopen`: glibc takes the caller from the return address (for the
+/// search path and the namespace), so this entry must not be a frame of
+/// its own: it asks [`dlopen_route`] and then jumps to the real `dlopen`
+/// with the program's return address still in place.
+#[cfg(target_arch = "x86_64")]
+#[no_mangle]
+#[unsafe(naked)]
+pub unsafe extern "C" fn dlopen(file: Cp, mode: c_int) -> *mut c_void {
+    std::arch::naked_asm!(
+        // Keep `mode`; the push also aligns the stack for the call.
+        "push rsi",
+        "call {route}",
+        "pop rsi",
+        "mov rdi, rax",
+        "jmp rdx",
+        route = sym dlopen_route,
+    )
+}
+
+/// `dlopen` (see the x86_64 entry): the link register is restored before
+/// the jump, so the real `dlopen` sees the program's return address.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+#[unsafe(naked)]
+pub unsafe extern "C" fn dlopen(file: Cp, mode: c_int) -> *mut c_void {
+    std::arch::naked_asm!(
+        "stp x29, x30, [sp, #-32]!",
+        "mov x29, sp",
+        "str x1, [sp, #16]",
+        "bl {route}",
+        "mov x16, x1",
+        "ldr x1, [sp, #16]",
+        "ldp x29, x30, [sp], #32",
+        "br x16",
+        route = sym dlopen_route,
+    )
+}
+
 /// The path an `exec` of `path` runs: `Ok(None)` for the program's own.
 /// The guard is released before the caller execs: in a `vfork` child the
 /// thread (and its guard flag) is the parent's, and a successful exec never
