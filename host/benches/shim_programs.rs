@@ -90,7 +90,8 @@ fn setup() -> Setup {
     fs::write(base.join("big.bin"), vec![7u8; 256 << 20]).unwrap();
     sh(
         &base,
-        "git init -q && git add -A && git -c user.email=b@example.com -c user.name=b commit -qm base",
+        // No background `gc --auto` racing the copy below.
+        "git init -q && git add -A && git -c gc.auto=0 -c user.email=b@example.com -c user.name=b commit -qm base",
     );
     let native = t.path().join("native");
     sh(

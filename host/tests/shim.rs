@@ -187,6 +187,190 @@ cat lib-link copy/main.rs
 }
 
 #[test]
+fn proc_links_and_the_device_show_the_branch_not_a_layer() {
+    if !have("bash", "proc_links") || !have("python3", "proc_links") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // README.md and fresh/ live in the branch's layer: the kernel's own
+    // links name the store; the program must see branch paths.
+    let out = e.same(
+        &["bash", "-c"],
+        r#"set -e
+echo changed >> README.md
+mkdir -p fresh/deeper
+readlink /proc/self/fd/3 3<README.md
+readlink /proc/self/fd/3 3<src/lib.rs
+exec 4<README.md; readlink /proc/$$/fd/4; exec 4<&-
+cd fresh/deeper && readlink /proc/self/cwd && pwd && cd ../..
+python3 -c 'import os; f = os.open("README.md", os.O_RDONLY); print(os.readlink(f"/proc/self/fd/{f}")); os.chdir("fresh"); print(os.readlink("/proc/self/cwd"))'
+find . -xdev -type f | LC_ALL=C sort
+du -x -a . | awk '{print $2}' | LC_ALL=C sort
+"#,
+    );
+    assert!(out.contains("ROOT/README.md\nROOT/src/lib.rs\n"), "{out}");
+    assert!(
+        out.contains("ROOT/fresh/deeper\nROOT/fresh/deeper\n"),
+        "{out}"
+    );
+    assert!(!out.contains("layers"), "a layer path leaked: {out}");
+    e.assert_outcome(&["M README.md", "A fresh/"], &before);
+}
+
+/// A walker over glibc's `nftw` (flags from `argv[2]`; `-1`: `ftw`),
+/// printing each visit: type flag, level, name, path, the working
+/// directory under `FTW_CHDIR`, and a file's size.
+const NFTW_HARNESS: &str = r#"
+#define _GNU_SOURCE
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int g_flags;
+static int cb(const char *p, const struct stat *sb, int flag, struct FTW *f) {
+    char cwd[4096] = "";
+    if ((g_flags & FTW_CHDIR) && !getcwd(cwd, sizeof cwd)) strcpy(cwd, "?");
+    printf("%d %d %s %s %s %lld\n", flag, f->level, p + f->base, p, cwd,
+           flag == FTW_F ? (long long)sb->st_size : -1LL);
+    if ((g_flags & FTW_ACTIONRETVAL) && strcmp(p + f->base, "skipme") == 0)
+        return FTW_SKIP_SUBTREE;
+    return 0;
+}
+static int cb_ftw(const char *p, const struct stat *sb, int flag) {
+    printf("ftw %d %s\n", flag, p);
+    return 0;
+}
+int main(int argc, char **argv) {
+    g_flags = atoi(argv[2]);
+    int r = g_flags < 0 ? ftw(argv[1], cb_ftw, 4) : nftw(argv[1], cb, 4, g_flags);
+    printf("r=%d\n", r);
+    return 0;
+}
+"#;
+
+#[test]
+fn nftw_and_ftw_walk_the_branch_as_glibc_walks_a_native_copy() {
+    if !have("cc", "nftw") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let tools = tempfile::tempdir().unwrap();
+    let src = tools.path().join("walk.c");
+    let bin = tools.path().join("walk");
+    std::fs::write(&src, NFTW_HARNESS).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
+    // Flags: 0, PHYS, DEPTH, PHYS|DEPTH, ACTIONRETVAL, CHDIR,
+    // PHYS|CHDIR, PHYS|CHDIR|DEPTH; entries sorted (glibc walks in the
+    // disk's order, the shim in the merged listing's).
+    let out = e.same(
+        &["sh", "-c"],
+        &format!(
+            r#"set -e
+mkdir -p zz/tree/a/b zz/skipme/x
+echo 1 > zz/tree/a/f; echo 22 > zz/skipme/x/y
+ln -s nowhere zz/tree/dangling; ln -s ../README.md zz/tree/flink
+cp README.md zz/; rm src/lib.rs
+for f in 0 1 8 9 16 4 5 13; do echo "== $f"; {w} zz $f | LC_ALL=C sort; done
+echo "== ftw"; {w} zz -1 | LC_ALL=C sort
+echo "== src"; {w} src 0 | LC_ALL=C sort
+rm -r zz
+"#,
+            w = bin.display()
+        ),
+    );
+    assert!(
+        out.contains("\n6 2 dangling zz/tree/dangling  -1\n"),
+        "{out}"
+    );
+    assert!(out.contains("\n4 2 flink zz/tree/flink  -1\n"), "{out}");
+    assert!(out.contains("\n5 0 zz zz ROOT/zz -1\n"), "{out}");
+    assert!(
+        !out.contains("lib.rs"),
+        "a removed base file was walked: {out}"
+    );
+    let retval = &out[out.find("== 16\n").unwrap()..out.find("== 4\n").unwrap()];
+    assert!(
+        retval.contains(" skipme ") && !retval.contains("skipme/x"),
+        "FTW_SKIP_SUBTREE: {retval}"
+    );
+    e.assert_outcome(&["D src/lib.rs"], &before);
+}
+
+/// Loads each argument with `dlopen` and calls its `answer()`.
+const DLOPEN_HARNESS: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        void *h = dlopen(argv[i], RTLD_NOW);
+        int (*f)(void) = h ? (int (*)(void))dlsym(h, "answer") : 0;
+        if (f) printf("%s: %d\n", argv[i], f());
+        else printf("%s: fails\n", argv[i]);
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn dlopen_loads_libraries_built_in_the_branch_and_keeps_the_callers_runpath() {
+    if !have("cc", "dlopen") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // The harness, outside the tree, finds libbare.so only through its
+    // own RUNPATH ($ORIGIN/libdir): a dlopen that lost the caller would
+    // search the shim's instead.
+    let tools = tempfile::tempdir().unwrap();
+    let t = tools.path();
+    std::fs::create_dir(t.join("libdir")).unwrap();
+    std::fs::write(t.join("dl.c"), DLOPEN_HARNESS).unwrap();
+    std::fs::write(t.join("bare.c"), "int answer(void) { return 7; }\n").unwrap();
+    let cc = |args: &[&str]| {
+        let o = Command::new("cc")
+            .current_dir(t)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    cc(&["-shared", "-fPIC", "-o", "libdir/libbare.so", "bare.c"]);
+    cc(&[
+        "-o",
+        "dl",
+        "dl.c",
+        "-Wl,-rpath,$ORIGIN/libdir",
+        "-Wl,--enable-new-dtags",
+    ]);
+    let out = e.same(
+        &["sh", "-c"],
+        &format!(
+            r#"set -e
+printf 'int answer(void) {{ return 42; }}\n' > mine.c
+cc -shared -fPIC -o libmine.so mine.c
+mkdir sub && cp libmine.so sub/
+{dl} ./libmine.so sub/libmine.so "$PWD/libmine.so" libbare.so ./nope.so
+"#,
+            dl = t.join("dl").display()
+        ),
+    );
+    assert_eq!(
+        out,
+        "./libmine.so: 42\nsub/libmine.so: 42\nROOT/libmine.so: 42\nlibbare.so: 7\n./nope.so: fails\n"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
 fn python_pathlib_tempfile_replace_and_rmtree() {
     if !have("python3", "python") {
         return;
@@ -731,6 +915,9 @@ rmdir: 0 False
 creat: 0
 open O_EXCL existing: EEXIST
 stat missing: ENOENT
+glob new: gl/a.txt gl/b.txt
+glob absolute: ROOT/gl/a.txt
+glob removed: no match (3)
 ";
     assert_eq!(out, want);
     assert_eq!(fingerprint(&e.base), before, "the base changed");
@@ -813,4 +1000,19 @@ row("creat", err(libc.close(fd)))
 row("open O_EXCL existing", err(libc.open(c("made.txt"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)))
 st = ctypes.create_string_buffer(256)
 row("stat missing", err(libc.stat(c("nope"), st)))
+class Glob(ctypes.Structure):
+    _fields_ = [("pathc", ctypes.c_size_t), ("pathv", ctypes.POINTER(ctypes.c_char_p)),
+                ("offs", ctypes.c_size_t), ("flags", ctypes.c_int)] + [
+                (f"alt{i}", ctypes.c_void_p) for i in range(5)]
+def glob(pattern):
+    g = Glob()
+    r = libc.glob(c(pattern), 0, None, ctypes.byref(g))
+    got = " ".join(g.pathv[i].decode() for i in range(g.pathc)) if r == 0 else f"no match ({r})"
+    libc.globfree(ctypes.byref(g))
+    return got
+os.mkdir("gl"); open("gl/b.txt", "w").close(); open("gl/a.txt", "w").close()
+row("glob new", glob("gl/*.txt"))
+row("glob absolute", glob(os.getcwd() + "/g?/a.*"))
+os.unlink("src/lib.rs")
+row("glob removed", glob("src/l*.rs"))
 "#;

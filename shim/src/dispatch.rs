@@ -13,7 +13,10 @@ use rustix::fs::FileType;
 
 use crate::platform::fail;
 use crate::resolve::{Errno, Resolved};
-use crate::state::{classify, fd_insert, fd_open, resolve, resolve_for_read, Guard, Target};
+use crate::state::{
+    classify, fd_insert, fd_insert_phys, fd_open, fd_relative_offset, kernel_cwd_offset, resolve,
+    resolve_for_read, Guard, Target,
+};
 
 /// The bytes of a C string, `None` for a null pointer.
 ///
@@ -71,7 +74,24 @@ pub(crate) unsafe fn with_read_path<R>(
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),
         Some((_g, rel)) => match rel.and_then(|rel: Vec<u8>| read_target(&rel, follow)) {
-            Ok(c) => call(c.as_ptr()),
+            Ok(c) => {
+                // A relative path of the program's, whose entry lies under
+                // the kernel's working directory (or under the directory
+                // the shim opened the program's dirfd on), stays relative:
+                // the kernel walks only that part, as it does natively.
+                // SAFETY: `path` is a non-empty C string (branch_of).
+                let relative = unsafe { *path } != b'/' as c_char;
+                let off = match (relative, dirfd == libc::AT_FDCWD) {
+                    (false, _) => None,
+                    (true, true) => kernel_cwd_offset(c.as_bytes()),
+                    (true, false) => fd_relative_offset(dirfd, c.as_bytes()),
+                };
+                match off {
+                    // SAFETY: `off` is inside `c`, before its NUL.
+                    Some(off) => call(unsafe { c.as_ptr().add(off) }),
+                    None => call(c.as_ptr()),
+                }
+            }
             Err(e) => err(e),
         },
     }
@@ -125,7 +145,8 @@ pub(crate) fn open_in_branch(
         Resolved::Found(e) if !writes => {
             let fd = real_open(&e.phys, flags, mode);
             if fd >= 0 {
-                fd_insert(fd, e.path, 0);
+                let dir = e.kind == FileType::Directory;
+                fd_insert_phys(fd, e.path, 0, dir.then(|| e.phys.into_bytes()));
             }
             return Ok(fd);
         }

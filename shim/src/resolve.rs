@@ -26,13 +26,24 @@
 //! a daemon-wide cache, which the shim cannot take per `stat`.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    borrow::Cow,
+    cell::{Cell, UnsafeCell},
+    collections::{BTreeMap, HashMap, HashSet},
     ffi::{CString, OsStr},
-    os::unix::ffi::OsStrExt,
-    sync::Arc,
+    hash::{BuildHasherDefault, Hasher},
+    os::{
+        fd::BorrowedFd,
+        unix::ffi::{OsStrExt, OsStringExt},
+    },
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
 };
 
-use agentfs_core::{decode_name, encode_name, whiteout_name, Decoded, OPAQUE_MARKER};
+use agentfs_core::{
+    decode_name, encode_name, whiteout_name, Decoded, OPAQUE_MARKER, RESERVED_PREFIX,
+};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use crate::paths;
@@ -60,24 +71,57 @@ pub struct Chain {
     /// The absolute path at which processes see the branch root.
     pub visible_root: Vec<u8>,
     root_frame: Vec<(usize, Vec<u8>)>,
-    dirs: std::sync::RwLock<DirCache>,
+    dirs: ShardedLock<DirCache>,
 }
+
+/// FNV-1a: the cache's keys are short paths hashed on every lookup, where
+/// SipHash's flooding resistance buys nothing (the keys are the
+/// program's own paths) and costs more than the lookup.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A map keyed by paths or names, with [`Fnv`].
+type PathMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<Fnv>>;
 
 /// Frames of directories resolved before, by branch path as asked, valid
 /// for one value of the store's namespace counter.
 #[derive(Debug, Default)]
 struct DirCache {
     stamp: u64,
-    frames: std::collections::HashMap<Vec<u8>, (Vec<u8>, Frame)>,
+    /// With each: whether the path's last name itself was found to be
+    /// that directory (not reached through a symlink the kernel followed
+    /// inside the base), so a lookup of the path itself may use it.
+    frames: PathMap<(Vec<u8>, Frame, bool)>,
     /// Stored names (entries, whiteouts, markers) of layer directories
     /// above the base, by physical path; `None` for one too big to keep.
-    names: std::collections::HashMap<Vec<u8>, Option<Names>>,
+    names: PathMap<Option<Names>>,
     /// Merged listings, by canonical branch path.
-    listings: std::collections::HashMap<Vec<u8>, Arc<Vec<Listed>>>,
+    listings: PathMap<Arc<Vec<Listed>>>,
 }
 
-/// The stored names of one layer directory.
-type Names = Arc<HashSet<Vec<u8>>>;
+/// The stored names of one layer directory, with each entry's inode and
+/// `DT_*` type (a merged listing reuses them instead of reading the
+/// directory again).
+type Names = Arc<PathMap<(u64, u8)>>;
 
 /// Most merged listings kept (then the cache starts over).
 const MAX_CACHED_LISTINGS: usize = 4096;
@@ -91,7 +135,113 @@ type Frame = Vec<(usize, Vec<u8>)>;
 /// Most directory frames kept (then the cache starts over).
 const MAX_CACHED_DIRS: usize = 65_536;
 
-/// What a path is in the branch.
+/// Shards of a [`ShardedLock`]: more than the cores a shim process
+/// usually runs on at once.
+const SHARDS: usize = 8;
+
+/// One shard's lock, alone on its cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(RwLock<()>);
+
+/// A reader-writer lock for a cache that every thread reads on every
+/// call: a reader takes the read lock of its own thread's shard only, so
+/// readers on different cores do not bounce one lock word between them
+/// (git's preload threads stat in parallel); a writer takes every shard.
+struct ShardedLock<T> {
+    shards: [Shard; SHARDS],
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: `data` is only reached through the guards below: shared
+// references while a shard's read lock is held, the one mutable reference
+// while every shard's write lock is held, which excludes all readers.
+unsafe impl<T: Send + Sync> Sync for ShardedLock<T> {}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    static MY_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn my_shard() -> usize {
+    MY_SHARD
+        .try_with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            s.get()
+        })
+        .unwrap_or(0)
+}
+
+impl<T> ShardedLock<T> {
+    fn new(data: T) -> Self {
+        Self {
+            shards: Default::default(),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    fn read(&self) -> ReadGuard<'_, T> {
+        let g = self.shards[my_shard()]
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        // SAFETY: a shard's read lock is held for the guard's life: no
+        // writer (which needs every shard) can run.
+        let data = unsafe { &*self.data.get() };
+        ReadGuard { _g: g, data }
+    }
+
+    fn write(&self) -> WriteGuard<'_, T> {
+        // Always in shard order: writers do not deadlock one another.
+        let gs =
+            std::array::from_fn(|i| self.shards[i].0.write().unwrap_or_else(|p| p.into_inner()));
+        // SAFETY: every shard's write lock is held for the guard's life:
+        // no reader and no other writer can run.
+        let data = unsafe { &mut *self.data.get() };
+        WriteGuard { _gs: gs, data }
+    }
+}
+
+struct ReadGuard<'a, T> {
+    _g: RwLockReadGuard<'a, ()>,
+    data: &'a T,
+}
+
+impl<T> std::ops::Deref for ReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.data
+    }
+}
+
+struct WriteGuard<'a, T> {
+    _gs: [RwLockWriteGuard<'a, ()>; SHARDS],
+    data: &'a mut T,
+}
+
+impl<T> std::ops::Deref for WriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.data
+    }
+}
+
+impl<T> std::ops::DerefMut for WriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.data
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.read().fmt(f)
+    }
+}
+
+/// What a path is in the branch./// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// It exists.
@@ -143,6 +293,10 @@ fn cstr(v: &[u8]) -> Result<CString, Errno> {
     CString::new(v).map_err(|_| libc::EINVAL)
 }
 
+fn cstr_of(v: Vec<u8>) -> Result<CString, Errno> {
+    CString::new(v).map_err(|_| libc::EINVAL)
+}
+
 fn lstat(path: &[u8]) -> Result<Option<Stat>, Errno> {
     let c = cstr(path)?;
     match rustix::fs::statat(CWD, &c, AtFlags::SYMLINK_NOFOLLOW) {
@@ -154,7 +308,8 @@ fn lstat(path: &[u8]) -> Result<Option<Stat>, Errno> {
 }
 
 fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(dir.len() + name.len() + 1);
+    // Room for the NUL a CString of it adds.
+    let mut v = Vec::with_capacity(dir.len() + name.len() + 2);
     v.extend_from_slice(dir);
     v.push(b'/');
     v.extend_from_slice(name);
@@ -179,7 +334,7 @@ impl Chain {
             layers,
             visible_root,
             root_frame,
-            dirs: std::sync::RwLock::new(DirCache::default()),
+            dirs: ShardedLock::new(DirCache::default()),
         })
     }
 
@@ -191,24 +346,26 @@ impl Chain {
             layers: self.layers.clone(),
             visible_root: self.visible_root.clone(),
             root_frame: self.root_frame.clone(),
-            dirs: std::sync::RwLock::new(DirCache::default()),
+            dirs: ShardedLock::new(DirCache::default()),
         }
     }
 
-    fn stored(&self, idx: usize, name: &[u8]) -> Option<Vec<u8>> {
-        if self.layers[idx].base {
-            Some(name.to_vec())
+    fn stored<'n>(&self, idx: usize, name: &'n [u8]) -> Option<Cow<'n, [u8]>> {
+        if self.layers[idx].base || !name.starts_with(RESERVED_PREFIX) {
+            // Stored as it is (the base's names are literal; a layer
+            // escapes only names in the reserved namespace).
+            Some(Cow::Borrowed(name))
         } else {
             encode_name(OsStr::from_bytes(name))
                 .ok()
-                .map(|s| s.as_bytes().to_vec())
+                .map(|s| Cow::Owned(s.into_vec()))
         }
     }
 
     fn has_whiteout(&self, stamp: Option<u64>, dir: &[u8], name: &[u8]) -> Result<bool, Errno> {
         let (w, hashed) = whiteout_name(OsStr::from_bytes(name));
         if let Some(names) = self.layer_names(stamp, dir) {
-            if !names.contains(w.as_bytes()) {
+            if !names.contains_key(w.as_bytes()) {
                 return Ok(false);
             }
         }
@@ -225,7 +382,7 @@ impl Chain {
             return Ok(false);
         }
         if let Some(names) = self.layer_names(stamp, dir) {
-            return Ok(names.contains(OPAQUE_MARKER.as_bytes()));
+            return Ok(names.contains_key(OPAQUE_MARKER.as_bytes()));
         }
         Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
     }
@@ -236,7 +393,7 @@ impl Chain {
     /// name looked up in it); true when nothing is cached.
     fn may_hold(&self, stamp: Option<u64>, dir: &[u8], stored: &[u8]) -> bool {
         self.layer_names(stamp, dir)
-            .is_none_or(|names| names.contains(stored))
+            .is_none_or(|names| names.contains_key(stored))
     }
 
     /// The stored names of layer directory `dir`, listed once per value of
@@ -245,7 +402,7 @@ impl Chain {
     fn layer_names(&self, stamp: Option<u64>, dir: &[u8]) -> Option<Names> {
         let stamp = stamp?;
         {
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(known) = c.names.get(dir) {
                     return known.clone();
@@ -253,7 +410,7 @@ impl Chain {
             }
         }
         let listed = list_names(dir).map(Arc::new);
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
@@ -361,25 +518,74 @@ impl Chain {
 
     fn cached(&self, stamp: Option<u64>, key: &[u8]) -> Option<(Vec<u8>, Frame)> {
         let stamp = stamp?;
-        let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+        let c = self.dirs.read();
         if c.stamp != stamp {
             return None;
         }
-        c.frames.get(key).cloned()
+        c.frames
+            .get(key)
+            .map(|(canon, frame, _)| (canon.clone(), frame.clone()))
     }
 
-    fn remember(&self, stamp: Option<u64>, key: &[u8], canon: &[u8], frame: &Frame) {
+    /// What the cache alone answers for a path: the directory `full` when
+    /// its own name was resolved to it before; with `in_base`, name `name`
+    /// in directory `parent` when that directory's cached frame is the
+    /// base's alone (its base path, unchecked: what the lazy resolution
+    /// answers, without copying the frame).
+    fn answer_cached(
+        &self,
+        stamp: Option<u64>,
+        full: &[u8],
+        parent: &[u8],
+        name: &[u8],
+        in_base: bool,
+    ) -> Option<Result<Resolved, Errno>> {
+        let stamp = stamp?;
+        let c = self.dirs.read();
+        if c.stamp != stamp {
+            return None;
+        }
+        if let Some((canon, frame, true)) = c.frames.get(full) {
+            return Some(self.dir_entry(canon.clone(), frame).map(Resolved::Found));
+        }
+        if !in_base || name == b"." || name == b".." {
+            return None;
+        }
+        let (canon, frame, _) = c.frames.get(parent)?;
+        let [(idx, dir)] = frame.as_slice() else {
+            return None;
+        };
+        if !self.layers[*idx].base {
+            return None;
+        }
+        let mut path = Vec::with_capacity(canon.len() + name.len() + 1);
+        path.extend_from_slice(canon);
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        Some(cstr_of(child(dir, name)).map(|phys| {
+            Resolved::Found(Entry {
+                path,
+                phys,
+                layer: *idx,
+                kind: FileType::Unknown,
+            })
+        }))
+    }
+
+    fn remember(&self, stamp: Option<u64>, key: &[u8], canon: &[u8], frame: &Frame, exact: bool) {
         let Some(stamp) = stamp else {
             return;
         };
         {
             // Most calls find it there already: no write lock for them.
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
-            if c.stamp == stamp && c.frames.contains_key(key) {
+            let c = self.dirs.read();
+            if c.stamp == stamp && c.frames.get(key).is_some_and(|e| e.2 || !exact) {
                 return;
             }
         }
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
             c.frames.clear();
             c.names.clear();
@@ -387,12 +593,12 @@ impl Chain {
             c.stamp = stamp;
         }
         c.frames
-            .insert(key.to_vec(), (canon.to_vec(), frame.clone()));
+            .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
     }
 
     /// Drops every cached directory frame.
     pub fn forget(&self) {
-        let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.dirs.write();
         c.frames.clear();
         c.names.clear();
         c.listings.clear();
@@ -426,11 +632,34 @@ impl Chain {
                 .split(|&b| b == b'/')
                 .filter(|c| !c.is_empty())
                 .collect();
-            let parent_key = comps[..comps.len().saturating_sub(1)].join(&b'/');
+            // Normalised already (as callers pass it): keys are parts of it.
+            let clean = comps.len() == path.split(|&b| b == b'/').count();
+            let parent_key = match comps.len() {
+                0 | 1 => Cow::Borrowed(&b""[..]),
+                n if clean => {
+                    let last = comps[n - 1];
+                    Cow::Borrowed(&path[..path.len() - last.len() - 1])
+                }
+                n => Cow::Owned(comps[..n - 1].join(&b'/')),
+            };
+            if let Some(last) = comps.last() {
+                let full = if clean {
+                    Cow::Borrowed(&path[..])
+                } else {
+                    Cow::Owned(comps.join(&b'/'))
+                };
+                // A directory resolved before, or (for a program's lstat)
+                // a name in a directory only the base has: no syscall, one
+                // look at the cache.
+                let in_base = lazy && !follow && comps.len() >= 2;
+                if let Some(r) = self.answer_cached(stamp, &full, &parent_key, last, in_base) {
+                    return r;
+                }
+            }
             let (mut frame, mut canon, start, mut key) = match comps.len() {
                 0 | 1 => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
                 n => match self.cached(stamp, &parent_key) {
-                    Some((canon, frame)) => (frame, canon, n - 1, parent_key.clone()),
+                    Some((canon, frame)) => (frame, canon, n - 1, parent_key.to_vec()),
                     None => (self.root_frame.clone(), Vec::new(), 0, Vec::new()),
                 },
             };
@@ -477,7 +706,7 @@ impl Chain {
                                 full.iter().rposition(|&b| b == b'/'),
                             ) {
                                 let parent = vec![(frame[0].0, phys[..pp].to_vec())];
-                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                                self.remember(stamp, &parent_key, &full[..cp], &parent, false);
                             }
                         }
                         return Ok(Resolved::Found(Entry {
@@ -518,7 +747,13 @@ impl Chain {
                                 full.iter().rposition(|&b| b == b'/'),
                             ) {
                                 let parent = vec![(frame[0].0, phys[..pp].to_vec())];
-                                self.remember(stamp, &parent_key, &full[..cp], &parent);
+                                self.remember(stamp, &parent_key, &full[..cp], &parent, false);
+                            }
+                            if kind_of(&st) == FileType::Directory && last {
+                                // The name itself, not a path the kernel
+                                // may have followed symlinks along.
+                                let frame = vec![(frame[0].0, phys.clone())];
+                                self.remember(stamp, &key, &full, &frame, true);
                             }
                             Ok(Resolved::Found(Entry {
                                 path: full,
@@ -572,7 +807,7 @@ impl Chain {
                     Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
                         frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                         canon = here;
-                        self.remember(stamp, &key, &canon, &frame);
+                        self.remember(stamp, &key, &canon, &frame, true);
                         if last {
                             return self.dir_entry(canon, &frame).map(Resolved::Found);
                         }
@@ -620,13 +855,21 @@ impl Chain {
     /// The merged listing of directory `rel` (symlinks followed), sorted by
     /// name, with `.` and `..` first; whiteouts and markers hidden.
     pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
-        self.list_at(rel, None)
+        self.list_at(rel, None, None)
     }
 
     /// [`Chain::list`], with the listing kept (and reused) while the
     /// namespace counter stays `stamp`, under the same contract as
-    /// [`Chain::resolve_at`].
-    pub fn list_at(&self, rel: &[u8], stamp: Option<u64>) -> Result<Vec<Listed>, Errno> {
+    /// [`Chain::resolve_at`]. `top`, an fd open on the directory's top
+    /// physical part (the one `resolve` names), is read instead of opening
+    /// that part again when it is the base's (on Linux; its offset is
+    /// rewound after); a layer's part is read from the cached names.
+    pub fn list_at(
+        &self,
+        rel: &[u8],
+        stamp: Option<u64>,
+        top: Option<BorrowedFd<'_>>,
+    ) -> Result<Vec<Listed>, Errno> {
         let canon = match self.resolve_at(rel, true, stamp, false)? {
             Resolved::Found(e) if e.kind == FileType::Directory => e.path,
             Resolved::Found(_) => return Err(libc::ENOTDIR),
@@ -634,16 +877,16 @@ impl Chain {
             Resolved::Outside(_) => return Err(libc::EXDEV),
         };
         if let Some(stamp) = stamp {
-            let c = self.dirs.read().unwrap_or_else(|p| p.into_inner());
+            let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(l) = c.listings.get(&canon) {
                     return Ok(l.as_ref().clone());
                 }
             }
         }
-        let listed = self.merged_listing(stamp, &canon)?;
+        let listed = self.merged_listing(stamp, &canon, top)?;
         if let (Some(stamp), true) = (stamp, listed.len() <= MAX_CACHED_NAMES * 16) {
-            let mut c = self.dirs.write().unwrap_or_else(|p| p.into_inner());
+            let mut c = self.dirs.write();
             if c.stamp != stamp || c.listings.len() >= MAX_CACHED_LISTINGS {
                 c.frames.clear();
                 c.names.clear();
@@ -655,26 +898,19 @@ impl Chain {
         Ok(listed)
     }
 
-    fn merged_listing(&self, stamp: Option<u64>, canon: &[u8]) -> Result<Vec<Listed>, Errno> {
+    fn merged_listing(
+        &self,
+        stamp: Option<u64>,
+        canon: &[u8],
+        top: Option<BorrowedFd<'_>>,
+    ) -> Result<Vec<Listed>, Errno> {
         let frame = self.frame_at(stamp, canon)?;
         let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
-        for (idx, dir) in &frame {
+        for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
-            let fd = rustix::fs::open(
-                cstr(dir)?.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| e.raw_os_error())?;
-            let mut d = rustix::fs::Dir::read_from(&fd).map_err(|e| e.raw_os_error())?;
             let mut whiteouts = Vec::new();
-            while let Some(ent) = d.read() {
-                let ent = ent.map_err(|e| e.raw_os_error())?;
-                let stored = ent.file_name().to_bytes();
-                if stored == b"." || stored == b".." {
-                    continue;
-                }
+            let mut add = |stored: &[u8], ino: u64, dtype: u8| {
                 let name = if base {
                     stored.to_vec()
                 } else {
@@ -682,21 +918,37 @@ impl Chain {
                         Decoded::Entry(n) => n.as_bytes().to_vec(),
                         Decoded::Whiteout(n) => {
                             whiteouts.push(n.as_bytes().to_vec());
-                            continue;
+                            return;
                         }
                         Decoded::HashedWhiteout => {
                             if let Ok(n) = std::fs::read(OsStr::from_bytes(&child(dir, stored))) {
                                 whiteouts.push(n);
                             }
-                            continue;
+                            return;
                         }
-                        Decoded::Opaque | Decoded::Reserved => continue,
+                        Decoded::Opaque | Decoded::Reserved => return,
                     }
                 };
-                if seen.contains_key(&name) || hidden.contains(&name) {
-                    continue;
+                if !seen.contains_key(&name) && !hidden.contains(&name) {
+                    seen.insert(name, (ino, dtype));
                 }
-                seen.insert(name, (ent.ino(), dtype(ent.file_type())));
+            };
+            // A layer directory's names are usually listed already (by
+            // the lookups that led here): no second read of it.
+            match (!base).then(|| self.layer_names(stamp, dir)).flatten() {
+                Some(names) => {
+                    for (stored, &(ino, dtype)) in names.iter() {
+                        add(stored, ino, dtype);
+                    }
+                }
+                None => read_dir(
+                    dir,
+                    top.filter(|_| pos == 0 && base),
+                    |stored, ino, dtype| {
+                        add(stored, ino, dtype);
+                        true
+                    },
+                )?,
             }
             hidden.extend(whiteouts);
         }
@@ -713,6 +965,17 @@ impl Chain {
                 .map(|(name, (ino, dtype))| Listed { name, ino, dtype }),
         );
         Ok(out)
+    }
+
+    /// The base's own directory for canonical branch directory `canon`,
+    /// when the merged directory includes it (not hidden by an opaque
+    /// layer or a whiteout, not a symlink in the base).
+    pub fn base_dir_of(&self, canon: &[u8]) -> Option<Vec<u8>> {
+        let frame = self.frame_at(None, canon).ok()?;
+        frame
+            .into_iter()
+            .find(|(idx, _)| self.layers[*idx].base)
+            .map(|(_, dir)| dir)
     }
 
     /// The branch path of physical path `phys` when it lies in a layer of
@@ -743,27 +1006,69 @@ impl Chain {
     }
 }
 
-/// Every stored name of directory `dir` (raw syscalls); `None` when it has
-/// more than [`MAX_CACHED_NAMES`] or cannot be read.
-fn list_names(dir: &[u8]) -> Option<HashSet<Vec<u8>>> {
+/// Calls `f(name, inode, DT_* type)` for every entry of directory `dir`
+/// but `.` and `..`, until it returns false (raw syscalls). On Linux,
+/// `open` (an fd on `dir`) is read instead of opening `dir`, and rewound.
+fn read_dir(
+    dir: &[u8],
+    open: Option<BorrowedFd<'_>>,
+    mut f: impl FnMut(&[u8], u64, u8) -> bool,
+) -> Result<(), Errno> {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = open {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let mut d = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+        let mut r = Ok(());
+        while let Some(ent) = d.next() {
+            match ent {
+                Ok(ent) => {
+                    let name = ent.file_name().to_bytes();
+                    if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type()))
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    r = Err(e.raw_os_error());
+                    break;
+                }
+            }
+        }
+        let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
+        return r;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = open;
     let fd = rustix::fs::open(
-        cstr(dir).ok()?.as_c_str(),
+        cstr(dir)?.as_c_str(),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok()?;
-    let mut d = rustix::fs::Dir::read_from(&fd).ok()?;
-    let mut names = HashSet::new();
+    .map_err(|e| e.raw_os_error())?;
+    // `Dir::new` reads this fd; `Dir::read_from` would open it again.
+    let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
     while let Some(ent) = d.read() {
-        let name = ent.ok()?.file_name().to_bytes().to_vec();
-        if name != b"." && name != b".." {
-            names.insert(name);
-        }
-        if names.len() > MAX_CACHED_NAMES {
-            return None;
+        let ent = ent.map_err(|e| e.raw_os_error())?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
+            break;
         }
     }
-    Some(names)
+    Ok(())
+}
+
+/// Every stored name of directory `dir`, with its inode and type; `None`
+/// when it has more than [`MAX_CACHED_NAMES`] or cannot be read.
+fn list_names(dir: &[u8]) -> Option<PathMap<(u64, u8)>> {
+    let mut names = PathMap::default();
+    let mut big = false;
+    read_dir(dir, None, |name, ino, dtype| {
+        names.insert(name.to_vec(), (ino, dtype));
+        big = names.len() > MAX_CACHED_NAMES;
+        !big
+    })
+    .ok()?;
+    (!big).then_some(names)
 }
 
 fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
@@ -936,12 +1241,12 @@ mod tests {
                 .map(|e| String::from_utf8(e.name).unwrap())
                 .collect()
         };
-        let first = names(c.list_at(b"d", Some(1)).unwrap());
+        let first = names(c.list_at(b"d", Some(1), None).unwrap());
         assert_eq!(first, [".", "..", "new", "y"]);
         fs::write(t.path().join("top/d/later"), "l").unwrap();
-        assert_eq!(names(c.list_at(b"d", Some(1)).unwrap()), first);
+        assert_eq!(names(c.list_at(b"d", Some(1), None).unwrap()), first);
         assert_eq!(
-            names(c.list_at(b"d", Some(2)).unwrap()),
+            names(c.list_at(b"d", Some(2), None).unwrap()),
             [".", "..", "later", "new", "y"]
         );
         // Without a counter the listing is always read afresh.
@@ -970,6 +1275,19 @@ mod tests {
             c.cached(Some(3), b"only/deep").is_none(),
             "a new stamp drops it"
         );
+    }
+
+    #[test]
+    fn the_base_part_of_a_directory_only_where_it_is_merged_in() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let base = t.path().join("base");
+        let b = |p: &Path| Some(p.as_os_str().as_bytes().to_vec());
+        assert_eq!(c.base_dir_of(b"d"), b(&base.join("d")));
+        assert_eq!(c.base_dir_of(b""), b(&base));
+        assert_eq!(c.base_dir_of(b"o"), None, "an opaque layer hides it");
+        fs::create_dir_all(t.path().join("top/mine")).unwrap();
+        assert_eq!(c.base_dir_of(b"mine"), None, "the layer's alone");
     }
 
     #[test]

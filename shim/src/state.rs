@@ -13,8 +13,8 @@ use std::{
     },
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard,
     },
 };
 
@@ -440,13 +440,63 @@ pub(crate) fn chain() -> Result<Arc<Chain>, Errno> {
     chain_and_counters().map(|(c, _)| c)
 }
 
+/// Moves whenever the process-wide chain is replaced (and in a forked
+/// child): a thread's own copy of it is current while this and the graph
+/// counter stay.
+static CHAIN_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's copy of the chain, checked without a lock.
+struct LocalChain {
+    chain: Arc<Chain>,
+    counters: Counters,
+    graph: u64,
+    epoch: u64,
+}
+
+std::thread_local! {
+    static LOCAL_CHAIN: std::cell::RefCell<Option<LocalChain>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn local_chain() -> Option<(Arc<Chain>, Counters)> {
+    LOCAL_CHAIN
+        .try_with(|l| {
+            let l = l.try_borrow().ok()?;
+            let l = l.as_ref()?;
+            (l.epoch == CHAIN_EPOCH.load(Ordering::Acquire) && l.counters.graph() == l.graph)
+                .then(|| (l.chain.clone(), l.counters))
+        })
+        .ok()
+        .flatten()
+}
+
+fn keep_local_chain(chain: &Arc<Chain>, counters: Counters, graph: u64, epoch: u64) {
+    let _ = LOCAL_CHAIN.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some(LocalChain {
+                chain: chain.clone(),
+                counters,
+                graph,
+                epoch,
+            });
+        }
+    });
+}
+
 fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
+    // The common case, from every thread at once (git's preload threads
+    // stat in parallel): no lock.
+    if let Some((chain, c)) = local_chain() {
+        return Ok((chain, Some(c)));
+    }
     let cfg = config().ok_or(libc::EIO)?;
     let mut g = lock(&CHAIN);
     let tick = coarse_tick();
     if let Some(s) = g.as_mut() {
         if let Some(c) = s.counters {
             if c.graph() == s.graph {
+                let epoch = CHAIN_EPOCH.load(Ordering::Acquire);
+                keep_local_chain(&s.chain, c, s.graph, epoch);
                 return Ok((s.chain.clone(), s.counters));
             }
         } else if s.checked_tick == tick {
@@ -485,6 +535,10 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         });
     }
     let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    let epoch = CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(c) = counters {
+        keep_local_chain(&chain, c, graph, epoch);
+    }
     *g = Some(ChainState {
         chain: chain.clone(),
         graph_file,
@@ -505,12 +559,86 @@ pub(crate) fn chain_changed() {
 
 // ------------------------------------------------------------------- cwd
 
-static CWD: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+static CWD: RwLock<Option<Vec<u8>>> = RwLock::new(None);
+
+/// The kernel's own working directory (a physical path), when the shim
+/// knows it: relative paths of the program's reads are handed to the
+/// kernel relative to it (a shorter walk than the absolute path).
+static KERNEL_CWD: RwLock<Option<Vec<u8>>> = RwLock::new(None);
+
+fn kernel_cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
+    KERNEL_CWD.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Moves (under the working directory's write lock) whenever the shim's
+/// record of it changes: a thread's own copy is current while it stays.
+static CWD_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's copy of the working directory records: (generation, as
+/// the program sees it, the kernel's).
+type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+std::thread_local! {
+    static LOCAL_CWD: std::cell::RefCell<Option<LocalCwd>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on the working directory records without touching a lock
+/// (no write to a cache line the program's threads share: git's preload
+/// threads resolve relative paths in parallel); `None` when the thread's
+/// copy cannot be used.
+fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Option<R> {
+    let now = CWD_GEN.load(Ordering::Acquire);
+    LOCAL_CWD
+        .try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            if l.as_ref().is_none_or(|c| c.0 != now) {
+                let v = CWD.read().unwrap_or_else(|p| p.into_inner());
+                let k = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
+                // Read under the lock its writers hold.
+                let generation = CWD_GEN.load(Ordering::Acquire);
+                *l = Some((generation, v.clone(), k.clone()));
+            }
+            let c = l.as_ref()?;
+            Some(f(c.1.as_deref(), c.2.as_deref()))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Where in physical path `phys` the part relative to the kernel's
+/// working directory starts, when `phys` lies under it.
+pub(crate) fn kernel_cwd_offset(phys: &[u8]) -> Option<usize> {
+    with_local_cwd(|_, k| {
+        let k = k?;
+        if k == b"/" {
+            return (phys.len() > 1).then_some(1);
+        }
+        (phys.len() > k.len() + 1 && phys.starts_with(k) && phys[k.len()] == b'/')
+            .then_some(k.len() + 1)
+    })
+    .flatten()
+}
+
+fn cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
+    CWD.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `path` joined to the working directory as the program sees it.
+fn join_cwd(path: &[u8]) -> Result<Vec<u8>, Errno> {
+    if let Some(Some(v)) = with_local_cwd(|c, _| c.map(|c| paths::join(c, path))) {
+        return Ok(v);
+    }
+    Ok(paths::join(&cwd()?, path))
+}
 
 /// The working directory as the program sees it (a visible path when it
 /// is in the branch).
 pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
-    let mut g = lock(&CWD);
+    if let Some(c) = CWD.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Ok(c.clone());
+    }
+    let mut g = cwd_write();
     if let Some(c) = g.as_ref() {
         return Ok(c.clone());
     }
@@ -532,20 +660,49 @@ pub(crate) fn cwd() -> Result<Vec<u8>, Errno> {
         if in_store && paths::under(&cfg.root, &buf).is_none() {
             drop(g);
             let mapped = chain().ok().and_then(|c| c.branch_path_of(&buf));
-            g = lock(&CWD);
+            g = cwd_write();
             if let Some(rel) = mapped {
                 visible = paths::visible(&cfg.root, &rel);
             }
         }
     }
+    *kernel_cwd_write() = Some(buf);
     *g = Some(visible.clone());
+    CWD_GEN.fetch_add(1, Ordering::AcqRel);
     Ok(visible)
+}
+
+/// The physical directory a `chdir` to branch directory `e` makes the
+/// kernel's working directory: when the branch is visible at its base's
+/// path, the base's own directory of that path if there is one (so
+/// `/proc/self/cwd`, and children that run without the shim, see the
+/// branch's path), else the entry's topmost copy.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn cwd_target(e: &crate::resolve::Entry) -> CString {
+    let base = chain().ok().and_then(|c| {
+        // Only where the branch is visible at the base's own path: a
+        // base path elsewhere would not map back to the branch.
+        c.layers
+            .last()
+            .filter(|l| l.base && l.root == c.visible_root)?;
+        CString::new(c.base_dir_of(&e.path)?).ok()
+    });
+    base.unwrap_or_else(|| e.phys.clone())
 }
 
 /// Records the working directory after a `chdir` (`None`: ask the kernel
 /// next time).
 pub(crate) fn set_cwd(v: Option<Vec<u8>>) {
-    *lock(&CWD) = v;
+    set_cwd_phys(v, None);
+}
+
+/// [`set_cwd`], with the physical directory the kernel's working
+/// directory now is, when known.
+pub(crate) fn set_cwd_phys(v: Option<Vec<u8>>, phys: Option<Vec<u8>>) {
+    let mut g = cwd_write();
+    *kernel_cwd_write() = phys;
+    *g = v;
+    CWD_GEN.fetch_add(1, Ordering::AcqRel);
 }
 
 // ------------------------------------------------------------------- fds
@@ -559,6 +716,10 @@ pub(crate) struct FdInfo {
     pub record: u64,
     /// The process whose connection owns `record`.
     pub pid: u32,
+    /// The physical path the shim opened it on, when it opened it itself
+    /// (reads): a `*at()` call's entry under it is handed to the kernel
+    /// relative to the fd, as the program asked.
+    pub phys: Option<Vec<u8>>,
 }
 
 static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
@@ -566,6 +727,11 @@ static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Remembers that `fd` is `info` in the branch.
 pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
+    fd_insert_phys(fd, path, record, None);
+}
+
+/// [`fd_insert`], with the physical path the shim opened `fd` on.
+pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, record: u64, phys: Option<Vec<u8>>) {
     let mut g = lock(&FDS);
     let m = g.get_or_insert_with(HashMap::new);
     m.insert(
@@ -574,9 +740,22 @@ pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
             path,
             record,
             pid: pid(),
+            phys,
         },
     );
     FD_COUNT.store(m.len(), Ordering::Relaxed);
+}
+
+/// Where in physical path `phys` the part relative to directory fd `fd`
+/// starts, when the shim opened `fd` on a directory `phys` lies under.
+pub(crate) fn fd_relative_offset(fd: RawFd, phys: &[u8]) -> Option<usize> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let g = lock(&FDS);
+    let d = g.as_ref()?.get(&fd)?.phys.as_ref()?;
+    (phys.len() > d.len() + 1 && phys.starts_with(d) && phys[d.len()] == b'/')
+        .then_some(d.len() + 1)
 }
 
 /// What the shim knows about `fd`.
@@ -671,16 +850,21 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
         }
         path.to_vec()
     } else if dirfd == libc::AT_FDCWD {
-        paths::join(&cwd()?, path)
+        join_cwd(path)?
     } else {
         match fd_get(dirfd) {
             Some(info) => paths::join(&paths::visible(&cfg.root, &info.path), path),
             None => return Ok(Target::Native),
         }
     };
-    let abs = paths::normalize(&abs);
-    Ok(match paths::under(&cfg.root, &abs) {
-        Some(rel) => Target::Branch(rel.to_vec()),
+    let mut abs = paths::normalize(&abs);
+    Ok(match paths::under(&cfg.root, &abs).map(<[u8]>::len) {
+        Some(n) => {
+            // The branch path is the tail: keep the allocation.
+            let cut = abs.len() - n;
+            abs.drain(..cut);
+            Target::Branch(abs)
+        }
         None => Target::Native,
     })
 }
@@ -699,6 +883,24 @@ pub(crate) fn resolve_for_read(rel: &[u8], follow: bool) -> Result<Resolved, Err
 }
 
 fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno> {
+    // The thread's own copy, borrowed: no reference count to move on a
+    // cache line every thread shares.
+    let local = LOCAL_CHAIN.try_with(|l| {
+        let l = l.try_borrow().ok()?;
+        let l = l.as_ref()?;
+        if l.epoch != CHAIN_EPOCH.load(Ordering::Acquire) || l.counters.graph() != l.graph {
+            return None;
+        }
+        let before = l.counters.namespace();
+        let r = l.chain.resolve_at(rel, follow, Some(before), lazy);
+        if l.counters.namespace() != before {
+            l.chain.forget();
+        }
+        Some(r)
+    });
+    if let Ok(Some(r)) = local {
+        return r;
+    }
     let (chain, counters) = chain_and_counters()?;
     let Some(c) = counters else {
         return chain.resolve_at(rel, follow, None, lazy);
@@ -712,14 +914,17 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
 }
 
 /// The merged listing of branch directory `rel`, reused while the store's
-/// namespace counter stays.
-pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
+/// namespace counter stays; `top` is an fd the shim opened on it (read
+/// instead of opening its top part again).
+pub(crate) fn list(rel: &[u8], top: Option<RawFd>) -> Result<Vec<crate::resolve::Listed>, Errno> {
     let (chain, counters) = chain_and_counters()?;
+    // SAFETY: the caller's fd, open for the duration of the call.
+    let top = top.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
     let Some(c) = counters else {
-        return chain.list_at(rel, None);
+        return chain.list_at(rel, None, top);
     };
     let before = c.namespace();
-    let r = chain.list_at(rel, Some(before));
+    let r = chain.list_at(rel, Some(before), top);
     if c.namespace() != before {
         chain.forget();
     }
@@ -732,7 +937,8 @@ pub(crate) fn list(rel: &[u8]) -> Result<Vec<crate::resolve::Listed>, Errno> {
 pub(crate) struct StateLocks {
     _conn: MutexGuard<'static, Option<Conn>>,
     _chain: MutexGuard<'static, Option<ChainState>>,
-    _cwd: MutexGuard<'static, Option<Vec<u8>>>,
+    _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
+    _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
     _writers: MutexGuard<'static, Option<HashMap<u64, HeldWriter>>>,
 }
@@ -744,6 +950,9 @@ pub(crate) fn renew_chain_after_fork() {
     if let Some(st) = lock(&CHAIN).as_mut() {
         st.chain = Arc::new(st.chain.fresh_copy());
     }
+    // Every thread's copy (the forking thread's is the only one left) is
+    // the parent's chain, whose cache lock another thread may have held.
+    CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Takes every lock of this module, in the order other paths nest them:
@@ -756,7 +965,8 @@ pub(crate) fn lock_all() -> StateLocks {
     StateLocks {
         _conn: conn,
         _chain: chain,
-        _cwd: lock(&CWD),
+        _cwd: cwd_write(),
+        _kernel_cwd: kernel_cwd_write(),
         _fds: lock(&FDS),
         _writers: lock(&WRITERS),
     }

@@ -23,8 +23,8 @@ use rustix::fs::FileType;
 use crate::dispatch::{open_in_branch, read_target, umask_now, with_read_path, with_write_path};
 
 use super::{
-    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
-    fs_op, orig, resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
+    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_remove, fs_op, orig,
+    resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -75,13 +75,213 @@ path_read!(statfs(path: Cp, buf: *mut libc::statfs) -> c_int; dirfd: CWD; path: 
 path_read!(statfs64(path: Cp, buf: *mut libc::statfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
 path_read!(statvfs(path: Cp, buf: *mut libc::statvfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
 path_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(readlink(path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
-path_read!(readlinkat(dirfd: c_int, path: Cp, buf: *mut c_char, size: size_t) -> ssize_t; dirfd: dirfd; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(llistxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(posix_spawn(pid: *mut libc::pid_t, path: Cp, actions: *const c_void, attr: *const c_void, argv: *const Cp, envp: *const Cp) -> c_int; dirfd: CWD; path: path; follow: true; err: |e| e);
+
+// ------------------------------------------------------------ readlink
+
+/// What a link of the process's own `/proc` entry (`/proc/self/fd/N`,
+/// `/proc/<own pid>/fd/N`, `/proc/self/cwd`, and `thread-self`) shows in
+/// the branch: the branch path of an fd the shim opened there, or of the
+/// working directory; `None` for anything else.
+fn proc_link(path: &[u8]) -> Option<Vec<u8>> {
+    let cfg = super::config()?;
+    let rest = path.strip_prefix(b"/proc/")?;
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let (who, what) = (&rest[..slash], &rest[slash + 1..]);
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() }.to_string();
+    if who != b"self" && who != b"thread-self" && who != me.as_bytes() {
+        return None;
+    }
+    if what == b"cwd" {
+        let c = cwd().ok()?;
+        return paths::under(&cfg.root, &c).is_some().then_some(c);
+    }
+    let n: c_int = std::str::from_utf8(what.strip_prefix(b"fd/")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    fd_get(n).map(|info| paths::visible(&cfg.root, &info.path))
+}
+
+/// A path the kernel's `/proc` link showed, as the program should see it:
+/// a layer path maps back to its branch path.
+fn visible_of_kernel(kernel: &[u8]) -> Option<Vec<u8>> {
+    let cfg = super::config()?;
+    let store = cfg.store.as_ref()?;
+    paths::shown_for_kernel_path(store, &cfg.root, kernel, |p| {
+        super::chain().ok()?.branch_path_of(p)
+    })
+}
+
+/// Copies link text `v` into the caller's buffer as `readlink` does
+/// (truncated, no NUL).
+unsafe fn link_out(v: &[u8], buf: *mut c_char, size: size_t) -> ssize_t {
+    let n = v.len().min(size);
+    // SAFETY: the caller's buffer of `size` bytes.
+    unsafe { ptr::copy_nonoverlapping(v.as_ptr().cast(), buf, n) };
+    n as ssize_t
+}
+
+unsafe fn readlink_impl(
+    dirfd: c_int,
+    path: Cp,
+    buf: *mut c_char,
+    size: size_t,
+    o: unsafe extern "C" fn(c_int, Cp, *mut c_char, size_t) -> ssize_t,
+) -> ssize_t {
+    // SAFETY: the program's C string.
+    let proc_path = unsafe { bytes(path) }.filter(|p| p.starts_with(b"/proc/"));
+    if let (Some(p), Some(_g)) = (proc_path, Guard::enter()) {
+        if let Some(v) = proc_link(p) {
+            // SAFETY: the caller's buffer.
+            return unsafe { link_out(&v, buf, size) };
+        }
+        // SAFETY: passed on.
+        let n = unsafe { o(dirfd, path, buf, size) };
+        if n > 0 {
+            // SAFETY: the kernel wrote `n` bytes there.
+            let got = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n as usize) };
+            if let Some(v) = visible_of_kernel(got) {
+                // SAFETY: the caller's buffer.
+                return unsafe { link_out(&v, buf, size) };
+            }
+        }
+        return n;
+    }
+    // SAFETY: the program's arguments.
+    unsafe {
+        with_read_path(
+            dirfd,
+            path,
+            false,
+            |e| fail(e) as ssize_t,
+            |p| o(dirfd, p, buf, size),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readlink(path: Cp, buf: *mut c_char, size: size_t) -> ssize_t {
+    let Some(o) = orig!(readlinkat: fn(c_int, Cp, *mut c_char, size_t) -> ssize_t) else {
+        return fail(libc::ENOSYS) as ssize_t;
+    };
+    // SAFETY: the program's arguments.
+    unsafe { readlink_impl(CWD, path, buf, size, o) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readlinkat(
+    dirfd: c_int,
+    path: Cp,
+    buf: *mut c_char,
+    size: size_t,
+) -> ssize_t {
+    let Some(o) = orig!(readlinkat: fn(c_int, Cp, *mut c_char, size_t) -> ssize_t) else {
+        return fail(libc::ENOSYS) as ssize_t;
+    };
+    // SAFETY: the program's arguments.
+    unsafe { readlink_impl(dirfd, path, buf, size, o) }
+}
+
+// ---------------------------------------------------------------- dlopen
+
+/// Where the `dlopen` entry goes on: the file name to pass (the program's,
+/// or the physical path of a branch entry) and the function to jump to.
+#[repr(C)]
+struct DlopenRoute {
+    file: Cp,
+    real: usize,
+}
+
+/// `dlopen` when libc has none to go on to, or when a branch path cannot
+/// be loaded: fails (as a missing file does).
+unsafe extern "C" fn dlopen_fails(_file: Cp, _mode: c_int) -> *mut c_void {
+    set_errno(libc::ENOENT);
+    ptr::null_mut()
+}
+
+/// Decides where a `dlopen(file, ...)` goes. Only a name with a `/` (and
+/// no `$`, which glibc expands against the caller) in the branch is
+/// translated: a bare name is searched by glibc with the caller's
+/// `RUNPATH`, which stays the caller's because the entry jumps to the real
+/// `dlopen` with the caller's return address.
+extern "C" fn dlopen_route(file: Cp) -> DlopenRoute {
+    let real = orig!(dlopen: fn(Cp, c_int) -> *mut c_void)
+        .map_or(dlopen_fails as *const () as usize, |f| f as usize);
+    let pass = DlopenRoute { file, real };
+    let Some(_g) = Guard::enter() else {
+        return pass;
+    };
+    // SAFETY: the program's C string (or null: the main program).
+    let Some(p) = (unsafe { bytes(file) }) else {
+        return pass;
+    };
+    if !p.contains(&b'/') || p.contains(&b'$') {
+        return pass;
+    }
+    match classify(CWD, p) {
+        Ok(Target::Native) => pass,
+        Ok(Target::Branch(rel)) => match read_target(&rel, true) {
+            // Kept for the process's life: glibc copies the name, but a
+            // library loaded by path is rare enough not to track it.
+            Ok(c) => DlopenRoute {
+                file: Box::leak(c.into_boxed_c_str()).as_ptr(),
+                real,
+            },
+            Err(_) => DlopenRoute {
+                file,
+                real: dlopen_fails as *const () as usize,
+            },
+        },
+        Err(_) => DlopenRoute {
+            file,
+            real: dlopen_fails as *const () as usize,
+        },
+    }
+}
+
+/// `dlopen`: glibc takes the caller from the return address (for the
+/// search path and the namespace), so this entry must not be a frame of
+/// its own: it asks [`dlopen_route`] and then jumps to the real `dlopen`
+/// with the program's return address still in place.
+#[cfg(target_arch = "x86_64")]
+#[no_mangle]
+#[unsafe(naked)]
+pub unsafe extern "C" fn dlopen(file: Cp, mode: c_int) -> *mut c_void {
+    std::arch::naked_asm!(
+        // Keep `mode`; the push also aligns the stack for the call.
+        "push rsi",
+        "call {route}",
+        "pop rsi",
+        "mov rdi, rax",
+        "jmp rdx",
+        route = sym dlopen_route,
+    )
+}
+
+/// `dlopen` (see the x86_64 entry): the link register is restored before
+/// the jump, so the real `dlopen` sees the program's return address.
+#[cfg(target_arch = "aarch64")]
+#[no_mangle]
+#[unsafe(naked)]
+pub unsafe extern "C" fn dlopen(file: Cp, mode: c_int) -> *mut c_void {
+    std::arch::naked_asm!(
+        "stp x29, x30, [sp, #-32]!",
+        "mov x29, sp",
+        "str x1, [sp, #16]",
+        "bl {route}",
+        "mov x16, x1",
+        "ldr x1, [sp, #16]",
+        "ldp x29, x30, [sp], #32",
+        "br x16",
+        route = sym dlopen_route,
+    )
+}
 
 /// The path an `exec` of `path` runs: `Ok(None)` for the program's own.
 /// The guard is released before the caller execs: in a `vfork` child the
@@ -442,7 +642,7 @@ unsafe fn freopen_impl(
             return ptr::null_mut();
         }
         if let Some(info) = fd_remove(fd) {
-            fd_insert(target, info.path, info.record);
+            super::fd_insert_phys(target, info.path, info.record, info.phys);
         }
         libc::syscall(libc::SYS_close, fd);
         // The stream's own mode (read/write flags, buffer) is reset by
@@ -706,7 +906,7 @@ fn copy_fd_entry(from: c_int, to: c_int) {
     }
     if let Some(info) = fd_get(from) {
         // Both hold the daemon's record: the last to close ends it.
-        fd_insert(to, info.path, info.record);
+        super::fd_insert_phys(to, info.path, info.record, info.phys);
     }
 }
 
@@ -790,7 +990,7 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
-    match super::list(&path) {
+    match super::list(&path, Some(fd)) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
             close_tracked(fd);
@@ -955,7 +1155,7 @@ pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
-            if let Ok(entries) = super::list(&d.path) {
+            if let Ok(entries) = super::list(&d.path, None) {
                 d.entries = entries;
             }
             d.pos = 0;
@@ -991,6 +1191,434 @@ pub unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: c_long) {
     }
 }
 
+// ------------------------------------------------------------------ glob
+
+/// glibc's `glob_t` (and `glob64_t`, the same layout on 64-bit Linux),
+/// with the directory callbacks `GLOB_ALTDIRFUNC` uses (the `libc` crate
+/// keeps them private).
+#[repr(C)]
+pub struct GlobT {
+    gl_pathc: size_t,
+    gl_pathv: *mut *mut c_char,
+    gl_offs: size_t,
+    gl_flags: c_int,
+    gl_closedir: *const c_void,
+    gl_readdir: *const c_void,
+    gl_opendir: *const c_void,
+    gl_lstat: *const c_void,
+    gl_stat: *const c_void,
+}
+
+/// glibc's `GLOB_ALTDIRFUNC`.
+const GLOB_ALTDIRFUNC: c_int = 1 << 9;
+
+/// Is `pattern` (the program's) a pattern in the branch?
+///
+/// # Safety
+/// `pattern` is null or a C string.
+unsafe fn glob_in_branch(pattern: Cp) -> bool {
+    let Some(_g) = Guard::enter() else {
+        return false;
+    };
+    // SAFETY: the caller's contract.
+    unsafe { bytes(pattern) }
+        .filter(|p| !p.is_empty())
+        .is_some_and(|p| matches!(classify(CWD, p), Ok(Target::Branch(_))))
+}
+
+/// `glob` and `glob64`: glibc reads directories with its internal
+/// `__opendir`/`__readdir`/`__lstat`, which no preload sees; for a
+/// pattern in the branch the real `glob` runs with `GLOB_ALTDIRFUNC` and
+/// the shim's own directory and stat functions as its callbacks (which
+/// pass anything outside the branch to libc).
+macro_rules! glob_fn {
+    ($name:ident, $readdir:ident, $lstat:ident, $stat:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            pattern: Cp,
+            flags: c_int,
+            errfunc: *const c_void,
+            pglob: *mut GlobT,
+        ) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, c_int, *const c_void, *mut GlobT) -> c_int) else {
+                return libc::GLOB_ABORTED;
+            };
+            // SAFETY: the program's pattern.
+            if flags & GLOB_ALTDIRFUNC != 0 || pglob.is_null() || !unsafe { glob_in_branch(pattern) } {
+                // SAFETY: passed on.
+                return unsafe { o(pattern, flags, errfunc, pglob) };
+            }
+            // SAFETY: the program's glob_t; the callbacks have the C types
+            // glibc calls them with.
+            unsafe {
+                (*pglob).gl_closedir = closedir as *const () as *const c_void;
+                (*pglob).gl_readdir = $readdir as *const () as *const c_void;
+                (*pglob).gl_opendir = opendir as *const () as *const c_void;
+                (*pglob).gl_lstat = $lstat as *const () as *const c_void;
+                (*pglob).gl_stat = $stat as *const () as *const c_void;
+                let r = o(pattern, flags | GLOB_ALTDIRFUNC, errfunc, pglob);
+                (*pglob).gl_flags &= !GLOB_ALTDIRFUNC;
+                r
+            }
+        }
+    };
+}
+
+glob_fn!(glob, readdir, lstat, stat);
+glob_fn!(glob64, readdir64, lstat64, stat64);
+
+// ------------------------------------------------------------ nftw, ftw
+
+/// glibc's `struct FTW`.
+#[repr(C)]
+pub struct FtwInfo {
+    base: c_int,
+    level: c_int,
+}
+
+type NftwFn = unsafe extern "C" fn(Cp, *const libc::stat, c_int, *mut FtwInfo) -> c_int;
+type FtwFn = unsafe extern "C" fn(Cp, *const libc::stat, c_int) -> c_int;
+
+const FTW_F: c_int = 0;
+const FTW_D: c_int = 1;
+const FTW_DNR: c_int = 2;
+const FTW_NS: c_int = 3;
+const FTW_SL: c_int = 4;
+const FTW_DP: c_int = 5;
+const FTW_SLN: c_int = 6;
+const FTW_PHYS: c_int = 1;
+const FTW_MOUNT: c_int = 2;
+const FTW_CHDIR: c_int = 4;
+const FTW_DEPTH: c_int = 8;
+const FTW_ACTIONRETVAL: c_int = 16;
+const FTW_STOP: c_int = 1;
+const FTW_SKIP_SUBTREE: c_int = 2;
+const FTW_SKIP_SIBLINGS: c_int = 3;
+
+/// A walk of a tree in the branch, as glibc's `nftw`/`ftw` make it, over
+/// the shim's own `stat`/`lstat`/`opendir`/`readdir64`/`chdir` (glibc's
+/// call its internal functions, which no preload sees). Each directory's
+/// names are read whole before its entries are visited, so one directory
+/// is open at a time (within any `nopenfd`). Entries come in the merged
+/// listing's order (by name), not the disk's.
+struct Walk {
+    nftw: Option<NftwFn>,
+    ftw: Option<FtwFn>,
+    flags: c_int,
+    dev: u64,
+    /// Directories visited (device, inode): without `FTW_PHYS` a directory
+    /// reached again (through a symlink) is skipped, as glibc does.
+    seen: std::cell::RefCell<std::collections::HashSet<(u64, u64)>>,
+}
+
+/// What a visit tells its directory: go on, or stop with this value.
+enum Next {
+    Go,
+    SkipSiblings,
+    Stop(c_int),
+}
+
+impl Walk {
+    fn call(
+        &self,
+        path: &CString,
+        st: &libc::stat,
+        flag: c_int,
+        base: usize,
+        level: usize,
+    ) -> c_int {
+        let mut info = FtwInfo {
+            base: base as c_int,
+            level: level as c_int,
+        };
+        // SAFETY: the program's callback, with the arguments its type
+        // promises (valid for the call).
+        unsafe {
+            match (self.nftw, self.ftw) {
+                (Some(f), _) => f(path.as_ptr(), st, flag, &mut info),
+                (None, Some(f)) => f(
+                    path.as_ptr(),
+                    st,
+                    if flag == FTW_SLN { FTW_NS } else { flag },
+                ),
+                (None, None) => 0,
+            }
+        }
+    }
+
+    /// The callback's value as a step of the walk.
+    fn next(&self, r: c_int, dir: bool) -> (Next, bool) {
+        if self.flags & FTW_ACTIONRETVAL == 0 {
+            return (if r == 0 { Next::Go } else { Next::Stop(r) }, false);
+        }
+        match r {
+            FTW_STOP => (Next::Stop(FTW_STOP), false),
+            FTW_SKIP_SUBTREE => (Next::Go, dir),
+            FTW_SKIP_SIBLINGS => (Next::SkipSiblings, dir),
+            _ => (Next::Go, false),
+        }
+    }
+
+    /// Visits `path` (its name starts at `base`); `in_parent`: the working
+    /// directory is its parent (`FTW_CHDIR`), so it is looked at by name.
+    fn visit(&self, path: &mut Vec<u8>, base: usize, level: usize, in_parent: bool) -> Next {
+        let Ok(c) = CString::new(path.clone()) else {
+            return Next::Go;
+        };
+        let by_name = if in_parent {
+            CString::new(&path[base..]).ok()
+        } else {
+            None
+        };
+        let look = by_name.as_ref().unwrap_or(&c);
+        // SAFETY: a stat buffer is plain data.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let phys = self.flags & FTW_PHYS != 0;
+        // SAFETY: a C string and a stat buffer (the shim's own entry points).
+        let r = unsafe {
+            if phys {
+                lstat(look.as_ptr(), &mut st)
+            } else {
+                stat(look.as_ptr(), &mut st)
+            }
+        };
+        let kind = st.st_mode & libc::S_IFMT;
+        let flag = if r < 0 {
+            // SAFETY: as above.
+            let dangling = !phys
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
+                && unsafe { lstat(look.as_ptr(), &mut st) } == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            if dangling {
+                FTW_SLN
+            } else {
+                FTW_NS
+            }
+        } else if kind == libc::S_IFDIR {
+            FTW_D
+        } else if kind == libc::S_IFLNK {
+            FTW_SL
+        } else {
+            FTW_F
+        };
+        #[allow(clippy::unnecessary_cast)] // dev_t is u64 on Linux
+        if r == 0 && level > 0 && self.flags & FTW_MOUNT != 0 && st.st_dev as u64 != self.dev {
+            return Next::Go;
+        }
+        if flag != FTW_D {
+            return self.next(self.call(&c, &st, flag, base, level), false).0;
+        }
+        #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are u64 on Linux
+        if !phys
+            && !self
+                .seen
+                .borrow_mut()
+                .insert((st.st_dev as u64, st.st_ino as u64))
+        {
+            return Next::Go;
+        }
+        // SAFETY: a C string (the shim's own opendir).
+        let dirp = unsafe { opendir(look.as_ptr()) };
+        if dirp.is_null() {
+            return self.next(self.call(&c, &st, FTW_DNR, base, level), false).0;
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: a stream opendir gave.
+            let e = unsafe { readdir64(dirp) };
+            if e.is_null() {
+                break;
+            }
+            // SAFETY: readdir64 returned a dirent whose name is a C string.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        // SAFETY: the stream, closed once.
+        unsafe { closedir(dirp) };
+        if self.flags & FTW_DEPTH == 0 {
+            match self.next(self.call(&c, &st, FTW_D, base, level), true) {
+                (Next::Stop(v), _) => return Next::Stop(v),
+                (Next::SkipSiblings, _) => return Next::SkipSiblings,
+                (Next::Go, true) => return Next::Go,
+                (Next::Go, false) => {}
+            }
+        }
+        // FTW_CHDIR: into the directory for its entries, and back to the
+        // parent (by an fd of it, as glibc does) after them.
+        let back = if self.flags & FTW_CHDIR != 0 {
+            // SAFETY: C strings; the shim's own open, chdir and close.
+            unsafe {
+                let fd = open(
+                    c".".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    0,
+                );
+                if fd >= 0 && chdir(look.as_ptr()) != 0 {
+                    close(fd);
+                    -1
+                } else {
+                    fd
+                }
+            }
+        } else {
+            -1
+        };
+        let len = path.len();
+        for name in names {
+            if !path.ends_with(b"/") {
+                path.push(b'/');
+            }
+            let child_base = path.len();
+            path.extend_from_slice(&name);
+            let n = self.visit(path, child_base, level + 1, back >= 0);
+            path.truncate(len);
+            match n {
+                Next::Stop(v) => {
+                    if back >= 0 {
+                        // SAFETY: as below.
+                        unsafe {
+                            fchdir(back);
+                            close(back);
+                        }
+                    }
+                    return Next::Stop(v);
+                }
+                Next::SkipSiblings => break,
+                Next::Go => {}
+            }
+        }
+        // glibc reports FTW_DP from inside the directory (FTW_CHDIR).
+        let done = if self.flags & FTW_DEPTH != 0 {
+            self.next(self.call(&c, &st, FTW_DP, base, level), false).0
+        } else {
+            Next::Go
+        };
+        if back >= 0 {
+            // SAFETY: the fd opened above, used and closed once.
+            unsafe {
+                fchdir(back);
+                close(back);
+            }
+        }
+        done
+    }
+}
+
+/// Runs a walk from `dir` when it is in the branch; `None` otherwise (the
+/// caller runs glibc's).
+///
+/// # Safety
+/// `dir` is null or a C string.
+unsafe fn walk(dir: Cp, nftw: Option<NftwFn>, ftw: Option<FtwFn>, flags: c_int) -> Option<c_int> {
+    {
+        let _g = Guard::enter()?;
+        // SAFETY: the caller's contract.
+        let p = unsafe { bytes(dir) }.filter(|p| !p.is_empty())?;
+        if !matches!(classify(CWD, p), Ok(Target::Branch(_))) {
+            return None;
+        }
+    }
+    // SAFETY: the caller's contract (checked non-null above).
+    let mut path = unsafe { bytes(dir) }?.to_vec();
+    while path.len() > 1 && path.ends_with(b"/") {
+        path.pop();
+    }
+    let base = path.iter().rposition(|&b| b == b'/').map_or(0, |p| p + 1);
+    let base = if path == b"/" { 0 } else { base };
+    let mut walk = Walk {
+        nftw,
+        ftw,
+        flags,
+        dev: 0,
+        seen: Default::default(),
+    };
+    let c = CString::new(path.clone()).ok()?;
+    // SAFETY: a stat buffer is plain data; the shim's own stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe {
+        if flags & FTW_PHYS != 0 {
+            lstat(c.as_ptr(), &mut st)
+        } else {
+            stat(c.as_ptr(), &mut st)
+        }
+    };
+    if r < 0 {
+        // glibc fails the call when the start cannot be looked at.
+        return Some(-1);
+    }
+    #[allow(clippy::unnecessary_cast)] // dev_t is u64 on Linux
+    {
+        walk.dev = st.st_dev as u64;
+    }
+    // The working directory to come back to (FTW_CHDIR).
+    // SAFETY: "." is a C string; the shim's own open.
+    let saved = if flags & FTW_CHDIR != 0 {
+        unsafe {
+            open(
+                c".".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+        }
+    } else {
+        -1
+    };
+    let r = match walk.visit(&mut path, base, 0, false) {
+        Next::Stop(v) => v,
+        Next::Go | Next::SkipSiblings => 0,
+    };
+    if saved >= 0 {
+        // SAFETY: the fd opened above, used and closed once.
+        unsafe {
+            fchdir(saved);
+            close(saved);
+        }
+    }
+    Some(r)
+}
+
+macro_rules! nftw_fn {
+    ($name:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(dir: Cp, f: Option<NftwFn>, nopenfd: c_int, flags: c_int) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Option<NftwFn>, c_int, c_int) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            match f.and_then(|f| unsafe { walk(dir, Some(f), None, flags) }) {
+                Some(r) => r,
+                // SAFETY: passed on.
+                None => unsafe { o(dir, f, nopenfd, flags) },
+            }
+        }
+    };
+}
+
+macro_rules! ftw_fn {
+    ($name:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(dir: Cp, f: Option<FtwFn>, nopenfd: c_int) -> c_int {
+            let Some(o) = orig!($name: fn(Cp, Option<FtwFn>, c_int) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments.
+            match f.and_then(|f| unsafe { walk(dir, None, Some(f), 0) }) {
+                Some(r) => r,
+                // SAFETY: passed on.
+                None => unsafe { o(dir, f, nopenfd) },
+            }
+        }
+    };
+}
+
+nftw_fn!(nftw);
+nftw_fn!(nftw64);
+ftw_fn!(ftw);
+ftw_fn!(ftw64);
+
 type Filter = Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>;
 type Compar = Option<
     unsafe extern "C" fn(*const *const libc::dirent64, *const *const libc::dirent64) -> c_int,
@@ -1015,7 +1643,7 @@ unsafe fn scandir_impl(
         Ok(Target::Branch(rel)) => rel,
         Err(e) => return fail(e),
     };
-    let entries = match super::list(&rel) {
+    let entries = match super::list(&rel, None) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -1186,10 +1814,14 @@ pub unsafe extern "C" fn chdir(path: Cp) -> c_int {
             },
             |rel| match resolve(&rel, true)? {
                 Resolved::Found(e) if e.kind == FileType::Directory => {
-                    let r = o(e.phys.as_ptr());
+                    let phys = super::cwd_target(&e);
+                    let r = o(phys.as_ptr());
                     if r == 0 {
                         let root = &super::config().ok_or(libc::EIO)?.root;
-                        set_cwd(Some(paths::visible(root, &e.path)));
+                        super::set_cwd_phys(
+                            Some(paths::visible(root, &e.path)),
+                            Some(phys.into_bytes()),
+                        );
                     }
                     Ok(r)
                 }

@@ -723,7 +723,7 @@ unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 // ----------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
-    match super::list(&path) {
+    match super::list(&path, Some(fd)) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
             // SAFETY: the fd the shim just opened.
@@ -842,7 +842,7 @@ unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
-            if let Ok(entries) = super::list(&d.path) {
+            if let Ok(entries) = super::list(&d.path, None) {
                 d.entries = entries;
             }
             d.pos = 0;
