@@ -683,6 +683,87 @@ print(repr(open("README.md").read()))
 }
 
 #[test]
+fn base_files_are_read_with_passthrough_and_a_later_writer_gets_its_own_copy() {
+    let t = "base_files_are_read_with_passthrough_and_a_later_writer_gets_its_own_copy";
+    if !have("python3", t) {
+        return;
+    }
+    let Some(mut e) = Env::new(t, false) else {
+        return;
+    };
+    // A 32 MiB file in the base (written while nothing is mounted).
+    e.cli.ok(&["unmount", e.mp.to_str().unwrap()]);
+    fs::write(e.base.join("big.base"), vec![b'Z'; 32 << 20]).unwrap();
+    e.before = fingerprint(&e.base);
+    e.mount();
+    let pid = e.server_pid();
+    let passthrough = expected_io_mode() == "passthrough";
+    // Read through the mount: with passthrough the kernel reads the base
+    // file itself, and the server never does.
+    let before = rchar(pid);
+    assert!(fs::read(e.mp.join("big.base"))
+        .unwrap()
+        .iter()
+        .all(|b| *b == b'Z'));
+    let read = rchar(pid) - before;
+    if passthrough {
+        assert!(
+            read < 8 << 20,
+            "the server read {read} bytes of a 32 MiB base file"
+        );
+    } else {
+        assert!(read >= 32 << 20, "the server read only {read} bytes");
+    }
+    // A reader holds the base file open (its backing file, with
+    // passthrough) while a writer opens it: the writer's open copies it up
+    // and gets the copy (under a new inode number, with passthrough), new
+    // opens see the write, the held reader keeps the file it opened (as on
+    // an overlayfs before Linux 4.19), and nothing fails.
+    let o = e.output_in(
+        &e.mp,
+        &[
+            "python3",
+            "-c",
+            r##"
+import os, sys
+passthrough = sys.argv[1] == "passthrough"
+r = open("big.base", "rb")
+print(r.read(4))
+ino = os.stat("big.base").st_ino
+w = open("big.base", "r+b")
+w.write(b"ABCD")
+w.flush()
+print(open("big.base", "rb").read(4))
+r.seek(0)
+old = r.read(4)
+if passthrough:
+    print(old, os.stat("big.base").st_ino != ino)
+w.close()
+r.close()
+with open("big.base", "rb") as f:
+    print(f.read(6), os.fstat(f.fileno()).st_size)
+with open("big.base", "ab") as a:
+    a.write(b"!")
+print(os.stat("big.base").st_size)
+"##,
+            expected_io_mode(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let held = if passthrough { "b'ZZZZ' True\n" } else { "" };
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "b'ZZZZ'\nb'ABCD'\n{held}b'ABCDZZ' {n}\n{m}\n",
+            n = 32 << 20,
+            m = (32 << 20) + 1
+        )
+    );
+    e.assert_diff_has(&["M big.base"]);
+    e.finish();
+}
+
+#[test]
 fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
     let t = "changes_through_another_path_show_at_once_under_long_kernel_caches";
     // The default mount: names and attributes cached for a minute.
@@ -942,107 +1023,197 @@ print(os.copy_file_range(b, c, 100))
     e.finish();
 }
 
+/// A store of `nobody`'s own for the ordinary-user tests (run as root):
+/// its directory (`base` with `a.txt`, an empty `m`, `agentfs.toml`), and
+/// a 0666 device node of the user's (`fuse`) to bind over /dev/fuse in a
+/// private mount namespace (fusermount3 opens /dev/fuse with the user's
+/// rights, and the machine's may be 0600). None (after saying why) where
+/// the test cannot run.
+struct Nobody {
+    dir: tempfile::TempDir,
+    uid: u32,
+    gid: u32,
+}
+
+impl Nobody {
+    fn new(t: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // The other tests already run as this ordinary user.
+            skip(
+                t,
+                "run as root: it sets up the user `nobody`'s view of /dev/fuse",
+            );
+            return None;
+        }
+        if !fuse_available(t)
+            || !have("fusermount3", t)
+            || !have("unshare", t)
+            || !have("setpriv", t)
+        {
+            return None;
+        }
+        // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once.
+        let pw = unsafe { libc::getpwnam(c"nobody".as_ptr()) };
+        if pw.is_null() {
+            skip(t, "no user `nobody`");
+            return None;
+        }
+        // SAFETY: a non-null entry from getpwnam, read before any other call.
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        let d = tempfile::Builder::new()
+            .prefix("agentfs-nobody")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = d.path();
+        for sub in ["base", "m"] {
+            fs::create_dir(dir.join(sub)).unwrap();
+        }
+        fs::write(dir.join("base/a.txt"), b"from the base\n").unwrap();
+        fs::write(
+            dir.join("agentfs.toml"),
+            format!(
+                "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
+                dir.join("store").display().to_string()
+            ),
+        )
+        .unwrap();
+        let dev = dir.join("fuse");
+        let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+        // SAFETY: mknod with a NUL-terminated path; 10:229 is /dev/fuse.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
+        assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+        // SAFETY: chmod with a NUL-terminated path (the umask cut the mode).
+        assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o666) }, 0);
+        let o = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(o.success());
+        let mut perm = fs::metadata(dir).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        fs::set_permissions(dir, perm).unwrap();
+        Some(Self { dir: d, uid, gid })
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `body` (shell lines; `as CMD...` runs CMD as the user with its
+    /// store) with the user's /dev/fuse, in a private mount namespace.
+    fn script(&self, body: &str) -> std::process::Output {
+        let dir = self.dir().display();
+        let script = format!(
+            r#"set -e
+mount --bind {dir}/fuse /dev/fuse
+as() {{ setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={dir} AGENTFS_CONFIG={dir}/agentfs.toml AGENTFS_SOCKET={dir}/sock "$@"; }}
+agentfs={agentfs}
+{body}
+"#,
+            uid = self.uid,
+            gid = self.gid,
+            agentfs = env!("CARGO_BIN_EXE_agentfs"),
+        );
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    }
+}
+
 #[test]
 fn an_ordinary_user_mounts_through_fusermount3() {
     let t = "an_ordinary_user_mounts_through_fusermount3";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // The other tests already run as this ordinary user.
-        skip(
-            t,
-            "run as root: it sets up the user `nobody`'s view of /dev/fuse",
-        );
-        return;
-    }
-    if !fuse_available(t) || !have("fusermount3", t) || !have("unshare", t) || !have("setpriv", t) {
-        return;
-    }
-    // SAFETY: getpwnam with a NUL-terminated name; the entry is read at once.
-    let pw = unsafe { libc::getpwnam(c"nobody".as_ptr()) };
-    if pw.is_null() {
-        skip(t, "no user `nobody`");
-        return;
-    }
-    // SAFETY: a non-null entry from getpwnam, read before any other call.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    let d = tempfile::Builder::new()
-        .prefix("agentfs-nobody")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let dir = d.path();
-    for sub in ["base", "m"] {
-        fs::create_dir(dir.join(sub)).unwrap();
-    }
-    fs::write(dir.join("base/a.txt"), b"from the base\n").unwrap();
-    fs::write(
-        dir.join("agentfs.toml"),
-        format!(
-            "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
-            dir.join("store").display().to_string()
-        ),
-    )
-    .unwrap();
-    // The user's device node: 0666, as /dev/fuse usually is (fusermount3
-    // opens it with the user's rights). Bound over /dev/fuse only in the
-    // script's own mount namespace.
-    let dev = dir.join("fuse");
-    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
-    // SAFETY: mknod with a NUL-terminated path; 10:229 is /dev/fuse.
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
-    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
-    // SAFETY: chmod with a NUL-terminated path (the umask cut the mode).
-    assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o666) }, 0);
-    let o = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(o.success());
-    let mut perm = fs::metadata(dir).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    fs::set_permissions(dir, perm).unwrap();
-    let agentfs = env!("CARGO_BIN_EXE_agentfs");
-    let script = format!(
-        r#"set -e
-mount --bind {dev} /dev/fuse
-as() {{ setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={dir} AGENTFS_CONFIG={dir}/agentfs.toml AGENTFS_SOCKET={dir}/sock "$@"; }}
-as {agentfs} init --base {dir}/base >/dev/null
-as {agentfs} branch create b >/dev/null
-as {agentfs} mount --branch b {dir}/m
+    let Some(n) = Nobody::new(t) else { return };
+    let uid = n.uid;
+    let dir = n.dir().display().to_string();
+    let o = n.script(&format!(
+        r#"as $agentfs init --base {dir}/base >/dev/null
+as $agentfs branch create b >/dev/null
+as $agentfs mount --branch b {dir}/m
 as sh -c 'cat {dir}/m/a.txt; echo mine > {dir}/m/n.txt; id -u; stat -c %u {dir}/m/n.txt'
-as {agentfs} status --json | grep -o '"io_mode": *"[a-z]*"'
-as {agentfs} diff --branch b
-as {agentfs} unmount {dir}/m
+as $agentfs status --json | grep -o '"io_mode": *"[a-z]*"'
+as $agentfs diff --branch b
+as $agentfs unmount {dir}/m
 grep -c " {dir}/m " /proc/self/mountinfo || true
-"#,
-        dev = dev.display(),
-        dir = dir.display(),
-    );
-    let o = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
+"#
+    ));
     assert!(o.status.success(), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
-            format!("mounted branch b at {}/m (io: fuse)", dir.display()).as_str(),
+            format!("mounted branch b at {dir}/m (io: fuse)").as_str(),
             "from the base",
             &uid.to_string(),
             &uid.to_string(),
             "\"io_mode\": \"fuse\"",
             "A n.txt",
-            &format!("unmounted {}/m", dir.display()),
+            &format!("unmounted {dir}/m"),
             "0",
         ],
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(
-        fs::read(dir.join("base/a.txt")).unwrap(),
+        fs::read(n.dir().join("base/a.txt")).unwrap(),
         b"from the base\n"
     );
-    assert!(!dir.join("base/n.txt").exists(), "the base changed");
+    assert!(!n.dir().join("base/n.txt").exists(), "the base changed");
+}
+
+#[test]
+fn an_ordinary_user_runs_with_the_fuse_frontend_in_a_user_namespace() {
+    let t = "an_ordinary_user_runs_with_the_fuse_frontend_in_a_user_namespace";
+    let Some(n) = Nobody::new(t) else { return };
+    let uid = n.uid;
+    let dir = n.dir().display().to_string();
+    // Can the user make a user namespace here at all?
+    let probe = n.script("as unshare --user --mount true");
+    if !probe.status.success() {
+        // Not a missing tool but a system that forbids it: the frontend
+        // cannot work here, so this is no failure even under
+        // AGENTFS_REQUIRE_COW=1.
+        eprintln!(
+            "skipped: {t}: this system does not let an ordinary user create a user namespace: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return;
+    }
+    let o = n.script(&format!(
+        r#"as $agentfs init --base {dir}/base >/dev/null
+cd {dir}/base
+set +e
+as $agentfs run --frontend fuse --create --branch r -- sh -c 'cat a.txt; echo changed > a.txt; cat a.txt; id -u; stat -c %u a.txt; pwd; exit 3'
+echo "exit $?"
+set -e
+as $agentfs diff --branch r
+grep -c " agentfs:r " /proc/self/mountinfo || true
+"#
+    ));
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "from the base",
+            "changed",
+            &uid.to_string(),
+            &uid.to_string(),
+            &format!("{dir}/base"),
+            "exit 3",
+            "M a.txt",
+            "0",
+        ],
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        fs::read(n.dir().join("base/a.txt")).unwrap(),
+        b"from the base\n",
+        "the base changed"
+    );
 }

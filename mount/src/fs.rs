@@ -66,9 +66,10 @@ enum InodeIo {
 enum OpenIo {
     Passthrough(Arc<BackingId>),
     Cached,
-    /// The inode is open with passthrough on another file (replaced
-    /// through another path since): the kernel would refuse any answer but
-    /// that file, so the open fails with `ETXTBSY`.
+    /// The inode is open with passthrough on another file (a lower file
+    /// since copied up, or a file replaced through another path): the
+    /// kernel would refuse any answer but that file, so the open is sent
+    /// back to look the name up again under a new inode number.
     Conflict,
 }
 
@@ -87,7 +88,34 @@ pub struct IoState {
     pub(crate) passthrough: AtomicBool,
     /// A fallback was logged already.
     said: AtomicBool,
+    /// Names the kernel was told are missing, with a time to live: it
+    /// keeps them as negative entries, forgotten at the next sweep
+    /// (parent's inode number, name).
+    pub(crate) negatives: Mutex<std::collections::HashSet<(u64, OsString)>>,
 }
+
+/// The answer to a lookup of a missing name the kernel may cache.
+const NEGATIVE: FileAttr = FileAttr {
+    ino: INodeNo(0),
+    size: 0,
+    blocks: 0,
+    atime: SystemTime::UNIX_EPOCH,
+    mtime: SystemTime::UNIX_EPOCH,
+    ctime: SystemTime::UNIX_EPOCH,
+    crtime: SystemTime::UNIX_EPOCH,
+    kind: FileType::RegularFile,
+    perm: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: 0,
+    flags: 0,
+};
+
+/// At most this many missing names are cached by the kernel between two
+/// sweeps; past it, lookups of missing names are answered uncached.
+const MAX_NEGATIVES: usize = 1 << 16;
 
 impl IoState {
     /// `"passthrough"` or `"fuse"`.
@@ -332,6 +360,21 @@ impl BranchFs {
         Ok(list)
     }
 
+    /// True when the kernel may cache `name` in `parent` as missing: the
+    /// name is then recorded for the next sweep to forget. Not while a
+    /// change made elsewhere is unswept (the answer may be old already).
+    fn negative(&self, parent: INodeNo, name: &OsStr) -> bool {
+        if self.ttl.is_zero() || self.outside_unswept() {
+            return false;
+        }
+        let mut n = self.io.negatives.lock().unwrap_or_else(|e| e.into_inner());
+        if n.len() >= MAX_NEGATIVES {
+            return false;
+        }
+        n.insert((parent.0, name.to_os_string()));
+        true
+    }
+
     /// The inode table, for the invalidating thread.
     pub(crate) fn inode_table(&self) -> Arc<Mutex<Inodes>> {
         self.inodes.clone()
@@ -354,13 +397,12 @@ impl BranchFs {
     }
 
     /// Decides how an open of `ino` that got `file` is served: passthrough
-    /// when `may_pass` and the kernel allows it (through `backing`,
-    /// registering the file with the kernel), else through this process.
+    /// when the kernel allows it (through `backing`, registering the file
+    /// with the kernel), else through this process.
     fn open_io(
         &self,
         ino: u64,
         file: &File,
-        may_pass: bool,
         backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> OpenIo {
         use std::os::{fd::AsFd, unix::fs::MetadataExt};
@@ -387,7 +429,7 @@ impl BranchFs {
                 OpenIo::Cached
             }
             None => {
-                if may_pass && self.io.passthrough.load(Ordering::Relaxed) {
+                if self.io.passthrough.load(Ordering::Relaxed) {
                     match backing(file.as_fd()) {
                         Ok(b) => {
                             let b = Arc::new(b);
@@ -501,17 +543,26 @@ impl BranchFs {
                 let _ = n.inval_inode(INodeNo(ino), -1, 0);
             }
         }
-        // Passthrough only on the branch's own copy: a read-only open of a
-        // lower file through it would pin that file as the inode's backing,
-        // and the kernel would then refuse a writer's open of the copy-up.
-        let may_pass = opts.write
-            || tree
-                .lstat(&o.path)
-                .is_ok_and(|st| st.origin == agentfs_core::Origin::Active);
-        let io = self.open_io(ino, &o.file, may_pass, backing);
+        let io = self.open_io(ino, &o.file, backing);
         let (flags, pass) = match &io {
             OpenIo::Passthrough(b) => (FopenFlags::empty(), Some(b.clone())),
-            OpenIo::Conflict => return Err(Errno::from_i32(libc::ETXTBSY)),
+            OpenIo::Conflict => {
+                // The inode is open with passthrough on another file (a
+                // lower file before this open copied it up, or a file
+                // replaced through another path since): the kernel takes
+                // no other file, and no open without passthrough, for that
+                // inode. So the path gets a new inode number and the open
+                // fails with ESTALE, which makes the kernel look the name
+                // up again (the new number: a new inode without a backing
+                // file) and retry the open once. Opens held on the old
+                // number keep the file they had.
+                let mut inodes = self.inodes();
+                if inodes.is_current(path, ino) {
+                    let new = inodes.renumber(path);
+                    tracing::debug!(%path, old = ino, new, "renumbered for a new backing file");
+                }
+                return Err(Errno::from_i32(libc::ESTALE));
+            }
             OpenIo::Cached => {
                 let id = file_id(&o.file);
                 let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
@@ -669,6 +720,12 @@ impl Filesystem for BranchFs {
         let r = self
             .child(parent, name)
             .and_then(|p| self.entry(&self.tree(req), &p));
+        if r == Err(Errno::ENOENT) && self.negative(parent, name) {
+            // A missing name, cached by the kernel like a present one (git
+            // asks every directory for a `.gitignore` at every run): inode
+            // number 0 with a time to live is a negative entry.
+            return reply.entry(&self.ttl, &NEGATIVE, Generation(0));
+        }
         self.reply_entry(r, reply);
     }
 

@@ -14,6 +14,9 @@ pub const ROOT_INO: u64 = 1;
 pub struct Inodes {
     by_ino: HashMap<u64, BranchPath>,
     by_path: HashMap<BranchPath, u64>,
+    /// Numbers given up by [`Inodes::renumber`], to the number that
+    /// replaced them (their open files still ask by the old one).
+    renumbered: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -22,6 +25,7 @@ impl Default for Inodes {
         let mut s = Self {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
+            renumbered: HashMap::new(),
             next: ROOT_INO + 1,
         };
         s.by_ino.insert(ROOT_INO, BranchPath::root());
@@ -33,7 +37,18 @@ impl Default for Inodes {
 impl Inodes {
     /// The path of inode `ino`, if it is known.
     pub fn path(&self, ino: u64) -> Option<BranchPath> {
-        self.by_ino.get(&ino).cloned()
+        let mut i = ino;
+        loop {
+            if let Some(p) = self.by_ino.get(&i) {
+                return Some(p.clone());
+            }
+            i = *self.renumbered.get(&i)?;
+        }
+    }
+
+    /// True when `ino` is the number `path` has now (not one it gave up).
+    pub fn is_current(&self, path: &BranchPath, ino: u64) -> bool {
+        self.by_path.get(path) == Some(&ino)
     }
 
     /// The inode number of `path`, assigning a new one on first sight.
@@ -77,6 +92,21 @@ impl Inodes {
                 self.by_ino.remove(&i);
             }
         }
+    }
+
+    /// Gives `path` (a file) a new number: later lookups find the new
+    /// one, while the old one still names the same path (for the files
+    /// open under it) without being looked up again. Returns the new number.
+    pub fn renumber(&mut self, path: &BranchPath) -> u64 {
+        let old = self.by_path.remove(path);
+        if let Some(old) = old {
+            self.by_ino.remove(&old);
+        }
+        let new = self.ino(path);
+        if let Some(old) = old {
+            self.renumbered.insert(old, new);
+        }
+        new
     }
 
     /// Moves `from` and everything beneath it to `to` (whatever `to` was
@@ -130,5 +160,16 @@ mod tests {
         assert_eq!(t.path(a), None);
         assert_ne!(t.ino(&p("e/a")), a, "numbers are not reused");
         assert_eq!(t.ino(&BranchPath::root()), ROOT_INO);
+        let b = t.ino(&p("e/b"));
+        let b2 = t.renumber(&p("e/b"));
+        assert_ne!(b, b2);
+        assert_eq!(t.path(b), Some(p("e/b")), "the old number still names it");
+        assert!(!t.is_current(&p("e/b"), b));
+        assert!(t.is_current(&p("e/b"), b2));
+        assert_eq!(t.ino(&p("e/b")), b2);
+        t.rename(&p("e/b"), &p("e/c"));
+        assert_eq!(t.path(b), Some(p("e/c")), "and follows renames");
+        t.remove(&p("e/c"));
+        assert_eq!(t.path(b), None);
     }
 }

@@ -99,6 +99,15 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
             return false;
         }
     }
+    // Names cached as missing: forgotten (a later lookup asks again).
+    let negatives = std::mem::take(&mut *io.negatives.lock().unwrap_or_else(|e| e.into_inner()));
+    for (parent, name) in negatives {
+        if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+            if gone(&e) {
+                return false;
+            }
+        }
+    }
     for (parent, name, ino) in entries {
         // ENOENT: the kernel holds nothing for it.
         if let Err(e) = n.inval_entry(INodeNo(parent), &name) {

@@ -4,8 +4,11 @@
 //! program sees the branch, static binaries and raw-syscall runtimes
 //! included. The branch is first mounted on a private temporary directory;
 //! the child then unshares its mount namespace and bind-mounts that over
-//! the path, so nothing outside the run sees the change. Needs the right to
-//! create a mount namespace (root, or CAP_SYS_ADMIN).
+//! the path, so nothing outside the run sees the change. As root the child
+//! unshares only its mount namespace; an ordinary user's child first enters
+//! a user namespace of its own (its own uid and gid mapped to themselves),
+//! which gives it the right to a private mount namespace, and the branch
+//! is mounted through fusermount3 (`/dev/fuse` must be usable).
 
 // Elsewhere only the stub below is built.
 #![cfg_attr(not(target_os = "linux"), allow(unused_imports))]
@@ -136,14 +139,34 @@ fn spawn_inside(
     let dst = CString::new(target.as_os_str().as_bytes())?;
     let cwd = std::env::current_dir()?;
     let cwd = CString::new(cwd.as_os_str().as_bytes())?;
+    // An ordinary user: a user namespace first, mapping the user's own uid
+    // and gid to themselves (files keep their owners, the program keeps
+    // its identity).
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let userns = uid != 0;
+    let uid_map = format!("{uid} {uid} 1\n");
+    let gid_map = format!("{gid} {gid} 1\n");
     let mut c = Command::new(&args.command[0]);
     c.args(&args.command[1..]);
     // SAFETY: between fork and exec only async-signal-safe calls run
-    // (unshare, mount, chdir) on C strings prepared before the fork.
+    // (unshare, open, write, close, mount, chdir) on C strings and buffers
+    // prepared before the fork.
     unsafe {
         c.pre_exec(move || {
             let fail = || Err(std::io::Error::last_os_error());
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            if userns {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                // setgroups must be denied before an unprivileged gid_map.
+                if !write_proc(c"/proc/self/setgroups", b"deny")
+                    || !write_proc(c"/proc/self/uid_map", uid_map.as_bytes())
+                    || !write_proc(c"/proc/self/gid_map", gid_map.as_bytes())
+                {
+                    return fail();
+                }
+            } else if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return fail();
             }
             let root = c"/";
@@ -174,14 +197,36 @@ fn spawn_inside(
         })
     };
     let mut child = c.spawn().map_err(|e| {
-        if e.raw_os_error() == Some(libc::EPERM) {
+        if e.raw_os_error() == Some(libc::EPERM) && userns {
             anyhow::anyhow!(
-                "--frontend fuse needs the right to create a mount namespace (root): \
-                 as an ordinary user, `agentfs mount` the branch and work in the mountpoint"
+                "--frontend fuse needs a user namespace, which this system does not allow \
+                 ordinary users ({e}): `agentfs mount` the branch and work in the mountpoint"
+            )
+        } else if e.raw_os_error() == Some(libc::EPERM) {
+            anyhow::anyhow!(
+                "--frontend fuse needs the right to create a mount namespace ({e}): \
+                 `agentfs mount` the branch and work in the mountpoint"
             )
         } else {
             anyhow::Error::new(e).context(format!("run {}", args.command[0].to_string_lossy()))
         }
     })?;
     Ok(child.wait()?)
+}
+
+/// Writes `data` to the file at `path` (a /proc file) with raw calls that
+/// are safe between fork and exec; false on failure (errno says why).
+#[cfg(target_os = "linux")]
+fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> bool {
+    // SAFETY: open with a NUL-terminated path; write from a valid buffer
+    // of `data.len()` bytes to the fd just opened, which is then closed.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        n == data.len() as isize
+    }
 }
