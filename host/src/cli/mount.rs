@@ -266,6 +266,13 @@ fn forward_events(socket: &Path, store: &agentfs_core::Store) {
 #[cfg(target_os = "linux")]
 fn same_store_daemon(socket: &Path, root: Option<&Path>) -> Option<super::backend::DaemonClient> {
     use agentfs_proto::{Request, Response};
+    use std::os::unix::fs::FileTypeExt;
+    // No socket there, no daemon: one stat instead of a socket, a failed
+    // connect and the checks around it for every batch of events (a
+    // create through the mount makes a batch or two).
+    if !std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        return None;
+    }
     let mut d = super::backend::connect_daemon(socket).ok()??;
     match d.client.request(Request::Status) {
         Ok(Response::Status(st)) if Some(Path::new(&st.backstore.root)) == root => Some(d),
