@@ -829,6 +829,29 @@ fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
         "fs", "write", "--branch", "b", "own.txt", "--data", "theirs!",
     ]);
     assert_eq!(fs::read(e.mp.join("own.txt")).unwrap(), b"theirs!");
+    // A base file replaced elsewhere while the mount holds it open (with
+    // passthrough the kernel holds the base file as the inode's backing):
+    // a new open gets the branch's new file (under a new inode number), and
+    // the held one keeps reading what it opened.
+    let main = e.mp.join("src/main.rs");
+    let mut held = fs::File::open(&main).unwrap();
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "src/main.rs",
+        "--data",
+        "a third",
+    ]);
+    assert_eq!(fs::read(&main).unwrap(), b"a third");
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut old).unwrap();
+    if expected_io_mode() == "passthrough" {
+        assert_eq!(old, b"fn main() {}\n");
+    }
+    drop(held);
+    assert_eq!(fs::read(&main).unwrap(), b"a third");
     e.finish();
 }
 
