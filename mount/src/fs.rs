@@ -703,6 +703,15 @@ impl Filesystem for BranchFs {
         // requests instead of 1,811 for 2,000 files; the kernel's adaptive
         // mode did not use them with listings cached across opens).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // Without it the kernel asks for `security.capability` before every
+        // write (a round trip per write syscall, passthrough ones included)
+        // to know whether the write must drop privileges. With it the kernel
+        // remembers a file without setuid/setgid bits (SB_NOSEC) and leaves
+        // dropping them to the server, which writes the layer file with the
+        // caller's rights where they matter: the only user the mount lets in
+        // is the one who mounted it, and a write or truncate by a user
+        // without CAP_FSETID drops the bits on the layer file itself.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Passthrough: registering a backing file takes CAP_SYS_ADMIN, and a
         // stacking depth of 1 (layers on a plain filesystem) keeps the mount
         // usable below an overlayfs.
