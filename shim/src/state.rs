@@ -240,15 +240,61 @@ pub(crate) fn with_daemon<T>(
     Err(libc::EIO)
 }
 
+/// The canonical branch paths whose names (or whose parents' layer
+/// directories) a change `op` in the daemon may touch; `None` for an op
+/// the shim does not send for a change of one entry.
+fn touched_by(op: &FsOp) -> Option<Vec<&[u8]>> {
+    Some(match op {
+        FsOp::Rename { from, to } => vec![from.as_bytes(), to.as_bytes()],
+        FsOp::Mkdir { path, .. }
+        | FsOp::Rmdir { path }
+        | FsOp::Unlink { path }
+        | FsOp::Symlink { path, .. }
+        | FsOp::Chmod { path, .. }
+        | FsOp::Truncate { path, .. }
+        | FsOp::SetTimes { path, .. }
+        | FsOp::SetXattr { path, .. }
+        | FsOp::RemoveXattr { path, .. } => vec![path.as_bytes()],
+        _ => return None,
+    })
+}
+
+/// Runs `request`, a change of the branch's names at canonical paths
+/// `touched` made through the daemon, and then keeps the directory cache
+/// of the current chain valid where the change cannot have reached (see
+/// [`Chain::own_change`]): a program that creates or renames a file (git
+/// taking `index.lock`) does not make every directory it lists afterwards
+/// be read again.
+fn own_change<T>(
+    touched: &[&[u8]],
+    request: impl FnOnce() -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let Some((chain, c)) = local_chain() else {
+        return request();
+    };
+    let (graph, before) = (c.graph(), c.namespace());
+    let r = request()?;
+    if c.graph() == graph {
+        chain.own_change(before, c.namespace(), touched);
+    }
+    Ok(r)
+}
+
 /// One file operation in the branch.
 pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
-    let r = with_daemon(|c| {
-        c.request(Request::Fs {
-            branch: None,
-            snapshot: None,
-            op: op.clone(),
+    let run = || {
+        with_daemon(|c| {
+            c.request(Request::Fs {
+                branch: None,
+                snapshot: None,
+                op: op.clone(),
+            })
         })
-    })?;
+    };
+    let r = match touched_by(&op) {
+        Some(touched) => own_change(&touched, run)?,
+        None => run()?,
+    };
     match r {
         Response::Fs(reply) => Ok(reply),
         _ => Err(libc::EIO),
@@ -266,7 +312,9 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
         flags: OpenFlags::from_native(flags),
         mode,
     };
-    let (opened, fd, writer) = with_daemon(|c| c.fd_open_with_writer(open.clone()))?;
+    let (opened, fd, writer) = own_change(&[path], || {
+        with_daemon(|c| c.fd_open_with_writer(open.clone()))
+    })?;
     if let Some(w) = writer {
         let w = to_high(w);
         if flags & libc::O_CLOEXEC == 0 {
@@ -575,8 +623,9 @@ fn kernel_cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
 static CWD_GEN: AtomicU64 = AtomicU64::new(0);
 
 /// A thread's copy of the working directory records: (generation, as
-/// the program sees it, the kernel's).
-type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// the program sees it, the kernel's, its branch path when it is in the
+/// branch and normalised).
+type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 std::thread_local! {
     static LOCAL_CWD: std::cell::RefCell<Option<LocalCwd>> =
@@ -588,6 +637,13 @@ std::thread_local! {
 /// threads resolve relative paths in parallel); `None` when the thread's
 /// copy cannot be used.
 fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Option<R> {
+    with_local_cwd_full(|v, k, _| f(v, k))
+}
+
+/// [`with_local_cwd`], with the working directory's branch path too.
+fn with_local_cwd_full<R>(
+    f: impl FnOnce(Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) -> R,
+) -> Option<R> {
     let now = CWD_GEN.load(Ordering::Acquire);
     LOCAL_CWD
         .try_with(|l| {
@@ -597,13 +653,25 @@ fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Optio
                 let k = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
                 // Read under the lock its writers hold.
                 let generation = CWD_GEN.load(Ordering::Acquire);
-                *l = Some((generation, v.clone(), k.clone()));
+                let branch = v
+                    .as_deref()
+                    .filter(|c| paths::is_normal(c))
+                    .zip(config())
+                    .and_then(|(c, cfg)| paths::under(&cfg.root, c))
+                    .map(<[u8]>::to_vec);
+                *l = Some((generation, v.clone(), k.clone(), branch));
             }
             let c = l.as_ref()?;
-            Some(f(c.1.as_deref(), c.2.as_deref()))
+            Some(f(c.1.as_deref(), c.2.as_deref(), c.3.as_deref()))
         })
         .ok()
         .flatten()
+}
+
+/// Runs `f` on the branch path of the working directory (`None` when it
+/// is not in the branch), as [`with_local_cwd`].
+fn with_local_cwd_branch<R>(f: impl FnOnce(Option<&[u8]>) -> R) -> Option<R> {
+    with_local_cwd_full(|_, _, b| f(b))
 }
 
 /// Where in physical path `phys` the part relative to the kernel's
@@ -758,6 +826,14 @@ pub(crate) fn fd_relative_offset(fd: RawFd, phys: &[u8]) -> Option<usize> {
         .then_some(d.len() + 1)
 }
 
+/// `f` of what the shim knows about `fd`, without copying it.
+fn fd_with<R>(fd: RawFd, f: impl FnOnce(&FdInfo) -> R) -> Option<R> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    lock(&FDS).as_ref().and_then(|m| m.get(&fd)).map(f)
+}
+
 /// What the shim knows about `fd`.
 pub(crate) fn fd_get(fd: RawFd) -> Option<FdInfo> {
     if FD_COUNT.load(Ordering::Relaxed) == 0 {
@@ -850,10 +926,43 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
         }
         path.to_vec()
     } else if dirfd == libc::AT_FDCWD {
+        // The common case (git's and find's names under a working
+        // directory in the branch): the branch path in one allocation.
+        if paths::is_clean_relative(path) {
+            let fast = with_local_cwd_branch(|dir| {
+                let dir = dir?;
+                let mut rel = Vec::with_capacity(dir.len() + path.len() + 1);
+                rel.extend_from_slice(dir);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(path);
+                Some(rel)
+            });
+            if let Some(Some(rel)) = fast {
+                return Ok(Target::Branch(rel));
+            }
+        }
         join_cwd(path)?
     } else {
-        match fd_get(dirfd) {
-            Some(info) => paths::join(&paths::visible(&cfg.root, &info.path), path),
+        // Under the fd's branch path, without copying its record.
+        let clean = paths::is_clean_relative(path);
+        let joined = fd_with(dirfd, |info| {
+            if clean {
+                let mut rel = Vec::with_capacity(info.path.len() + path.len() + 1);
+                rel.extend_from_slice(&info.path);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(path);
+                Err(rel)
+            } else {
+                Ok(paths::join(&paths::visible(&cfg.root, &info.path), path))
+            }
+        });
+        match joined {
+            Some(Ok(abs)) => abs,
+            Some(Err(rel)) => return Ok(Target::Branch(rel)),
             None => return Ok(Target::Native),
         }
     };
