@@ -28,7 +28,7 @@
 use std::{
     borrow::Cow,
     cell::{Cell, UnsafeCell},
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     ffi::{CString, OsStr},
     hash::{BuildHasherDefault, Hasher},
     os::{
@@ -985,7 +985,7 @@ impl Chain {
     /// The merged listing of directory `rel` (symlinks followed), sorted by
     /// name, with `.` and `..` first; whiteouts and markers hidden.
     pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
-        self.list_at(rel, None, None)
+        self.list_at(rel, None, None).map(Arc::unwrap_or_clone)
     }
 
     /// [`Chain::list`], with the listing kept (and reused) while the
@@ -999,7 +999,7 @@ impl Chain {
         rel: &[u8],
         stamp: Option<u64>,
         top: Option<BorrowedFd<'_>>,
-    ) -> Result<Vec<Listed>, Errno> {
+    ) -> Result<Arc<Vec<Listed>>, Errno> {
         let canon = match self.resolve_at(rel, true, stamp, false)? {
             Resolved::Found(e) if e.kind == FileType::Directory => e.path,
             Resolved::Found(_) => return Err(libc::ENOTDIR),
@@ -1010,17 +1010,17 @@ impl Chain {
             let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(l) = c.listings.get(&canon) {
-                    return Ok(l.as_ref().clone());
+                    return Ok(l.clone());
                 }
             }
         }
-        let listed = self.merged_listing(stamp, &canon, top)?;
+        let listed = Arc::new(self.merged_listing(stamp, &canon, top)?);
         if let (Some(stamp), true) = (stamp, listed.len() <= MAX_CACHED_NAMES * 16) {
             let mut c = self.dirs.write();
             if c.stamp != stamp || c.listings.len() >= MAX_CACHED_LISTINGS {
                 c.clear(stamp);
             }
-            c.listings.insert(canon, Arc::new(listed.clone()));
+            c.listings.insert(canon, listed.clone());
         }
         Ok(listed)
     }
@@ -1032,7 +1032,9 @@ impl Chain {
         top: Option<BorrowedFd<'_>>,
     ) -> Result<Vec<Listed>, Errno> {
         let frame = self.frame_at(stamp, canon)?;
-        let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
+        // Every part's names, top part first; sorted (stably) and the
+        // first of each name kept below.
+        let mut seen: Vec<Listed> = Vec::with_capacity(64);
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
@@ -1056,8 +1058,8 @@ impl Chain {
                         Decoded::Opaque | Decoded::Reserved => return,
                     }
                 };
-                if !seen.contains_key(&name) && !hidden.contains(&name) {
-                    seen.insert(name, (ino, dtype));
+                if hidden.is_empty() || !hidden.contains(&name) {
+                    seen.push(Listed { name, ino, dtype });
                 }
             };
             // A layer directory's names are usually listed already (by
@@ -1079,6 +1081,8 @@ impl Chain {
             }
             hidden.extend(whiteouts);
         }
+        seen.sort_by(|a, b| a.name.cmp(&b.name));
+        seen.dedup_by(|later, first| later.name == first.name);
         let mut out = Vec::with_capacity(seen.len() + 2);
         for dot in [&b"."[..], b".."] {
             out.push(Listed {
@@ -1087,10 +1091,7 @@ impl Chain {
                 dtype: libc::DT_DIR,
             });
         }
-        out.extend(
-            seen.into_iter()
-                .map(|(name, (ino, dtype))| Listed { name, ino, dtype }),
-        );
+        out.append(&mut seen);
         Ok(out)
     }
 
@@ -1368,12 +1369,15 @@ mod tests {
                 .map(|e| String::from_utf8(e.name).unwrap())
                 .collect()
         };
-        let first = names(c.list_at(b"d", Some(1), None).unwrap());
+        let first = names(c.list_at(b"d", Some(1), None).unwrap().to_vec());
         assert_eq!(first, [".", "..", "new", "y"]);
         fs::write(t.path().join("top/d/later"), "l").unwrap();
-        assert_eq!(names(c.list_at(b"d", Some(1), None).unwrap()), first);
         assert_eq!(
-            names(c.list_at(b"d", Some(2), None).unwrap()),
+            names(c.list_at(b"d", Some(1), None).unwrap().to_vec()),
+            first
+        );
+        assert_eq!(
+            names(c.list_at(b"d", Some(2), None).unwrap().to_vec()),
             [".", "..", "later", "new", "y"]
         );
         // Without a counter the listing is always read afresh.
@@ -1434,8 +1438,8 @@ mod tests {
         let listed: Vec<Vec<u8>> = c
             .list_at(b"d", Some(14), None)
             .unwrap()
-            .into_iter()
-            .map(|l| l.name)
+            .iter()
+            .map(|l| l.name.clone())
             .collect();
         assert!(listed.contains(&b"fresh".to_vec()), "listing dropped");
         let r = lazy(b"d/fresh", 14);

@@ -1025,7 +1025,10 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
 /// The merged listing of branch directory `rel`, reused while the store's
 /// namespace counter stays; `top` is an fd the shim opened on it (read
 /// instead of opening its top part again).
-pub(crate) fn list(rel: &[u8], top: Option<RawFd>) -> Result<Vec<crate::resolve::Listed>, Errno> {
+pub(crate) fn list(
+    rel: &[u8],
+    top: Option<RawFd>,
+) -> Result<Arc<Vec<crate::resolve::Listed>>, Errno> {
     let (chain, counters) = chain_and_counters()?;
     // SAFETY: the caller's fd, open for the duration of the call.
     let top = top.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
