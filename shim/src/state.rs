@@ -101,10 +101,17 @@ struct Conn {
     pid: u32,
     fd: RawFd,
     ino: u64,
+    /// Which of this process's connections it is (see [`CONN_GEN`]).
+    generation: u64,
     client: Client,
 }
 
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+
+/// Counts the connections this process made: the daemon's records of
+/// files open for writing belong to the connection that opened them (a
+/// restarted daemon knows none of them, and numbers its own from 1 again).
+static CONN_GEN: AtomicU64 = AtomicU64::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -173,6 +180,7 @@ fn connect(cfg: &Config) -> Result<Conn, ClientError> {
         pid: pid(),
         fd: raw,
         ino,
+        generation: CONN_GEN.fetch_add(1, Ordering::AcqRel) + 1,
         client,
     })
 }
@@ -202,6 +210,11 @@ fn errno_of(e: &ClientError) -> Errno {
 pub(crate) fn with_daemon<T>(
     f: impl Fn(&mut Client) -> Result<T, ClientError>,
 ) -> Result<T, Errno> {
+    with_daemon_conn(|c, _| f(c))
+}
+
+/// [`with_daemon`], telling `f` which connection it runs on.
+fn with_daemon_conn<T>(f: impl Fn(&mut Client, u64) -> Result<T, ClientError>) -> Result<T, Errno> {
     let cfg = config().ok_or(libc::EIO)?;
     let mut g = lock(&CONN);
     let me = pid();
@@ -224,7 +237,7 @@ pub(crate) fn with_daemon<T>(
             })?);
         }
         let c = g.as_mut().expect("connected");
-        match f(&mut c.client) {
+        match f(&mut c.client, c.generation) {
             Ok(v) => return Ok(v),
             Err(e @ ClientError::Daemon(_)) => return Err(errno_of(&e)),
             Err(e) => {
@@ -301,19 +314,27 @@ pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
     }
 }
 
-/// `fd_open` in the branch: a real fd (close-on-exec) and what happened.
+/// `fd_open` in the branch: a real fd (close-on-exec), what happened, and
+/// the connection it was made on (its record is that connection's).
 /// For an open for writing, the branch's writer registration comes with
 /// it as a second fd (protocol 2), kept (at a high number) until the
 /// file's last descriptor is closed: see [`fd_closed`].
-pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened, OwnedFd), Errno> {
+pub(crate) fn fd_open(
+    path: &[u8],
+    flags: c_int,
+    mode: u32,
+) -> Result<(FdOpened, OwnedFd, u64), Errno> {
     let open = FdOpen {
         branch: None,
         path: wire(path),
         flags: OpenFlags::from_native(flags),
         mode,
     };
-    let (opened, fd, writer) = own_change(&[path], || {
-        with_daemon(|c| c.fd_open_with_writer(open.clone()))
+    let (opened, fd, writer, conn) = own_change(&[path], || {
+        with_daemon_conn(|c, conn| {
+            c.fd_open_with_writer(open.clone())
+                .map(|(o, fd, w)| (o, fd, w, conn))
+        })
     })?;
     if let Some(w) = writer {
         let w = to_high(w);
@@ -323,9 +344,30 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
             // SAFETY: fcntl on the fd we own.
             unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETFD, 0) };
         }
-        writer_insert(opened.record, w);
+        writer_insert(
+            opened.record,
+            conn,
+            w,
+            file_state(std::os::fd::AsFd::as_fd(&fd)),
+        );
     }
-    Ok((opened, fd))
+    Ok((opened, fd, conn))
+}
+
+/// What tells a file's content changed: (inode, size, mtime in ns).
+type FileState = (u64, u64, i64);
+
+fn file_state(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileState> {
+    rustix::fs::fstat(fd).ok().map(|st| state_of(&st))
+}
+
+fn state_of(st: &rustix::fs::Stat) -> FileState {
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    (
+        st.st_ino as u64,
+        st.st_size as u64,
+        st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+    )
 }
 
 /// A writer registration the shim holds for a file open for writing: its
@@ -334,12 +376,16 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
 struct HeldWriter {
     fd: RawFd,
     ino: u64,
+    /// The file's state when it was opened (to tell, if the daemon that
+    /// made the record restarts, whether the file changed).
+    opened: Option<FileState>,
 }
 
-/// Writer registrations by the daemon's record of their file.
-static WRITERS: Mutex<Option<HashMap<u64, HeldWriter>>> = Mutex::new(None);
+/// Writer registrations by the daemon's record of their file (and the
+/// connection it belongs to).
+static WRITERS: Mutex<Option<HashMap<(u64, u64), HeldWriter>>> = Mutex::new(None);
 
-fn writer_insert(record: u64, fd: OwnedFd) {
+fn writer_insert(record: u64, conn: u64, fd: OwnedFd, opened: Option<FileState>) {
     let fd = fd.into_raw_fd();
     let Some(ino) = fd_ino(fd) else {
         // SAFETY: we own `fd`.
@@ -348,21 +394,21 @@ fn writer_insert(record: u64, fd: OwnedFd) {
     };
     lock(&WRITERS)
         .get_or_insert_with(HashMap::new)
-        .insert(record, HeldWriter { fd, ino });
+        .insert((record, conn), HeldWriter { fd, ino, opened });
 }
 
 /// Closes the writer registration of `record`, if this process holds
-/// one; true if it did (the registration then ends with the last copy of
-/// the fd, in the kernel).
-fn writer_close(record: u64) -> bool {
-    let Some(w) = lock(&WRITERS).as_mut().and_then(|m| m.remove(&record)) else {
-        return false;
-    };
+/// one; `Some` (with the file's state when it was opened) if it did (the
+/// registration then ends with the last copy of the fd, in the kernel).
+fn writer_close(record: u64, conn: u64) -> Option<Option<FileState>> {
+    let w = lock(&WRITERS)
+        .as_mut()
+        .and_then(|m| m.remove(&(record, conn)))?;
     if fd_ino(w.fd) == Some(w.ino) {
         // SAFETY: the fd is still the one we were given (same inode).
         unsafe { rustix::io::close(w.fd) };
     }
-    true
+    Some(w.opened)
 }
 
 /// A path for a request: its exact bytes, whatever they are.
@@ -784,6 +830,8 @@ pub(crate) struct FdInfo {
     pub record: u64,
     /// The process whose connection owns `record`.
     pub pid: u32,
+    /// That connection (see [`CONN_GEN`]).
+    pub conn: u64,
     /// The physical path the shim opened it on, when it opened it itself
     /// (reads): a `*at()` call's entry under it is handed to the kernel
     /// relative to the fd, as the program asked.
@@ -793,24 +841,46 @@ pub(crate) struct FdInfo {
 static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
 static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// Remembers that `fd` is `info` in the branch.
-pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
-    fd_insert_phys(fd, path, record, None);
-}
-
-/// [`fd_insert`], with the physical path the shim opened `fd` on.
-pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, record: u64, phys: Option<Vec<u8>>) {
-    let mut g = lock(&FDS);
-    let m = g.get_or_insert_with(HashMap::new);
-    m.insert(
+/// Remembers that `fd` is branch path `path`, open for writing with the
+/// daemon's `record` made on connection `conn` (0: read-only).
+pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64, conn: u64) {
+    fd_insert_info(
         fd,
         FdInfo {
             path,
             record,
             pid: pid(),
+            conn,
+            phys: None,
+        },
+    );
+}
+
+/// Remembers that `fd`, opened by the shim on physical path `phys`, is
+/// branch path `path` (read-only).
+pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, phys: Option<Vec<u8>>) {
+    fd_insert_info(
+        fd,
+        FdInfo {
+            path,
+            record: 0,
+            pid: pid(),
+            conn: 0,
             phys,
         },
     );
+}
+
+/// Remembers that `fd` is a copy (`dup`) of the descriptor `info`
+/// describes: both hold the daemon's record; the last to close ends it.
+pub(crate) fn fd_insert_dup(fd: RawFd, info: FdInfo) {
+    fd_insert_info(fd, info);
+}
+
+fn fd_insert_info(fd: RawFd, info: FdInfo) {
+    let mut g = lock(&FDS);
+    let m = g.get_or_insert_with(HashMap::new);
+    m.insert(fd, info);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
 }
 
@@ -888,21 +958,69 @@ pub(crate) fn fd_closed(info: &FdInfo) {
     // Another descriptor (a dup) still holds the file open.
     let shared = lock(&FDS).as_ref().is_some_and(|m| {
         m.values()
-            .any(|i| i.record == info.record && i.pid == info.pid)
+            .any(|i| i.record == info.record && i.conn == info.conn && i.pid == info.pid)
     });
     if shared {
         return;
     }
-    let held = writer_close(info.record);
+    let held = writer_close(info.record, info.conn);
     if info.pid != pid() {
         return;
     }
     let record = info.record;
-    let _ = if held {
-        with_daemon(|c| c.fd_closed(record))
-    } else {
-        with_daemon(|c| c.request(Request::FdClose { record }).map(|_| ()))
+    let stale = with_daemon_conn(|c, conn| {
+        if conn != info.conn {
+            // The connection that opened the file is gone (the daemon
+            // restarted): its record went with it.
+            return Ok(true);
+        }
+        if held.is_some() {
+            c.fd_closed(record)?;
+        } else {
+            c.request(Request::FdClose { record })?;
+        }
+        Ok(false)
+    });
+    if stale == Ok(true) {
+        report_modified_after_restart(&info.path, held.flatten());
+    }
+}
+
+/// Publishes `Modified` for branch file `path`, closed after the daemon
+/// that recorded its opening restarted, if it changed since `opened` (its
+/// state then; unknown: assumed changed), as the daemon would have at the
+/// close (`PublishEvents`, the way a mount server reports its changes).
+/// A file removed meanwhile reports nothing.
+fn report_modified_after_restart(path: &[u8], opened: Option<FileState>) {
+    let Some(cfg) = config() else {
+        return;
     };
+    let Ok(Resolved::Found(e)) = resolve(path, false) else {
+        return;
+    };
+    let Ok(st) = rustix::fs::lstat(e.phys.as_c_str()) else {
+        return;
+    };
+    let now = state_of(&st);
+    if opened == Some(now) {
+        return;
+    }
+    let event = agentfs_proto::WireCoreEvent {
+        seq: 0,
+        pid: pid(),
+        kind: agentfs_proto::WireEventKind::Modified,
+        branch: cfg.branch.clone(),
+        path: wire(path),
+        to: WirePath::default(),
+        is_dir: false,
+        size_before: opened.map_or(u64::MAX, |o| o.1),
+        size_after: now.1,
+    };
+    let _ = with_daemon(|c| {
+        c.request(Request::PublishEvents {
+            events: vec![event.clone()],
+        })
+    });
 }
 
 // ---------------------------------------------------------- classification
@@ -1052,7 +1170,7 @@ pub(crate) struct StateLocks {
     _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
-    _writers: MutexGuard<'static, Option<HashMap<u64, HeldWriter>>>,
+    _writers: MutexGuard<'static, Option<HashMap<(u64, u64), HeldWriter>>>,
 }
 
 /// In a forked child, once the fork handlers released the locks: the
