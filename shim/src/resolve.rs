@@ -593,12 +593,29 @@ impl Chain {
         if c.stamp != stamp {
             return None;
         }
+        // The name in its parent first: for a program's lstat of a file
+        // (most calls) that is the one look it takes. A directory found
+        // this way is its own base path, as its exact frame would say.
+        if in_base && name != b"." && name != b".." {
+            if let Some(r) = self.answer_in_base(&c, parent, name) {
+                return Some(r);
+            }
+        }
         if let Some((canon, frame, true)) = c.frames.get(full) {
             return Some(self.dir_entry(canon.clone(), frame).map(Resolved::Found));
         }
-        if !in_base || name == b"." || name == b".." {
-            return None;
-        }
+        None
+    }
+
+    /// Name `name` in directory `parent` when that directory's cached
+    /// frame ends in the base and the cached names of its parts above the
+    /// base neither hold nor hide it: its base path, unchecked.
+    fn answer_in_base(
+        &self,
+        c: &DirCache,
+        parent: &[u8],
+        name: &[u8],
+    ) -> Option<Result<Resolved, Errno>> {
         let (canon, frame, _) = c.frames.get(parent)?;
         let ((idx, dir), above) = frame.split_last()?;
         if !self.layers[*idx].base {
