@@ -128,7 +128,17 @@ struct DirCache {
     /// symlink on the way): a change cannot be matched to the frames it
     /// affects by path alone.
     aliased: bool,
+    /// How often this process's own changes dropped the names of each
+    /// layer directory (kept across counter moves): a directory the
+    /// process keeps changing is not listed again after each change (a
+    /// shell loop creating 2,000 files would read it 2,000 times), its
+    /// names are looked up one `lstat` at a time instead.
+    churn: PathMap<u32>,
 }
+
+/// Own changes after which a layer directory's names are no longer listed
+/// into the cache.
+const CHURN_LIMIT: u32 = 8;
 
 impl DirCache {
     fn clear(&mut self, stamp: u64) {
@@ -458,6 +468,9 @@ impl Chain {
                     return known.clone();
                 }
             }
+            if c.churn.get(dir).is_some_and(|&n| n >= CHURN_LIMIT) {
+                return None;
+            }
         }
         let listed = list_names(dir).map(Arc::new);
         let mut c = self.dirs.write();
@@ -730,10 +743,18 @@ impl Chain {
         };
         c.frames.retain(|k, _| !touches(k));
         c.listings.retain(|k, _| !touches(k));
-        c.names.retain(|k, _| {
-            !phys
+        let DirCache { names, churn, .. } = &mut *c;
+        names.retain(|k, _| {
+            let gone = phys
                 .iter()
-                .any(|(d, subtree)| k == d || (*subtree && at_or_under(k, d)))
+                .any(|(d, subtree)| k == d || (*subtree && at_or_under(k, d)));
+            if gone {
+                if churn.len() >= MAX_CACHED_DIRS {
+                    churn.clear();
+                }
+                *churn.entry(k.clone()).or_default() += 1;
+            }
+            !gone
         });
         c.stamp = after;
     }
@@ -1473,6 +1494,34 @@ mod tests {
         c.own_change(20, 22, &[b"p", b"moved"]);
         assert!(c.cached(Some(22), b"p/q").is_none());
         assert!(c.cached(Some(22), b"other").is_some());
+    }
+
+    #[test]
+    fn a_directory_the_process_keeps_changing_is_no_longer_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let top_d = t.path().join("top/d");
+        let top_d = top_d.as_os_str().as_bytes();
+        let mut stamp = 100;
+        for i in 0..CHURN_LIMIT {
+            let r = c.resolve_at(format!("d/f{i}").as_bytes(), false, Some(stamp), false);
+            assert!(matches!(r, Ok(Resolved::Absent(_))), "{r:?}");
+            assert!(c.layer_names(Some(stamp), top_d).is_some(), "listed");
+            fs::write(t.path().join(format!("top/d/f{i}")), "n").unwrap();
+            c.own_change(stamp, stamp + 2, &[format!("d/f{i}").as_bytes()]);
+            stamp += 2;
+        }
+        assert!(c.layer_names(Some(stamp), top_d).is_none(), "not listed");
+        // Lookups and listings stay right, one lstat at a time.
+        let r = c.resolve_at(b"d/f0", false, Some(stamp), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        assert_eq!(
+            c.resolve_at(b"d/x", false, Some(stamp), false).unwrap(),
+            Resolved::Absent(b"d/x".to_vec()),
+            "the whiteout still hides the base's x"
+        );
+        let listed = c.list_at(b"d", Some(stamp), None).unwrap();
+        assert_eq!(listed.len(), 2 + 2 + CHURN_LIMIT as usize, "{listed:?}");
     }
 
     #[test]
