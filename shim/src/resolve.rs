@@ -1182,24 +1182,7 @@ fn read_dir(
 ) -> Result<(), Errno> {
     #[cfg(target_os = "linux")]
     if let Some(fd) = open {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        let mut d = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
-        let mut r = Ok(());
-        while let Some(ent) = d.next() {
-            match ent {
-                Ok(ent) => {
-                    let name = ent.file_name().to_bytes();
-                    if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type()))
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    r = Err(e.raw_os_error());
-                    break;
-                }
-            }
-        }
+        let r = read_raw(fd, &mut f);
         let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
         return r;
     }
@@ -1211,9 +1194,34 @@ fn read_dir(
         Mode::empty(),
     )
     .map_err(|e| e.raw_os_error())?;
-    // `Dir::new` reads this fd; `Dir::read_from` would open it again.
-    let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
-    while let Some(ent) = d.read() {
+    #[cfg(target_os = "linux")]
+    {
+        read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // `Dir::new` reads this fd; `Dir::read_from` would open it again.
+        let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
+        while let Some(ent) = d.read() {
+            let ent = ent.map_err(|e| e.raw_os_error())?;
+            let name = ent.file_name().to_bytes();
+            if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads directory fd `fd` from its offset with `getdents64` into one
+/// 32 KiB buffer (as glibc's `readdir` does: a directory of a few hundred
+/// names takes one call and the one that says the end; rustix's `Dir`
+/// starts at 768 bytes and doubles).
+#[cfg(target_os = "linux")]
+fn read_raw(fd: BorrowedFd<'_>, f: &mut impl FnMut(&[u8], u64, u8) -> bool) -> Result<(), Errno> {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut d = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+    while let Some(ent) = d.next() {
         let ent = ent.map_err(|e| e.raw_os_error())?;
         let name = ent.file_name().to_bytes();
         if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
