@@ -185,17 +185,6 @@ impl Tree<'_> {
         &self,
         f: impl FnOnce(&Writer<'_>) -> CoreResult<(T, Option<Change>)>,
     ) -> CoreResult<T> {
-        self.change_names(true, f)
-    }
-
-    /// [`Tree::change`]; `names` false for an operation that changes no
-    /// name (it then leaves the namespace counter alone: lock-free readers
-    /// keep their cached resolutions).
-    fn change_names<T>(
-        &self,
-        names: bool,
-        f: impl FnOnce(&Writer<'_>) -> CoreResult<(T, Option<Change>)>,
-    ) -> CoreResult<T> {
         let Target::Branch(branch) = &self.target else {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
@@ -215,10 +204,8 @@ impl Tree<'_> {
             // Lock-free readers stop trusting cached resolutions before the
             // first name changes (even if this process dies half way) and
             // again once all have.
-            if names {
-                self.store.gen.bump_namespace(branch);
-            }
-            let after = names.then(|| BumpOnDrop(&self.store.gen, branch));
+            self.store.gen.bump_namespace(branch);
+            let after = BumpOnDrop(&self.store.gen, branch);
             let w = Writer::new(
                 &view,
                 &*self.store.backstore,
@@ -515,12 +502,7 @@ impl Tree<'_> {
         size_before: Option<u64>,
     ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
-        // Publishes only: no name changes, so cached resolutions (the
-        // shim's, the mount's) stay valid.
-        self.change_names(false, |w| {
-            w.modified_through_fd(&p, size_before)
-                .map(|c| ((), Some(c)))
-        })
+        self.mutate(|w| w.modified_through_fd(&p, size_before))
     }
 }
 
