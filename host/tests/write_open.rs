@@ -282,3 +282,88 @@ fn through_the_shim_a_snapshot_right_after_each_write_is_never_busy() {
     assert_eq!(got, "round 7\n");
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
+
+/// Through the shim, across a daemon restart: a shell opens a file for
+/// writing (`exec 3>>`), the daemon restarts, the shell writes and closes
+/// it. The registration held in the shell keeps the new daemon from
+/// committing the layer while the file is open, and the close still
+/// reaches the new daemon's watchers as `Modified` (the record died with
+/// the old connection: the shim makes a new one for the same file and
+/// closes it at once).
+#[cfg(target_os = "linux")]
+#[test]
+fn through_the_shim_a_close_after_a_daemon_restart_is_still_reported() {
+    use std::io::{BufRead, BufReader, Write};
+    agentfs_testfs::built("libagentfs_shim.so");
+    let e = Env::new();
+    let d = e.serve();
+    let fifo = e.dir.join("go");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let script = format!(
+        "exec 3>>d/f.txt || exit 2; echo opened; read x < {} || exit 3; \
+         printf ' after' >&3 || exit 4; exec 3>&-; echo closed",
+        fifo.display()
+    );
+    let mut child = agentfs_cmd(&e.config, &e.socket)
+        .current_dir(e.dir.join("base"))
+        .args(["run", "--branch", "b", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "opened\n");
+
+    let (status, _) = d.stop();
+    assert!(status.success());
+    let d = e.serve();
+    let mut s = client(&d.socket, Hello::current("snapshots", Some("b".into())));
+    let mut watcher = client(&d.socket, Hello::current("watcher", Some("b".into())));
+    let r = watcher
+        .request(Request::Subscribe {
+            branch: None,
+            path: "d".into(),
+        })
+        .unwrap();
+    assert!(matches!(r, Response::Subscribed { .. }), "{r:?}");
+    assert_eq!(snapshot(&mut s, "open"), Err(libc::EBUSY));
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "closed\n");
+    assert!(child.wait().unwrap().success());
+    // The close arrives (the client's read timeout fails the test if not).
+    loop {
+        match watcher.next_push().unwrap() {
+            DaemonFrame::CoreEvents(b) => {
+                if b.events
+                    .iter()
+                    .any(|ev| ev.kind == WireEventKind::Modified && ev.path == "d/f.txt")
+                {
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(snapshot(&mut s, "closed"), Ok(()));
+    assert_eq!(
+        agentfs_ok(
+            &e.config,
+            &e.socket,
+            &["fs", "cat", "--branch", "b", "d/f.txt"]
+        ),
+        "hello after"
+    );
+    assert_eq!(e.base_file(), b"hello");
+}

@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     ffi::c_int,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use crate::resolve::Listed;
@@ -35,8 +35,8 @@ pub(crate) struct ShimDir {
     pub fd: c_int,
     /// Canonical branch path (for rewinding).
     pub path: Vec<u8>,
-    /// The merged listing.
-    pub entries: Vec<Listed>,
+    /// The merged listing (shared with the cache).
+    pub entries: Arc<Vec<Listed>>,
     /// Next entry.
     pub pos: usize,
     /// The record `readdir` returns.
@@ -45,7 +45,7 @@ pub(crate) struct ShimDir {
 
 impl ShimDir {
     /// A stream over `entries` for `fd`.
-    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Vec<Listed>) -> Box<Self> {
+    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Arc<Vec<Listed>>) -> Box<Self> {
         Box::new(Self {
             fd,
             path,

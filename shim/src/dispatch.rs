@@ -146,7 +146,7 @@ pub(crate) fn open_in_branch(
             let fd = real_open(&e.phys, flags, mode);
             if fd >= 0 {
                 let dir = e.kind == FileType::Directory;
-                fd_insert_phys(fd, e.path, 0, dir.then(|| e.phys.into_bytes()));
+                fd_insert_phys(fd, e.path, dir.then(|| e.phys.into_bytes()));
             }
             return Ok(fd);
         }
@@ -167,7 +167,7 @@ pub(crate) fn open_in_branch(
             p
         }
     };
-    let (opened, fd) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
+    let (opened, fd, conn) = fd_open(&canon, flags, mode & 0o7777 & !umask_now())?;
     let raw = fd.into_raw_fd();
     // SAFETY: fcntl on the fd we just received.
     unsafe {
@@ -179,6 +179,6 @@ pub(crate) fn open_in_branch(
             libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
-    fd_insert(raw, canon, opened.record);
+    fd_insert(raw, canon, opened.record, conn);
     Ok(raw)
 }

@@ -42,6 +42,21 @@ pub fn normalize(abs: &[u8]) -> Vec<u8> {
     out
 }
 
+/// True when relative path `rel` is already in normal form: no empty,
+/// `.` or `..` component and no trailing slash (joining it to a
+/// normalised directory gives a normalised path).
+pub fn is_clean_relative(rel: &[u8]) -> bool {
+    !rel.is_empty()
+        && rel
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
+/// True when absolute path `abs` is in the form [`normalize`] gives.
+pub fn is_normal(abs: &[u8]) -> bool {
+    abs == b"/" || (abs.first() == Some(&b'/') && is_clean_relative(&abs[1..]))
+}
+
 /// The branch-relative form (`""` for the root itself) of normalised
 /// absolute path `abs` when it lies at or under `root` (normalised).
 pub fn under<'a>(root: &[u8], abs: &'a [u8]) -> Option<&'a [u8]> {

@@ -28,7 +28,7 @@
 use std::{
     borrow::Cow,
     cell::{Cell, UnsafeCell},
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     ffi::{CString, OsStr},
     hash::{BuildHasherDefault, Hasher},
     os::{
@@ -74,33 +74,41 @@ pub struct Chain {
     dirs: ShardedLock<DirCache>,
 }
 
-/// FNV-1a: the cache's keys are short paths hashed on every lookup, where
-/// SipHash's flooding resistance buys nothing (the keys are the
-/// program's own paths) and costs more than the lookup.
+/// A fast non-cryptographic hash: the cache's keys are short paths
+/// hashed on every lookup, where SipHash's flooding resistance buys
+/// nothing (the keys are the program's own paths) and costs more than the
+/// lookup.
 #[derive(Default)]
-struct Fnv(u64);
+struct PathHasher(u64);
 
-impl Hasher for Fnv {
+impl Hasher for PathHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        // Eight bytes a step (the multiply-rotate of rustc's FxHasher), a
+        // byte at a time only for the tail: paths are tens of bytes.
+        const K: u64 = 0x517c_c1b7_2722_0a95;
         let mut h = if self.0 == 0 {
             0xcbf2_9ce4_8422_2325
         } else {
             self.0
         };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in words.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
         }
         self.0 = h;
     }
 }
 
-/// A map keyed by paths or names, with [`Fnv`].
-type PathMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<Fnv>>;
+/// A map keyed by paths or names, with [`PathHasher`].
+type PathMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<PathHasher>>;
 
 /// Frames of directories resolved before, by branch path as asked, valid
 /// for one value of the store's namespace counter.
@@ -116,6 +124,36 @@ struct DirCache {
     names: PathMap<Option<Names>>,
     /// Merged listings, by canonical branch path.
     listings: PathMap<Arc<Vec<Listed>>>,
+    /// Some frame is kept under a path that is not its canonical one (a
+    /// symlink on the way): a change cannot be matched to the frames it
+    /// affects by path alone.
+    aliased: bool,
+    /// How often this process's own changes dropped the names of each
+    /// layer directory (kept across counter moves): a directory the
+    /// process keeps changing is not listed again after each change (a
+    /// shell loop creating 2,000 files would read it 2,000 times), its
+    /// names are looked up one `lstat` at a time instead.
+    churn: PathMap<u32>,
+}
+
+/// Own changes after which a layer directory's names are no longer listed
+/// into the cache.
+const CHURN_LIMIT: u32 = 8;
+
+impl DirCache {
+    fn clear(&mut self, stamp: u64) {
+        self.frames.clear();
+        self.names.clear();
+        self.listings.clear();
+        self.aliased = false;
+        self.stamp = stamp;
+    }
+}
+
+/// Whether `key` is `path` or lies under it (`path` `""` is the root).
+fn at_or_under(key: &[u8], path: &[u8]) -> bool {
+    path.is_empty()
+        || (key.starts_with(path) && (key.len() == path.len() || key[path.len()] == b'/'))
 }
 
 /// The stored names of one layer directory, with each entry's inode and
@@ -195,13 +233,35 @@ impl<T> ShardedLock<T> {
     }
 
     fn write(&self) -> WriteGuard<'_, T> {
-        // Always in shard order: writers do not deadlock one another.
-        let gs =
-            std::array::from_fn(|i| self.shards[i].0.write().unwrap_or_else(|p| p.into_inner()));
-        // SAFETY: every shard's write lock is held for the guard's life:
-        // no reader and no other writer can run.
-        let data = unsafe { &mut *self.data.get() };
-        WriteGuard { _gs: gs, data }
+        // All shards or none: a writer never sits on some shards while it
+        // waits for a reader of another (readers of the shards it holds
+        // would sleep meanwhile: with git's 20 preload threads on two
+        // cores, a futex storm). Readers hold a shard for one lookup, so a
+        // writer spins briefly, then yields.
+        let mut tries = 0u32;
+        loop {
+            let mut gs = Vec::with_capacity(SHARDS);
+            for s in &self.shards {
+                match s.0.try_write() {
+                    Ok(g) => gs.push(g),
+                    Err(std::sync::TryLockError::Poisoned(p)) => gs.push(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => break,
+                }
+            }
+            if gs.len() == SHARDS {
+                // SAFETY: every shard's write lock is held for the
+                // guard's life: no reader and no other writer can run.
+                let data = unsafe { &mut *self.data.get() };
+                return WriteGuard { _gs: gs, data };
+            }
+            drop(gs);
+            tries += 1;
+            if tries < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
@@ -218,7 +278,7 @@ impl<T> std::ops::Deref for ReadGuard<'_, T> {
 }
 
 struct WriteGuard<'a, T> {
-    _gs: [RwLockWriteGuard<'a, ()>; SHARDS],
+    _gs: Vec<RwLockWriteGuard<'a, ()>>,
     data: &'a mut T,
 }
 
@@ -408,14 +468,14 @@ impl Chain {
                     return known.clone();
                 }
             }
+            if c.churn.get(dir).is_some_and(|&n| n >= CHURN_LIMIT) {
+                return None;
+            }
         }
         let listed = list_names(dir).map(Arc::new);
         let mut c = self.dirs.write();
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
-            c.frames.clear();
-            c.names.clear();
-            c.listings.clear();
-            c.stamp = stamp;
+            c.clear(stamp);
         }
         c.names.insert(dir.to_vec(), listed.clone());
         listed
@@ -529,9 +589,10 @@ impl Chain {
 
     /// What the cache alone answers for a path: the directory `full` when
     /// its own name was resolved to it before; with `in_base`, name `name`
-    /// in directory `parent` when that directory's cached frame is the
-    /// base's alone (its base path, unchecked: what the lazy resolution
-    /// answers, without copying the frame).
+    /// in directory `parent` when that directory's cached frame ends in
+    /// the base and the cached names of its parts above the base neither
+    /// hold nor hide it (its base path, unchecked: what the lazy
+    /// resolution answers, without copying the frame).
     fn answer_cached(
         &self,
         stamp: Option<u64>,
@@ -545,18 +606,47 @@ impl Chain {
         if c.stamp != stamp {
             return None;
         }
+        // The name in its parent first: for a program's lstat of a file
+        // (most calls) that is the one look it takes. A directory found
+        // this way is its own base path, as its exact frame would say.
+        if in_base && name != b"." && name != b".." {
+            if let Some(r) = self.answer_in_base(&c, parent, name) {
+                return Some(r);
+            }
+        }
         if let Some((canon, frame, true)) = c.frames.get(full) {
             return Some(self.dir_entry(canon.clone(), frame).map(Resolved::Found));
         }
-        if !in_base || name == b"." || name == b".." {
-            return None;
-        }
+        None
+    }
+
+    /// Name `name` in directory `parent` when that directory's cached
+    /// frame ends in the base and the cached names of its parts above the
+    /// base neither hold nor hide it: its base path, unchecked.
+    fn answer_in_base(
+        &self,
+        c: &DirCache,
+        parent: &[u8],
+        name: &[u8],
+    ) -> Option<Result<Resolved, Errno>> {
         let (canon, frame, _) = c.frames.get(parent)?;
-        let [(idx, dir)] = frame.as_slice() else {
-            return None;
-        };
+        let ((idx, dir), above) = frame.split_last()?;
         if !self.layers[*idx].base {
             return None;
+        }
+        if !above.is_empty() {
+            // A merged directory. A name in the reserved namespace is
+            // stored escaped in a layer: the full lookup handles it.
+            if name.starts_with(RESERVED_PREFIX) {
+                return None;
+            }
+            let (w, _) = whiteout_name(OsStr::from_bytes(name));
+            for (_, part) in above {
+                let names = c.names.get(part.as_slice())?.as_ref()?;
+                if names.contains_key(name) || names.contains_key(w.as_bytes()) {
+                    return None;
+                }
+            }
         }
         let mut path = Vec::with_capacity(canon.len() + name.len() + 1);
         path.extend_from_slice(canon);
@@ -587,11 +677,9 @@ impl Chain {
         }
         let mut c = self.dirs.write();
         if c.stamp != stamp || c.frames.len() >= MAX_CACHED_DIRS {
-            c.frames.clear();
-            c.names.clear();
-            c.listings.clear();
-            c.stamp = stamp;
+            c.clear(stamp);
         }
+        c.aliased |= key != canon;
         c.frames
             .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
     }
@@ -599,9 +687,76 @@ impl Chain {
     /// Drops every cached directory frame.
     pub fn forget(&self) {
         let mut c = self.dirs.write();
-        c.frames.clear();
-        c.names.clear();
-        c.listings.clear();
+        let stamp = c.stamp;
+        c.clear(stamp);
+    }
+
+    /// Keeps the cache across a change of names this process made itself:
+    /// when the namespace counter went from `before` to `after` by exactly
+    /// the two steps one change takes (so no other change happened in
+    /// between), only what lies on the way to the canonical branch paths
+    /// in `touched` (their parents may have gained a directory in the
+    /// active layer, a whiteout, a name) and under them is dropped, and
+    /// the rest stays valid at `after`. Otherwise nothing is done: the
+    /// next lookup finds the counter moved and starts over.
+    pub fn own_change(&self, before: u64, after: u64, touched: &[&[u8]]) {
+        if after != before.wrapping_add(2) {
+            return;
+        }
+        let mut c = self.dirs.write();
+        if c.stamp != before {
+            return;
+        }
+        if c.aliased {
+            c.clear(after);
+            return;
+        }
+        // Physical directories in each layer above the base that a change
+        // of `p` may touch: its ancestors' and its own (and what is under
+        // it, for a directory renamed or removed).
+        let mut phys: Vec<(Vec<u8>, bool)> = Vec::new();
+        for p in touched {
+            for (idx, l) in self.layers.iter().enumerate() {
+                if l.base {
+                    continue;
+                }
+                let mut dir = l.root.clone();
+                phys.push((dir.clone(), false));
+                for name in p.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+                    let Some(stored) = self.stored(idx, name) else {
+                        c.clear(after);
+                        return;
+                    };
+                    dir.push(b'/');
+                    dir.extend_from_slice(&stored);
+                    phys.push((dir.clone(), false));
+                }
+                if let Some(last) = phys.last_mut() {
+                    last.1 = true;
+                }
+            }
+        }
+        let touches = |key: &[u8]| {
+            touched
+                .iter()
+                .any(|p| at_or_under(key, p) || at_or_under(p, key))
+        };
+        c.frames.retain(|k, _| !touches(k));
+        c.listings.retain(|k, _| !touches(k));
+        let DirCache { names, churn, .. } = &mut *c;
+        names.retain(|k, _| {
+            let gone = phys
+                .iter()
+                .any(|(d, subtree)| k == d || (*subtree && at_or_under(k, d)));
+            if gone {
+                if churn.len() >= MAX_CACHED_DIRS {
+                    churn.clear();
+                }
+                *churn.entry(k.clone()).or_default() += 1;
+            }
+            !gone
+        });
+        c.stamp = after;
     }
 
     /// Resolves branch path `rel` without the directory cache.
@@ -625,6 +780,19 @@ impl Chain {
         stamp: Option<u64>,
         lazy: bool,
     ) -> Result<Resolved, Errno> {
+        // What the cache alone answers, before any copy of the path.
+        let mut asked = false;
+        if paths::is_clean_relative(rel) {
+            let (parent, last) = match rel.iter().rposition(|&b| b == b'/') {
+                Some(p) => (&rel[..p], &rel[p + 1..]),
+                None => (&b""[..], rel),
+            };
+            let in_base = lazy && !follow && !parent.is_empty();
+            if let Some(r) = self.answer_cached(stamp, rel, parent, last, in_base) {
+                return r;
+            }
+            asked = true;
+        }
         let mut path = rel.to_vec();
         let mut links = 0;
         'restart: loop {
@@ -642,7 +810,7 @@ impl Chain {
                 }
                 n => Cow::Owned(comps[..n - 1].join(&b'/')),
             };
-            if let Some(last) = comps.last() {
+            if let (Some(last), false) = (comps.last(), std::mem::take(&mut asked)) {
                 let full = if clean {
                     Cow::Borrowed(&path[..])
                 } else {
@@ -855,7 +1023,7 @@ impl Chain {
     /// The merged listing of directory `rel` (symlinks followed), sorted by
     /// name, with `.` and `..` first; whiteouts and markers hidden.
     pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
-        self.list_at(rel, None, None)
+        self.list_at(rel, None, None).map(Arc::unwrap_or_clone)
     }
 
     /// [`Chain::list`], with the listing kept (and reused) while the
@@ -869,7 +1037,7 @@ impl Chain {
         rel: &[u8],
         stamp: Option<u64>,
         top: Option<BorrowedFd<'_>>,
-    ) -> Result<Vec<Listed>, Errno> {
+    ) -> Result<Arc<Vec<Listed>>, Errno> {
         let canon = match self.resolve_at(rel, true, stamp, false)? {
             Resolved::Found(e) if e.kind == FileType::Directory => e.path,
             Resolved::Found(_) => return Err(libc::ENOTDIR),
@@ -880,20 +1048,17 @@ impl Chain {
             let c = self.dirs.read();
             if c.stamp == stamp {
                 if let Some(l) = c.listings.get(&canon) {
-                    return Ok(l.as_ref().clone());
+                    return Ok(l.clone());
                 }
             }
         }
-        let listed = self.merged_listing(stamp, &canon, top)?;
+        let listed = Arc::new(self.merged_listing(stamp, &canon, top)?);
         if let (Some(stamp), true) = (stamp, listed.len() <= MAX_CACHED_NAMES * 16) {
             let mut c = self.dirs.write();
             if c.stamp != stamp || c.listings.len() >= MAX_CACHED_LISTINGS {
-                c.frames.clear();
-                c.names.clear();
-                c.listings.clear();
-                c.stamp = stamp;
+                c.clear(stamp);
             }
-            c.listings.insert(canon, Arc::new(listed.clone()));
+            c.listings.insert(canon, listed.clone());
         }
         Ok(listed)
     }
@@ -905,7 +1070,9 @@ impl Chain {
         top: Option<BorrowedFd<'_>>,
     ) -> Result<Vec<Listed>, Errno> {
         let frame = self.frame_at(stamp, canon)?;
-        let mut seen: BTreeMap<Vec<u8>, (u64, u8)> = BTreeMap::new();
+        // Every part's names, top part first; sorted (stably) and the
+        // first of each name kept below.
+        let mut seen: Vec<Listed> = Vec::with_capacity(64);
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
@@ -929,8 +1096,8 @@ impl Chain {
                         Decoded::Opaque | Decoded::Reserved => return,
                     }
                 };
-                if !seen.contains_key(&name) && !hidden.contains(&name) {
-                    seen.insert(name, (ino, dtype));
+                if hidden.is_empty() || !hidden.contains(&name) {
+                    seen.push(Listed { name, ino, dtype });
                 }
             };
             // A layer directory's names are usually listed already (by
@@ -952,6 +1119,8 @@ impl Chain {
             }
             hidden.extend(whiteouts);
         }
+        seen.sort_by(|a, b| a.name.cmp(&b.name));
+        seen.dedup_by(|later, first| later.name == first.name);
         let mut out = Vec::with_capacity(seen.len() + 2);
         for dot in [&b"."[..], b".."] {
             out.push(Listed {
@@ -960,10 +1129,7 @@ impl Chain {
                 dtype: libc::DT_DIR,
             });
         }
-        out.extend(
-            seen.into_iter()
-                .map(|(name, (ino, dtype))| Listed { name, ino, dtype }),
-        );
+        out.append(&mut seen);
         Ok(out)
     }
 
@@ -1016,24 +1182,7 @@ fn read_dir(
 ) -> Result<(), Errno> {
     #[cfg(target_os = "linux")]
     if let Some(fd) = open {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        let mut d = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
-        let mut r = Ok(());
-        while let Some(ent) = d.next() {
-            match ent {
-                Ok(ent) => {
-                    let name = ent.file_name().to_bytes();
-                    if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type()))
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    r = Err(e.raw_os_error());
-                    break;
-                }
-            }
-        }
+        let r = read_raw(fd, &mut f);
         let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
         return r;
     }
@@ -1045,9 +1194,34 @@ fn read_dir(
         Mode::empty(),
     )
     .map_err(|e| e.raw_os_error())?;
-    // `Dir::new` reads this fd; `Dir::read_from` would open it again.
-    let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
-    while let Some(ent) = d.read() {
+    #[cfg(target_os = "linux")]
+    {
+        read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // `Dir::new` reads this fd; `Dir::read_from` would open it again.
+        let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
+        while let Some(ent) = d.read() {
+            let ent = ent.map_err(|e| e.raw_os_error())?;
+            let name = ent.file_name().to_bytes();
+            if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads directory fd `fd` from its offset with `getdents64` into one
+/// 32 KiB buffer (as glibc's `readdir` does: a directory of a few hundred
+/// names takes one call and the one that says the end; rustix's `Dir`
+/// starts at 768 bytes and doubles).
+#[cfg(target_os = "linux")]
+fn read_raw(fd: BorrowedFd<'_>, f: &mut impl FnMut(&[u8], u64, u8) -> bool) -> Result<(), Errno> {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut d = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+    while let Some(ent) = d.next() {
         let ent = ent.map_err(|e| e.raw_os_error())?;
         let name = ent.file_name().to_bytes();
         if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
@@ -1241,12 +1415,15 @@ mod tests {
                 .map(|e| String::from_utf8(e.name).unwrap())
                 .collect()
         };
-        let first = names(c.list_at(b"d", Some(1), None).unwrap());
+        let first = names(c.list_at(b"d", Some(1), None).unwrap().to_vec());
         assert_eq!(first, [".", "..", "new", "y"]);
         fs::write(t.path().join("top/d/later"), "l").unwrap();
-        assert_eq!(names(c.list_at(b"d", Some(1), None).unwrap()), first);
         assert_eq!(
-            names(c.list_at(b"d", Some(2), None).unwrap()),
+            names(c.list_at(b"d", Some(1), None).unwrap().to_vec()),
+            first
+        );
+        assert_eq!(
+            names(c.list_at(b"d", Some(2), None).unwrap().to_vec()),
             [".", "..", "later", "new", "y"]
         );
         // Without a counter the listing is always read afresh.
@@ -1275,6 +1452,102 @@ mod tests {
             c.cached(Some(3), b"only/deep").is_none(),
             "a new stamp drops it"
         );
+    }
+
+    #[test]
+    fn an_own_change_drops_only_what_lies_on_its_way() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let base = t.path().join("base");
+        for d in ["p/q", "other"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+        }
+        fs::write(base.join("p/q/f"), "f").unwrap();
+        fs::write(base.join("other/g"), "g").unwrap();
+        let lazy = |rel: &[u8], stamp| c.resolve_at(rel, false, Some(stamp), true).unwrap();
+        lazy(b"p/q/f", 10);
+        lazy(b"other/g", 10);
+        assert_eq!(names(&c, "d"), [".", "..", "new", "y"]);
+        c.list_at(b"d", Some(10), None).unwrap();
+        assert!(c.cached(Some(10), b"p/q").is_some());
+        // The daemon copies p/q/f up (making p and p/q in the active
+        // layer) and creates d/fresh: two changes, two steps each.
+        fs::create_dir_all(t.path().join("top/p/q")).unwrap();
+        fs::write(t.path().join("top/p/q/f"), "changed").unwrap();
+        c.own_change(10, 12, &[b"p/q/f"]);
+        assert!(c.cached(Some(12), b"p/q").is_none(), "on its way");
+        assert!(c.cached(Some(12), b"other").is_some(), "elsewhere: kept");
+        let r = lazy(b"p/q/f", 12);
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        fs::write(t.path().join("top/d/fresh"), "n").unwrap();
+        c.own_change(12, 14, &[b"d/fresh"]);
+        let listed: Vec<Vec<u8>> = c
+            .list_at(b"d", Some(14), None)
+            .unwrap()
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        assert!(listed.contains(&b"fresh".to_vec()), "listing dropped");
+        let r = lazy(b"d/fresh", 14);
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // A counter that moved by more than one change (another process's
+        // too) keeps nothing: the next lookup starts over.
+        c.own_change(14, 17, &[b"d/fresh"]);
+        assert!(c.cached(Some(14), b"other").is_some());
+        assert!(c.cached(Some(17), b"other").is_none());
+        // A directory renamed: what lies under it goes.
+        lazy(b"p/q/f", 20);
+        lazy(b"other/g", 20);
+        assert!(c.cached(Some(20), b"p/q").is_some());
+        c.own_change(20, 22, &[b"p", b"moved"]);
+        assert!(c.cached(Some(22), b"p/q").is_none());
+        assert!(c.cached(Some(22), b"other").is_some());
+    }
+
+    #[test]
+    fn a_directory_the_process_keeps_changing_is_no_longer_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let top_d = t.path().join("top/d");
+        let top_d = top_d.as_os_str().as_bytes();
+        let mut stamp = 100;
+        for i in 0..CHURN_LIMIT {
+            let r = c.resolve_at(format!("d/f{i}").as_bytes(), false, Some(stamp), false);
+            assert!(matches!(r, Ok(Resolved::Absent(_))), "{r:?}");
+            assert!(c.layer_names(Some(stamp), top_d).is_some(), "listed");
+            fs::write(t.path().join(format!("top/d/f{i}")), "n").unwrap();
+            c.own_change(stamp, stamp + 2, &[format!("d/f{i}").as_bytes()]);
+            stamp += 2;
+        }
+        assert!(c.layer_names(Some(stamp), top_d).is_none(), "not listed");
+        // Lookups and listings stay right, one lstat at a time.
+        let r = c.resolve_at(b"d/f0", false, Some(stamp), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        assert_eq!(
+            c.resolve_at(b"d/x", false, Some(stamp), false).unwrap(),
+            Resolved::Absent(b"d/x".to_vec()),
+            "the whiteout still hides the base's x"
+        );
+        let listed = c.list_at(b"d", Some(stamp), None).unwrap();
+        assert_eq!(listed.len(), 2 + 2 + CHURN_LIMIT as usize, "{listed:?}");
+    }
+
+    #[test]
+    fn a_merged_directory_answers_base_names_from_the_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        // d merges the layer (new, a whiteout of x) over the base (x, y).
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        let r = c.resolve_at(b"d/y", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        assert_eq!(
+            c.resolve_at(b"d/x", false, Some(1), true).unwrap(),
+            Resolved::Absent(b"d/x".to_vec()),
+            "a whiteout in the layer's cached names hides the base's"
+        );
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
     }
 
     #[test]

@@ -101,10 +101,17 @@ struct Conn {
     pid: u32,
     fd: RawFd,
     ino: u64,
+    /// Which of this process's connections it is (see [`CONN_GEN`]).
+    generation: u64,
     client: Client,
 }
 
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+
+/// Counts the connections this process made: the daemon's records of
+/// files open for writing belong to the connection that opened them (a
+/// restarted daemon knows none of them, and numbers its own from 1 again).
+static CONN_GEN: AtomicU64 = AtomicU64::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -173,6 +180,7 @@ fn connect(cfg: &Config) -> Result<Conn, ClientError> {
         pid: pid(),
         fd: raw,
         ino,
+        generation: CONN_GEN.fetch_add(1, Ordering::AcqRel) + 1,
         client,
     })
 }
@@ -202,6 +210,11 @@ fn errno_of(e: &ClientError) -> Errno {
 pub(crate) fn with_daemon<T>(
     f: impl Fn(&mut Client) -> Result<T, ClientError>,
 ) -> Result<T, Errno> {
+    with_daemon_conn(|c, _| f(c))
+}
+
+/// [`with_daemon`], telling `f` which connection it runs on.
+fn with_daemon_conn<T>(f: impl Fn(&mut Client, u64) -> Result<T, ClientError>) -> Result<T, Errno> {
     let cfg = config().ok_or(libc::EIO)?;
     let mut g = lock(&CONN);
     let me = pid();
@@ -224,7 +237,7 @@ pub(crate) fn with_daemon<T>(
             })?);
         }
         let c = g.as_mut().expect("connected");
-        match f(&mut c.client) {
+        match f(&mut c.client, c.generation) {
             Ok(v) => return Ok(v),
             Err(e @ ClientError::Daemon(_)) => return Err(errno_of(&e)),
             Err(e) => {
@@ -240,33 +253,89 @@ pub(crate) fn with_daemon<T>(
     Err(libc::EIO)
 }
 
+/// The canonical branch paths whose names (or whose parents' layer
+/// directories) a change `op` in the daemon may touch; `None` for an op
+/// the shim does not send for a change of one entry.
+fn touched_by(op: &FsOp) -> Option<Vec<&[u8]>> {
+    Some(match op {
+        FsOp::Rename { from, to } => vec![from.as_bytes(), to.as_bytes()],
+        FsOp::Mkdir { path, .. }
+        | FsOp::Rmdir { path }
+        | FsOp::Unlink { path }
+        | FsOp::Symlink { path, .. }
+        | FsOp::Chmod { path, .. }
+        | FsOp::Truncate { path, .. }
+        | FsOp::SetTimes { path, .. }
+        | FsOp::SetXattr { path, .. }
+        | FsOp::RemoveXattr { path, .. } => vec![path.as_bytes()],
+        _ => return None,
+    })
+}
+
+/// Runs `request`, a change of the branch's names at canonical paths
+/// `touched` made through the daemon, and then keeps the directory cache
+/// of the current chain valid where the change cannot have reached (see
+/// [`Chain::own_change`]): a program that creates or renames a file (git
+/// taking `index.lock`) does not make every directory it lists afterwards
+/// be read again.
+fn own_change<T>(
+    touched: &[&[u8]],
+    request: impl FnOnce() -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let Some((chain, c)) = local_chain() else {
+        return request();
+    };
+    let (graph, before) = (c.graph(), c.namespace());
+    let r = request()?;
+    if c.graph() == graph {
+        chain.own_change(before, c.namespace(), touched);
+    }
+    Ok(r)
+}
+
 /// One file operation in the branch.
 pub(crate) fn fs_op(op: FsOp) -> Result<FsReply, Errno> {
-    let r = with_daemon(|c| {
-        c.request(Request::Fs {
-            branch: None,
-            snapshot: None,
-            op: op.clone(),
+    let run = || {
+        with_daemon(|c| {
+            c.request(Request::Fs {
+                branch: None,
+                snapshot: None,
+                op: op.clone(),
+            })
         })
-    })?;
+    };
+    let r = match touched_by(&op) {
+        Some(touched) => own_change(&touched, run)?,
+        None => run()?,
+    };
     match r {
         Response::Fs(reply) => Ok(reply),
         _ => Err(libc::EIO),
     }
 }
 
-/// `fd_open` in the branch: a real fd (close-on-exec) and what happened.
+/// `fd_open` in the branch: a real fd (close-on-exec), what happened, and
+/// the connection it was made on (its record is that connection's).
 /// For an open for writing, the branch's writer registration comes with
 /// it as a second fd (protocol 2), kept (at a high number) until the
 /// file's last descriptor is closed: see [`fd_closed`].
-pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened, OwnedFd), Errno> {
+pub(crate) fn fd_open(
+    path: &[u8],
+    flags: c_int,
+    mode: u32,
+) -> Result<(FdOpened, OwnedFd, u64), Errno> {
     let open = FdOpen {
         branch: None,
         path: wire(path),
         flags: OpenFlags::from_native(flags),
         mode,
     };
-    let (opened, fd, writer) = with_daemon(|c| c.fd_open_with_writer(open.clone()))?;
+    let (opened, fd, writer, conn) = own_change(&[path], || {
+        with_daemon_conn(|c, conn| {
+            c.fd_open_with_writer(open.clone())
+                .map(|(o, fd, w)| (o, fd, w, conn))
+        })
+    })?;
     if let Some(w) = writer {
         let w = to_high(w);
         if flags & libc::O_CLOEXEC == 0 {
@@ -275,9 +344,30 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
             // SAFETY: fcntl on the fd we own.
             unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETFD, 0) };
         }
-        writer_insert(opened.record, w);
+        writer_insert(
+            opened.record,
+            conn,
+            w,
+            file_state(std::os::fd::AsFd::as_fd(&fd)),
+        );
     }
-    Ok((opened, fd))
+    Ok((opened, fd, conn))
+}
+
+/// What tells a file's content changed: (inode, size, mtime in ns).
+type FileState = (u64, u64, i64);
+
+fn file_state(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileState> {
+    rustix::fs::fstat(fd).ok().map(|st| state_of(&st))
+}
+
+fn state_of(st: &rustix::fs::Stat) -> FileState {
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    (
+        st.st_ino as u64,
+        st.st_size as u64,
+        st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+    )
 }
 
 /// A writer registration the shim holds for a file open for writing: its
@@ -286,12 +376,16 @@ pub(crate) fn fd_open(path: &[u8], flags: c_int, mode: u32) -> Result<(FdOpened,
 struct HeldWriter {
     fd: RawFd,
     ino: u64,
+    /// The file's state when it was opened (to tell, if the daemon that
+    /// made the record restarts, whether the file changed).
+    opened: Option<FileState>,
 }
 
-/// Writer registrations by the daemon's record of their file.
-static WRITERS: Mutex<Option<HashMap<u64, HeldWriter>>> = Mutex::new(None);
+/// Writer registrations by the daemon's record of their file (and the
+/// connection it belongs to).
+static WRITERS: Mutex<Option<HashMap<(u64, u64), HeldWriter>>> = Mutex::new(None);
 
-fn writer_insert(record: u64, fd: OwnedFd) {
+fn writer_insert(record: u64, conn: u64, fd: OwnedFd, opened: Option<FileState>) {
     let fd = fd.into_raw_fd();
     let Some(ino) = fd_ino(fd) else {
         // SAFETY: we own `fd`.
@@ -300,21 +394,21 @@ fn writer_insert(record: u64, fd: OwnedFd) {
     };
     lock(&WRITERS)
         .get_or_insert_with(HashMap::new)
-        .insert(record, HeldWriter { fd, ino });
+        .insert((record, conn), HeldWriter { fd, ino, opened });
 }
 
 /// Closes the writer registration of `record`, if this process holds
-/// one; true if it did (the registration then ends with the last copy of
-/// the fd, in the kernel).
-fn writer_close(record: u64) -> bool {
-    let Some(w) = lock(&WRITERS).as_mut().and_then(|m| m.remove(&record)) else {
-        return false;
-    };
+/// one; `Some` (with the file's state when it was opened) if it did (the
+/// registration then ends with the last copy of the fd, in the kernel).
+fn writer_close(record: u64, conn: u64) -> Option<Option<FileState>> {
+    let w = lock(&WRITERS)
+        .as_mut()
+        .and_then(|m| m.remove(&(record, conn)))?;
     if fd_ino(w.fd) == Some(w.ino) {
         // SAFETY: the fd is still the one we were given (same inode).
         unsafe { rustix::io::close(w.fd) };
     }
-    true
+    Some(w.opened)
 }
 
 /// A path for a request: its exact bytes, whatever they are.
@@ -575,8 +669,9 @@ fn kernel_cwd_write() -> RwLockWriteGuard<'static, Option<Vec<u8>>> {
 static CWD_GEN: AtomicU64 = AtomicU64::new(0);
 
 /// A thread's copy of the working directory records: (generation, as
-/// the program sees it, the kernel's).
-type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// the program sees it, the kernel's, its branch path when it is in the
+/// branch and normalised).
+type LocalCwd = (u64, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 std::thread_local! {
     static LOCAL_CWD: std::cell::RefCell<Option<LocalCwd>> =
@@ -588,6 +683,13 @@ std::thread_local! {
 /// threads resolve relative paths in parallel); `None` when the thread's
 /// copy cannot be used.
 fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Option<R> {
+    with_local_cwd_full(|v, k, _| f(v, k))
+}
+
+/// [`with_local_cwd`], with the working directory's branch path too.
+fn with_local_cwd_full<R>(
+    f: impl FnOnce(Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) -> R,
+) -> Option<R> {
     let now = CWD_GEN.load(Ordering::Acquire);
     LOCAL_CWD
         .try_with(|l| {
@@ -597,13 +699,25 @@ fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Optio
                 let k = KERNEL_CWD.read().unwrap_or_else(|p| p.into_inner());
                 // Read under the lock its writers hold.
                 let generation = CWD_GEN.load(Ordering::Acquire);
-                *l = Some((generation, v.clone(), k.clone()));
+                let branch = v
+                    .as_deref()
+                    .filter(|c| paths::is_normal(c))
+                    .zip(config())
+                    .and_then(|(c, cfg)| paths::under(&cfg.root, c))
+                    .map(<[u8]>::to_vec);
+                *l = Some((generation, v.clone(), k.clone(), branch));
             }
             let c = l.as_ref()?;
-            Some(f(c.1.as_deref(), c.2.as_deref()))
+            Some(f(c.1.as_deref(), c.2.as_deref(), c.3.as_deref()))
         })
         .ok()
         .flatten()
+}
+
+/// Runs `f` on the branch path of the working directory (`None` when it
+/// is not in the branch), as [`with_local_cwd`].
+fn with_local_cwd_branch<R>(f: impl FnOnce(Option<&[u8]>) -> R) -> Option<R> {
+    with_local_cwd_full(|_, _, b| f(b))
 }
 
 /// Where in physical path `phys` the part relative to the kernel's
@@ -716,6 +830,8 @@ pub(crate) struct FdInfo {
     pub record: u64,
     /// The process whose connection owns `record`.
     pub pid: u32,
+    /// That connection (see [`CONN_GEN`]).
+    pub conn: u64,
     /// The physical path the shim opened it on, when it opened it itself
     /// (reads): a `*at()` call's entry under it is handed to the kernel
     /// relative to the fd, as the program asked.
@@ -725,24 +841,46 @@ pub(crate) struct FdInfo {
 static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
 static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// Remembers that `fd` is `info` in the branch.
-pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64) {
-    fd_insert_phys(fd, path, record, None);
-}
-
-/// [`fd_insert`], with the physical path the shim opened `fd` on.
-pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, record: u64, phys: Option<Vec<u8>>) {
-    let mut g = lock(&FDS);
-    let m = g.get_or_insert_with(HashMap::new);
-    m.insert(
+/// Remembers that `fd` is branch path `path`, open for writing with the
+/// daemon's `record` made on connection `conn` (0: read-only).
+pub(crate) fn fd_insert(fd: RawFd, path: Vec<u8>, record: u64, conn: u64) {
+    fd_insert_info(
         fd,
         FdInfo {
             path,
             record,
             pid: pid(),
+            conn,
+            phys: None,
+        },
+    );
+}
+
+/// Remembers that `fd`, opened by the shim on physical path `phys`, is
+/// branch path `path` (read-only).
+pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, phys: Option<Vec<u8>>) {
+    fd_insert_info(
+        fd,
+        FdInfo {
+            path,
+            record: 0,
+            pid: pid(),
+            conn: 0,
             phys,
         },
     );
+}
+
+/// Remembers that `fd` is a copy (`dup`) of the descriptor `info`
+/// describes: both hold the daemon's record; the last to close ends it.
+pub(crate) fn fd_insert_dup(fd: RawFd, info: FdInfo) {
+    fd_insert_info(fd, info);
+}
+
+fn fd_insert_info(fd: RawFd, info: FdInfo) {
+    let mut g = lock(&FDS);
+    let m = g.get_or_insert_with(HashMap::new);
+    m.insert(fd, info);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
 }
 
@@ -756,6 +894,14 @@ pub(crate) fn fd_relative_offset(fd: RawFd, phys: &[u8]) -> Option<usize> {
     let d = g.as_ref()?.get(&fd)?.phys.as_ref()?;
     (phys.len() > d.len() + 1 && phys.starts_with(d) && phys[d.len()] == b'/')
         .then_some(d.len() + 1)
+}
+
+/// `f` of what the shim knows about `fd`, without copying it.
+fn fd_with<R>(fd: RawFd, f: impl FnOnce(&FdInfo) -> R) -> Option<R> {
+    if FD_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    lock(&FDS).as_ref().and_then(|m| m.get(&fd)).map(f)
 }
 
 /// What the shim knows about `fd`.
@@ -812,21 +958,69 @@ pub(crate) fn fd_closed(info: &FdInfo) {
     // Another descriptor (a dup) still holds the file open.
     let shared = lock(&FDS).as_ref().is_some_and(|m| {
         m.values()
-            .any(|i| i.record == info.record && i.pid == info.pid)
+            .any(|i| i.record == info.record && i.conn == info.conn && i.pid == info.pid)
     });
     if shared {
         return;
     }
-    let held = writer_close(info.record);
+    let held = writer_close(info.record, info.conn);
     if info.pid != pid() {
         return;
     }
     let record = info.record;
-    let _ = if held {
-        with_daemon(|c| c.fd_closed(record))
-    } else {
-        with_daemon(|c| c.request(Request::FdClose { record }).map(|_| ()))
+    let stale = with_daemon_conn(|c, conn| {
+        if conn != info.conn {
+            // The connection that opened the file is gone (the daemon
+            // restarted): its record went with it.
+            return Ok(true);
+        }
+        if held.is_some() {
+            c.fd_closed(record)?;
+        } else {
+            c.request(Request::FdClose { record })?;
+        }
+        Ok(false)
+    });
+    if stale == Ok(true) {
+        report_modified_after_restart(&info.path, held.flatten());
+    }
+}
+
+/// Publishes `Modified` for branch file `path`, closed after the daemon
+/// that recorded its opening restarted, if it changed since `opened` (its
+/// state then; unknown: assumed changed), as the daemon would have at the
+/// close (`PublishEvents`, the way a mount server reports its changes).
+/// A file removed meanwhile reports nothing.
+fn report_modified_after_restart(path: &[u8], opened: Option<FileState>) {
+    let Some(cfg) = config() else {
+        return;
     };
+    let Ok(Resolved::Found(e)) = resolve(path, false) else {
+        return;
+    };
+    let Ok(st) = rustix::fs::lstat(e.phys.as_c_str()) else {
+        return;
+    };
+    let now = state_of(&st);
+    if opened == Some(now) {
+        return;
+    }
+    let event = agentfs_proto::WireCoreEvent {
+        seq: 0,
+        pid: pid(),
+        kind: agentfs_proto::WireEventKind::Modified,
+        branch: cfg.branch.clone(),
+        path: wire(path),
+        to: WirePath::default(),
+        is_dir: false,
+        size_before: opened.map_or(u64::MAX, |o| o.1),
+        size_after: now.1,
+    };
+    let _ = with_daemon(|c| {
+        c.request(Request::PublishEvents {
+            events: vec![event.clone()],
+        })
+    });
 }
 
 // ---------------------------------------------------------- classification
@@ -850,10 +1044,43 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
         }
         path.to_vec()
     } else if dirfd == libc::AT_FDCWD {
+        // The common case (git's and find's names under a working
+        // directory in the branch): the branch path in one allocation.
+        if paths::is_clean_relative(path) {
+            let fast = with_local_cwd_branch(|dir| {
+                let dir = dir?;
+                let mut rel = Vec::with_capacity(dir.len() + path.len() + 1);
+                rel.extend_from_slice(dir);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(path);
+                Some(rel)
+            });
+            if let Some(Some(rel)) = fast {
+                return Ok(Target::Branch(rel));
+            }
+        }
         join_cwd(path)?
     } else {
-        match fd_get(dirfd) {
-            Some(info) => paths::join(&paths::visible(&cfg.root, &info.path), path),
+        // Under the fd's branch path, without copying its record.
+        let clean = paths::is_clean_relative(path);
+        let joined = fd_with(dirfd, |info| {
+            if clean {
+                let mut rel = Vec::with_capacity(info.path.len() + path.len() + 1);
+                rel.extend_from_slice(&info.path);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(path);
+                Err(rel)
+            } else {
+                Ok(paths::join(&paths::visible(&cfg.root, &info.path), path))
+            }
+        });
+        match joined {
+            Some(Ok(abs)) => abs,
+            Some(Err(rel)) => return Ok(Target::Branch(rel)),
             None => return Ok(Target::Native),
         }
     };
@@ -916,7 +1143,10 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
 /// The merged listing of branch directory `rel`, reused while the store's
 /// namespace counter stays; `top` is an fd the shim opened on it (read
 /// instead of opening its top part again).
-pub(crate) fn list(rel: &[u8], top: Option<RawFd>) -> Result<Vec<crate::resolve::Listed>, Errno> {
+pub(crate) fn list(
+    rel: &[u8],
+    top: Option<RawFd>,
+) -> Result<Arc<Vec<crate::resolve::Listed>>, Errno> {
     let (chain, counters) = chain_and_counters()?;
     // SAFETY: the caller's fd, open for the duration of the call.
     let top = top.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
@@ -940,7 +1170,7 @@ pub(crate) struct StateLocks {
     _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
-    _writers: MutexGuard<'static, Option<HashMap<u64, HeldWriter>>>,
+    _writers: MutexGuard<'static, Option<HashMap<(u64, u64), HeldWriter>>>,
 }
 
 /// In a forked child, once the fork handlers released the locks: the

@@ -642,7 +642,7 @@ unsafe fn freopen_impl(
             return ptr::null_mut();
         }
         if let Some(info) = fd_remove(fd) {
-            super::fd_insert_phys(target, info.path, info.record, info.phys);
+            super::fd_insert_dup(target, info);
         }
         libc::syscall(libc::SYS_close, fd);
         // The stream's own mode (read/write flags, buffer) is reset by
@@ -906,7 +906,7 @@ fn copy_fd_entry(from: c_int, to: c_int) {
     }
     if let Some(info) = fd_get(from) {
         // Both hold the daemon's record: the last to close ends it.
-        super::fd_insert_phys(to, info.path, info.record, info.phys);
+        super::fd_insert_dup(to, info);
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    branch, bytes, classify, config, cwd, dirs, fail, fd_closed, fd_get, fd_insert, fd_remove,
+    branch, bytes, classify, config, cwd, dirs, fail, fd_closed, fd_get, fd_insert_dup, fd_remove,
     interpose_tuples, kevent, resolve, set_cwd, set_errno, Guard, Target,
 };
 use crate::dispatch::{read_target, with_read_path, with_write_path};
@@ -163,7 +163,7 @@ pub unsafe extern "C" fn agentfs_fcntl_impl(fd: c_int, cmd: c_int, arg: usize) -
         }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             if let Some(info) = fd_get(fd) {
-                fd_insert(r, info.path, info.record);
+                fd_insert_dup(r, info);
             }
             r
         }
@@ -693,7 +693,7 @@ unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let r = unsafe { libc::dup(fd) };
     if r >= 0 {
         if let (Some(_g), Some(info)) = (Guard::enter(), fd_get(fd)) {
-            fd_insert(r, info.path, info.record);
+            fd_insert_dup(r, info);
         }
     }
     r
@@ -713,7 +713,7 @@ unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         }
         if r >= 0 && old != new {
             if let Some(info) = fd_get(old) {
-                fd_insert(r, info.path, info.record);
+                fd_insert_dup(r, info);
             }
         }
     }
