@@ -17,6 +17,7 @@ use std::{
     os::unix::{fs::FileExt, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
+    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -24,7 +25,16 @@ use agentfs_proto::WireEventKind;
 use agentfs_proto::{Client, DaemonFrame, FdOpen, FdOpened, Hello, OpenFlags, Request, Response};
 use common::daemon::*;
 
+/// Tests of this file run one at a time. Each one forks (the CLI, the
+/// daemon, shells), and a fork copies every fd of the test process into
+/// the child until its exec closes them: a sibling test forking between a
+/// test's close of its registration fd and its snapshot would hold the
+/// branch busy for that moment, which is right for the product (a forked
+/// child holds the file open too) but not what these tests measure.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 struct Env {
+    _serial: MutexGuard<'static, ()>,
     _t: tempfile::TempDir,
     dir: PathBuf,
     config: PathBuf,
@@ -34,6 +44,7 @@ struct Env {
 impl Env {
     /// A hostfs store over a base with `d/f.txt`, and branch `b`.
     fn new() -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().to_path_buf();
         fs::create_dir_all(dir.join("base/d")).unwrap();
@@ -52,6 +63,7 @@ impl Env {
         );
         agentfs_ok(&config, &socket, &["--direct", "branch", "create", "b"]);
         Self {
+            _serial: serial,
             _t: t,
             dir,
             config,
