@@ -195,6 +195,24 @@ fn repeated_writes_follow_changes_made_by_another_instance() {
     assert_eq!(bx.read_file("h").unwrap(), b"9hhh");
     assert_eq!(bx.read_file("g").unwrap(), b"0234");
 
+    // A file removed through the same instance is not held open (its
+    // space is freed at once).
+    #[cfg(target_os = "linux")]
+    {
+        ax.write_file("big", b"big").unwrap();
+        ax.write_at("big", 0, b"B").unwrap();
+        let held = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+                .filter(|l| l.starts_with(&root) && l.to_string_lossy().contains("big"))
+                .count()
+        };
+        assert_eq!(held(), 1, "the written file is kept open");
+        ax.unlink("big").unwrap();
+        assert_eq!(held(), 0, "the removed file is let go");
+    }
+
     // Every write, kept handle or not, published its event with the
     // file's sizes.
     let sub = a.subscribe();

@@ -190,8 +190,13 @@ impl Tree<'_> {
         let Target::Branch(branch) = &self.target else {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
-        self.store
-            .with_branch(branch, |st| self.change_locked(branch, st, f, |v| v))
+        self.store.with_branch(branch, |st| {
+            // Any other change may remove or replace the kept file: let it
+            // go now rather than hold a removed file's space until the
+            // next write.
+            self.store.write_handles.forget(branch);
+            self.change_locked(branch, st, f, |v| v)
+        })
     }
 
     /// The body of [`Tree::change`], under the branch's lock: `f` makes
