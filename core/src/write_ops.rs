@@ -227,7 +227,7 @@ impl Writer<'_> {
         f.write_all_at(data, offset)
             .map_err(self.io(&r.path, "write"))?;
         let change = written(r.path.clone(), before, offset, data);
-        Ok((change, r.path, f.into()))
+        Ok((change, r.path, f))
     }
 
     /// Sets the length of regular file `path`. A final symlink is followed.
