@@ -87,9 +87,14 @@ impl WriteHandles {
         );
     }
 
-    /// Drops `branch`'s handle (its write failed).
+    /// Drops `branch`'s handle (its write failed, or another change may
+    /// remove its file).
     pub fn forget(&self, branch: &str) {
-        self.lock().remove(branch);
+        let mut map = self.lock();
+        // Most changes find nothing kept: no hashing then.
+        if !map.is_empty() {
+            map.remove(branch);
+        }
     }
 
     /// Drops every handle (the graph changed: their layers may be gone).
