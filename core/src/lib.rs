@@ -33,6 +33,7 @@ mod persist;
 mod read_cache;
 mod store;
 mod view;
+mod write_handles;
 mod write_ops;
 mod xattrs;
 

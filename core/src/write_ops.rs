@@ -61,6 +61,21 @@ pub(crate) fn perm_bits(mode: u32) -> CoreResult<u32> {
 
 /// Refuses a file size or end offset past the largest a file can have
 /// (`i64::MAX`): `EFBIG`, "file too large".
+/// Refuses a write that would end past the largest file size.
+pub(crate) fn check_write_size(path: &BranchPath, offset: u64, data: &[u8]) -> CoreResult<()> {
+    check_size(path, "write", offset.checked_add(data.len() as u64)).map(|_| ())
+}
+
+/// The event of `data` written at `offset` into `path`, `before` bytes long.
+pub(crate) fn written(path: BranchPath, before: u64, offset: u64, data: &[u8]) -> Change {
+    let after = if data.is_empty() {
+        before // a write of nothing extends nothing
+    } else {
+        before.max(offset + data.len() as u64)
+    };
+    Change::new(EventKind::Modified, path, false).sizes(Some(before), Some(after))
+}
+
 fn check_size(path: &BranchPath, what: &str, end: Option<u64>) -> CoreResult<u64> {
     match end {
         Some(n) if n <= i64::MAX as u64 => Ok(n),
@@ -189,7 +204,18 @@ impl Writer<'_> {
     /// Writes `data` at `offset` into existing regular file `path`
     /// (copying it up first). A final symlink is followed.
     pub fn write_at(&self, path: &BranchPath, offset: u64, data: &[u8]) -> CoreResult<Change> {
-        check_size(path, "write", offset.checked_add(data.len() as u64))?;
+        self.write_at_keep(path, offset, data).map(|(c, _, _)| c)
+    }
+
+    /// [`Writer::write_at`], also returning the file written (open for
+    /// writing, in the active layer) for the caller to keep.
+    pub fn write_at_keep(
+        &self,
+        path: &BranchPath,
+        offset: u64,
+        data: &[u8],
+    ) -> CoreResult<(Change, BranchPath, std::fs::File)> {
+        check_write_size(path, offset, data)?;
         let r = self.view.existing(path, true)?;
         let before = regular_file(&r)?.st.size;
         let (dir, stored) = self.copy_up(&r)?;
@@ -200,12 +226,8 @@ impl Writer<'_> {
             .map_err(self.io(&r.path, "open"))?;
         f.write_all_at(data, offset)
             .map_err(self.io(&r.path, "write"))?;
-        let after = if data.is_empty() {
-            before // a write of nothing extends nothing
-        } else {
-            before.max(offset + data.len() as u64)
-        };
-        Ok(Change::new(EventKind::Modified, r.path, false).sizes(Some(before), Some(after)))
+        let change = written(r.path.clone(), before, offset, data);
+        Ok((change, r.path, f))
     }
 
     /// Sets the length of regular file `path`. A final symlink is followed.

@@ -24,7 +24,10 @@
 //!   watcher blocks on (two idle-to-wake hops, no work).
 //!
 //! Run: `cargo build --release -p agentfs-host -p agentfs-backstore-mock
-//! -p agentfs-watch-inotify && cargo bench -p agentfs-host --bench wakeup`.
+//! -p agentfs-watch-inotify -p agentfs-watch-kqueue -p agentfs-watch-fsevents
+//! && cargo bench -p agentfs-host --bench wakeup`. `AGENTFS_WAKEUP_DAEMON`
+//! names another build's `agentfs` (its plugins next to it) to run as the
+//! daemon.
 //!
 //! Linux only: it compares with the kernel's inotify.
 

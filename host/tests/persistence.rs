@@ -136,3 +136,98 @@ fn leftovers_of_interrupted_operations_are_cleaned_at_open() {
     s.delete_branch("b").unwrap();
     assert!(s.layer_store().list_layers().unwrap().is_empty());
 }
+
+#[test]
+fn repeated_writes_follow_changes_made_by_another_instance() {
+    // `write_at` keeps the file it wrote open for the next write of the
+    // same path; whatever another instance (another process) does in
+    // between must still be seen.
+    let t = tempfile::tempdir().unwrap();
+    let (base, root) = (t.path().join("base"), t.path().join("store"));
+    make_base(&base);
+    let a = store(hostfs(&root), Some(&base));
+    let b = Store::open(hostfs(&root), LockWait::Block).unwrap();
+    a.create_branch("x", None, None).unwrap();
+    let (ax, bx) = (a.branch("x"), b.branch("x"));
+    ax.write_file("f", b"aaaa").unwrap();
+    ax.write_at("f", 0, b"1").unwrap();
+    ax.write_at("f", 1, b"2").unwrap();
+    assert_eq!(bx.read_file("f").unwrap(), b"12aa");
+
+    // Replaced by a rename in the other instance: the write goes to the
+    // new file, and the old one (now "old") is untouched.
+    bx.rename("f", "old").unwrap();
+    bx.write_file("f", b"bbbb").unwrap();
+    ax.write_at("f", 2, b"3").unwrap();
+    assert_eq!(ax.read_file("f").unwrap(), b"bb3b");
+    assert_eq!(ax.read_file("old").unwrap(), b"12aa");
+
+    // Removed by the other instance: the write fails as for any missing
+    // file, and creates nothing.
+    ax.write_at("f", 0, b"4").unwrap();
+    bx.unlink("f").unwrap();
+    assert!(matches!(
+        ax.write_at("f", 0, b"5"),
+        Err(CoreError::NotFound(_))
+    ));
+    assert!(!bx.exists("f").unwrap());
+
+    // A snapshot in the other instance moves the branch to a new active
+    // layer: later writes land there, the snapshot keeps what it saw.
+    bx.write_file("g", b"gggg").unwrap();
+    ax.write_at("g", 0, b"1").unwrap();
+    ax.write_at("g", 1, b"2").unwrap();
+    b.create_snapshot("x", Some("s")).unwrap();
+    ax.write_at("g", 2, b"3").unwrap();
+    assert_eq!(a.snapshot("s").read_file("g").unwrap(), b"12gg");
+    assert_eq!(bx.read_file("g").unwrap(), b"123g");
+
+    // A write through a symlink: the event and the data follow the link,
+    // also on the repeated write; retargeting the link is seen.
+    bx.write_file("h", b"hhhh").unwrap();
+    bx.symlink("g", "link").unwrap();
+    ax.write_at("link", 3, b"4").unwrap();
+    ax.write_at("link", 0, b"0").unwrap();
+    assert_eq!(bx.read_file("g").unwrap(), b"0234");
+    bx.unlink("link").unwrap();
+    bx.symlink("h", "link").unwrap();
+    ax.write_at("link", 0, b"9").unwrap();
+    assert_eq!(bx.read_file("h").unwrap(), b"9hhh");
+    assert_eq!(bx.read_file("g").unwrap(), b"0234");
+
+    // A file removed through the same instance is not held open (its
+    // space is freed at once).
+    #[cfg(target_os = "linux")]
+    {
+        ax.write_file("big", b"big").unwrap();
+        ax.write_at("big", 0, b"B").unwrap();
+        let held = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+                .filter(|l| l.starts_with(&root) && l.to_string_lossy().contains("big"))
+                .count()
+        };
+        assert_eq!(held(), 1, "the written file is kept open");
+        ax.unlink("big").unwrap();
+        assert_eq!(held(), 0, "the removed file is let go");
+    }
+
+    // Every write, kept handle or not, published its event with the
+    // file's sizes.
+    let sub = a.subscribe();
+    ax.write_at("h", 4, b"56").unwrap();
+    ax.write_at("h", 6, b"7").unwrap();
+    let got: Vec<_> = sub
+        .events
+        .try_iter()
+        .map(|e| (e.path.to_string(), e.size_before, e.size_after))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("h".to_string(), Some(4), Some(6)),
+            ("h".to_string(), Some(6), Some(7))
+        ]
+    );
+}

@@ -44,6 +44,7 @@ use super::{
     persist::{self, BranchLock, BranchLocks, LockMode, LockWait, Session, StoreLock},
     read_cache::{ReadCache, Target},
     view::{LayerDir, LayerKind, View},
+    write_handles::{WriteHandle, WriteHandles},
 };
 use crate::layer_store::{LayerCaps, LayerError, LayerErrorKind, LayerStore};
 
@@ -187,6 +188,7 @@ pub struct Store {
     branch_locks: BranchLocks,
     gen: Generation,
     cache: ReadCache,
+    write_handles: WriteHandles,
     events: EventBus,
     stats: CopyStats,
     caps: LayerCaps,
@@ -339,6 +341,7 @@ impl Store {
             fds: Mutex::new(Fds::default()),
             gen,
             cache: ReadCache::default(),
+            write_handles: WriteHandles::default(),
             events: EventBus::default(),
             stats: CopyStats::default(),
             caps,
@@ -523,6 +526,7 @@ impl Store {
             fds.layers.clear();
             fds.committed.clear();
             drop(fds);
+            self.write_handles.clear();
             st.graph_gen = now;
         }
     }

@@ -3,6 +3,8 @@
 //! their branch's lock.
 
 use super::*;
+use crate::write_ops;
+use std::os::unix::fs::FileExt;
 
 impl Store {
     // ----- views and diffs -----
@@ -189,39 +191,56 @@ impl Tree<'_> {
             return Err(CoreError::ReadOnly(format!("snapshot {}", self.name())));
         };
         self.store.with_branch(branch, |st| {
-            // The graph is the one `st` was loaded for (checked under the
-            // lock): the view cached for it is current, no database read.
-            let view = match self.store.cache.view(&self.target, st.graph_gen) {
-                Some(v) => v,
-                None => {
-                    let v = Arc::new(self.store.target_view(&self.target)?);
-                    self.store
-                        .cache
-                        .put_view(&self.target, st.graph_gen, v.clone());
-                    v
-                }
-            };
-            // Lock-free readers stop trusting cached resolutions before the
-            // first name changes (even if this process dies half way) and
-            // again once all have.
-            self.store.gen.bump_namespace(branch);
-            let after = BumpOnDrop(&self.store.gen, branch);
-            let w = Writer::new(
-                &view,
-                &*self.store.backstore,
-                self.store.reflink(),
-                &self.store.stats,
-            )?;
-            let done = f(&w);
-            // Names are settled before anyone hears of the change (the
-            // event may wake a reader at once, see `Store::set_event_hook`).
-            drop(after);
-            let (v, change) = done?;
-            if let Some(c) = change {
-                self.store.publish(branch, self.pid, c);
-            }
-            Ok(v)
+            // Any other change may remove or replace the kept file: let it
+            // go now rather than hold a removed file's space until the
+            // next write.
+            self.store.write_handles.forget(branch);
+            self.change_locked(branch, st, f, |v| v)
         })
+    }
+
+    /// The body of [`Tree::change`], under the branch's lock: `f` makes
+    /// the change, its event is published, then `settled` gets `f`'s value
+    /// (the names are settled and the lock still held).
+    fn change_locked<T, U>(
+        &self,
+        branch: &str,
+        st: &State,
+        f: impl FnOnce(&Writer<'_>) -> CoreResult<(T, Option<Change>)>,
+        settled: impl FnOnce(T) -> U,
+    ) -> CoreResult<U> {
+        // The graph is the one `st` was loaded for (checked under the
+        // lock): the view cached for it is current, no database read.
+        let view = match self.store.cache.view(&self.target, st.graph_gen) {
+            Some(v) => v,
+            None => {
+                let v = Arc::new(self.store.target_view(&self.target)?);
+                self.store
+                    .cache
+                    .put_view(&self.target, st.graph_gen, v.clone());
+                v
+            }
+        };
+        // Lock-free readers stop trusting cached resolutions before the
+        // first name changes (even if this process dies half way) and
+        // again once all have.
+        self.store.gen.bump_namespace(branch);
+        let after = BumpOnDrop(&self.store.gen, branch);
+        let w = Writer::new(
+            &view,
+            &*self.store.backstore,
+            self.store.reflink(),
+            &self.store.stats,
+        )?;
+        let done = f(&w);
+        // Names are settled before anyone hears of the change (the
+        // event may wake a reader at once, see `Store::set_event_hook`).
+        drop(after);
+        let (v, change) = done?;
+        if let Some(c) = change {
+            self.store.publish(branch, self.pid, c);
+        }
+        Ok(settled(v))
     }
 
     fn mutate(&self, f: impl FnOnce(&Writer<'_>) -> CoreResult<Change>) -> CoreResult<()> {
@@ -311,7 +330,65 @@ impl Tree<'_> {
         data: &[u8],
     ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
-        self.mutate(|w| w.write_at(&p, offset, data))
+        let Target::Branch(branch) = &self.target else {
+            return self.mutate(|w| w.write_at(&p, offset, data));
+        };
+        write_ops::check_write_size(&p, offset, data)?;
+        let handles = &self.store.write_handles;
+        self.store.with_branch(branch, |st| {
+            if let Some(h) = handles.get(branch, &p, self.store.gen.stamp(Some(branch))) {
+                return self.write_kept(branch, p.clone(), h, offset, data);
+            }
+            // Resolve, copy up if needed, open: then keep the file for the
+            // next write of the same path.
+            self.change_locked(
+                branch,
+                st,
+                |w| {
+                    let (change, path, file) = w.write_at_keep(&p, offset, data)?;
+                    Ok(((path, file), Some(change)))
+                },
+                |(path, file)| {
+                    let now = self.store.gen.stamp(Some(branch));
+                    handles.put(branch, p.clone(), path, Arc::new(file), now);
+                },
+            )
+        })
+    }
+
+    /// [`Tree::write_at`] through a kept handle, under the branch's lock:
+    /// the names are as the write that kept the file left them, so `key`
+    /// still names it, in the active layer. The counters move as for any
+    /// change (see [`Tree::change_locked`]).
+    fn write_kept(
+        &self,
+        branch: &str,
+        key: BranchPath,
+        h: WriteHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> CoreResult<()> {
+        let handles = &self.store.write_handles;
+        self.store.gen.bump_namespace(branch);
+        let after = BumpOnDrop(&self.store.gen, branch);
+        let done = (|| {
+            let before = h.file.metadata()?.len();
+            h.file.write_all_at(data, offset)?;
+            Ok::<_, std::io::Error>(before)
+        })();
+        drop(after);
+        let before = match done {
+            Ok(b) => b,
+            Err(e) => {
+                handles.forget(branch);
+                return Err(CoreError::io(format!("write {}", h.path), e));
+            }
+        };
+        let change = write_ops::written(h.path.clone(), before, offset, data);
+        self.store.publish(branch, self.pid, change);
+        let now = self.store.gen.stamp(Some(branch));
+        handles.put(branch, key, h.path, h.file, now);
+        Ok(())
     }
 
     /// Sets a file's length.

@@ -26,6 +26,9 @@ const ROLE_ENV: &str = "AGENTFS_WAKEUP_WATCHER";
 const SHM_ENV: &str = "AGENTFS_WAKEUP_SHM";
 const TARGET_ENV: &str = "AGENTFS_WAKEUP_TARGET";
 const INOTIFY_API: u32 = 3;
+/// Runs this `agentfs` binary as the daemon instead of the one built with
+/// the bench.
+const DAEMON_ENV: &str = "AGENTFS_WAKEUP_DAEMON";
 
 /// The shared page: slots of `AtomicU64`.
 struct Shared {
@@ -312,7 +315,14 @@ pub fn main() {
     fs::write(base.join("w.txt"), b"w").unwrap();
     let config = write_config(t.path(), "mock", "");
     let socket = t.path().join("agentfs.sock");
-    let daemon = DaemonProc::start(
+    // Another build's daemon (its plugins next to it), to compare two
+    // daemons with the same bench binary.
+    let daemon_bin = std::env::var_os(DAEMON_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(daemon_proc::agentfs_bin()));
+    eprintln!("daemon: {}", daemon_bin.display());
+    let daemon = DaemonProc::start_bin(
+        &daemon_bin,
         &config,
         &socket,
         &[],

@@ -483,11 +483,13 @@ impl WatchService {
             for p in &self.providers {
                 self.dispatch_to(&mut st, p, ev, &mut wake);
             }
-            let wire = super::abi_wire::wire_event(ev);
+            // Converted for the subscriptions that want it, once.
+            let mut wire = None;
             for s in st.subs.values_mut() {
                 if s.branch != ev.branch.as_str() || !subscription_matches(&s.prefix, ev) {
                     continue;
                 }
+                let wire = wire.get_or_insert_with(|| super::abi_wire::wire_event(ev));
                 if s.pending.len() >= MAX_QUEUED_CORE_EVENTS {
                     s.dropped += 1;
                 } else {

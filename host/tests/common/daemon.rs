@@ -82,11 +82,23 @@ impl DaemonProc {
     /// arguments (global flags before `serve`, then `serve_args`), and
     /// waits for its readiness line.
     pub fn start(config: &Path, socket: &Path, global: &[&str], serve_args: &[&str]) -> Self {
+        Self::start_bin(Path::new(agentfs_bin()), config, socket, global, serve_args)
+    }
+
+    /// [`DaemonProc::start`] running the `agentfs` binary at `bin` (e.g.
+    /// another build, with its plugins next to it).
+    pub fn start_bin(
+        bin: &Path,
+        config: &Path,
+        socket: &Path,
+        global: &[&str],
+        serve_args: &[&str],
+    ) -> Self {
         let stderr = config.with_file_name(format!(
             "{}.stderr",
             socket.file_name().unwrap().to_string_lossy()
         ));
-        let mut child = agentfs_cmd(config, socket)
+        let mut child = agentfs_cmd_of(bin, config, socket)
             .env("AGENTFS_LOG", "info")
             .args(global)
             .arg("serve")
