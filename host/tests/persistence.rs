@@ -77,14 +77,21 @@ fn open_and_init_rules() {
     assert!(e.to_string().contains("missing"), "{e}");
 }
 
-#[test]
-fn two_instances_share_one_store() {
-    let t = tempfile::tempdir().unwrap();
-    let (base, root) = (t.path().join("base"), t.path().join("store"));
+/// Two instances of one hostfs store under `dir` (as two processes would
+/// open it) over a sample base, with branch `x` made through the first.
+fn two_instances(dir: &std::path::Path) -> (Store, Store) {
+    let (base, root) = (dir.join("base"), dir.join("store"));
     make_base(&base);
     let a = store(hostfs(&root), Some(&base));
     let b = Store::open(hostfs(&root), LockWait::Block).unwrap();
     a.create_branch("x", None, None).unwrap();
+    (a, b)
+}
+
+#[test]
+fn two_instances_share_one_store() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = two_instances(t.path());
     b.branch("x").write_file("from-b", b"b").unwrap();
     assert_eq!(a.branch("x").read_file("from-b").unwrap(), b"b");
     // A snapshot through `a` moves the branch to a new active layer; `b`
@@ -143,11 +150,7 @@ fn repeated_writes_follow_changes_made_by_another_instance() {
     // same path; whatever another instance (another process) does in
     // between must still be seen.
     let t = tempfile::tempdir().unwrap();
-    let (base, root) = (t.path().join("base"), t.path().join("store"));
-    make_base(&base);
-    let a = store(hostfs(&root), Some(&base));
-    let b = Store::open(hostfs(&root), LockWait::Block).unwrap();
-    a.create_branch("x", None, None).unwrap();
+    let (a, b) = two_instances(t.path());
     let (ax, bx) = (a.branch("x"), b.branch("x"));
     ax.write_file("f", b"aaaa").unwrap();
     ax.write_at("f", 0, b"1").unwrap();
@@ -199,6 +202,7 @@ fn repeated_writes_follow_changes_made_by_another_instance() {
     // space is freed at once).
     #[cfg(target_os = "linux")]
     {
+        let root = t.path().join("store");
         ax.write_file("big", b"big").unwrap();
         ax.write_at("big", 0, b"B").unwrap();
         let held = || {

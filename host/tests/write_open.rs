@@ -86,6 +86,19 @@ fn client(socket: &Path, hello: Hello) -> Client {
     c
 }
 
+/// A client of branch `b` subscribed to the core events under `d`.
+fn watcher(socket: &Path) -> Client {
+    let mut w = client(socket, Hello::current("watcher", Some("b".into())));
+    let r = w
+        .request(Request::Subscribe {
+            branch: None,
+            path: "d".into(),
+        })
+        .unwrap();
+    assert!(matches!(r, Response::Subscribed { .. }), "{r:?}");
+    w
+}
+
 fn open_for_writing() -> FdOpen {
     FdOpen {
         branch: Some("b".into()),
@@ -125,14 +138,7 @@ fn a_snapshot_right_after_a_close_is_never_refused_as_busy() {
     let mut w = client(&d.socket, Hello::current("writer", Some("b".into())));
     assert_eq!(w.welcome().version, 2);
     let mut s = client(&d.socket, Hello::current("snapshots", Some("b".into())));
-    let mut watcher = client(&d.socket, Hello::current("watcher", Some("b".into())));
-    let r = watcher
-        .request(Request::Subscribe {
-            branch: None,
-            path: "d".into(),
-        })
-        .unwrap();
-    assert!(matches!(r, Response::Subscribed { .. }), "{r:?}");
+    let mut watcher = watcher(&d.socket);
 
     // While the file is open the branch is busy (the test can fail).
     let (o, f, writer) = open_held(&mut w);
@@ -334,14 +340,7 @@ fn through_the_shim_a_close_after_a_daemon_restart_is_still_reported() {
     assert!(status.success());
     let d = e.serve();
     let mut s = client(&d.socket, Hello::current("snapshots", Some("b".into())));
-    let mut watcher = client(&d.socket, Hello::current("watcher", Some("b".into())));
-    let r = watcher
-        .request(Request::Subscribe {
-            branch: None,
-            path: "d".into(),
-        })
-        .unwrap();
-    assert!(matches!(r, Response::Subscribed { .. }), "{r:?}");
+    let mut watcher = watcher(&d.socket);
     assert_eq!(snapshot(&mut s, "open"), Err(libc::EBUSY));
 
     fs::OpenOptions::new()
