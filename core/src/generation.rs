@@ -29,7 +29,7 @@ use std::{
     os::fd::AsRawFd,
     path::Path,
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -337,8 +337,8 @@ fn alive(pid: u64) -> bool {
 #[cfg(target_os = "linux")]
 /// The low 32 bits of `w`, the part a futex watches (every increment
 /// changes them).
-fn low_half(w: &AtomicU64) -> &AtomicU32 {
-    let p = std::ptr::from_ref(w).cast::<AtomicU32>();
+fn low_half(w: &AtomicU64) -> &std::sync::atomic::AtomicU32 {
+    let p = std::ptr::from_ref(w).cast::<std::sync::atomic::AtomicU32>();
     #[cfg(target_endian = "big")]
     // SAFETY: the second half of the 8-byte word, 4-aligned.
     let p = unsafe { p.add(1) };
