@@ -783,14 +783,13 @@ print(os.stat("big.base").st_size)
     e.finish();
 }
 
-#[test]
-fn a_change_elsewhere_is_never_served_stale_once_its_command_returns() {
-    let t = "a_change_elsewhere_is_never_served_stale_once_its_command_returns";
-    // The default mount: names, attributes and missing names cached for a
-    // minute. Each check below is the very next access after the CLI
-    // returns, with nothing but a stat where a stat suffices (the kernel
-    // answers it from its caches without asking the server).
-    let Some(e) = Env::new(t, false) else { return };
+/// Changes names and sizes in branch `b` through the CLI, round after
+/// round, and checks each through the mount of `e` (the default mount:
+/// names, attributes and missing names cached for a minute) with the very
+/// next access after the CLI returns, with nothing but a stat where a stat
+/// suffices (the kernel answers it from its caches without asking the
+/// server).
+fn never_stale(e: &Env) {
     let missing =
         |p: &Path| fs::metadata(p).map(|_| ()).unwrap_err().kind() == std::io::ErrorKind::NotFound;
     for i in 0..40 {
@@ -836,6 +835,31 @@ fn a_change_elsewhere_is_never_served_stale_once_its_command_returns() {
             "round {i}: a name created elsewhere, opened"
         );
     }
+}
+
+#[test]
+fn a_change_elsewhere_is_never_served_stale_once_its_command_returns() {
+    let t = "a_change_elsewhere_is_never_served_stale_once_its_command_returns";
+    let Some(e) = Env::new(t, false) else { return };
+    never_stale(&e);
+    e.finish();
+}
+
+#[test]
+fn a_change_through_the_daemon_is_never_served_stale_once_it_replies() {
+    let t = "a_change_through_the_daemon_is_never_served_stale_once_it_replies";
+    let Some(e) = Env::new(t, false) else { return };
+    let d = common::daemon::DaemonProc::start(
+        &e.cli.config,
+        &e.cli.dir.join("no-daemon.sock"),
+        &[],
+        &[],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&e.cli.ok(&["branch", "list", "--json"])).unwrap();
+    assert_eq!(v["via"], "daemon", "the CLI goes through the daemon");
+    never_stale(&e);
+    drop(d);
     e.finish();
 }
 
