@@ -232,6 +232,18 @@ impl Generation {
         futex_wake(self.record(seat.0, 2));
     }
 
+    /// Frees record `seat` held by `pid`, a process that ended without
+    /// releasing it (unless someone took it over meanwhile).
+    fn free_dead(&self, seat: usize, pid: u64) {
+        if self
+            .record(seat, 0)
+            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.word(IN_USE).fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Waits until every live mount of `branch`'s slot registered by
     /// another process has invalidated the kernel's caches up to the
     /// namespace counter now, at most `timeout`. False on timeout. One
@@ -253,7 +265,12 @@ impl Generation {
                 }
                 let w = self.record(i, 2);
                 let swept = w.load(Ordering::Acquire);
-                if swept >= target || !alive(pid) {
+                if swept >= target {
+                    break;
+                }
+                if !alive(pid) {
+                    // Freed for the next mount; writers stop waking.
+                    self.free_dead(i, pid);
                     break;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -535,6 +552,11 @@ mod tests {
             g.settle("x", Duration::from_secs(60)),
             "a mount that died without releasing its record"
         );
+        // The settle freed it: writers no longer wake anyone.
+        assert_eq!(g.word(IN_USE).load(Ordering::Acquire), 0);
+        // A dead holder's record is also taken over by the next mount.
+        let seat = g.claim("x").unwrap();
+        hold(&g, seat, dead_pid());
         let again = g.claim("x").unwrap();
         assert_eq!(again, seat);
         assert_eq!(g.word(IN_USE).load(Ordering::Acquire), 1);
