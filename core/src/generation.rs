@@ -12,6 +12,16 @@
 //! The counters are 64-bit atomics in a `MAP_SHARED` mapping: the kernel
 //! keeps one page for all processes, and atomic operations on it are
 //! coherent across them.
+//!
+//! The second page is a registry of the FUSE mounts serving the store
+//! ([`Generation::claim`]): per mount its pid, its branch's slot and the
+//! namespace counter value it has invalidated the kernel's caches up to.
+//! A mount's invalidating thread sleeps on its slot's counter word (a
+//! shared futex on Linux) and writers wake it when a mount is registered;
+//! [`Generation::settle`] waits until every other live mount of a branch
+//! has invalidated up to the counter now, so a change handed back to its
+//! requester is never served stale through a mount. Processes that map
+//! only the first page (older versions) are unaffected by it.
 
 use std::{
     fs::OpenOptions,
@@ -20,13 +30,31 @@ use std::{
     path::Path,
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 /// File name of the counters in the metadata directory.
 pub const GENERATION_FILE: &str = "generation";
 
-/// Bytes mapped: one page holds both counters and room to grow.
-const LEN: usize = 4096;
+/// Bytes mapped: the counters' page, then the mount registry's.
+const LEN: usize = 8192;
+
+/// Index of the registry's count of records in use (the second page).
+const IN_USE: usize = 512;
+
+/// Index of the first mount record; each is [`RECORD`] words: owner pid
+/// (0: free), branch slot (0: not set yet), counter value swept to.
+const RECORDS: usize = 520;
+
+/// Words per mount record.
+const RECORD: usize = 4;
+
+/// Mount records in the registry.
+pub const MOUNTS: usize = 64;
+
+/// A mount's record in the registry, from [`Generation::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountSeat(usize);
 
 /// The shared counters of one store.
 #[derive(Debug)]
@@ -112,10 +140,148 @@ impl Generation {
 
     fn counter(&self, i: usize) -> &AtomicU64 {
         assert!(i < 2 + SLOTS);
-        // SAFETY: the mapping is LEN (4096) bytes, page-aligned, and
-        // 2 + SLOTS = 512 slots of 8 bytes fit it exactly, each aligned for
-        // AtomicU64; it lives as long as self.
+        self.word(i)
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < LEN / 8);
+        // SAFETY: the mapping is LEN bytes, page-aligned, so LEN / 8 words
+        // of 8 bytes fit it, each aligned for AtomicU64; it lives as long
+        // as self.
         unsafe { &*self.base.as_ptr().add(i) }
+    }
+
+    /// The `field` word of mount record `seat`.
+    fn record(&self, seat: usize, field: usize) -> &AtomicU64 {
+        assert!(seat < MOUNTS && field < RECORD);
+        self.word(RECORDS + seat * RECORD + field)
+    }
+
+    /// `branch`'s namespace counter now (every change, this process's
+    /// too).
+    pub fn namespace(&self, branch: &str) -> u64 {
+        self.counter(slot(branch)).load(Ordering::Acquire)
+    }
+
+    /// Sleeps until `branch`'s namespace counter is no longer `seen`, at
+    /// most `timeout` (a signal or a spurious wake-up may end it sooner).
+    pub fn wait_namespace(&self, branch: &str, seen: u64, timeout: Duration) {
+        futex_wait(self.counter(slot(branch)), seen, timeout);
+    }
+
+    /// Wakes every thread sleeping in [`Generation::wait_namespace`] on
+    /// `branch`'s counter (and on branches sharing its slot).
+    pub fn wake_namespace(&self, branch: &str) {
+        futex_wake(self.counter(slot(branch)));
+    }
+
+    /// Registers a mount of `branch` by this process; `None` when all
+    /// [`MOUNTS`] records are held by live processes. Its swept value
+    /// starts at 0: writers wait for its first [`Generation::swept`].
+    pub fn claim(&self, branch: &str) -> Option<MountSeat> {
+        let me = u64::from(std::process::id());
+        for i in 0..MOUNTS {
+            let pid = self.record(i, 0);
+            let old = pid.load(Ordering::Acquire);
+            let took = if old == 0 {
+                let ok = pid
+                    .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if ok {
+                    self.word(IN_USE).fetch_add(1, Ordering::AcqRel);
+                }
+                ok
+            } else {
+                // A mount that died without releasing (SIGKILL): its record
+                // is taken over, the count already includes it.
+                !alive(old)
+                    && pid
+                        .compare_exchange(old, me, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            };
+            if took {
+                self.record(i, 2).store(0, Ordering::Release);
+                self.record(i, 1)
+                    .store(slot(branch) as u64, Ordering::Release);
+                return Some(MountSeat(i));
+            }
+        }
+        None
+    }
+
+    /// Records that mount `seat` has invalidated the kernel's caches up to
+    /// namespace counter value `namespace`, and wakes writers waiting in
+    /// [`Generation::settle`].
+    pub fn swept(&self, seat: MountSeat, namespace: u64) {
+        let w = self.record(seat.0, 2);
+        w.store(namespace, Ordering::Release);
+        futex_wake(w);
+    }
+
+    /// Frees mount record `seat` (the mount ends).
+    pub fn release(&self, seat: MountSeat) {
+        self.record(seat.0, 1).store(0, Ordering::Release);
+        let me = u64::from(std::process::id());
+        if self
+            .record(seat.0, 0)
+            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.word(IN_USE).fetch_sub(1, Ordering::AcqRel);
+        }
+        futex_wake(self.record(seat.0, 2));
+    }
+
+    /// Frees record `seat` held by `pid`, a process that ended without
+    /// releasing it (unless someone took it over meanwhile).
+    fn free_dead(&self, seat: usize, pid: u64) {
+        if self
+            .record(seat, 0)
+            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.word(IN_USE).fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until every live mount of `branch`'s slot registered by
+    /// another process has invalidated the kernel's caches up to the
+    /// namespace counter now, at most `timeout`. False on timeout. One
+    /// atomic read when no mount is registered. Call it with no store lock
+    /// held: invalidating may wait on a request that waits on one.
+    pub fn settle(&self, branch: &str, timeout: Duration) -> bool {
+        if self.word(IN_USE).load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let slot = slot(branch) as u64;
+        let target = self.counter(slot as usize).load(Ordering::Acquire);
+        let me = u64::from(std::process::id());
+        let deadline = Instant::now() + timeout;
+        for i in 0..MOUNTS {
+            loop {
+                let pid = self.record(i, 0).load(Ordering::Acquire);
+                if pid == 0 || pid == me || self.record(i, 1).load(Ordering::Acquire) != slot {
+                    break;
+                }
+                let w = self.record(i, 2);
+                let swept = w.load(Ordering::Acquire);
+                if swept >= target {
+                    break;
+                }
+                if !alive(pid) {
+                    // Freed for the next mount; writers stop waking.
+                    self.free_dead(i, pid);
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                // Bounded so a mount that dies meanwhile is noticed.
+                futex_wait(w, swept, left.min(Duration::from_millis(100)));
+            }
+        }
+        true
     }
 
     /// The graph counter now.
@@ -144,6 +310,10 @@ impl Generation {
         // from elsewhere (a spurious invalidation), never one too few.
         self.counter(i).fetch_add(1, Ordering::AcqRel);
         self.own[i].fetch_add(1, Ordering::AcqRel);
+        // Mounts sleep on the counter word; no system call when none runs.
+        if self.word(IN_USE).load(Ordering::Acquire) != 0 {
+            futex_wake(self.counter(i));
+        }
     }
 
     /// Namespace changes in `branch`'s slot made by other processes (and
@@ -156,6 +326,91 @@ impl Generation {
         self.counter(i).load(Ordering::Acquire).wrapping_sub(own)
     }
 }
+
+/// Whether process `pid` runs (one of another user counts; a zombie, a
+/// killed mount its parent has not reaped, does not).
+fn alive(pid: u64) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is
+    // sent.
+    let r = unsafe { libc::kill(p, 0) };
+    if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        if let Some(i) = stat.iter().rposition(|&b| b == b')') {
+            if matches!(stat.get(i + 2), Some(b'Z' | b'X')) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(target_os = "linux")]
+/// The low 32 bits of `w`, the part a futex watches (every increment
+/// changes them).
+fn low_half(w: &AtomicU64) -> &std::sync::atomic::AtomicU32 {
+    let p = std::ptr::from_ref(w).cast::<std::sync::atomic::AtomicU32>();
+    #[cfg(target_endian = "big")]
+    // SAFETY: the second half of the 8-byte word, 4-aligned.
+    let p = unsafe { p.add(1) };
+    // SAFETY: half of a live, 8-aligned AtomicU64 with the same lifetime;
+    // only accessed atomically.
+    unsafe { &*p }
+}
+
+/// Sleeps while `w` holds `seen` (low 32 bits), at most `timeout`.
+#[cfg(target_os = "linux")]
+fn futex_wait(w: &AtomicU64, seen: u64, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT (shared: the word is in a MAP_SHARED file
+    // mapping other processes wake) on a live 4-aligned word, with a valid
+    // relative timeout; it only reads the word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            low_half(w).as_ptr(),
+            libc::FUTEX_WAIT,
+            seen as u32,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every sleeper on `w`.
+#[cfg(target_os = "linux")]
+fn futex_wake(w: &AtomicU64) {
+    // SAFETY: FUTEX_WAKE (shared) on a live 4-aligned word; it reads
+    // nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            low_half(w).as_ptr(),
+            libc::FUTEX_WAKE,
+            libc::c_int::MAX,
+        );
+    }
+}
+
+/// Elsewhere no futex: a short sleep, and the waiter polls.
+#[cfg(not(target_os = "linux"))]
+fn futex_wait(w: &AtomicU64, seen: u64, timeout: Duration) {
+    if w.load(Ordering::Acquire) == seen {
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
+    }
+}
+
+/// Elsewhere no futex: waiters poll.
+#[cfg(not(target_os = "linux"))]
+fn futex_wake(_: &AtomicU64) {}
 
 impl Drop for Generation {
     fn drop(&mut self) {
@@ -211,6 +466,115 @@ mod tests {
             (0..100).map(|i| slot(&format!("agent-{i}"))).collect();
         assert!(slots.len() > 85, "{} distinct slots of 100", slots.len());
         assert!(slots.iter().all(|s| (2..2 + SLOTS).contains(s)));
+    }
+
+    /// Makes mount record `seat` look held by process `pid`.
+    fn hold(g: &Generation, seat: MountSeat, pid: u32) {
+        g.record(seat.0, 0).store(u64::from(pid), Ordering::Release);
+    }
+
+    /// The pid of a process that has ended (and been reaped).
+    fn dead_pid() -> u32 {
+        // SAFETY: the child exits at once with _exit.
+        match unsafe { libc::fork() } {
+            // SAFETY: ends the child without running the parent's atexit
+            // handlers or destructors.
+            0 => unsafe { libc::_exit(0) },
+            pid if pid > 0 => {
+                let mut status = 0;
+                // SAFETY: reaps the child just forked.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                pid as u32
+            }
+            _ => panic!("fork failed"),
+        }
+    }
+
+    #[test]
+    fn mounts_claim_distinct_records_and_release_them() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Generation::open(t.path()).unwrap();
+        let b = Generation::open(t.path()).unwrap();
+        assert_eq!(b.word(IN_USE).load(Ordering::Acquire), 0);
+        let s1 = a.claim("x").unwrap();
+        let s2 = b.claim("y").unwrap();
+        assert_ne!(s1, s2);
+        assert_eq!(a.word(IN_USE).load(Ordering::Acquire), 2);
+        a.release(s1);
+        b.release(s2);
+        assert_eq!(a.word(IN_USE).load(Ordering::Acquire), 0);
+        // Released records are claimed again.
+        let s3 = a.claim("x").unwrap();
+        assert!(s3 == s1 || s3 == s2);
+        a.release(s3);
+    }
+
+    #[test]
+    fn settle_waits_for_another_live_mount_of_the_branch_to_sweep() {
+        let t = tempfile::tempdir().unwrap();
+        let g = Generation::open(t.path()).unwrap();
+        assert!(
+            g.settle("x", Duration::ZERO),
+            "no mount: nothing to wait for"
+        );
+        let seat = g.claim("x").unwrap();
+        g.bump_namespace("x");
+        // The caller's own mounts are not waited for.
+        assert!(g.settle("x", Duration::ZERO));
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        hold(&g, seat, parent);
+        assert!(
+            !g.settle("x", Duration::from_millis(20)),
+            "a live mount that has not swept"
+        );
+        // Another branch (in another slot) is not held up by it.
+        assert_ne!(slot("x"), slot("y"));
+        assert!(g.settle("y", Duration::ZERO));
+        // Once the mount records its sweep, the waiter goes on.
+        let now = g.namespace("x");
+        std::thread::scope(|s| {
+            s.spawn(|| g.swept(seat, now));
+            assert!(g.settle("x", Duration::from_secs(60)));
+        });
+        hold(&g, seat, std::process::id());
+        g.release(seat);
+    }
+
+    #[test]
+    fn a_dead_mounts_record_is_ignored_and_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let g = Generation::open(t.path()).unwrap();
+        let seat = g.claim("x").unwrap();
+        hold(&g, seat, dead_pid());
+        g.bump_namespace("x");
+        assert!(
+            g.settle("x", Duration::from_secs(60)),
+            "a mount that died without releasing its record"
+        );
+        // The settle freed it: writers no longer wake anyone.
+        assert_eq!(g.word(IN_USE).load(Ordering::Acquire), 0);
+        // A dead holder's record is also taken over by the next mount.
+        let seat = g.claim("x").unwrap();
+        hold(&g, seat, dead_pid());
+        let again = g.claim("x").unwrap();
+        assert_eq!(again, seat);
+        assert_eq!(g.word(IN_USE).load(Ordering::Acquire), 1);
+        g.release(again);
+        assert_eq!(g.word(IN_USE).load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn older_one_page_files_grow_and_keep_their_counters() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(GENERATION_FILE);
+        let mut page = vec![0u8; 4096];
+        page[8 * slot("x")..8 * slot("x") + 8].copy_from_slice(&7u64.to_ne_bytes());
+        std::fs::write(&path, &page).unwrap();
+        let g = Generation::open(t.path()).unwrap();
+        assert_eq!(g.namespace("x"), 7);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), LEN as u64);
+        assert!(g.settle("x", Duration::ZERO));
     }
 
     #[test]

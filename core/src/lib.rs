@@ -41,7 +41,7 @@ pub use diff::{ChangeType, DiffEntry};
 pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
 pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
-pub use generation::{namespace_slot, GENERATION_FILE};
+pub use generation::{namespace_slot, Generation, MountSeat, GENERATION_FILE, MOUNTS};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use graph_db::{GRAPH_FILE, LEGACY_GRAPH_FILE};
 pub use layer_names::{

@@ -783,6 +783,127 @@ print(os.stat("big.base").st_size)
     e.finish();
 }
 
+/// Changes names and sizes in branch `b` through the CLI, round after
+/// round, and checks each through the mount of `e` (the default mount:
+/// names, attributes and missing names cached for a minute) with the very
+/// next access after the CLI returns, with nothing but a stat where a stat
+/// suffices (the kernel answers it from its caches without asking the
+/// server).
+fn never_stale(e: &Env) {
+    let missing =
+        |p: &Path| fs::metadata(p).map(|_| ()).unwrap_err().kind() == std::io::ErrorKind::NotFound;
+    for i in 0..40 {
+        let name = format!("n{i}.txt");
+        let moved = format!("m{i}.txt");
+        let (p, q) = (e.mp.join(&name), e.mp.join(&moved));
+        // Cached as missing (negative entries), both names.
+        assert!(missing(&p) && missing(&q));
+        let first = "x".repeat(i + 1);
+        e.cli
+            .ok(&["fs", "write", "--branch", "b", &name, "--data", &first]);
+        assert_eq!(
+            fs::metadata(&p).map(|m| m.len()).ok(),
+            Some(first.len() as u64),
+            "round {i}: a name created elsewhere, stat'ed as missing just before"
+        );
+        let second = "y".repeat(i + 100);
+        e.cli
+            .ok(&["fs", "write", "--branch", "b", &name, "--data", &second]);
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            second.len() as u64,
+            "round {i}: a size changed elsewhere"
+        );
+        e.cli.ok(&["fs", "mv", "--branch", "b", &name, &moved]);
+        assert!(missing(&p), "round {i}: a name moved away elsewhere");
+        assert_eq!(
+            fs::read(&q).ok().map(|d| d.len()),
+            Some(second.len()),
+            "round {i}: a name moved here elsewhere, opened"
+        );
+        e.cli.ok(&["fs", "rm", "--branch", "b", &moved]);
+        assert!(missing(&q), "round {i}: a name removed elsewhere");
+        // And a name created elsewhere is found by an open at once.
+        let third = format!("n{i}-open.txt");
+        let r = e.mp.join(&third);
+        assert!(missing(&r));
+        e.cli
+            .ok(&["fs", "write", "--branch", "b", &third, "--data", "o"]);
+        assert_eq!(
+            fs::read(&r).ok().as_deref(),
+            Some(&b"o"[..]),
+            "round {i}: a name created elsewhere, opened"
+        );
+    }
+}
+
+#[test]
+fn a_change_elsewhere_is_never_served_stale_once_its_command_returns() {
+    let t = "a_change_elsewhere_is_never_served_stale_once_its_command_returns";
+    let Some(e) = Env::new(t, false) else { return };
+    never_stale(&e);
+    e.finish();
+}
+
+#[test]
+fn a_change_through_the_daemon_is_never_served_stale_once_it_replies() {
+    let t = "a_change_through_the_daemon_is_never_served_stale_once_it_replies";
+    let Some(e) = Env::new(t, false) else { return };
+    let d = common::daemon::DaemonProc::start(
+        &e.cli.config,
+        &e.cli.dir.join("no-daemon.sock"),
+        &[],
+        &[],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&e.cli.ok(&["branch", "list", "--json"])).unwrap();
+    assert_eq!(v["via"], "daemon", "the CLI goes through the daemon");
+    never_stale(&e);
+    drop(d);
+    e.finish();
+}
+
+#[test]
+fn a_killed_mount_does_not_hold_up_writers() {
+    let t = "a_killed_mount_does_not_hold_up_writers";
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    // SAFETY: signalling the server this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // Until it is gone (or a zombie), it may still be waited for.
+    let gone = || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.starts_with(" Z") || r.starts_with(" X"))
+        })
+    };
+    while !gone() {
+        std::thread::yield_now();
+    }
+    // Its record in the store's mount registry stays behind, never
+    // swept again: writers see its pid is dead and do not wait for it
+    // (waiting out the bound would log a warning).
+    for i in 0..3 {
+        let o = e.cli.run(&[
+            "fs",
+            "write",
+            "--branch",
+            "b",
+            &format!("w{i}"),
+            "--data",
+            "w",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(!err.contains("did not invalidate"), "{err}");
+    }
+    let _ = fs::metadata(&e.mp);
+    e.mount();
+    assert_eq!(fs::read(e.mp.join("w2")).unwrap(), b"w");
+    e.finish();
+}
+
 #[test]
 fn changes_through_another_path_show_at_once_under_long_kernel_caches() {
     let t = "changes_through_another_path_show_at_once_under_long_kernel_caches";

@@ -2,8 +2,11 @@
 //! branch changes through another path (the daemon, the CLI, another
 //! mount): a thread watches the store's shared change counters and, when
 //! they moved for a change this process did not make, tells the kernel to
-//! forget every name and attribute it may hold for the mount. Checking is
-//! one atomic read of a mapped counter per tick.
+//! forget every name and attribute it may hold for the mount. The thread
+//! sleeps on the branch's counter word (writers wake it), and after each
+//! sweep records in the store's mount registry how far it has swept, so a
+//! writer can wait for it before handing its change back
+//! ([`Store::settle_mounts`]).
 
 use std::{
     sync::{
@@ -22,18 +25,23 @@ use crate::{
     inodes::{Inodes, ROOT_INO},
 };
 
-/// How often the counters are read.
-const TICK: Duration = Duration::from_millis(5);
+/// The longest sleep between two readings of the counters (writers wake
+/// the thread sooner): how soon a stop is noticed.
+const TICK: Duration = Duration::from_millis(200);
 
 /// The invalidating thread; stops when dropped.
 pub(crate) struct Sweeper {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Wakes the thread (sleeping on the branch's counter) to stop.
+    waker: Arc<Store>,
+    branch: String,
 }
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.waker.generation().wake_namespace(&self.branch);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -50,26 +58,57 @@ impl Sweeper {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let seat = store.generation().claim(&branch);
+        let (waker, watched) = (store.clone(), branch.clone());
+        if seat.is_none() {
+            tracing::warn!(
+                "the store's mount registry is full: writers elsewhere will not wait for this mount's invalidations"
+            );
+        }
         let thread = std::thread::Builder::new()
             .name("agentfs-inval".into())
             .spawn(move || {
+                let g = store.generation();
+                let mut published = None;
                 while !s.load(Ordering::Relaxed) {
+                    // Read before the sweep: everything up to it is swept
+                    // when the sweep ends (this process's own changes need
+                    // none).
+                    let counter = g.namespace(&branch);
                     let now = store.outside_changes(&branch);
                     if now != io.swept.load(Ordering::Acquire) {
                         if !sweep(&inodes, &io) {
-                            return;
+                            break;
                         }
                         // Recorded once done (until then, opens do not
                         // trust the caches); a change during the sweep
                         // moved the counter past `now` and gets its own.
                         io.swept.store(now, Ordering::Release);
                     }
-                    std::thread::sleep(TICK);
+                    if let Some(seat) = seat.filter(|_| published != Some(counter)) {
+                        g.swept(seat, counter);
+                        published = Some(counter);
+                    }
+                    g.wait_namespace(&branch, counter, TICK);
                 }
-            })?;
+                if let Some(seat) = seat {
+                    g.release(seat);
+                }
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(seat) = seat {
+                    waker.generation().release(seat);
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             stop,
             thread: Some(thread),
+            waker,
+            branch: watched,
         })
     }
 }

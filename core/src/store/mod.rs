@@ -411,6 +411,25 @@ impl Store {
         self.gen.others(branch)
     }
 
+    /// The shared change counters and the registry of mounts (see
+    /// [`Generation`]).
+    pub fn generation(&self) -> &Generation {
+        &self.gen
+    }
+
+    /// Waits (at most 2 s, then warns) until every FUSE mount of `branch`
+    /// in another process has dropped what its kernel caches of changes
+    /// made so far: call it, with no store lock held, before handing a
+    /// change back to its requester. One atomic read when no mount runs.
+    pub fn settle_mounts(&self, branch: &str) {
+        if !self.gen.settle(branch, std::time::Duration::from_secs(2)) {
+            tracing::warn!(
+                branch,
+                "a mount did not invalidate its caches within 2 s: it may serve old names briefly"
+            );
+        }
+    }
+
     /// Settings and location.
     pub fn info(&self) -> CoreResult<StoreInfo> {
         self.with_shared(|_| {

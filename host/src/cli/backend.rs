@@ -191,7 +191,14 @@ impl Backend {
 
     fn fs_done(&mut self, branch: &str, op: FsOp) -> Result<()> {
         match self.fs(TreeRef::Branch(branch), op)? {
-            FsReply::Done | FsReply::Written(_) => Ok(()),
+            FsReply::Done | FsReply::Written(_) => {
+                // Mounts of the branch drop what their kernels cache before
+                // the command returns (the daemon does so before replying).
+                if let Self::Store(s) = self {
+                    s.settle_mounts(branch);
+                }
+                Ok(())
+            }
             other => Err(anyhow!("unexpected reply from the daemon: {other:?}")),
         }
     }

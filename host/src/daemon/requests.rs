@@ -67,7 +67,22 @@ impl Daemon {
             r if handler::is_store_request(&r) => {
                 let branch = s.branch.as_deref();
                 if handler::modifies(&r) {
-                    self.mutate(s.pid, |st| handler::handle(st, branch, r).map_err(core))
+                    let changed = match &r {
+                        Request::Fs { branch: b, .. } => b.clone().or_else(|| s.branch.clone()),
+                        _ => None,
+                    };
+                    let reply =
+                        self.mutate(s.pid, |st| handler::handle(st, branch, r).map_err(core));
+                    if let (Ok(_), Some(b)) = (&reply, changed) {
+                        // With the store's locks released: mounts of the
+                        // branch drop what their kernels cache before the
+                        // requester hears back.
+                        let _ = self.with_store(|st| {
+                            st.settle_mounts(&b);
+                            Ok(())
+                        });
+                    }
+                    reply
                 } else {
                     self.with_store(|st| handler::handle(st, branch, r).map_err(core))
                 }
