@@ -792,7 +792,54 @@ print(os.stat("big.base").st_size)
 fn never_stale(e: &Env) {
     let missing =
         |p: &Path| fs::metadata(p).map(|_| ()).unwrap_err().kind() == std::io::ErrorKind::NotFound;
+    // Held through the whole loop: an open file (its attributes are used
+    // without a lookup) and a directory listed before (its listing is kept).
+    e.cli.ok(&["fs", "mkdir", "--branch", "b", "held"]);
+    e.cli
+        .ok(&["fs", "write", "--branch", "b", "held/f.txt", "--data", "h"]);
+    let held = fs::File::open(e.mp.join("held/f.txt")).unwrap();
+    let listed = |dir: &Path| {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&e.mp.join("held")), ["f.txt"]);
     for i in 0..40 {
+        // Rewritten in place elsewhere: the open file's size, and a name
+        // added to the listed directory.
+        let data = "h".repeat(i + 2);
+        e.cli.ok(&[
+            "fs",
+            "write",
+            "--branch",
+            "b",
+            "held/f.txt",
+            "--data",
+            &data,
+        ]);
+        assert_eq!(
+            held.metadata().unwrap().len(),
+            data.len() as u64,
+            "round {i}: fstat of a file held open, written elsewhere"
+        );
+        let added = format!("c{i:02}.txt");
+        e.cli.ok(&[
+            "fs",
+            "write",
+            "--branch",
+            "b",
+            &format!("held/{added}"),
+            "--data",
+            "c",
+        ]);
+        assert!(
+            listed(&e.mp.join("held")).contains(&added),
+            "round {i}: a name added elsewhere to a listed directory"
+        );
+
         let name = format!("n{i}.txt");
         let moved = format!("m{i}.txt");
         let (p, q) = (e.mp.join(&name), e.mp.join(&moved));

@@ -51,7 +51,7 @@ struct Handle {
 /// How the open files of one inode are served now. The kernel wants every
 /// open of an inode that is open with passthrough to use the same backing
 /// file, and refuses to mix passthrough and cached opens of one inode.
-enum InodeIo {
+pub(crate) enum InodeIo {
     /// The kernel reads and writes `file` (device, inode) itself.
     Passthrough {
         backing: Arc<BackingId>,
@@ -92,6 +92,8 @@ pub struct IoState {
     /// keeps them as negative entries, forgotten at the next sweep
     /// (parent's inode number, name).
     pub(crate) negatives: Mutex<std::collections::HashSet<(u64, OsString)>>,
+    /// Per inode with open files: how they are served.
+    pub(crate) ios: Mutex<HashMap<u64, InodeIo>>,
 }
 
 /// The answer to a lookup of a missing name the kernel may cache.
@@ -170,8 +172,6 @@ pub struct BranchFs {
     /// last open got. An open that finds the same one keeps the kernel's
     /// page cache (the content cannot have changed); any other drops it.
     opened: Mutex<HashMap<u64, FileId>>,
-    /// Per inode with open files: how they are served.
-    ios: Mutex<HashMap<u64, InodeIo>>,
     /// Passthrough on or off.
     io: Arc<IoState>,
 }
@@ -296,7 +296,6 @@ impl BranchFs {
             next_fh: AtomicU64::new(1),
             meta_dir,
             opened: Mutex::new(HashMap::new()),
-            ios: Mutex::new(HashMap::new()),
             io: Arc::new(IoState {
                 swept: AtomicU64::new(store_outside),
                 ..IoState::default()
@@ -355,6 +354,9 @@ impl BranchFs {
         list.push((pino, FileType::Directory, "..".into()));
         for e in entries {
             let i = inodes.ino(&path.join(&e.name));
+            if e.kind == FileKind::Dir {
+                inodes.mark_dir(i);
+            }
             list.push((i, kind(e.kind), e.name));
         }
         Ok(list)
@@ -410,7 +412,7 @@ impl BranchFs {
             return OpenIo::Conflict;
         };
         let id = (m.dev(), m.ino());
-        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ios = self.io.ios.lock().unwrap_or_else(|e| e.into_inner());
         match ios.get_mut(&ino) {
             Some(InodeIo::Passthrough {
                 backing,
@@ -460,7 +462,7 @@ impl BranchFs {
         if matches!(io, OpenIo::Conflict) {
             return;
         }
-        let mut ios = self.ios.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ios = self.io.ios.lock().unwrap_or_else(|e| e.into_inner());
         let last = match ios.get_mut(&ino) {
             Some(InodeIo::Passthrough { opens, .. } | InodeIo::Cached { opens }) => {
                 *opens = opens.saturating_sub(1);
@@ -501,7 +503,11 @@ impl BranchFs {
     /// The entry at `path` with its (possibly new) inode number.
     fn entry(&self, tree: &Tree<'_>, path: &BranchPath) -> Result<FileAttr, Errno> {
         let st = tree.lstat(path).map_err(|e| errno(&e))?;
-        let ino = self.inodes().ino(path);
+        let mut inodes = self.inodes();
+        let ino = inodes.ino(path);
+        if st.kind == FileKind::Dir {
+            inodes.mark_dir(ino);
+        }
         Ok(attr(ino, &st))
     }
 

@@ -2,7 +2,7 @@
 //! while the mount lives, and carried along by renames (so a renamed file
 //! keeps its number, as on a native filesystem).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use agentfs_core::BranchPath;
 
@@ -17,6 +17,9 @@ pub struct Inodes {
     /// Numbers given up by [`Inodes::renumber`], to the number that
     /// replaced them (their open files still ask by the old one).
     renumbered: HashMap<u64, u64>,
+    /// Numbers last seen as directories (their listings and attributes
+    /// are what the kernel may use without a lookup).
+    dirs: HashSet<u64>,
     next: u64,
 }
 
@@ -26,6 +29,7 @@ impl Default for Inodes {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
             renumbered: HashMap::new(),
+            dirs: HashSet::from([ROOT_INO]),
             next: ROOT_INO + 1,
         };
         s.by_ino.insert(ROOT_INO, BranchPath::root());
@@ -75,6 +79,20 @@ impl Inodes {
             .collect()
     }
 
+    /// Notes that `ino` was seen as a directory.
+    pub fn mark_dir(&mut self, ino: u64) {
+        self.dirs.insert(ino);
+    }
+
+    /// The numbers of the known directories.
+    pub fn dirs(&self) -> Vec<u64> {
+        self.dirs
+            .iter()
+            .copied()
+            .filter(|i| self.by_ino.contains_key(i))
+            .collect()
+    }
+
     /// Forgets `path` and everything beneath it (it was removed or
     /// replaced): a later entry of the same name gets a new number.
     pub fn remove(&mut self, path: &BranchPath) {
@@ -90,6 +108,7 @@ impl Inodes {
         for p in gone {
             if let Some(i) = self.by_path.remove(&p) {
                 self.by_ino.remove(&i);
+                self.dirs.remove(&i);
             }
         }
     }
@@ -171,5 +190,11 @@ mod tests {
         assert_eq!(t.path(b), Some(p("e/c")), "and follows renames");
         t.remove(&p("e/c"));
         assert_eq!(t.path(b), None);
+        let e = t.ino(&p("e"));
+        t.mark_dir(e);
+        assert_eq!(t.dirs().len(), 2, "the root and e");
+        assert!(t.dirs().contains(&e));
+        t.remove(&p("e"));
+        assert_eq!(t.dirs(), vec![ROOT_INO], "a removed directory is not swept");
     }
 }

@@ -20,10 +20,7 @@ use std::{
 use agentfs_core::Store;
 use fuser::INodeNo;
 
-use crate::{
-    fs::IoState,
-    inodes::{Inodes, ROOT_INO},
-};
+use crate::{fs::IoState, inodes::Inodes};
 
 /// The longest sleep between two readings of the counters (writers wake
 /// the thread sooner): how soon a stop is noticed.
@@ -113,16 +110,31 @@ impl Sweeper {
     }
 }
 
-/// Tells the kernel to forget every name and attribute of the mount it
-/// may cache. False once the mount is gone.
+/// Tells the kernel to forget every name of the mount it may cache, and
+/// the attributes and data of what it can reach without a lookup. False
+/// once the mount is gone.
+///
+/// Every known name is invalidated, so the next path walk through it asks
+/// the server again, and the reply refreshes the inode's attributes. The
+/// kernel uses an inode's cached attributes or data without a lookup only
+/// where it holds the inode otherwise: a directory (its kept listing; `.`,
+/// `..`, a working directory) and an open file (`fstat`, its pages). Those
+/// are invalidated as inodes too; other inodes need not be (an invalidation
+/// is a system call, and a mount that knows 10,000 names would make every
+/// outside change pay 10,000 more).
 fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
     let Some(n) = io.notifier.get() else {
         return true;
     };
     // Copied out: the kernel may wait on a request that waits on the table.
-    let entries = inodes.lock().unwrap_or_else(|e| e.into_inner()).entries();
+    let (entries, mut held) = {
+        let t = inodes.lock().unwrap_or_else(|e| e.into_inner());
+        (t.entries(), t.dirs())
+    };
+    held.extend(io.ios.lock().unwrap_or_else(|e| e.into_inner()).keys());
     tracing::debug!(
         entries = entries.len(),
+        held = held.len(),
         "branch changed elsewhere: invalidating the kernel's caches"
     );
     let gone = |e: &std::io::Error| {
@@ -131,13 +143,6 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
             Some(libc::ENOTCONN) | Some(libc::ENODEV) | Some(libc::EBADF)
         )
     };
-    // Attributes, and the cached data: a directory's listing (kept across
-    // opens), a file's pages.
-    if let Err(e) = n.inval_inode(INodeNo(ROOT_INO), 0, 0) {
-        if gone(&e) {
-            return false;
-        }
-    }
     // Names cached as missing: forgotten (a later lookup asks again).
     let negatives = std::mem::take(&mut *io.negatives.lock().unwrap_or_else(|e| e.into_inner()));
     for (parent, name) in negatives {
@@ -147,13 +152,18 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
             }
         }
     }
-    for (parent, name, ino) in entries {
+    for (parent, name, _) in entries {
         // ENOENT: the kernel holds nothing for it.
         if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
             if gone(&e) {
                 return false;
             }
         }
+    }
+    // Attributes and cached data (a directory's listing, kept across
+    // opens; an open file's pages) of what is held (the root is a
+    // directory).
+    for ino in held {
         if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
             if gone(&e) {
                 return false;
