@@ -303,17 +303,27 @@ impl Generation {
         self.counter(0).fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Records a change of names in `branch`.
+    /// Records a change of names in `branch`, once it is done: mounts of
+    /// the branch are woken to drop what their kernels cache.
     pub fn bump_namespace(&self, branch: &str) {
+        let i = self.bump_namespace_begin(branch);
+        // Mounts sleep on the counter word; no system call when none runs.
+        if self.word(IN_USE).load(Ordering::Acquire) != 0 {
+            futex_wake(self.counter(i));
+        }
+    }
+
+    /// Records that names in `branch` are about to change: lock-free
+    /// readers stop trusting what they cached, but mounts are not woken
+    /// (a sweep now would be undone by lookups before the change lands;
+    /// the bump after the change wakes them). Returns the slot.
+    pub fn bump_namespace_begin(&self, branch: &str) -> usize {
         let i = slot(branch);
         // Shared first: a reader between the two sees one change too many
         // from elsewhere (a spurious invalidation), never one too few.
         self.counter(i).fetch_add(1, Ordering::AcqRel);
         self.own[i].fetch_add(1, Ordering::AcqRel);
-        // Mounts sleep on the counter word; no system call when none runs.
-        if self.word(IN_USE).load(Ordering::Acquire) != 0 {
-            futex_wake(self.counter(i));
-        }
+        i
     }
 
     /// Namespace changes in `branch`'s slot made by other processes (and

@@ -224,7 +224,7 @@ impl Tree<'_> {
         // Lock-free readers stop trusting cached resolutions before the
         // first name changes (even if this process dies half way) and
         // again once all have.
-        self.store.gen.bump_namespace(branch);
+        self.store.gen.bump_namespace_begin(branch);
         let after = BumpOnDrop(&self.store.gen, branch);
         let w = Writer::new(
             &view,
@@ -369,7 +369,7 @@ impl Tree<'_> {
         data: &[u8],
     ) -> CoreResult<()> {
         let handles = &self.store.write_handles;
-        self.store.gen.bump_namespace(branch);
+        self.store.gen.bump_namespace_begin(branch);
         let after = BumpOnDrop(&self.store.gen, branch);
         let done = (|| {
             let before = h.file.metadata()?.len();
