@@ -218,6 +218,104 @@ du -x -a . | awk '{print $2}' | LC_ALL=C sort
     e.assert_outcome(&["M README.md", "A fresh/"], &before);
 }
 
+/// Checks, in the tree under the working directory (`.git` left out),
+/// that every entry shows one device, that `(st_dev, st_ino)` pairs are
+/// unique, that `readdir`'s `d_ino` (`os.scandir`) and `fstat` of an fd
+/// (opened here, and fd 3, inherited from the shell) agree with `lstat`;
+/// prints what a native run prints too.
+const IDENTITY_CHECK: &str = r#"
+import os, sys
+root = os.lstat(".")
+seen, bad = {}, []
+for d, dirs, files in os.walk("."):
+    dirs[:] = [x for x in dirs if x != ".git"]
+    with os.scandir(d) as it:
+        for e in it:
+            if e.name == ".git":
+                continue
+            st = os.lstat(e.path)
+            if st.st_dev != root.st_dev:
+                bad.append(f"device of {e.path}")
+            if e.inode() != st.st_ino:
+                bad.append(f"d_ino of {e.path}")
+            key = (st.st_dev, st.st_ino)
+            if key in seen and not os.path.samefile(seen[key], e.path):
+                bad.append(f"{e.path} and {seen[key]} share an identity")
+            seen[key] = e.path
+            if e.is_file(follow_symlinks=False):
+                fd = os.open(e.path, os.O_RDONLY)
+                f = os.fstat(fd)
+                os.close(fd)
+                if (f.st_dev, f.st_ino) != key:
+                    bad.append(f"fstat of {e.path}")
+inherited = os.fstat(3)
+if (inherited.st_dev, inherited.st_ino) != (root.st_dev, os.stat("new.txt").st_ino):
+    bad.append("fstat of the inherited fd 3")
+print("identities:", len(seen), "entries", "ok" if not bad else bad)
+"#;
+
+#[test]
+fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
+    let test = "a_store_on_another_device_shows_one_device";
+    if !have("git", test) || !have("python3", test) || !have("bash", test) {
+        return;
+    }
+    // The store on a tmpfs, the base on the temp directory's filesystem:
+    // every layer entry's real device is the tmpfs's.
+    let Some(tfs) = agentfs_testfs::mount_or_skip(agentfs_testfs::FsKind::Tmpfs, 64, test) else {
+        return;
+    };
+    let e = Env::new(true);
+    fs::write(
+        &e.cli.config,
+        format!(
+            "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
+            tfs.path().join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let before = fingerprint(&e.base);
+    let check = e.cli.dir.join("identity_check.py");
+    fs::write(&check, IDENTITY_CHECK).unwrap();
+    let out = e.same(
+        &["bash", "-c"],
+        &format!(
+            r#"set -e
+echo new > new.txt
+echo more >> README.md
+mkdir -p fresh/deeper && echo q > fresh/deeper/q.txt
+cp -a src copied
+dev() {{ stat -c %d "$1"; }}
+[ "$(dev README.md)" = "$(dev src/lib.rs)" ] && [ "$(dev new.txt)" = "$(dev .)" ] \
+  && [ "$(dev fresh/deeper/q.txt)" = "$(dev src)" ] && echo one-device
+find . -xdev -type f -not -path './.git/*' | LC_ALL=C sort
+[ "$(find . -xdev | LC_ALL=C sort)" = "$(find . | LC_ALL=C sort)" ] && echo find-xdev-sees-all
+[ "$(du -x -s . | cut -f1)" = "$(du -s . | cut -f1)" ] && echo du-x-sees-all
+du -x -a . | awk '{{print $2}}' | grep -v '^./.git/' | LC_ALL=C sort
+for d in . fresh src; do
+  ls -i1 "$d" | while read -r i n; do
+    [ "$i" = "$(stat -c %i "$d/$n")" ] || echo "ls -i differs for $d/$n"
+  done
+done
+python3 {check} 3<new.txt
+git status --short
+"#,
+            check = check.display()
+        ),
+    );
+    assert!(out.contains("one-device\n"), "{out}");
+    assert!(out.contains("find-xdev-sees-all\ndu-x-sees-all\n"), "{out}");
+    assert!(out.contains("./fresh/deeper/q.txt\n./new.txt\n"), "{out}");
+    assert!(out.contains(" ok\n"), "{out}");
+    assert!(
+        out.ends_with(" M README.md\n?? copied/\n?? fresh/\n?? new.txt\n"),
+        "{out}"
+    );
+    e.assert_outcome(&["M README.md", "A new.txt", "A fresh/"], &before);
+    drop(e);
+    drop(tfs);
+}
+
 /// A walker over glibc's `nftw` (flags from `argv[2]`; `-1`: `ftw`),
 /// printing each visit: type flag, level, name, path, the working
 /// directory under `FTW_CHDIR`, and a file's size.

@@ -71,6 +71,24 @@ pub(crate) unsafe fn with_read_path<R>(
     call: impl FnOnce(*const c_char) -> R,
 ) -> R {
     // SAFETY: the caller's contract.
+    unsafe { with_read_path_then(dirfd, path, follow, err, call, |_| ()) }
+}
+
+/// [`with_read_path`], then `after` on the result of a call made on a
+/// branch entry (still inside the shim: a stat's identity is rewritten
+/// there).
+///
+/// # Safety
+/// `path` is null or points to a NUL-terminated string.
+pub(crate) unsafe fn with_read_path_then<R>(
+    dirfd: c_int,
+    path: *const c_char,
+    follow: bool,
+    err: impl FnOnce(Errno) -> R,
+    call: impl FnOnce(*const c_char) -> R,
+    after: impl FnOnce(&R),
+) -> R {
+    // SAFETY: the caller's contract.
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),
         Some((_g, rel)) => match rel.and_then(|rel: Vec<u8>| read_target(&rel, follow)) {
@@ -86,11 +104,13 @@ pub(crate) unsafe fn with_read_path<R>(
                     (true, true) => kernel_cwd_offset(c.as_bytes()),
                     (true, false) => fd_relative_offset(dirfd, c.as_bytes()),
                 };
-                match off {
+                let r = match off {
                     // SAFETY: `off` is inside `c`, before its NUL.
                     Some(off) => call(unsafe { c.as_ptr().add(off) }),
                     None => call(c.as_ptr()),
-                }
+                };
+                after(&r);
+                r
             }
             Err(e) => err(e),
         },
