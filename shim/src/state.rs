@@ -676,9 +676,8 @@ pub(crate) fn shown_identity_of_fd(fd: c_int, dev: u64, ino: u64, mode: u32) -> 
     if dev == shown {
         return None;
     }
-    let kind = mode & libc::S_IFMT as u32;
-    if kind != libc::S_IFREG as u32 && kind != libc::S_IFDIR as u32 && kind != libc::S_IFLNK as u32
-    {
+    let kind = mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFDIR && kind != libc::S_IFLNK {
         // Pipes, sockets, terminals: never an entry of the branch.
         return None;
     }
