@@ -224,7 +224,10 @@ du -x -a . | awk '{print $2}' | LC_ALL=C sort
 /// (opened here, and fd 3, inherited from the shell) agree with `lstat`;
 /// prints what a native run prints too.
 const IDENTITY_CHECK: &str = r#"
-import os, sys
+import os
+# First, before this process has looked at the branch: the fd the shell
+# opened on a file of the branch's layer.
+inherited = os.fstat(3)
 root = os.lstat(".")
 seen, bad = {}, []
 for d, dirs, files in os.walk("."):
@@ -248,7 +251,6 @@ for d, dirs, files in os.walk("."):
                 os.close(fd)
                 if (f.st_dev, f.st_ino) != key:
                     bad.append(f"fstat of {e.path}")
-inherited = os.fstat(3)
 if (inherited.st_dev, inherited.st_ino) != (root.st_dev, os.stat("new.txt").st_ino):
     bad.append("fstat of the inherited fd 3")
 print("identities:", len(seen), "entries", "ok" if not bad else bad)

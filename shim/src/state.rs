@@ -684,7 +684,7 @@ pub(crate) fn shown_identity_of_fd(fd: c_int, dev: u64, ino: u64, mode: u32) -> 
     if shown == 0 {
         // Before the process looked at the branch it cannot know the
         // layers' devices; an inherited fd in the store makes it look.
-        if CHAIN_FETCHED.load(Ordering::Relaxed) || !fd_in_store(fd) {
+        if CHAIN_FETCHED.load(Ordering::Relaxed) || dev == visible_root_dev() || !fd_in_store(fd) {
             return None;
         }
         return chain().ok()?.ids.map(dev, ino);
@@ -693,6 +693,19 @@ pub(crate) fn shown_identity_of_fd(fd: c_int, dev: u64, ino: u64, mode: u32) -> 
     let cwd_in_branch = fd == libc::AT_FDCWD
         && config().is_some_and(|cfg| cwd().is_ok_and(|c| paths::under(&cfg.root, &c).is_some()));
     (cwd_in_branch || fd_with(fd, |_| ()).is_some() || fd_in_store(fd)).then_some(mapped)
+}
+
+/// The device of the branch's visible root as the kernel sees it (the
+/// base's, when the branch is visible at its own path), read once.
+#[cfg(target_os = "linux")]
+fn visible_root_dev() -> u64 {
+    static DEV: OnceLock<u64> = OnceLock::new();
+    *DEV.get_or_init(|| {
+        config()
+            .and_then(|c| CString::new(c.root.clone()).ok())
+            .and_then(|r| rustix::fs::stat(r.as_c_str()).ok())
+            .map_or(0, |st| st.st_dev)
+    })
 }
 
 /// Whether the kernel's path of `fd` (`AT_FDCWD`: the working directory)
