@@ -259,7 +259,7 @@ print("identities:", len(seen), "entries", "ok" if not bad else bad)
 #[test]
 fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
     let test = "a_store_on_another_device_shows_one_device";
-    if !have("git", test) || !have("python3", test) || !have("bash", test) {
+    if !have("git", test) || !have("python3", test) || !have("bash", test) || !have("cc", test) {
         return;
     }
     // The store on a tmpfs, the base on the temp directory's filesystem:
@@ -279,6 +279,18 @@ fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
     let before = fingerprint(&e.base);
     let check = e.cli.dir.join("identity_check.py");
     fs::write(&check, IDENTITY_CHECK).unwrap();
+    // glibc's `nftw` with FTW_PHYS | FTW_MOUNT (3) stays on the start's
+    // device: `src` then holds a changed file in the layer and unchanged
+    // ones in the base.
+    let walk = e.cli.dir.join("walk");
+    fs::write(e.cli.dir.join("walk.c"), NFTW_HARNESS).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&walk)
+        .arg(e.cli.dir.join("walk.c"))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
     let out = e.same(
         &["bash", "-c"],
         &format!(
@@ -287,9 +299,11 @@ echo new > new.txt
 echo more >> README.md
 mkdir -p fresh/deeper && echo q > fresh/deeper/q.txt
 cp -a src copied
+echo more >> src/lib.rs
+{walk} src 3 | LC_ALL=C sort
 dev() {{ stat -c %d "$1"; }}
-[ "$(dev README.md)" = "$(dev src/lib.rs)" ] && [ "$(dev new.txt)" = "$(dev .)" ] \
-  && [ "$(dev fresh/deeper/q.txt)" = "$(dev src)" ] && echo one-device
+[ "$(dev README.md)" = "$(dev docs/guide.md)" ] && [ "$(dev new.txt)" = "$(dev run.sh)" ] \
+  && [ "$(dev fresh/deeper/q.txt)" = "$(dev src/main.rs)" ] && echo one-device
 find . -xdev -type f -not -path './.git/*' | LC_ALL=C sort
 [ "$(find . -xdev | LC_ALL=C sort)" = "$(find . | LC_ALL=C sort)" ] && echo find-xdev-sees-all
 [ "$(du -x -s . | cut -f1)" = "$(du -s . | cut -f1)" ] && echo du-x-sees-all
@@ -302,18 +316,23 @@ done
 python3 {check} 3<new.txt
 git status --short
 "#,
-            check = check.display()
+            check = check.display(),
+            walk = walk.display()
         ),
     );
     assert!(out.contains("one-device\n"), "{out}");
     assert!(out.contains("find-xdev-sees-all\ndu-x-sees-all\n"), "{out}");
     assert!(out.contains("./fresh/deeper/q.txt\n./new.txt\n"), "{out}");
     assert!(out.contains(" ok\n"), "{out}");
+    assert!(out.contains("0 1 main.rs src/main.rs  13\n"), "{out}");
     assert!(
-        out.ends_with(" M README.md\n?? copied/\n?? fresh/\n?? new.txt\n"),
+        out.ends_with(" M README.md\n M src/lib.rs\n?? copied/\n?? fresh/\n?? new.txt\n"),
         "{out}"
     );
-    e.assert_outcome(&["M README.md", "A new.txt", "A fresh/"], &before);
+    e.assert_outcome(
+        &["M README.md", "M src/lib.rs", "A new.txt", "A fresh/"],
+        &before,
+    );
     drop(e);
     drop(tfs);
 }
