@@ -256,10 +256,30 @@ if (inherited.st_dev, inherited.st_ino) != (root.st_dev, os.stat("new.txt").st_i
 print("identities:", len(seen), "entries", "ok" if not bad else bad)
 "#;
 
+/// Whether the tools [`assert_one_device`] runs are installed.
+fn have_identity_tools(test: &str) -> bool {
+    ["git", "python3", "bash", "cc"]
+        .iter()
+        .all(|t| have(t, test))
+}
+
+/// Points the environment's config at a store of backstore `plugin` at
+/// `root`.
+fn use_store(e: &Env, plugin: &str, root: &Path) {
+    fs::write(
+        &e.cli.config,
+        format!(
+            "[backstore]\nplugin = {plugin:?}\noptions = {{ root = {:?} }}\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
     let test = "a_store_on_another_device_shows_one_device";
-    if !have("git", test) || !have("python3", test) || !have("bash", test) || !have("cc", test) {
+    if !have_identity_tools(test) {
         return;
     }
     // The store on a tmpfs, the base on the temp directory's filesystem:
@@ -268,14 +288,44 @@ fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
         return;
     };
     let e = Env::new(true);
-    fs::write(
-        &e.cli.config,
-        format!(
-            "[backstore]\nplugin = \"hostfs\"\noptions = {{ root = {:?} }}\n",
-            tfs.path().join("store").display().to_string()
-        ),
-    )
-    .unwrap();
+    use_store(&e, "hostfs", &tfs.path().join("store"));
+    assert_one_device(&e);
+    drop(e);
+    drop(tfs);
+}
+
+#[test]
+fn btrfs_layers_that_are_subvolumes_show_the_base_device() {
+    let test = "btrfs_layers_that_are_subvolumes_show_the_base_device";
+    if !have_identity_tools(test) {
+        return;
+    }
+    // The btrfs plugin's own setup: base and store on one btrfs, every
+    // layer a subvolume, which the kernel shows as a device of its own.
+    let Some(bfs) = agentfs_testfs::mount_or_skip(agentfs_testfs::FsKind::Btrfs, 256, test) else {
+        return;
+    };
+    let mut e = Env::new(true);
+    let base = bfs.path().join("base");
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(&e.base)
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cp -a: {o:?}");
+    e.0.base = base;
+    use_store(&e, "btrfs", &bfs.path().join("store"));
+    assert_one_device(&e);
+    drop(e);
+    drop(bfs);
+}
+
+/// Runs, in the branch and natively, changes that put files in the layer
+/// beside the base's, then checks that programs see one device and
+/// consistent, unique inodes: `stat`, `find -xdev`, `du -x`, `ls -i`,
+/// `nftw(FTW_MOUNT)`, python3's `scandir`/`fstat`, and `git status`.
+fn assert_one_device(e: &Env) {
     let before = fingerprint(&e.base);
     let check = e.cli.dir.join("identity_check.py");
     fs::write(&check, IDENTITY_CHECK).unwrap();
@@ -333,8 +383,6 @@ git status --short
         &["M README.md", "M src/lib.rs", "A new.txt", "A fresh/"],
         &before,
     );
-    drop(e);
-    drop(tfs);
 }
 
 /// A walker over glibc's `nftw` (flags from `argv[2]`; `-1`: `ftw`),
