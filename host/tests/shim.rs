@@ -364,6 +364,7 @@ for d in . fresh src; do
   done
 done
 python3 {check} 3<new.txt
+[ "$(stat -c '%d %i' - < new.txt)" = "$(stat -c '%d %i' new.txt)" ] && echo stat-of-stdin-agrees
 git status --short
 "#,
             check = check.display(),
@@ -373,7 +374,7 @@ git status --short
     assert!(out.contains("one-device\n"), "{out}");
     assert!(out.contains("find-xdev-sees-all\ndu-x-sees-all\n"), "{out}");
     assert!(out.contains("./fresh/deeper/q.txt\n./new.txt\n"), "{out}");
-    assert!(out.contains(" ok\n"), "{out}");
+    assert!(out.contains(" ok\nstat-of-stdin-agrees\n"), "{out}");
     assert!(out.contains("0 1 main.rs src/main.rs  13\n"), "{out}");
     assert!(
         out.ends_with(" M README.md\n M src/lib.rs\n?? copied/\n?? fresh/\n?? new.txt\n"),
