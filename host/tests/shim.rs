@@ -354,6 +354,9 @@ echo more >> src/lib.rs
 dev() {{ stat -c %d "$1"; }}
 [ "$(dev README.md)" = "$(dev docs/guide.md)" ] && [ "$(dev new.txt)" = "$(dev run.sh)" ] \
   && [ "$(dev fresh/deeper/q.txt)" = "$(dev src/main.rs)" ] && echo one-device
+[ "$(stat -f -c %i new.txt)" = "$(stat -f -c %i docs/guide.md)" ] \
+  && python3 -c 'import os, sys; sys.exit(os.statvfs("new.txt").f_fsid != os.statvfs("run.sh").f_fsid)' \
+  && echo one-fsid
 find . -xdev -type f -not -path './.git/*' | LC_ALL=C sort
 [ "$(find . -xdev | LC_ALL=C sort)" = "$(find . | LC_ALL=C sort)" ] && echo find-xdev-sees-all
 [ "$(du -x -s . | cut -f1)" = "$(du -s . | cut -f1)" ] && echo du-x-sees-all
@@ -371,7 +374,7 @@ git status --short
             walk = walk.display()
         ),
     );
-    assert!(out.contains("one-device\n"), "{out}");
+    assert!(out.contains("one-device\none-fsid\n"), "{out}");
     assert!(out.contains("find-xdev-sees-all\ndu-x-sees-all\n"), "{out}");
     assert!(out.contains("./fresh/deeper/q.txt\n./new.txt\n"), "{out}");
     assert!(out.contains(" ok\nstat-of-stdin-agrees\n"), "{out}");

@@ -48,6 +48,10 @@ pub struct Identity {
     /// Per layer of the chain (top first): the high bits of its inodes (0
     /// for the base and layers on its device).
     layer_tags: Vec<u64>,
+    /// The base's `statfs` `f_fsid`.
+    fsid: [i32; 2],
+    /// The `f_fsid`s of the layers on other devices.
+    foreign_fsids: Vec<[i32; 2]>,
 }
 
 /// A Linux `dev_t`'s major number (glibc's encoding).
@@ -109,7 +113,32 @@ impl Identity {
             dev: if foreign.is_empty() { 0 } else { dev },
             foreign,
             layer_tags,
+            ..Self::default()
         }
+    }
+
+    /// The same, with the base's `f_fsid` shown for an entry whose
+    /// filesystem answers with one of `foreign` (the layers' on other
+    /// devices).
+    pub fn with_fsids(mut self, base: [i32; 2], foreign: Vec<[i32; 2]>) -> Self {
+        self.fsid = base;
+        self.foreign_fsids = foreign;
+        self
+    }
+
+    /// The `f_fsid` to show for a `statfs` of an entry of the branch that
+    /// answered `fsid`, when it is not that: a layer's on another device
+    /// shows the base's, as its `st_dev` does.
+    pub fn map_fsid(&self, fsid: [i32; 2]) -> Option<[i32; 2]> {
+        (self.dev != 0 && fsid != self.fsid && self.foreign_fsids.contains(&fsid))
+            .then_some(self.fsid)
+    }
+
+    /// [`Identity::map_fsid`] for `statvfs`'s `f_fsid`, which glibc makes
+    /// of the two words.
+    pub fn map_vfs_fsid(&self, fsid: u64) -> Option<u64> {
+        let from = *self.foreign_fsids.iter().find(|f| vfs_fsid(**f) == fsid)?;
+        self.map_fsid(from).map(vfs_fsid)
     }
 
     /// The device every entry shows when something is rewritten: `None`
@@ -142,6 +171,12 @@ impl Identity {
     }
 }
 
+/// `statvfs`'s `f_fsid` for `statfs`'s two words, as glibc makes it (the
+/// first word in the low half, zero-extended).
+fn vfs_fsid(f: [i32; 2]) -> u64 {
+    u64::from(f[0] as u32) | (u64::from(f[1] as u32) << 32)
+}
+
 /// Whether the base's filesystem (`statfs`'s `f_type`) is one whose inode
 /// numbers never have the top bit set, so rewritten layer inodes cannot
 /// meet one of the base's.
@@ -162,14 +197,41 @@ pub fn rewrites_on(f_type: u32) -> bool {
 pub fn of_roots(roots: &[&std::ffi::CStr], has_base: bool) -> Identity {
     let dev_of = |p: &std::ffi::CStr| rustix::fs::stat(p).ok().map(|st| st.st_dev);
     let devs: Vec<Option<u64>> = roots.iter().map(|r| dev_of(r)).collect();
-    let base = match (has_base, roots.last()) {
-        (true, Some(b)) => {
-            let ok = rustix::fs::statfs(*b).is_ok_and(|s| rewrites_on(s.f_type as u32));
-            devs.last().copied().flatten().filter(|_| ok)
-        }
-        _ => None,
+    let (Some(b), true) = (roots.last(), has_base) else {
+        return Identity::none();
     };
-    Identity::new(base, &devs)
+    let Ok(fs) = rustix::fs::statfs(*b) else {
+        return Identity::none();
+    };
+    let base = devs
+        .last()
+        .copied()
+        .flatten()
+        .filter(|_| rewrites_on(fs.f_type as u32));
+    let ids = Identity::new(base, &devs);
+    // One `statfs` per layer device other than the base's.
+    let mut fsids = Vec::new();
+    let mut asked = Vec::new();
+    for (r, d) in roots.iter().zip(&devs) {
+        match d {
+            Some(d) if ids.foreign.iter().any(|(f, _)| f == d) && !asked.contains(d) => {
+                asked.push(*d);
+                if let Ok(s) = rustix::fs::statfs(*r) {
+                    fsids.push(fsid_words(s.f_fsid));
+                }
+            }
+            _ => {}
+        }
+    }
+    ids.with_fsids(fsid_words(fs.f_fsid), fsids)
+}
+
+/// The two words of an `f_fsid`.
+#[cfg(target_os = "linux")]
+fn fsid_words(f: rustix::fs::Fsid) -> [i32; 2] {
+    // SAFETY: the kernel's `__kernel_fsid_t` is two C ints (rustix keeps
+    // the field private).
+    unsafe { std::mem::transmute::<rustix::fs::Fsid, [i32; 2]>(f) }
 }
 
 /// The identities of a chain: nothing is rewritten on this platform.
@@ -244,6 +306,21 @@ mod tests {
         assert_eq!(ids.map(TMPFS, 1), None);
         assert!(rewrites_on(0xEF53));
         assert!(!rewrites_on(0x794C_7630), "overlayfs may use the top bits");
+    }
+
+    #[test]
+    fn a_layer_filesystem_shows_the_base_fsid() {
+        let ids =
+            Identity::new(Some(BASE), &[Some(TMPFS), Some(BASE)]).with_fsids([7, -8], vec![[0, 0]]);
+        assert_eq!(ids.map_fsid([0, 0]), Some([7, -8]));
+        assert_eq!(ids.map_fsid([7, -8]), None);
+        assert_eq!(ids.map_fsid([1, 1]), None, "another filesystem's");
+        assert_eq!(ids.map_vfs_fsid(0), Some(vfs_fsid([7, -8])));
+        assert_eq!(vfs_fsid([-7, 8]), 0x0000_0008_ffff_fff9);
+        assert_eq!(ids.map_vfs_fsid(vfs_fsid([7, -8])), None);
+        // Nothing rewritten when every layer is on the base's device.
+        let same = Identity::new(Some(BASE), &[Some(BASE)]).with_fsids([7, 8], vec![]);
+        assert_eq!(same.map_fsid([0, 0]), None);
     }
 
     #[test]

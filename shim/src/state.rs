@@ -666,6 +666,25 @@ pub(crate) fn shown_identity(dev: u64, ino: u64) -> Option<(u64, u64)> {
     chain().ok()?.ids.map(dev, ino)
 }
 
+/// The `f_fsid` to show for a `statfs` of a branch entry that answered
+/// `fsid`, when it is not that.
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_fsid(fsid: [i32; 2]) -> Option<[i32; 2]> {
+    if SHOWN_DEV.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    chain().ok()?.ids.map_fsid(fsid)
+}
+
+/// [`shown_fsid`] for `statvfs`'s one-number `f_fsid`.
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_vfs_fsid(fsid: u64) -> Option<u64> {
+    if SHOWN_DEV.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    chain().ok()?.ids.map_vfs_fsid(fsid)
+}
+
 /// [`shown_identity`] for what `fstat` of `fd` (`AT_FDCWD`: the working
 /// directory) found, `mode` its type: rewritten only for an fd the shim
 /// opened in the branch, or one whose kernel path lies in the store (an

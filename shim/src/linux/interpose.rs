@@ -26,8 +26,8 @@ use crate::dispatch::{
 
 use super::{
     bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_remove, fs_op, orig,
-    resolve, set_cwd, set_errno, shim_log, shown_identity, shown_identity_of_fd, text, wire, Guard,
-    Target,
+    resolve, set_cwd, set_errno, shim_log, shown_fsid, shown_identity, shown_identity_of_fd,
+    shown_vfs_fsid, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -207,10 +207,70 @@ fstat_fn!(fstat(fd: c_int, buf: *mut libc::stat); fd: fd; buf: buf);
 fstat_fn!(fstat64(fd: c_int, buf: *mut libc::stat64); fd: fd; buf: buf);
 fstat_fn!(__fxstat(ver: c_int, fd: c_int, buf: *mut libc::stat); fd: fd; buf: buf);
 fstat_fn!(__fxstat64(ver: c_int, fd: c_int, buf: *mut libc::stat64); fd: fd; buf: buf);
-path_read!(statfs(path: Cp, buf: *mut libc::statfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statfs64(path: Cp, buf: *mut libc::statfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statvfs(path: Cp, buf: *mut libc::statvfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+/// A `statfs` buffer whose `f_fsid` the shim may show as the base's.
+trait FsIds {
+    /// Shows the base's `f_fsid` when this is a layer's on another device.
+    fn show_base_fsid(&mut self);
+}
+
+macro_rules! statfs_ids {
+    ($t:ty) => {
+        impl FsIds for $t {
+            fn show_base_fsid(&mut self) {
+                // SAFETY: fsid_t is two C ints (its field is private).
+                let raw: [c_int; 2] = unsafe { std::mem::transmute(self.f_fsid) };
+                if let Some(f) = shown_fsid(raw) {
+                    // SAFETY: as above.
+                    self.f_fsid = unsafe { std::mem::transmute::<[c_int; 2], libc::fsid_t>(f) };
+                }
+            }
+        }
+    };
+}
+statfs_ids!(libc::statfs);
+statfs_ids!(libc::statfs64);
+
+macro_rules! statvfs_ids {
+    ($t:ty) => {
+        impl FsIds for $t {
+            fn show_base_fsid(&mut self) {
+                #[allow(clippy::useless_conversion)] // c_ulong is u64 on 64-bit Linux
+                if let Some(f) = shown_vfs_fsid(u64::from(self.f_fsid)) {
+                    self.f_fsid = f as _;
+                }
+            }
+        }
+    };
+}
+statvfs_ids!(libc::statvfs);
+statvfs_ids!(libc::statvfs64);
+
+/// `statfs` and `statvfs`: the filesystem holding the branch entry (a
+/// layer's free space is the store's), its `f_fsid` the base's.
+macro_rules! statfs_read {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) ; path: $path:ident ; buf: $buf:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(o) = orig!($name: fn($($ty),*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments, passed on as they came.
+            unsafe {
+                with_read_path_then(CWD, $path, true, fail, |$path| o($($arg),*), |&r| {
+                    if r == 0 && !$buf.is_null() {
+                        // SAFETY: the buffer the call just filled.
+                        (*$buf).show_base_fsid();
+                    }
+                })
+            }
+        }
+    };
+}
+
+statfs_read!(statfs(path: Cp, buf: *mut libc::statfs); path: path; buf: buf);
+statfs_read!(statfs64(path: Cp, buf: *mut libc::statfs64); path: path; buf: buf);
+statfs_read!(statvfs(path: Cp, buf: *mut libc::statvfs); path: path; buf: buf);
+statfs_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64); path: path; buf: buf);
 path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
