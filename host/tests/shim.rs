@@ -218,6 +218,177 @@ du -x -a . | awk '{print $2}' | LC_ALL=C sort
     e.assert_outcome(&["M README.md", "A fresh/"], &before);
 }
 
+/// Checks, in the tree under the working directory (`.git` left out),
+/// that every entry shows one device, that `(st_dev, st_ino)` pairs are
+/// unique, that `readdir`'s `d_ino` (`os.scandir`) and `fstat` of an fd
+/// (opened here, and fd 3, inherited from the shell) agree with `lstat`;
+/// prints what a native run prints too.
+const IDENTITY_CHECK: &str = r#"
+import os
+# First, before this process has looked at the branch: the fd the shell
+# opened on a file of the branch's layer.
+inherited = os.fstat(3)
+root = os.lstat(".")
+seen, bad = {}, []
+for d, dirs, files in os.walk("."):
+    dirs[:] = [x for x in dirs if x != ".git"]
+    with os.scandir(d) as it:
+        for e in it:
+            if e.name == ".git":
+                continue
+            st = os.lstat(e.path)
+            if st.st_dev != root.st_dev:
+                bad.append(f"device of {e.path}")
+            if e.inode() != st.st_ino:
+                bad.append(f"d_ino of {e.path}")
+            key = (st.st_dev, st.st_ino)
+            if key in seen and not os.path.samefile(seen[key], e.path):
+                bad.append(f"{e.path} and {seen[key]} share an identity")
+            seen[key] = e.path
+            if e.is_file(follow_symlinks=False):
+                fd = os.open(e.path, os.O_RDONLY)
+                f = os.fstat(fd)
+                os.close(fd)
+                if (f.st_dev, f.st_ino) != key:
+                    bad.append(f"fstat of {e.path}")
+if (inherited.st_dev, inherited.st_ino) != (root.st_dev, os.stat("new.txt").st_ino):
+    bad.append("fstat of the inherited fd 3")
+print("identities:", len(seen), "entries", "ok" if not bad else bad)
+"#;
+
+/// Whether the tools [`assert_one_device`] runs are installed.
+fn have_identity_tools(test: &str) -> bool {
+    ["git", "python3", "bash", "cc"]
+        .iter()
+        .all(|t| have(t, test))
+}
+
+/// Points the environment's config at a store of backstore `plugin` at
+/// `root`.
+fn use_store(e: &Env, plugin: &str, root: &Path) {
+    fs::write(
+        &e.cli.config,
+        format!(
+            "[backstore]\nplugin = {plugin:?}\noptions = {{ root = {:?} }}\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_store_on_another_device_shows_one_device_and_unique_inodes() {
+    let test = "a_store_on_another_device_shows_one_device";
+    if !have_identity_tools(test) {
+        return;
+    }
+    // The store on a tmpfs, the base on the temp directory's filesystem:
+    // every layer entry's real device is the tmpfs's.
+    let Some(tfs) = agentfs_testfs::mount_or_skip(agentfs_testfs::FsKind::Tmpfs, 64, test) else {
+        return;
+    };
+    let e = Env::new(true);
+    use_store(&e, "hostfs", &tfs.path().join("store"));
+    assert_one_device(&e);
+    drop(e);
+    drop(tfs);
+}
+
+#[test]
+fn btrfs_layers_that_are_subvolumes_show_the_base_device() {
+    let test = "btrfs_layers_that_are_subvolumes_show_the_base_device";
+    if !have_identity_tools(test) {
+        return;
+    }
+    // The btrfs plugin's own setup: base and store on one btrfs, every
+    // layer a subvolume, which the kernel shows as a device of its own.
+    let Some(bfs) = agentfs_testfs::mount_or_skip(agentfs_testfs::FsKind::Btrfs, 256, test) else {
+        return;
+    };
+    let mut e = Env::new(true);
+    let base = bfs.path().join("base");
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(&e.base)
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cp -a: {o:?}");
+    e.0.base = base;
+    use_store(&e, "btrfs", &bfs.path().join("store"));
+    assert_one_device(&e);
+    drop(e);
+    drop(bfs);
+}
+
+/// Runs, in the branch and natively, changes that put files in the layer
+/// beside the base's, then checks that programs see one device and
+/// consistent, unique inodes: `stat`, `find -xdev`, `du -x`, `ls -i`,
+/// `nftw(FTW_MOUNT)`, python3's `scandir`/`fstat`, and `git status`.
+fn assert_one_device(e: &Env) {
+    let before = fingerprint(&e.base);
+    let check = e.cli.dir.join("identity_check.py");
+    fs::write(&check, IDENTITY_CHECK).unwrap();
+    // glibc's `nftw` with FTW_PHYS | FTW_MOUNT (3) stays on the start's
+    // device: `src` then holds a changed file in the layer and unchanged
+    // ones in the base.
+    let walk = e.cli.dir.join("walk");
+    fs::write(e.cli.dir.join("walk.c"), NFTW_HARNESS).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&walk)
+        .arg(e.cli.dir.join("walk.c"))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
+    let out = e.same(
+        &["bash", "-c"],
+        &format!(
+            r#"set -e
+echo new > new.txt
+echo more >> README.md
+mkdir -p fresh/deeper && echo q > fresh/deeper/q.txt
+cp -a src copied
+echo more >> src/lib.rs
+{walk} src 3 | LC_ALL=C sort
+dev() {{ stat -c %d "$1"; }}
+[ "$(dev README.md)" = "$(dev docs/guide.md)" ] && [ "$(dev new.txt)" = "$(dev run.sh)" ] \
+  && [ "$(dev fresh/deeper/q.txt)" = "$(dev src/main.rs)" ] && echo one-device
+[ "$(stat -f -c %i new.txt)" = "$(stat -f -c %i docs/guide.md)" ] \
+  && python3 -c 'import os, sys; sys.exit(os.statvfs("new.txt").f_fsid != os.statvfs("run.sh").f_fsid)' \
+  && echo one-fsid
+find . -xdev -type f -not -path './.git/*' | LC_ALL=C sort
+[ "$(find . -xdev | LC_ALL=C sort)" = "$(find . | LC_ALL=C sort)" ] && echo find-xdev-sees-all
+[ "$(du -x -s . | cut -f1)" = "$(du -s . | cut -f1)" ] && echo du-x-sees-all
+du -x -a . | awk '{{print $2}}' | grep -v '^./.git/' | LC_ALL=C sort
+for d in . fresh src; do
+  ls -i1 "$d" | while read -r i n; do
+    [ "$i" = "$(stat -c %i "$d/$n")" ] || echo "ls -i differs for $d/$n"
+  done
+done
+python3 {check} 3<new.txt
+[ "$(stat -c '%d %i' - < new.txt)" = "$(stat -c '%d %i' new.txt)" ] && echo stat-of-stdin-agrees
+git status --short
+"#,
+            check = check.display(),
+            walk = walk.display()
+        ),
+    );
+    assert!(out.contains("one-device\none-fsid\n"), "{out}");
+    assert!(out.contains("find-xdev-sees-all\ndu-x-sees-all\n"), "{out}");
+    assert!(out.contains("./fresh/deeper/q.txt\n./new.txt\n"), "{out}");
+    assert!(out.contains(" ok\nstat-of-stdin-agrees\n"), "{out}");
+    assert!(out.contains("0 1 main.rs src/main.rs  13\n"), "{out}");
+    assert!(
+        out.ends_with(" M README.md\n M src/lib.rs\n?? copied/\n?? fresh/\n?? new.txt\n"),
+        "{out}"
+    );
+    e.assert_outcome(
+        &["M README.md", "M src/lib.rs", "A new.txt", "A fresh/"],
+        &before,
+    );
+}
+
 /// A walker over glibc's `nftw` (flags from `argv[2]`; `-1`: `ftw`),
 /// printing each visit: type flag, level, name, path, the working
 /// directory under `FTW_CHDIR`, and a file's size.

@@ -20,6 +20,9 @@ mod gate;
 // only its `cdylib` (its exported `open`, `stat`, ... must never be linked
 // into another Rust program), so there is no rlib to depend on.
 #[allow(dead_code)]
+#[path = "../../shim/src/ids.rs"]
+mod ids;
+#[allow(dead_code)]
 #[path = "../../shim/src/paths.rs"]
 mod paths;
 #[allow(dead_code)]

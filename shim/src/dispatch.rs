@@ -33,10 +33,18 @@ pub(crate) unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
 
 /// The path a read of branch path `rel` uses.
 pub(crate) fn read_target(rel: &[u8], follow: bool) -> Result<CString, Errno> {
+    read_target_in(rel, follow).map(|(c, _)| c)
+}
+
+/// [`read_target`], and whether the path is an entry of the branch (not a
+/// native path a symlink led out to).
+fn read_target_in(rel: &[u8], follow: bool) -> Result<(CString, bool), Errno> {
     match resolve_for_read(rel, follow)? {
-        Resolved::Found(e) => Ok(e.phys),
+        Resolved::Found(e) => Ok((e.phys, true)),
         Resolved::Absent(_) => Err(libc::ENOENT),
-        Resolved::Outside(p) => CString::new(p).map_err(|_| libc::EINVAL),
+        Resolved::Outside(p) => CString::new(p)
+            .map(|c| (c, false))
+            .map_err(|_| libc::EINVAL),
     }
 }
 
@@ -71,10 +79,28 @@ pub(crate) unsafe fn with_read_path<R>(
     call: impl FnOnce(*const c_char) -> R,
 ) -> R {
     // SAFETY: the caller's contract.
+    unsafe { with_read_path_then(dirfd, path, follow, err, call, |_| ()) }
+}
+
+/// [`with_read_path`], then `after` on the result of a call made on an
+/// entry of the branch (not on a native path a symlink led out to), still
+/// inside the shim: a stat's identity is rewritten there.
+///
+/// # Safety
+/// `path` is null or points to a NUL-terminated string.
+pub(crate) unsafe fn with_read_path_then<R>(
+    dirfd: c_int,
+    path: *const c_char,
+    follow: bool,
+    err: impl FnOnce(Errno) -> R,
+    call: impl FnOnce(*const c_char) -> R,
+    after: impl FnOnce(&R),
+) -> R {
+    // SAFETY: the caller's contract.
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),
-        Some((_g, rel)) => match rel.and_then(|rel: Vec<u8>| read_target(&rel, follow)) {
-            Ok(c) => {
+        Some((_g, rel)) => match rel.and_then(|rel: Vec<u8>| read_target_in(&rel, follow)) {
+            Ok((c, in_branch)) => {
                 // A relative path of the program's, whose entry lies under
                 // the kernel's working directory (or under the directory
                 // the shim opened the program's dirfd on), stays relative:
@@ -86,11 +112,15 @@ pub(crate) unsafe fn with_read_path<R>(
                     (true, true) => kernel_cwd_offset(c.as_bytes()),
                     (true, false) => fd_relative_offset(dirfd, c.as_bytes()),
                 };
-                match off {
+                let r = match off {
                     // SAFETY: `off` is inside `c`, before its NUL.
                     Some(off) => call(unsafe { c.as_ptr().add(off) }),
                     None => call(c.as_ptr()),
+                };
+                if in_branch {
+                    after(&r);
                 }
+                r
             }
             Err(e) => err(e),
         },

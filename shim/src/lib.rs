@@ -27,6 +27,7 @@
 //! tested everywhere.
 
 pub mod fse;
+pub mod ids;
 pub mod kq;
 pub mod paths;
 pub mod resolve;

@@ -46,7 +46,7 @@ use agentfs_core::{
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
-use crate::paths;
+use crate::{ids::Identity, paths};
 
 /// An errno value.
 pub type Errno = i32;
@@ -70,6 +70,8 @@ pub struct Chain {
     pub layers: Vec<Layer>,
     /// The absolute path at which processes see the branch root.
     pub visible_root: Vec<u8>,
+    /// The identities its entries show (see [`crate::ids`]).
+    pub ids: Identity,
     root_frame: Vec<(usize, Vec<u8>)>,
     dirs: ShardedLock<DirCache>,
 }
@@ -343,7 +345,8 @@ enum Lookup {
 pub struct Listed {
     /// Name.
     pub name: Vec<u8>,
-    /// Inode in the layer it comes from.
+    /// Inode as programs see it (the layer's, or its rewritten number: see
+    /// [`crate::ids`]).
     pub ino: u64,
     /// `DT_*` type.
     pub dtype: u8,
@@ -390,9 +393,16 @@ impl Chain {
                 break;
             }
         }
+        let roots = layers
+            .iter()
+            .map(|l| cstr(&l.root))
+            .collect::<Result<Vec<_>, _>>()?;
+        let roots: Vec<&std::ffi::CStr> = roots.iter().map(CString::as_c_str).collect();
+        let ids = crate::ids::of_roots(&roots, layers.last().is_some_and(|l| l.base));
         Ok(Self {
             layers,
             visible_root,
+            ids,
             root_frame,
             dirs: ShardedLock::new(DirCache::default()),
         })
@@ -405,6 +415,7 @@ impl Chain {
         Self {
             layers: self.layers.clone(),
             visible_root: self.visible_root.clone(),
+            ids: self.ids.clone(),
             root_frame: self.root_frame.clone(),
             dirs: ShardedLock::new(DirCache::default()),
         }
@@ -1097,6 +1108,7 @@ impl Chain {
                     }
                 };
                 if hidden.is_empty() || !hidden.contains(&name) {
+                    let ino = self.ids.layer_ino(*idx, ino);
                     seen.push(Listed { name, ino, dtype });
                 }
             };

@@ -13,7 +13,7 @@ use std::{
     },
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard,
     },
 };
@@ -629,6 +629,8 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         });
     }
     let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    SHOWN_DEV.store(chain.ids.device().unwrap_or(0), Ordering::Relaxed);
+    CHAIN_FETCHED.store(true, Ordering::Relaxed);
     let epoch = CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
     if let Some(c) = counters {
         keep_local_chain(&chain, c, graph, epoch);
@@ -642,6 +644,106 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         graph,
     });
     Ok((chain, counters))
+}
+
+/// The device every entry of the branch shows when some layer lies on
+/// another (0: no identity is rewritten; see [`crate::ids`]), kept beside
+/// the chain so that an entry on the base's device costs one load and one
+/// compare.
+static SHOWN_DEV: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this process has fetched a chain (and set [`SHOWN_DEV`]).
+static CHAIN_FETCHED: AtomicBool = AtomicBool::new(false);
+
+/// The identity (device, inode) to show for a branch entry whose physical
+/// entry is on device `dev` with inode `ino`, when it is not that.
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_identity(dev: u64, ino: u64) -> Option<(u64, u64)> {
+    let shown = SHOWN_DEV.load(Ordering::Relaxed);
+    if shown == 0 || dev == shown {
+        return None;
+    }
+    chain().ok()?.ids.map(dev, ino)
+}
+
+/// The `f_fsid` to show for a `statfs` of a branch entry that answered
+/// `fsid`, when it is not that.
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_fsid(fsid: [i32; 2]) -> Option<[i32; 2]> {
+    if SHOWN_DEV.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    chain().ok()?.ids.map_fsid(fsid)
+}
+
+/// [`shown_fsid`] for `statvfs`'s one-number `f_fsid`.
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_vfs_fsid(fsid: u64) -> Option<u64> {
+    if SHOWN_DEV.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    chain().ok()?.ids.map_vfs_fsid(fsid)
+}
+
+/// [`shown_identity`] for what `fstat` of `fd` (`AT_FDCWD`: the working
+/// directory) found, `mode` its type: rewritten only for an fd the shim
+/// opened in the branch, or one whose kernel path lies in the store (an
+/// fd inherited from a parent in the branch).
+#[cfg(target_os = "linux")]
+pub(crate) fn shown_identity_of_fd(fd: c_int, dev: u64, ino: u64, mode: u32) -> Option<(u64, u64)> {
+    let shown = SHOWN_DEV.load(Ordering::Relaxed);
+    if dev == shown {
+        return None;
+    }
+    let kind = mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFDIR && kind != libc::S_IFLNK {
+        // Pipes, sockets, terminals: never an entry of the branch.
+        return None;
+    }
+    if shown == 0 {
+        // Before the process looked at the branch it cannot know the
+        // layers' devices; an inherited fd in the store makes it look.
+        if CHAIN_FETCHED.load(Ordering::Relaxed) || dev == visible_root_dev() || !fd_in_store(fd) {
+            return None;
+        }
+        return chain().ok()?.ids.map(dev, ino);
+    }
+    let mapped = chain().ok()?.ids.map(dev, ino)?;
+    let cwd_in_branch = fd == libc::AT_FDCWD
+        && config().is_some_and(|cfg| cwd().is_ok_and(|c| paths::under(&cfg.root, &c).is_some()));
+    (cwd_in_branch || fd_with(fd, |_| ()).is_some() || fd_in_store(fd)).then_some(mapped)
+}
+
+/// The device of the branch's visible root as the kernel sees it (the
+/// base's, when the branch is visible at its own path), read once.
+#[cfg(target_os = "linux")]
+fn visible_root_dev() -> u64 {
+    static DEV: OnceLock<u64> = OnceLock::new();
+    *DEV.get_or_init(|| {
+        config()
+            .and_then(|c| CString::new(c.root.clone()).ok())
+            .and_then(|r| rustix::fs::stat(r.as_c_str()).ok())
+            .map_or(0, |st| st.st_dev)
+    })
+}
+
+/// Whether the kernel's path of `fd` (`AT_FDCWD`: the working directory)
+/// lies in the store.
+#[cfg(target_os = "linux")]
+fn fd_in_store(fd: c_int) -> bool {
+    let Some(store) = config().and_then(|c| c.store.as_ref()) else {
+        return false;
+    };
+    let link = if fd == libc::AT_FDCWD {
+        c"/proc/self/cwd".to_owned()
+    } else {
+        match CString::new(format!("/proc/self/fd/{fd}")) {
+            Ok(c) => c,
+            Err(_) => return false,
+        }
+    };
+    rustix::fs::readlinkat(rustix::fs::CWD, link.as_c_str(), Vec::new())
+        .is_ok_and(|k| paths::under(store, k.as_bytes()).is_some())
 }
 
 /// Forget the cached chain check: the next lookup revalidates.

@@ -20,11 +20,14 @@ use agentfs_proto::FsOp;
 use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
-use crate::dispatch::{open_in_branch, read_target, umask_now, with_read_path, with_write_path};
+use crate::dispatch::{
+    open_in_branch, read_target, umask_now, with_read_path, with_read_path_then, with_write_path,
+};
 
 use super::{
     bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_remove, fs_op, orig,
-    resolve, set_cwd, set_errno, shim_log, text, wire, Guard, Target,
+    resolve, set_cwd, set_errno, shim_log, shown_fsid, shown_identity, shown_identity_of_fd,
+    shown_vfs_fsid, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -58,23 +61,216 @@ fn nofollow(flags: c_int) -> bool {
 
 // ------------------------------------------------------------- stat family
 
-path_read!(stat(path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(stat64(path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(lstat(path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
-path_read!(lstat64(path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
-path_read!(__xstat(ver: c_int, path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(__xstat64(ver: c_int, path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(__lxstat(ver: c_int, path: Cp, buf: *mut libc::stat) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
-path_read!(__lxstat64(ver: c_int, path: Cp, buf: *mut libc::stat64) -> c_int; dirfd: CWD; path: path; follow: false; err: fail);
-path_read!(fstatat(dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
-path_read!(fstatat64(dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
-path_read!(__fxstatat(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
-path_read!(__fxstatat64(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
-path_read!(statx(dirfd: c_int, path: Cp, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int; dirfd: dirfd; path: path; follow: !nofollow(flags); err: fail);
-path_read!(statfs(path: Cp, buf: *mut libc::statfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statfs64(path: Cp, buf: *mut libc::statfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statvfs(path: Cp, buf: *mut libc::statvfs) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
-path_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64) -> c_int; dirfd: CWD; path: path; follow: true; err: fail);
+/// A stat buffer whose identity (`st_dev`, `st_ino`) the shim may show
+/// differently (see `crate::ids`).
+trait StatIds {
+    /// (device, inode, mode).
+    fn ids(&self) -> (u64, u64, u32);
+    /// Shows `dev` and `ino` instead.
+    fn set_ids(&mut self, dev: u64, ino: u64);
+}
+
+macro_rules! stat_ids {
+    ($t:ty) => {
+        impl StatIds for $t {
+            fn ids(&self) -> (u64, u64, u32) {
+                #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are u64 on 64-bit Linux
+                (self.st_dev as u64, self.st_ino as u64, self.st_mode)
+            }
+            fn set_ids(&mut self, dev: u64, ino: u64) {
+                self.st_dev = dev as _;
+                self.st_ino = ino as _;
+            }
+        }
+    };
+}
+stat_ids!(libc::stat);
+stat_ids!(libc::stat64);
+
+impl StatIds for libc::statx {
+    fn ids(&self) -> (u64, u64, u32) {
+        let dev = crate::ids::makedev(self.stx_dev_major.into(), self.stx_dev_minor.into());
+        (dev, self.stx_ino, self.stx_mode.into())
+    }
+    fn set_ids(&mut self, dev: u64, ino: u64) {
+        self.stx_dev_major = libc::major(dev);
+        self.stx_dev_minor = libc::minor(dev);
+        self.stx_ino = ino;
+    }
+}
+
+/// Shows the branch's identity in `buf`, filled by a stat of a branch
+/// entry's physical path.
+fn show_branch_ids<S: StatIds>(buf: *mut S) {
+    if buf.is_null() {
+        return;
+    }
+    // SAFETY: a buffer the stat call just filled.
+    let st = unsafe { &mut *buf };
+    let (dev, ino, _) = st.ids();
+    if let Some((dev, ino)) = shown_identity(dev, ino) {
+        st.set_ids(dev, ino);
+    }
+}
+
+/// Shows the branch's identity in `buf`, filled by a stat of fd `fd`
+/// (`AT_FDCWD`: the working directory), when the fd is the branch's.
+fn show_fd_ids<S: StatIds>(fd: c_int, buf: *mut S) {
+    if buf.is_null() {
+        return;
+    }
+    let Some(_g) = Guard::enter() else {
+        return;
+    };
+    // SAFETY: a buffer the stat call just filled.
+    let st = unsafe { &mut *buf };
+    let (dev, ino, mode) = st.ids();
+    if let Some((dev, ino)) = shown_identity_of_fd(fd, dev, ino, mode) {
+        st.set_ids(dev, ino);
+    }
+}
+
+/// The fd an `AT_EMPTY_PATH` call with an empty path stats, if it is one.
+///
+/// # Safety
+/// `path` is null or points to a NUL-terminated string.
+unsafe fn empty_path_fd(dirfd: c_int, path: Cp, flags: c_int) -> Option<c_int> {
+    // SAFETY: the caller's contract; a non-null path has a first byte.
+    (flags & libc::AT_EMPTY_PATH != 0 && !path.is_null() && unsafe { *path } == 0).then_some(dirfd)
+}
+
+/// The stat family: a branch path is read on its physical entry, then its
+/// identity shown as the branch's; an `AT_EMPTY_PATH` call on an fd the
+/// shim opened in the branch likewise.
+macro_rules! stat_read {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) ; dirfd: $dirfd:expr ; path: $path:ident ; follow: $follow:expr ; flags: $flags:expr ; buf: $buf:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(o) = orig!($name: fn($($ty),*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's path, passed on as it came.
+            if let Some(fd) = unsafe { empty_path_fd($dirfd, $path, $flags) } {
+                // SAFETY: the program's arguments.
+                let r = unsafe { o($($arg),*) };
+                if r == 0 {
+                    show_fd_ids(fd, $buf);
+                }
+                return r;
+            }
+            // SAFETY: the program's arguments, passed on as they came.
+            unsafe {
+                with_read_path_then($dirfd, $path, $follow, fail, |$path| o($($arg),*), |&r| {
+                    if r == 0 {
+                        show_branch_ids($buf);
+                    }
+                })
+            }
+        }
+    };
+}
+
+stat_read!(stat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
+stat_read!(stat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
+stat_read!(lstat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
+stat_read!(lstat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
+stat_read!(__xstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
+stat_read!(__xstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
+stat_read!(__lxstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
+stat_read!(__lxstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
+stat_read!(fstatat(dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+stat_read!(fstatat64(dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+stat_read!(__fxstatat(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+stat_read!(__fxstatat64(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+stat_read!(statx(dirfd: c_int, path: Cp, flags: c_int, mask: c_uint, buf: *mut libc::statx); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+
+/// `fstat` and its variants: the call itself, then the branch's identity
+/// for an fd of the branch.
+macro_rules! fstat_fn {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) ; fd: $fd:ident ; buf: $buf:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(o) = orig!($name: fn($($ty),*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments, passed on as they came.
+            let r = unsafe { o($($arg),*) };
+            if r == 0 {
+                show_fd_ids($fd, $buf);
+            }
+            r
+        }
+    };
+}
+
+fstat_fn!(fstat(fd: c_int, buf: *mut libc::stat); fd: fd; buf: buf);
+fstat_fn!(fstat64(fd: c_int, buf: *mut libc::stat64); fd: fd; buf: buf);
+fstat_fn!(__fxstat(ver: c_int, fd: c_int, buf: *mut libc::stat); fd: fd; buf: buf);
+fstat_fn!(__fxstat64(ver: c_int, fd: c_int, buf: *mut libc::stat64); fd: fd; buf: buf);
+/// A `statfs` buffer whose `f_fsid` the shim may show as the base's.
+trait FsIds {
+    /// Shows the base's `f_fsid` when this is a layer's on another device.
+    fn show_base_fsid(&mut self);
+}
+
+macro_rules! statfs_ids {
+    ($t:ty) => {
+        impl FsIds for $t {
+            fn show_base_fsid(&mut self) {
+                // SAFETY: fsid_t is two C ints (its field is private).
+                let raw: [c_int; 2] = unsafe { std::mem::transmute(self.f_fsid) };
+                if let Some(f) = shown_fsid(raw) {
+                    // SAFETY: as above.
+                    self.f_fsid = unsafe { std::mem::transmute::<[c_int; 2], libc::fsid_t>(f) };
+                }
+            }
+        }
+    };
+}
+statfs_ids!(libc::statfs);
+statfs_ids!(libc::statfs64);
+
+macro_rules! statvfs_ids {
+    ($t:ty) => {
+        impl FsIds for $t {
+            fn show_base_fsid(&mut self) {
+                #[allow(clippy::useless_conversion)] // c_ulong is u64 on 64-bit Linux
+                if let Some(f) = shown_vfs_fsid(u64::from(self.f_fsid)) {
+                    self.f_fsid = f as _;
+                }
+            }
+        }
+    };
+}
+statvfs_ids!(libc::statvfs);
+statvfs_ids!(libc::statvfs64);
+
+/// `statfs` and `statvfs`: the filesystem holding the branch entry (a
+/// layer's free space is the store's), its `f_fsid` the base's.
+macro_rules! statfs_read {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) ; path: $path:ident ; buf: $buf:ident) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(o) = orig!($name: fn($($ty),*) -> c_int) else {
+                return fail(libc::ENOSYS);
+            };
+            // SAFETY: the program's arguments, passed on as they came.
+            unsafe {
+                with_read_path_then(CWD, $path, true, fail, |$path| o($($arg),*), |&r| {
+                    if r == 0 && !$buf.is_null() {
+                        // SAFETY: the buffer the call just filled.
+                        (*$buf).show_base_fsid();
+                    }
+                })
+            }
+        }
+    };
+}
+
+statfs_read!(statfs(path: Cp, buf: *mut libc::statfs); path: path; buf: buf);
+statfs_read!(statfs64(path: Cp, buf: *mut libc::statfs64); path: path; buf: buf);
+statfs_read!(statvfs(path: Cp, buf: *mut libc::statvfs); path: path; buf: buf);
+statfs_read!(statvfs64(path: Cp, buf: *mut libc::statvfs64); path: path; buf: buf);
 path_read!(getxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
 path_read!(lgetxattr(path: Cp, name: Cp, value: *mut c_void, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: false; err: |e| fail(e) as ssize_t);
 path_read!(listxattr(path: Cp, list: *mut c_char, size: size_t) -> ssize_t; dirfd: CWD; path: path; follow: true; err: |e| fail(e) as ssize_t);
