@@ -807,6 +807,29 @@ fn never_stale(e: &Env) {
         names
     };
     assert_eq!(listed(&e.mp.join("held")), ["f.txt"]);
+    // And a program whose working directory is a directory that was empty
+    // when it listed it first: `.` is never looked up again.
+    e.cli.ok(&["fs", "mkdir", "--branch", "b", "cwd"]);
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys\nfor _ in sys.stdin:\n    print(' '.join(sorted(os.listdir('.'))), flush=True)\n",
+        ])
+        .current_dir(e.mp.join("cwd"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut py_in = py.stdin.take().unwrap();
+    let mut py_out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut cwd_listing = || {
+        use std::io::{BufRead, Write};
+        writeln!(py_in).unwrap();
+        let mut l = String::new();
+        py_out.read_line(&mut l).unwrap();
+        l
+    };
+    assert_eq!(cwd_listing().trim(), "");
     for i in 0..40 {
         // Rewritten in place elsewhere: the open file's size, and a name
         // added to the listed directory.
@@ -838,6 +861,19 @@ fn never_stale(e: &Env) {
         assert!(
             listed(&e.mp.join("held")).contains(&added),
             "round {i}: a name added elsewhere to a listed directory"
+        );
+        e.cli.ok(&[
+            "fs",
+            "write",
+            "--branch",
+            "b",
+            &format!("cwd/{added}"),
+            "--data",
+            "c",
+        ]);
+        assert!(
+            cwd_listing().split_whitespace().any(|n| n == added),
+            "round {i}: a name added elsewhere, listed from a working directory in it"
         );
 
         let name = format!("n{i}.txt");
@@ -882,6 +918,8 @@ fn never_stale(e: &Env) {
             "round {i}: a name created elsewhere, opened"
         );
     }
+    drop(py_in);
+    assert!(py.wait().unwrap().success());
 }
 
 #[test]
