@@ -47,11 +47,7 @@ impl Env {
         fs::write(base.join("d/f.txt"), b"hello").unwrap();
         fs::write(base.join("d/g.txt"), b"gee").unwrap();
         fs::write(base.join("top.txt"), b"top").unwrap();
-        let config = write_config(
-            &dir,
-            "hostfs",
-            &format!("root = {:?}", dir.join("store").display().to_string()),
-        );
+        let config = hostfs_config(&dir, &dir.join("store"));
         let socket = dir.join("run/agentfs.sock");
         let e = Self {
             _t: t,
@@ -877,14 +873,7 @@ fn fd_open_for_writing_of_a_1gib_lower_file_uses_no_new_blocks() {
     let base = tfs.path().join("base");
     fs::create_dir(&base).unwrap();
     write_pattern(&base.join("big.bin"), 1 << 30);
-    let config = write_config(
-        t.path(),
-        "hostfs",
-        &format!(
-            "root = {:?}",
-            tfs.path().join("store").display().to_string()
-        ),
-    );
+    let config = hostfs_config(t.path(), &tfs.path().join("store"));
     let socket = t.path().join("agentfs.sock");
     agentfs_ok(
         &config,

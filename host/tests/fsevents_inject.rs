@@ -32,11 +32,7 @@ fn daemon_events_become_one_callback_batch_per_latency_window() {
     std::fs::create_dir_all(base.join("src")).unwrap();
     std::fs::create_dir_all(base.join("docs")).unwrap();
     std::fs::write(base.join("src/lib.rs"), b"pub fn f() {}\n").unwrap();
-    let config = write_config(
-        &dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
+    let config = hostfs_config(&dir, &dir.join("store"));
     let socket = dir.join("run/agentfs.sock");
     let cli = |args: &[&str]| agentfs_ok(&config, &socket, args);
     cli(&["--direct", "init", "--base", base.to_str().unwrap()]);

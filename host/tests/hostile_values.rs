@@ -159,11 +159,7 @@ fn a_base_that_is_or_holds_the_store_is_refused() {
     drop(store_);
     // `init` of a fresh store too.
     let t = tempfile::tempdir().unwrap();
-    let config = common::daemon::write_config(
-        t.path(),
-        "hostfs",
-        &format!("root = {:?}", t.path().join("s").display().to_string()),
-    );
+    let config = common::daemon::hostfs_config(t.path(), &t.path().join("s"));
     let o = common::daemon::agentfs_cmd(&config, &t.path().join("no.sock"))
         .args(["--direct", "init", "--base", t.path().to_str().unwrap()])
         .output()

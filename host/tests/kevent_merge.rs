@@ -42,11 +42,7 @@ fn daemon_records_merge_into_the_programs_kevent_results() {
     let base = dir.join("base");
     std::fs::create_dir_all(base.join("d")).unwrap();
     std::fs::write(base.join("d/f.txt"), b"hello").unwrap();
-    let config = write_config(
-        &dir,
-        "hostfs",
-        &format!("root = {:?}", dir.join("store").display().to_string()),
-    );
+    let config = hostfs_config(&dir, &dir.join("store"));
     let socket = dir.join("run/agentfs.sock");
     let cli = |args: &[&str]| agentfs_ok(&config, &socket, args);
     cli(&["--direct", "init", "--base", base.to_str().unwrap()]);

@@ -604,16 +604,21 @@ fn sigterm_unmounts_and_ends_the_server() {
     assert!(fingerprint(&e.base) == e.before, "the base changed");
 }
 
-/// Bytes the process `pid` has read (`rchar` in /proc/PID/io): what the
-/// mount server read from /dev/fuse, write payloads included.
-fn rchar(pid: u32) -> u64 {
+/// Counter `field` of /proc/PID/io of process `pid`.
+fn proc_io(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/io"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Bytes the process `pid` has read (`rchar`): what the mount server read
+/// from /dev/fuse, write payloads included.
+fn rchar(pid: u32) -> u64 {
+    proc_io(pid, "rchar")
 }
 
 #[test]
@@ -1206,15 +1211,9 @@ fn events_of_the_mount_reach_the_daemons_watchers() {
     e.finish();
 }
 
-/// Bytes the process `pid` has written (`wchar` in /proc/PID/io).
+/// Bytes the process `pid` has written (`wchar`).
 fn wchar(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .unwrap()
-        .parse()
-        .unwrap()
+    proc_io(pid, "wchar")
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::{
 
 use agentfs_testfs::{mount_or_skip, FsKind};
 use common::{
-    daemon::{agentfs_cmd, write_config},
+    daemon::{agentfs_cmd, hostfs_config},
     hostile::LIMIT,
 };
 
@@ -62,11 +62,7 @@ impl Small {
         }
         let tfs = mount_or_skip(FsKind::Ext4, size_mb, test)?;
         let store = tfs.path().join("store");
-        let config = write_config(
-            &dir,
-            "hostfs",
-            &format!("root = {:?}", store.display().to_string()),
-        );
+        let config = hostfs_config(&dir, &store);
         let s = Self {
             _fs: tfs,
             _t: t,
@@ -205,11 +201,7 @@ fn fs_cat_streams_a_multi_gib_file() {
         );
         return;
     }
-    let config = write_config(
-        t.path(),
-        "hostfs",
-        &format!("root = {:?}", t.path().join("store").display().to_string()),
-    );
+    let config = hostfs_config(t.path(), &t.path().join("store"));
     let sock = t.path().join("no-daemon.sock");
     let run = |args: &[&str]| {
         let o = agentfs_cmd(&config, &sock).args(args).output().unwrap();

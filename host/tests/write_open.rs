@@ -49,11 +49,7 @@ impl Env {
         let dir = t.path().to_path_buf();
         fs::create_dir_all(dir.join("base/d")).unwrap();
         fs::write(dir.join("base/d/f.txt"), b"hello").unwrap();
-        let config = write_config(
-            &dir,
-            "hostfs",
-            &format!("root = {:?}", dir.join("store").display().to_string()),
-        );
+        let config = hostfs_config(&dir, &dir.join("store"));
         let socket = dir.join("run/agentfs.sock");
         let base = dir.join("base");
         agentfs_ok(

@@ -51,6 +51,15 @@ pub fn agentfs_ok(config: &Path, socket: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// [`write_config`] for a hostfs store at `store`.
+pub fn hostfs_config(dir: &Path, store: &Path) -> PathBuf {
+    write_config(
+        dir,
+        "hostfs",
+        &format!("root = {:?}", store.display().to_string()),
+    )
+}
+
 /// Writes a config for backstore `plugin` with TOML `options` and the
 /// three watch providers.
 pub fn write_config(dir: &Path, plugin: &str, options: &str) -> PathBuf {
