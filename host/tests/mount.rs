@@ -953,6 +953,120 @@ fn a_change_through_the_daemon_is_never_served_stale_once_it_replies() {
     e.finish();
 }
 
+/// True when the kernel opens directories without asking the server
+/// (Linux 5.1 and later, when the server answers `opendir` with ENOSYS).
+fn kernel_opens_directories_alone() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 1)
+}
+
+#[test]
+fn directories_open_without_the_server_and_list_whole() {
+    let t = "directories_open_without_the_server_and_list_whole";
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    // More names than one reply holds: a listing takes several reads,
+    // each continuing where the last stopped.
+    let dir = e.mp.join("many");
+    fs::create_dir(&dir).unwrap();
+    let mut want: Vec<String> = (0..1500).map(|i| format!("name-{i:04}.txt")).collect();
+    for n in &want {
+        fs::write(dir.join(n), b"x").unwrap();
+    }
+    want.sort();
+    let listed = |dir: &Path| {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&dir), want);
+    // Opened and listed again and again by four threads at once: every
+    // listing is whole, and (the kernel keeping the listing and opening
+    // the directory itself) the server is not asked for any of it.
+    let before = rchar(pid);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    drop(fs::File::open(&dir).unwrap());
+                }
+                for _ in 0..20 {
+                    assert_eq!(listed(&dir), want);
+                }
+            });
+        }
+    });
+    let read = rchar(pid) - before;
+    if kernel_opens_directories_alone() {
+        // An `opendir` request alone is 48 bytes: 800 opens and 80
+        // listings would be more than 38,000.
+        assert!(
+            read < 4_000,
+            "the server read {read} bytes for 800 opens and 80 listings"
+        );
+    }
+    // Changed through the mount, and elsewhere: the next listing shows it.
+    fs::remove_file(dir.join(&want[7])).unwrap();
+    let gone = want.remove(7);
+    assert_eq!(listed(&dir), want, "{gone} removed through the mount");
+    e.cli
+        .ok(&["fs", "rm", "--branch", "b", &format!("many/{}", want[0])]);
+    want.remove(0);
+    e.cli.ok(&[
+        "fs",
+        "write",
+        "--branch",
+        "b",
+        "many/zz-new.txt",
+        "--data",
+        "n",
+    ]);
+    want.push("zz-new.txt".into());
+    assert_eq!(listed(&dir), want, "changed through the CLI");
+    // Files a program under the shim creates (an `fd_open` through the
+    // daemon): the same program lists the mount right after each (the
+    // mount knows 1,500 names: its sweep takes a while).
+    if have("python3", t) {
+        let d = common::daemon::DaemonProc::start(
+            &e.cli.config,
+            &e.cli.dir.join("no-daemon.sock"),
+            &[],
+            &[],
+        );
+        let out = e.cli.ok(&[
+            "run",
+            "--no-sandbox",
+            "--branch",
+            "b",
+            "--",
+            "python3",
+            "-c",
+            "import os, sys\n\
+             base, many = sys.argv[1], os.path.join(sys.argv[2], 'many')\n\
+             os.listdir(many)\n\
+             for i in range(40):\n\
+             \x20   open(os.path.join(base, 'many', f'shim-{i}'), 'w').close()\n\
+             \x20   print(sum(n.startswith('shim-') for n in os.listdir(many)))\n",
+            e.base.to_str().unwrap(),
+            e.mp.to_str().unwrap(),
+        ]);
+        let want: String = (1..=40).map(|i| format!("{i}\n")).collect();
+        assert_eq!(
+            out, want,
+            "names created under the shim, listed in the mount"
+        );
+        drop(d);
+    }
+    e.finish();
+}
+
 #[test]
 fn a_killed_mount_does_not_hold_up_writers() {
     let t = "a_killed_mount_does_not_hold_up_writers";

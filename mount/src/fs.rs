@@ -154,9 +154,13 @@ struct SetAttr {
     mtime: Option<TimeOrNow>,
 }
 
-/// One open directory's listing, made at its first readdir (stable
-/// offsets).
+/// A directory's listing, made at a read from offset 0 and kept for the
+/// reads that continue it (stable offsets).
 type DirListing = Vec<(u64, FileType, OsString)>;
+
+/// Listings kept at most; past it they are all dropped (a continued read
+/// then lists again).
+const MAX_LISTINGS: usize = 4096;
 
 /// A branch of a store as a FUSE filesystem.
 pub struct BranchFs {
@@ -165,7 +169,12 @@ pub struct BranchFs {
     ttl: Duration,
     inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Option<Arc<DirListing>>>>,
+    /// Listings being read, by directory inode: dropped when a read
+    /// reaches the end.
+    listings: Mutex<HashMap<u64, Arc<DirListing>>>,
+    /// The kernel opens directories without asking (it said it can at
+    /// init): no `opendir`/`releasedir` round trip per listing.
+    no_opendir: bool,
     next_fh: AtomicU64,
     meta_dir: std::path::PathBuf,
     /// Per inode: the identity (device, inode, size, mtime) of the file its
@@ -292,7 +301,8 @@ impl BranchFs {
             ttl,
             inodes: Arc::new(Mutex::new(Inodes::default())),
             files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            no_opendir: false,
             next_fh: AtomicU64::new(1),
             meta_dir,
             opened: Mutex::new(HashMap::new()),
@@ -309,33 +319,41 @@ impl BranchFs {
         self.store.outside_changes(&self.branch) != self.io.swept.load(Ordering::Acquire)
     }
 
-    /// The listing of open directory `fh` for a read at `offset`: made
-    /// now at offset 0 (a first read, or a rewind), else the one made then.
+    /// The listing of directory `ino` for a read at `offset`: made now at
+    /// offset 0 (a first read, or a rewind), else the one made then.
     fn open_listing(
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
         offset: u64,
     ) -> Result<Arc<DirListing>, Errno> {
-        let made = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned();
-        match made {
-            None => Err(Errno::EBADF),
-            Some(Some(list)) if offset > 0 => Ok(list),
-            Some(_) => {
-                let list = Arc::new(self.listing(req, ino)?);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh.0, Some(list.clone()));
-                Ok(list)
+        if offset > 0 {
+            let kept = self
+                .listings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ino.0)
+                .cloned();
+            if let Some(list) = kept {
+                return Ok(list);
             }
         }
+        let list = Arc::new(self.listing(req, ino)?);
+        let mut kept = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= MAX_LISTINGS {
+            kept.clear();
+        }
+        kept.insert(ino.0, list.clone());
+        Ok(list)
+    }
+
+    /// A read of directory `ino` found nothing past its offset: the
+    /// listing is done with.
+    fn listing_done(&self, ino: INodeNo) {
+        self.listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino.0);
     }
 
     /// The listing of directory `ino`: `.`, `..` and its merged entries.
@@ -718,6 +736,11 @@ impl Filesystem for BranchFs {
         // is the one who mounted it, and a write or truncate by a user
         // without CAP_FSETID drops the bits on the layer file itself.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Linux 5.1 and later open directories without the server when it
+        // answers `opendir` with ENOSYS.
+        self.no_opendir = config
+            .capabilities()
+            .contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // Passthrough: registering a backing file takes CAP_SYS_ADMIN, and a
         // stacking depth of 1 (layers on a plain filesystem) keeps the mount
         // usable below an overlayfs.
@@ -1176,16 +1199,20 @@ impl Filesystem for BranchFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // The kernel then opens every directory without asking, keeping
+            // listings across opens (`FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`),
+            // and sends no `releasedir`: two round trips fewer per listing
+            // (`git status` opens each directory of the tree). A change made
+            // through another path drops the listings it touches (see
+            // `invalidate`).
+            return reply.error(Errno::ENOSYS);
+        }
         // The listing is made at the first readdir: with the kernel
         // keeping listings across opens, most opens read none.
         if let Err(e) = self.path(ino) {
             return reply.error(e);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, None);
         // The kernel may keep the listing across opens: changes through
         // the mount reset it, changes elsewhere are swept (see
         // `invalidate`); until the sweep, an open drops it.
@@ -1194,23 +1221,26 @@ impl Filesystem for BranchFs {
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep);
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | keep);
     }
 
     fn readdir(
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.open_listing(req, ino, fh, offset) {
+        let list = match self.open_listing(req, ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, (ino, k, name)) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *k, name) {
+        if list.len() <= offset as usize {
+            self.listing_done(ino);
+        }
+        for (i, (child, k, name)) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, *k, name) {
                 break;
             }
         }
@@ -1221,14 +1251,17 @@ impl Filesystem for BranchFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.open_listing(req, ino, fh, offset) {
+        let list = match self.open_listing(req, ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
+        if list.len() <= offset as usize {
+            self.listing_done(ino);
+        }
         let Ok(dir) = self.path(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -1263,14 +1296,10 @@ impl Filesystem for BranchFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
         reply.ok();
     }
 

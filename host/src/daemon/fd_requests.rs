@@ -75,6 +75,15 @@ impl Daemon {
                     .map_err(core)
             })?
         };
+        if opened.created {
+            // A new name, with the store's locks released: mounts of the
+            // branch drop what their kernels cache of its directory before
+            // the requester hears back (as after a mutating `Fs` request).
+            let _ = self.with_store(|st| {
+                st.settle_mounts(&branch);
+                Ok(())
+            });
+        }
         let mut out = FdOpened {
             copied_up: opened.copied_up,
             reflinked: opened.reflinked,
