@@ -318,17 +318,22 @@ print(os.path.getsize("big"), open("big", "rb").read()[-3:])
     e.finish();
 }
 
+/// A statically linked busybox, or a skip note.
+fn static_busybox(t: &str) -> Option<&'static Path> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| fs::read(p).is_ok_and(|b| !has_interpreter(&b)));
+    if bb.is_none() {
+        skip(t, "no static busybox (Debian package busybox-static)");
+    }
+    bb
+}
+
 #[test]
 fn a_static_binary_writes_through_the_mount() {
     let t = "a_static_binary_writes_through_the_mount";
-    let Some(bb) = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(Path::new)
-        .find(|p| fs::read(p).is_ok_and(|b| !has_interpreter(&b)))
-    else {
-        skip(t, "no static busybox (Debian package busybox-static)");
-        return;
-    };
+    let Some(bb) = static_busybox(t) else { return };
     let Some(e) = Env::new(t, false) else { return };
     fs::copy(bb, e.mp.join("busybox")).unwrap();
     let o = agentfs_testfs::output_retrying_etxtbsy(
@@ -1525,6 +1530,78 @@ grep -c " {dir}/m " /proc/self/mountinfo || true
         b"from the base\n"
     );
     assert!(!n.dir().join("base/n.txt").exists(), "the base changed");
+}
+
+#[test]
+fn an_ordinary_user_copies_builds_and_runs_git_and_a_static_binary_in_the_mount() {
+    let t = "an_ordinary_user_copies_builds_and_runs_git_and_a_static_binary_in_the_mount";
+    if !have("git", t) || !have("make", t) || !have("cc", t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let Some(n) = Nobody::new(t) else { return };
+    let dir = n.dir().display().to_string();
+    fs::copy(bb, n.dir().join("busybox")).unwrap();
+    // The base: a git checkout of a small C project, the user's.
+    let base = n.dir().join("base");
+    fs::create_dir(base.join("src")).unwrap();
+    fs::write(
+        base.join("src/hello.c"),
+        "#include <stdio.h>\nint main(void) { return puts(\"hello\") < 0; }\n",
+    )
+    .unwrap();
+    fs::write(
+        base.join("Makefile"),
+        "hello: src/hello.c\n\tcc -o hello src/hello.c\n",
+    )
+    .unwrap();
+    let chown = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", n.uid, n.gid))
+        .arg(&base)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let o = n.script(&format!(
+        r#"as sh -c 'cd {dir}/base && git init -q && git add -A && git -c user.email=n@example.com -c user.name=n commit -qm base'
+as $agentfs init --base {dir}/base >/dev/null
+as $agentfs branch create b >/dev/null
+as $agentfs mount --branch b {dir}/m >/dev/null
+as sh -c 'cd {dir}/m && cp -a src copy && make -s && ./hello && cp {dir}/busybox . && ./busybox sh -c "echo static > st.txt" && cat st.txt && git status --short'
+as $agentfs diff --branch b
+as $agentfs unmount {dir}/m
+grep -c " {dir}/m " /proc/self/mountinfo || true
+as sh -c 'cd {dir}/base && git status --short && ls'
+"#
+    ));
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| *l == what)
+            .unwrap_or_else(|| panic!("no line {what:?} in:\n{out}"))
+    };
+    // In the mount: the copy, the build and the static binary worked, and
+    // git sees what they made.
+    assert!(at("hello") < at("static"), "{out}");
+    assert!(at("static") < at("?? busybox"), "{out}");
+    for l in ["?? copy/", "?? hello", "?? st.txt"] {
+        at(l);
+    }
+    // The branch has it all.
+    for l in ["A busybox", "A copy/hello.c", "A hello", "A st.txt"] {
+        at(l);
+    }
+    // Nothing is left mounted, and the base is as the user made it.
+    let unmounted = at(&format!("unmounted {dir}/m"));
+    assert_eq!(lines[unmounted + 1], "0", "{out}");
+    assert_eq!(
+        &lines[unmounted + 2..],
+        ["Makefile", "a.txt", "src"],
+        "the base's git status and listing\n{out}"
+    );
 }
 
 #[test]
