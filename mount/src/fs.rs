@@ -158,9 +158,11 @@ struct SetAttr {
 /// reads that continue it (stable offsets).
 type DirListing = Vec<(u64, FileType, OsString)>;
 
-/// Listings kept at most; past it they are all dropped (a continued read
-/// then lists again).
+/// Listings kept at most, and names in them: past either they are all
+/// dropped (a continued read then lists again). A program may read the
+/// start of many large directories and never their end.
 const MAX_LISTINGS: usize = 4096;
+const MAX_LISTED_NAMES: usize = 1 << 20;
 
 /// A branch of a store as a FUSE filesystem.
 pub struct BranchFs {
@@ -340,7 +342,8 @@ impl BranchFs {
         }
         let list = Arc::new(self.listing(req, ino)?);
         let mut kept = self.listings.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= MAX_LISTINGS {
+        let names: usize = kept.values().map(|l| l.len()).sum();
+        if kept.len() >= MAX_LISTINGS || names + list.len() > MAX_LISTED_NAMES {
             kept.clear();
         }
         kept.insert(ino.0, list.clone());
