@@ -22,6 +22,14 @@
 //! has invalidated up to the counter now, so a change handed back to its
 //! requester is never served stale through a mount. Processes that map
 //! only the first page (older versions) are unaffected by it.
+//!
+//! The pages after it are a ring of the paths recent changes touched
+//! ([`Generation::log_change`]), written only while a mount is registered:
+//! a mount's invalidating thread reads them ([`Generation::read_changes`])
+//! to forget only those names, and falls back to forgetting every name it
+//! knows when the ring cannot vouch for every change since its last look
+//! (it wrapped, a path was too long, a change did not say what it touched,
+//! or the counter moved more than the records explain).
 
 use std::{
     fs::OpenOptions,
@@ -36,8 +44,35 @@ use std::{
 /// File name of the counters in the metadata directory.
 pub const GENERATION_FILE: &str = "generation";
 
-/// Bytes mapped: the counters' page, then the mount registry's.
-const LEN: usize = 8192;
+/// Bytes mapped: the counters' page, the mount registry's, then the
+/// change ring.
+const LEN: usize = RING * 8 + RING_ENTRIES * ENTRY * 8;
+
+/// Index of the change ring's head: entries written so far (in the
+/// registry's page, after the records).
+const RING_HEAD: usize = 1000;
+
+/// Index of the change ring's first entry (the third page).
+const RING: usize = 1024;
+
+/// Entries in the change ring.
+pub const RING_ENTRIES: usize = 128;
+
+/// Words per ring entry: sequence (entry number + 1 once written), slot
+/// and flags, path length, then the path's bytes.
+const ENTRY: usize = 32;
+
+/// Bytes of a path a ring entry holds; a longer one is logged as unknown.
+const ENTRY_PATH: usize = (ENTRY - 3) * 8;
+
+/// Entry flag: the change did not say which paths it touched.
+const UNKNOWN: u64 = 1 << 32;
+
+/// Entry flag: another path of the change logged by the entry before.
+const MORE: u64 = 1 << 33;
+
+/// An entry's sequence word while it is being written.
+const WRITING: u64 = u64::MAX;
 
 /// Index of the registry's count of records in use (the second page).
 const IN_USE: usize = 512;
@@ -335,6 +370,121 @@ impl Generation {
         let own = self.own[i].load(Ordering::Acquire);
         self.counter(i).load(Ordering::Acquire).wrapping_sub(own)
     }
+
+    /// Logs the paths (branch-relative, as bytes) a change of names in
+    /// `branch` touched, `None` when it cannot say: call it once per
+    /// change, after the change is on disk and before the bump that ends
+    /// it. Nothing is written when no mount is registered.
+    pub fn log_change(&self, branch: &str, paths: Option<&[&[u8]]>) {
+        if !self.logging() {
+            return;
+        }
+        let slot = slot(branch) as u64;
+        match paths {
+            Some(ps) if !ps.is_empty() && ps.iter().all(|p| p.len() <= ENTRY_PATH) => {
+                for (i, p) in ps.iter().enumerate() {
+                    let more = if i == 0 { 0 } else { MORE };
+                    self.log_entry(slot | more, p);
+                }
+            }
+            _ => self.log_entry(slot | UNKNOWN, b""),
+        }
+    }
+
+    /// True while a mount is registered: changes are logged for it.
+    pub fn logging(&self) -> bool {
+        self.word(IN_USE).load(Ordering::Acquire) != 0
+    }
+
+    /// Writes one ring entry (a seqlock: readers that see it half written
+    /// or overwritten ignore it or stop trusting the ring).
+    fn log_entry(&self, head: u64, path: &[u8]) {
+        let n = self.word(RING_HEAD).fetch_add(1, Ordering::AcqRel);
+        let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+        let seq = self.word(e);
+        seq.store(WRITING, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.word(e + 1).store(head, Ordering::Relaxed);
+        self.word(e + 2).store(path.len() as u64, Ordering::Relaxed);
+        for (i, chunk) in path.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.word(e + 3 + i)
+                .store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        seq.store(n + 1, Ordering::Release);
+    }
+
+    /// The ring's position now: where a reader starts.
+    pub fn ring_head(&self) -> u64 {
+        self.word(RING_HEAD).load(Ordering::Acquire)
+    }
+
+    /// The paths changes in `branch`'s slot logged since `cursor` (a ring
+    /// position from [`Generation::ring_head`] or an earlier call, moved
+    /// on to where the next call starts). Entries still being written are
+    /// read again next time.
+    pub fn read_changes(&self, branch: &str, cursor: &mut u64) -> LoggedChanges {
+        let slot = slot(branch) as u64;
+        let head = self.ring_head();
+        let mut out = LoggedChanges::default();
+        if head.wrapping_sub(*cursor) > RING_ENTRIES as u64 {
+            // More entries than the ring holds since the last look.
+            out.unknown = true;
+            *cursor = head;
+            return out;
+        }
+        let mut next = None;
+        for n in *cursor..head {
+            let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+            let seq = self.word(e);
+            let s1 = seq.load(Ordering::Acquire);
+            if s1 == WRITING || s1 < n + 1 {
+                // Claimed, not written yet (an entry for a change whose
+                // ending bump has not happened): read it next time.
+                next.get_or_insert(n);
+                continue;
+            }
+            let head_word = self.word(e + 1).load(Ordering::Relaxed);
+            let len = (self.word(e + 2).load(Ordering::Relaxed) as usize).min(ENTRY_PATH);
+            let mut path = Vec::with_capacity(len);
+            for i in 0..len.div_ceil(8) {
+                let w = self.word(e + 3 + i).load(Ordering::Relaxed).to_le_bytes();
+                path.extend_from_slice(&w[..(len - i * 8).min(8)]);
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if s1 != n + 1 || seq.load(Ordering::Relaxed) != s1 {
+                // Overwritten: the ring went round since `cursor`.
+                out.unknown = true;
+                continue;
+            }
+            if head_word & 0xffff_ffff != slot {
+                continue;
+            }
+            if head_word & MORE == 0 {
+                out.changes += 1;
+            }
+            if head_word & UNKNOWN != 0 {
+                out.unknown = true;
+            } else {
+                out.paths.push(path);
+            }
+        }
+        *cursor = next.unwrap_or(head);
+        out
+    }
+}
+
+/// What [`Generation::read_changes`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoggedChanges {
+    /// Changes logged (one per change, whatever the paths).
+    pub changes: u64,
+    /// The paths they touched.
+    pub paths: Vec<Vec<u8>>,
+    /// A change did not say what it touched, or entries were lost: the
+    /// paths are not the whole story.
+    pub unknown: bool,
 }
 
 /// Whether process `pid` runs (one of another user counts; a zombie, a
@@ -453,6 +603,84 @@ mod tests {
         // The counters live in the file, not in a mapping.
         let c = Generation::open(t.path()).unwrap();
         assert_eq!(c.stamp(Some("x")), s2);
+    }
+
+    #[test]
+    fn the_change_ring_gives_a_mount_the_paths_of_changes_made_elsewhere() {
+        let t = tempfile::tempdir().unwrap();
+        let writer = Generation::open(t.path()).unwrap();
+        let mount = Generation::open(t.path()).unwrap();
+        // Nothing is logged while no mount is registered.
+        let mut cursor = mount.ring_head();
+        writer.log_change("x", Some(&[b"a.txt"]));
+        assert_eq!(
+            mount.read_changes("x", &mut cursor),
+            LoggedChanges::default()
+        );
+        let seat = mount.claim("x").unwrap();
+        writer.log_change("x", Some(&[b"dir/a.txt"]));
+        writer.log_change("x", Some(&[b"old", b"new/name"]));
+        writer.log_change("y", Some(&[b"other-branch"]));
+        let got = mount.read_changes("x", &mut cursor);
+        assert_eq!(got.changes, 2, "{got:?}");
+        assert_eq!(
+            got.paths,
+            [b"dir/a.txt".to_vec(), b"old".to_vec(), b"new/name".to_vec()]
+        );
+        assert!(!got.unknown);
+        // Read once: the next look starts after them.
+        assert_eq!(
+            mount.read_changes("x", &mut cursor),
+            LoggedChanges::default()
+        );
+        // A change that cannot say what it touched, a path longer than an
+        // entry holds, and more changes than the ring holds all make the
+        // log incomplete.
+        writer.log_change("x", None);
+        assert!(mount.read_changes("x", &mut cursor).unknown);
+        let long = vec![b'n'; ENTRY_PATH + 1];
+        writer.log_change("x", Some(&[&long]));
+        assert!(mount.read_changes("x", &mut cursor).unknown);
+        let exact = vec![b'e'; ENTRY_PATH];
+        writer.log_change("x", Some(&[&exact]));
+        assert_eq!(mount.read_changes("x", &mut cursor).paths, [exact]);
+        for _ in 0..=RING_ENTRIES {
+            writer.log_change("x", Some(&[b"f"]));
+        }
+        let got = mount.read_changes("x", &mut cursor);
+        assert!(got.unknown, "the ring went round: {got:?}");
+        writer.log_change("x", Some(&[b"after"]));
+        assert_eq!(
+            mount.read_changes("x", &mut cursor).paths,
+            [b"after".to_vec()]
+        );
+        mount.release(seat);
+    }
+
+    #[test]
+    fn an_entry_claimed_but_not_written_is_read_on_a_later_look() {
+        let t = tempfile::tempdir().unwrap();
+        let g = Generation::open(t.path()).unwrap();
+        let seat = g.claim("x").unwrap();
+        let mut cursor = g.ring_head();
+        // A writer between claiming its entry and finishing it.
+        let n = g.word(RING_HEAD).fetch_add(1, Ordering::AcqRel);
+        let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+        g.word(e).store(WRITING, Ordering::Release);
+        g.log_change("x", Some(&[b"later"]));
+        let got = g.read_changes("x", &mut cursor);
+        assert_eq!(got.paths, [b"later".to_vec()]);
+        assert_eq!(cursor, n, "the unfinished entry is read next time");
+        // Finished: it is read then (the one after it again, which costs
+        // only a repeated invalidation).
+        g.word(e + 1).store(slot("x") as u64, Ordering::Relaxed);
+        g.word(e + 2).store(1, Ordering::Relaxed);
+        g.word(e + 3).store(u64::from(b'w'), Ordering::Relaxed);
+        g.word(e).store(n + 1, Ordering::Release);
+        let got = g.read_changes("x", &mut cursor);
+        assert_eq!(got.paths, [b"w".to_vec(), b"later".to_vec()]);
+        assert_eq!(cursor, g.ring_head());
+        g.release(seat);
     }
 
     #[test]

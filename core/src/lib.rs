@@ -41,7 +41,9 @@ pub use diff::{ChangeType, DiffEntry};
 pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
 pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
-pub use generation::{namespace_slot, Generation, MountSeat, GENERATION_FILE, MOUNTS};
+pub use generation::{
+    namespace_slot, Generation, LoggedChanges, MountSeat, GENERATION_FILE, MOUNTS, RING_ENTRIES,
+};
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use graph_db::{GRAPH_FILE, LEGACY_GRAPH_FILE};
 pub use layer_names::{

@@ -55,6 +55,11 @@ impl Inodes {
         self.by_path.get(path) == Some(&ino)
     }
 
+    /// The inode number of `path`, if it has one.
+    pub fn get(&self, path: &BranchPath) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
     /// The inode number of `path`, assigning a new one on first sight.
     pub fn ino(&mut self, path: &BranchPath) -> u64 {
         if let Some(&i) = self.by_path.get(path) {

@@ -2,11 +2,19 @@
 //! branch changes through another path (the daemon, the CLI, another
 //! mount): a thread watches the store's shared change counters and, when
 //! they moved for a change this process did not make, tells the kernel to
-//! forget every name and attribute it may hold for the mount. The thread
-//! sleeps on the branch's counter word (writers wake it), and after each
-//! sweep records in the store's mount registry how far it has swept, so a
-//! writer can wait for it before handing its change back
+//! forget the names and attributes it may hold for what changed. The
+//! thread sleeps on the branch's counter word (writers wake it), and after
+//! each sweep records in the store's mount registry how far it has swept,
+//! so a writer can wait for it before handing its change back
 //! ([`Store::settle_mounts`]).
+//!
+//! Which names changed comes from the store's change ring (writers log
+//! the paths of each change while a mount is registered, see
+//! [`agentfs_core::Generation::log_change`]): a sweep then forgets those
+//! names and their directories only. When the ring cannot vouch for every
+//! change (it went round, a change did not say what it touched, or the
+//! counter moved by more bumps than the logged changes explain: a writer
+//! that logs nothing) the sweep forgets every name the server knows.
 
 use std::{
     sync::{
@@ -17,7 +25,9 @@ use std::{
     time::Duration,
 };
 
-use agentfs_core::Store;
+use std::{collections::HashSet, ffi::OsString};
+
+use agentfs_core::{BranchPath, LoggedChanges, Store};
 use fuser::INodeNo;
 
 use crate::{fs::IoState, inodes::Inodes};
@@ -67,14 +77,20 @@ impl Sweeper {
             .spawn(move || {
                 let g = store.generation();
                 let mut published = None;
+                let mut log = ChangeLog::new(g.ring_head(), g.namespace(&branch));
                 while !s.load(Ordering::Relaxed) {
                     // Read before the sweep: everything up to it is swept
                     // when the sweep ends (this process's own changes need
                     // none).
                     let counter = g.namespace(&branch);
                     let now = store.outside_changes(&branch);
-                    if now != io.swept.load(Ordering::Acquire) {
-                        if !sweep(&inodes, &io) {
+                    // Read after the counter: every change the counter
+                    // counts as done has logged its paths.
+                    let logged = g.read_changes(&branch, &mut log.cursor);
+                    let verdict = log.explains(counter, &logged);
+                    if now != io.swept.load(Ordering::Acquire) || verdict == Verdict::EveryNow {
+                        let only = (verdict == Verdict::Paths).then_some(logged.paths.as_slice());
+                        if !sweep(&inodes, &io, only) {
                             break;
                         }
                         // Recorded once done (until then, opens do not
@@ -110,9 +126,96 @@ impl Sweeper {
     }
 }
 
-/// Tells the kernel to forget every name of the mount it may cache, and
-/// the attributes and data of what it can reach without a lookup. False
-/// once the mount is gone.
+/// A sweeper's place in the change ring, and its check that the logged
+/// changes account for the counter's moves.
+#[derive(Debug)]
+struct ChangeLog {
+    /// Ring position read up to.
+    cursor: u64,
+    /// The branch counter's value at the last look.
+    counter: u64,
+    /// Bumps the logged changes did not explain yet (each change bumps
+    /// twice, once before and once after; one change may be half way).
+    unexplained: u64,
+}
+
+impl ChangeLog {
+    fn new(cursor: u64, counter: u64) -> Self {
+        Self {
+            cursor,
+            counter,
+            unexplained: 0,
+        }
+    }
+
+    /// How to sweep after a look that read `counter`, then `logged`:
+    /// the logged paths when they name every change the counter moved for
+    /// since the last look (at most one change may be half way: its first
+    /// bump counted, its paths not logged yet).
+    fn explains(&mut self, counter: u64, logged: &LoggedChanges) -> Verdict {
+        let moved = counter.wrapping_sub(self.counter);
+        // Still half way a whole look later (the thread wakes at every
+        // bump, else after `TICK`): its writer may have died in it, after
+        // changing names it never logged.
+        let stalled = moved == 0 && logged.changes == 0 && self.unexplained == 1;
+        self.counter = counter;
+        self.unexplained = (self.unexplained + moved).saturating_sub(2 * logged.changes);
+        if stalled {
+            self.unexplained = 0;
+            return Verdict::EveryNow;
+        }
+        if logged.unknown || self.unexplained > 1 {
+            // Every name is forgotten: nothing is owed any more.
+            self.unexplained = 0;
+            return Verdict::Every;
+        }
+        Verdict::Paths
+    }
+}
+
+/// What a sweep must forget, from [`ChangeLog::explains`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The logged paths.
+    Paths,
+    /// Every name (if another process changed any).
+    Every,
+    /// Every name, whoever made the change.
+    EveryNow,
+}
+
+/// Names (directory inode, name) and inodes for the kernel to forget.
+type Forget = (Vec<(u64, OsString)>, HashSet<u64>);
+
+/// What a sweep limited to `paths` (branch-relative, as logged) tells the
+/// kernel to forget: each path's name and its ancestors' names in their
+/// directories, and the inodes of the path and of its ancestors (the
+/// directories whose listings and attributes a change touches). `None`
+/// when a path does not parse (then every name is forgotten).
+fn targets(t: &Inodes, paths: &[Vec<u8>]) -> Option<Forget> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut entries = HashSet::new();
+    let mut inodes = HashSet::new();
+    for raw in paths {
+        let mut p = BranchPath::parse(std::ffi::OsStr::from_bytes(raw)).ok()?;
+        loop {
+            if let Some(i) = t.get(&p) {
+                inodes.insert(i);
+            }
+            let Some(parent) = p.parent() else { break };
+            if let (Some(pi), Some(name)) = (t.get(&parent), p.file_name()) {
+                entries.insert((pi, name.to_os_string()));
+            }
+            p = parent;
+        }
+    }
+    Some((entries.into_iter().collect(), inodes))
+}
+
+/// Tells the kernel to forget the names of the mount it may cache (every
+/// one, or with `only` those of the logged paths), and the attributes and
+/// data of what it can reach without a lookup. False once the mount is
+/// gone.
 ///
 /// Every known name is invalidated, so the next path walk through it asks
 /// the server again, and the reply refreshes the inode's attributes. The
@@ -122,19 +225,30 @@ impl Sweeper {
 /// are invalidated as inodes too; other inodes need not be (an invalidation
 /// is a system call, and a mount that knows 10,000 names would make every
 /// outside change pay 10,000 more).
-fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
+fn sweep(inodes: &Mutex<Inodes>, io: &IoState, only: Option<&[Vec<u8>]>) -> bool {
     let Some(n) = io.notifier.get() else {
         return true;
     };
     // Copied out: the kernel may wait on a request that waits on the table.
-    let (entries, mut held) = {
+    let (entries, mut held, every_name): (Vec<(u64, OsString)>, Vec<u64>, bool) = {
         let t = inodes.lock().unwrap_or_else(|e| e.into_inner());
-        (t.entries(), t.dirs())
+        match only.and_then(|paths| targets(&t, paths)) {
+            Some((entries, inodes)) => (entries, inodes.into_iter().collect(), false),
+            None => (
+                t.entries()
+                    .into_iter()
+                    .map(|(parent, name, _)| (parent, name))
+                    .collect(),
+                t.dirs(),
+                true,
+            ),
+        }
     };
     held.extend(io.ios.lock().unwrap_or_else(|e| e.into_inner()).keys());
     tracing::debug!(
         entries = entries.len(),
         held = held.len(),
+        every_name,
         "branch changed elsewhere: invalidating the kernel's caches"
     );
     let gone = |e: &std::io::Error| {
@@ -152,7 +266,7 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
             }
         }
     }
-    for (parent, name, _) in entries {
+    for (parent, name) in entries {
         // ENOENT: the kernel holds nothing for it.
         if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
             if gone(&e) {
@@ -171,4 +285,72 @@ fn sweep(inodes: &Mutex<Inodes>, io: &IoState) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(changes: u64, unknown: bool) -> LoggedChanges {
+        LoggedChanges {
+            changes,
+            paths: Vec::new(),
+            unknown,
+        }
+    }
+
+    #[test]
+    fn logged_changes_must_explain_the_counters_moves() {
+        use Verdict::*;
+        let mut log = ChangeLog::new(0, 10);
+        // One change, both bumps and its record seen.
+        assert_eq!(log.explains(12, &logged(1, false)), Paths);
+        // A change half way (its first bump), then done.
+        assert_eq!(log.explains(13, &logged(0, false)), Paths);
+        assert_eq!(log.explains(14, &logged(1, false)), Paths);
+        // Its record seen before its last bump.
+        assert_eq!(log.explains(15, &logged(1, false)), Paths);
+        assert_eq!(log.explains(16, &logged(0, false)), Paths);
+        // A writer that logs nothing: two bumps, no record.
+        assert_eq!(log.explains(18, &logged(0, false)), Every);
+        // ... also when its bumps fall in two looks.
+        assert_eq!(log.explains(19, &logged(0, false)), Paths);
+        assert_eq!(log.explains(20, &logged(0, false)), Every);
+        // Entries lost or a change that cannot say what it touched.
+        assert_eq!(log.explains(22, &logged(1, true)), Every);
+        // Nothing moved: nothing to explain.
+        assert_eq!(log.explains(22, &logged(0, false)), Paths);
+        // A change half way, still half way at the next look: its writer
+        // may have died in it (once; then nothing is owed).
+        assert_eq!(log.explains(23, &logged(0, false)), Paths);
+        assert_eq!(log.explains(23, &logged(0, false)), EveryNow);
+        assert_eq!(log.explains(23, &logged(0, false)), Paths);
+    }
+
+    #[test]
+    fn a_limited_sweep_forgets_the_paths_their_ancestors_and_their_directories() {
+        let mut t = Inodes::default();
+        let root = t.ino(&BranchPath::root());
+        let p = |s: &str| BranchPath::parse(s).unwrap();
+        let a = t.ino(&p("a"));
+        let b = t.ino(&p("a/b"));
+        let f = t.ino(&p("a/b/f.txt"));
+        let other = t.ino(&p("other"));
+        let _ = t.ino(&p("other/g.txt"));
+        let (mut entries, inodes) =
+            targets(&t, &[b"a/b/f.txt".to_vec(), b"a/new/x".to_vec()]).unwrap();
+        entries.sort();
+        let mut want = vec![
+            (root, OsString::from("a")),
+            (a, OsString::from("b")),
+            (b, OsString::from("f.txt")),
+            (a, OsString::from("new")),
+        ];
+        want.sort();
+        assert_eq!(entries, want);
+        assert_eq!(inodes, HashSet::from([root, a, b, f]));
+        assert!(!inodes.contains(&other));
+        // A path that cannot be one: every name is forgotten instead.
+        assert!(targets(&t, &[b"../x".to_vec()]).is_none());
+    }
 }

@@ -233,6 +233,11 @@ impl Tree<'_> {
             &self.store.stats,
         )?;
         let done = f(&w);
+        // Mounts of the branch learn which names to forget.
+        match &done {
+            Ok((_, Some(c))) => log_change(&self.store.gen, branch, c),
+            _ => self.store.gen.log_change(branch, None),
+        }
         // Names are settled before anyone hears of the change (the
         // event may wake a reader at once, see `Store::set_event_hook`).
         drop(after);
@@ -376,6 +381,12 @@ impl Tree<'_> {
             h.file.write_all_at(data, offset)?;
             Ok::<_, std::io::Error>(before)
         })();
+        if self.store.gen.logging() {
+            let logged = std::os::unix::ffi::OsStringExt::into_vec(key.to_os_string());
+            self.store
+                .gen
+                .log_change(branch, Some(&[logged.as_slice()]));
+        }
         drop(after);
         let before = match done {
             Ok(b) => b,
@@ -580,6 +591,28 @@ impl Tree<'_> {
     ) -> CoreResult<()> {
         let p = path.to_branch_path()?;
         self.mutate(|w| w.modified_through_fd(&p, size_before))
+    }
+}
+
+/// Logs the paths change `c` touched for the mounts of `branch` (see
+/// [`Generation::log_change`]).
+fn log_change(g: &Generation, branch: &str, c: &Change) {
+    use std::os::unix::ffi::OsStrExt;
+    if !g.logging() {
+        return;
+    }
+    let path = c.path.to_os_string();
+    let path = path.as_bytes();
+    match &c.kind {
+        EventKind::Created
+        | EventKind::Removed
+        | EventKind::Modified
+        | EventKind::AttributesChanged => g.log_change(branch, Some(&[path])),
+        EventKind::Renamed { to } => {
+            let to = to.to_os_string();
+            g.log_change(branch, Some(&[path, to.as_bytes()]))
+        }
+        EventKind::BranchCreated | EventKind::SnapshotCreated { .. } => g.log_change(branch, None),
     }
 }
 
