@@ -350,8 +350,10 @@ pub fn open_file_at(
         return Err(not_regular(name));
     }
     if !flags.contains(OFlags::NONBLOCK) {
-        let now = rustix::fs::fcntl_getfl(&fd)?;
-        rustix::fs::fcntl_setfl(&fd, now - OFlags::NONBLOCK)?;
+        // F_SETFL changes only the status flags (append, direct, noatime,
+        // non-blocking) and ignores the rest: `flags` sets them as the
+        // open did, without a F_GETFL first.
+        rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
     }
     Ok(File::from(fd))
 }
@@ -391,6 +393,33 @@ mod tests {
 
     fn comps(s: &[&str]) -> Vec<OsString> {
         s.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn an_opened_file_keeps_the_status_flags_asked_for_and_blocks_unless_asked() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let getfl = |f: &File| rustix::fs::fcntl_getfl(f).unwrap();
+        let f = open_file_at(
+            dir.as_fd(),
+            OsStr::new("f"),
+            OFlags::WRONLY | OFlags::APPEND,
+            0,
+        )
+        .unwrap();
+        assert!(getfl(&f).contains(OFlags::APPEND));
+        assert!(!getfl(&f).contains(OFlags::NONBLOCK));
+        let f = open_file_at(dir.as_fd(), OsStr::new("f"), OFlags::RDONLY, 0).unwrap();
+        assert!(!getfl(&f).intersects(OFlags::NONBLOCK | OFlags::APPEND));
+        let f = open_file_at(
+            dir.as_fd(),
+            OsStr::new("f"),
+            OFlags::RDONLY | OFlags::NONBLOCK,
+            0,
+        )
+        .unwrap();
+        assert!(getfl(&f).contains(OFlags::NONBLOCK));
     }
 
     #[test]
