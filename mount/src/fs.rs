@@ -190,9 +190,8 @@ pub struct BranchFs {
 /// Device, inode, size and mtime of a layer file.
 type FileId = (u64, u64, u64, SystemTime);
 
-fn file_id(f: &File) -> Option<FileId> {
+fn file_id(m: &std::fs::Metadata) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
-    let m = f.metadata().ok()?;
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
@@ -426,10 +425,11 @@ impl BranchFs {
         &self,
         ino: u64,
         file: &File,
+        meta: Option<&std::fs::Metadata>,
         backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> OpenIo {
         use std::os::{fd::AsFd, unix::fs::MetadataExt};
-        let Ok(m) = file.metadata() else {
+        let Some(m) = meta else {
             return OpenIo::Conflict;
         };
         let id = (m.dev(), m.ino());
@@ -562,7 +562,12 @@ impl BranchFs {
         backing: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let o = tree.open(path, opts).map_err(|e| errno(&e))?;
-        let seen = size_mtime(&o.file).unwrap_or((0, SystemTime::UNIX_EPOCH));
+        // One `statx` for everything below.
+        let meta = o.file.metadata().ok();
+        let seen = meta
+            .as_ref()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+            .unwrap_or((0, SystemTime::UNIX_EPOCH));
         if self.outside_unswept() {
             // Changed through another path and not yet swept: the kernel's
             // size for this inode may be old (reads stop at it).
@@ -570,7 +575,7 @@ impl BranchFs {
                 let _ = n.inval_inode(INodeNo(ino), -1, 0);
             }
         }
-        let io = self.open_io(ino, &o.file, backing);
+        let io = self.open_io(ino, &o.file, meta.as_ref(), backing);
         let (flags, pass) = match &io {
             OpenIo::Passthrough(b) => (FopenFlags::empty(), Some(b.clone())),
             OpenIo::Conflict => {
@@ -591,7 +596,7 @@ impl BranchFs {
                 return Err(Errno::from_i32(libc::ESTALE));
             }
             OpenIo::Cached => {
-                let id = file_id(&o.file);
+                let id = meta.as_ref().and_then(file_id);
                 let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
                 let same = id.is_some() && opened.get(&ino) == id.as_ref();
                 match id {
