@@ -137,6 +137,9 @@ struct ChangeLog {
     /// Bumps the logged changes did not explain yet (each change bumps
     /// twice, once before and once after; one change may be half way).
     unexplained: u64,
+    /// No look yet: changes made between the mount's start and the
+    /// thread's first look are in no log it read.
+    fresh: bool,
 }
 
 impl ChangeLog {
@@ -145,6 +148,7 @@ impl ChangeLog {
             cursor,
             counter,
             unexplained: 0,
+            fresh: true,
         }
     }
 
@@ -160,6 +164,10 @@ impl ChangeLog {
         let stalled = moved == 0 && logged.changes == 0 && self.unexplained == 1;
         self.counter = counter;
         self.unexplained = (self.unexplained + moved).saturating_sub(2 * logged.changes);
+        if std::mem::take(&mut self.fresh) {
+            self.unexplained = 0;
+            return Verdict::Every;
+        }
         if stalled {
             self.unexplained = 0;
             return Verdict::EveryNow;
@@ -303,6 +311,8 @@ mod tests {
     fn logged_changes_must_explain_the_counters_moves() {
         use Verdict::*;
         let mut log = ChangeLog::new(0, 10);
+        // The first look cannot vouch for changes before it.
+        assert_eq!(log.explains(10, &logged(0, false)), Every);
         // One change, both bumps and its record seen.
         assert_eq!(log.explains(12, &logged(1, false)), Paths);
         // A change half way (its first bump), then done.
