@@ -32,11 +32,11 @@ use std::{
     ffi::{CString, OsStr},
     hash::{BuildHasherDefault, Hasher},
     os::{
-        fd::BorrowedFd,
+        fd::{BorrowedFd, RawFd},
         unix::ffi::{OsStrExt, OsStringExt},
     },
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI32, AtomicUsize, Ordering},
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
@@ -74,6 +74,9 @@ pub struct Chain {
     pub ids: Identity,
     root_frame: Vec<(usize, Vec<u8>)>,
     dirs: ShardedLock<DirCache>,
+    /// A directory fd on each layer's root, when the caller holds one (see
+    /// [`Chain::use_root_fds`]); -1 in it once it may no longer be used.
+    root_fds: Vec<Option<&'static AtomicI32>>,
 }
 
 /// A fast non-cryptographic hash: the cache's keys are short paths
@@ -405,6 +408,7 @@ impl Chain {
             ids,
             root_frame,
             dirs: ShardedLock::new(DirCache::default()),
+            root_fds: Vec::new(),
         })
     }
 
@@ -418,7 +422,131 @@ impl Chain {
             ids: self.ids.clone(),
             root_frame: self.root_frame.clone(),
             dirs: ShardedLock::new(DirCache::default()),
+            root_fds: self.root_fds.clone(),
         }
+    }
+
+    /// Hands the resolver a directory fd on each layer's root (by layer,
+    /// `None` for a layer without one), which the caller keeps open for
+    /// the life of the process and sets to -1 when it must no longer be
+    /// used: a physical path under a root then reaches the kernel as that
+    /// fd and the part under the root (the kernel walks only that part).
+    pub fn use_root_fds(&mut self, fds: Vec<Option<&'static AtomicI32>>) {
+        self.root_fds = fds;
+    }
+
+    /// The root fd physical path `path` lies under, and the part under it.
+    fn under_root<'p>(&self, path: &'p [u8]) -> Option<(&'static AtomicI32, RawFd, &'p [u8])> {
+        for (l, fd) in self.layers.iter().zip(&self.root_fds) {
+            let Some(fd) = fd else {
+                continue;
+            };
+            let r = &l.root;
+            if path.len() > r.len() + 1 && path[r.len()] == b'/' && path.starts_with(r) {
+                let raw = fd.load(Ordering::Acquire);
+                if raw >= 0 {
+                    return Some((fd, raw, &path[r.len() + 1..]));
+                }
+            }
+        }
+        None
+    }
+
+    /// `f` on physical path `path`, relative to its layer root's fd when
+    /// there is one (again on the whole path if that fd turned out bad:
+    /// `EBADF` stops its use, `ENOTDIR` may be the path's own answer).
+    fn at_phys<T>(
+        &self,
+        path: &[u8],
+        f: impl Fn(BorrowedFd<'_>, &std::ffi::CStr) -> rustix::io::Result<T>,
+    ) -> Result<rustix::io::Result<T>, Errno> {
+        if let Some((slot, raw, rest)) = self.under_root(path) {
+            // SAFETY: the caller keeps the root fd open while it is not
+            // -1; a number the program closed behind the shim's back
+            // fails with EBADF, handled below.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            match f(fd, &cstr(rest)?) {
+                Err(e) if e == rustix::io::Errno::BADF => {
+                    let _ = slot.compare_exchange(raw, -1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                Err(e) if e == rustix::io::Errno::NOTDIR => {}
+                r => return Ok(r),
+            }
+        }
+        Ok(f(CWD, &cstr(path)?))
+    }
+
+    /// `lstat` of physical path `path`: `None` when nothing is there.
+    fn lstat(&self, path: &[u8]) -> Result<Option<Stat>, Errno> {
+        match self.at_phys(path, |fd, p| {
+            rustix::fs::statat(fd, p, AtFlags::SYMLINK_NOFOLLOW)
+        })? {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+            Err(e) if e == rustix::io::Errno::NOTDIR => Ok(None),
+            Err(e) => Err(e.raw_os_error()),
+        }
+    }
+
+    /// Calls `f(name, inode, DT_* type)` for every entry of directory
+    /// `dir` but `.` and `..`, until it returns false (raw syscalls). On
+    /// Linux, `open` (an fd on `dir`) is read instead of opening `dir`, and
+    /// rewound.
+    fn read_dir(
+        &self,
+        dir: &[u8],
+        open: Option<BorrowedFd<'_>>,
+        mut f: impl FnMut(&[u8], u64, u8) -> bool,
+    ) -> Result<(), Errno> {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = open {
+            let r = read_raw(fd, &mut f);
+            let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
+            return r;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = open;
+        let fd = self
+            .at_phys(dir, |at, p| {
+                rustix::fs::openat(
+                    at,
+                    p,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            })?
+            .map_err(|e| e.raw_os_error())?;
+        #[cfg(target_os = "linux")]
+        {
+            read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            // `Dir::new` reads this fd; `Dir::read_from` would open it again.
+            let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
+            while let Some(ent) = d.read() {
+                let ent = ent.map_err(|e| e.raw_os_error())?;
+                let name = ent.file_name().to_bytes();
+                if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Every stored name of directory `dir`, with its inode and type;
+    /// `None` when it has more than [`MAX_CACHED_NAMES`] or cannot be read.
+    fn list_names(&self, dir: &[u8]) -> Option<PathMap<(u64, u8)>> {
+        let mut names = PathMap::default();
+        let mut big = false;
+        self.read_dir(dir, None, |name, ino, dtype| {
+            names.insert(name.to_vec(), (ino, dtype));
+            big = names.len() > MAX_CACHED_NAMES;
+            !big
+        })
+        .ok()?;
+        (!big).then_some(names)
     }
 
     fn stored<'n>(&self, idx: usize, name: &'n [u8]) -> Option<Cow<'n, [u8]>> {
@@ -441,7 +569,7 @@ impl Chain {
             }
         }
         let p = child(dir, w.as_bytes());
-        match lstat(&p)? {
+        match self.lstat(&p)? {
             None => Ok(false),
             Some(_) if !hashed => Ok(true),
             Some(_) => Ok(std::fs::read(OsStr::from_bytes(&p)).ok().as_deref() == Some(name)),
@@ -455,7 +583,7 @@ impl Chain {
         if let Some(names) = self.layer_names(stamp, dir) {
             return Ok(names.contains_key(OPAQUE_MARKER.as_bytes()));
         }
-        Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
+        Ok(self.lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
     }
 
     /// May layer directory `dir` (above the base) hold stored name
@@ -483,7 +611,7 @@ impl Chain {
                 return None;
             }
         }
-        let listed = list_names(dir).map(Arc::new);
+        let listed = self.list_names(dir).map(Arc::new);
         let mut c = self.dirs.write();
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
             c.clear(stamp);
@@ -509,7 +637,7 @@ impl Chain {
             if let Some(stored) = self.stored(*idx, name) {
                 if base || self.may_hold(stamp, dir, &stored) {
                     let p = child(dir, &stored);
-                    if let Some(st) = lstat(&p)? {
+                    if let Some(st) = self.lstat(&p)? {
                         return Ok(Lookup::Hit((pos, p, st)));
                     }
                 }
@@ -545,7 +673,7 @@ impl Chain {
             };
             let p = child(dir, &stored);
             let held = self.layers[*idx].base || self.may_hold(stamp, dir, &stored);
-            match if held { lstat(&p)? } else { None } {
+            match if held { self.lstat(&p)? } else { None } {
                 Some(st) if kind_of(&st) == FileType::Directory => {
                     let opaque = self.is_opaque(stamp, *idx, &p)?;
                     parts.push((*idx, p));
@@ -895,7 +1023,7 @@ impl Chain {
                             kind: FileType::Unknown,
                         }));
                     }
-                    return match lstat(&phys)? {
+                    return match self.lstat(&phys)? {
                         Some(st) if kind_of(&st) == FileType::Symlink && follow => {
                             links += 1;
                             if links > MAX_SYMLINKS {
@@ -1120,7 +1248,7 @@ impl Chain {
                         add(stored, ino, dtype);
                     }
                 }
-                None => read_dir(
+                None => self.read_dir(
                     dir,
                     top.filter(|_| pos == 0 && base),
                     |stored, ino, dtype| {
@@ -1184,47 +1312,6 @@ impl Chain {
     }
 }
 
-/// Calls `f(name, inode, DT_* type)` for every entry of directory `dir`
-/// but `.` and `..`, until it returns false (raw syscalls). On Linux,
-/// `open` (an fd on `dir`) is read instead of opening `dir`, and rewound.
-fn read_dir(
-    dir: &[u8],
-    open: Option<BorrowedFd<'_>>,
-    mut f: impl FnMut(&[u8], u64, u8) -> bool,
-) -> Result<(), Errno> {
-    #[cfg(target_os = "linux")]
-    if let Some(fd) = open {
-        let r = read_raw(fd, &mut f);
-        let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
-        return r;
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = open;
-    let fd = rustix::fs::open(
-        cstr(dir)?.as_c_str(),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| e.raw_os_error())?;
-    #[cfg(target_os = "linux")]
-    {
-        read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // `Dir::new` reads this fd; `Dir::read_from` would open it again.
-        let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
-        while let Some(ent) = d.read() {
-            let ent = ent.map_err(|e| e.raw_os_error())?;
-            let name = ent.file_name().to_bytes();
-            if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Reads directory fd `fd` from its offset with `getdents64` into one
 /// 32 KiB buffer (as glibc's `readdir` does: a directory of a few hundred
 /// names takes one call and the one that says the end; rustix's `Dir`
@@ -1241,20 +1328,6 @@ fn read_raw(fd: BorrowedFd<'_>, f: &mut impl FnMut(&[u8], u64, u8) -> bool) -> R
         }
     }
     Ok(())
-}
-
-/// Every stored name of directory `dir`, with its inode and type; `None`
-/// when it has more than [`MAX_CACHED_NAMES`] or cannot be read.
-fn list_names(dir: &[u8]) -> Option<PathMap<(u64, u8)>> {
-    let mut names = PathMap::default();
-    let mut big = false;
-    read_dir(dir, None, |name, ino, dtype| {
-        names.insert(name.to_vec(), (ino, dtype));
-        big = names.len() > MAX_CACHED_NAMES;
-        !big
-    })
-    .ok()?;
-    (!big).then_some(names)
 }
 
 fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {

@@ -13,7 +13,7 @@ use std::{
     },
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard,
     },
 };
@@ -628,7 +628,10 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
             base: true,
         });
     }
-    let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    let mut chain = Chain::new(layers, cfg.root.clone())?;
+    let roots = hold_roots(&chain);
+    chain.use_root_fds(roots);
+    let chain = Arc::new(chain);
     SHOWN_DEV.store(chain.ids.device().unwrap_or(0), Ordering::Relaxed);
     CHAIN_FETCHED.store(true, Ordering::Relaxed);
     let epoch = CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
@@ -644,6 +647,136 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         graph,
     });
     Ok((chain, counters))
+}
+
+// ----------------------------------------------------------- layer roots
+
+/// Most layer roots (over every chain the process has seen) the shim
+/// holds a directory fd on; a root beyond them is reached by its
+/// absolute path.
+const ROOT_SLOTS: usize = 16;
+
+/// One layer root the shim holds an `O_PATH` fd on (at a high number,
+/// close-on-exec): a physical path under it is handed to the kernel
+/// relative to that fd (a walk of the part under the root only, as a
+/// program's own relative path is, instead of the root's whole path).
+struct RootSlot {
+    path: OnceLock<Vec<u8>>,
+    /// -1 once the program closed or replaced it (or none was opened).
+    fd: AtomicI32,
+}
+
+static ROOTS: [RootSlot; ROOT_SLOTS] = [const {
+    RootSlot {
+        path: OnceLock::new(),
+        fd: AtomicI32::new(-1),
+    }
+}; ROOT_SLOTS];
+
+/// Slots of [`ROOTS`] filled so far (only grows; filled under the chain's
+/// lock, so never while a `fork` is under way).
+static ROOTS_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// The lowest fd number among [`ROOTS`]: a `close` of a lower number
+/// costs one compare.
+static ROOT_FD_MIN: AtomicI32 = AtomicI32::new(i32::MAX);
+
+/// Opens a directory fd on each root of `chain` the shim holds none on
+/// yet (called with the chain's lock held), and returns each layer's slot.
+/// The fds are never closed by the shim: another thread may be using one
+/// of an older chain.
+fn hold_roots(chain: &Chain) -> Vec<Option<&'static AtomicI32>> {
+    #[cfg(target_os = "linux")]
+    {
+        chain.layers.iter().map(|l| hold_root(&l.root)).collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = chain;
+        Vec::new()
+    }
+}
+
+/// The slot of [`ROOTS`] holding an fd on `root`, opened first if needed.
+#[cfg(target_os = "linux")]
+fn hold_root(root: &[u8]) -> Option<&'static AtomicI32> {
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    if let Some(s) = ROOTS[..used]
+        .iter()
+        .find(|s| s.path.get().is_some_and(|p| p == root))
+    {
+        return Some(&s.fd);
+    }
+    if used == ROOT_SLOTS {
+        return None;
+    }
+    let c = CString::new(root).ok()?;
+    let fd = rustix::fs::open(
+        c.as_c_str(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let fd = to_high(fd).into_raw_fd();
+    let slot = &ROOTS[used];
+    let _ = slot.path.set(root.to_vec());
+    slot.fd.store(fd, Ordering::Release);
+    ROOT_FD_MIN.fetch_min(fd, Ordering::AcqRel);
+    ROOTS_USED.store(used + 1, Ordering::Release);
+    Some(&slot.fd)
+}
+
+/// A directory fd the shim holds on a layer root that physical path
+/// `phys` lies under, and where in `phys` the part under it starts.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn root_relative(phys: &[u8]) -> Option<(RawFd, usize)> {
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    let mut best: Option<(RawFd, usize)> = None;
+    for s in &ROOTS[..used] {
+        let Some(root) = s.path.get() else {
+            continue;
+        };
+        if phys.len() > root.len() + 1
+            && phys[root.len()] == b'/'
+            && phys.starts_with(root)
+            && best.is_none_or(|(_, off)| root.len() + 1 > off)
+        {
+            let fd = s.fd.load(Ordering::Acquire);
+            if fd >= 0 {
+                best = Some((fd, root.len() + 1));
+            }
+        }
+    }
+    best
+}
+
+/// Stops using root fd `fd` (the program is closing or replacing that
+/// number, or a call on it failed with `EBADF`): paths under its root go
+/// to the kernel whole from now on.
+pub(crate) fn drop_root_fd(fd: RawFd) {
+    if fd < ROOT_FD_MIN.load(Ordering::Acquire) {
+        return;
+    }
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    for s in &ROOTS[..used] {
+        let _ =
+            s.fd.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// [`drop_root_fd`] for every number in `first..=last`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn drop_root_fds(first: RawFd, last: RawFd) {
+    if last < ROOT_FD_MIN.load(Ordering::Acquire) {
+        return;
+    }
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    for s in &ROOTS[..used] {
+        let fd = s.fd.load(Ordering::Acquire);
+        if fd >= first && fd <= last {
+            drop_root_fd(fd);
+        }
+    }
 }
 
 /// The device every entry of the branch shows when some layer lies on
