@@ -1375,6 +1375,18 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
     r
 }
 
+/// Whether branch directory `rel` is held by the base alone (no layer
+/// above holds it, so none holds or hides a name in it): its listing is
+/// the base directory's own.
+#[cfg(target_os = "linux")]
+pub(crate) fn base_only_dir(rel: &[u8]) -> bool {
+    let Ok(Resolved::Found(e)) = resolve(rel, true) else {
+        return false;
+    };
+    e.kind == rustix::fs::FileType::Directory
+        && chain().is_ok_and(|c| c.layers.get(e.layer).is_some_and(|l| l.base))
+}
+
 /// The merged listing of branch directory `rel`, reused while the store's
 /// namespace counter stays; `top` is an fd the shim opened on it (read
 /// instead of opening its top part again).

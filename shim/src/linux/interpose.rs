@@ -1264,6 +1264,22 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
+    if super::base_only_dir(&path) {
+        // Only the base holds it: libc reads it, no merged copy is made.
+        let Some(o) = orig!(fdopendir: fn(c_int) -> *mut libc::DIR) else {
+            close_tracked(fd);
+            return null_err(libc::ENOSYS);
+        };
+        // SAFETY: an fd of the program's that the shim opened on the
+        // base's directory.
+        let native = unsafe { o(fd) };
+        if native.is_null() {
+            let e = super::errno();
+            close_tracked(fd);
+            return null_err(e);
+        }
+        return dirs::register(dirs::ShimDir::over_native(fd, path, native));
+    }
     match super::list(&path, Some(fd)) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
@@ -1338,6 +1354,10 @@ macro_rules! readdir_fn {
                     // SAFETY: a live registered stream; the program does
                     // not use one stream from two threads at once (POSIX).
                     let d = unsafe { &mut *d };
+                    if d.use_native {
+                        // SAFETY: libc's own live stream.
+                        return unsafe { o(d.native) };
+                    }
                     let buf = std::ptr::addr_of_mut!(d.buf);
                     if d.next_into(buf) {
                         buf.cast()
@@ -1368,6 +1388,8 @@ macro_rules! readdir_r_fn {
                 return libc::ENOSYS;
             };
             match dirs::lookup(dirp) {
+                // SAFETY: libc's own live stream, the caller's buffers.
+                Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native, entry, result) },
                 Some(d) => {
                     // SAFETY: a live registered stream; `entry` and
                     // `result` are the caller's (dirent and dirent64 share
@@ -1397,6 +1419,19 @@ pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
         return fail(libc::ENOSYS);
     };
     match dirs::unregister(dirp) {
+        Some(d) if !d.native.is_null() => {
+            let _g = Guard::enter();
+            // libc's stream closes the fd itself.
+            let info = fd_remove(d.fd);
+            // SAFETY: libc's own live stream, closed once.
+            let r = unsafe { o(d.native) };
+            if let Some(info) = info {
+                let e = super::errno();
+                fd_closed(&info);
+                set_errno(e);
+            }
+            r
+        }
         Some(d) => {
             let _g = Guard::enter();
             close_tracked(d.fd)
@@ -1429,6 +1464,15 @@ pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
+            if d.use_native {
+                if super::base_only_dir(&d.path) {
+                    // SAFETY: libc's own live stream.
+                    return unsafe { o(d.native) };
+                }
+                // A layer holds it now (the program changed it while
+                // listing it): the merged listing from here on.
+                d.use_native = false;
+            }
             if let Ok(entries) = super::list(&d.path, None) {
                 d.entries = entries;
             }
@@ -1445,6 +1489,8 @@ pub unsafe extern "C" fn telldir(dirp: *mut libc::DIR) -> c_long {
         return fail(libc::ENOSYS) as c_long;
     };
     match dirs::lookup(dirp) {
+        // SAFETY: libc's own live stream.
+        Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native) },
         // SAFETY: a live registered stream.
         Some(d) => unsafe { (*d).pos as c_long },
         // SAFETY: passed on.
@@ -1458,6 +1504,8 @@ pub unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: c_long) {
         return;
     };
     match dirs::lookup(dirp) {
+        // SAFETY: libc's own live stream.
+        Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native, loc) },
         // SAFETY: a live registered stream.
         Some(d) => unsafe { (*d).pos = loc.max(0) as usize },
         // SAFETY: passed on.
