@@ -15,7 +15,7 @@ use crate::platform::{self, fail};
 use crate::resolve::{Errno, Resolved};
 use crate::state::{
     classify, drop_root_fd, fd_insert, fd_insert_phys, fd_open, fd_relative_offset,
-    kernel_cwd_offset, resolve, resolve_for_read, root_relative, Guard, Target,
+    kernel_cwd_offset, read_as_given, resolve, resolve_for_read, root_relative, Guard, Target,
 };
 
 /// The bytes of a C string, `None` for a null pointer.
@@ -138,6 +138,16 @@ pub(crate) unsafe fn with_read_path_at_then<R>(
     call_at: Option<impl Fn(c_int, *const c_char) -> Option<R>>,
     after: impl FnOnce(&R),
 ) -> R {
+    if !follow && call_at.is_some() {
+        if let Some(_g) = Guard::enter() {
+            // SAFETY: the caller's contract.
+            if unsafe { bytes(path) }.is_some_and(|p| read_as_given(dirfd, p)) {
+                let r = call(path);
+                after(&r);
+                return r;
+            }
+        }
+    }
     // SAFETY: the caller's contract.
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),

@@ -823,6 +823,32 @@ impl Chain {
             .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
     }
 
+    /// Whether the cache, at namespace counter `stamp`, holds directory
+    /// `key` (a branch path as asked) as the base's alone, at physical path
+    /// `dir` (joined with `sub` when that is not empty): a name in it is
+    /// then the base's, found where the kernel finds it from `dir`.
+    pub fn base_only_cached(&self, stamp: u64, key: &[u8], dir: &[u8], sub: &[u8]) -> bool {
+        let c = self.dirs.read();
+        if c.stamp != stamp {
+            return false;
+        }
+        let Some((_, frame, _)) = c.frames.get(key) else {
+            return false;
+        };
+        let [(idx, phys)] = frame.as_slice() else {
+            return false;
+        };
+        if !self.layers[*idx].base || !phys.starts_with(dir) {
+            return false;
+        }
+        let rest = &phys[dir.len()..];
+        if sub.is_empty() {
+            rest.is_empty()
+        } else {
+            rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+        }
+    }
+
     /// Drops every cached directory frame.
     pub fn forget(&self) {
         let mut c = self.dirs.write();

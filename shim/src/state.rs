@@ -1331,6 +1331,69 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
     })
 }
 
+std::thread_local! {
+    /// A buffer for a branch path the fast check below builds (no
+    /// allocation per call).
+    static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether a call that does not follow a final symlink (`lstat`,
+/// `fstatat` with `AT_SYMLINK_NOFOLLOW`) on relative path `path` (under
+/// `dirfd`, `AT_FDCWD` for the working directory) may run exactly as the
+/// program made it: when the kernel starts from the base's own directory
+/// of the branch directory the path is relative to (the kernel's working
+/// directory, or a directory fd the shim opened there), and the cache
+/// knows the path's parent directory as the base's alone at the current
+/// namespace counter. The resolver would answer the base path the kernel
+/// walks to anyway (see [`Chain::resolve_at`] with `lazy`); this answers
+/// it without building a path.
+pub(crate) fn read_as_given(dirfd: c_int, path: &[u8]) -> bool {
+    if path.first() == Some(&b'/') || !paths::is_clean_relative(path) {
+        return false;
+    }
+    let parent = match path.iter().rposition(|&b| b == b'/') {
+        Some(p) => &path[..p],
+        None => &b""[..],
+    };
+    let check = |chain: &Chain, stamp: u64, branch_dir: &[u8], phys_dir: &[u8]| {
+        KEY.try_with(|k| {
+            let mut k = k.try_borrow_mut().ok()?;
+            k.clear();
+            k.extend_from_slice(branch_dir);
+            if !parent.is_empty() {
+                if !k.is_empty() {
+                    k.push(b'/');
+                }
+                k.extend_from_slice(parent);
+            }
+            Some(chain.base_only_cached(stamp, &k, phys_dir, parent))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    };
+    LOCAL_CHAIN
+        .try_with(|l| {
+            let l = l.try_borrow().ok()?;
+            let l = l.as_ref()?;
+            if l.epoch != CHAIN_EPOCH.load(Ordering::Acquire) || l.counters.graph() != l.graph {
+                return None;
+            }
+            let stamp = l.counters.namespace();
+            if dirfd == libc::AT_FDCWD {
+                with_local_cwd_full(|_, k, b| Some(check(&l.chain, stamp, b?, k?))).flatten()
+            } else {
+                fd_with(dirfd, |info| {
+                    Some(check(&l.chain, stamp, &info.path, info.phys.as_deref()?))
+                })
+                .flatten()
+            }
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Resolves branch path `rel` on the current chain, reusing directory
 /// frames while the store's namespace counter stays.
 pub(crate) fn resolve(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
