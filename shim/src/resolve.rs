@@ -478,14 +478,21 @@ impl Chain {
 
     /// `lstat` of physical path `path`: `None` when nothing is there.
     fn lstat(&self, path: &[u8]) -> Result<Option<Stat>, Errno> {
-        match self.at_phys(path, |fd, p| {
-            rustix::fs::statat(fd, p, AtFlags::SYMLINK_NOFOLLOW)
-        })? {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
-            Err(e) if e == rustix::io::Errno::NOTDIR => Ok(None),
-            Err(e) => Err(e.raw_os_error()),
+        if let Some((slot, raw, rest)) = self.under_root(path) {
+            // SAFETY: as in `at_phys`.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            match rustix::fs::statat(fd, cstr(rest)?.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => return Ok(Some(st)),
+                Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+                Err(e) if e == rustix::io::Errno::BADF => {
+                    let _ = slot.compare_exchange(raw, -1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                // ENOTDIR may be the path's own answer: the whole path tells.
+                Err(e) if e == rustix::io::Errno::NOTDIR => {}
+                Err(e) => return Err(e.raw_os_error()),
+            }
         }
+        lstat(path)
     }
 
     /// Calls `f(name, inode, DT_* type)` for every entry of directory
