@@ -51,6 +51,26 @@ use crate::{ids::Identity, paths};
 /// An errno value.
 pub type Errno = i32;
 
+/// The longest name a directory entry has (Linux's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// What the core puts before a name to make its whiteout (while the two
+/// fit in [`NAME_MAX`]; a longer one is hashed), learned once from
+/// [`whiteout_name`] itself.
+fn whiteout_prefix() -> &'static [u8] {
+    static PREFIX: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let (w, hashed) = whiteout_name(OsStr::new("x"));
+        let w = w.as_bytes();
+        match w.strip_suffix(b"x") {
+            Some(p) if !hashed => p.to_vec(),
+            // Not the plain form: no prefix any name's whiteout starts
+            // with (every merged name then takes the full lookup).
+            _ => vec![0; NAME_MAX + 1],
+        }
+    })
+}
+
 /// Most symlinks followed in one resolution (Linux's MAXSYMLINKS).
 const MAX_SYMLINKS: usize = 40;
 
@@ -830,11 +850,22 @@ impl Chain {
             .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
     }
 
-    /// Whether the cache, at namespace counter `stamp`, holds directory
-    /// `key` (a branch path as asked) as the base's alone, at physical path
-    /// `dir` (joined with `sub` when that is not empty): a name in it is
-    /// then the base's, found where the kernel finds it from `dir`.
-    pub fn base_only_cached(&self, stamp: u64, key: &[u8], dir: &[u8], sub: &[u8]) -> bool {
+    /// Whether the cache, at namespace counter `stamp`, knows that name
+    /// `name` in directory `key` (a branch path as asked) is the base's:
+    /// the directory's cached frame ends in the base, at physical path
+    /// `dir` (joined with `sub` when that is not empty), and the cached
+    /// names of its parts above the base neither hold nor hide `name` (as
+    /// [`Chain::resolve_at`] with `lazy` finds). The name is then found
+    /// where the kernel finds it from `dir`. `scratch` is a buffer for the
+    /// name's whiteout.
+    pub fn base_holds_cached(
+        &self,
+        stamp: u64,
+        key: &[u8],
+        (dir, sub): (&[u8], &[u8]),
+        name: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> bool {
         let c = self.dirs.read();
         if c.stamp != stamp {
             return false;
@@ -842,18 +873,40 @@ impl Chain {
         let Some((_, frame, _)) = c.frames.get(key) else {
             return false;
         };
-        let [(idx, phys)] = frame.as_slice() else {
+        let Some(((idx, phys), above)) = frame.split_last() else {
             return false;
         };
         if !self.layers[*idx].base || !phys.starts_with(dir) {
             return false;
         }
         let rest = &phys[dir.len()..];
-        if sub.is_empty() {
+        let at_dir = if sub.is_empty() {
             rest.is_empty()
         } else {
             rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+        };
+        if !at_dir {
+            return false;
         }
+        if above.is_empty() {
+            return true;
+        }
+        // A merged directory: a name in the reserved namespace is stored
+        // escaped in a layer, and a long one's whiteout is hashed (the
+        // full lookup handles both).
+        let prefix = whiteout_prefix();
+        if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
+            return false;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(prefix);
+        scratch.extend_from_slice(name);
+        above.iter().all(|(_, part)| {
+            c.names
+                .get(part.as_slice())
+                .and_then(Option::as_ref)
+                .is_some_and(|n| !n.contains_key(name) && !n.contains_key(scratch.as_slice()))
+        })
     }
 
     /// Drops every cached directory frame.

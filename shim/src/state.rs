@@ -1332,9 +1332,31 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
 }
 
 std::thread_local! {
-    /// A buffer for a branch path the fast check below builds (no
-    /// allocation per call).
-    static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Buffers for the branch path and the whiteout name the fast check
+    /// below builds (no allocation per call).
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Where the last `/` of relative path `path` is, when `path` is in
+/// normal form (no empty, `.` or `..` component, no leading or trailing
+/// slash): `Some(None)` for a single name.
+fn clean_relative_last_slash(path: &[u8]) -> Option<Option<usize>> {
+    let mut last = None;
+    let mut start = 0;
+    for i in 0..=path.len() {
+        if i == path.len() || path[i] == b'/' {
+            match &path[start..i] {
+                b"" | b"." | b".." => return None,
+                _ => {}
+            }
+            if i < path.len() {
+                last = Some(i);
+            }
+            start = i + 1;
+        }
+    }
+    Some(last)
 }
 
 /// Whether a call that does not follow a final symlink (`lstat`,
@@ -1343,34 +1365,37 @@ std::thread_local! {
 /// program made it: when the kernel starts from the base's own directory
 /// of the branch directory the path is relative to (the kernel's working
 /// directory, or a directory fd the shim opened there), and the cache
-/// knows the path's parent directory as the base's alone at the current
-/// namespace counter. The resolver would answer the base path the kernel
+/// knows, at the current namespace counter, that the path's parent
+/// directory ends in the base there and that no layer above holds or
+/// hides the name. The resolver would answer the base path the kernel
 /// walks to anyway (see [`Chain::resolve_at`] with `lazy`); this answers
 /// it without building a path.
 pub(crate) fn read_as_given(dirfd: c_int, path: &[u8]) -> bool {
-    if path.first() == Some(&b'/') || !paths::is_clean_relative(path) {
+    let Some(slash) = clean_relative_last_slash(path) else {
         return false;
-    }
-    let parent = match path.iter().rposition(|&b| b == b'/') {
-        Some(p) => &path[..p],
-        None => &b""[..],
+    };
+    let (parent, name) = match slash {
+        Some(p) => (&path[..p], &path[p + 1..]),
+        None => (&b""[..], path),
     };
     let check = |chain: &Chain, stamp: u64, branch_dir: &[u8], phys_dir: &[u8]| {
-        KEY.try_with(|k| {
-            let mut k = k.try_borrow_mut().ok()?;
-            k.clear();
-            k.extend_from_slice(branch_dir);
-            if !parent.is_empty() {
-                if !k.is_empty() {
-                    k.push(b'/');
+        SCRATCH
+            .try_with(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                let (k, w) = &mut *s;
+                k.clear();
+                k.extend_from_slice(branch_dir);
+                if !parent.is_empty() {
+                    if !k.is_empty() {
+                        k.push(b'/');
+                    }
+                    k.extend_from_slice(parent);
                 }
-                k.extend_from_slice(parent);
-            }
-            Some(chain.base_only_cached(stamp, &k, phys_dir, parent))
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+                Some(chain.base_holds_cached(stamp, k, (phys_dir, parent), name, w))
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(false)
     };
     LOCAL_CHAIN
         .try_with(|l| {
