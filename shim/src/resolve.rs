@@ -361,6 +361,9 @@ enum Lookup {
     Missing,
     /// Only the base, below, may have it.
     BaseBelow,
+    /// (position in the frame, physical path, `DT_*` type): held there as
+    /// its cached names say, not checked (see [`Chain::lookup`]).
+    Unchecked((usize, Vec<u8>, u8)),
 }
 
 /// One entry of a merged listing.
@@ -650,11 +653,16 @@ impl Chain {
     /// `name` in the merged directory `frame`. With `BaseBelow`, no layer
     /// above a base that is not the frame's only part holds or hides it
     /// (the caller looks in the base itself, with the rest of its path).
+    /// With `unchecked` (the caller runs its own `lstat`-like call on the
+    /// answer), a name that a layer directory's cached names list as
+    /// neither a directory nor a symlink is answered from them, without an
+    /// `lstat` of its own.
     fn lookup(
         &self,
         stamp: Option<u64>,
         frame: &[(usize, Vec<u8>)],
         name: &[u8],
+        unchecked: bool,
     ) -> Result<Lookup, Errno> {
         for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
@@ -662,7 +670,22 @@ impl Chain {
                 return Ok(Lookup::BaseBelow);
             }
             if let Some(stored) = self.stored(*idx, name) {
-                if base || self.may_hold(stamp, dir, &stored) {
+                let held = if base {
+                    Some(None)
+                } else {
+                    // May it hold the name (its cached names, when listed),
+                    // and as what?
+                    match self.layer_names(stamp, dir) {
+                        Some(names) => names.get(stored.as_ref()).map(|&(_, t)| Some(t)),
+                        None => Some(None),
+                    }
+                };
+                if let (true, Some(Some(t))) = (unchecked, held) {
+                    if !matches!(t, libc::DT_DIR | libc::DT_LNK | libc::DT_UNKNOWN) {
+                        return Ok(Lookup::Unchecked((pos, child(dir, &stored), t)));
+                    }
+                }
+                if held.is_some() {
                     let p = child(dir, &stored);
                     if let Some(st) = self.lstat(&p)? {
                         return Ok(Lookup::Hit((pos, p, st)));
@@ -870,8 +893,13 @@ impl Chain {
         if c.stamp != stamp {
             return false;
         }
-        let Some((_, frame, _)) = c.frames.get(key) else {
-            return false;
+        let frame = if key.is_empty() {
+            &self.root_frame
+        } else {
+            match c.frames.get(key) {
+                Some((_, frame, _)) => frame,
+                None => return false,
+            }
         };
         let Some(((idx, phys), above)) = frame.split_last() else {
             return false;
@@ -1074,8 +1102,16 @@ impl Chain {
                 let hit = if base_only {
                     Lookup::BaseBelow
                 } else {
-                    self.lookup(stamp, &frame, name)?
+                    self.lookup(stamp, &frame, name, lazy && !follow && last)?
                 };
+                if let Lookup::Unchecked((pos, phys, t)) = hit {
+                    return Ok(Resolved::Found(Entry {
+                        path: here,
+                        phys: cstr_of(phys)?,
+                        layer: frame[pos].0,
+                        kind: kind_of_dtype(t),
+                    }));
+                }
                 if let Lookup::BaseBelow = hit {
                     // No layer above the base has the name (nor hides it):
                     // what is under it is the base's alone.
@@ -1177,6 +1213,7 @@ impl Chain {
                     Lookup::Hit(h) => Some(h),
                     Lookup::Missing => None,
                     Lookup::BaseBelow => unreachable!("narrowed to the base above"),
+                    Lookup::Unchecked(_) => unreachable!("answered above"),
                 };
                 match hit {
                     None if last => return Ok(Resolved::Absent(here)),
@@ -1227,10 +1264,10 @@ impl Chain {
         }
         let mut frame = self.root_frame.clone();
         for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            let hit = match self.lookup(stamp, &frame, name)? {
+            let hit = match self.lookup(stamp, &frame, name, false)? {
                 Lookup::BaseBelow => {
                     frame.drain(..frame.len() - 1);
-                    self.lookup(stamp, &frame, name)?
+                    self.lookup(stamp, &frame, name, false)?
                 }
                 other => other,
             };
@@ -1420,6 +1457,19 @@ fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
     rustix::fs::readlinkat(CWD, cstr(phys)?.as_c_str(), Vec::new())
         .map(|c| c.into_bytes())
         .map_err(|e| e.raw_os_error())
+}
+
+/// The kind a `DT_*` type names (`Unknown` for a directory or symlink
+/// too: callers only ask for the others).
+fn kind_of_dtype(t: u8) -> FileType {
+    match t {
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_FIFO => FileType::Fifo,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharacterDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::Unknown,
+    }
 }
 
 fn dtype(t: FileType) -> u8 {
