@@ -326,6 +326,35 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
     }
 }
 
+/// A directory whose frame ends in the base, as the cache knew it at one
+/// value of the namespace counter: the stored names of its parts above
+/// the base (none for a directory only the base holds).
+#[derive(Clone, Debug)]
+pub struct BaseDir(Vec<Names>);
+
+impl BaseDir {
+    /// Whether name `name` in the directory is the base's: no part above
+    /// the base holds or hides it (as [`Chain::resolve_at`] with `lazy`
+    /// finds). A name in the reserved namespace (stored escaped in a
+    /// layer) or whose whiteout would be hashed is not answered here.
+    /// `scratch` is a buffer for the name's whiteout.
+    pub fn base_holds(&self, name: &[u8], scratch: &mut Vec<u8>) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let prefix = whiteout_prefix();
+        if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
+            return false;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(prefix);
+        scratch.extend_from_slice(name);
+        self.0
+            .iter()
+            .all(|n| !n.contains_key(name) && !n.contains_key(scratch.as_slice()))
+    }
+}
+
 /// What a path is in the branch./// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
@@ -873,39 +902,31 @@ impl Chain {
             .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
     }
 
-    /// Whether the cache, at namespace counter `stamp`, knows that name
-    /// `name` in directory `key` (a branch path as asked) is the base's:
-    /// the directory's cached frame ends in the base, at physical path
-    /// `dir` (joined with `sub` when that is not empty), and the cached
-    /// names of its parts above the base neither hold nor hide `name` (as
-    /// [`Chain::resolve_at`] with `lazy` finds). The name is then found
-    /// where the kernel finds it from `dir`. `scratch` is a buffer for the
-    /// name's whiteout.
-    pub fn base_holds_cached(
+    /// What the cache, at namespace counter `stamp`, knows of directory
+    /// `key` (a branch path as asked) when its cached frame ends in the
+    /// base at physical path `dir` (joined with `sub` when that is not
+    /// empty): the cached names of its parts above the base (see
+    /// [`BaseDir::base_holds`]). `None` when it does not know that much
+    /// (no frame, another base path, a part above whose names are not
+    /// listed).
+    pub fn base_dir_cached(
         &self,
         stamp: u64,
         key: &[u8],
         (dir, sub): (&[u8], &[u8]),
-        name: &[u8],
-        scratch: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Option<BaseDir> {
         let c = self.dirs.read();
         if c.stamp != stamp {
-            return false;
+            return None;
         }
         let frame = if key.is_empty() {
             &self.root_frame
         } else {
-            match c.frames.get(key) {
-                Some((_, frame, _)) => frame,
-                None => return false,
-            }
+            &c.frames.get(key)?.1
         };
-        let Some(((idx, phys), above)) = frame.split_last() else {
-            return false;
-        };
+        let ((idx, phys), above) = frame.split_last()?;
         if !self.layers[*idx].base || !phys.starts_with(dir) {
-            return false;
+            return None;
         }
         let rest = &phys[dir.len()..];
         let at_dir = if sub.is_empty() {
@@ -914,27 +935,13 @@ impl Chain {
             rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
         };
         if !at_dir {
-            return false;
+            return None;
         }
-        if above.is_empty() {
-            return true;
-        }
-        // A merged directory: a name in the reserved namespace is stored
-        // escaped in a layer, and a long one's whiteout is hashed (the
-        // full lookup handles both).
-        let prefix = whiteout_prefix();
-        if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
-            return false;
-        }
-        scratch.clear();
-        scratch.extend_from_slice(prefix);
-        scratch.extend_from_slice(name);
-        above.iter().all(|(_, part)| {
-            c.names
-                .get(part.as_slice())
-                .and_then(Option::as_ref)
-                .is_some_and(|n| !n.contains_key(name) && !n.contains_key(scratch.as_slice()))
-        })
+        let above = above
+            .iter()
+            .map(|(_, part)| c.names.get(part.as_slice())?.clone())
+            .collect::<Option<Vec<Names>>>()?;
+        Some(BaseDir(above))
     }
 
     /// Drops every cached directory frame.

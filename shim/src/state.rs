@@ -1331,11 +1331,39 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
     })
 }
 
+/// What [`read_as_given`] learnt of the last directory it looked at, on
+/// one thread: a program stats the names of one directory one after the
+/// other, and each then costs no look at the shared cache.
+struct DirMemo {
+    /// The chain's epoch and the namespace counter it holds for.
+    epoch: u64,
+    stamp: u64,
+    /// The directory's branch path as asked (the cache's key).
+    key: Vec<u8>,
+    /// The physical directory the kernel starts from, and the path under
+    /// it.
+    dir: Vec<u8>,
+    sub: Vec<u8>,
+    /// What the cache knew (`None`: not enough, asked again next time).
+    known: Option<crate::resolve::BaseDir>,
+}
+
+/// Per-thread buffers of the fast check: the branch path it builds, the
+/// whiteout name, and its memory of the last directory.
+struct Scratch {
+    key: Vec<u8>,
+    whiteout: Vec<u8>,
+    memo: Option<DirMemo>,
+}
+
 std::thread_local! {
-    /// Buffers for the branch path and the whiteout name the fast check
-    /// below builds (no allocation per call).
-    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            key: Vec::new(),
+            whiteout: Vec::new(),
+            memo: None,
+        })
+    };
 }
 
 /// Where the last `/` of relative path `path` is, when `path` is in
@@ -1378,20 +1406,46 @@ pub(crate) fn read_as_given(dirfd: c_int, path: &[u8]) -> bool {
         Some(p) => (&path[..p], &path[p + 1..]),
         None => (&b""[..], path),
     };
-    let check = |chain: &Chain, stamp: u64, branch_dir: &[u8], phys_dir: &[u8]| {
+    let check = |chain: &Chain, epoch: u64, stamp: u64, branch_dir: &[u8], phys_dir: &[u8]| {
         SCRATCH
             .try_with(|s| {
                 let mut s = s.try_borrow_mut().ok()?;
-                let (k, w) = &mut *s;
-                k.clear();
-                k.extend_from_slice(branch_dir);
+                let Scratch {
+                    key,
+                    whiteout,
+                    memo,
+                } = &mut *s;
+                key.clear();
+                key.extend_from_slice(branch_dir);
                 if !parent.is_empty() {
-                    if !k.is_empty() {
-                        k.push(b'/');
+                    if !key.is_empty() {
+                        key.push(b'/');
                     }
-                    k.extend_from_slice(parent);
+                    key.extend_from_slice(parent);
                 }
-                Some(chain.base_holds_cached(stamp, k, (phys_dir, parent), name, w))
+                // What the cache did not know yet it may know now (the
+                // call that found it out filled it in): only what it knew
+                // is kept.
+                let fresh = memo.as_ref().is_some_and(|m| {
+                    m.known.is_some()
+                        && m.epoch == epoch
+                        && m.stamp == stamp
+                        && m.key == *key
+                        && m.dir == phys_dir
+                        && m.sub == parent
+                });
+                if !fresh {
+                    *memo = Some(DirMemo {
+                        epoch,
+                        stamp,
+                        key: key.clone(),
+                        dir: phys_dir.to_vec(),
+                        sub: parent.to_vec(),
+                        known: chain.base_dir_cached(stamp, key, (phys_dir, parent)),
+                    });
+                }
+                let known = memo.as_ref()?.known.as_ref()?;
+                Some(known.base_holds(name, whiteout))
             })
             .ok()
             .flatten()
@@ -1406,10 +1460,17 @@ pub(crate) fn read_as_given(dirfd: c_int, path: &[u8]) -> bool {
             }
             let stamp = l.counters.namespace();
             if dirfd == libc::AT_FDCWD {
-                with_local_cwd_full(|_, k, b| Some(check(&l.chain, stamp, b?, k?))).flatten()
+                with_local_cwd_full(|_, k, b| Some(check(&l.chain, l.epoch, stamp, b?, k?)))
+                    .flatten()
             } else {
                 fd_with(dirfd, |info| {
-                    Some(check(&l.chain, stamp, &info.path, info.phys.as_deref()?))
+                    Some(check(
+                        &l.chain,
+                        l.epoch,
+                        stamp,
+                        &info.path,
+                        info.phys.as_deref()?,
+                    ))
                 })
                 .flatten()
             }
