@@ -15,7 +15,7 @@ use crate::platform::{self, fail};
 use crate::resolve::{Errno, Resolved};
 use crate::state::{
     classify, drop_root_fd, fd_insert, fd_insert_phys, fd_open, fd_relative_offset,
-    kernel_cwd_offset, read_as_given, resolve, resolve_for_read, root_relative, Guard, Target,
+    kernel_cwd_offset, read_fast, resolve, resolve_for_read, root_relative, Guard, Target,
 };
 
 /// The bytes of a C string, `None` for a null pointer.
@@ -138,11 +138,16 @@ pub(crate) unsafe fn with_read_path_at_then<R>(
     call_at: Option<impl Fn(c_int, *const c_char) -> Option<R>>,
     after: impl FnOnce(&R),
 ) -> R {
-    if !follow && call_at.is_some() {
+    if let (false, Some(at)) = (follow, &call_at) {
         if let Some(_g) = Guard::enter() {
             // SAFETY: the caller's contract.
-            if unsafe { bytes(path) }.is_some_and(|p| read_as_given(dirfd, p)) {
-                let r = call(path);
+            let fast = unsafe { bytes(path) }.and_then(|p| {
+                read_fast(dirfd, p, |under| match under {
+                    None => Some(call(path)),
+                    Some((fd, p)) => at(fd, p),
+                })
+            });
+            if let Some(r) = fast {
                 after(&r);
                 return r;
             }

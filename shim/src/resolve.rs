@@ -327,10 +327,14 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
 }
 
 /// A directory whose frame ends in the base, as the cache knew it at one
-/// value of the namespace counter: the stored names of its parts above
-/// the base (none for a directory only the base holds).
+/// value of the namespace counter: the base's physical directory, and the
+/// stored names of its parts above the base (none for a directory only
+/// the base holds).
 #[derive(Clone, Debug)]
-pub struct BaseDir(Vec<Names>);
+pub struct BaseDir {
+    above: Vec<Names>,
+    base: Vec<u8>,
+}
 
 impl BaseDir {
     /// Whether name `name` in the directory is the base's: no part above
@@ -339,7 +343,7 @@ impl BaseDir {
     /// layer) or whose whiteout would be hashed is not answered here.
     /// `scratch` is a buffer for the name's whiteout.
     pub fn base_holds(&self, name: &[u8], scratch: &mut Vec<u8>) -> bool {
-        if self.0.is_empty() {
+        if self.above.is_empty() {
             return true;
         }
         let prefix = whiteout_prefix();
@@ -349,9 +353,27 @@ impl BaseDir {
         scratch.clear();
         scratch.extend_from_slice(prefix);
         scratch.extend_from_slice(name);
-        self.0
+        self.above
             .iter()
             .all(|n| !n.contains_key(name) && !n.contains_key(scratch.as_slice()))
+    }
+
+    /// The base's physical directory.
+    pub fn base_path(&self) -> &[u8] {
+        &self.base
+    }
+
+    /// Whether the base's physical directory is `dir` (joined with `sub`
+    /// when that is not empty).
+    pub fn base_is(&self, dir: &[u8], sub: &[u8]) -> bool {
+        let Some(rest) = self.base.strip_prefix(dir) else {
+            return false;
+        };
+        if sub.is_empty() {
+            rest.is_empty()
+        } else {
+            rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+        }
     }
 }
 
@@ -904,17 +926,10 @@ impl Chain {
 
     /// What the cache, at namespace counter `stamp`, knows of directory
     /// `key` (a branch path as asked) when its cached frame ends in the
-    /// base at physical path `dir` (joined with `sub` when that is not
-    /// empty): the cached names of its parts above the base (see
-    /// [`BaseDir::base_holds`]). `None` when it does not know that much
-    /// (no frame, another base path, a part above whose names are not
-    /// listed).
-    pub fn base_dir_cached(
-        &self,
-        stamp: u64,
-        key: &[u8],
-        (dir, sub): (&[u8], &[u8]),
-    ) -> Option<BaseDir> {
+    /// base: the base's directory and the cached names of its parts above
+    /// the base (see [`BaseDir::base_holds`]). `None` when it does not
+    /// know that much (no frame, a part above whose names are not listed).
+    pub fn base_dir_cached(&self, stamp: u64, key: &[u8]) -> Option<BaseDir> {
         let c = self.dirs.read();
         if c.stamp != stamp {
             return None;
@@ -925,23 +940,17 @@ impl Chain {
             &c.frames.get(key)?.1
         };
         let ((idx, phys), above) = frame.split_last()?;
-        if !self.layers[*idx].base || !phys.starts_with(dir) {
-            return None;
-        }
-        let rest = &phys[dir.len()..];
-        let at_dir = if sub.is_empty() {
-            rest.is_empty()
-        } else {
-            rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
-        };
-        if !at_dir {
+        if !self.layers[*idx].base {
             return None;
         }
         let above = above
             .iter()
             .map(|(_, part)| c.names.get(part.as_slice())?.clone())
             .collect::<Option<Vec<Names>>>()?;
-        Some(BaseDir(above))
+        Some(BaseDir {
+            above,
+            base: phys.clone(),
+        })
     }
 
     /// Drops every cached directory frame.

@@ -1073,7 +1073,32 @@ pub(crate) struct FdInfo {
     pub phys: Option<Vec<u8>>,
 }
 
-static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
+/// A hasher for fd numbers: the program's own small integers, looked up
+/// on every `*at()` call, where SipHash's flooding resistance buys nothing.
+#[derive(Default)]
+pub(crate) struct FdHasher(u64);
+
+impl std::hash::Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        // Multiplicative hashing: hashbrown takes the top bits.
+        self.0 = (n as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The shim's table of branch fds.
+type FdMap = HashMap<RawFd, FdInfo, std::hash::BuildHasherDefault<FdHasher>>;
+
+static FDS: Mutex<Option<FdMap>> = Mutex::new(None);
 static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Remembers that `fd` is branch path `path`, open for writing with the
@@ -1114,7 +1139,7 @@ pub(crate) fn fd_insert_dup(fd: RawFd, info: FdInfo) {
 
 fn fd_insert_info(fd: RawFd, info: FdInfo) {
     let mut g = lock(&FDS);
-    let m = g.get_or_insert_with(HashMap::new);
+    let m = g.get_or_insert_with(FdMap::default);
     m.insert(fd, info);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
 }
@@ -1331,8 +1356,8 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
     })
 }
 
-/// What [`read_as_given`] learnt of the last directory it looked at, on
-/// one thread: a program stats the names of one directory one after the
+/// What [`read_fast`] learnt of the last directory it looked at, on one
+/// thread: a program stats the names of one directory one after the
 /// other, and each then costs no look at the shared cache.
 struct DirMemo {
     /// The chain's epoch and the namespace counter it holds for.
@@ -1340,27 +1365,31 @@ struct DirMemo {
     stamp: u64,
     /// The directory's branch path as asked (the cache's key).
     key: Vec<u8>,
-    /// The physical directory the kernel starts from, and the path under
-    /// it.
-    dir: Vec<u8>,
-    sub: Vec<u8>,
-    /// What the cache knew (`None`: not enough, asked again next time).
-    known: Option<crate::resolve::BaseDir>,
+    /// What the cache knew.
+    known: crate::resolve::BaseDir,
 }
 
-/// Per-thread buffers of the fast check: the branch path it builds, the
-/// whiteout name, and its memory of the last directory.
+/// Per-thread buffers of the fast read: the directory the path is
+/// relative to (branch and physical), the branch path it builds, the
+/// whiteout name, a path for the kernel, and its memory of the last
+/// directory.
 struct Scratch {
+    branch_dir: Vec<u8>,
+    phys_dir: Vec<u8>,
     key: Vec<u8>,
     whiteout: Vec<u8>,
+    path: Vec<u8>,
     memo: Option<DirMemo>,
 }
 
 std::thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = const {
         std::cell::RefCell::new(Scratch {
+            branch_dir: Vec::new(),
+            phys_dir: Vec::new(),
             key: Vec::new(),
             whiteout: Vec::new(),
+            path: Vec::new(),
             memo: None,
         })
     };
@@ -1387,97 +1416,110 @@ fn clean_relative_last_slash(path: &[u8]) -> Option<Option<usize>> {
     Some(last)
 }
 
-/// Whether a call that does not follow a final symlink (`lstat`,
-/// `fstatat` with `AT_SYMLINK_NOFOLLOW`) on relative path `path` (under
-/// `dirfd`, `AT_FDCWD` for the working directory) may run exactly as the
-/// program made it: when the kernel starts from the base's own directory
-/// of the branch directory the path is relative to (the kernel's working
-/// directory, or a directory fd the shim opened there), and the cache
-/// knows, at the current namespace counter, that the path's parent
-/// directory ends in the base there and that no layer above holds or
-/// hides the name. The resolver would answer the base path the kernel
-/// walks to anyway (see [`Chain::resolve_at`] with `lazy`); this answers
-/// it without building a path.
-pub(crate) fn read_as_given(dirfd: c_int, path: &[u8]) -> bool {
-    let Some(slash) = clean_relative_last_slash(path) else {
-        return false;
-    };
+/// A call that does not follow a final symlink (`lstat`, `fstatat` with
+/// `AT_SYMLINK_NOFOLLOW`) on relative path `path` (under `dirfd`,
+/// `AT_FDCWD` for the working directory), answered without building the
+/// entry's branch and physical paths when the cache knows, at the
+/// current namespace counter, that the path's parent directory ends in
+/// the base and that no layer above holds or hides the name (the
+/// resolver would answer the base's entry: see [`Chain::resolve_at`] with
+/// `lazy`). `run(None)` makes the program's own call, when the kernel
+/// starts from the base's own directory of the branch directory the path
+/// is relative to (the kernel's working directory, or a directory fd the
+/// shim opened there), so the kernel walks to that entry anyway;
+/// `run(Some((fd, path)))` makes it on the entry's path under the base's
+/// root fd, and gives `None` when that fd is bad. `None`: not answered.
+pub(crate) fn read_fast<R>(
+    dirfd: c_int,
+    path: &[u8],
+    run: impl FnOnce(Option<(RawFd, *const std::ffi::c_char)>) -> Option<R>,
+) -> Option<R> {
+    let slash = clean_relative_last_slash(path)?;
     let (parent, name) = match slash {
         Some(p) => (&path[..p], &path[p + 1..]),
         None => (&b""[..], path),
     };
-    let check = |chain: &Chain, epoch: u64, stamp: u64, branch_dir: &[u8], phys_dir: &[u8]| {
-        SCRATCH
-            .try_with(|s| {
-                let mut s = s.try_borrow_mut().ok()?;
-                let Scratch {
-                    key,
-                    whiteout,
-                    memo,
-                } = &mut *s;
-                key.clear();
-                key.extend_from_slice(branch_dir);
-                if !parent.is_empty() {
-                    if !key.is_empty() {
-                        key.push(b'/');
-                    }
-                    key.extend_from_slice(parent);
-                }
-                // What the cache did not know yet it may know now (the
-                // call that found it out filled it in): only what it knew
-                // is kept.
-                let fresh = memo.as_ref().is_some_and(|m| {
-                    m.known.is_some()
-                        && m.epoch == epoch
-                        && m.stamp == stamp
-                        && m.key == *key
-                        && m.dir == phys_dir
-                        && m.sub == parent
-                });
-                if !fresh {
-                    *memo = Some(DirMemo {
-                        epoch,
-                        stamp,
-                        key: key.clone(),
-                        dir: phys_dir.to_vec(),
-                        sub: parent.to_vec(),
-                        known: chain.base_dir_cached(stamp, key, (phys_dir, parent)),
-                    });
-                }
-                let known = memo.as_ref()?.known.as_ref()?;
-                Some(known.base_holds(name, whiteout))
-            })
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-    };
-    LOCAL_CHAIN
+    let (epoch, stamp) = LOCAL_CHAIN
         .try_with(|l| {
             let l = l.try_borrow().ok()?;
             let l = l.as_ref()?;
             if l.epoch != CHAIN_EPOCH.load(Ordering::Acquire) || l.counters.graph() != l.graph {
                 return None;
             }
-            let stamp = l.counters.namespace();
+            Some((l.epoch, l.counters.namespace()))
+        })
+        .ok()??;
+    SCRATCH
+        .try_with(|s| {
+            let mut s = s.try_borrow_mut().ok()?;
+            let s = &mut *s;
+            // The directory the path is relative to, copied out of the
+            // working directory's records or the fd table (no lock held
+            // during the call).
+            let copy = |s: &mut Scratch, b: Option<&[u8]>, p: Option<&[u8]>| {
+                let (b, p) = (b?, p?);
+                s.branch_dir.clear();
+                s.branch_dir.extend_from_slice(b);
+                s.phys_dir.clear();
+                s.phys_dir.extend_from_slice(p);
+                Some(())
+            };
             if dirfd == libc::AT_FDCWD {
-                with_local_cwd_full(|_, k, b| Some(check(&l.chain, l.epoch, stamp, b?, k?)))
-                    .flatten()
+                with_local_cwd_full(|_, k, b| copy(s, b, k))??;
             } else {
                 fd_with(dirfd, |info| {
-                    Some(check(
-                        &l.chain,
-                        l.epoch,
-                        stamp,
-                        &info.path,
-                        info.phys.as_deref()?,
-                    ))
-                })
-                .flatten()
+                    copy(s, Some(&info.path), info.phys.as_deref())
+                })??;
             }
+            s.key.clear();
+            s.key.extend_from_slice(&s.branch_dir);
+            if !parent.is_empty() {
+                if !s.key.is_empty() {
+                    s.key.push(b'/');
+                }
+                s.key.extend_from_slice(parent);
+            }
+            let fresh = s
+                .memo
+                .as_ref()
+                .is_some_and(|m| m.epoch == epoch && m.stamp == stamp && m.key == s.key);
+            if !fresh {
+                // What the cache did not know yet it may know next time
+                // (the call that finds it out fills it in): only what it
+                // knew is kept.
+                let known = local_chain()?.0.base_dir_cached(stamp, &s.key)?;
+                s.memo = Some(DirMemo {
+                    epoch,
+                    stamp,
+                    key: s.key.clone(),
+                    known,
+                });
+            }
+            let known = &s.memo.as_ref()?.known;
+            if !known.base_holds(name, &mut s.whiteout) {
+                return None;
+            }
+            if known.base_is(&s.phys_dir, parent) {
+                return run(None);
+            }
+            // The kernel starts elsewhere (a directory fd on a layer's
+            // copy of a merged directory): the entry's path under the
+            // base's root fd.
+            let (fd, off) = root_relative(known.base_path())?;
+            s.path.clear();
+            s.path.extend_from_slice(&known.base_path()[off..]);
+            s.path.push(b'/');
+            s.path.extend_from_slice(name);
+            s.path.push(0);
+            let r = run(Some((fd, s.path.as_ptr().cast())));
+            #[cfg(target_os = "linux")]
+            if r.is_none() && platform::errno() == libc::EBADF {
+                drop_root_fd(fd);
+            }
+            r
         })
         .ok()
         .flatten()
-        .unwrap_or(false)
 }
 
 /// Resolves branch path `rel` on the current chain, reusing directory
@@ -1565,7 +1607,7 @@ pub(crate) struct StateLocks {
     _chain: MutexGuard<'static, Option<ChainState>>,
     _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
-    _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
+    _fds: MutexGuard<'static, Option<FdMap>>,
     _writers: MutexGuard<'static, Option<HashMap<(u64, u64), HeldWriter>>>,
 }
 
