@@ -327,57 +327,59 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
 }
 
 /// A directory whose frame ends in the base, as the cache knew it at one
-/// value of the namespace counter: the base's physical directory, and the
-/// stored names of its parts above the base (none for a directory only
-/// the base holds).
+/// value of the namespace counter: the physical directories of its parts
+/// above the base with their stored names, and the base's directory.
 #[derive(Clone, Debug)]
 pub struct BaseDir {
-    above: Vec<Names>,
+    above: Vec<(Vec<u8>, Names)>,
     base: Vec<u8>,
 }
 
 impl BaseDir {
-    /// Whether name `name` in the directory is the base's: no part above
-    /// the base holds or hides it (as [`Chain::resolve_at`] with `lazy`
-    /// finds). A name in the reserved namespace (stored escaped in a
-    /// layer) or whose whiteout would be hashed is not answered here.
-    /// `scratch` is a buffer for the name's whiteout.
-    pub fn base_holds(&self, name: &[u8], scratch: &mut Vec<u8>) -> bool {
+    /// The physical directory whose entry name `name` in the directory is
+    /// (as [`Chain::resolve_at`] with `lazy` finds for a call that does
+    /// not follow a final symlink): the first part above the base that
+    /// holds it, else the base's when no part above hides it. `None` when
+    /// it is hidden, or not answered here (a name in the reserved
+    /// namespace, stored escaped in a layer, or whose whiteout would be
+    /// hashed). `scratch` is a buffer for the name's whiteout.
+    pub fn locate(&self, name: &[u8], scratch: &mut Vec<u8>) -> Option<&[u8]> {
         if self.above.is_empty() {
-            return true;
+            return Some(&self.base);
         }
         let prefix = whiteout_prefix();
         if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
-            return false;
+            return None;
         }
         scratch.clear();
         scratch.extend_from_slice(prefix);
         scratch.extend_from_slice(name);
-        self.above
-            .iter()
-            .all(|n| !n.contains_key(name) && !n.contains_key(scratch.as_slice()))
-    }
-
-    /// The base's physical directory.
-    pub fn base_path(&self) -> &[u8] {
-        &self.base
-    }
-
-    /// Whether the base's physical directory is `dir` (joined with `sub`
-    /// when that is not empty).
-    pub fn base_is(&self, dir: &[u8], sub: &[u8]) -> bool {
-        let Some(rest) = self.base.strip_prefix(dir) else {
-            return false;
-        };
-        if sub.is_empty() {
-            rest.is_empty()
-        } else {
-            rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+        for (dir, names) in &self.above {
+            if names.contains_key(name) {
+                return Some(dir);
+            }
+            if names.contains_key(scratch.as_slice()) {
+                return None;
+            }
         }
+        Some(&self.base)
     }
 }
 
-/// What a path is in the branch./// What a path is in the branch.
+/// Whether physical directory `dir` is `start` (joined with `sub` when
+/// that is not empty).
+pub fn dir_is(dir: &[u8], start: &[u8], sub: &[u8]) -> bool {
+    let Some(rest) = dir.strip_prefix(start) else {
+        return false;
+    };
+    if sub.is_empty() {
+        rest.is_empty()
+    } else {
+        rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+    }
+}
+
+/// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// It exists.
@@ -927,7 +929,7 @@ impl Chain {
     /// What the cache, at namespace counter `stamp`, knows of directory
     /// `key` (a branch path as asked) when its cached frame ends in the
     /// base: the base's directory and the cached names of its parts above
-    /// the base (see [`BaseDir::base_holds`]). `None` when it does not
+    /// the base (see [`BaseDir::locate`]). `None` when it does not
     /// know that much (no frame, a part above whose names are not listed).
     pub fn base_dir_cached(&self, stamp: u64, key: &[u8]) -> Option<BaseDir> {
         let c = self.dirs.read();
@@ -945,8 +947,8 @@ impl Chain {
         }
         let above = above
             .iter()
-            .map(|(_, part)| c.names.get(part.as_slice())?.clone())
-            .collect::<Option<Vec<Names>>>()?;
+            .map(|(_, part)| Some((part.clone(), c.names.get(part.as_slice())?.clone()?)))
+            .collect::<Option<Vec<_>>>()?;
         Some(BaseDir {
             above,
             base: phys.clone(),

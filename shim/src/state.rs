@@ -1420,15 +1420,16 @@ fn clean_relative_last_slash(path: &[u8]) -> Option<Option<usize>> {
 /// `AT_SYMLINK_NOFOLLOW`) on relative path `path` (under `dirfd`,
 /// `AT_FDCWD` for the working directory), answered without building the
 /// entry's branch and physical paths when the cache knows, at the
-/// current namespace counter, that the path's parent directory ends in
-/// the base and that no layer above holds or hides the name (the
-/// resolver would answer the base's entry: see [`Chain::resolve_at`] with
-/// `lazy`). `run(None)` makes the program's own call, when the kernel
-/// starts from the base's own directory of the branch directory the path
-/// is relative to (the kernel's working directory, or a directory fd the
-/// shim opened there), so the kernel walks to that entry anyway;
-/// `run(Some((fd, path)))` makes it on the entry's path under the base's
-/// root fd, and gives `None` when that fd is bad. `None`: not answered.
+/// current namespace counter, the frame of the path's parent directory
+/// (ending in the base) and the names of its parts above the base: the
+/// entry is then in the first part that holds the name, or in the base's
+/// directory when none holds or hides it (what [`Chain::resolve_at`] with
+/// `lazy` answers). `run(None)` makes the program's own call, when the
+/// kernel starts from that very directory (the kernel's working
+/// directory, or a directory fd the shim opened there) and so walks to
+/// the entry anyway; `run(Some((fd, path)))` makes it on the entry's path
+/// under its layer root's fd, and gives `None` when that fd is bad.
+/// `None`: not answered here.
 pub(crate) fn read_fast<R>(
     dirfd: c_int,
     path: &[u8],
@@ -1496,18 +1497,16 @@ pub(crate) fn read_fast<R>(
                 });
             }
             let known = &s.memo.as_ref()?.known;
-            if !known.base_holds(name, &mut s.whiteout) {
-                return None;
-            }
-            if known.base_is(&s.phys_dir, parent) {
+            let dir = known.locate(name, &mut s.whiteout)?;
+            if crate::resolve::dir_is(dir, &s.phys_dir, parent) {
                 return run(None);
             }
             // The kernel starts elsewhere (a directory fd on a layer's
-            // copy of a merged directory): the entry's path under the
-            // base's root fd.
-            let (fd, off) = root_relative(known.base_path())?;
+            // copy of a merged directory, a name a layer holds under the
+            // base's directory): the entry's path under its root's fd.
+            let (fd, off) = root_relative(dir)?;
             s.path.clear();
-            s.path.extend_from_slice(&known.base_path()[off..]);
+            s.path.extend_from_slice(&dir[off..]);
             s.path.push(b'/');
             s.path.extend_from_slice(name);
             s.path.push(0);
