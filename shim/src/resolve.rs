@@ -1790,6 +1790,85 @@ mod tests {
     }
 
     #[test]
+    fn the_cached_directory_locates_names_as_the_full_lookup_does() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let (top, base) = (t.path().join("top"), t.path().join("base"));
+        let p = |d: &Path| d.as_os_str().as_bytes().to_vec();
+        assert!(
+            c.base_dir_cached(1, b"d").is_none(),
+            "nothing is known before a lookup under it"
+        );
+        // A lookup under d caches its frame and the layer part's names.
+        let r = c.resolve_at(b"d/y", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        let d = c.base_dir_cached(1, b"d").expect("d is known now");
+        assert!(
+            c.base_dir_cached(2, b"d").is_none(),
+            "another counter value"
+        );
+        let mut w = Vec::new();
+        assert_eq!(d.locate(b"y", &mut w), Some(&p(&base.join("d"))[..]));
+        assert_eq!(d.locate(b"new", &mut w), Some(&p(&top.join("d"))[..]));
+        assert_eq!(d.locate(b"x", &mut w), None, "whited out in the layer");
+        assert_eq!(
+            d.locate(b".agentfs~x", &mut w),
+            None,
+            "a reserved name is stored escaped: the full lookup's"
+        );
+        assert_eq!(
+            d.locate(&[b'n'; 250], &mut w),
+            None,
+            "a long name's whiteout is hashed: the full lookup's"
+        );
+        // Each answer is where the full lookup finds the entry.
+        for (name, dir) in [("y", base.join("d")), ("new", top.join("d"))] {
+            let e = found(&c, &format!("d/{name}"), false);
+            assert_eq!(
+                e.phys.as_bytes(),
+                [p(&dir), b"/".to_vec(), name.into()].concat()
+            );
+        }
+        // The root: its frame is known from the start.
+        let root = c.base_dir_cached(1, b"").expect("the root's frame");
+        assert_eq!(root.locate(b"a.txt", &mut w), Some(&p(&top)[..]));
+        assert_eq!(root.locate(b"link", &mut w), Some(&p(&base)[..]));
+        assert!(dir_is(&p(&base.join("d")), &p(&base), b"d"));
+        assert!(dir_is(&p(&base), &p(&base), b""));
+        assert!(!dir_is(&p(&base.join("d")), &p(&base), b""));
+        assert!(!dir_is(&p(&base.join("dd")), &p(&base), b"d"));
+    }
+
+    #[test]
+    fn a_file_in_a_layer_is_answered_from_its_listed_names_for_an_lstat() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        // d's layer part lists new (a file): an lstat-like caller gets
+        // its layer path, with the kind the listing gave.
+        let _ = c.resolve_at(b"d/y", false, Some(1), true).unwrap();
+        let top = t.path().join("top/d/new");
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        let Resolved::Found(e) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((e.layer, e.kind), (0, FileType::RegularFile));
+        assert_eq!(e.phys.as_bytes(), top.as_os_str().as_bytes());
+        // Removed behind the cache's back: the answer stays what the names
+        // said at that counter value (the caller's own lstat then fails,
+        // as the kernel would); at the next value the layer is listed
+        // again, no longer holds it, and the name is the base's (answered
+        // unchecked, for the caller's lstat to find nothing there).
+        fs::remove_file(&top).unwrap();
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        let r = c.resolve_at(b"d/new", false, Some(2), true).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.layer == 1 && e.kind == FileType::Unknown),
+            "{r:?}"
+        );
+    }
+
+    #[test]
     fn the_base_part_of_a_directory_only_where_it_is_merged_in() {
         let t = tempfile::tempdir().unwrap();
         let c = chain(t.path());
