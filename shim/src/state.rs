@@ -1399,21 +1399,22 @@ std::thread_local! {
 /// normal form (no empty, `.` or `..` component, no leading or trailing
 /// slash): `Some(None)` for a single name.
 fn clean_relative_last_slash(path: &[u8]) -> Option<Option<usize>> {
-    let mut last = None;
-    let mut start = 0;
-    for i in 0..=path.len() {
-        if i == path.len() || path[i] == b'/' {
-            match &path[start..i] {
-                b"" | b"." | b".." => return None,
-                _ => {}
+    let (mut last, mut at) = (None, 0);
+    loop {
+        let rest = &path[at..];
+        let end = rest.iter().position(|&b| b == b'/');
+        let comp = &rest[..end.unwrap_or(rest.len())];
+        if comp.is_empty() || comp == b"." || comp == b".." {
+            return None;
+        }
+        match end {
+            Some(e) => {
+                last = Some(at + e);
+                at += e + 1;
             }
-            if i < path.len() {
-                last = Some(i);
-            }
-            start = i + 1;
+            None => return Some(last),
         }
     }
-    Some(last)
 }
 
 /// A call that does not follow a final symlink (`lstat`, `fstatat` with
