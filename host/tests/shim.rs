@@ -1094,6 +1094,73 @@ glob removed: no match (3)
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
 
+/// A directory only the base holds is read through libc's own stream;
+/// changed while it is listed and rewound, it lists the branch's names.
+/// The shim's own descriptors (the layer roots' fds) closed behind its
+/// back by a raw syscall leave lookups working.
+#[test]
+fn a_rewound_stream_and_descriptors_closed_behind_the_shims_back() {
+    if !have("python3", "rewound stream") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(&["python3", "-c"], REWIND_AND_RAW_CLOSE);
+    assert_eq!(
+        out,
+        "listed: ['guide.md'] -> ['new.md']\n\
+         lstat: 24 14 5\n\
+         after raw close_range: 24 14 5 ['lib.rs', 'main.rs', 'nested']\n"
+    );
+    e.assert_outcome(
+        &["A docs/new.md", "D docs/guide.md", "M src/main.rs"],
+        &before,
+    );
+}
+
+const REWIND_AND_RAW_CLOSE: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.opendir.restype = ctypes.c_void_p
+libc.opendir.argtypes = [ctypes.c_char_p]
+libc.readdir.restype = ctypes.c_void_p
+libc.readdir.argtypes = [ctypes.c_void_p]
+libc.rewinddir.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+class Dirent(ctypes.Structure):
+    _fields_ = [("ino", ctypes.c_uint64), ("off", ctypes.c_int64),
+                ("reclen", ctypes.c_ushort), ("type", ctypes.c_ubyte),
+                ("name", ctypes.c_char * 256)]
+def names(d):
+    out = []
+    while True:
+        p = libc.readdir(d)
+        if not p:
+            return sorted(n for n in out if n not in (".", ".."))
+        out.append(ctypes.cast(p, ctypes.POINTER(Dirent)).contents.name.decode())
+d = libc.opendir(b"docs")
+first = names(d)
+open("docs/new.md", "w").close()
+os.unlink("docs/guide.md")
+libc.rewinddir(d)
+second = names(d)
+libc.closedir(d)
+print("listed:", first, "->", second)
+# A file in the layer, a base file of a merged directory, a base file.
+with open("src/main.rs", "a") as f:
+    f.write("// changed\n")
+sizes = lambda: " ".join(str(os.lstat(p).st_size) for p in ("src/main.rs", "src/lib.rs", "src/nested/deep.txt"))
+print("lstat:", sizes())
+SYS_close_range = 436
+if libc.syscall(SYS_close_range, 3, 0x7fffffff, 0) != 0:
+    for fd in range(3, 65536):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+print("after raw close_range:", sizes(), sorted(os.listdir("src")))
+"#;
+
 const CTYPES_TABLE: &str = r#"
 import ctypes, errno, os
 libc = ctypes.CDLL(None, use_errno=True)

@@ -4,9 +4,13 @@
 //! function passes through untouched.
 
 use std::{
+    cell::Cell,
     collections::HashSet,
     ffi::c_int,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use crate::resolve::Listed;
@@ -41,6 +45,15 @@ pub(crate) struct ShimDir {
     pub pos: usize,
     /// The record `readdir` returns.
     pub buf: Dirent,
+    /// libc's own stream on `fd`, for a directory only the base holds
+    /// (its listing is the base directory's own: read by libc, without a
+    /// merged copy); closed with the stream. Null for a merged listing.
+    #[cfg(target_os = "linux")]
+    pub native: *mut libc::DIR,
+    /// Whether `readdir` reads `native` (until a rewind finds the
+    /// directory no longer the base's alone).
+    #[cfg(target_os = "linux")]
+    pub use_native: bool,
 }
 
 impl ShimDir {
@@ -53,7 +66,21 @@ impl ShimDir {
             pos: 0,
             // SAFETY: a dirent is plain data; all zeroes is valid.
             buf: unsafe { std::mem::zeroed() },
+            #[cfg(target_os = "linux")]
+            native: std::ptr::null_mut(),
+            #[cfg(target_os = "linux")]
+            use_native: false,
         })
+    }
+
+    /// A stream of directory `fd` (branch path `path`), which only the base
+    /// holds, read through libc's own stream `native` on it.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn over_native(fd: c_int, path: Vec<u8>, native: *mut libc::DIR) -> Box<Self> {
+        let mut d = Self::new(fd, path, Arc::default());
+        d.native = native;
+        d.use_native = true;
+        d
     }
 
     /// Fills `out` with entry `pos` and advances; false at the end.
@@ -88,21 +115,41 @@ impl ShimDir {
     }
 }
 
+/// Moves (under the registry's lock) whenever a stream is registered or
+/// unregistered: a thread's memory of its last answer is current while it
+/// stays.
+static REGISTRY_GEN: AtomicU64 = AtomicU64::new(0);
+
+std::thread_local! {
+    /// The last stream this thread asked about: (address, registry
+    /// generation, whether it was the shim's). A program reading one
+    /// stream calls `readdir` for each entry: one lock per entry is saved.
+    static LAST: Cell<(usize, u64, bool)> = const { Cell::new((0, u64::MAX, false)) };
+}
+
 /// Registers a stream; returns the `DIR *` to give the program.
 pub(crate) fn register(d: Box<ShimDir>) -> *mut libc::DIR {
     let p = Box::into_raw(d);
-    lock_registry()
-        .get_or_insert_with(HashSet::new)
-        .insert(p as usize);
+    let mut g = lock_registry();
+    g.get_or_insert_with(HashSet::new).insert(p as usize);
+    REGISTRY_GEN.fetch_add(1, Ordering::AcqRel);
     p.cast()
 }
 
 /// The shim stream behind `dirp`, if it is one.
 pub(crate) fn lookup(dirp: *mut libc::DIR) -> Option<*mut ShimDir> {
+    let now = REGISTRY_GEN.load(Ordering::Acquire);
+    if let Ok((addr, gen, ours)) = LAST.try_with(Cell::get) {
+        if addr == dirp as usize && gen == now {
+            return ours.then_some(dirp.cast());
+        }
+    }
     let g = lock_registry();
-    g.as_ref()
-        .filter(|r| r.contains(&(dirp as usize)))
-        .map(|_| dirp.cast())
+    // Read under the lock its writers hold.
+    let now = REGISTRY_GEN.load(Ordering::Acquire);
+    let ours = g.as_ref().is_some_and(|r| r.contains(&(dirp as usize)));
+    let _ = LAST.try_with(|l| l.set((dirp as usize, now, ours)));
+    ours.then_some(dirp.cast())
 }
 
 /// Unregisters and returns the stream behind `dirp`.
@@ -110,6 +157,7 @@ pub(crate) fn unregister(dirp: *mut libc::DIR) -> Option<Box<ShimDir>> {
     let mut g = lock_registry();
     let r = g.as_mut()?;
     if r.remove(&(dirp as usize)) {
+        REGISTRY_GEN.fetch_add(1, Ordering::AcqRel);
         // SAFETY: registered pointers come from Box::into_raw in `register`
         // and are removed once.
         Some(unsafe { Box::from_raw(dirp.cast::<ShimDir>()) })

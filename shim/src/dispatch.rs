@@ -11,11 +11,11 @@ use std::{
 
 use rustix::fs::FileType;
 
-use crate::platform::fail;
+use crate::platform::{self, fail};
 use crate::resolve::{Errno, Resolved};
 use crate::state::{
-    classify, fd_insert, fd_insert_phys, fd_open, fd_relative_offset, kernel_cwd_offset, resolve,
-    resolve_for_read, Guard, Target,
+    classify, drop_root_fd, fd_insert, fd_insert_phys, fd_open, fd_relative_offset,
+    kernel_cwd_offset, read_fast, resolve, resolve_for_read, root_relative, Guard, Target,
 };
 
 /// The bytes of a C string, `None` for a null pointer.
@@ -96,6 +96,63 @@ pub(crate) unsafe fn with_read_path_then<R>(
     call: impl FnOnce(*const c_char) -> R,
     after: impl FnOnce(&R),
 ) -> R {
+    let mut call = Some(call);
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_read_path_at_then(
+            dirfd,
+            path,
+            follow,
+            err,
+            |p| (call.take().expect("called once"))(p),
+            None::<fn(c_int, *const c_char) -> Option<R>>,
+            after,
+        )
+    }
+}
+
+/// The result of a call made relative to a directory fd the shim holds,
+/// `None` when it failed with `EBADF` (the program closed that number
+/// behind the shim's back, with a raw syscall) or `ENOTDIR` (the same, or
+/// the path's own answer): the call is then made again on the whole path.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn unless_bad_fd(r: c_int) -> Option<c_int> {
+    (r >= 0 || !matches!(platform::errno(), libc::EBADF | libc::ENOTDIR)).then_some(r)
+}
+
+/// [`with_read_path_then`] for a call that can also be made relative to a
+/// directory fd (`call_at(dirfd, path)`, the `*at()` form of the
+/// program's call, `None` for a bad fd: see [`unless_bad_fd`]): a
+/// physical path that would go to the kernel whole goes relative to the
+/// fd the shim holds on its layer root instead (a walk of the part under
+/// the root only).
+///
+/// # Safety
+/// `path` is null or points to a NUL-terminated string.
+pub(crate) unsafe fn with_read_path_at_then<R>(
+    dirfd: c_int,
+    path: *const c_char,
+    follow: bool,
+    err: impl FnOnce(Errno) -> R,
+    mut call: impl FnMut(*const c_char) -> R,
+    call_at: Option<impl Fn(c_int, *const c_char) -> Option<R>>,
+    after: impl FnOnce(&R),
+) -> R {
+    if let (false, Some(at)) = (follow, &call_at) {
+        if let Some(_g) = Guard::enter() {
+            // SAFETY: the caller's contract.
+            let fast = unsafe { bytes(path) }.and_then(|p| {
+                read_fast(dirfd, p, |under| match under {
+                    None => Some(call(path)),
+                    Some((fd, p)) => at(fd, p),
+                })
+            });
+            if let Some(r) = fast {
+                after(&r);
+                return r;
+            }
+        }
+    }
     // SAFETY: the caller's contract.
     match unsafe { branch_of(dirfd, path) } {
         None => call(path),
@@ -112,10 +169,30 @@ pub(crate) unsafe fn with_read_path_then<R>(
                     (true, true) => kernel_cwd_offset(c.as_bytes()),
                     (true, false) => fd_relative_offset(dirfd, c.as_bytes()),
                 };
-                let r = match off {
+                let root = match (off, &call_at, in_branch) {
+                    (None, Some(_), true) => root_relative(c.as_bytes()),
+                    _ => None,
+                };
+                let r = match (off, root, call_at) {
                     // SAFETY: `off` is inside `c`, before its NUL.
-                    Some(off) => call(unsafe { c.as_ptr().add(off) }),
-                    None => call(c.as_ptr()),
+                    (Some(off), _, _) => call(unsafe { c.as_ptr().add(off) }),
+                    (None, Some((fd, off)), Some(at)) => {
+                        // SAFETY: as above.
+                        match at(fd, unsafe { c.as_ptr().add(off) }) {
+                            Some(r) => r,
+                            None => {
+                                // EBADF: the program closed the number
+                                // behind the shim's back; ENOTDIR may be
+                                // the path's own answer, the whole path
+                                // tells.
+                                if platform::errno() == libc::EBADF {
+                                    drop_root_fd(fd);
+                                }
+                                call(c.as_ptr())
+                            }
+                        }
+                    }
+                    _ => call(c.as_ptr()),
                 };
                 if in_branch {
                     after(&r);

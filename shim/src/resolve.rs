@@ -32,11 +32,11 @@ use std::{
     ffi::{CString, OsStr},
     hash::{BuildHasherDefault, Hasher},
     os::{
-        fd::BorrowedFd,
+        fd::{BorrowedFd, RawFd},
         unix::ffi::{OsStrExt, OsStringExt},
     },
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI32, AtomicUsize, Ordering},
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
@@ -50,6 +50,26 @@ use crate::{ids::Identity, paths};
 
 /// An errno value.
 pub type Errno = i32;
+
+/// The longest name a directory entry has (Linux's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// What the core puts before a name to make its whiteout (while the two
+/// fit in [`NAME_MAX`]; a longer one is hashed), learned once from
+/// [`whiteout_name`] itself.
+fn whiteout_prefix() -> &'static [u8] {
+    static PREFIX: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let (w, hashed) = whiteout_name(OsStr::new("x"));
+        let w = w.as_bytes();
+        match w.strip_suffix(b"x") {
+            Some(p) if !hashed => p.to_vec(),
+            // Not the plain form: no prefix any name's whiteout starts
+            // with (every merged name then takes the full lookup).
+            _ => vec![0; NAME_MAX + 1],
+        }
+    })
+}
 
 /// Most symlinks followed in one resolution (Linux's MAXSYMLINKS).
 const MAX_SYMLINKS: usize = 40;
@@ -74,6 +94,9 @@ pub struct Chain {
     pub ids: Identity,
     root_frame: Vec<(usize, Vec<u8>)>,
     dirs: ShardedLock<DirCache>,
+    /// A directory fd on each layer's root, when the caller holds one (see
+    /// [`Chain::use_root_fds`]); -1 in it once it may no longer be used.
+    root_fds: Vec<Option<&'static AtomicI32>>,
 }
 
 /// A fast non-cryptographic hash: the cache's keys are short paths
@@ -303,7 +326,60 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardedLock<T> {
     }
 }
 
-/// What a path is in the branch./// What a path is in the branch.
+/// A directory whose frame ends in the base, as the cache knew it at one
+/// value of the namespace counter: the physical directories of its parts
+/// above the base with their stored names, and the base's directory.
+#[derive(Clone, Debug)]
+pub struct BaseDir {
+    above: Vec<(Vec<u8>, Names)>,
+    base: Vec<u8>,
+}
+
+impl BaseDir {
+    /// The physical directory whose entry name `name` in the directory is
+    /// (as [`Chain::resolve_at`] with `lazy` finds for a call that does
+    /// not follow a final symlink): the first part above the base that
+    /// holds it, else the base's when no part above hides it. `None` when
+    /// it is hidden, or not answered here (a name in the reserved
+    /// namespace, stored escaped in a layer, or whose whiteout would be
+    /// hashed). `scratch` is a buffer for the name's whiteout.
+    pub fn locate(&self, name: &[u8], scratch: &mut Vec<u8>) -> Option<&[u8]> {
+        if self.above.is_empty() {
+            return Some(&self.base);
+        }
+        let prefix = whiteout_prefix();
+        if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
+            return None;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(prefix);
+        scratch.extend_from_slice(name);
+        for (dir, names) in &self.above {
+            if names.contains_key(name) {
+                return Some(dir);
+            }
+            if names.contains_key(scratch.as_slice()) {
+                return None;
+            }
+        }
+        Some(&self.base)
+    }
+}
+
+/// Whether physical directory `dir` is `start` (joined with `sub` when
+/// that is not empty).
+pub fn dir_is(dir: &[u8], start: &[u8], sub: &[u8]) -> bool {
+    let Some(rest) = dir.strip_prefix(start) else {
+        return false;
+    };
+    if sub.is_empty() {
+        rest.is_empty()
+    } else {
+        rest.len() == sub.len() + 1 && rest[0] == b'/' && &rest[1..] == sub
+    }
+}
+
+/// What a path is in the branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// It exists.
@@ -338,6 +414,9 @@ enum Lookup {
     Missing,
     /// Only the base, below, may have it.
     BaseBelow,
+    /// (position in the frame, physical path, `DT_*` type): held there as
+    /// its cached names say, not checked (see [`Chain::lookup`]).
+    Unchecked((usize, Vec<u8>, u8)),
 }
 
 /// One entry of a merged listing.
@@ -405,6 +484,7 @@ impl Chain {
             ids,
             root_frame,
             dirs: ShardedLock::new(DirCache::default()),
+            root_fds: Vec::new(),
         })
     }
 
@@ -418,7 +498,138 @@ impl Chain {
             ids: self.ids.clone(),
             root_frame: self.root_frame.clone(),
             dirs: ShardedLock::new(DirCache::default()),
+            root_fds: self.root_fds.clone(),
         }
+    }
+
+    /// Hands the resolver a directory fd on each layer's root (by layer,
+    /// `None` for a layer without one), which the caller keeps open for
+    /// the life of the process and sets to -1 when it must no longer be
+    /// used: a physical path under a root then reaches the kernel as that
+    /// fd and the part under the root (the kernel walks only that part).
+    pub fn use_root_fds(&mut self, fds: Vec<Option<&'static AtomicI32>>) {
+        self.root_fds = fds;
+    }
+
+    /// The root fd physical path `path` lies under, and the part under it.
+    fn under_root<'p>(&self, path: &'p [u8]) -> Option<(&'static AtomicI32, RawFd, &'p [u8])> {
+        for (l, fd) in self.layers.iter().zip(&self.root_fds) {
+            let Some(fd) = fd else {
+                continue;
+            };
+            let r = &l.root;
+            if path.len() > r.len() + 1 && path[r.len()] == b'/' && path.starts_with(r) {
+                let raw = fd.load(Ordering::Acquire);
+                if raw >= 0 {
+                    return Some((fd, raw, &path[r.len() + 1..]));
+                }
+            }
+        }
+        None
+    }
+
+    /// `f` on physical path `path`, relative to its layer root's fd when
+    /// there is one (again on the whole path if that fd turned out bad:
+    /// `EBADF` stops its use, `ENOTDIR` may be the path's own answer).
+    fn at_phys<T>(
+        &self,
+        path: &[u8],
+        f: impl Fn(BorrowedFd<'_>, &std::ffi::CStr) -> rustix::io::Result<T>,
+    ) -> Result<rustix::io::Result<T>, Errno> {
+        if let Some((slot, raw, rest)) = self.under_root(path) {
+            // SAFETY: the caller keeps the root fd open while it is not
+            // -1; a number the program closed behind the shim's back
+            // fails with EBADF, handled below.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            match f(fd, &cstr(rest)?) {
+                Err(e) if e == rustix::io::Errno::BADF => {
+                    let _ = slot.compare_exchange(raw, -1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                Err(e) if e == rustix::io::Errno::NOTDIR => {}
+                r => return Ok(r),
+            }
+        }
+        Ok(f(CWD, &cstr(path)?))
+    }
+
+    /// `lstat` of physical path `path`: `None` when nothing is there.
+    fn lstat(&self, path: &[u8]) -> Result<Option<Stat>, Errno> {
+        if let Some((slot, raw, rest)) = self.under_root(path) {
+            // SAFETY: as in `at_phys`.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            match rustix::fs::statat(fd, cstr(rest)?.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => return Ok(Some(st)),
+                Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+                Err(e) if e == rustix::io::Errno::BADF => {
+                    let _ = slot.compare_exchange(raw, -1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                // ENOTDIR may be the path's own answer: the whole path tells.
+                Err(e) if e == rustix::io::Errno::NOTDIR => {}
+                Err(e) => return Err(e.raw_os_error()),
+            }
+        }
+        lstat(path)
+    }
+
+    /// Calls `f(name, inode, DT_* type)` for every entry of directory
+    /// `dir` but `.` and `..`, until it returns false (raw syscalls). On
+    /// Linux, `open` (an fd on `dir`) is read instead of opening `dir`, and
+    /// rewound.
+    fn read_dir(
+        &self,
+        dir: &[u8],
+        open: Option<BorrowedFd<'_>>,
+        mut f: impl FnMut(&[u8], u64, u8) -> bool,
+    ) -> Result<(), Errno> {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = open {
+            let r = read_raw(fd, &mut f);
+            let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
+            return r;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = open;
+        let fd = self
+            .at_phys(dir, |at, p| {
+                rustix::fs::openat(
+                    at,
+                    p,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            })?
+            .map_err(|e| e.raw_os_error())?;
+        #[cfg(target_os = "linux")]
+        {
+            read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            // `Dir::new` reads this fd; `Dir::read_from` would open it again.
+            let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
+            while let Some(ent) = d.read() {
+                let ent = ent.map_err(|e| e.raw_os_error())?;
+                let name = ent.file_name().to_bytes();
+                if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Every stored name of directory `dir`, with its inode and type;
+    /// `None` when it has more than [`MAX_CACHED_NAMES`] or cannot be read.
+    fn list_names(&self, dir: &[u8]) -> Option<PathMap<(u64, u8)>> {
+        let mut names = PathMap::default();
+        let mut big = false;
+        self.read_dir(dir, None, |name, ino, dtype| {
+            names.insert(name.to_vec(), (ino, dtype));
+            big = names.len() > MAX_CACHED_NAMES;
+            !big
+        })
+        .ok()?;
+        (!big).then_some(names)
     }
 
     fn stored<'n>(&self, idx: usize, name: &'n [u8]) -> Option<Cow<'n, [u8]>> {
@@ -441,7 +652,7 @@ impl Chain {
             }
         }
         let p = child(dir, w.as_bytes());
-        match lstat(&p)? {
+        match self.lstat(&p)? {
             None => Ok(false),
             Some(_) if !hashed => Ok(true),
             Some(_) => Ok(std::fs::read(OsStr::from_bytes(&p)).ok().as_deref() == Some(name)),
@@ -455,7 +666,7 @@ impl Chain {
         if let Some(names) = self.layer_names(stamp, dir) {
             return Ok(names.contains_key(OPAQUE_MARKER.as_bytes()));
         }
-        Ok(lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
+        Ok(self.lstat(&child(dir, OPAQUE_MARKER.as_bytes()))?.is_some())
     }
 
     /// May layer directory `dir` (above the base) hold stored name
@@ -483,7 +694,7 @@ impl Chain {
                 return None;
             }
         }
-        let listed = list_names(dir).map(Arc::new);
+        let listed = self.list_names(dir).map(Arc::new);
         let mut c = self.dirs.write();
         if c.stamp != stamp || c.names.len() >= MAX_CACHED_DIRS {
             c.clear(stamp);
@@ -495,11 +706,16 @@ impl Chain {
     /// `name` in the merged directory `frame`. With `BaseBelow`, no layer
     /// above a base that is not the frame's only part holds or hides it
     /// (the caller looks in the base itself, with the rest of its path).
+    /// With `unchecked` (the caller runs its own `lstat`-like call on the
+    /// answer), a name that a layer directory's cached names list as
+    /// neither a directory nor a symlink is answered from them, without an
+    /// `lstat` of its own.
     fn lookup(
         &self,
         stamp: Option<u64>,
         frame: &[(usize, Vec<u8>)],
         name: &[u8],
+        unchecked: bool,
     ) -> Result<Lookup, Errno> {
         for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
@@ -507,9 +723,24 @@ impl Chain {
                 return Ok(Lookup::BaseBelow);
             }
             if let Some(stored) = self.stored(*idx, name) {
-                if base || self.may_hold(stamp, dir, &stored) {
+                let held = if base {
+                    Some(None)
+                } else {
+                    // May it hold the name (its cached names, when listed),
+                    // and as what?
+                    match self.layer_names(stamp, dir) {
+                        Some(names) => names.get(stored.as_ref()).map(|&(_, t)| Some(t)),
+                        None => Some(None),
+                    }
+                };
+                if let (true, Some(Some(t))) = (unchecked, held) {
+                    if !matches!(t, libc::DT_DIR | libc::DT_LNK | libc::DT_UNKNOWN) {
+                        return Ok(Lookup::Unchecked((pos, child(dir, &stored), t)));
+                    }
+                }
+                if held.is_some() {
                     let p = child(dir, &stored);
-                    if let Some(st) = lstat(&p)? {
+                    if let Some(st) = self.lstat(&p)? {
                         return Ok(Lookup::Hit((pos, p, st)));
                     }
                 }
@@ -545,7 +776,7 @@ impl Chain {
             };
             let p = child(dir, &stored);
             let held = self.layers[*idx].base || self.may_hold(stamp, dir, &stored);
-            match if held { lstat(&p)? } else { None } {
+            match if held { self.lstat(&p)? } else { None } {
                 Some(st) if kind_of(&st) == FileType::Directory => {
                     let opaque = self.is_opaque(stamp, *idx, &p)?;
                     parts.push((*idx, p));
@@ -693,6 +924,35 @@ impl Chain {
         c.aliased |= key != canon;
         c.frames
             .insert(key.to_vec(), (canon.to_vec(), frame.clone(), exact));
+    }
+
+    /// What the cache, at namespace counter `stamp`, knows of directory
+    /// `key` (a branch path as asked) when its cached frame ends in the
+    /// base: the base's directory and the cached names of its parts above
+    /// the base (see [`BaseDir::locate`]). `None` when it does not
+    /// know that much (no frame, a part above whose names are not listed).
+    pub fn base_dir_cached(&self, stamp: u64, key: &[u8]) -> Option<BaseDir> {
+        let c = self.dirs.read();
+        if c.stamp != stamp {
+            return None;
+        }
+        let frame = if key.is_empty() {
+            &self.root_frame
+        } else {
+            &c.frames.get(key)?.1
+        };
+        let ((idx, phys), above) = frame.split_last()?;
+        if !self.layers[*idx].base {
+            return None;
+        }
+        let above = above
+            .iter()
+            .map(|(_, part)| Some((part.clone(), c.names.get(part.as_slice())?.clone()?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(BaseDir {
+            above,
+            base: phys.clone(),
+        })
     }
 
     /// Drops every cached directory frame.
@@ -860,8 +1120,16 @@ impl Chain {
                 let hit = if base_only {
                     Lookup::BaseBelow
                 } else {
-                    self.lookup(stamp, &frame, name)?
+                    self.lookup(stamp, &frame, name, lazy && !follow && last)?
                 };
+                if let Lookup::Unchecked((pos, phys, t)) = hit {
+                    return Ok(Resolved::Found(Entry {
+                        path: here,
+                        phys: cstr_of(phys)?,
+                        layer: frame[pos].0,
+                        kind: kind_of_dtype(t),
+                    }));
+                }
                 if let Lookup::BaseBelow = hit {
                     // No layer above the base has the name (nor hides it):
                     // what is under it is the base's alone.
@@ -895,7 +1163,7 @@ impl Chain {
                             kind: FileType::Unknown,
                         }));
                     }
-                    return match lstat(&phys)? {
+                    return match self.lstat(&phys)? {
                         Some(st) if kind_of(&st) == FileType::Symlink && follow => {
                             links += 1;
                             if links > MAX_SYMLINKS {
@@ -963,6 +1231,7 @@ impl Chain {
                     Lookup::Hit(h) => Some(h),
                     Lookup::Missing => None,
                     Lookup::BaseBelow => unreachable!("narrowed to the base above"),
+                    Lookup::Unchecked(_) => unreachable!("answered above"),
                 };
                 match hit {
                     None if last => return Ok(Resolved::Absent(here)),
@@ -1013,10 +1282,10 @@ impl Chain {
         }
         let mut frame = self.root_frame.clone();
         for name in canon.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            let hit = match self.lookup(stamp, &frame, name)? {
+            let hit = match self.lookup(stamp, &frame, name, false)? {
                 Lookup::BaseBelow => {
                     frame.drain(..frame.len() - 1);
-                    self.lookup(stamp, &frame, name)?
+                    self.lookup(stamp, &frame, name, false)?
                 }
                 other => other,
             };
@@ -1120,7 +1389,7 @@ impl Chain {
                         add(stored, ino, dtype);
                     }
                 }
-                None => read_dir(
+                None => self.read_dir(
                     dir,
                     top.filter(|_| pos == 0 && base),
                     |stored, ino, dtype| {
@@ -1184,47 +1453,6 @@ impl Chain {
     }
 }
 
-/// Calls `f(name, inode, DT_* type)` for every entry of directory `dir`
-/// but `.` and `..`, until it returns false (raw syscalls). On Linux,
-/// `open` (an fd on `dir`) is read instead of opening `dir`, and rewound.
-fn read_dir(
-    dir: &[u8],
-    open: Option<BorrowedFd<'_>>,
-    mut f: impl FnMut(&[u8], u64, u8) -> bool,
-) -> Result<(), Errno> {
-    #[cfg(target_os = "linux")]
-    if let Some(fd) = open {
-        let r = read_raw(fd, &mut f);
-        let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
-        return r;
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = open;
-    let fd = rustix::fs::open(
-        cstr(dir)?.as_c_str(),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| e.raw_os_error())?;
-    #[cfg(target_os = "linux")]
-    {
-        read_raw(std::os::fd::AsFd::as_fd(&fd), &mut f)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // `Dir::new` reads this fd; `Dir::read_from` would open it again.
-        let mut d = rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())?;
-        while let Some(ent) = d.read() {
-            let ent = ent.map_err(|e| e.raw_os_error())?;
-            let name = ent.file_name().to_bytes();
-            if name != b"." && name != b".." && !f(name, ent.ino(), dtype(ent.file_type())) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Reads directory fd `fd` from its offset with `getdents64` into one
 /// 32 KiB buffer (as glibc's `readdir` does: a directory of a few hundred
 /// names takes one call and the one that says the end; rustix's `Dir`
@@ -1243,24 +1471,23 @@ fn read_raw(fd: BorrowedFd<'_>, f: &mut impl FnMut(&[u8], u64, u8) -> bool) -> R
     Ok(())
 }
 
-/// Every stored name of directory `dir`, with its inode and type; `None`
-/// when it has more than [`MAX_CACHED_NAMES`] or cannot be read.
-fn list_names(dir: &[u8]) -> Option<PathMap<(u64, u8)>> {
-    let mut names = PathMap::default();
-    let mut big = false;
-    read_dir(dir, None, |name, ino, dtype| {
-        names.insert(name.to_vec(), (ino, dtype));
-        big = names.len() > MAX_CACHED_NAMES;
-        !big
-    })
-    .ok()?;
-    (!big).then_some(names)
-}
-
 fn read_link(phys: &[u8]) -> Result<Vec<u8>, Errno> {
     rustix::fs::readlinkat(CWD, cstr(phys)?.as_c_str(), Vec::new())
         .map(|c| c.into_bytes())
         .map_err(|e| e.raw_os_error())
+}
+
+/// The kind a `DT_*` type names (`Unknown` for a directory or symlink
+/// too: callers only ask for the others).
+fn kind_of_dtype(t: u8) -> FileType {
+    match t {
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_FIFO => FileType::Fifo,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharacterDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::Unknown,
+    }
 }
 
 fn dtype(t: FileType) -> u8 {
@@ -1560,6 +1787,85 @@ mod tests {
         );
         let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
         assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+    }
+
+    #[test]
+    fn the_cached_directory_locates_names_as_the_full_lookup_does() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let (top, base) = (t.path().join("top"), t.path().join("base"));
+        let p = |d: &Path| d.as_os_str().as_bytes().to_vec();
+        assert!(
+            c.base_dir_cached(1, b"d").is_none(),
+            "nothing is known before a lookup under it"
+        );
+        // A lookup under d caches its frame and the layer part's names.
+        let r = c.resolve_at(b"d/y", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 1), "{r:?}");
+        let d = c.base_dir_cached(1, b"d").expect("d is known now");
+        assert!(
+            c.base_dir_cached(2, b"d").is_none(),
+            "another counter value"
+        );
+        let mut w = Vec::new();
+        assert_eq!(d.locate(b"y", &mut w), Some(&p(&base.join("d"))[..]));
+        assert_eq!(d.locate(b"new", &mut w), Some(&p(&top.join("d"))[..]));
+        assert_eq!(d.locate(b"x", &mut w), None, "whited out in the layer");
+        assert_eq!(
+            d.locate(b".agentfs~x", &mut w),
+            None,
+            "a reserved name is stored escaped: the full lookup's"
+        );
+        assert_eq!(
+            d.locate(&[b'n'; 250], &mut w),
+            None,
+            "a long name's whiteout is hashed: the full lookup's"
+        );
+        // Each answer is where the full lookup finds the entry.
+        for (name, dir) in [("y", base.join("d")), ("new", top.join("d"))] {
+            let e = found(&c, &format!("d/{name}"), false);
+            assert_eq!(
+                e.phys.as_bytes(),
+                [p(&dir), b"/".to_vec(), name.into()].concat()
+            );
+        }
+        // The root: its frame is known from the start.
+        let root = c.base_dir_cached(1, b"").expect("the root's frame");
+        assert_eq!(root.locate(b"a.txt", &mut w), Some(&p(&top)[..]));
+        assert_eq!(root.locate(b"link", &mut w), Some(&p(&base)[..]));
+        assert!(dir_is(&p(&base.join("d")), &p(&base), b"d"));
+        assert!(dir_is(&p(&base), &p(&base), b""));
+        assert!(!dir_is(&p(&base.join("d")), &p(&base), b""));
+        assert!(!dir_is(&p(&base.join("dd")), &p(&base), b"d"));
+    }
+
+    #[test]
+    fn a_file_in_a_layer_is_answered_from_its_listed_names_for_an_lstat() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        // d's layer part lists new (a file): an lstat-like caller gets
+        // its layer path, with the kind the listing gave.
+        let _ = c.resolve_at(b"d/y", false, Some(1), true).unwrap();
+        let top = t.path().join("top/d/new");
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        let Resolved::Found(e) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((e.layer, e.kind), (0, FileType::RegularFile));
+        assert_eq!(e.phys.as_bytes(), top.as_os_str().as_bytes());
+        // Removed behind the cache's back: the answer stays what the names
+        // said at that counter value (the caller's own lstat then fails,
+        // as the kernel would); at the next value the layer is listed
+        // again, no longer holds it, and the name is the base's (answered
+        // unchecked, for the caller's lstat to find nothing there).
+        fs::remove_file(&top).unwrap();
+        let r = c.resolve_at(b"d/new", false, Some(1), true).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        let r = c.resolve_at(b"d/new", false, Some(2), true).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.layer == 1 && e.kind == FileType::Unknown),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
     },
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard,
     },
 };
@@ -628,7 +628,10 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
             base: true,
         });
     }
-    let chain = Arc::new(Chain::new(layers, cfg.root.clone())?);
+    let mut chain = Chain::new(layers, cfg.root.clone())?;
+    let roots = hold_roots(&chain);
+    chain.use_root_fds(roots);
+    let chain = Arc::new(chain);
     SHOWN_DEV.store(chain.ids.device().unwrap_or(0), Ordering::Relaxed);
     CHAIN_FETCHED.store(true, Ordering::Relaxed);
     let epoch = CHAIN_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
@@ -644,6 +647,136 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
         graph,
     });
     Ok((chain, counters))
+}
+
+// ----------------------------------------------------------- layer roots
+
+/// Most layer roots (over every chain the process has seen) the shim
+/// holds a directory fd on; a root beyond them is reached by its
+/// absolute path.
+const ROOT_SLOTS: usize = 16;
+
+/// One layer root the shim holds an `O_PATH` fd on (at a high number,
+/// close-on-exec): a physical path under it is handed to the kernel
+/// relative to that fd (a walk of the part under the root only, as a
+/// program's own relative path is, instead of the root's whole path).
+struct RootSlot {
+    path: OnceLock<Vec<u8>>,
+    /// -1 once the program closed or replaced it (or none was opened).
+    fd: AtomicI32,
+}
+
+static ROOTS: [RootSlot; ROOT_SLOTS] = [const {
+    RootSlot {
+        path: OnceLock::new(),
+        fd: AtomicI32::new(-1),
+    }
+}; ROOT_SLOTS];
+
+/// Slots of [`ROOTS`] filled so far (only grows; filled under the chain's
+/// lock, so never while a `fork` is under way).
+static ROOTS_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// The lowest fd number among [`ROOTS`]: a `close` of a lower number
+/// costs one compare.
+static ROOT_FD_MIN: AtomicI32 = AtomicI32::new(i32::MAX);
+
+/// Opens a directory fd on each root of `chain` the shim holds none on
+/// yet (called with the chain's lock held), and returns each layer's slot.
+/// The fds are never closed by the shim: another thread may be using one
+/// of an older chain.
+fn hold_roots(chain: &Chain) -> Vec<Option<&'static AtomicI32>> {
+    #[cfg(target_os = "linux")]
+    {
+        chain.layers.iter().map(|l| hold_root(&l.root)).collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = chain;
+        Vec::new()
+    }
+}
+
+/// The slot of [`ROOTS`] holding an fd on `root`, opened first if needed.
+#[cfg(target_os = "linux")]
+fn hold_root(root: &[u8]) -> Option<&'static AtomicI32> {
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    if let Some(s) = ROOTS[..used]
+        .iter()
+        .find(|s| s.path.get().is_some_and(|p| p == root))
+    {
+        return Some(&s.fd);
+    }
+    if used == ROOT_SLOTS {
+        return None;
+    }
+    let c = CString::new(root).ok()?;
+    let fd = rustix::fs::open(
+        c.as_c_str(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let fd = to_high(fd).into_raw_fd();
+    let slot = &ROOTS[used];
+    let _ = slot.path.set(root.to_vec());
+    slot.fd.store(fd, Ordering::Release);
+    ROOT_FD_MIN.fetch_min(fd, Ordering::AcqRel);
+    ROOTS_USED.store(used + 1, Ordering::Release);
+    Some(&slot.fd)
+}
+
+/// A directory fd the shim holds on a layer root that physical path
+/// `phys` lies under, and where in `phys` the part under it starts.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn root_relative(phys: &[u8]) -> Option<(RawFd, usize)> {
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    let mut best: Option<(RawFd, usize)> = None;
+    for s in &ROOTS[..used] {
+        let Some(root) = s.path.get() else {
+            continue;
+        };
+        if phys.len() > root.len() + 1
+            && phys[root.len()] == b'/'
+            && phys.starts_with(root)
+            && best.is_none_or(|(_, off)| root.len() + 1 > off)
+        {
+            let fd = s.fd.load(Ordering::Acquire);
+            if fd >= 0 {
+                best = Some((fd, root.len() + 1));
+            }
+        }
+    }
+    best
+}
+
+/// Stops using root fd `fd` (the program is closing or replacing that
+/// number, or a call on it failed with `EBADF`): paths under its root go
+/// to the kernel whole from now on.
+pub(crate) fn drop_root_fd(fd: RawFd) {
+    if fd < ROOT_FD_MIN.load(Ordering::Acquire) {
+        return;
+    }
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    for s in &ROOTS[..used] {
+        let _ =
+            s.fd.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// [`drop_root_fd`] for every number in `first..=last`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn drop_root_fds(first: RawFd, last: RawFd) {
+    if last < ROOT_FD_MIN.load(Ordering::Acquire) {
+        return;
+    }
+    let used = ROOTS_USED.load(Ordering::Acquire);
+    for s in &ROOTS[..used] {
+        let fd = s.fd.load(Ordering::Acquire);
+        if fd >= first && fd <= last {
+            drop_root_fd(fd);
+        }
+    }
 }
 
 /// The device every entry of the branch shows when some layer lies on
@@ -940,7 +1073,32 @@ pub(crate) struct FdInfo {
     pub phys: Option<Vec<u8>>,
 }
 
-static FDS: Mutex<Option<HashMap<RawFd, FdInfo>>> = Mutex::new(None);
+/// A hasher for fd numbers: the program's own small integers, looked up
+/// on every `*at()` call, where SipHash's flooding resistance buys nothing.
+#[derive(Default)]
+pub(crate) struct FdHasher(u64);
+
+impl std::hash::Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        // Multiplicative hashing: hashbrown takes the top bits.
+        self.0 = (n as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The shim's table of branch fds.
+type FdMap = HashMap<RawFd, FdInfo, std::hash::BuildHasherDefault<FdHasher>>;
+
+static FDS: Mutex<Option<FdMap>> = Mutex::new(None);
 static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Remembers that `fd` is branch path `path`, open for writing with the
@@ -981,7 +1139,7 @@ pub(crate) fn fd_insert_dup(fd: RawFd, info: FdInfo) {
 
 fn fd_insert_info(fd: RawFd, info: FdInfo) {
     let mut g = lock(&FDS);
-    let m = g.get_or_insert_with(HashMap::new);
+    let m = g.get_or_insert_with(FdMap::default);
     m.insert(fd, info);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
 }
@@ -1198,6 +1356,172 @@ pub(crate) fn classify(dirfd: c_int, path: &[u8]) -> Result<Target, Errno> {
     })
 }
 
+/// What [`read_fast`] learnt of the last directory it looked at, on one
+/// thread: a program stats the names of one directory one after the
+/// other, and each then costs no look at the shared cache.
+struct DirMemo {
+    /// The chain's epoch and the namespace counter it holds for.
+    epoch: u64,
+    stamp: u64,
+    /// The directory's branch path as asked (the cache's key).
+    key: Vec<u8>,
+    /// What the cache knew.
+    known: crate::resolve::BaseDir,
+}
+
+/// Per-thread buffers of the fast read: the directory the path is
+/// relative to (branch and physical), the branch path it builds, the
+/// whiteout name, a path for the kernel, and its memory of the last
+/// directory.
+struct Scratch {
+    branch_dir: Vec<u8>,
+    phys_dir: Vec<u8>,
+    key: Vec<u8>,
+    whiteout: Vec<u8>,
+    path: Vec<u8>,
+    memo: Option<DirMemo>,
+}
+
+std::thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            branch_dir: Vec::new(),
+            phys_dir: Vec::new(),
+            key: Vec::new(),
+            whiteout: Vec::new(),
+            path: Vec::new(),
+            memo: None,
+        })
+    };
+}
+
+/// Where the last `/` of relative path `path` is, when `path` is in
+/// normal form (no empty, `.` or `..` component, no leading or trailing
+/// slash): `Some(None)` for a single name.
+fn clean_relative_last_slash(path: &[u8]) -> Option<Option<usize>> {
+    let (mut last, mut at) = (None, 0);
+    loop {
+        let rest = &path[at..];
+        let end = rest.iter().position(|&b| b == b'/');
+        let comp = &rest[..end.unwrap_or(rest.len())];
+        if comp.is_empty() || comp == b"." || comp == b".." {
+            return None;
+        }
+        match end {
+            Some(e) => {
+                last = Some(at + e);
+                at += e + 1;
+            }
+            None => return Some(last),
+        }
+    }
+}
+
+/// A call that does not follow a final symlink (`lstat`, `fstatat` with
+/// `AT_SYMLINK_NOFOLLOW`) on relative path `path` (under `dirfd`,
+/// `AT_FDCWD` for the working directory), answered without building the
+/// entry's branch and physical paths when the cache knows, at the
+/// current namespace counter, the frame of the path's parent directory
+/// (ending in the base) and the names of its parts above the base: the
+/// entry is then in the first part that holds the name, or in the base's
+/// directory when none holds or hides it (what [`Chain::resolve_at`] with
+/// `lazy` answers). `run(None)` makes the program's own call, when the
+/// kernel starts from that very directory (the kernel's working
+/// directory, or a directory fd the shim opened there) and so walks to
+/// the entry anyway; `run(Some((fd, path)))` makes it on the entry's path
+/// under its layer root's fd, and gives `None` when that fd is bad.
+/// `None`: not answered here.
+pub(crate) fn read_fast<R>(
+    dirfd: c_int,
+    path: &[u8],
+    run: impl FnOnce(Option<(RawFd, *const std::ffi::c_char)>) -> Option<R>,
+) -> Option<R> {
+    let slash = clean_relative_last_slash(path)?;
+    let (parent, name) = match slash {
+        Some(p) => (&path[..p], &path[p + 1..]),
+        None => (&b""[..], path),
+    };
+    let (epoch, stamp) = LOCAL_CHAIN
+        .try_with(|l| {
+            let l = l.try_borrow().ok()?;
+            let l = l.as_ref()?;
+            if l.epoch != CHAIN_EPOCH.load(Ordering::Acquire) || l.counters.graph() != l.graph {
+                return None;
+            }
+            Some((l.epoch, l.counters.namespace()))
+        })
+        .ok()??;
+    SCRATCH
+        .try_with(|s| {
+            let mut s = s.try_borrow_mut().ok()?;
+            let s = &mut *s;
+            // The directory the path is relative to, copied out of the
+            // working directory's records or the fd table (no lock held
+            // during the call).
+            let copy = |s: &mut Scratch, b: Option<&[u8]>, p: Option<&[u8]>| {
+                let (b, p) = (b?, p?);
+                s.branch_dir.clear();
+                s.branch_dir.extend_from_slice(b);
+                s.phys_dir.clear();
+                s.phys_dir.extend_from_slice(p);
+                Some(())
+            };
+            if dirfd == libc::AT_FDCWD {
+                with_local_cwd_full(|_, k, b| copy(s, b, k))??;
+            } else {
+                fd_with(dirfd, |info| {
+                    copy(s, Some(&info.path), info.phys.as_deref())
+                })??;
+            }
+            s.key.clear();
+            s.key.extend_from_slice(&s.branch_dir);
+            if !parent.is_empty() {
+                if !s.key.is_empty() {
+                    s.key.push(b'/');
+                }
+                s.key.extend_from_slice(parent);
+            }
+            let fresh = s
+                .memo
+                .as_ref()
+                .is_some_and(|m| m.epoch == epoch && m.stamp == stamp && m.key == s.key);
+            if !fresh {
+                // What the cache did not know yet it may know next time
+                // (the call that finds it out fills it in): only what it
+                // knew is kept.
+                let known = local_chain()?.0.base_dir_cached(stamp, &s.key)?;
+                s.memo = Some(DirMemo {
+                    epoch,
+                    stamp,
+                    key: s.key.clone(),
+                    known,
+                });
+            }
+            let known = &s.memo.as_ref()?.known;
+            let dir = known.locate(name, &mut s.whiteout)?;
+            if crate::resolve::dir_is(dir, &s.phys_dir, parent) {
+                return run(None);
+            }
+            // The kernel starts elsewhere (a directory fd on a layer's
+            // copy of a merged directory, a name a layer holds under the
+            // base's directory): the entry's path under its root's fd.
+            let (fd, off) = root_relative(dir)?;
+            s.path.clear();
+            s.path.extend_from_slice(&dir[off..]);
+            s.path.push(b'/');
+            s.path.extend_from_slice(name);
+            s.path.push(0);
+            let r = run(Some((fd, s.path.as_ptr().cast())));
+            #[cfg(target_os = "linux")]
+            if r.is_none() && platform::errno() == libc::EBADF {
+                drop_root_fd(fd);
+            }
+            r
+        })
+        .ok()
+        .flatten()
+}
+
 /// Resolves branch path `rel` on the current chain, reusing directory
 /// frames while the store's namespace counter stays.
 pub(crate) fn resolve(rel: &[u8], follow: bool) -> Result<Resolved, Errno> {
@@ -1242,6 +1566,18 @@ fn resolve_with(rel: &[u8], follow: bool, lazy: bool) -> Result<Resolved, Errno>
     r
 }
 
+/// Whether branch directory `rel` is held by the base alone (no layer
+/// above holds it, so none holds or hides a name in it): its listing is
+/// the base directory's own.
+#[cfg(target_os = "linux")]
+pub(crate) fn base_only_dir(rel: &[u8]) -> bool {
+    let Ok(Resolved::Found(e)) = resolve(rel, true) else {
+        return false;
+    };
+    e.kind == rustix::fs::FileType::Directory
+        && chain().is_ok_and(|c| c.layers.get(e.layer).is_some_and(|l| l.base))
+}
+
 /// The merged listing of branch directory `rel`, reused while the store's
 /// namespace counter stays; `top` is an fd the shim opened on it (read
 /// instead of opening its top part again).
@@ -1271,7 +1607,7 @@ pub(crate) struct StateLocks {
     _chain: MutexGuard<'static, Option<ChainState>>,
     _cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
     _kernel_cwd: RwLockWriteGuard<'static, Option<Vec<u8>>>,
-    _fds: MutexGuard<'static, Option<HashMap<RawFd, FdInfo>>>,
+    _fds: MutexGuard<'static, Option<FdMap>>,
     _writers: MutexGuard<'static, Option<HashMap<(u64, u64), HeldWriter>>>,
 }
 

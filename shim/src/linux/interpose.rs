@@ -21,13 +21,14 @@ use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
 use crate::dispatch::{
-    open_in_branch, read_target, umask_now, with_read_path, with_read_path_then, with_write_path,
+    open_in_branch, read_target, umask_now, unless_bad_fd, with_read_path, with_read_path_at_then,
+    with_read_path_then, with_write_path,
 };
 
 use super::{
-    bytes, chain_changed, classify, cwd, dirs, fail, fd_closed, fd_get, fd_remove, fs_op, orig,
-    resolve, set_cwd, set_errno, shim_log, shown_fsid, shown_identity, shown_identity_of_fd,
-    shown_vfs_fsid, text, wire, Guard, Target,
+    bytes, chain_changed, classify, cwd, dirs, drop_root_fd, drop_root_fds, fail, fd_closed,
+    fd_get, fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, shown_fsid,
+    shown_identity, shown_identity_of_fd, shown_vfs_fsid, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -139,11 +140,39 @@ unsafe fn empty_path_fd(dirfd: c_int, path: Cp, flags: c_int) -> Option<c_int> {
     (flags & libc::AT_EMPTY_PATH != 0 && !path.is_null() && unsafe { *path } == 0).then_some(dirfd)
 }
 
+/// The `fstatat` form of a stat call (a physical path handed to the
+/// kernel relative to a layer root the shim holds an fd on).
+macro_rules! stat_at {
+    ($helper:ident, $orig:ident, $buf:ty) => {
+        unsafe fn $helper(fd: c_int, p: Cp, buf: $buf, flags: c_int) -> Option<c_int> {
+            let o = orig!($orig: fn(c_int, Cp, $buf, c_int) -> c_int)?;
+            // SAFETY: the program's buffer, a path inside the shim's string.
+            unless_bad_fd(unsafe { o(fd, p, buf, flags) })
+        }
+    };
+}
+stat_at!(fstatat_at, fstatat, *mut libc::stat);
+stat_at!(fstatat64_at, fstatat64, *mut libc::stat64);
+
+/// The `__fxstatat` form of an old `__xstat` call (see [`stat_at`]).
+macro_rules! xstat_at {
+    ($helper:ident, $orig:ident, $buf:ty) => {
+        unsafe fn $helper(ver: c_int, fd: c_int, p: Cp, buf: $buf, flags: c_int) -> Option<c_int> {
+            let o = orig!($orig: fn(c_int, c_int, Cp, $buf, c_int) -> c_int)?;
+            // SAFETY: the program's buffer, a path inside the shim's string.
+            unless_bad_fd(unsafe { o(ver, fd, p, buf, flags) })
+        }
+    };
+}
+xstat_at!(fxstatat_at, __fxstatat, *mut libc::stat);
+xstat_at!(fxstatat64_at, __fxstatat64, *mut libc::stat64);
+
 /// The stat family: a branch path is read on its physical entry, then its
 /// identity shown as the branch's; an `AT_EMPTY_PATH` call on an fd the
-/// shim opened in the branch likewise.
+/// shim opened in the branch likewise. `at` is the call's `*at()` form
+/// (`|fd, path|`), for a physical path under a layer root.
 macro_rules! stat_read {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) ; dirfd: $dirfd:expr ; path: $path:ident ; follow: $follow:expr ; flags: $flags:expr ; buf: $buf:ident) => {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) ; dirfd: $dirfd:expr ; path: $path:ident ; follow: $follow:expr ; flags: $flags:expr ; buf: $buf:ident ; at: $at:expr) => {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             let Some(o) = orig!($name: fn($($ty),*) -> c_int) else {
@@ -158,31 +187,68 @@ macro_rules! stat_read {
                 }
                 return r;
             }
-            // SAFETY: the program's arguments, passed on as they came.
+            let at: unsafe fn(c_int, Cp, $($ty),*) -> Option<c_int> = $at;
+            // SAFETY: the program's arguments, passed on as they came (the
+            // path, or a physical path inside the shim's string).
             unsafe {
-                with_read_path_then($dirfd, $path, $follow, fail, |$path| o($($arg),*), |&r| {
-                    if r == 0 {
-                        show_branch_ids($buf);
-                    }
-                })
+                with_read_path_at_then(
+                    $dirfd,
+                    $path,
+                    $follow,
+                    fail,
+                    |$path| o($($arg),*),
+                    Some(|fd, p| at(fd, p, $($arg),*)),
+                    |&r| {
+                        if r == 0 {
+                            show_branch_ids($buf);
+                        }
+                    },
+                )
             }
         }
     };
 }
 
-stat_read!(stat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
-stat_read!(stat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
-stat_read!(lstat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
-stat_read!(lstat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
-stat_read!(__xstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
-stat_read!(__xstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf);
-stat_read!(__lxstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
-stat_read!(__lxstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf);
-stat_read!(fstatat(dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
-stat_read!(fstatat64(dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
-stat_read!(__fxstatat(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
-stat_read!(__fxstatat64(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
-stat_read!(statx(dirfd: c_int, path: Cp, flags: c_int, mask: c_uint, buf: *mut libc::statx); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf);
+const NOFOLLOW: c_int = libc::AT_SYMLINK_NOFOLLOW;
+
+stat_read!(stat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf;
+    at: |fd, p, _, buf| unsafe { fstatat_at(fd, p, buf, 0) });
+stat_read!(stat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf;
+    at: |fd, p, _, buf| unsafe { fstatat64_at(fd, p, buf, 0) });
+stat_read!(lstat(path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf;
+    at: |fd, p, _, buf| unsafe { fstatat_at(fd, p, buf, NOFOLLOW) });
+stat_read!(lstat64(path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf;
+    at: |fd, p, _, buf| unsafe { fstatat64_at(fd, p, buf, NOFOLLOW) });
+stat_read!(__xstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf;
+    at: |fd, p, ver, _, buf| unsafe { fxstatat_at(ver, fd, p, buf, 0) });
+stat_read!(__xstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: true; flags: 0; buf: buf;
+    at: |fd, p, ver, _, buf| unsafe { fxstatat64_at(ver, fd, p, buf, 0) });
+stat_read!(__lxstat(ver: c_int, path: Cp, buf: *mut libc::stat); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf;
+    at: |fd, p, ver, _, buf| unsafe { fxstatat_at(ver, fd, p, buf, NOFOLLOW) });
+stat_read!(__lxstat64(ver: c_int, path: Cp, buf: *mut libc::stat64); dirfd: CWD; path: path; follow: false; flags: 0; buf: buf;
+    at: |fd, p, ver, _, buf| unsafe { fxstatat64_at(ver, fd, p, buf, NOFOLLOW) });
+stat_read!(fstatat(dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf;
+    at: |fd, p, _, _, buf, flags| unsafe { fstatat_at(fd, p, buf, flags) });
+stat_read!(fstatat64(dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf;
+    at: |fd, p, _, _, buf, flags| unsafe { fstatat64_at(fd, p, buf, flags) });
+stat_read!(__fxstatat(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf;
+    at: |fd, p, ver, _, _, buf, flags| unsafe { fxstatat_at(ver, fd, p, buf, flags) });
+stat_read!(__fxstatat64(ver: c_int, dirfd: c_int, path: Cp, buf: *mut libc::stat64, flags: c_int); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf;
+    at: |fd, p, ver, _, _, buf, flags| unsafe { fxstatat64_at(ver, fd, p, buf, flags) });
+stat_read!(statx(dirfd: c_int, path: Cp, flags: c_int, mask: c_uint, buf: *mut libc::statx); dirfd: dirfd; path: path; follow: !nofollow(flags); flags: flags; buf: buf;
+    at: |fd, p, _, _, flags, mask, buf| unsafe { statx_at(fd, p, flags, mask, buf) });
+
+unsafe fn statx_at(
+    fd: c_int,
+    p: Cp,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut libc::statx,
+) -> Option<c_int> {
+    let o = orig!(statx: fn(c_int, Cp, c_int, c_uint, *mut libc::statx) -> c_int)?;
+    // SAFETY: the program's buffer, a path inside the shim's string.
+    unless_bad_fd(unsafe { o(fd, p, flags, mask, buf) })
+}
 
 /// `fstat` and its variants: the call itself, then the branch's identity
 /// for an fd of the branch.
@@ -1036,6 +1102,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let Some(o) = orig!(close: fn(c_int) -> c_int) else {
         return fail(libc::ENOSYS);
     };
+    drop_root_fd(fd);
     let Some(_g) = Guard::enter() else {
         // SAFETY: passed on.
         return unsafe { o(fd) };
@@ -1071,6 +1138,12 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     let Some(o) = orig!(close_range: fn(c_uint, c_uint, c_int) -> c_int) else {
         return fail(libc::ENOSYS);
     };
+    if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
+        drop_root_fds(
+            first.min(c_int::MAX as c_uint) as c_int,
+            last.min(c_int::MAX as c_uint) as c_int,
+        );
+    }
     // SAFETY: passed on.
     let r = unsafe { o(first, last, flags) };
     if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
@@ -1086,6 +1159,7 @@ pub unsafe extern "C" fn closefrom(first: c_int) {
     let Some(o) = orig!(closefrom: fn(c_int) -> ()) else {
         return;
     };
+    drop_root_fds(first, c_int::MAX);
     // SAFETY: passed on.
     unsafe { o(first) };
     if let Some(_g) = Guard::enter() {
@@ -1124,6 +1198,9 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let Some(o) = orig!(dup2: fn(c_int, c_int) -> c_int) else {
         return fail(libc::ENOSYS);
     };
+    if old != new {
+        drop_root_fd(new);
+    }
     // SAFETY: passed on.
     let r = unsafe { o(old, new) };
     if r >= 0 && old != new {
@@ -1139,6 +1216,7 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let Some(o) = orig!(dup3: fn(c_int, c_int, c_int) -> c_int) else {
         return fail(libc::ENOSYS);
     };
+    drop_root_fd(new);
     // SAFETY: passed on.
     let r = unsafe { o(old, new, flags) };
     if r >= 0 {
@@ -1186,6 +1264,22 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 // ---------------------------------------------------------- directories
 
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
+    if super::base_only_dir(&path) {
+        // Only the base holds it: libc reads it, no merged copy is made.
+        let Some(o) = orig!(fdopendir: fn(c_int) -> *mut libc::DIR) else {
+            close_tracked(fd);
+            return null_err(libc::ENOSYS);
+        };
+        // SAFETY: an fd of the program's that the shim opened on the
+        // base's directory.
+        let native = unsafe { o(fd) };
+        if native.is_null() {
+            let e = super::errno();
+            close_tracked(fd);
+            return null_err(e);
+        }
+        return dirs::register(dirs::ShimDir::over_native(fd, path, native));
+    }
     match super::list(&path, Some(fd)) {
         Ok(entries) => dirs::register(dirs::ShimDir::new(fd, path, entries)),
         Err(e) => {
@@ -1260,6 +1354,10 @@ macro_rules! readdir_fn {
                     // SAFETY: a live registered stream; the program does
                     // not use one stream from two threads at once (POSIX).
                     let d = unsafe { &mut *d };
+                    if d.use_native {
+                        // SAFETY: libc's own live stream.
+                        return unsafe { o(d.native) };
+                    }
                     let buf = std::ptr::addr_of_mut!(d.buf);
                     if d.next_into(buf) {
                         buf.cast()
@@ -1290,6 +1388,8 @@ macro_rules! readdir_r_fn {
                 return libc::ENOSYS;
             };
             match dirs::lookup(dirp) {
+                // SAFETY: libc's own live stream, the caller's buffers.
+                Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native, entry, result) },
                 Some(d) => {
                     // SAFETY: a live registered stream; `entry` and
                     // `result` are the caller's (dirent and dirent64 share
@@ -1319,6 +1419,19 @@ pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
         return fail(libc::ENOSYS);
     };
     match dirs::unregister(dirp) {
+        Some(d) if !d.native.is_null() => {
+            let _g = Guard::enter();
+            // libc's stream closes the fd itself.
+            let info = fd_remove(d.fd);
+            // SAFETY: libc's own live stream, closed once.
+            let r = unsafe { o(d.native) };
+            if let Some(info) = info {
+                let e = super::errno();
+                fd_closed(&info);
+                set_errno(e);
+            }
+            r
+        }
         Some(d) => {
             let _g = Guard::enter();
             close_tracked(d.fd)
@@ -1351,6 +1464,15 @@ pub unsafe extern "C" fn rewinddir(dirp: *mut libc::DIR) {
             let _g = Guard::enter();
             // SAFETY: a live registered stream.
             let d = unsafe { &mut *d };
+            if d.use_native {
+                if super::base_only_dir(&d.path) {
+                    // SAFETY: libc's own live stream.
+                    return unsafe { o(d.native) };
+                }
+                // A layer holds it now (the program changed it while
+                // listing it): the merged listing from here on.
+                d.use_native = false;
+            }
             if let Ok(entries) = super::list(&d.path, None) {
                 d.entries = entries;
             }
@@ -1367,6 +1489,8 @@ pub unsafe extern "C" fn telldir(dirp: *mut libc::DIR) -> c_long {
         return fail(libc::ENOSYS) as c_long;
     };
     match dirs::lookup(dirp) {
+        // SAFETY: libc's own live stream.
+        Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native) },
         // SAFETY: a live registered stream.
         Some(d) => unsafe { (*d).pos as c_long },
         // SAFETY: passed on.
@@ -1380,6 +1504,8 @@ pub unsafe extern "C" fn seekdir(dirp: *mut libc::DIR, loc: c_long) {
         return;
     };
     match dirs::lookup(dirp) {
+        // SAFETY: libc's own live stream.
+        Some(d) if unsafe { (*d).use_native } => unsafe { o((*d).native, loc) },
         // SAFETY: a live registered stream.
         Some(d) => unsafe { (*d).pos = loc.max(0) as usize },
         // SAFETY: passed on.

@@ -48,6 +48,12 @@ pub(crate) fn fail(e: i32) -> c_int {
     -1
 }
 
+/// This thread's `errno`.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
 /// Sets `errno`.
 pub(crate) fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot.
