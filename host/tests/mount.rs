@@ -799,6 +799,16 @@ print(os.stat("big.base").st_size)
 /// next access after the CLI returns, with nothing but a stat where a stat
 /// suffices (the kernel answers it from its caches without asking the
 /// server).
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn never_stale(e: &Env) {
     let missing =
         |p: &Path| fs::metadata(p).map(|_| ()).unwrap_err().kind() == std::io::ErrorKind::NotFound;
@@ -808,15 +818,7 @@ fn never_stale(e: &Env) {
     e.cli
         .ok(&["fs", "write", "--branch", "b", "held/f.txt", "--data", "h"]);
     let held = fs::File::open(e.mp.join("held/f.txt")).unwrap();
-    let listed = |dir: &Path| {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(listed(&e.mp.join("held")), ["f.txt"]);
+    assert_eq!(names_in(&e.mp.join("held")), ["f.txt"]);
     // And a program whose working directory is a directory that was empty
     // when it listed it first: `.` is never looked up again.
     e.cli.ok(&["fs", "mkdir", "--branch", "b", "cwd"]);
@@ -869,7 +871,7 @@ fn never_stale(e: &Env) {
             "c",
         ]);
         assert!(
-            listed(&e.mp.join("held")).contains(&added),
+            names_in(&e.mp.join("held")).contains(&added),
             "round {i}: a name added elsewhere to a listed directory"
         );
         e.cli.ok(&[
@@ -983,15 +985,7 @@ fn directories_open_without_the_server_and_list_whole() {
         fs::write(dir.join(n), b"x").unwrap();
     }
     want.sort();
-    let listed = |dir: &Path| {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(listed(&dir), want);
+    assert_eq!(names_in(&dir), want);
     // Opened and listed again and again by four threads at once: every
     // listing is whole, and (the kernel keeping the listing and opening
     // the directory itself) the server is not asked for any of it.
@@ -1003,7 +997,7 @@ fn directories_open_without_the_server_and_list_whole() {
                     drop(fs::File::open(&dir).unwrap());
                 }
                 for _ in 0..20 {
-                    assert_eq!(listed(&dir), want);
+                    assert_eq!(names_in(&dir), want);
                 }
             });
         }
@@ -1020,7 +1014,7 @@ fn directories_open_without_the_server_and_list_whole() {
     // Changed through the mount, and elsewhere: the next listing shows it.
     fs::remove_file(dir.join(&want[7])).unwrap();
     let gone = want.remove(7);
-    assert_eq!(listed(&dir), want, "{gone} removed through the mount");
+    assert_eq!(names_in(&dir), want, "{gone} removed through the mount");
     e.cli
         .ok(&["fs", "rm", "--branch", "b", &format!("many/{}", want[0])]);
     want.remove(0);
@@ -1034,7 +1028,7 @@ fn directories_open_without_the_server_and_list_whole() {
         "n",
     ]);
     want.push("zz-new.txt".into());
-    assert_eq!(listed(&dir), want, "changed through the CLI");
+    assert_eq!(names_in(&dir), want, "changed through the CLI");
     // Files a program under the shim creates (an `fd_open` through the
     // daemon): the same program lists the mount right after each (the
     // mount knows 1,500 names: its sweep takes a while).
