@@ -225,14 +225,15 @@ fn targets(t: &Inodes, paths: &[Vec<u8>]) -> Option<Forget> {
 /// data of what it can reach without a lookup. False once the mount is
 /// gone.
 ///
-/// Every known name is invalidated, so the next path walk through it asks
-/// the server again, and the reply refreshes the inode's attributes. The
-/// kernel uses an inode's cached attributes or data without a lookup only
-/// where it holds the inode otherwise: a directory (its kept listing; `.`,
-/// `..`, a working directory) and an open file (`fstat`, its pages). Those
-/// are invalidated as inodes too; other inodes need not be (an invalidation
-/// is a system call, and a mount that knows 10,000 names would make every
-/// outside change pay 10,000 more).
+/// An invalidated name makes the next path walk through it ask the server
+/// again, and the reply refreshes the inode's attributes. The kernel uses
+/// an inode's cached attributes or data without a lookup only where it
+/// holds the inode otherwise: a directory (its kept listing; `.`, `..`, a
+/// working directory) and an open file (`fstat`, its pages). Those are
+/// invalidated as inodes too (with `only`, the changed paths' own and their
+/// directories', and every open file); other inodes need not be (an
+/// invalidation is a system call, and a mount that knows 10,000 names would
+/// make every outside change pay 10,000 more).
 fn sweep(inodes: &Mutex<Inodes>, io: &IoState, only: Option<&[Vec<u8>]>) -> bool {
     let Some(n) = io.notifier.get() else {
         return true;
