@@ -96,6 +96,58 @@ fn done_means_a_git_checkout_prints_what_it_would_natively() {
 }
 
 #[test]
+fn sigterm_to_agentfs_run_stops_the_program_and_nothing_is_left_blocked() {
+    let e = Env::new(false);
+    let pid_file = e.cli.dir.join("program.pid");
+    let mask_file = e.cli.dir.join("program.sigblk");
+    let script = format!(
+        "grep '^SigBlk' /proc/self/status > {}; echo $$ > {p}.tmp && mv {p}.tmp {p}; exec sleep 600",
+        mask_file.display(),
+        p = pid_file.display()
+    );
+    let mut run = e
+        .cli
+        .cmd()
+        .current_dir(&e.base)
+        .args([
+            "run", "--create", "--branch", "b", "--", "sh", "-c", &script,
+        ])
+        .spawn()
+        .unwrap();
+    // The program is running once it has written its pid.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid: i32 = loop {
+        if let Ok(p) = fs::read_to_string(&pid_file) {
+            break p.trim().parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        std::thread::yield_now();
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let status = run.wait().unwrap();
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    if alive {
+        // SAFETY: the orphaned program of this test, stopped so that a
+        // failure leaves nothing behind.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // The program got the signal (its status is `agentfs run`'s), and it
+    // is gone: `agentfs run` reaped it before exiting.
+    assert!(!alive, "the program (pid {pid}) outlived agentfs run");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    // It started with no signal blocked.
+    assert_eq!(
+        fs::read_to_string(&mask_file).unwrap().trim(),
+        "SigBlk:\t0000000000000000"
+    );
+}
+
+#[test]
 fn bash_redirections_appends_heredocs_and_globs() {
     if !have("bash", "bash") {
         return;

@@ -21,7 +21,7 @@ use std::{
         },
     },
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Child, Command, ExitCode, ExitStatus, Stdio},
 };
 
 use agentfs_proto::{BranchInfo, Client, Hello, Request, Response};
@@ -285,6 +285,8 @@ pub fn run(
         read_only.push(PathBuf::from(b));
     }
     read_only.push(store_root.clone());
+    // A SIGTERM from here on is passed on to the program.
+    pass_signals_on().context("pass SIGTERM and SIGHUP on")?;
     let child = if args.no_sandbox {
         cmd.spawn()
     } else {
@@ -320,13 +322,7 @@ pub fn run(
     };
     let mut child =
         child.with_context(|| format!("run {}", Path::new(&args.command[0]).display()))?;
-    // While the program runs, ^C and ^\ are its business.
-    // SAFETY: setting dispositions of two signals in this process.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-    }
-    let status = child.wait().context("wait for the program")?;
+    let status = wait_passing_signals(&mut child).context("wait for the program")?;
     drop(client);
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
@@ -334,6 +330,94 @@ pub fn run(
         _ => 1,
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// The program's pid while it may be signalled (0: not started yet, or
+/// about to be reaped).
+static PROGRAM: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// A SIGTERM or SIGHUP that came before the program started.
+static PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Passes a SIGTERM or SIGHUP on to the program (async-signal-safe: two
+/// atomics and `kill`).
+extern "C" fn pass_on(sig: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    let pid = PROGRAM.load(Ordering::Acquire);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; `pid` is our unreaped child.
+        unsafe { libc::kill(pid, sig) };
+    } else {
+        PENDING.store(sig, Ordering::Release);
+    }
+}
+
+/// From now on, SIGTERM and SIGHUP sent to this process are passed on to
+/// the program (held until it starts): a supervisor or `kill` stopping
+/// `agentfs run` stops the program, as with `timeout` or `env`, instead of
+/// leaving it orphaned. A handler, not a mask: it holds whichever thread
+/// the signal lands on, and the program starts with default dispositions
+/// (exec resets caught signals).
+pub(crate) fn pass_signals_on() -> std::io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty
+        // mask, installed for two catchable signals.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = pass_on as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the program started after [`pass_signals_on`], passing on
+/// SIGTERM and SIGHUP until it is reaped; ^C and ^\ reach the program
+/// from the terminal itself and are ignored here.
+pub(crate) fn wait_passing_signals(child: &mut Child) -> std::io::Result<ExitStatus> {
+    use std::sync::atomic::Ordering;
+    // SAFETY: setting dispositions of two signals in this process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let pid = child.id() as libc::pid_t;
+    PROGRAM.store(pid, Ordering::Release);
+    let early = PENDING.swap(0, Ordering::AcqRel);
+    if early != 0 {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(pid, early) };
+    }
+    // Wait without reaping, stop passing signals on, then reap: a pid
+    // is never signalled once it may belong to another process.
+    // SAFETY: siginfo_t is plain data, valid when zeroed.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid on our own child with a valid out-pointer; WNOWAIT
+        // leaves it to be reaped below.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    PROGRAM.store(0, Ordering::Release);
+    child.wait()
 }
 
 /// A handshaken connection to the daemon on a high fd number without

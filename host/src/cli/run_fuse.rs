@@ -196,6 +196,8 @@ fn spawn_inside(
             Ok(())
         })
     };
+    // A SIGTERM from here on is passed on to the program.
+    super::run::pass_signals_on()?;
     let mut child = c.spawn().map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) && userns {
             anyhow::anyhow!(
@@ -211,7 +213,7 @@ fn spawn_inside(
             anyhow::Error::new(e).context(format!("run {}", args.command[0].to_string_lossy()))
         }
     })?;
-    Ok(child.wait()?)
+    Ok(super::run::wait_passing_signals(&mut child)?)
 }
 
 /// Writes `data` to the file at `path` (a /proc file) with raw calls that
