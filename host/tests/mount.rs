@@ -609,6 +609,51 @@ fn sigterm_unmounts_and_ends_the_server() {
     assert!(fingerprint(&e.base) == e.before, "the base changed");
 }
 
+#[test]
+fn sigterm_ends_a_server_whose_mount_another_namespace_still_holds() {
+    let t = "sigterm_ends_a_server_whose_mount_another_namespace_still_holds";
+    if !have("unshare", t) || !have("timeout", t) {
+        return;
+    }
+    let Some(e) = Env::new(t, false) else { return };
+    let pid = e.server_pid();
+    // Another mount namespace copies the mount table, this mount included:
+    // detached here, the mount lives on there.
+    let me = fs::read_link("/proc/self/ns/mnt").unwrap();
+    let holder = Reaped(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_link(format!("/proc/{}/ns/mnt", holder.0.id())).ok() == Some(me.clone()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare never entered a namespace"
+        );
+        std::thread::yield_now();
+    }
+    agentfs_mount::unmount(&e.mp, true).unwrap();
+    assert!(!mounted(&e.mp));
+    // SAFETY: signalling the server this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    // `tail --pid` returns when the process has exited (bounded, so a
+    // server that does not end fails the test instead of hanging it).
+    let o = Command::new("timeout")
+        .args(["60", "tail", "--pid", &pid.to_string(), "-f", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the server did not end on SIGTERM: {o:?}"
+    );
+    drop(holder);
+    let v: serde_json::Value = serde_json::from_str(&e.cli.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["mounts"], serde_json::json!([]));
+    assert!(fingerprint(&e.base) == e.before, "the base changed");
+}
+
 /// Counter `field` of /proc/PID/io of process `pid`.
 fn proc_io(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/io"))

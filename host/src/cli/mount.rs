@@ -192,13 +192,21 @@ fn foreground(
         tracing::warn!(error = %e, dir = %dir.display(), "could not record the mount for `agentfs status`");
     }
     let mut unmounter = m.unmounter();
-    let mp2 = mp.clone();
+    let (mp2, dir2) = (mp.clone(), dir.clone());
     std::thread::spawn(move || {
         if let Ok(sig) = set.wait() {
             tracing::info!(?sig, "unmounting");
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!(error = %e, "unmount failed: detaching");
-                let _ = agentfs_mount::unmount(&mp2, true);
+                if let Err(e) = agentfs_mount::unmount(&mp2, true) {
+                    // Not mounted here any more (detached already, still
+                    // held by another mount namespace): the server ends
+                    // anyway, as a signal asks, and what still holds the
+                    // mount gets ENOTCONN.
+                    tracing::warn!(error = %e, "detaching failed too: ending the server");
+                    registry::remove(&dir2, &mp2);
+                    std::process::exit(0);
+                }
             }
         }
     });
