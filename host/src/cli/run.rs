@@ -393,8 +393,9 @@ pub(crate) fn wait_passing_signals(child: &mut Child) -> std::io::Result<ExitSta
         // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(pid, early) };
     }
-    // Wait without reaping, stop passing signals on, then reap: a pid
-    // is never signalled once it may belong to another process.
+    // Wait without reaping, stop passing signals on, then reap: once the
+    // pid may belong to another process only a handler that read it in
+    // the few instructions before could still signal it.
     // SAFETY: siginfo_t is plain data, valid when zeroed.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
