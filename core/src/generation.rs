@@ -56,7 +56,7 @@ const RING_HEAD: usize = 1000;
 const RING: usize = 1024;
 
 /// Entries in the change ring.
-pub const RING_ENTRIES: usize = 128;
+const RING_ENTRIES: usize = 128;
 
 /// Words per ring entry: sequence (entry number + 1 once written), slot
 /// and flags, path length, then the path's bytes.
@@ -392,7 +392,7 @@ impl Generation {
     }
 
     /// True while a mount is registered: changes are logged for it.
-    pub fn logging(&self) -> bool {
+    pub(crate) fn logging(&self) -> bool {
         self.word(IN_USE).load(Ordering::Acquire) != 0
     }
 
@@ -400,7 +400,7 @@ impl Generation {
     /// or overwritten ignore it or stop trusting the ring).
     fn log_entry(&self, head: u64, path: &[u8]) {
         let n = self.word(RING_HEAD).fetch_add(1, Ordering::AcqRel);
-        let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+        let e = entry_word(n);
         let seq = self.word(e);
         seq.store(WRITING, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
@@ -436,7 +436,7 @@ impl Generation {
         }
         let mut next = None;
         for n in *cursor..head {
-            let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+            let e = entry_word(n);
             let seq = self.word(e);
             let s1 = seq.load(Ordering::Acquire);
             if s1 == WRITING || s1 < n + 1 {
@@ -473,6 +473,11 @@ impl Generation {
         *cursor = next.unwrap_or(head);
         out
     }
+}
+
+/// The index of the first word of ring entry number `n`.
+fn entry_word(n: u64) -> usize {
+    RING + (n as usize % RING_ENTRIES) * ENTRY
 }
 
 /// What [`Generation::read_changes`] found.
@@ -665,7 +670,7 @@ mod tests {
         let mut cursor = g.ring_head();
         // A writer between claiming its entry and finishing it.
         let n = g.word(RING_HEAD).fetch_add(1, Ordering::AcqRel);
-        let e = RING + (n as usize % RING_ENTRIES) * ENTRY;
+        let e = entry_word(n);
         g.word(e).store(WRITING, Ordering::Release);
         g.log_change("x", Some(&[b"later"]));
         let got = g.read_changes("x", &mut cursor);

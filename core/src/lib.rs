@@ -42,7 +42,7 @@ pub use dir_store::DirLayerStore;
 pub use error::{CoreError, CoreResult};
 pub use events::{acting_for, Change, Event, EventKind, Subscription, SubscriptionId};
 pub use generation::{
-    namespace_slot, Generation, LoggedChanges, MountSeat, GENERATION_FILE, MOUNTS, RING_ENTRIES,
+    namespace_slot, Generation, LoggedChanges, MountSeat, GENERATION_FILE, MOUNTS,
 };
 pub use graph::DEFAULT_COMPACT_THRESHOLD;
 pub use graph_db::{GRAPH_FILE, LEGACY_GRAPH_FILE};

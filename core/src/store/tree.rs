@@ -381,12 +381,7 @@ impl Tree<'_> {
             h.file.write_all_at(data, offset)?;
             Ok::<_, std::io::Error>(before)
         })();
-        if self.store.gen.logging() {
-            let logged = std::os::unix::ffi::OsStringExt::into_vec(key.to_os_string());
-            self.store
-                .gen
-                .log_change(branch, Some(&[logged.as_slice()]));
-        }
+        log_paths(&self.store.gen, branch, &[&key]);
         drop(after);
         let before = match done {
             Ok(b) => b,
@@ -597,23 +592,26 @@ impl Tree<'_> {
 /// Logs the paths change `c` touched for the mounts of `branch` (see
 /// [`Generation::log_change`]).
 fn log_change(g: &Generation, branch: &str, c: &Change) {
-    use std::os::unix::ffi::OsStrExt;
-    if !g.logging() {
-        return;
-    }
-    let path = c.path.to_os_string();
-    let path = path.as_bytes();
     match &c.kind {
         EventKind::Created
         | EventKind::Removed
         | EventKind::Modified
-        | EventKind::AttributesChanged => g.log_change(branch, Some(&[path])),
-        EventKind::Renamed { to } => {
-            let to = to.to_os_string();
-            g.log_change(branch, Some(&[path, to.as_bytes()]))
-        }
+        | EventKind::AttributesChanged => log_paths(g, branch, &[&c.path]),
+        EventKind::Renamed { to } => log_paths(g, branch, &[&c.path, to]),
         EventKind::BranchCreated | EventKind::SnapshotCreated { .. } => g.log_change(branch, None),
     }
+}
+
+/// Logs `paths` as one change of `branch` for its mounts (nothing is
+/// built while no mount is registered).
+fn log_paths(g: &Generation, branch: &str, paths: &[&BranchPath]) {
+    use std::os::unix::ffi::OsStringExt;
+    if !g.logging() {
+        return;
+    }
+    let bytes: Vec<Vec<u8>> = paths.iter().map(|p| p.to_os_string().into_vec()).collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    g.log_change(branch, Some(&refs));
 }
 
 /// Bumps the namespace counter when dropped (after a change, whether it

@@ -79,10 +79,7 @@ impl Daemon {
             // A new name, with the store's locks released: mounts of the
             // branch drop what their kernels cache of its directory before
             // the requester hears back (as after a mutating `Fs` request).
-            let _ = self.with_store(|st| {
-                st.settle_mounts(&branch);
-                Ok(())
-            });
+            self.settle_mounts(&branch);
         }
         let mut out = FdOpened {
             copied_up: opened.copied_up,

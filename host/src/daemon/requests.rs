@@ -77,10 +77,7 @@ impl Daemon {
                         // With the store's locks released: mounts of the
                         // branch drop what their kernels cache before the
                         // requester hears back.
-                        let _ = self.with_store(|st| {
-                            st.settle_mounts(&b);
-                            Ok(())
-                        });
+                        self.settle_mounts(&b);
                     }
                     reply
                 } else {

@@ -126,6 +126,17 @@ impl Daemon {
         self
     }
 
+    /// Waits until the mounts of `branch` in other processes dropped what
+    /// their kernels cache of the changes so far (see
+    /// `Store::settle_mounts`): call it with the store's locks released,
+    /// before a change's requester hears back.
+    pub fn settle_mounts(&self, branch: &str) {
+        let _ = self.with_store(|st| {
+            st.settle_mounts(branch);
+            Ok(())
+        });
+    }
+
     /// Runs `f` on the store; an error once the daemon is shutting down.
     pub fn with_store<T>(
         &self,
