@@ -41,15 +41,18 @@ impl Env {
 
     /// `agentfs run --create --branch b -- args` in the base.
     fn run(&self, args: &[&str]) -> Output {
-        self.cli
-            .cmd()
-            .current_dir(&self.base)
+        self.run_command(args).output().unwrap()
+    }
+
+    /// The command [`Env::run`] runs, to start it another way.
+    fn run_command(&self, args: &[&str]) -> Command {
+        let mut c = self.cli.cmd();
+        c.current_dir(&self.base)
             .args(["run", "--create", "--branch", "b", "--"])
             .args(args)
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", &self.cli.dir)
-            .output()
-            .unwrap()
+            .env("HOME", &self.cli.dir);
+        c
     }
 
     /// Runs `script` with `shell` both ways; requires both to succeed and
@@ -105,15 +108,7 @@ fn sigterm_to_agentfs_run_stops_the_program_and_nothing_is_left_blocked() {
         mask_file.display(),
         p = pid_file.display()
     );
-    let mut run = e
-        .cli
-        .cmd()
-        .current_dir(&e.base)
-        .args([
-            "run", "--create", "--branch", "b", "--", "sh", "-c", &script,
-        ])
-        .spawn()
-        .unwrap();
+    let mut run = e.run_command(&["sh", "-c", &script]).spawn().unwrap();
     // The program is running once it has written its pid.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let pid: i32 = loop {
