@@ -58,6 +58,8 @@ pub struct RawStat {
     pub ino: u64,
     /// Device.
     pub dev: u64,
+    /// The device a device node stands for (else 0).
+    pub rdev: u64,
     /// Access time (seconds, nanoseconds).
     pub atime: (i64, i64),
     /// Modification time (seconds, nanoseconds).
@@ -78,6 +80,7 @@ impl RawStat {
             nlink: st.st_nlink as u64,
             ino: st.st_ino as u64,
             dev: st.st_dev as u64,
+            rdev: st.st_rdev as u64,
             atime: (st.st_atime as i64, st.st_atime_nsec as i64),
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
         }

@@ -53,7 +53,7 @@ pub use layer_names::{
 pub use layer_store::{
     LayerCaps, LayerError, LayerErrorKind, LayerResult, LayerStore, LayerStoreStatus,
 };
-pub use metadata::{DirEntry, FileKind, Origin, Stat};
+pub use metadata::{DirEntry, FileKind, Origin, Special, Stat};
 pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
 pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, LOCK_FILE, SESSION_DIR, WRITER_LOCK_DIR};

@@ -41,6 +41,35 @@ impl FileKind {
     }
 }
 
+/// What a [`FileKind::Other`] entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Special {
+    /// A named pipe.
+    Fifo,
+    /// A UNIX socket.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+impl Special {
+    /// From the `S_IFMT` bits of a mode (`None` for a file, directory or
+    /// symlink).
+    #[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        match mode & libc::S_IFMT as u32 {
+            m if m == libc::S_IFIFO as u32 => Some(Self::Fifo),
+            m if m == libc::S_IFSOCK as u32 => Some(Self::Socket),
+            m if m == libc::S_IFCHR as u32 => Some(Self::CharDevice),
+            m if m == libc::S_IFBLK as u32 => Some(Self::BlockDevice),
+            _ => None,
+        }
+    }
+}
+
 /// Which layer of a branch an entry comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "id")]
@@ -72,6 +101,10 @@ pub struct Stat {
     pub ino: u64,
     /// Device of the layer holding the entry.
     pub dev: u64,
+    /// For [`FileKind::Other`]: which special file it is.
+    pub special: Option<Special>,
+    /// The device a device node stands for (else 0).
+    pub rdev: u64,
     /// Last access.
     #[serde(serialize_with = "ser_time")]
     pub atime: SystemTime,
@@ -132,6 +165,11 @@ mod tests {
         assert_eq!(FileKind::from_mode(0o040755), FileKind::Dir);
         assert_eq!(FileKind::from_mode(0o120777), FileKind::Symlink);
         assert_eq!(FileKind::from_mode(0o010644), FileKind::Other);
+        assert_eq!(Special::from_mode(0o010644), Some(Special::Fifo));
+        assert_eq!(Special::from_mode(0o140755), Some(Special::Socket));
+        assert_eq!(Special::from_mode(0o020666), Some(Special::CharDevice));
+        assert_eq!(Special::from_mode(0o060660), Some(Special::BlockDevice));
+        assert_eq!(Special::from_mode(0o100644), None);
     }
 
     #[test]

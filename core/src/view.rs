@@ -30,7 +30,7 @@ use super::{
     beneath::{self, RawStat},
     error::{CoreError, CoreResult},
     layer_names::{decode, encode, whiteout_name, Decoded, OPAQUE_MARKER},
-    metadata::{DirEntry, FileKind, Origin, Stat},
+    metadata::{DirEntry, FileKind, Origin, Special, Stat},
     path::{is_plain_component, BranchPath, NAME_MAX},
 };
 
@@ -407,6 +407,8 @@ impl View {
             nlink: raw.nlink,
             ino: raw.ino,
             dev: raw.dev,
+            special: Special::from_mode(raw.mode),
+            rdev: raw.rdev,
             atime: raw.atime(),
             mtime: raw.mtime(),
             origin: self.layers[layer].origin(),

@@ -82,10 +82,18 @@ impl std::ops::Deref for Env {
 
 impl Env {
     fn new(test: &str, git: bool) -> Option<Self> {
+        Self::with(test, git, |_| {})
+    }
+
+    /// As [`Env::new`], with `prepare` run on the project and on its
+    /// native copy first.
+    fn with(test: &str, git: bool, prepare: impl Fn(&Path)) -> Option<Self> {
         if !fuse_available(test) {
             return None;
         }
         let sample = Sample::new(git);
+        prepare(&sample.base);
+        prepare(&sample.native);
         let (cli, base) = (&sample.cli, &sample.base);
         cli.ok(&["init", "--base", base.to_str().unwrap()]);
         cli.ok(&["branch", "create", "b"]);
@@ -204,6 +212,60 @@ cat ./run.sh | head -1
         "D docs/guide.md",
         "A docs/moved.md",
     ]);
+    e.finish();
+}
+
+#[test]
+fn fifos_and_devices_in_the_base_show_as_what_they_are() {
+    let t = "fifos_and_devices_in_the_base_show_as_what_they_are";
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some(e) = Env::with(t, false, |dir| {
+        nix::unistd::mkfifo(&dir.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        if root {
+            nix::sys::stat::mknod(
+                &dir.join("null0"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(1, 3),
+            )
+            .unwrap();
+        }
+    }) else {
+        return;
+    };
+    if !root {
+        eprintln!("{t}: not root, so no device node in the base (the fifo is)");
+    }
+    // The kernel serves a fifo of the mount itself: a writer meets a
+    // reader, nothing is copied into the branch; listings and stat show
+    // the kinds.
+    let out = e.same(
+        &["sh", "-c"],
+        r#"set -e
+timeout 20 cat pipe > got 2>/dev/null & echo through > pipe; wait; cat got
+find . -maxdepth 1 \( -type p -o -type c \) | sort
+if [ -c null0 ]; then stat -c '%F %t:%T' null0; fi
+stat -c '%F' pipe
+"#,
+    );
+    let device = if root {
+        "./null0\n./pipe\ncharacter special file 1:3\n"
+    } else {
+        "./pipe\n"
+    };
+    assert_eq!(out, format!("through\n{device}fifo\n"));
+    if root {
+        // A FUSE mount is `nodev`: its device nodes do not open.
+        let o = e.output_in(&e.mp, &["sh", "-c", "echo x > null0"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("Permission denied"),
+            "{err}"
+        );
+    }
+    e.assert_same_tree();
+    e.assert_diff_has(&["A got"]);
     e.finish();
 }
 

@@ -22,7 +22,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agentfs_core::{BranchPath, CoreError, FileKind, OpenOptions, Stat, Store, Tree, WriterLock};
+use agentfs_core::{
+    BranchPath, CoreError, FileKind, OpenOptions, Special, Stat, Store, Tree, WriterLock,
+};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -229,6 +231,19 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
+/// The kind of an entry whose metadata is known: a fifo, socket or device
+/// node is shown as what it is (the kernel then serves a fifo itself and
+/// opens a device node on its own).
+fn stat_kind(st: &Stat) -> FileType {
+    match st.special {
+        Some(Special::Fifo) => FileType::NamedPipe,
+        Some(Special::Socket) => FileType::Socket,
+        Some(Special::CharDevice) => FileType::CharDevice,
+        Some(Special::BlockDevice) => FileType::BlockDevice,
+        None => kind(st.kind),
+    }
+}
+
 fn attr(ino: u64, st: &Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -238,7 +253,7 @@ fn attr(ino: u64, st: &Stat) -> FileAttr {
         mtime: st.mtime,
         ctime: st.mtime,
         crtime: st.mtime,
-        kind: kind(st.kind),
+        kind: stat_kind(st),
         perm: (st.mode & 0o7777) as u16,
         nlink: if st.kind == FileKind::Dir {
             2
@@ -247,7 +262,7 @@ fn attr(ino: u64, st: &Stat) -> FileAttr {
         },
         uid: st.uid,
         gid: st.gid,
-        rdev: 0,
+        rdev: st.rdev as u32,
         blksize: 4096,
         flags: 0,
     }
@@ -361,7 +376,8 @@ impl BranchFs {
     /// The listing of directory `ino`: `.`, `..` and its merged entries.
     fn listing(&self, req: &Request, ino: INodeNo) -> Result<DirListing, Errno> {
         let path = self.path(ino)?;
-        let entries = self.tree(req).read_dir(&path).map_err(|e| errno(&e))?;
+        let tree = self.tree(req);
+        let entries = tree.read_dir(&path).map_err(|e| errno(&e))?;
         let parent = path.parent().unwrap_or_else(BranchPath::root);
         let mut inodes = self.inodes();
         let mut list: DirListing = Vec::with_capacity(entries.len() + 2);
@@ -373,11 +389,20 @@ impl BranchFs {
         };
         list.push((pino, FileType::Directory, "..".into()));
         for e in entries {
-            let i = inodes.ino(&path.join(&e.name));
+            let p = path.join(&e.name);
+            let i = inodes.ino(&p);
             if e.kind == FileKind::Dir {
                 inodes.mark_dir(i);
             }
-            list.push((i, kind(e.kind), e.name));
+            // A listing says only "other" for a fifo, socket or device
+            // node; `find -type p` trusts the type a listing gives.
+            let t = match e.kind {
+                FileKind::Other => tree
+                    .lstat(&p)
+                    .map_or(FileType::RegularFile, |st| stat_kind(&st)),
+                k => kind(k),
+            };
+            list.push((i, t, e.name));
         }
         Ok(list)
     }

@@ -145,6 +145,8 @@ pub fn stat_from_wire(s: wire::FileStat) -> core::Stat {
         nlink: s.nlink,
         ino: s.ino,
         dev: s.dev,
+        special: None,
+        rdev: 0,
         atime: time_from_ns(s.atime_ns),
         mtime: time_from_ns(s.mtime_ns),
         origin: match s.origin {

@@ -152,8 +152,23 @@ pub fn image_dir(root: &Path) -> TreeImage {
             } else if md.file_type().is_symlink() {
                 let t = fs::read_link(&p).unwrap();
                 out.insert(r, ('l', 0, t.into_os_string().into_encoded_bytes()));
-            } else {
+            } else if md.is_file() {
                 out.insert(r, ('-', mode, fs::read(&p).unwrap()));
+            } else {
+                // A fifo, device or socket: its kind and device number
+                // (reading a fifo would block).
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let ft = md.file_type();
+                let kind = if ft.is_fifo() {
+                    'p'
+                } else if ft.is_char_device() {
+                    'c'
+                } else if ft.is_block_device() {
+                    'b'
+                } else {
+                    's'
+                };
+                out.insert(r, (kind, mode, md.rdev().to_le_bytes().to_vec()));
             }
         }
     }
