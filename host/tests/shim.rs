@@ -196,6 +196,42 @@ cat "$d/$n" "$d/link"; readlink "$d/link" | od -An -c; ls -b "$d"
 }
 
 #[test]
+fn fifos_and_devices_in_the_base_work_as_they_do_natively() {
+    let e = Env::new(false);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    for dir in [&e.base, &e.native] {
+        mkfifo(&dir.join("pipe"));
+        if root {
+            let c =
+                std::ffi::CString::new(dir.join("null0").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid C string; the device numbers of /dev/null.
+            let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+            assert_eq!(r, 0, "mknod");
+        }
+    }
+    if !root {
+        eprintln!("fifos_and_devices: not root, so no device node in the base (the fifo is)");
+    }
+    let before = fingerprint(&e.base);
+    // A fifo and a device take writes as natively: the data goes to a
+    // reader or a driver, nothing is copied into the branch.
+    let out = e.same(
+        &["sh", "-c"],
+        r#"set -e
+timeout 20 cat pipe > got 2>/dev/null & echo through > pipe; wait; cat got
+if [ -c null0 ]; then echo discarded > null0; printf '%s\n' "device: $(wc -c < null0)"; fi
+ls -l pipe | cut -c1
+"#,
+    );
+    let device = if root { "device: 0\n" } else { "" };
+    assert_eq!(out, format!("through\n{device}p\n"));
+    e.assert_outcome(&["A got"], &before);
+    let d = e.cli.ok(&["diff", "--branch", "b"]);
+    assert!(!d.contains("pipe") && !d.contains("null0"), "{d}");
+}
+
+#[test]
 fn coreutils_in_a_branch_match_a_native_copy() {
     let e = Env::new(false);
     let before = fingerprint(&e.base);

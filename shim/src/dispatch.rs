@@ -249,7 +249,19 @@ pub(crate) fn open_in_branch(
             let c = CString::new(p).map_err(|_| libc::EINVAL)?;
             return Ok(real_open(&c, flags, mode));
         }
-        Resolved::Found(e) if !writes => {
+        // A fifo or a character device is opened where it lives, also
+        // for writing: its data goes to a pipe or a driver, never into
+        // the tree (as natively; the safety net's read-only base allows
+        // it); a socket refuses the open itself (ENXIO). A block device's
+        // data is a disk: refused for writing.
+        Resolved::Found(e) if writes && e.kind == FileType::BlockDevice => return Err(libc::EROFS),
+        Resolved::Found(e)
+            if !writes
+                || matches!(
+                    e.kind,
+                    FileType::Fifo | FileType::CharacterDevice | FileType::Socket
+                ) =>
+        {
             let fd = real_open(&e.phys, flags, mode);
             if fd >= 0 {
                 let dir = e.kind == FileType::Directory;
