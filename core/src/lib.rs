@@ -58,5 +58,6 @@ pub use open_file::{OpenOptions, OpenedFile};
 pub use path::{validate_name, BranchPath};
 pub use persist::{LockWait, WriterLock, BRANCH_LOCK_DIR, LOCK_FILE, SESSION_DIR, WRITER_LOCK_DIR};
 pub use store::{
-    AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo, Tree,
+    overlap, AsBranchPath, BranchChain, BranchInfo, InitOptions, SnapshotInfo, Store, StoreInfo,
+    Tree,
 };

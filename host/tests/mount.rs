@@ -571,6 +571,22 @@ fn bad_input_gets_clear_errors() {
         .cli
         .fails(&["mount", "--branch", "b", file.to_str().unwrap()]);
     assert!(err.contains("not a directory"), "{err}");
+    // Over a base, inside one, or over the store: every other process
+    // (the store's own included) would read the mounted branch there.
+    let inside = e.base.join("src");
+    let store = e.cli.dir.join("store");
+    for (dir, want) in [
+        (&e.base, "is the base of branch b"),
+        (&inside, "is inside the base of branch b"),
+        (&e.cli.dir, "contains the store's own directory"),
+        (&store, "is the store's own directory"),
+    ] {
+        let err = e
+            .cli
+            .fails(&["mount", "--branch", "b", dir.to_str().unwrap()]);
+        assert!(err.contains(want), "{}: {err}", dir.display());
+        assert!(!mounted(dir), "{}", dir.display());
+    }
     e.finish();
 }
 

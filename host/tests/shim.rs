@@ -887,6 +887,34 @@ fn the_exit_status_is_the_programs() {
 }
 
 #[test]
+fn a_branch_is_never_shown_over_the_store() {
+    let e = Env::new(false);
+    assert!(e.run(&["true"]).status.success());
+    let store = e.cli.dir.join("store");
+    for (at, want) in [
+        (store.as_path(), "is the store's directory"),
+        (e.cli.dir.as_path(), "contains the store's directory"),
+        (Path::new("/"), "contains the store's directory"),
+    ] {
+        let o = e
+            .cli
+            .cmd()
+            .current_dir(&e.base)
+            .args(["run", "--branch", "b", "--at"])
+            .arg(at)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(want),
+            "--at {}: {err}",
+            at.display()
+        );
+    }
+}
+
+#[test]
 fn forked_children_of_a_threaded_program_write_through_the_shim() {
     if !have("python3", "fork") {
         return;

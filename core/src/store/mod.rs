@@ -625,6 +625,39 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses `dir` as the place to show a branch to every process (a
+    /// mountpoint) when it is, lies inside or contains the store's own
+    /// directories or the base of a branch: every other process (the
+    /// daemon, the other branches of that base) would read the mounted
+    /// branch there instead.
+    pub fn check_shared_view_dir(&self, dir: &Path) -> CoreResult<()> {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        for own in own_dirs(self.layer_store()) {
+            if let Some(why) = overlap(&dir, &own) {
+                return Err(CoreError::InvalidArgument(format!(
+                    "{} {why} the store's own directory {}",
+                    dir.display(),
+                    own.display()
+                )));
+            }
+        }
+        for b in self.list_branches()? {
+            let Some(base) = &b.base else { continue };
+            if let Some(why) = overlap(&dir, base) {
+                return Err(CoreError::InvalidArgument(format!(
+                    "{} {why} the base of branch {} ({}): every other process, \
+                     the store included, would see the mounted branch there \
+                     (`agentfs run --frontend fuse` shows a branch at its \
+                     base's path for one command)",
+                    dir.display(),
+                    b.name,
+                    base.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// True once [`Store::protect_lower_layers`] succeeded.
     pub fn lower_layers_protected(&self) -> bool {
         self.lock_fds().read_only_lower
@@ -787,10 +820,24 @@ fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     if !canon.is_dir() {
         return Err(CoreError::NotDirectory(format!("base {}", canon.display())));
     }
-    // The store's own directories: its metadata always, its root when the
-    // backstore says where that is. A base inside them would show the
-    // store's layers; a base containing them would show the store to
-    // itself (and every write would change what the branch's base holds).
+    // A base inside the store's own directories would show the store's
+    // layers; a base containing them would show the store to itself (and
+    // every write would change what the branch's base holds).
+    for dir in own_dirs(backstore) {
+        if let Some(why) = overlap(&canon, &dir) {
+            return Err(CoreError::InvalidArgument(format!(
+                "base {} {why} the store's own directory {}",
+                canon.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(canon)
+}
+
+/// The store's own directories, canonical: its metadata always, its root
+/// when the backstore says where that is.
+fn own_dirs(backstore: &dyn LayerStore) -> Vec<PathBuf> {
     let mut own = Vec::new();
     if let Ok(st) = backstore.status() {
         own.push(st.root);
@@ -798,22 +845,23 @@ fn check_base(base: &Path, backstore: &dyn LayerStore) -> CoreResult<PathBuf> {
     if let Ok(m) = backstore.metadata_dir() {
         own.push(m);
     }
-    for dir in own {
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-        let why = if canon.starts_with(&dir) {
-            "is inside"
-        } else if dir.starts_with(&canon) {
-            "contains"
-        } else {
-            continue;
-        };
-        return Err(CoreError::InvalidArgument(format!(
-            "base {} {why} the store's own directory {}",
-            canon.display(),
-            dir.display()
-        )));
+    own.into_iter()
+        .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
+        .collect()
+}
+
+/// How directory `dir` overlaps directory `other` ("is", "is inside",
+/// "contains"), if it does: both absolute, compared by components.
+pub fn overlap(dir: &Path, other: &Path) -> Option<&'static str> {
+    if dir == other {
+        Some("is")
+    } else if dir.starts_with(other) {
+        Some("is inside")
+    } else if other.starts_with(dir) {
+        Some("contains")
+    } else {
+        None
     }
-    Ok(canon)
 }
 
 /// Finishes what a process that died with the store open left: temporary

@@ -174,6 +174,7 @@ fn foreground(
         ttl: std::time::Duration::from_secs_f64(args.cache_ttl),
         ..Default::default()
     };
+    store.check_shared_view_dir(&std::path::absolute(&args.mountpoint)?)?;
     forward_events(socket, &store);
     let mut m = agentfs_mount::Mount::new(store, &args.branch, &args.mountpoint, &opts)?;
     let mp = m.mountpoint().to_path_buf();

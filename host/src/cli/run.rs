@@ -261,6 +261,19 @@ pub fn run(
         Response::Status(st) => PathBuf::from(&st.backstore.root),
         other => bail!("unexpected answer from the daemon: {other:?}"),
     };
+    // The shim reads the branch's layers under the store's directory: a
+    // branch shown over it would hide them from the shim itself.
+    let shown = root.canonicalize().unwrap_or_else(|_| root.clone());
+    let store_dir = store_root
+        .canonicalize()
+        .unwrap_or_else(|_| store_root.clone());
+    if let Some(why) = agentfs_core::overlap(&shown, &store_dir) {
+        bail!(
+            "--at {}: {why} the store's directory {}: choose a directory apart from it",
+            shown.display(),
+            store_dir.display()
+        );
+    }
 
     let mut preload = shim.as_os_str().to_os_string();
     if let Some(old) = std::env::var_os(PRELOAD_VAR).filter(|v| !v.is_empty()) {
