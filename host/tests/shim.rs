@@ -887,6 +887,25 @@ fn the_exit_status_is_the_programs() {
 }
 
 #[test]
+fn the_branch_root_cannot_be_moved_out_or_replaced() {
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    // `mv` falls back to copying on EXDEV: the root must answer EBUSY (as
+    // a mountpoint does), or the whole branch would be copied out first.
+    let o = e.run(&[
+        "sh",
+        "-c",
+        r#"mv "$PWD" ../moved-out; echo "mv: $?"; [ -e ../moved-out ] && echo copied-out
+mkdir ../outside && mv -T ../outside "$PWD"; echo "onto: $?"; ls ../outside >/dev/null && echo kept"#,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out, "mv: 1\nonto: 1\nkept\n", "{err}");
+    assert!(err.contains("Device or resource busy"), "{err}");
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
 fn a_branch_is_never_shown_over_the_store() {
     let e = Env::new(false);
     assert!(e.run(&["true"]).status.success());

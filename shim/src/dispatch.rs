@@ -221,6 +221,19 @@ pub(crate) unsafe fn with_write_path(
     }
 }
 
+/// The error of a rename between the branch and a path outside it, given
+/// the branch side (`rel`): the branch root itself cannot move or be
+/// replaced (`EBUSY`, as for a mountpoint), where `EXDEV` would make `mv`
+/// copy the whole branch out and then fail to remove it; anything else
+/// is `EXDEV` (programs copy and delete instead).
+pub(crate) fn rename_across(rel: &[u8]) -> Errno {
+    if rel.is_empty() {
+        libc::EBUSY
+    } else {
+        libc::EXDEV
+    }
+}
+
 /// The process's umask (read by setting and restoring it).
 pub(crate) fn umask_now() -> u32 {
     // SAFETY: umask has no preconditions; the second call restores it.

@@ -21,8 +21,8 @@ use libc::{mode_t, size_t, ssize_t};
 use rustix::fs::FileType;
 
 use crate::dispatch::{
-    open_in_branch, read_target, umask_now, unless_bad_fd, with_read_path, with_read_path_at_then,
-    with_read_path_then, with_write_path,
+    open_in_branch, read_target, rename_across, umask_now, unless_bad_fd, with_read_path,
+    with_read_path_at_then, with_read_path_then, with_write_path,
 };
 
 use super::{
@@ -2378,7 +2378,9 @@ unsafe fn rename_impl(
         (Ok(Target::Native), Ok(Target::Native)) => return native(),
         (Ok(Target::Branch(f)), Ok(Target::Branch(t))) => (f, t),
         (Err(e), _) | (_, Err(e)) => return fail(e),
-        _ => return fail(libc::EXDEV),
+        (Ok(Target::Branch(side)), _) | (_, Ok(Target::Branch(side))) => {
+            return fail(rename_across(&side))
+        }
     };
     let r = (|| -> Result<c_int, Errno> {
         if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {

@@ -12,7 +12,7 @@ use super::{
     branch, bytes, classify, config, cwd, dirs, fail, fd_closed, fd_get, fd_insert_dup, fd_remove,
     interpose_tuples, kevent, resolve, set_cwd, set_errno, Guard, Target,
 };
-use crate::dispatch::{read_target, with_read_path, with_write_path};
+use crate::dispatch::{read_target, rename_across, with_read_path, with_write_path};
 use crate::{
     paths,
     resolve::{Errno, Resolved},
@@ -463,7 +463,7 @@ unsafe extern "C" fn rename(old: Cp, new: Cp) -> c_int {
             branch::rename(&f, &t).unwrap_or_else(fail)
         }
         (Err(e), _) | (_, Err(e)) => fail(e),
-        _ => fail(libc::EXDEV),
+        (Ok(Target::Branch(side)), _) | (_, Ok(Target::Branch(side))) => fail(rename_across(&side)),
     }
 }
 
@@ -564,7 +564,7 @@ unsafe extern "C" fn renameat(od: c_int, old: Cp, nd: c_int, new: Cp) -> c_int {
             branch::rename(&f, &t).unwrap_or_else(fail)
         }
         (Err(e), _) | (_, Err(e)) => fail(e),
-        _ => fail(libc::EXDEV),
+        (Ok(Target::Branch(side)), _) | (_, Ok(Target::Branch(side))) => fail(rename_across(&side)),
     }
 }
 
