@@ -210,7 +210,8 @@ pub fn run(
     }
     let socket = absolute(socket)?;
     let shim = find_shim()?;
-    // This connection stays open until the program has exited: a private
+    // This connection stays open until the program has exited (and while
+    // any process of the run holds it: see `inheritable`): a private
     // daemon lives while some client is connected.
     let mut client = match Client::connect(&socket, hello()) {
         Ok(c) => c,
@@ -280,11 +281,11 @@ pub fn run(
         preload.push(":");
         preload.push(old);
     }
-    // A connection every process of the run inherits (not close-on-exec),
-    // so the daemon counts the run as a client while any of its processes
-    // lives, background ones included, whether or not they have used the
-    // branch yet. Dropped (in this process) when the function returns.
-    let _keepalive = inheritable_connection(&socket)?;
+    // The connection becomes one every process of the run inherits (not
+    // close-on-exec), so the daemon counts the run as a client while any
+    // of its processes lives, background ones included, whether or not
+    // they have used the branch yet.
+    let keepalive = inheritable(client)?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env(PRELOAD_VAR, &preload)
@@ -336,7 +337,7 @@ pub fn run(
     let mut child =
         child.with_context(|| format!("run {}", Path::new(&args.command[0]).display()))?;
     let status = wait_passing_signals(&mut child).context("wait for the program")?;
-    drop(client);
+    drop(keepalive);
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,
@@ -434,10 +435,9 @@ pub(crate) fn wait_passing_signals(child: &mut Child) -> std::io::Result<ExitSta
     child.wait()
 }
 
-/// A handshaken connection to the daemon on a high fd number without
-/// close-on-exec, for the run's processes to inherit.
-fn inheritable_connection(socket: &Path) -> Result<OwnedFd> {
-    let c = Client::connect(socket, hello())?;
+/// Daemon connection `c` moved to a high fd number without close-on-exec,
+/// for the run's processes to inherit.
+fn inheritable(c: Client) -> Result<OwnedFd> {
     let sock: OwnedFd = c.into_socket().into();
     // SAFETY: F_DUPFD on an fd we own gives a new one we own (without
     // FD_CLOEXEC); the original is closed when `sock` drops.
