@@ -5,10 +5,13 @@
 //!   `git status --short` on a 10,000-file git checkout (200 directories)
 //!   whose branch has 100 files changed;
 //! - creating and then removing 2,000 small files from a shell loop;
-//! - sequential read and write of 256 MiB (`dd`, 1 MiB blocks);
+//! - sequential read and write of 1 GiB (`dd`, 1 MiB blocks;
+//!   `AGENTFS_BENCH_MIB` changes the size), timed by `dd` itself: the
+//!   program's own I/O, without the process starts around it;
 //! - `make -j2` of a small C project (20 sources) from clean;
 //! - `true`: the fixed cost of `agentfs run` (connect, branch lookup,
-//!   spawn with the shim and the sandbox), included in every row above.
+//!   spawn with the shim and the sandbox), included in every wall-time
+//!   row above.
 //!
 //! Each row runs `sh -c CMD` natively in a copy of the tree and `agentfs
 //! run --branch b -- sh -c CMD` in the base, through a daemon over a hostfs
@@ -26,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use daemon_proc::{agentfs_cmd, agentfs_ok, DaemonProc};
 
 struct Setup {
@@ -87,7 +90,7 @@ fn setup() -> Setup {
         ),
     )
     .unwrap();
-    fs::write(base.join("big.bin"), vec![7u8; 256 << 20]).unwrap();
+    fs::write(base.join("big.bin"), vec![7u8; (mib() as usize) << 20]).unwrap();
     sh(
         &base,
         // No background `gc --auto` racing the copy below.
@@ -126,52 +129,101 @@ fn setup() -> Setup {
     }
 }
 
-fn run_in_branch(config: &Path, socket: &Path, base: &Path, script: &str) {
+/// The size of the sequential I/O rows, in MiB.
+fn mib() -> u64 {
+    std::env::var("AGENTFS_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Runs `script` in the branch; returns its stderr.
+fn run_in_branch(config: &Path, socket: &Path, base: &Path, script: &str) -> Vec<u8> {
     let o = agentfs_cmd(config, socket)
         .current_dir(base)
         .args(["run", "--branch", "b", "--", "sh", "-c", script])
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("AGENTFS_BENCH_MIB", mib().to_string())
         .stdout(Stdio::null())
         .output()
         .unwrap();
     assert!(o.status.success(), "in the branch: {script}: {o:?}");
+    o.stderr
 }
 
-fn run_native(dir: &Path, script: &str) {
+/// Runs `script` natively in `dir`; returns its stderr.
+fn run_native(dir: &Path, script: &str) -> Vec<u8> {
     let o = Command::new("sh")
         .arg("-c")
         .arg(script)
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("AGENTFS_BENCH_MIB", mib().to_string())
         .stdout(Stdio::null())
         .output()
         .unwrap();
     assert!(o.status.success(), "native: {script}: {o:?}");
+    o.stderr
 }
 
-const ROWS: &[(&str, &str)] = &[
-    ("true", "true"),
+/// The time `dd` reports for its copy ("... copied, 0.0453 s, ...").
+fn dd_time(stderr: &[u8]) -> Duration {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .filter_map(|l| {
+            l.split_once(" copied, ")?
+                .1
+                .split_once(" s")?
+                .0
+                .parse()
+                .ok()
+        })
+        .next_back()
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| panic!("no time in dd's report: {text}"))
+}
+
+/// How a row is timed.
+#[derive(Clone, Copy, PartialEq)]
+enum Timed {
+    /// The whole command, `agentfs run` included (wall clock).
+    Whole,
+    /// The copy alone, as `dd` reports it.
+    ByDd,
+}
+
+const ROWS: &[(&str, &str, Timed)] = &[
+    ("true", "true", Timed::Whole),
     (
         "find_lstat_10k",
         "find . -type f -printf '%s %i\\n' > /dev/null",
+        Timed::Whole,
     ),
-    ("git_status_10k", "git status --short > /dev/null"),
+    (
+        "git_status_10k",
+        "git status --short > /dev/null",
+        Timed::Whole,
+    ),
     (
         "create_remove_2000",
         "mkdir t && cd t && i=0; while [ $i -lt 2000 ]; do : > f$i; i=$((i+1)); done; \
          cd .. && rm -rf t",
+        Timed::Whole,
     ),
     (
-        "read_256MiB",
-        "dd if=big.bin of=/dev/null bs=1M status=none",
+        "read_big_bin",
+        "dd if=big.bin of=/dev/null bs=1M",
+        Timed::ByDd,
     ),
     (
-        "write_256MiB",
-        "dd if=/dev/zero of=out.bin bs=1M count=256 conv=fsync status=none && rm out.bin",
+        "write_big_bin",
+        "dd if=/dev/zero of=out.bin bs=1M count=$AGENTFS_BENCH_MIB conv=fsync && rm out.bin",
+        Timed::ByDd,
     ),
     (
         "make_20_sources",
         "make -s -j2 -C csrc > /dev/null && make -s -C csrc clean",
+        Timed::Whole,
     ),
 ];
 
@@ -181,12 +233,20 @@ fn programs(c: &mut Criterion) {
     g.sample_size(10)
         .measurement_time(Duration::from_secs(8))
         .warm_up_time(Duration::from_secs(1));
-    for (name, script) in ROWS {
-        g.bench_function(BenchmarkId::new(*name, "native"), |b| {
-            b.iter(|| run_native(&s.native, script))
+    for &(name, script, timed) in ROWS {
+        g.throughput(match timed {
+            Timed::Whole => Throughput::Elements(1),
+            Timed::ByDd => Throughput::Bytes(mib() << 20),
         });
-        g.bench_function(BenchmarkId::new(*name, "shim"), |b| {
-            b.iter(|| run_in_branch(&s.config, &s.socket, &s.base, script))
+        let mut measure = |id: &str, run: &dyn Fn() -> Vec<u8>| {
+            g.bench_function(BenchmarkId::new(name, id), |b| match timed {
+                Timed::Whole => b.iter(run),
+                Timed::ByDd => b.iter_custom(|iters| (0..iters).map(|_| dd_time(&run())).sum()),
+            });
+        };
+        measure("native", &|| run_native(&s.native, script));
+        measure("shim", &|| {
+            run_in_branch(&s.config, &s.socket, &s.base, script)
         });
     }
     g.finish();
