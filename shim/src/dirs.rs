@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use crate::resolve::Listed;
+use crate::resolve::Listing;
 
 /// The record `readdir` returns: `dirent64` on Linux (`dirent` shares its
 /// layout on 64-bit Linux), `dirent` (64-bit inodes) on macOS.
@@ -40,7 +40,7 @@ pub(crate) struct ShimDir {
     /// Canonical branch path (for rewinding).
     pub path: Vec<u8>,
     /// The merged listing (shared with the cache).
-    pub entries: Arc<Vec<Listed>>,
+    pub entries: Arc<Listing>,
     /// Next entry.
     pub pos: usize,
     /// The record `readdir` returns.
@@ -58,7 +58,7 @@ pub(crate) struct ShimDir {
 
 impl ShimDir {
     /// A stream over `entries` for `fd`.
-    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Arc<Vec<Listed>>) -> Box<Self> {
+    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Arc<Listing>) -> Box<Self> {
         Box::new(Self {
             fd,
             path,

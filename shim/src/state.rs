@@ -925,6 +925,14 @@ fn with_local_cwd<R>(f: impl FnOnce(Option<&[u8]>, Option<&[u8]>) -> R) -> Optio
 fn with_local_cwd_full<R>(
     f: impl FnOnce(Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) -> R,
 ) -> Option<R> {
+    with_local_cwd_gen(|_, v, k, b| f(v, k, b))
+}
+
+/// [`with_local_cwd_full`], with the generation of the records (current
+/// while [`CWD_GEN`] holds it).
+fn with_local_cwd_gen<R>(
+    f: impl FnOnce(u64, Option<&[u8]>, Option<&[u8]>, Option<&[u8]>) -> R,
+) -> Option<R> {
     let now = CWD_GEN.load(Ordering::Acquire);
     LOCAL_CWD
         .try_with(|l| {
@@ -943,7 +951,7 @@ fn with_local_cwd_full<R>(
                 *l = Some((generation, v.clone(), k.clone(), branch));
             }
             let c = l.as_ref()?;
-            Some(f(c.1.as_deref(), c.2.as_deref(), c.3.as_deref()))
+            Some(f(c.0, c.1.as_deref(), c.2.as_deref(), c.3.as_deref()))
         })
         .ok()
         .flatten()
@@ -1367,19 +1375,28 @@ struct DirMemo {
     key: Vec<u8>,
     /// What the cache knew.
     known: crate::resolve::BaseDir,
+    /// For a path relative to the working directory: the generation of
+    /// the working directory's records it was made under, the path's
+    /// parent as the program gave it, and for each part of `known`
+    /// whether the kernel's working directory walks to it along that
+    /// parent (the program's own call then reaches the entry). `None`
+    /// for a path relative to a directory fd, whose `key` is compared.
+    cwd_gen: Option<u64>,
+    parent: Vec<u8>,
+    here: Vec<bool>,
 }
 
 /// Per-thread buffers of the fast read: the directory the path is
 /// relative to (branch and physical), the branch path it builds, the
-/// whiteout name, a path for the kernel, and its memory of the last
-/// directory.
+/// whiteout name, a path for the kernel, and its memory of the last two
+/// directories (the last one first).
 struct Scratch {
     branch_dir: Vec<u8>,
     phys_dir: Vec<u8>,
     key: Vec<u8>,
     whiteout: Vec<u8>,
     path: Vec<u8>,
-    memo: Option<DirMemo>,
+    memo: [Option<DirMemo>; 2],
 }
 
 std::thread_local! {
@@ -1390,7 +1407,7 @@ std::thread_local! {
             key: Vec::new(),
             whiteout: Vec::new(),
             path: Vec::new(),
-            memo: None,
+            memo: [None, None],
         })
     };
 }
@@ -1455,51 +1472,41 @@ pub(crate) fn read_fast<R>(
         .try_with(|s| {
             let mut s = s.try_borrow_mut().ok()?;
             let s = &mut *s;
-            // The directory the path is relative to, copied out of the
-            // working directory's records or the fd table (no lock held
-            // during the call).
-            let copy = |s: &mut Scratch, b: Option<&[u8]>, p: Option<&[u8]>| {
-                let (b, p) = (b?, p?);
-                s.branch_dir.clear();
-                s.branch_dir.extend_from_slice(b);
-                s.phys_dir.clear();
-                s.phys_dir.extend_from_slice(p);
-                Some(())
-            };
+            // The common case: the same directory as one of the last two
+            // calls (git checks a file's leading directory, then the
+            // file), relative to a working directory that has not moved
+            // since. Nothing is copied, and where the kernel starts is
+            // known.
+            let mut here = false;
             if dirfd == libc::AT_FDCWD {
-                with_local_cwd_full(|_, k, b| copy(s, b, k))??;
-            } else {
-                fd_with(dirfd, |info| {
-                    copy(s, Some(&info.path), info.phys.as_deref())
-                })??;
-            }
-            s.key.clear();
-            s.key.extend_from_slice(&s.branch_dir);
-            if !parent.is_empty() {
-                if !s.key.is_empty() {
-                    s.key.push(b'/');
+                let cwd_gen = Some(CWD_GEN.load(Ordering::Acquire));
+                let hit = |m: &Option<DirMemo>| {
+                    m.as_ref().is_some_and(|m| {
+                        m.epoch == epoch
+                            && m.stamp == stamp
+                            && m.cwd_gen == cwd_gen
+                            && m.parent == parent
+                    })
+                };
+                if hit(&s.memo[0]) {
+                    here = true;
+                } else if hit(&s.memo[1]) {
+                    s.memo.swap(0, 1);
+                    here = true;
                 }
-                s.key.extend_from_slice(parent);
             }
-            let fresh = s
-                .memo
-                .as_ref()
-                .is_some_and(|m| m.epoch == epoch && m.stamp == stamp && m.key == s.key);
-            if !fresh {
-                // What the cache did not know yet it may know next time
-                // (the call that finds it out fills it in): only what it
-                // knew is kept.
-                let known = local_chain()?.0.base_dir_cached(stamp, &s.key)?;
-                s.memo = Some(DirMemo {
-                    epoch,
-                    stamp,
-                    key: s.key.clone(),
-                    known,
-                });
+            if !here {
+                memo_for(s, dirfd, parent, epoch, stamp)?;
             }
-            let known = &s.memo.as_ref()?.known;
-            let dir = known.locate(name, &mut s.whiteout)?;
-            if crate::resolve::dir_is(dir, &s.phys_dir, parent) {
+            let m = s.memo[0].as_ref()?;
+            let part = m.known.locate_part(name, &mut s.whiteout)?;
+            let dir = m.known.part(part);
+            let starts_here = if here {
+                m.here.get(part).copied().unwrap_or(false)
+            } else {
+                crate::resolve::dir_is(dir, &s.phys_dir, parent)
+            };
+            if starts_here {
                 return run(None);
             }
             // The kernel starts elsewhere (a directory fd on a layer's
@@ -1520,6 +1527,72 @@ pub(crate) fn read_fast<R>(
         })
         .ok()
         .flatten()
+}
+
+/// Fills the scratch's directory (branch and physical) for a path
+/// relative to `dirfd` with parent `parent`, and its memory of that
+/// directory from the cache (`None`: not known there).
+fn memo_for(s: &mut Scratch, dirfd: c_int, parent: &[u8], epoch: u64, stamp: u64) -> Option<()> {
+    // The directory the path is relative to, copied out of the working
+    // directory's records or the fd table (no lock held during the call).
+    let copy = |s: &mut Scratch, b: Option<&[u8]>, p: Option<&[u8]>| {
+        let (b, p) = (b?, p?);
+        s.branch_dir.clear();
+        s.branch_dir.extend_from_slice(b);
+        s.phys_dir.clear();
+        s.phys_dir.extend_from_slice(p);
+        Some(())
+    };
+    let cwd_gen = if dirfd == libc::AT_FDCWD {
+        Some(with_local_cwd_gen(|g, _, k, b| copy(s, b, k).map(|()| g))??)
+    } else {
+        fd_with(dirfd, |info| {
+            copy(s, Some(&info.path), info.phys.as_deref())
+        })??;
+        None
+    };
+    s.key.clear();
+    s.key.extend_from_slice(&s.branch_dir);
+    if !parent.is_empty() {
+        if !s.key.is_empty() {
+            s.key.push(b'/');
+        }
+        s.key.extend_from_slice(parent);
+    }
+    let key = &s.key;
+    let same = |m: &Option<DirMemo>| {
+        m.as_ref()
+            .is_some_and(|m| m.epoch == epoch && m.stamp == stamp && &m.key == key)
+    };
+    if same(&s.memo[1]) {
+        s.memo.swap(0, 1);
+    } else if !same(&s.memo[0]) {
+        // What the cache did not know yet it may know next time (the
+        // call that finds it out fills it in): only what it knew is kept.
+        let known = local_chain()?.0.base_dir_cached(stamp, &s.key)?;
+        s.memo.swap(0, 1);
+        s.memo[0] = Some(DirMemo {
+            epoch,
+            stamp,
+            key: s.key.clone(),
+            known,
+            cwd_gen: None,
+            parent: Vec::new(),
+            here: Vec::new(),
+        });
+    }
+    let m = s.memo[0].as_mut()?;
+    m.cwd_gen = cwd_gen;
+    if cwd_gen.is_some() {
+        m.parent.clear();
+        m.parent.extend_from_slice(parent);
+        m.here.clear();
+        for i in 0..m.known.parts() {
+            let here = crate::resolve::dir_is(m.known.part(i), &s.phys_dir, parent);
+            m.here.push(here);
+        }
+    }
+    Some(())
 }
 
 /// Resolves branch path `rel` on the current chain, reusing directory
@@ -1581,10 +1654,7 @@ pub(crate) fn base_only_dir(rel: &[u8]) -> bool {
 /// The merged listing of branch directory `rel`, reused while the store's
 /// namespace counter stays; `top` is an fd the shim opened on it (read
 /// instead of opening its top part again).
-pub(crate) fn list(
-    rel: &[u8],
-    top: Option<RawFd>,
-) -> Result<Arc<Vec<crate::resolve::Listed>>, Errno> {
+pub(crate) fn list(rel: &[u8], top: Option<RawFd>) -> Result<Arc<crate::resolve::Listing>, Errno> {
     let (chain, counters) = chain_and_counters()?;
     // SAFETY: the caller's fd, open for the duration of the call.
     let top = top.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
