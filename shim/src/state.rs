@@ -1071,7 +1071,7 @@ pub(crate) struct FdInfo {
     pub path: Vec<u8>,
     /// The daemon's record for an fd open for writing (0: read-only).
     pub record: u64,
-    /// The process whose connection owns `record`.
+    /// The process whose connection owns `record` (0 without a record).
     pub pid: u32,
     /// That connection (see [`CONN_GEN`]).
     pub conn: u64,
@@ -1132,7 +1132,8 @@ pub(crate) fn fd_insert_phys(fd: RawFd, path: Vec<u8>, phys: Option<Vec<u8>>) {
         FdInfo {
             path,
             record: 0,
-            pid: pid(),
+            // No record to own: the process does not matter.
+            pid: 0,
             conn: 0,
             phys,
         },
@@ -1647,8 +1648,14 @@ pub(crate) fn base_only_dir(rel: &[u8]) -> bool {
     let Ok(Resolved::Found(e)) = resolve(rel, true) else {
         return false;
     };
-    e.kind == rustix::fs::FileType::Directory
-        && chain().is_ok_and(|c| c.layers.get(e.layer).is_some_and(|l| l.base))
+    e.kind == rustix::fs::FileType::Directory && in_base(e.layer)
+}
+
+/// Whether layer `layer` of the chain is the base (a directory an entry
+/// of it names is held by the base alone: see [`base_only_dir`]).
+#[cfg(target_os = "linux")]
+pub(crate) fn in_base(layer: usize) -> bool {
+    chain().is_ok_and(|c| c.layers.get(layer).is_some_and(|l| l.base))
 }
 
 /// The merged listing of branch directory `rel`, reused while the store's

@@ -27,8 +27,9 @@ use crate::dispatch::{
 
 use super::{
     bytes, chain_changed, classify, cwd, dirs, drop_root_fd, drop_root_fds, fail, fd_closed,
-    fd_get, fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, shown_fsid,
-    shown_identity, shown_identity_of_fd, shown_vfs_fsid, text, wire, Guard, Target,
+    fd_get, fd_insert_phys, fd_remove, fs_op, in_base, kernel_cwd_offset, orig, resolve,
+    root_relative, set_cwd, set_errno, shim_log, shown_fsid, shown_identity, shown_identity_of_fd,
+    shown_vfs_fsid, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -1263,6 +1264,8 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 
 // ---------------------------------------------------------- directories
 
+/// A stream over directory `fd`, which the shim opened on branch
+/// directory `path`.
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
     if super::base_only_dir(&path) {
         // Only the base holds it: libc reads it, no merged copy is made.
@@ -1309,21 +1312,68 @@ pub unsafe extern "C" fn opendir(path: Cp) -> *mut libc::DIR {
         Ok(Target::Branch(rel)) => rel,
         Err(e) => return null_err(e),
     };
-    let fd = match open_branch(
-        &rel,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) {
-        Ok(fd) if fd >= 0 => fd,
-        Ok(_) => return ptr::null_mut(),
+    let e = match resolve(&rel, true) {
+        Ok(Resolved::Found(e)) if e.kind == FileType::Directory => e,
+        Ok(Resolved::Found(_)) => return null_err(libc::ENOTDIR),
+        Ok(Resolved::Absent(_)) => return null_err(libc::ENOENT),
+        // Left the branch through a symlink: a native stream.
+        Ok(Resolved::Outside(p)) => {
+            let Ok(c) = CString::new(p) else {
+                return null_err(libc::EINVAL);
+            };
+            // SAFETY: a NUL-terminated path.
+            return unsafe { o(c.as_ptr()) };
+        }
         Err(e) => return null_err(e),
     };
-    match fd_get(fd) {
-        Some(info) => open_dir_stream(fd, info.path),
-        // Left the branch through a symlink: a native stream.
-        // SAFETY: an fd we own.
-        None => unsafe { libc::fdopendir(fd) },
+    let phys = e.phys.as_bytes();
+    if in_base(e.layer) {
+        // Only the base holds it: libc's own `opendir` on the base's
+        // directory (the program's syscalls: no `fcntl`s of `fdopendir`),
+        // relative to the kernel's working directory when under it. No
+        // merged copy is made.
+        let off = kernel_cwd_offset(phys).unwrap_or(0);
+        // SAFETY: `off` is inside the C string, before its NUL.
+        let native = unsafe { o(e.phys.as_ptr().add(off)) };
+        if native.is_null() {
+            return native;
+        }
+        let Some(dfd) = orig!(dirfd: fn(*mut libc::DIR) -> c_int) else {
+            // SAFETY: libc's own live stream, closed once.
+            unsafe { libc::closedir(native) };
+            return null_err(libc::ENOSYS);
+        };
+        // SAFETY: libc's own live stream.
+        let fd = unsafe { dfd(native) };
+        fd_insert_phys(fd, e.path.clone(), Some(phys.to_vec()));
+        return dirs::register(dirs::ShimDir::over_native(fd, e.path, native));
     }
+    let fd = open_dir_phys(&e.phys);
+    if fd < 0 {
+        return ptr::null_mut();
+    }
+    fd_insert_phys(fd, e.path.clone(), Some(phys.to_vec()));
+    open_dir_stream(fd, e.path)
+}
+
+/// Opens physical directory `phys` for reading, relative to its layer
+/// root's fd (a walk of the part under the root only); -1 with `errno`.
+fn open_dir_phys(phys: &std::ffi::CStr) -> c_int {
+    let Some(o) = orig_openat() else {
+        return fail(libc::ENOSYS);
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    if let Some((root, off)) = root_relative(phys.to_bytes()) {
+        // SAFETY: `off` is inside the C string, before its NUL.
+        let fd = unsafe { o(root, phys.as_ptr().add(off), flags, 0) };
+        if fd >= 0 || super::errno() != libc::EBADF {
+            return fd;
+        }
+        // The program closed the number behind the shim's back.
+        drop_root_fd(root);
+    }
+    // SAFETY: a NUL-terminated path.
+    unsafe { o(CWD, phys.as_ptr(), flags, 0) }
 }
 
 #[no_mangle]
