@@ -1165,6 +1165,47 @@ fn a_rewound_stream_and_descriptors_closed_behind_the_shims_back() {
     );
 }
 
+/// The shim remembers the directory of a thread's last lookups: a
+/// directory fd number reused for another directory, and a working
+/// directory that moved, are looked up in the new one (a name a layer
+/// holds in the old one is not found there).
+#[test]
+fn a_reused_directory_fd_and_a_moved_working_directory_look_in_the_new_one() {
+    if !have("python3", "reused fd") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(&["python3", "-c"], REUSED_FD_AND_MOVED_CWD);
+    assert_eq!(
+        out,
+        "fd reused: True 24 ENOENT 6\n\
+         cwd moved: 24 ENOENT 6\n"
+    );
+    e.assert_outcome(&["M src/main.rs"], &before);
+}
+
+const REUSED_FD_AND_MOVED_CWD: &str = r#"
+import os
+with open("src/main.rs", "a") as f:
+    f.write("// changed\n")
+def size(name, **kw):
+    try:
+        return str(os.lstat(name, **kw).st_size)
+    except FileNotFoundError:
+        return "ENOENT"
+a = os.open("src", os.O_RDONLY | os.O_DIRECTORY)
+first = size("main.rs", dir_fd=a)
+os.close(a)
+b = os.open("docs", os.O_RDONLY | os.O_DIRECTORY)
+print("fd reused:", a == b, first, size("main.rs", dir_fd=b), size("guide.md", dir_fd=b))
+os.close(b)
+os.chdir("src")
+here = size("main.rs")
+os.chdir("../docs")
+print("cwd moved:", here, size("main.rs"), size("guide.md"))
+"#;
+
 const REWIND_AND_RAW_CLOSE: &str = r#"
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)

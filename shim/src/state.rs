@@ -1107,6 +1107,10 @@ impl std::hash::Hasher for FdHasher {
 type FdMap = HashMap<RawFd, FdInfo, std::hash::BuildHasherDefault<FdHasher>>;
 
 static FDS: Mutex<Option<FdMap>> = Mutex::new(None);
+
+/// Moves (under the fd table's lock) whenever the table changes: what a
+/// thread copied out of it for an fd is current while it stays.
+static FD_GEN: AtomicU64 = AtomicU64::new(0);
 static FD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Remembers that `fd` is branch path `path`, open for writing with the
@@ -1151,6 +1155,7 @@ fn fd_insert_info(fd: RawFd, info: FdInfo) {
     let m = g.get_or_insert_with(FdMap::default);
     m.insert(fd, info);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
+    FD_GEN.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Where in physical path `phys` the part relative to directory fd `fd`
@@ -1190,6 +1195,7 @@ pub(crate) fn fd_remove(fd: RawFd) -> Option<FdInfo> {
     let m = g.as_mut()?;
     let r = m.remove(&fd);
     FD_COUNT.store(m.len(), Ordering::Relaxed);
+    FD_GEN.fetch_add(1, Ordering::AcqRel);
     r
 }
 
@@ -1210,6 +1216,7 @@ pub(crate) fn fd_remove_range(first: RawFd, last: RawFd) -> Vec<FdInfo> {
         .collect();
     let out = gone.iter().filter_map(|fd| m.remove(fd)).collect();
     FD_COUNT.store(m.len(), Ordering::Relaxed);
+    FD_GEN.fetch_add(1, Ordering::AcqRel);
     out
 }
 
@@ -1376,13 +1383,13 @@ struct DirMemo {
     key: Vec<u8>,
     /// What the cache knew.
     known: crate::resolve::BaseDir,
-    /// For a path relative to the working directory: the generation of
-    /// the working directory's records it was made under, the path's
-    /// parent as the program gave it, and for each part of `known`
-    /// whether the kernel's working directory walks to it along that
-    /// parent (the program's own call then reaches the entry). `None`
-    /// for a path relative to a directory fd, whose `key` is compared.
-    cwd_gen: Option<u64>,
+    /// What the path was relative to when it was made: `AT_FDCWD` with
+    /// the generation of the working directory's records, or a directory
+    /// fd with the fd table's ([`FD_GEN`]); with the path's parent as the
+    /// program gave it, and for each part of `known` whether the kernel
+    /// walks to it from there along that parent (the program's own call
+    /// then reaches the entry).
+    origin: Option<(c_int, u64)>,
     parent: Vec<u8>,
     here: Vec<bool>,
 }
@@ -1475,26 +1482,25 @@ pub(crate) fn read_fast<R>(
             let s = &mut *s;
             // The common case: the same directory as one of the last two
             // calls (git checks a file's leading directory, then the
-            // file), relative to a working directory that has not moved
-            // since. Nothing is copied, and where the kernel starts is
-            // known.
+            // file), relative to a working directory or directory fd
+            // whose record has not changed since. Nothing is copied, and
+            // where the kernel starts is known.
+            let origin = Some(if dirfd == libc::AT_FDCWD {
+                (dirfd, CWD_GEN.load(Ordering::Acquire))
+            } else {
+                (dirfd, FD_GEN.load(Ordering::Acquire))
+            });
+            let hit = |m: &Option<DirMemo>| {
+                m.as_ref().is_some_and(|m| {
+                    m.epoch == epoch && m.stamp == stamp && m.origin == origin && m.parent == parent
+                })
+            };
             let mut here = false;
-            if dirfd == libc::AT_FDCWD {
-                let cwd_gen = Some(CWD_GEN.load(Ordering::Acquire));
-                let hit = |m: &Option<DirMemo>| {
-                    m.as_ref().is_some_and(|m| {
-                        m.epoch == epoch
-                            && m.stamp == stamp
-                            && m.cwd_gen == cwd_gen
-                            && m.parent == parent
-                    })
-                };
-                if hit(&s.memo[0]) {
-                    here = true;
-                } else if hit(&s.memo[1]) {
-                    s.memo.swap(0, 1);
-                    here = true;
-                }
+            if hit(&s.memo[0]) {
+                here = true;
+            } else if hit(&s.memo[1]) {
+                s.memo.swap(0, 1);
+                here = true;
             }
             if !here {
                 memo_for(s, dirfd, parent, epoch, stamp)?;
@@ -1544,13 +1550,14 @@ fn memo_for(s: &mut Scratch, dirfd: c_int, parent: &[u8], epoch: u64, stamp: u64
         s.phys_dir.extend_from_slice(p);
         Some(())
     };
-    let cwd_gen = if dirfd == libc::AT_FDCWD {
-        Some(with_local_cwd_gen(|g, _, k, b| copy(s, b, k).map(|()| g))??)
+    let origin = if dirfd == libc::AT_FDCWD {
+        with_local_cwd_gen(|g, _, k, b| copy(s, b, k).map(|()| (dirfd, g)))??
     } else {
+        // Read under the lock its writers hold.
         fd_with(dirfd, |info| {
             copy(s, Some(&info.path), info.phys.as_deref())
-        })??;
-        None
+                .map(|()| (dirfd, FD_GEN.load(Ordering::Acquire)))
+        })??
     };
     s.key.clear();
     s.key.extend_from_slice(&s.branch_dir);
@@ -1577,21 +1584,19 @@ fn memo_for(s: &mut Scratch, dirfd: c_int, parent: &[u8], epoch: u64, stamp: u64
             stamp,
             key: s.key.clone(),
             known,
-            cwd_gen: None,
+            origin: None,
             parent: Vec::new(),
             here: Vec::new(),
         });
     }
     let m = s.memo[0].as_mut()?;
-    m.cwd_gen = cwd_gen;
-    if cwd_gen.is_some() {
-        m.parent.clear();
-        m.parent.extend_from_slice(parent);
-        m.here.clear();
-        for i in 0..m.known.parts() {
-            let here = crate::resolve::dir_is(m.known.part(i), &s.phys_dir, parent);
-            m.here.push(here);
-        }
+    m.origin = Some(origin);
+    m.parent.clear();
+    m.parent.extend_from_slice(parent);
+    m.here.clear();
+    for i in 0..m.known.parts() {
+        let here = crate::resolve::dir_is(m.known.part(i), &s.phys_dir, parent);
+        m.here.push(here);
     }
     Some(())
 }
