@@ -529,13 +529,19 @@ impl Listing {
     /// pushed is kept.
     fn sort_dedup_from(&mut self, from: usize) {
         let (bytes, slots) = (&self.bytes, &mut self.slots[from..]);
-        let name = |s: &Slot| &bytes[s.start as usize..(s.start + s.len) as usize];
-        slots.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| name(a).cmp(name(b)))
-                .then(a.start.cmp(&b.start))
-        });
+        if slots.iter().all(|s| s.len <= 8) {
+            // Each name is its prefix (a shorter one padded with zeroes,
+            // which no name holds, sorts first): numbers alone compare.
+            slots.sort_unstable_by_key(|s| (s.prefix, s.start));
+        } else {
+            let name = |s: &Slot| &bytes[s.start as usize..(s.start + s.len) as usize];
+            slots.sort_unstable_by(|a, b| {
+                a.prefix
+                    .cmp(&b.prefix)
+                    .then_with(|| name(a).cmp(name(b)))
+                    .then(a.start.cmp(&b.start))
+            });
+        }
         let mut keep = from;
         for i in from..self.slots.len() {
             let dup = keep > from && {
@@ -1838,6 +1844,28 @@ mod tests {
             "the top part's"
         );
         assert!(l.get(8).is_none());
+        // Names of at most eight bytes only (compared as numbers).
+        let mut l = Listing::default();
+        for (name, ino) in [
+            (&b"ab"[..], 1),
+            (b"a", 2),
+            (b"abcdefgh", 3),
+            (b"b", 4),
+            (b"ab", 5),
+            (b"abcdefg", 6),
+        ] {
+            l.push(name, ino, libc::DT_REG);
+        }
+        l.sort_dedup_from(0);
+        let got: Vec<(&[u8], u64)> = l.iter().map(|e| (e.name, e.ino)).collect();
+        let want: Vec<(&[u8], u64)> = vec![
+            (b"a", 2),
+            (b"ab", 1),
+            (b"abcdefg", 6),
+            (b"abcdefgh", 3),
+            (b"b", 4),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
