@@ -1185,6 +1185,47 @@ fn a_reused_directory_fd_and_a_moved_working_directory_look_in_the_new_one() {
     e.assert_outcome(&["M src/main.rs"], &before);
 }
 
+/// A stream `opendir` makes on a merged directory opens the directory's
+/// fd only when the program asks for it (`dirfd`): that fd then works
+/// for `*at()` calls, `fdopendir` of a copy and `fchdir`, it stays the
+/// stream's, and a stream closed without asking closes nothing.
+#[test]
+fn dirfd_of_a_merged_directorys_stream_works_as_natively() {
+    if !have("python3", "dirfd of a merged stream") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(&["python3", "-c"], DIRFD_OF_MERGED_STREAM);
+    assert_eq!(
+        out,
+        "dirfd: True 24 ['lib.rs', 'main.rs', 'nested']\n\
+         fchdir: src 24\n\
+         again: True 0\n\
+         closed unasked: 0\n"
+    );
+    e.assert_outcome(&["M src/main.rs"], &before);
+}
+
+const DIRFD_OF_MERGED_STREAM: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.opendir.restype = ctypes.c_void_p
+libc.opendir.argtypes = [ctypes.c_char_p]
+libc.dirfd.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+with open("src/main.rs", "a") as f:
+    f.write("// changed\n")
+d = libc.opendir(b"src")
+fd = libc.dirfd(d)
+print("dirfd:", fd >= 0, os.lstat("main.rs", dir_fd=fd).st_size, sorted(os.listdir(fd)))
+os.fchdir(fd)
+print("fchdir:", os.path.basename(os.getcwd()), os.path.getsize("main.rs"))
+os.chdir("..")
+print("again:", libc.dirfd(d) == fd, libc.closedir(d))
+print("closed unasked:", libc.closedir(libc.opendir(b"src")))
+"#;
+
 const REUSED_FD_AND_MOVED_CWD: &str = r#"
 import os
 with open("src/main.rs", "a") as f:

@@ -54,6 +54,11 @@ pub(crate) struct ShimDir {
     /// directory no longer the base's alone).
     #[cfg(target_os = "linux")]
     pub use_native: bool,
+    /// For a stream `opendir` made on a merged directory without opening
+    /// it (`fd` is -1): the physical directory `dirfd` opens when the
+    /// program asks for the stream's fd.
+    #[cfg(target_os = "linux")]
+    pub lazy: Option<std::ffi::CString>,
 }
 
 impl ShimDir {
@@ -70,6 +75,8 @@ impl ShimDir {
             native: std::ptr::null_mut(),
             #[cfg(target_os = "linux")]
             use_native: false,
+            #[cfg(target_os = "linux")]
+            lazy: None,
         })
     }
 

@@ -1348,12 +1348,48 @@ pub unsafe extern "C" fn opendir(path: Cp) -> *mut libc::DIR {
         fd_insert_phys(fd, e.path.clone(), Some(phys.to_vec()));
         return dirs::register(dirs::ShimDir::over_native(fd, e.path, native));
     }
-    let fd = open_dir_phys(&e.phys);
-    if fd < 0 {
-        return ptr::null_mut();
+    // A merged directory: its listing comes from the layer parts' cached
+    // names and a read of the base's part. The layer's copy, where the
+    // stream's fd would be, is not opened until the program asks for that
+    // fd (`dirfd`): a check that it could be opened for reading now
+    // (what the open would have checked) is one syscall instead of an
+    // open and a close.
+    if let Err(err) = readable_dir(&e.phys) {
+        return null_err(err);
     }
-    fd_insert_phys(fd, e.path.clone(), Some(phys.to_vec()));
-    open_dir_stream(fd, e.path)
+    match super::list(&e.path, None) {
+        Ok(entries) => {
+            let mut d = dirs::ShimDir::new(-1, e.path, entries);
+            d.lazy = Some(e.phys);
+            dirs::register(d)
+        }
+        Err(err) => null_err(err),
+    }
+}
+
+/// Whether physical directory `phys` may be opened for reading by this
+/// process (`faccessat` with the effective ids, as `open` checks),
+/// relative to its layer root's fd.
+fn readable_dir(phys: &std::ffi::CStr) -> Result<(), Errno> {
+    let o = orig!(faccessat: fn(c_int, Cp, c_int, c_int) -> c_int).ok_or(libc::ENOSYS)?;
+    let check = |fd: c_int, p: Cp| {
+        // SAFETY: a NUL-terminated path; no buffer.
+        let r = unsafe { o(fd, p, libc::R_OK, libc::AT_EACCESS) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(super::errno())
+        }
+    };
+    if let Some((root, off)) = root_relative(phys.to_bytes()) {
+        // SAFETY: `off` is inside the C string, before its NUL.
+        match check(root, unsafe { phys.as_ptr().add(off) }) {
+            // The program closed the number behind the shim's back.
+            Err(libc::EBADF) => drop_root_fd(root),
+            r => return r,
+        }
+    }
+    check(CWD, phys.as_ptr())
 }
 
 /// Opens physical directory `phys` for reading, relative to its layer
@@ -1482,6 +1518,8 @@ pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
             }
             r
         }
+        // Its fd was never opened (see `opendir`).
+        Some(d) if d.fd < 0 => 0,
         Some(d) => {
             let _g = Guard::enter();
             close_tracked(d.fd)
@@ -1497,8 +1535,26 @@ pub unsafe extern "C" fn dirfd(dirp: *mut libc::DIR) -> c_int {
         return fail(libc::ENOSYS);
     };
     match dirs::lookup(dirp) {
-        // SAFETY: a live registered stream.
-        Some(d) => unsafe { (*d).fd },
+        Some(d) => {
+            // SAFETY: a live registered stream; the program does not use
+            // one stream from two threads at once (POSIX).
+            let d = unsafe { &mut *d };
+            if d.fd < 0 {
+                if let Some(phys) = d.lazy.take() {
+                    let _g = Guard::enter();
+                    let fd = open_dir_phys(&phys);
+                    if fd < 0 {
+                        let e = super::errno();
+                        d.lazy = Some(phys);
+                        set_errno(e);
+                        return -1;
+                    }
+                    fd_insert_phys(fd, d.path.clone(), Some(phys.into_bytes()));
+                    d.fd = fd;
+                }
+            }
+            d.fd
+        }
         // SAFETY: passed on.
         None => unsafe { o(dirp) },
     }
