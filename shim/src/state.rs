@@ -1492,7 +1492,10 @@ pub(crate) fn read_fast<R>(
             });
             let hit = |m: &Option<DirMemo>| {
                 m.as_ref().is_some_and(|m| {
-                    m.epoch == epoch && m.stamp == stamp && m.origin == origin && m.parent == parent
+                    m.epoch == epoch
+                        && m.stamp == stamp
+                        && m.origin == origin
+                        && same_bytes(&m.parent, parent)
                 })
             };
             let mut here = false;
@@ -1534,6 +1537,14 @@ pub(crate) fn read_fast<R>(
         })
         .ok()
         .flatten()
+}
+
+/// `a == b`, without a call to libc's `memcmp` for two empty slices
+/// (the parent of a name relative to a directory fd: `find` makes one
+/// such call per file, and that call to `memcmp` showed as 7% of its
+/// samples).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 /// Fills the scratch's directory (branch and physical) for a path
