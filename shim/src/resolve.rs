@@ -450,8 +450,9 @@ pub struct Entry {
 
 /// What [`Chain::lookup`] found.
 enum Lookup {
-    /// (position in the frame, physical path, lstat).
-    Hit((usize, Vec<u8>, Stat)),
+    /// (position in the frame, physical path, its kind as `lstat` shows
+    /// it).
+    Hit((usize, Vec<u8>, FileType)),
     /// Nothing, or hidden by a whiteout.
     Missing,
     /// Only the base, below, may have it.
@@ -899,10 +900,16 @@ impl Chain {
                         return Ok(Lookup::Unchecked((pos, child(dir, &stored), t)));
                     }
                 }
+                // A directory a layer's cached names list (under the
+                // counter they were read at, as they say which names
+                // exist): no `lstat` to learn what they say.
+                if let Some(Some(libc::DT_DIR)) = held {
+                    return Ok(Lookup::Hit((pos, child(dir, &stored), FileType::Directory)));
+                }
                 if held.is_some() {
                     let p = child(dir, &stored);
                     if let Some(st) = self.lstat(&p)? {
-                        return Ok(Lookup::Hit((pos, p, st)));
+                        return Ok(Lookup::Hit((pos, p, kind_of(&st))));
                     }
                 }
             }
@@ -1397,9 +1404,7 @@ impl Chain {
                 match hit {
                     None if last => return Ok(Resolved::Absent(here)),
                     None => return Err(libc::ENOENT),
-                    Some((_, phys, st))
-                        if kind_of(&st) == FileType::Symlink && (!last || follow) =>
-                    {
+                    Some((_, phys, st)) if st == FileType::Symlink && (!last || follow) => {
                         links += 1;
                         if links > MAX_SYMLINKS {
                             return Err(libc::ELOOP);
@@ -1413,7 +1418,7 @@ impl Chain {
                             Err(native) => return Ok(Resolved::Outside(native)),
                         }
                     }
-                    Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                    Some((pos, phys, FileType::Directory)) => {
                         frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                         canon = here;
                         self.remember(stamp, &key, &canon, &frame, true);
@@ -1426,7 +1431,7 @@ impl Chain {
                             path: here,
                             phys: cstr(&phys)?,
                             layer: frame[pos].0,
-                            kind: kind_of(&st),
+                            kind: st,
                         }))
                     }
                     Some(_) => return Err(libc::ENOTDIR),
@@ -1451,7 +1456,7 @@ impl Chain {
                 other => other,
             };
             match hit {
-                Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                Lookup::Hit((pos, phys, FileType::Directory)) => {
                     frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                 }
                 Lookup::Hit(_) => return Err(libc::ENOTDIR),
@@ -1804,6 +1809,27 @@ mod tests {
         // Without a counter nothing is cached: every lookup asks the disk.
         fs::remove_file(t.path().join("top/d").join(&w)).unwrap();
         assert_eq!(found(&c, "d/y", false).layer, 1);
+    }
+
+    #[test]
+    fn a_directory_in_a_layers_cached_names_is_trusted_until_the_counter_moves() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let r = c.resolve_at(b"o/mine", false, Some(1), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // The layer's o becomes a file behind the cache's back: at a new
+        // counter value the names are read again and say so.
+        fs::remove_dir_all(t.path().join("top/o")).unwrap();
+        fs::write(t.path().join("top/o"), "now a file").unwrap();
+        assert_eq!(
+            c.resolve_at(b"o/mine", false, Some(2), false),
+            Err(libc::ENOTDIR)
+        );
+        let r = c.resolve_at(b"o", false, Some(2), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.kind == FileType::RegularFile),
+            "{r:?}"
+        );
     }
 
     #[test]
