@@ -1123,6 +1123,47 @@ impl Chain {
         })
     }
 
+    /// Remembers directory `name` of directory `parent` (a branch path as
+    /// asked, whose frame the cache holds at `stamp`, ending in the base,
+    /// with parts above the base whose cached names neither hold nor hide
+    /// `name`: see [`BaseDir::locate`]) as the base's own directory, its
+    /// frame exact: the caller's `lstat` of it, from the base's directory
+    /// of `parent`, showed a directory. Nothing is done for a `parent`
+    /// reached through a symlink, or a name known exactly already.
+    pub fn note_base_dir(&self, stamp: u64, parent: &[u8], name: &[u8]) {
+        let (key, frame) = {
+            let c = self.dirs.read();
+            if c.stamp != stamp {
+                return;
+            }
+            let frame = if parent.is_empty() {
+                &self.root_frame
+            } else {
+                match c.frames.get(parent) {
+                    Some((canon, frame, _)) if canon.as_slice() == parent => frame,
+                    _ => return,
+                }
+            };
+            let Some(&(idx, ref dir)) = frame.last() else {
+                return;
+            };
+            if !self.layers[idx].base {
+                return;
+            }
+            let mut key = Vec::with_capacity(parent.len() + 1 + name.len());
+            key.extend_from_slice(parent);
+            if !key.is_empty() {
+                key.push(b'/');
+            }
+            key.extend_from_slice(name);
+            if c.frames.get(&key).is_some_and(|e| e.2) {
+                return;
+            }
+            (key, vec![(idx, child(dir, name))])
+        };
+        self.remember(Some(stamp), &key, &key, &frame, true);
+    }
+
     /// Drops every cached directory frame.
     pub fn forget(&self) {
         let mut c = self.dirs.write();
@@ -1829,6 +1870,39 @@ mod tests {
         assert!(
             matches!(r, Resolved::Found(ref e) if e.kind == FileType::RegularFile),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_base_directory_the_caller_saw_is_remembered_exactly() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let base = t.path().join("base");
+        fs::create_dir_all(base.join("only")).unwrap();
+        // The cache at counter value 1 (a lookup made there).
+        c.resolve_at(b"a.txt", false, Some(1), false).unwrap();
+        assert!(c.cached(Some(1), b"only").is_none());
+        c.note_base_dir(1, b"", b"only");
+        let (canon, frame) = c.cached(Some(1), b"only").expect("noted");
+        assert_eq!(canon, b"only");
+        let only = base.join("only").as_os_str().as_bytes().to_vec();
+        assert_eq!(frame, vec![(1, only)]);
+        // Exact: a lookup of the directory itself answers from the cache
+        // (it does not see the symlink put there behind its back).
+        fs::remove_dir(base.join("only")).unwrap();
+        symlink("d", base.join("only")).unwrap();
+        let r = c.resolve_at(b"only", true, Some(1), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.kind == FileType::Directory && e.path == b"only"),
+            "{r:?}"
+        );
+        // At another counter value nothing is known, nor noted.
+        c.note_base_dir(1, b"", b"only");
+        assert!(c.cached(Some(2), b"only").is_none());
+        let r = c.resolve_at(b"only", true, Some(2), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.path == b"d"),
+            "the symlink followed: {r:?}"
         );
     }
 

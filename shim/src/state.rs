@@ -1460,6 +1460,7 @@ pub(crate) fn read_fast<R>(
     dirfd: c_int,
     path: &[u8],
     run: impl FnOnce(Option<(RawFd, *const std::ffi::c_char)>) -> Option<R>,
+    is_dir: impl Fn(&R) -> bool,
 ) -> Option<R> {
     let slash = clean_relative_last_slash(path)?;
     let (parent, name) = match slash {
@@ -1517,7 +1518,17 @@ pub(crate) fn read_fast<R>(
                 crate::resolve::dir_is(dir, &s.phys_dir, parent)
             };
             if starts_here {
-                return run(None);
+                let r = run(None);
+                // A directory of the base's, which the call showed is one
+                // (not a symlink): the cache learns its frame exactly, so
+                // the lookups under it and an `opendir` of it need no
+                // syscall of the shim's own.
+                if part + 1 == m.known.parts() && r.as_ref().is_some_and(is_dir) {
+                    if let Some((chain, _)) = local_chain() {
+                        chain.note_base_dir(stamp, &m.key, name);
+                    }
+                }
+                return r;
             }
             // The kernel starts elsewhere (a directory fd on a layer's
             // copy of a merged directory, a name a layer holds under the

@@ -101,6 +101,12 @@ impl StatIds for libc::statx {
     }
 }
 
+/// Whether `buf`, filled by a successful stat call, shows a directory.
+fn stat_is_dir<S: StatIds>(buf: *mut S) -> bool {
+    // SAFETY: a buffer the stat call just filled (when not null).
+    !buf.is_null() && unsafe { &*buf }.ids().2 & libc::S_IFMT == libc::S_IFDIR
+}
+
 /// Shows the branch's identity in `buf`, filled by a stat of a branch
 /// entry's physical path.
 fn show_branch_ids<S: StatIds>(buf: *mut S) {
@@ -198,7 +204,10 @@ macro_rules! stat_read {
                     $follow,
                     fail,
                     |$path| o($($arg),*),
-                    Some(|fd, p| at(fd, p, $($arg),*)),
+                    Some((
+                        |fd, p| at(fd, p, $($arg),*),
+                        |&r: &c_int| r == 0 && stat_is_dir($buf),
+                    )),
                     |&r| {
                         if r == 0 {
                             show_branch_ids($buf);
