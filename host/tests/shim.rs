@@ -1248,6 +1248,88 @@ fn a_rewound_stream_and_descriptors_closed_behind_the_shims_back() {
     );
 }
 
+/// The shim remembers the directory of a thread's last lookups: a
+/// directory fd number reused for another directory, and a working
+/// directory that moved, are looked up in the new one (a name a layer
+/// holds in the old one is not found there).
+#[test]
+fn a_reused_directory_fd_and_a_moved_working_directory_look_in_the_new_one() {
+    if !have("python3", "reused fd") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(&["python3", "-c"], REUSED_FD_AND_MOVED_CWD);
+    assert_eq!(
+        out,
+        "fd reused: True 24 ENOENT 6\n\
+         cwd moved: 24 ENOENT 6\n"
+    );
+    e.assert_outcome(&["M src/main.rs"], &before);
+}
+
+/// A stream `opendir` makes on a merged directory opens the directory's
+/// fd only when the program asks for it (`dirfd`): that fd then works
+/// for `*at()` calls, `fdopendir` of a copy and `fchdir`, it stays the
+/// stream's, and a stream closed without asking closes nothing.
+#[test]
+fn dirfd_of_a_merged_directorys_stream_works_as_natively() {
+    if !have("python3", "dirfd of a merged stream") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let out = e.same(&["python3", "-c"], DIRFD_OF_MERGED_STREAM);
+    assert_eq!(
+        out,
+        "dirfd: True 24 ['lib.rs', 'main.rs', 'nested']\n\
+         fchdir: src 24\n\
+         again: True 0\n\
+         closed unasked: 0\n"
+    );
+    e.assert_outcome(&["M src/main.rs"], &before);
+}
+
+const DIRFD_OF_MERGED_STREAM: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.opendir.restype = ctypes.c_void_p
+libc.opendir.argtypes = [ctypes.c_char_p]
+libc.dirfd.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+with open("src/main.rs", "a") as f:
+    f.write("// changed\n")
+d = libc.opendir(b"src")
+fd = libc.dirfd(d)
+print("dirfd:", fd >= 0, os.lstat("main.rs", dir_fd=fd).st_size, sorted(os.listdir(fd)))
+os.fchdir(fd)
+print("fchdir:", os.path.basename(os.getcwd()), os.path.getsize("main.rs"))
+os.chdir("..")
+print("again:", libc.dirfd(d) == fd, libc.closedir(d))
+print("closed unasked:", libc.closedir(libc.opendir(b"src")))
+"#;
+
+const REUSED_FD_AND_MOVED_CWD: &str = r#"
+import os
+with open("src/main.rs", "a") as f:
+    f.write("// changed\n")
+def size(name, **kw):
+    try:
+        return str(os.lstat(name, **kw).st_size)
+    except FileNotFoundError:
+        return "ENOENT"
+a = os.open("src", os.O_RDONLY | os.O_DIRECTORY)
+first = size("main.rs", dir_fd=a)
+os.close(a)
+b = os.open("docs", os.O_RDONLY | os.O_DIRECTORY)
+print("fd reused:", a == b, first, size("main.rs", dir_fd=b), size("guide.md", dir_fd=b))
+os.close(b)
+os.chdir("src")
+here = size("main.rs")
+os.chdir("../docs")
+print("cwd moved:", here, size("main.rs"), size("guide.md"))
+"#;
+
 const REWIND_AND_RAW_CLOSE: &str = r#"
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)

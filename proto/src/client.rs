@@ -107,6 +107,9 @@ impl ClientError {
 /// that came with it.
 type Answer = (Result<Response, WireError>, Vec<OwnedFd>);
 
+/// Bytes one read of the socket takes at most.
+const RECV_BUF_LEN: usize = 64 * 1024;
+
 /// A handshaken connection to the daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -117,6 +120,21 @@ pub struct Client {
     answers: HashMap<u64, Answer>,
     pushed: VecDeque<DaemonFrame>,
     welcome: Welcome,
+    /// The receive buffer, made at the first read and kept: zeroed by the
+    /// allocator (fresh pages, not written), so a process that reads a
+    /// few small frames touches only what they fill, where a buffer on
+    /// the stack was cleared whole on every read.
+    recv_buf: RecvBuf,
+}
+
+/// [`Client`]'s receive buffer (shown by its length only).
+#[derive(Default)]
+struct RecvBuf(Vec<u8>);
+
+impl std::fmt::Debug for RecvBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecvBuf({} bytes)", self.0.len())
+    }
 }
 
 impl Client {
@@ -154,6 +172,7 @@ impl Client {
             next_id: 1,
             answers: HashMap::new(),
             pushed: VecDeque::new(),
+            recv_buf: RecvBuf::default(),
             welcome: Welcome {
                 version: 0,
                 daemon: String::new(),
@@ -213,7 +232,9 @@ impl Client {
 
     /// The next frame and the fds it carries.
     fn read_frame(&mut self) -> Result<(DaemonFrame, Vec<OwnedFd>), ClientError> {
-        let mut buf = [0u8; 64 * 1024];
+        if self.recv_buf.0.is_empty() {
+            self.recv_buf.0 = vec![0u8; RECV_BUF_LEN];
+        }
         loop {
             if let Some(f) = self.decoder.next_frame::<DaemonFrame>()? {
                 let n = f.fds_carried();
@@ -226,14 +247,14 @@ impl Client {
                 let fds = self.fds.drain(..n).collect();
                 return Ok((f, fds));
             }
-            let n = recv_with_fds(self.sock.as_fd(), &mut buf, &mut self.fds)?;
+            let n = recv_with_fds(self.sock.as_fd(), &mut self.recv_buf.0, &mut self.fds)?;
             if n == 0 {
                 return Err(match self.decoder.pending() {
                     0 => ClientError::Closed,
                     got => FrameError::Truncated { needed: 0, got }.into(),
                 });
             }
-            self.decoder.push(&buf[..n]);
+            self.decoder.push(&self.recv_buf.0[..n]);
         }
     }
 

@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use crate::resolve::Listed;
+use crate::resolve::Listing;
 
 /// The record `readdir` returns: `dirent64` on Linux (`dirent` shares its
 /// layout on 64-bit Linux), `dirent` (64-bit inodes) on macOS.
@@ -40,7 +40,7 @@ pub(crate) struct ShimDir {
     /// Canonical branch path (for rewinding).
     pub path: Vec<u8>,
     /// The merged listing (shared with the cache).
-    pub entries: Arc<Vec<Listed>>,
+    pub entries: Arc<Listing>,
     /// Next entry.
     pub pos: usize,
     /// The record `readdir` returns.
@@ -54,11 +54,16 @@ pub(crate) struct ShimDir {
     /// directory no longer the base's alone).
     #[cfg(target_os = "linux")]
     pub use_native: bool,
+    /// For a stream `opendir` made on a merged directory without opening
+    /// it (`fd` is -1): the physical directory `dirfd` opens when the
+    /// program asks for the stream's fd.
+    #[cfg(target_os = "linux")]
+    pub lazy: Option<std::ffi::CString>,
 }
 
 impl ShimDir {
     /// A stream over `entries` for `fd`.
-    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Arc<Vec<Listed>>) -> Box<Self> {
+    pub(crate) fn new(fd: c_int, path: Vec<u8>, entries: Arc<Listing>) -> Box<Self> {
         Box::new(Self {
             fd,
             path,
@@ -70,6 +75,8 @@ impl ShimDir {
             native: std::ptr::null_mut(),
             #[cfg(target_os = "linux")]
             use_native: false,
+            #[cfg(target_os = "linux")]
+            lazy: None,
         })
     }
 

@@ -105,7 +105,7 @@ pub(crate) unsafe fn with_read_path_then<R>(
             follow,
             err,
             |p| (call.take().expect("called once"))(p),
-            None::<fn(c_int, *const c_char) -> Option<R>>,
+            None::<(fn(c_int, *const c_char) -> Option<R>, fn(&R) -> bool)>,
             after,
         )
     }
@@ -121,11 +121,13 @@ pub(crate) fn unless_bad_fd(r: c_int) -> Option<c_int> {
 }
 
 /// [`with_read_path_then`] for a call that can also be made relative to a
-/// directory fd (`call_at(dirfd, path)`, the `*at()` form of the
-/// program's call, `None` for a bad fd: see [`unless_bad_fd`]): a
-/// physical path that would go to the kernel whole goes relative to the
-/// fd the shim holds on its layer root instead (a walk of the part under
-/// the root only).
+/// directory fd (`call_at`'s first closure, `(dirfd, path)`, the `*at()`
+/// form of the program's call, `None` for a bad fd: see
+/// [`unless_bad_fd`]): a physical path that would go to the kernel whole
+/// goes relative to the fd the shim holds on its layer root instead (a
+/// walk of the part under the root only). `call_at`'s second closure says
+/// whether a result shows a directory (the fast lane then tells the cache
+/// about a directory of the base's it met: see [`read_fast`]).
 ///
 /// # Safety
 /// `path` is null or points to a NUL-terminated string.
@@ -135,17 +137,25 @@ pub(crate) unsafe fn with_read_path_at_then<R>(
     follow: bool,
     err: impl FnOnce(Errno) -> R,
     mut call: impl FnMut(*const c_char) -> R,
-    call_at: Option<impl Fn(c_int, *const c_char) -> Option<R>>,
+    call_at: Option<(
+        impl Fn(c_int, *const c_char) -> Option<R>,
+        impl Fn(&R) -> bool,
+    )>,
     after: impl FnOnce(&R),
 ) -> R {
-    if let (false, Some(at)) = (follow, &call_at) {
+    if let (false, Some((at, is_dir))) = (follow, &call_at) {
         if let Some(_g) = Guard::enter() {
             // SAFETY: the caller's contract.
             let fast = unsafe { bytes(path) }.and_then(|p| {
-                read_fast(dirfd, p, |under| match under {
-                    None => Some(call(path)),
-                    Some((fd, p)) => at(fd, p),
-                })
+                read_fast(
+                    dirfd,
+                    p,
+                    |under| match under {
+                        None => Some(call(path)),
+                        Some((fd, p)) => at(fd, p),
+                    },
+                    is_dir,
+                )
             });
             if let Some(r) = fast {
                 after(&r);
@@ -176,7 +186,7 @@ pub(crate) unsafe fn with_read_path_at_then<R>(
                 let r = match (off, root, call_at) {
                     // SAFETY: `off` is inside `c`, before its NUL.
                     (Some(off), _, _) => call(unsafe { c.as_ptr().add(off) }),
-                    (None, Some((fd, off)), Some(at)) => {
+                    (None, Some((fd, off)), Some((at, _))) => {
                         // SAFETY: as above.
                         match at(fd, unsafe { c.as_ptr().add(off) }) {
                             Some(r) => r,

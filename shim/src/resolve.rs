@@ -148,7 +148,7 @@ struct DirCache {
     /// above the base, by physical path; `None` for one too big to keep.
     names: PathMap<Option<Names>>,
     /// Merged listings, by canonical branch path.
-    listings: PathMap<Arc<Vec<Listed>>>,
+    listings: PathMap<Arc<Listing>>,
     /// Some frame is kept under a path that is not its canonical one (a
     /// symlink on the way): a change cannot be matched to the frames it
     /// affects by path alone.
@@ -185,6 +185,10 @@ fn at_or_under(key: &[u8], path: &[u8]) -> bool {
 /// `DT_*` type (a merged listing reuses them instead of reading the
 /// directory again).
 type Names = Arc<PathMap<(u64, u8)>>;
+
+/// Up to how many names a layer directory's names are compared one by
+/// one in [`BaseDir::locate_part`] instead of looked up by hash.
+const SCAN_NAMES: usize = 8;
 
 /// Most merged listings kept (then the cache starts over).
 const MAX_CACHED_LISTINGS: usize = 4096;
@@ -344,25 +348,63 @@ impl BaseDir {
     /// namespace, stored escaped in a layer, or whose whiteout would be
     /// hashed). `scratch` is a buffer for the name's whiteout.
     pub fn locate(&self, name: &[u8], scratch: &mut Vec<u8>) -> Option<&[u8]> {
+        self.locate_part(name, scratch).map(|i| self.part(i))
+    }
+
+    /// [`BaseDir::locate`] as the index of the part (see
+    /// [`BaseDir::part`]).
+    pub fn locate_part(&self, name: &[u8], scratch: &mut Vec<u8>) -> Option<usize> {
         if self.above.is_empty() {
-            return Some(&self.base);
+            return Some(0);
         }
         let prefix = whiteout_prefix();
         if name.starts_with(RESERVED_PREFIX) || prefix.len() + name.len() > NAME_MAX {
             return None;
         }
         scratch.clear();
-        scratch.extend_from_slice(prefix);
-        scratch.extend_from_slice(name);
-        for (dir, names) in &self.above {
+        for (i, (_, names)) in self.above.iter().enumerate() {
+            // A layer's copy of a directory usually holds a few names (the
+            // files changed in it): comparing them costs less than hashing
+            // the name and its whiteout's.
+            if names.len() <= SCAN_NAMES {
+                let whiteout_len = prefix.len() + name.len();
+                for stored in names.keys() {
+                    if stored.as_slice() == name {
+                        return Some(i);
+                    }
+                    if stored.len() == whiteout_len
+                        && stored.starts_with(prefix)
+                        && &stored[prefix.len()..] == name
+                    {
+                        return None;
+                    }
+                }
+                continue;
+            }
             if names.contains_key(name) {
-                return Some(dir);
+                return Some(i);
+            }
+            if scratch.is_empty() {
+                scratch.extend_from_slice(prefix);
+                scratch.extend_from_slice(name);
             }
             if names.contains_key(scratch.as_slice()) {
                 return None;
             }
         }
-        Some(&self.base)
+        Some(self.above.len())
+    }
+
+    /// How many parts the directory has (those above the base, then the
+    /// base's).
+    pub fn parts(&self) -> usize {
+        self.above.len() + 1
+    }
+
+    /// The physical directory of part `i` (those above the base first, top
+    /// one first; then the base's).
+    pub fn part(&self, i: usize) -> &[u8] {
+        self.above.get(i).map_or(&self.base, |(dir, _)| dir)
     }
 }
 
@@ -408,8 +450,9 @@ pub struct Entry {
 
 /// What [`Chain::lookup`] found.
 enum Lookup {
-    /// (position in the frame, physical path, lstat).
-    Hit((usize, Vec<u8>, Stat)),
+    /// (position in the frame, physical path, its kind as `lstat` shows
+    /// it).
+    Hit((usize, Vec<u8>, FileType)),
     /// Nothing, or hidden by a whiteout.
     Missing,
     /// Only the base, below, may have it.
@@ -429,6 +472,125 @@ pub struct Listed {
     pub ino: u64,
     /// `DT_*` type.
     pub dtype: u8,
+}
+
+/// One entry of a [`Listing`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedRef<'a> {
+    /// Name.
+    pub name: &'a [u8],
+    /// Inode as programs see it (see [`Listed::ino`]).
+    pub ino: u64,
+    /// `DT_*` type.
+    pub dtype: u8,
+}
+
+/// Where an entry's name lies in its [`Listing`]'s bytes, with the first
+/// eight bytes of the name as a big-endian number (names compare by it
+/// first: most differ there).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    prefix: u64,
+    start: u32,
+    len: u32,
+    ino: u64,
+    dtype: u8,
+}
+
+/// A merged listing: every name in one buffer (one allocation for the
+/// directory, not one a name), sorted by name, `.` and `..` first.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    bytes: Vec<u8>,
+    slots: Vec<Slot>,
+}
+
+impl Listing {
+    fn push(&mut self, name: &[u8], ino: u64, dtype: u8) {
+        let mut head = [0u8; 8];
+        let n = name.len().min(8);
+        head[..n].copy_from_slice(&name[..n]);
+        self.slots.push(Slot {
+            prefix: u64::from_be_bytes(head),
+            // Names are at most NAME_MAX bytes, and a listing this large
+            // (4 GiB of names) is not made: its directory would not fit.
+            start: self.bytes.len() as u32,
+            len: name.len() as u32,
+            ino,
+            dtype,
+        });
+        self.bytes.extend_from_slice(name);
+    }
+
+    fn name_of(&self, s: &Slot) -> &[u8] {
+        &self.bytes[s.start as usize..(s.start + s.len) as usize]
+    }
+
+    /// Sorts the entries from `from` on by name; of equal names the first
+    /// pushed is kept.
+    fn sort_dedup_from(&mut self, from: usize) {
+        let (bytes, slots) = (&self.bytes, &mut self.slots[from..]);
+        if slots.iter().all(|s| s.len <= 8) {
+            // Each name is its prefix (a shorter one padded with zeroes,
+            // which no name holds, sorts first): numbers alone compare.
+            slots.sort_unstable_by_key(|s| (s.prefix, s.start));
+        } else {
+            let name = |s: &Slot| &bytes[s.start as usize..(s.start + s.len) as usize];
+            slots.sort_unstable_by(|a, b| {
+                a.prefix
+                    .cmp(&b.prefix)
+                    .then_with(|| name(a).cmp(name(b)))
+                    .then(a.start.cmp(&b.start))
+            });
+        }
+        let mut keep = from;
+        for i in from..self.slots.len() {
+            let dup = keep > from && {
+                let (a, b) = (&self.slots[keep - 1], &self.slots[i]);
+                a.prefix == b.prefix && self.name_of(a) == self.name_of(b)
+            };
+            if !dup {
+                self.slots[keep] = self.slots[i];
+                keep += 1;
+            }
+        }
+        self.slots.truncate(keep);
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Entry `i`.
+    pub fn get(&self, i: usize) -> Option<ListedRef<'_>> {
+        self.slots.get(i).map(|s| ListedRef {
+            name: self.name_of(s),
+            ino: s.ino,
+            dtype: s.dtype,
+        })
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = ListedRef<'_>> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The entries, owned.
+    pub fn to_vec(&self) -> Vec<Listed> {
+        self.iter()
+            .map(|e| Listed {
+                name: e.name.to_vec(),
+                ino: e.ino,
+                dtype: e.dtype,
+            })
+            .collect()
+    }
 }
 
 fn cstr(v: &[u8]) -> Result<CString, Errno> {
@@ -738,10 +900,16 @@ impl Chain {
                         return Ok(Lookup::Unchecked((pos, child(dir, &stored), t)));
                     }
                 }
+                // A directory a layer's cached names list (under the
+                // counter they were read at, as they say which names
+                // exist): no `lstat` to learn what they say.
+                if let Some(Some(libc::DT_DIR)) = held {
+                    return Ok(Lookup::Hit((pos, child(dir, &stored), FileType::Directory)));
+                }
                 if held.is_some() {
                     let p = child(dir, &stored);
                     if let Some(st) = self.lstat(&p)? {
-                        return Ok(Lookup::Hit((pos, p, st)));
+                        return Ok(Lookup::Hit((pos, p, kind_of(&st))));
                     }
                 }
             }
@@ -953,6 +1121,47 @@ impl Chain {
             above,
             base: phys.clone(),
         })
+    }
+
+    /// Remembers directory `name` of directory `parent` (a branch path as
+    /// asked, whose frame the cache holds at `stamp`, ending in the base,
+    /// with parts above the base whose cached names neither hold nor hide
+    /// `name`: see [`BaseDir::locate`]) as the base's own directory, its
+    /// frame exact: the caller's `lstat` of it, from the base's directory
+    /// of `parent`, showed a directory. Nothing is done for a `parent`
+    /// reached through a symlink, or a name known exactly already.
+    pub fn note_base_dir(&self, stamp: u64, parent: &[u8], name: &[u8]) {
+        let (key, frame) = {
+            let c = self.dirs.read();
+            if c.stamp != stamp {
+                return;
+            }
+            let frame = if parent.is_empty() {
+                &self.root_frame
+            } else {
+                match c.frames.get(parent) {
+                    Some((canon, frame, _)) if canon.as_slice() == parent => frame,
+                    _ => return,
+                }
+            };
+            let Some(&(idx, ref dir)) = frame.last() else {
+                return;
+            };
+            if !self.layers[idx].base {
+                return;
+            }
+            let mut key = Vec::with_capacity(parent.len() + 1 + name.len());
+            key.extend_from_slice(parent);
+            if !key.is_empty() {
+                key.push(b'/');
+            }
+            key.extend_from_slice(name);
+            if c.frames.get(&key).is_some_and(|e| e.2) {
+                return;
+            }
+            (key, vec![(idx, child(dir, name))])
+        };
+        self.remember(Some(stamp), &key, &key, &frame, true);
     }
 
     /// Drops every cached directory frame.
@@ -1236,9 +1445,7 @@ impl Chain {
                 match hit {
                     None if last => return Ok(Resolved::Absent(here)),
                     None => return Err(libc::ENOENT),
-                    Some((_, phys, st))
-                        if kind_of(&st) == FileType::Symlink && (!last || follow) =>
-                    {
+                    Some((_, phys, st)) if st == FileType::Symlink && (!last || follow) => {
                         links += 1;
                         if links > MAX_SYMLINKS {
                             return Err(libc::ELOOP);
@@ -1252,7 +1459,7 @@ impl Chain {
                             Err(native) => return Ok(Resolved::Outside(native)),
                         }
                     }
-                    Some((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                    Some((pos, phys, FileType::Directory)) => {
                         frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                         canon = here;
                         self.remember(stamp, &key, &canon, &frame, true);
@@ -1265,7 +1472,7 @@ impl Chain {
                             path: here,
                             phys: cstr(&phys)?,
                             layer: frame[pos].0,
-                            kind: kind_of(&st),
+                            kind: st,
                         }))
                     }
                     Some(_) => return Err(libc::ENOTDIR),
@@ -1290,7 +1497,7 @@ impl Chain {
                 other => other,
             };
             match hit {
-                Lookup::Hit((pos, phys, st)) if kind_of(&st) == FileType::Directory => {
+                Lookup::Hit((pos, phys, FileType::Directory)) => {
                     frame = self.frame_of(stamp, &frame, pos, phys, name)?;
                 }
                 Lookup::Hit(_) => return Err(libc::ENOTDIR),
@@ -1303,7 +1510,7 @@ impl Chain {
     /// The merged listing of directory `rel` (symlinks followed), sorted by
     /// name, with `.` and `..` first; whiteouts and markers hidden.
     pub fn list(&self, rel: &[u8]) -> Result<Vec<Listed>, Errno> {
-        self.list_at(rel, None, None).map(Arc::unwrap_or_clone)
+        self.list_at(rel, None, None).map(|l| l.to_vec())
     }
 
     /// [`Chain::list`], with the listing kept (and reused) while the
@@ -1317,7 +1524,7 @@ impl Chain {
         rel: &[u8],
         stamp: Option<u64>,
         top: Option<BorrowedFd<'_>>,
-    ) -> Result<Arc<Vec<Listed>>, Errno> {
+    ) -> Result<Arc<Listing>, Errno> {
         let canon = match self.resolve_at(rel, true, stamp, false)? {
             Resolved::Found(e) if e.kind == FileType::Directory => e.path,
             Resolved::Found(_) => return Err(libc::ENOTDIR),
@@ -1348,21 +1555,32 @@ impl Chain {
         stamp: Option<u64>,
         canon: &[u8],
         top: Option<BorrowedFd<'_>>,
-    ) -> Result<Vec<Listed>, Errno> {
+    ) -> Result<Listing, Errno> {
         let frame = self.frame_at(stamp, canon)?;
-        // Every part's names, top part first; sorted (stably) and the
-        // first of each name kept below.
-        let mut seen: Vec<Listed> = Vec::with_capacity(64);
+        // Every part's names, top part first, into one buffer; sorted
+        // below, and the first of each name kept.
+        let mut out = Listing::default();
+        out.bytes.reserve(64 * 16);
+        out.slots.reserve(64);
+        for dot in [&b"."[..], b".."] {
+            out.push(dot, 0, libc::DT_DIR);
+        }
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         for (pos, (idx, dir)) in frame.iter().enumerate() {
             let base = self.layers[*idx].base;
             let mut whiteouts = Vec::new();
             let mut add = |stored: &[u8], ino: u64, dtype: u8| {
-                let name = if base {
-                    stored.to_vec()
+                let decoded;
+                // A layer's name outside the reserved namespace is stored
+                // as it is (no decoding, no copy).
+                let name = if base || !stored.starts_with(RESERVED_PREFIX) {
+                    stored
                 } else {
                     match decode_name(OsStr::from_bytes(stored)) {
-                        Decoded::Entry(n) => n.as_bytes().to_vec(),
+                        Decoded::Entry(n) => {
+                            decoded = n;
+                            decoded.as_bytes()
+                        }
                         Decoded::Whiteout(n) => {
                             whiteouts.push(n.as_bytes().to_vec());
                             return;
@@ -1376,9 +1594,8 @@ impl Chain {
                         Decoded::Opaque | Decoded::Reserved => return,
                     }
                 };
-                if hidden.is_empty() || !hidden.contains(&name) {
-                    let ino = self.ids.layer_ino(*idx, ino);
-                    seen.push(Listed { name, ino, dtype });
+                if hidden.is_empty() || !hidden.contains(name) {
+                    out.push(name, self.ids.layer_ino(*idx, ino), dtype);
                 }
             };
             // A layer directory's names are usually listed already (by
@@ -1400,17 +1617,7 @@ impl Chain {
             }
             hidden.extend(whiteouts);
         }
-        seen.sort_by(|a, b| a.name.cmp(&b.name));
-        seen.dedup_by(|later, first| later.name == first.name);
-        let mut out = Vec::with_capacity(seen.len() + 2);
-        for dot in [&b"."[..], b".."] {
-            out.push(Listed {
-                name: dot.to_vec(),
-                ino: 0,
-                dtype: libc::DT_DIR,
-            });
-        }
-        out.append(&mut seen);
+        out.sort_dedup_from(2);
         Ok(out)
     }
 
@@ -1646,6 +1853,122 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_in_a_layers_cached_names_is_trusted_until_the_counter_moves() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let r = c.resolve_at(b"o/mine", false, Some(1), false).unwrap();
+        assert!(matches!(r, Resolved::Found(ref e) if e.layer == 0), "{r:?}");
+        // The layer's o becomes a file behind the cache's back: at a new
+        // counter value the names are read again and say so.
+        fs::remove_dir_all(t.path().join("top/o")).unwrap();
+        fs::write(t.path().join("top/o"), "now a file").unwrap();
+        assert_eq!(
+            c.resolve_at(b"o/mine", false, Some(2), false),
+            Err(libc::ENOTDIR)
+        );
+        let r = c.resolve_at(b"o", false, Some(2), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.kind == FileType::RegularFile),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_base_directory_the_caller_saw_is_remembered_exactly() {
+        let t = tempfile::tempdir().unwrap();
+        let c = chain(t.path());
+        let base = t.path().join("base");
+        fs::create_dir_all(base.join("only")).unwrap();
+        // The cache at counter value 1 (a lookup made there).
+        c.resolve_at(b"a.txt", false, Some(1), false).unwrap();
+        assert!(c.cached(Some(1), b"only").is_none());
+        c.note_base_dir(1, b"", b"only");
+        let (canon, frame) = c.cached(Some(1), b"only").expect("noted");
+        assert_eq!(canon, b"only");
+        let only = base.join("only").as_os_str().as_bytes().to_vec();
+        assert_eq!(frame, vec![(1, only)]);
+        // Exact: a lookup of the directory itself answers from the cache
+        // (it does not see the symlink put there behind its back).
+        fs::remove_dir(base.join("only")).unwrap();
+        symlink("d", base.join("only")).unwrap();
+        let r = c.resolve_at(b"only", true, Some(1), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.kind == FileType::Directory && e.path == b"only"),
+            "{r:?}"
+        );
+        // At another counter value nothing is known, nor noted.
+        c.note_base_dir(1, b"", b"only");
+        assert!(c.cached(Some(2), b"only").is_none());
+        let r = c.resolve_at(b"only", true, Some(2), false).unwrap();
+        assert!(
+            matches!(r, Resolved::Found(ref e) if e.path == b"d"),
+            "the symlink followed: {r:?}"
+        );
+    }
+
+    #[test]
+    fn a_listing_sorts_by_name_and_keeps_the_first_of_equal_names() {
+        let mut l = Listing::default();
+        l.push(b".", 0, libc::DT_DIR);
+        l.push(b"..", 0, libc::DT_DIR);
+        // The top part's names, then the base's: long names that share
+        // their first eight bytes, a short one, a name in both parts.
+        for (name, ino) in [
+            (&b"prefix-long-b"[..], 1),
+            (b"shared", 2),
+            (b"prefix-long-a", 3),
+            (b"z", 4),
+        ] {
+            l.push(name, ino, libc::DT_REG);
+        }
+        for (name, ino) in [(&b"shared"[..], 20), (b"prefix-long", 21), (b"a", 22)] {
+            l.push(name, ino, libc::DT_DIR);
+        }
+        l.sort_dedup_from(2);
+        let got: Vec<(&[u8], u64)> = l.iter().map(|e| (e.name, e.ino)).collect();
+        let want: Vec<(&[u8], u64)> = vec![
+            (b".", 0),
+            (b"..", 0),
+            (b"a", 22),
+            (b"prefix-long", 21),
+            (b"prefix-long-a", 3),
+            (b"prefix-long-b", 1),
+            (b"shared", 2),
+            (b"z", 4),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(l.len(), 8);
+        assert_eq!(
+            l.get(6).map(|e| e.dtype),
+            Some(libc::DT_REG),
+            "the top part's"
+        );
+        assert!(l.get(8).is_none());
+        // Names of at most eight bytes only (compared as numbers).
+        let mut l = Listing::default();
+        for (name, ino) in [
+            (&b"ab"[..], 1),
+            (b"a", 2),
+            (b"abcdefgh", 3),
+            (b"b", 4),
+            (b"ab", 5),
+            (b"abcdefg", 6),
+        ] {
+            l.push(name, ino, libc::DT_REG);
+        }
+        l.sort_dedup_from(0);
+        let got: Vec<(&[u8], u64)> = l.iter().map(|e| (e.name, e.ino)).collect();
+        let want: Vec<(&[u8], u64)> = vec![
+            (b"a", 2),
+            (b"ab", 1),
+            (b"abcdefg", 6),
+            (b"abcdefgh", 3),
+            (b"b", 4),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn merged_listings_are_kept_while_the_counter_stays() {
         let t = tempfile::tempdir().unwrap();
         let c = chain(t.path());
@@ -1724,7 +2047,7 @@ mod tests {
             .list_at(b"d", Some(14), None)
             .unwrap()
             .iter()
-            .map(|l| l.name.clone())
+            .map(|l| l.name.to_vec())
             .collect();
         assert!(listed.contains(&b"fresh".to_vec()), "listing dropped");
         let r = lazy(b"d/fresh", 14);
@@ -1833,6 +2156,35 @@ mod tests {
         let root = c.base_dir_cached(1, b"").expect("the root's frame");
         assert_eq!(root.locate(b"a.txt", &mut w), Some(&p(&top)[..]));
         assert_eq!(root.locate(b"link", &mut w), Some(&p(&base)[..]));
+        // A layer part with more names than are compared one by one: the
+        // hashed lookups answer the same.
+        fs::create_dir_all(base.join("many")).unwrap();
+        fs::create_dir_all(top.join("many")).unwrap();
+        for name in ["keep", "gone"] {
+            fs::write(base.join("many").join(name), "b").unwrap();
+        }
+        for i in 0..=SCAN_NAMES {
+            fs::write(top.join("many").join(format!("n{i}")), "n").unwrap();
+        }
+        let (wh, _) = whiteout_name(OsStr::new("gone"));
+        fs::write(top.join("many").join(wh), "").unwrap();
+        // (At a new counter value: the cache lists the top's root anew.)
+        c.resolve_at(b"many/keep", false, Some(2), true).unwrap();
+        let many = c.base_dir_cached(2, b"many").expect("many is known now");
+        assert_eq!(
+            many.locate(b"keep", &mut w),
+            Some(&p(&base.join("many"))[..])
+        );
+        assert_eq!(many.locate(b"n3", &mut w), Some(&p(&top.join("many"))[..]));
+        assert_eq!(
+            many.locate(b"gone", &mut w),
+            None,
+            "whited out in the layer"
+        );
+        assert_eq!(
+            many.locate(b"none", &mut w),
+            Some(&p(&base.join("many"))[..])
+        );
         assert!(dir_is(&p(&base.join("d")), &p(&base), b"d"));
         assert!(dir_is(&p(&base), &p(&base), b""));
         assert!(!dir_is(&p(&base.join("d")), &p(&base), b""));

@@ -27,8 +27,9 @@ use crate::dispatch::{
 
 use super::{
     bytes, chain_changed, classify, cwd, dirs, drop_root_fd, drop_root_fds, fail, fd_closed,
-    fd_get, fd_remove, fs_op, orig, resolve, set_cwd, set_errno, shim_log, shown_fsid,
-    shown_identity, shown_identity_of_fd, shown_vfs_fsid, text, wire, Guard, Target,
+    fd_get, fd_insert_phys, fd_remove, fs_op, in_base, kernel_cwd_offset, orig, resolve,
+    root_relative, set_cwd, set_errno, shim_log, shown_fsid, shown_identity, shown_identity_of_fd,
+    shown_vfs_fsid, text, wire, Guard, Target,
 };
 use crate::{
     paths,
@@ -98,6 +99,12 @@ impl StatIds for libc::statx {
         self.stx_dev_minor = libc::minor(dev);
         self.stx_ino = ino;
     }
+}
+
+/// Whether `buf`, filled by a successful stat call, shows a directory.
+fn stat_is_dir<S: StatIds>(buf: *mut S) -> bool {
+    // SAFETY: a buffer the stat call just filled (when not null).
+    !buf.is_null() && unsafe { &*buf }.ids().2 & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// Shows the branch's identity in `buf`, filled by a stat of a branch
@@ -197,7 +204,10 @@ macro_rules! stat_read {
                     $follow,
                     fail,
                     |$path| o($($arg),*),
-                    Some(|fd, p| at(fd, p, $($arg),*)),
+                    Some((
+                        |fd, p| at(fd, p, $($arg),*),
+                        |&r: &c_int| r == 0 && stat_is_dir($buf),
+                    )),
                     |&r| {
                         if r == 0 {
                             show_branch_ids($buf);
@@ -1263,6 +1273,8 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 
 // ---------------------------------------------------------- directories
 
+/// A stream over directory `fd`, which the shim opened on branch
+/// directory `path`.
 fn open_dir_stream(fd: c_int, path: Vec<u8>) -> *mut libc::DIR {
     if super::base_only_dir(&path) {
         // Only the base holds it: libc reads it, no merged copy is made.
@@ -1309,21 +1321,104 @@ pub unsafe extern "C" fn opendir(path: Cp) -> *mut libc::DIR {
         Ok(Target::Branch(rel)) => rel,
         Err(e) => return null_err(e),
     };
-    let fd = match open_branch(
-        &rel,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) {
-        Ok(fd) if fd >= 0 => fd,
-        Ok(_) => return ptr::null_mut(),
+    let e = match resolve(&rel, true) {
+        Ok(Resolved::Found(e)) if e.kind == FileType::Directory => e,
+        Ok(Resolved::Found(_)) => return null_err(libc::ENOTDIR),
+        Ok(Resolved::Absent(_)) => return null_err(libc::ENOENT),
+        // Left the branch through a symlink: a native stream.
+        Ok(Resolved::Outside(p)) => {
+            let Ok(c) = CString::new(p) else {
+                return null_err(libc::EINVAL);
+            };
+            // SAFETY: a NUL-terminated path.
+            return unsafe { o(c.as_ptr()) };
+        }
         Err(e) => return null_err(e),
     };
-    match fd_get(fd) {
-        Some(info) => open_dir_stream(fd, info.path),
-        // Left the branch through a symlink: a native stream.
-        // SAFETY: an fd we own.
-        None => unsafe { libc::fdopendir(fd) },
+    let phys = e.phys.as_bytes();
+    if in_base(e.layer) {
+        // Only the base holds it: libc's own `opendir` on the base's
+        // directory (the program's syscalls: no `fcntl`s of `fdopendir`),
+        // relative to the kernel's working directory when under it. No
+        // merged copy is made.
+        let off = kernel_cwd_offset(phys).unwrap_or(0);
+        // SAFETY: `off` is inside the C string, before its NUL.
+        let native = unsafe { o(e.phys.as_ptr().add(off)) };
+        if native.is_null() {
+            return native;
+        }
+        let Some(dfd) = orig!(dirfd: fn(*mut libc::DIR) -> c_int) else {
+            // SAFETY: libc's own live stream, closed once.
+            unsafe { libc::closedir(native) };
+            return null_err(libc::ENOSYS);
+        };
+        // SAFETY: libc's own live stream.
+        let fd = unsafe { dfd(native) };
+        fd_insert_phys(fd, e.path.clone(), Some(phys.to_vec()));
+        return dirs::register(dirs::ShimDir::over_native(fd, e.path, native));
     }
+    // A merged directory: its listing comes from the layer parts' cached
+    // names and a read of the base's part. The layer's copy, where the
+    // stream's fd would be, is not opened until the program asks for that
+    // fd (`dirfd`): a check that it could be opened for reading now
+    // (what the open would have checked) is one syscall instead of an
+    // open and a close.
+    if let Err(err) = readable_dir(&e.phys) {
+        return null_err(err);
+    }
+    match super::list(&e.path, None) {
+        Ok(entries) => {
+            let mut d = dirs::ShimDir::new(-1, e.path, entries);
+            d.lazy = Some(e.phys);
+            dirs::register(d)
+        }
+        Err(err) => null_err(err),
+    }
+}
+
+/// Whether physical directory `phys` may be opened for reading by this
+/// process (`faccessat` with the effective ids, as `open` checks),
+/// relative to its layer root's fd.
+fn readable_dir(phys: &std::ffi::CStr) -> Result<(), Errno> {
+    let o = orig!(faccessat: fn(c_int, Cp, c_int, c_int) -> c_int).ok_or(libc::ENOSYS)?;
+    let check = |fd: c_int, p: Cp| {
+        // SAFETY: a NUL-terminated path; no buffer.
+        let r = unsafe { o(fd, p, libc::R_OK, libc::AT_EACCESS) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(super::errno())
+        }
+    };
+    if let Some((root, off)) = root_relative(phys.to_bytes()) {
+        // SAFETY: `off` is inside the C string, before its NUL.
+        match check(root, unsafe { phys.as_ptr().add(off) }) {
+            // The program closed the number behind the shim's back.
+            Err(libc::EBADF) => drop_root_fd(root),
+            r => return r,
+        }
+    }
+    check(CWD, phys.as_ptr())
+}
+
+/// Opens physical directory `phys` for reading, relative to its layer
+/// root's fd (a walk of the part under the root only); -1 with `errno`.
+fn open_dir_phys(phys: &std::ffi::CStr) -> c_int {
+    let Some(o) = orig_openat() else {
+        return fail(libc::ENOSYS);
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    if let Some((root, off)) = root_relative(phys.to_bytes()) {
+        // SAFETY: `off` is inside the C string, before its NUL.
+        let fd = unsafe { o(root, phys.as_ptr().add(off), flags, 0) };
+        if fd >= 0 || super::errno() != libc::EBADF {
+            return fd;
+        }
+        // The program closed the number behind the shim's back.
+        drop_root_fd(root);
+    }
+    // SAFETY: a NUL-terminated path.
+    unsafe { o(CWD, phys.as_ptr(), flags, 0) }
 }
 
 #[no_mangle]
@@ -1432,6 +1527,8 @@ pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
             }
             r
         }
+        // Its fd was never opened (see `opendir`).
+        Some(d) if d.fd < 0 => 0,
         Some(d) => {
             let _g = Guard::enter();
             close_tracked(d.fd)
@@ -1447,8 +1544,26 @@ pub unsafe extern "C" fn dirfd(dirp: *mut libc::DIR) -> c_int {
         return fail(libc::ENOSYS);
     };
     match dirs::lookup(dirp) {
-        // SAFETY: a live registered stream.
-        Some(d) => unsafe { (*d).fd },
+        Some(d) => {
+            // SAFETY: a live registered stream; the program does not use
+            // one stream from two threads at once (POSIX).
+            let d = unsafe { &mut *d };
+            if d.fd < 0 {
+                if let Some(phys) = d.lazy.take() {
+                    let _g = Guard::enter();
+                    let fd = open_dir_phys(&phys);
+                    if fd < 0 {
+                        let e = super::errno();
+                        d.lazy = Some(phys);
+                        set_errno(e);
+                        return -1;
+                    }
+                    fd_insert_phys(fd, d.path.clone(), Some(phys.into_bytes()));
+                    d.fd = fd;
+                }
+            }
+            d.fd
+        }
         // SAFETY: passed on.
         None => unsafe { o(dirp) },
     }
