@@ -44,6 +44,9 @@ struct FrameReader {
     decoder: FrameDecoder,
     fds: VecDeque<OwnedFd>,
     buf: Vec<u8>,
+    /// The last read took all the socket held: wait for more before
+    /// reading again (a read now would only say `EAGAIN`).
+    drained: bool,
 }
 
 impl FrameReader {
@@ -55,6 +58,7 @@ impl FrameReader {
             decoder: FrameDecoder::new(MAX_HELLO_LEN),
             fds: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
+            drained: false,
         }
     }
 
@@ -99,12 +103,17 @@ impl FrameReader {
             }
             let n = loop {
                 let sock = self.stream.get_ref().as_fd();
+                if std::mem::take(&mut self.drained) {
+                    wait_readable(sock)?;
+                }
                 match recv_with_fds(sock, &mut self.buf, &mut self.fds) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(sock)?,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     r => break r?,
                 }
             };
+            // A read that did not fill the buffer took all there was.
+            self.drained = n < self.buf.len();
             if !self.received(n)? {
                 return Ok(None);
             }
