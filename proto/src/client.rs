@@ -110,6 +110,11 @@ type Answer = (Result<Response, WireError>, Vec<OwnedFd>);
 /// Bytes one read of the socket takes at most.
 const RECV_BUF_LEN: usize = 64 * 1024;
 
+/// Bytes the first read takes at most: one page. Most clients (a process
+/// under the shim) read a few small frames, and the allocator may clear a
+/// whole buffer up front (calloc of reused heap: a page fault per page).
+const FIRST_RECV_BUF_LEN: usize = 4 * 1024;
+
 /// A handshaken connection to the daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -120,10 +125,10 @@ pub struct Client {
     answers: HashMap<u64, Answer>,
     pushed: VecDeque<DaemonFrame>,
     welcome: Welcome,
-    /// The receive buffer, made at the first read and kept: zeroed by the
-    /// allocator (fresh pages, not written), so a process that reads a
-    /// few small frames touches only what they fill, where a buffer on
-    /// the stack was cleared whole on every read.
+    /// The receive buffer, made at the first read and kept: one page at
+    /// first, doubled (up to [`RECV_BUF_LEN`]) each time a read fills it,
+    /// so a process that reads a few small frames clears one page, where
+    /// a buffer on the stack was cleared whole on every read.
     recv_buf: RecvBuf,
 }
 
@@ -233,7 +238,7 @@ impl Client {
     /// The next frame and the fds it carries.
     fn read_frame(&mut self) -> Result<(DaemonFrame, Vec<OwnedFd>), ClientError> {
         if self.recv_buf.0.is_empty() {
-            self.recv_buf.0 = vec![0u8; RECV_BUF_LEN];
+            self.recv_buf.0 = vec![0u8; FIRST_RECV_BUF_LEN];
         }
         loop {
             if let Some(f) = self.decoder.next_frame::<DaemonFrame>()? {
@@ -255,6 +260,10 @@ impl Client {
                 });
             }
             self.decoder.push(&self.recv_buf.0[..n]);
+            let len = self.recv_buf.0.len();
+            if n == len && len < RECV_BUF_LEN {
+                self.recv_buf.0.resize(len * 2, 0);
+            }
         }
     }
 
