@@ -601,23 +601,25 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
             return Ok((s.chain.clone(), None));
         }
     }
-    let counters = g.as_ref().and_then(|s| s.counters);
+    let mut counters = g.as_ref().and_then(|s| s.counters);
     // A process's first chain comes from `agentfs run` through the
     // environment when the graph has not changed since: no connection.
     let inherited = if g.is_none() {
-        inherited_chain(cfg)
+        inherited_chain(cfg, &mut counters)
     } else {
         None
     };
-    let (bc, counters) = match inherited {
-        Some(v) => v,
+    let bc = match inherited {
+        Some(bc) => bc,
         None => {
             let r = with_daemon(|c| c.request(Request::BranchChain { branch: None }))?;
             let Response::Chain(bc) = r else {
                 return Err(libc::EIO);
             };
-            let counters = counters.or_else(|| map_counters(&bc));
-            (bc, counters)
+            if counters.is_none() {
+                counters = map_counters(&bc);
+            }
+            bc
         }
     };
     let (chain, state) = chain_state(cfg, bc, counters, tick)?;
@@ -633,10 +635,10 @@ fn map_counters(bc: &BranchChain) -> Option<Counters> {
     }
 }
 
-/// The chain `agentfs run` handed down in [`CHAIN_ENV`], with the counters
-/// it names, when it is this branch's and the graph counter still holds
-/// the value it was made at.
-fn inherited_chain(cfg: &Config) -> Option<(BranchChain, Option<Counters>)> {
+/// The chain `agentfs run` handed down in [`CHAIN_ENV`], when it is this
+/// branch's and the graph counter still holds the value it was made at;
+/// the counters it names are mapped into `counters` either way.
+fn inherited_chain(cfg: &Config, counters: &mut Option<Counters>) -> Option<BranchChain> {
     let v = std::env::var_os(CHAIN_ENV)?;
     let Some(bc) = decode_chain_env(v.as_bytes(), &cfg.branch) else {
         shim_log(&format!(
@@ -644,8 +646,11 @@ fn inherited_chain(cfg: &Config) -> Option<(BranchChain, Option<Counters>)> {
         ));
         return None;
     };
-    let counters = map_counters(&bc)?;
-    (Some(counters.graph()) == bc.graph).then_some((bc, Some(counters)))
+    if counters.is_none() {
+        *counters = map_counters(&bc);
+    }
+    let now = counters.map(Counters::graph)?;
+    (Some(now) == bc.graph).then_some(bc)
 }
 
 /// The process's chain state from a chain the daemon made (`counters`:
