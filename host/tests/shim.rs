@@ -844,6 +844,93 @@ fn a_private_daemon_serves_background_processes_then_stops_when_the_last_leaves(
     assert_eq!(fingerprint(&e.base), before, "the base changed");
 }
 
+/// The daemon's connected clients now (this status request's included).
+fn daemon_clients(e: &Env) -> u64 {
+    let st: serde_json::Value = serde_json::from_str(&e.cli.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["via"], "daemon", "{st}");
+    st["daemon"]["clients"].as_u64().unwrap()
+}
+
+#[test]
+fn processes_that_only_read_never_connect_to_the_daemon_and_writers_still_do() {
+    if !have("find", "readers_never_connect") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let hold = e.cli.dir.join("hold.fifo");
+    mkfifo(&hold);
+    let out = e.cli.dir.join("read.out");
+    // Readers of the branch (`ls`, `find`), then a `cat` that reads a
+    // branch file and blocks opening the fifo (outside the branch), then
+    // a write.
+    let script = format!(
+        "ls -R >/dev/null && find . -type f >/dev/null && cat README.md {hold} > {out} && \
+         echo changed > README.md",
+        hold = hold.display(),
+        out = out.display()
+    );
+    let mut run = e.run_command(&["sh", "-c", &script]).spawn().unwrap();
+    // Opening the fifo for writing waits for `cat` to open it: it has read
+    // README.md by then.
+    let w = fs::OpenOptions::new().write(true).open(&hold).unwrap();
+    let clients = daemon_clients(&e);
+    drop(w);
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // `agentfs run`'s own connection and this status request: neither the
+    // shell, `ls`, `find` nor the blocked `cat` connected.
+    assert_eq!(
+        clients, 2,
+        "a process that only read connected to the daemon"
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "# project\n");
+    // The write went through the daemon, into the branch.
+    e.assert_diff_has(&["M README.md"]);
+    assert_eq!(
+        e.cli.ok(&["fs", "cat", "--branch", "b", "README.md"]),
+        "changed\n"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
+#[test]
+fn a_chain_made_stale_by_a_snapshot_during_the_run_is_not_used() {
+    if !have("sh", "stale_inherited_chain") {
+        return;
+    }
+    let e = Env::new(false);
+    let before = fingerprint(&e.base);
+    let go = e.cli.dir.join("go.fifo");
+    mkfifo(&go);
+    let out = e.cli.dir.join("read.out");
+    // A file in the active layer, a snapshot (the test's, while the shell
+    // waits: the branch gets a new active layer), then a new version
+    // written into the new layer, read back by new processes whose
+    // inherited chain is the one from before the snapshot (also with a
+    // chain in the environment that is no chain at all).
+    let script = format!(
+        "echo one > f.txt && read x < {go} && echo two > f.txt && cat f.txt > {out} && \
+         AGENTFS_SHIM_CHAIN=nothex cat f.txt >> {out} && sh -c 'cat f.txt' >> {out}",
+        go = go.display(),
+        out = out.display()
+    );
+    let mut run = e.run_command(&["sh", "-c", &script]).spawn().unwrap();
+    let mut w = fs::OpenOptions::new().write(true).open(&go).unwrap();
+    e.cli.ok(&["snapshot", "create", "--branch", "b", "s1"]);
+    std::io::Write::write_all(&mut w, b"go\n").unwrap();
+    drop(w);
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "two\ntwo\ntwo\n");
+    assert_eq!(e.cli.ok(&["fs", "cat", "--branch", "b", "f.txt"]), "two\n");
+    assert_eq!(
+        e.cli.ok(&["fs", "cat", "--snapshot", "s1", "f.txt"]),
+        "one\n"
+    );
+    assert_eq!(fingerprint(&e.base), before, "the base changed");
+}
+
 #[test]
 fn a_static_binary_gets_erofs_from_the_safety_net() {
     let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]

@@ -29,6 +29,7 @@
 //! the daemon keeps one delivery per watcher outstanding and coalesces
 //! what arrives until the acknowledgement.
 
+mod chain_env;
 pub mod client;
 mod error;
 pub mod fd_passing;
@@ -38,6 +39,7 @@ mod malformed;
 mod messages;
 mod wire_path;
 
+pub use chain_env::{decode_chain_env, encode_chain_env, CHAIN_ENV};
 pub use client::{Client, ClientError};
 pub use error::WireError;
 pub use frame::{

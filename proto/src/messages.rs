@@ -479,6 +479,11 @@ pub struct BranchChain {
     /// in `generation_file`; `None` from a daemon without one.
     #[serde(default)]
     pub namespace_slot: Option<u32>,
+    /// The graph counter (slot 0 of `generation_file`) this chain is
+    /// current for, read before the chain was made (a graph change after
+    /// it moves the counter); `None` from a daemon that does not say.
+    #[serde(default)]
+    pub graph: Option<u64>,
 }
 
 /// The result of an [`FsOp`].

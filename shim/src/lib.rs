@@ -16,7 +16,10 @@
 //! sets: `AGENTFS_SHIM_SOCKET` (the daemon), `AGENTFS_SHIM_BRANCH`,
 //! `AGENTFS_SHIM_ROOT` (the visible root) and, optionally,
 //! `AGENTFS_SHIM_STORE` (the store's root, to recognise a working
-//! directory inherited inside a layer). Without them it does nothing.
+//! directory inherited inside a layer) and `AGENTFS_SHIM_CHAIN` (the
+//! branch's chain as `agentfs run` got it, taken while the store's graph
+//! counter holds: a process that only reads never connects to the
+//! daemon). Without them it does nothing.
 //!
 //! The interposition is per platform: on Linux `LD_PRELOAD` and glibc's
 //! entry points (`linux`), on macOS `DYLD_INSERT_LIBRARIES` and

@@ -19,8 +19,8 @@ use std::{
 };
 
 use agentfs_proto::{
-    Client, ClientError, FdOpen, FdOpened, FsOp, FsReply, Hello, OpenFlags, Request, Response,
-    WirePath,
+    decode_chain_env, BranchChain, Client, ClientError, FdOpen, FdOpened, FsOp, FsReply, Hello,
+    OpenFlags, Request, Response, WirePath, CHAIN_ENV,
 };
 
 use crate::{
@@ -601,17 +601,73 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
             return Ok((s.chain.clone(), None));
         }
     }
-    let counters = g.as_ref().and_then(|s| s.counters);
-    let r = with_daemon(|c| c.request(Request::BranchChain { branch: None }))?;
-    let Response::Chain(bc) = r else {
-        return Err(libc::EIO);
+    let mut counters = g.as_ref().and_then(|s| s.counters);
+    // A process's first chain comes from `agentfs run` through the
+    // environment when the graph has not changed since: no connection.
+    let inherited = if g.is_none() {
+        inherited_chain(cfg, &mut counters)
+    } else {
+        None
     };
-    let counters = counters.or_else(|| match (bc.generation_file.as_str(), bc.namespace_slot) {
+    let bc = match inherited {
+        Some(bc) => bc,
+        None => {
+            let r = with_daemon(|c| c.request(Request::BranchChain { branch: None }))?;
+            let Response::Chain(bc) = r else {
+                return Err(libc::EIO);
+            };
+            if counters.is_none() {
+                counters = map_counters(&bc);
+            }
+            bc
+        }
+    };
+    let (chain, state) = chain_state(cfg, bc, counters, tick)?;
+    *g = Some(state);
+    Ok((chain, counters))
+}
+
+/// The store's counters a chain names, mapped.
+fn map_counters(bc: &BranchChain) -> Option<Counters> {
+    match (bc.generation_file.as_str(), bc.namespace_slot) {
         ("", _) | (_, None) => None,
         (f, Some(slot)) => Counters::map(f, slot),
-    });
-    // Read before the chain was made: a change after it moves the counter.
-    let graph = counters.map_or(0, Counters::graph);
+    }
+}
+
+/// The chain `agentfs run` handed down in [`CHAIN_ENV`], when it is this
+/// branch's and the graph counter still holds the value it was made at;
+/// the counters it names are mapped into `counters` either way.
+fn inherited_chain(cfg: &Config, counters: &mut Option<Counters>) -> Option<BranchChain> {
+    let v = std::env::var_os(CHAIN_ENV)?;
+    let Some(bc) = decode_chain_env(v.as_bytes(), &cfg.branch) else {
+        shim_log(&format!(
+            "{CHAIN_ENV} is not a chain of this branch: asking the daemon"
+        ));
+        return None;
+    };
+    if counters.is_none() {
+        *counters = map_counters(&bc);
+    }
+    let now = counters.map(Counters::graph)?;
+    (Some(now) == bc.graph).then_some(bc)
+}
+
+/// The process's chain state from a chain the daemon made (`counters`:
+/// the store's counters, when mapped).
+fn chain_state(
+    cfg: &Config,
+    bc: BranchChain,
+    counters: Option<Counters>,
+    tick: i64,
+) -> Result<(Arc<Chain>, ChainState), Errno> {
+    // The counter the chain is current for: the daemon's (read under the
+    // store lock the chain was made under), else read now, after it was
+    // made (a change in between goes unnoticed until the next).
+    let graph = match (bc.graph, counters) {
+        (Some(g), _) => g,
+        (None, c) => c.map_or(0, Counters::graph),
+    };
     let graph_file = CString::new(bc.graph_file).map_err(|_| libc::EIO)?;
     let graph_id = file_id(&graph_file);
     let mut layers: Vec<Layer> = bc
@@ -638,15 +694,15 @@ fn chain_and_counters() -> Result<(Arc<Chain>, Option<Counters>), Errno> {
     if let Some(c) = counters {
         keep_local_chain(&chain, c, graph, epoch);
     }
-    *g = Some(ChainState {
+    let state = ChainState {
         chain: chain.clone(),
         graph_file,
         graph_id,
         checked_tick: tick,
         counters,
         graph,
-    });
-    Ok((chain, counters))
+    };
+    Ok((chain, state))
 }
 
 // ----------------------------------------------------------- layer roots

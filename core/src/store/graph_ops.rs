@@ -82,7 +82,7 @@ impl Store {
     /// does. Names in layers are stored as [`crate::encode_name`] says; the
     /// base's are literal.
     pub fn branch_chain(&self, name: &str) -> CoreResult<BranchChain> {
-        self.with_shared(|_| {
+        self.with_shared(|st| {
             let view = self.target_view(&Target::Branch(name.to_string()))?;
             Ok(BranchChain {
                 layers: view
@@ -93,6 +93,9 @@ impl Store {
                 graph_file: self.db.path().to_path_buf(),
                 generation_file: self.meta.join(GENERATION_FILE),
                 namespace_slot: crate::generation::namespace_slot(name),
+                // The value the state was loaded at; under the shared
+                // store lock no graph change runs.
+                graph: st.graph_gen,
             })
         })
     }

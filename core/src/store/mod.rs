@@ -175,6 +175,9 @@ pub struct BranchChain {
     pub generation_file: PathBuf,
     /// The slot of the branch's namespace counter in that file.
     pub namespace_slot: usize,
+    /// The graph counter this chain is current for (read under the store
+    /// lock the chain was made under: a later graph change moves it).
+    pub graph: u64,
 }
 
 /// An AgentFS store over one backstore.

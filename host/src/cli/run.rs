@@ -24,7 +24,7 @@ use std::{
     process::{Child, Command, ExitCode, ExitStatus, Stdio},
 };
 
-use agentfs_proto::{BranchInfo, Client, Hello, Request, Response};
+use agentfs_proto::{encode_chain_env, BranchInfo, Client, Hello, Request, Response, CHAIN_ENV};
 use anyhow::{bail, Context, Result};
 
 /// The shim library's file name, found next to the `agentfs` executable.
@@ -189,6 +189,25 @@ fn find_branch(c: &mut Client, name: &str) -> Result<Option<BranchInfo>> {
     }
 }
 
+/// The value of [`CHAIN_ENV`] for the run's processes: the branch's chain
+/// with the graph counter it is current for, so that a process that only
+/// reads never connects to the daemon. `None` (each process asks the
+/// daemon) when the daemon does not name the counter, or cannot say.
+fn inherited_chain(c: &mut Client, branch: &str) -> Option<String> {
+    match c.request(Request::BranchChain {
+        branch: Some(branch.to_string()),
+    }) {
+        Ok(Response::Chain(chain)) if chain.graph.is_some() => {
+            encode_chain_env(branch, &chain).ok()
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "no chain to hand down");
+            None
+        }
+    }
+}
+
 /// Runs `agentfs run`. `global` holds the global options to start a
 /// private daemon with; `store_exists` says whether the store exists
 /// (asked only when no daemon serves it).
@@ -276,6 +295,8 @@ pub fn run(
         );
     }
 
+    let chain = inherited_chain(&mut client, &branch.name);
+
     let mut preload = shim.as_os_str().to_os_string();
     if let Some(old) = std::env::var_os(PRELOAD_VAR).filter(|v| !v.is_empty()) {
         preload.push(":");
@@ -293,6 +314,11 @@ pub fn run(
         .env("AGENTFS_SHIM_BRANCH", &branch.name)
         .env("AGENTFS_SHIM_ROOT", &root)
         .env("AGENTFS_SHIM_STORE", &store_root);
+    match &chain {
+        Some(c) => cmd.env(CHAIN_ENV, c),
+        // Never a chain of an enclosing run's branch.
+        None => cmd.env_remove(CHAIN_ENV),
+    };
 
     let mut read_only = Vec::new();
     if let Some(b) = &branch.base {

@@ -24,6 +24,7 @@ impl Daemon {
             graph_file: text(&chain.graph_file),
             generation_file: text(&chain.generation_file),
             namespace_slot: u32::try_from(chain.namespace_slot).ok(),
+            graph: Some(chain.graph),
             ..BranchChain::default()
         };
         for (path, is_base) in &chain.layers {
