@@ -48,6 +48,13 @@ fn fifo_commands_are_refused_and_leave_the_store_usable(s: &Served) {
     // The store is not held by anything stuck.
     assert!(s.ok(&["branch", "list"]).contains('b'));
     assert_eq!(s.ok(&["fs", "cat", "--branch", "b", "a"]), "a\n");
+    // Metadata says what each special file is, directly and through the
+    // daemon alike.
+    for (name, special) in [("fifo", "fifo"), ("sock", "socket")] {
+        let st: serde_json::Value =
+            serde_json::from_str(&s.ok(&["fs", "stat", "--branch", "b", "--json", name])).unwrap();
+        assert_eq!(st["special"], special, "{name}: {st}");
+    }
 }
 
 #[test]

@@ -338,6 +338,8 @@ fn proto_response_stat() -> anyhow::Result<Body> {
             dev: 2049,
             atime_ns: 1_700_000_000_000_000_000,
             origin: None,
+            special: None,
+            rdev: 0,
         }))),
     })
 }

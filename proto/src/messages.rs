@@ -518,6 +518,23 @@ pub enum FileKind {
     Other,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What an [`FileKind::Other`] entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    /// A named pipe.
+    Fifo,
+    /// A UNIX socket.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
 /// File metadata as the branch shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStat {
@@ -549,6 +566,14 @@ pub struct FileStat {
     /// The layer the entry comes from, when known.
     #[serde(default)]
     pub origin: Option<FileOrigin>,
+    /// For [`FileKind::Other`]: which special file it is (`None` from an
+    /// older daemon). Sent only when set, as `rdev`: a regular file's
+    /// frame is what it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<SpecialKind>,
+    /// The device a device node stands for (else 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
 }
 
 /// Which layer of a branch an entry comes from.

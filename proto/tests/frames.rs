@@ -264,7 +264,7 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
             }),
     );
     let stat = FileStat {
-        kind: FileKind::File,
+        kind: FileKind::Other,
         size: 3,
         mode: 0o644,
         mtime_ns: -5,
@@ -275,6 +275,8 @@ fn samples() -> (Vec<ClientFrame>, Vec<DaemonFrame>) {
         dev: 3,
         atime_ns: 7,
         origin: Some(FileOrigin::Committed("l2".into())),
+        special: Some(SpecialKind::CharDevice),
+        rdev: 0x103,
     };
     let responses = vec![
         Ok(Response::Pong),

@@ -65,6 +65,26 @@ pub fn kind_from_wire(k: wire::FileKind) -> core::FileKind {
     }
 }
 
+/// Special file kind, core to wire.
+fn special_to_wire(s: core::Special) -> wire::SpecialKind {
+    match s {
+        core::Special::Fifo => wire::SpecialKind::Fifo,
+        core::Special::Socket => wire::SpecialKind::Socket,
+        core::Special::CharDevice => wire::SpecialKind::CharDevice,
+        core::Special::BlockDevice => wire::SpecialKind::BlockDevice,
+    }
+}
+
+/// Special file kind, wire to core.
+fn special_from_wire(s: wire::SpecialKind) -> core::Special {
+    match s {
+        wire::SpecialKind::Fifo => core::Special::Fifo,
+        wire::SpecialKind::Socket => core::Special::Socket,
+        wire::SpecialKind::CharDevice => core::Special::CharDevice,
+        wire::SpecialKind::BlockDevice => core::Special::BlockDevice,
+    }
+}
+
 /// A branch, core to wire.
 pub fn branch_to_wire(b: core::BranchInfo) -> wire::BranchInfo {
     wire::BranchInfo {
@@ -131,6 +151,8 @@ pub fn stat_to_wire(s: &core::Stat) -> wire::FileStat {
             core::Origin::Committed(id) => wire::FileOrigin::Committed(id.clone()),
             core::Origin::Base => wire::FileOrigin::Base,
         }),
+        special: s.special.map(special_to_wire),
+        rdev: s.rdev,
     }
 }
 
@@ -145,8 +167,8 @@ pub fn stat_from_wire(s: wire::FileStat) -> core::Stat {
         nlink: s.nlink,
         ino: s.ino,
         dev: s.dev,
-        special: None,
-        rdev: 0,
+        special: s.special.map(special_from_wire),
+        rdev: s.rdev,
         atime: time_from_ns(s.atime_ns),
         mtime: time_from_ns(s.mtime_ns),
         origin: match s.origin {
