@@ -648,10 +648,10 @@ impl Store {
             let Some(base) = &b.base else { continue };
             if let Some(why) = overlap(&dir, base) {
                 return Err(CoreError::InvalidArgument(format!(
-                    "{} {why} the base of branch {} ({}): every other process, \
-                     the store included, would see the mounted branch there \
-                     (`agentfs run --frontend fuse` shows a branch at its \
-                     base's path for one command)",
+                    "{} {why} the base of branch {} ({}): every other process \
+                     (the daemon, the other branches of that base) would read \
+                     the mounted branch there (`agentfs run --frontend fuse` \
+                     shows a branch at its base's path for one command)",
                     dir.display(),
                     b.name,
                     base.display()
